@@ -1,0 +1,91 @@
+"""Dataset readers: every input format becomes the same processed folder (see ``processed``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from unisrec.datasets.csv_format import CsvColumns, read_csv_source
+from unisrec.datasets.pipeline import PrepareOptions, RawData, build_dataset
+from unisrec.datasets.processed import (
+    ProcessedDataset,
+    check_output_folder,
+    load_processed,
+    write_processed,
+)
+from unisrec.datasets.unisrec_format import read_unisrec_source
+from unisrec.errors import UnisrecError
+
+FORMATS = ("unisrec", "csv", "amazon2018", "online-retail", "recbole", "movielens")
+
+__all__ = [
+    "FORMATS",
+    "CsvColumns",
+    "PrepareOptions",
+    "ProcessedDataset",
+    "load_processed",
+    "prepare",
+    "read_raw",
+    "write_processed",
+]
+
+
+def read_raw(source: str, fmt: str, **kwargs: Any) -> RawData:
+    """Raw interactions and item texts of ``source`` in format ``fmt`` (all formats but ``unisrec``)."""
+    path = Path(source)
+    if fmt == "csv":
+        return read_csv_source(
+            path if kwargs.get("interactions") is None or kwargs.get("items") is None else None,
+            interactions=kwargs.get("interactions"),
+            items=kwargs.get("items"),
+            columns=kwargs.get("columns"),
+            delimiter=kwargs.get("delimiter", ","),
+            encoding=kwargs.get("encoding", "utf-8"),
+        )
+    if fmt == "amazon2018":
+        from unisrec.datasets.amazon2018 import read_amazon2018_source
+
+        return read_amazon2018_source(path, category=kwargs.get("name"))
+    if fmt == "online-retail":
+        from unisrec.datasets.online_retail import read_online_retail_source
+
+        return read_online_retail_source(path, encoding=kwargs.get("encoding", "utf-8"))
+    if fmt == "recbole":
+        from unisrec.datasets.recbole_format import read_recbole_source
+
+        return read_recbole_source(path, name=kwargs.get("name"), encoding=kwargs.get("encoding", "utf-8"))
+    if fmt == "movielens":
+        from unisrec.datasets.movielens import read_movielens_source
+
+        return read_movielens_source(source, cache_dir=kwargs.get("cache_dir"))
+    raise UnisrecError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+
+
+def prepare(
+    source: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    options: PrepareOptions | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> ProcessedDataset:
+    """Read ``source`` in format ``fmt``, filter and split it, and write the processed folder ``out``."""
+    started = time.perf_counter()
+    check_output_folder(Path(out), overwrite=overwrite)
+    options = options or PrepareOptions()
+    if fmt not in FORMATS:
+        raise UnisrecError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+    info = {"source": str(source), "source_format": fmt}
+    if fmt == "unisrec":
+        dataset = read_unisrec_source(Path(source), name)
+        dataset.info = {**info, **dataset.info}
+    else:
+        raw = read_raw(str(source), fmt, name=name, **kwargs)
+        dataset_name = name or Path(str(source).rstrip("/")).name.replace(".csv", "").replace(".gz", "")
+        dataset = build_dataset(raw, name=dataset_name, options=options, info=info)
+    dataset.stats["prepare_seconds"] = round(time.perf_counter() - started, 3)
+    write_processed(dataset, out, overwrite=overwrite)
+    return dataset
