@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from unisrec import __version__
 from unisrec.errors import UnisrecError
+
+if TYPE_CHECKING:
+    from unisrec.config import RunConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -27,7 +32,11 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     p.add_argument("--out", required=True, type=Path, help="processed dataset folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing processed dataset folder")
-    p.add_argument("--name", default=None, help="dataset name (unisrec/recbole: which file prefix to read)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="dataset name (unisrec/recbole: which file prefix to read; amazon2018: which category)",
+    )
     p.add_argument("--interactions", type=Path, default=None, help="csv: interactions file")
     p.add_argument("--items", type=Path, default=None, help="csv: items file")
     p.add_argument("--user-column", default="user_id")
@@ -41,7 +50,12 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user-core", type=int, default=5)
     p.add_argument("--item-core", type=int, default=5)
     p.add_argument("--min-seq-len", type=int, default=3)
-    p.add_argument("--cache-dir", type=Path, default=None, help="movielens: download cache")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="movielens: download cache (default: $UNISREC_CACHE, else ~/.cache/unisrec)",
+    )
     p.set_defaults(handler=_run_prepare)
 
 
@@ -88,12 +102,184 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare]
+def _add_encode(sub: argparse._SubParsersAction) -> None:
+    from unisrec.text import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, POOLINGS, TextEncoderSpec
+
+    p = sub.add_parser(
+        "encode", help="encode item texts with a frozen language model into DIR/embeddings (cached)"
+    )
+    p.add_argument("dataset", nargs="+", type=Path, help="processed dataset folder(s) (`unisrec prepare`)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"language model: {DEFAULT_MODEL} (packaged, offline), a local save_pretrained folder, "
+        "or a Hugging Face hub name (e.g. bert-base-uncased, the paper's)",
+    )
+    p.add_argument("--pooling", choices=POOLINGS, default=TextEncoderSpec.pooling)
+    p.add_argument("--max-length", type=int, default=TextEncoderSpec.max_length, help="tokens per text")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--force", action="store_true", help="re-encode even when the stored file matches")
+    p.add_argument("--word-drop", type=float, default=None, metavar="P",
+                   help="also encode word-dropped views (each word dropped with probability P)")
+    p.add_argument("--variants", type=int, default=4, help="--word-drop: number of views")
+    p.add_argument("--seed", type=int, default=0, help="--word-drop: random seed")
+    p.set_defaults(handler=_run_encode)
+
+
+def _run_encode(args: argparse.Namespace) -> int:
+    from unisrec.text import TextEncoderSpec, encode_dataset_report, encode_word_drop_report
+
+    spec = TextEncoderSpec(args.model, args.pooling, args.max_length)
+    options = {"batch_size": args.batch_size, "device": args.device, "force": args.force}
+    encoder = None
+    results = []
+    for folder in args.dataset:
+        base = encode_dataset_report(folder, spec, encoder=encoder, **options)
+        encoder = base.encoder or encoder
+        summary = base.summary()
+        if args.word_drop is not None:
+            drop = {"p": args.word_drop, "variants": args.variants, "seed": args.seed}
+            view = encode_word_drop_report(folder, spec, encoder=encoder, **drop, **options)
+            encoder = view.encoder or encoder
+            summary["word_drop"] = view.summary()
+        results.append(summary)
+    print(json.dumps(results[0] if len(results) == 1 else results))
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by the training commands (finetune, pretrain)."""
+    p.add_argument("--out", required=True, type=Path, help="run folder to write (resumed if interrupted)")
+    p.add_argument("--config", type=Path, default=None, help="YAML run config (sections model/train/eval)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (train.epochs)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (train.seed)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (train.device)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run or other settings")
+    p.add_argument("--text-model", default=None, help="language model of the item texts (default: MiniLM)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default=None)
+
+
+def _run_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
+    """The --config file plus the dotted overrides (--section.field=value) and the named shortcuts."""
+    from unisrec.config import RunConfig, load_config
+
+    config = load_config(args.config) if args.config else RunConfig()
+    overrides = list(args.overrides)
+    for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"), ("device", "train.device")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return config, overrides
+
+
+def _text_spec(args: argparse.Namespace) -> dict[str, str] | None:
+    spec = {k: v for k, v in (("model", args.text_model), ("pooling", args.pooling)) if v is not None}
+    return spec or None
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="train on one dataset (from scratch, or from a pre-trained run with --init)",
+        description="Dotted overrides of any config field are accepted: --model.n_layers=3 --train.lr=1e-4",
+    )
+    p.add_argument("data_dir", type=Path, help="processed dataset folder")
+    p.add_argument("--mode", required=True, choices=("inductive", "transductive", "sasrec"))
+    p.add_argument("--init", type=Path, default=None, help="pre-trained run folder (encoder frozen)")
+    _add_run_options(p)
+    p.set_defaults(handler=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from unisrec.finetune import finetune
+
+    config, overrides = _run_config(args)
+    metrics = finetune(
+        args.data_dir,
+        args.mode,
+        args.out,
+        config=config,
+        overrides=overrides,
+        init=args.init,
+        text_spec=_text_spec(args),
+        overwrite=args.overwrite,
+    )
+    print(json.dumps({"valid": metrics["valid"], "test": metrics["test"]}))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="full-ranking metrics of a run on a dataset split")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--ks", default="10,20,50", help="comma-separated cut-offs")
+    p.add_argument("--exclude-seen", action="store_true", help="drop items already in the history")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from unisrec.evaluate import evaluate_run
+
+    try:
+        ks = tuple(int(k) for k in args.ks.split(","))
+    except ValueError:
+        raise UnisrecError(f"--ks {args.ks!r}: expected comma-separated integers") from None
+    metrics = evaluate_run(
+        args.run_dir, args.data_dir, args.split, ks=ks, exclude_seen=args.exclude_seen, device=args.device
+    )
+    print(json.dumps(metrics))
+    return 0
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train on several datasets (mixed in one stream); runs under torchrun too",
+        description="Dotted overrides of any config field are accepted: --pretrain.lambda_ss=0.01",
+    )
+    p.add_argument("data_dirs", type=Path, nargs="+", help="processed dataset folders")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in all")
+    _add_run_options(p)
+    p.set_defaults(handler=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from unisrec.pretrain import pretrain
+
+    config, overrides = _run_config(args)
+    metrics = pretrain(
+        args.data_dirs,
+        args.out,
+        config=config,
+        overrides=overrides,
+        text_spec=_text_spec(args),
+        max_steps=args.max_steps,
+        overwrite=args.overwrite,
+    )
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only the first process reports
+    summary = {k: metrics[k] for k in ("epochs", "steps", "seconds_train", "sequences_per_second", "peak_memory_mb")}
+    last = metrics["history"][-1] if metrics["history"] else {}
+    print(json.dumps({**summary, "train": {k[6:]: v for k, v in last.items() if k.startswith("train_")}}))
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_prepare,
+    _add_finetune,
+    _add_evaluate,
+    _add_pretrain,
+]
+COMMANDS.append(_add_encode)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="unisrec", description="Text-based, transferable sequential recommendation (UniSRec)."
+        prog="unisrec",
+        description="Text-based, transferable sequential recommendation (UniSRec).",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"unisrec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -102,10 +288,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAINING_COMMANDS = ("finetune", "pretrain")
+
+
+def parse_overrides(extra: list[str]) -> list[str]:
+    """``--model.n_layers=3`` / ``--model.n_layers 3`` -> ``["model.n_layers=3"]``."""
+    out: list[str] = []
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            raise UnisrecError(f"unrecognized argument {token!r} (config overrides look like --train.lr=1e-4)")
+        if "=" in token:
+            out.append(token[2:])
+            i += 1
+        elif i + 1 < len(extra):
+            out.append(f"{token[2:]}={extra[i + 1]}")
+            i += 2
+        else:
+            raise UnisrecError(f"override {token!r} has no value")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     try:
+        if extra and args.command not in TRAINING_COMMANDS:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = parse_overrides(extra)
         return int(args.handler(args))
     except UnisrecError as exc:
         print(f"unisrec {args.command}: error: {exc}", file=sys.stderr)

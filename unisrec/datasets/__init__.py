@@ -62,6 +62,14 @@ def read_raw(source: str, fmt: str, **kwargs: Any) -> RawData:
     raise UnisrecError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
 
 
+def _source_name(source: str) -> str:
+    """Default dataset name: the source's file or folder name without data-file extensions."""
+    name = Path(source.rstrip("/")).name
+    for suffix in (".gz", ".csv", ".tsv", ".xlsx", ".inter"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 def prepare(
     source: str | Path,
     fmt: str,
@@ -84,7 +92,7 @@ def prepare(
         dataset.info = {**info, **dataset.info}
     else:
         raw = read_raw(str(source), fmt, name=name, **kwargs)
-        dataset_name = name or Path(str(source).rstrip("/")).name.replace(".csv", "").replace(".gz", "")
+        dataset_name = name or _source_name(str(source))
         dataset = build_dataset(raw, name=dataset_name, options=options, info=info)
     dataset.stats["prepare_seconds"] = round(time.perf_counter() - started, 3)
     write_processed(dataset, out, overwrite=overwrite)

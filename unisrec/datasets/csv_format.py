@@ -47,12 +47,16 @@ def resolve_text_columns(spec: str, header: Sequence[str], path: Path) -> list[s
             if name in header:
                 return [name]
         raise DataError(
-            path, f"no text column: expected one of {spec.split('|')}; the header has: {', '.join(header)}", line=1
+            path,
+            f"no text column: expected one of {spec.split('|')}; the header has: {', '.join(header)}",
+            line=1,
         )
     names = [n for n in spec.split(",") if n]
     for name in names:
         if name not in header:
-            raise DataError(path, f"missing text column {name!r}; the header has: {', '.join(header)}", line=1)
+            raise DataError(
+                path, f"missing text column {name!r}; the header has: {', '.join(header)}", line=1
+            )
     return names
 
 

@@ -12,13 +12,14 @@ import io
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from unisrec.errors import DataError
+from unisrec.errors import DataError, UnisrecError
 
 
 def open_text(path: Path, encoding: str) -> io.TextIOWrapper:
@@ -26,20 +27,24 @@ def open_text(path: Path, encoding: str) -> io.TextIOWrapper:
     return io.TextIOWrapper(raw, encoding=encoding, newline="")
 
 
-def _records(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, fields) of every record, header included."""
+def _records(path: Path, encoding: str, delimiter: str, quoting: bool = True) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of every record, header included; blank lines skipped, as pyarrow does."""
+    style: Literal[0, 3] = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
     with open_text(path, encoding) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+        reader = csv.reader(handle, delimiter=delimiter, quoting=style)
         start = 1
         for fields in reader:
-            yield start, fields
+            if fields:
+                yield start, fields
             start = reader.line_num + 1
 
 
-def record_line(path: Path, index: int, *, header: bool, encoding: str, delimiter: str) -> int | None:
+def record_line(
+    path: Path, index: int, *, header: bool, encoding: str, delimiter: str, quoting: bool = True
+) -> int | None:
     """Line number (1-based) where data record ``index`` (0-based) starts, or None if not found."""
     target = index + (1 if header else 0)
-    for i, (line, _fields) in enumerate(_records(path, encoding, delimiter)):
+    for i, (line, _fields) in enumerate(_records(path, encoding, delimiter, quoting)):
         if i == target:
             return line
     return None
@@ -56,8 +61,8 @@ def _first_bad_utf8_line(path: Path, encoding: str) -> int | None:
     return None
 
 
-def _first_bad_width(path: Path, encoding: str, delimiter: str, width: int) -> tuple[int, int] | None:
-    for line, fields in _records(path, encoding, delimiter):
+def _first_bad_width(path: Path, encoding: str, delimiter: str, width: int, quoting: bool) -> tuple[int, int] | None:
+    for line, fields in _records(path, encoding, delimiter, quoting):
         if len(fields) != width:
             return line, len(fields)
     return None
@@ -79,8 +84,13 @@ def read_csv(
     delimiter: str = ",",
     encoding: str = "utf-8",
     what: str = "",
+    quoting: bool = True,
 ) -> pa.Table:
-    """Read ``columns`` of a CSV (plain or .gz) as strings; missing columns are an error."""
+    """Read ``columns`` of a CSV (plain or .gz) as strings; missing columns are an error.
+
+    ``quoting=False`` reads '"' as an ordinary character (tab-separated dumps such as RecBole's and
+    MovieLens' files, where titles hold unbalanced quotes).
+    """
     check_exists(path)
     read_options = pcsv.ReadOptions(
         encoding=encoding if encoding.lower().replace("-", "") != "utf8" else "utf8",
@@ -88,16 +98,15 @@ def read_csv(
         autogenerate_column_names=False,
         block_size=1 << 24,
     )
-    parse_options = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    parse_options = pcsv.ParseOptions(
+        delimiter=delimiter, newlines_in_values=quoting, quote_char='"' if quoting else False
+    )
     if header:
-        header_names = read_header(path, encoding, delimiter)
+        header_names = read_header(path, encoding, delimiter, quoting)
         missing = [c for c in columns if c not in header_names]
         if missing:
-            raise DataError(
-                path,
-                f"missing column {missing[0]!r}{what}; the header has: {', '.join(header_names) or '(empty)'}",
-                line=1,
-            )
+            found = ", ".join(header_names) or "(empty)"
+            raise DataError(path, f"missing column {missing[0]!r}{what}; the header has: {found}", line=1)
     elif column_names is not None and len(column_names) < len(columns):
         raise DataError(path, f"expected {len(columns)} columns")
     convert = pcsv.ConvertOptions(
@@ -123,8 +132,10 @@ def read_csv(
                 path, f"not valid {encoding} text; re-encode the file or pass --encoding", line=line
             ) from None
         if "Expected" in text and "columns" in text:
-            width = len(column_names) if column_names is not None else len(read_header(path, encoding, delimiter))
-            bad = _first_bad_width(path, encoding, delimiter, width)
+            width = (
+                len(column_names) if column_names is not None else len(read_header(path, encoding, delimiter, quoting))
+            )
+            bad = _first_bad_width(path, encoding, delimiter, width, quoting)
             if bad is not None:
                 raise DataError(
                     path, f"expected {width} fields separated by {delimiter!r}, found {bad[1]}", line=bad[0]
@@ -132,15 +143,28 @@ def read_csv(
         raise DataError(path, f"cannot parse as CSV ({text})") from None
 
 
-def read_header(path: Path, encoding: str, delimiter: str) -> list[str]:
+def read_header(path: Path, encoding: str, delimiter: str, quoting: bool = True) -> list[str]:
+    """Field names of the first line (only that line is decoded, so a bad byte further on is not blamed
+    on line 1)."""
+    check_exists(path)
+    gz = path.name.endswith(".gz")
     try:
-        with open_text(path, encoding) as handle:
-            first = next(csv.reader(handle, delimiter=delimiter), [])
+        with gzip.open(path, "rb") if gz else open(path, "rb") as handle:
+            raw = handle.readline()
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
-        raise DataError(path, f"truncated or corrupted gzip file ({exc})") from None
+        raise DataError(path, f"truncated or corrupted gzip file ({exc})" if gz else f"cannot read ({exc})") from None
+    try:
+        text = raw.decode(encoding)
+    except LookupError:
+        raise UnisrecError(f"unknown encoding {encoding!r} (--encoding)") from None
     except UnicodeDecodeError:
-        raise DataError(path, f"not valid {encoding} text; pass --encoding", line=1) from None
+        raise DataError(path, f"not valid {encoding} text; re-encode the file or pass --encoding", line=1) from None
+    style: Literal[0, 3] = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
+    first = next(csv.reader([text], delimiter=delimiter, quoting=style), [])
     return [name.strip().lstrip("\ufeff") for name in first]
+
+
+ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 
 
 def parse_timestamps(
@@ -152,30 +176,35 @@ def parse_timestamps(
     encoding: str = "utf-8",
     delimiter: str = ",",
     formats: Sequence[str] = (),
+    quoting: bool = True,
 ) -> np.ndarray:
-    """(E,) int64 Unix seconds from integer / decimal seconds or ISO 8601 date-times (or ``formats``)."""
+    """(E,) int64 Unix seconds from integer / decimal seconds or ISO 8601 date-times (or ``formats``).
+
+    The whole column must follow one of these forms; otherwise the error names the first value that does
+    not follow the form most values follow.
+    """
     strings = pc.utf8_trim_whitespace(values)
-    numeric = pc.match_substring_regex(strings, r"^-?[0-9]+(\.[0-9]*)?$")
-    if pc.all(numeric).as_py() is not False and len(strings) > 0:
-        return pc.cast(pc.cast(strings, pa.float64()), pa.int64(), safe=False).to_numpy(zero_copy_only=False)
     if len(strings) == 0:
         return np.zeros(0, dtype=np.int64)
-    parsed: pa.Array | pa.ChunkedArray | None = None
-    for fmt in (*formats, "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
-        try:
-            parsed = pc.strptime(strings, format=fmt, unit="s", error_is_null=False)
-            break
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            continue
-    if parsed is not None:
-        return pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)
-    ok = pc.or_(numeric, pc.match_substring_regex(strings, r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?$"))
-    bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
-    index = int(bad[0]) if len(bad) else 0
-    line = record_line(path, index, header=header, encoding=encoding, delimiter=delimiter)
+    numeric = pc.match_substring_regex(strings, r"^-?[0-9]+(\.[0-9]*)?$")
+    if pc.all(numeric).as_py():
+        return pc.cast(pc.cast(strings, pa.float64()), pa.int64(), safe=False).to_numpy(zero_copy_only=False)
+    masks = [numeric.to_numpy(zero_copy_only=False)]
+    for fmt in (*formats, *ISO_FORMATS):
+        parsed = pc.strptime(strings, format=fmt, unit="s", error_is_null=True)
+        valid = pc.is_valid(parsed).to_numpy(zero_copy_only=False)
+        if valid.all():
+            return pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)
+        masks.append(valid)
+    best = max(masks, key=lambda mask: int(mask.sum()))  # the form most values follow (first on ties)
+    index = int(np.flatnonzero(~best)[0])
+    line = record_line(path, index, header=header, encoding=encoding, delimiter=delimiter, quoting=quoting)
+    expected = "Unix seconds or an ISO 8601 date-time"
+    if formats:
+        expected = f"Unix seconds, an ISO 8601 date-time or a date-time in the format {' / '.join(formats)}"
     raise DataError(
         path,
-        f"unparsable timestamp {strings[index].as_py()!r}: expected Unix seconds or an ISO 8601 date-time",
+        f"unparsable timestamp {strings[index].as_py()!r}: expected {expected}",
         line=line,
         column=column,
     )

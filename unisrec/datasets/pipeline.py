@@ -6,7 +6,7 @@ and the same accounting of what filtering removed (``stats.json`` -> ``filtering
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,9 +41,31 @@ class RawData:
     timestamp: np.ndarray  # (E,) int64
     catalogue_id: pa.Array  # (C,) string, unique
     catalogue_text: pa.Array  # (C,) string
+    pre_steps: list[dict[str, Any]] = field(default_factory=list)  # reader's own filtering, before ours
+    info: dict[str, Any] = field(default_factory=dict)  # reader's notes, added to dataset.json
 
 
-def _step(name: str, before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, Any]:
+def event_counts(users: pa.Array, items: pa.Array) -> tuple[int, int, int]:
+    """(interactions, distinct users, distinct items) of event columns."""
+    return len(users), pc.count_distinct(users).as_py(), pc.count_distinct(items).as_py()
+
+
+def prefilter(
+    steps: list[dict[str, Any]], name: str, keep: pa.Array | np.ndarray, columns: list[pa.Array]
+) -> list[pa.Array]:
+    """Keep the events where ``keep`` is true in every column (user and item first) and record the step.
+
+    For readers that drop events before ``build_dataset`` (cancelled orders, duplicates, ...), so that
+    ``stats.json`` -> ``filtering`` accounts for them too.
+    """
+    mask = pa.array(keep, pa.bool_()) if isinstance(keep, np.ndarray) else keep
+    before = event_counts(columns[0], columns[1])
+    kept = [pc.filter(column, mask) for column in columns]
+    steps.append(filter_step(name, before, event_counts(kept[0], kept[1])))
+    return kept
+
+
+def filter_step(name: str, before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, Any]:
     return {
         "step": name,
         "removed_interactions": before[0] - after[0],
@@ -77,8 +99,9 @@ def build_dataset(
     raw: RawData, *, name: str, options: PrepareOptions, info: dict[str, Any]
 ) -> ProcessedDataset:
     """Filter, order, index and split ``raw`` into a ProcessedDataset with its filtering report."""
-    steps: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = list(raw.pre_steps)
     n_events = len(raw.user_id)
+    n_input = n_events + sum(step["removed_interactions"] for step in raw.pre_steps)
     user_values = pc.unique(raw.user_id)
     users = pc.index_in(raw.user_id, value_set=user_values).to_numpy(zero_copy_only=False)
     users = users.astype(np.int64)  # (E,) first-appearance order
@@ -88,11 +111,12 @@ def build_dataset(
     order = np.arange(n_events, dtype=np.int64)
     timestamps = raw.timestamp.astype(np.int64)
 
-    state = (n_events, len(user_values), len(np.unique(raw.item_id.to_numpy(zero_copy_only=False))))
+    state = event_counts(raw.user_id, raw.item_id)
     if not has_text.all():
-        users, items, timestamps, order = users[has_text], items[has_text], timestamps[has_text], order[has_text]
+        users, items = users[has_text], items[has_text]
+        timestamps, order = timestamps[has_text], order[has_text]
     after = _counts(users, items)
-    steps.append(_step("drop interactions whose item has no text", state, after))
+    steps.append(filter_step("drop interactions whose item has no text", state, after))
     state = after
 
     user_min = max(options.user_core, options.min_seq_len)
@@ -100,7 +124,7 @@ def build_dataset(
     users, items, timestamps, order = users[keep], items[keep], timestamps[keep], order[keep]
     after = _counts(users, items)
     steps.append(
-        _step(
+        filter_step(
             f"iterative k-core: users >= {user_min}, items >= {options.item_core} interactions",
             state,
             after,
@@ -136,11 +160,11 @@ def build_dataset(
         items=item_index.astype(np.int32),
         timestamps=timestamps,
         split=split,
-        info={**info, "options": asdict(options), "split": "leave-one-out"},
+        info={**info, **raw.info, "options": asdict(options), "split": "leave-one-out"},
     )
     dataset.stats = {
         **dataset.compute_stats(),
-        "input": {"interactions": n_events, "catalogue_items": n_catalogue},
+        "input": {"interactions": n_input, "catalogue_items": n_catalogue},
         "catalogue_items_without_interactions": n_catalogue - len(kept_items),
         "filtering": steps,
     }

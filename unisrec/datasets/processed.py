@@ -110,7 +110,9 @@ def check_output_folder(out: Path, *, overwrite: bool) -> None:
     if not out.is_dir():
         raise UnisrecError(f"{out}: exists and is not a folder; choose another --out")
     if not (out / "dataset.json").exists() and any(out.iterdir()):
-        raise UnisrecError(f"{out}: folder exists, is not empty and is not a unisrec dataset; choose another --out")
+        raise UnisrecError(
+            f"{out}: folder exists, is not empty and is not a unisrec dataset; choose another --out"
+        )
     if (out / "dataset.json").exists() and not overwrite:
         raise UnisrecError(f"{out}: dataset folder exists; pass --overwrite to replace it")
 

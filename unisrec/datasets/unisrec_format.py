@@ -79,7 +79,9 @@ def _rows(path: Path, n_users: int, n_items: int) -> list[tuple[int, int, list[i
         except ValueError:
             raise DataError(path, "expected integer user, item list and item indices", line=number) from None
         if not 0 <= user < n_users:
-            raise DataError(path, f"user index {user} outside 0..{n_users - 1}", line=number, column="user_id")
+            raise DataError(
+                path, f"user index {user} outside 0..{n_users - 1}", line=number, column="user_id"
+            )
         if not history or any(not 0 <= i < n_items for i in (*history, target)):
             raise DataError(path, f"empty history or item index outside 0..{n_items - 1}", line=number)
         rows.append((number, user, history, target))
@@ -164,8 +166,8 @@ def _rebuild(
         path = Path(f"{prefix}.{split}.inter")
         for row in split_rows[split]:
             if row[1] in once[split]:
-                raise DataError(path, f"second row for user {row[1]} (first on line {once[split][row[1]][0]})",
-                                line=row[0])
+                first = once[split][row[1]][0]
+                raise DataError(path, f"second row for user {row[1]} (first on line {first})", line=row[0])
             once[split][row[1]] = row
     sequences: list[list[int]] = []
     train_path = Path(f"{prefix}.train.inter")

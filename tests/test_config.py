@@ -1,0 +1,61 @@
+"""Typed configs: defaults, YAML round trip, strict keys, dotted overrides, every shipped config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unisrec.config import ModelConfig, RunConfig, load_config, save_config
+from unisrec.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_papers() -> None:
+    m, t = ModelConfig(), RunConfig().train
+    assert (m.n_layers, m.n_heads, m.hidden_size, m.inner_size, m.max_seq_len) == (2, 2, 300, 256, 50)
+    assert (m.hidden_dropout, m.attn_dropout, m.adaptor_dropout, m.n_experts) == (0.5, 0.5, 0.2, 8)
+    assert (m.temperature, m.layer_norm_eps) == (0.07, 1e-12)
+    assert (t.lr, t.batch_size, t.patience) == (1e-3, 2048, 10)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)
+    assert isinstance(config, RunConfig)
+
+
+def test_there_are_shipped_configs() -> None:
+    assert len(CONFIGS) >= 1
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    config = RunConfig().with_overrides(["model.n_layers=3", "eval.ks=[5,10]", "train.lr=3e-4"])
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+    assert config.model.n_layers == 3 and config.eval.ks == (5, 10) and config.train.lr == 3e-4
+
+
+def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'n_layer' in model"):
+        RunConfig().with_overrides(["model.n_layer=3"])
+    with pytest.raises(ConfigError, match=r"config.model.n_layers: expected an integer, got 'three'"):
+        RunConfig().with_overrides(["model.n_layers=three"])
+    with pytest.raises(ConfigError, match=r"model\.hidden_size \(300\) must be divisible by n_heads \(7\)"):
+        RunConfig().with_overrides(["model.n_heads=7"])
+    with pytest.raises(ConfigError, match=r"expected section\.field=value"):
+        RunConfig().with_overrides(["model.n_layers"])
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  hidden: 3\n")
+    with pytest.raises(ConfigError, match=f"{path}.model: unknown key 'hidden'"):
+        load_config(path)
+    path.write_text("train:\n  lr: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_booleans_are_not_strings() -> None:
+    assert RunConfig().with_overrides(["eval.exclude_seen=true"]).eval.exclude_seen is True
+    with pytest.raises(ConfigError, match="expected true or false"):
+        RunConfig().with_overrides(["eval.exclude_seen=1"])

@@ -1,0 +1,210 @@
+"""Format ``csv``: interactions.csv + items.csv, on small files written here."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from conftest import write_csv
+from format_checks import check_leave_one_out, cli_error, cli_ok, sequences, steps, truncate_gz
+
+from unisrec.cli import main
+from unisrec.datasets import CsvColumns, load_processed, prepare
+
+TINY_STEPS = [
+    ("drop interactions whose item has no text", 0, 0, 0),
+    ("iterative k-core: users >= 5, items >= 5 interactions", 0, 0, 0),
+]
+
+
+def test_tiny_source(tiny_csv_source: Path, tmp_path: Path) -> None:
+    prepare(tiny_csv_source, "csv", tmp_path / "out")
+    data = load_processed(tmp_path / "out")
+    assert (data.n_users, data.n_items, data.n_interactions) == (8, 6, 48)
+    assert list(data.user_ids) == [f"u{u}" for u in range(8)]
+    assert list(data.item_ids) == [f"i{i}" for i in range(6)]
+    assert data.item_texts[0] == 'Item 0, "quoted" title'
+    assert sequences(data)["u3"] == [f"i{(3 + s) % 6}" for s in range(6)]
+    assert data.timestamps[:6].tolist() == [1000, 1010, 1020, 1030, 1040, 1050]
+    check_leave_one_out(data)
+    assert data.stats["split"] == {"train": 32, "valid": 8, "test": 8}
+    assert data.stats["input"] == {"interactions": 48, "catalogue_items": 7}
+    assert data.stats["catalogue_items_without_interactions"] == 1
+    assert steps(data) == TINY_STEPS
+    assert data.info["source_format"] == "csv" and data.name == "tiny"
+
+
+def _gzip_folder(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for name in ("interactions", "items"):
+        (target / f"{name}.csv.gz").write_bytes(gzip.compress((source / f"{name}.csv").read_bytes()))
+    return target
+
+
+def test_gz_input_gives_the_same_dataset(tiny_csv_source: Path, tmp_path: Path) -> None:
+    gz = _gzip_folder(tiny_csv_source, tmp_path / "gz")
+    prepare(tiny_csv_source, "csv", tmp_path / "a")
+    prepare(gz, "csv", tmp_path / "b")
+    a, b = load_processed(tmp_path / "a"), load_processed(tmp_path / "b")
+    assert sequences(a) == sequences(b) and a.item_texts == b.item_texts
+    assert (a.timestamps == b.timestamps).all()
+
+
+def test_custom_columns_iso_times_and_joined_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    rows = [f"c{u};p{(u + s) % 5};2020-01-0{1 + s} 10:00:00" for u in range(6) for s in range(5)]
+    write_csv(folder / "interactions.csv", "customer;product;when", rows)
+    items = [f"p{i};\"Thing {i}, &lt;new&gt;\";Brand{i}" for i in range(5)]
+    write_csv(folder / "items.csv", "pid;name;maker", items)
+    args = [str(folder), "--format", "csv", "--delimiter", ";", "--user-column", "customer"]
+    args += ["--item-column", "product", "--time-column", "when", "--items-id-column", "pid"]
+    summary = cli_ok(capsys, [*args, "--text-columns", "name,maker"], tmp_path / "out")
+    assert summary["users"] == 6 and summary["items"] == 5 and summary["interactions"] == 30
+    data = load_processed(tmp_path / "out")
+    assert data.item_texts[0] == "Thing 0, <new>. Brand0"
+    assert data.timestamps[0] == 1577872800  # 2020-01-01 10:00:00 UTC
+    assert sequences(data)["c1"] == ["p1", "p2", "p3", "p4", "p0"]
+
+
+def test_explicit_files_and_api_columns(tiny_csv_source: Path, tmp_path: Path) -> None:
+    columns = CsvColumns(text="text|title")
+    data = prepare(
+        "unused", "csv", tmp_path / "out", name="mine", columns=columns,
+        interactions=tiny_csv_source / "interactions.csv", items=tiny_csv_source / "items.csv",
+    )  # fmt: skip
+    assert data.name == "mine" and data.n_items == 6
+
+
+def test_ties_keep_input_order(tmp_path: Path) -> None:
+    folder = tmp_path / "ties"
+    folder.mkdir()
+    rows = [f"u{u},i{i},100" for u in range(5) for i in (4, 2, 0, 3, 1)]
+    write_csv(folder / "interactions.csv", "user_id,item_id,timestamp", rows)
+    write_csv(folder / "items.csv", "item_id,title", [f"i{i},T{i}" for i in range(5)])
+    data = prepare(folder, "csv", tmp_path / "out")
+    assert sequences(data)["u2"] == ["i4", "i2", "i0", "i3", "i1"]
+
+
+@pytest.fixture
+def source(tiny_csv_source: Path) -> Path:
+    return tiny_csv_source
+
+
+def _replace_line(path: Path, number: int, line: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[number - 1] = line
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _error(capsys: pytest.CaptureFixture[str], source: Path, out: Path, *extra: str) -> str:
+    return cli_error(capsys, [str(source), "--format", "csv", *extra], out)
+
+
+def test_missing_folder_and_file(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere"
+    message = _error(capsys, missing, tmp_path / "out")
+    assert message == (
+        f"{missing}: expected a folder holding interactions.csv[.gz] and items.csv[.gz] "
+        "(or give both files with --interactions and --items)"
+    )
+    (source / "items.csv").unlink()
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == f"{source}: no items.csv or items.csv.gz in this folder (or pass --items FILE)"
+
+
+def test_truncated_gzip(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gz = _gzip_folder(source, tmp_path / "gz")
+    truncate_gz(gz / "interactions.csv.gz")
+    message = _error(capsys, gz, tmp_path / "out")
+    assert message.startswith(f"{gz / 'interactions.csv.gz'}: truncated or corrupted gzip file (")
+
+
+def test_invalid_utf8_names_the_line(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = source / "items.csv"
+    data = path.read_bytes().splitlines(keepends=True)
+    data[3] = b"i2,Caf\xe9\n"
+    path.write_bytes(b"".join(data))
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == f"{path}, line 4: not valid utf-8 text; re-encode the file or pass --encoding"
+    summary = cli_ok(capsys, [str(source), "--format", "csv", "--encoding", "latin-1"], tmp_path / "out")
+    assert summary["items"] == 6
+    assert load_processed(tmp_path / "out").item_texts[2] == "Café"
+
+
+def test_unparsable_timestamp(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = source / "interactions.csv"
+    _replace_line(path, 5, "u3,i3,yesterday")
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == (
+        f"{path}, line 5, column 'timestamp': unparsable timestamp 'yesterday': "
+        "expected Unix seconds or an ISO 8601 date-time"
+    )
+
+
+def test_unparsable_iso_timestamp_among_iso(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = source / "interactions.csv"
+    lines = path.read_text().splitlines()
+    lines = [lines[0]] + [",".join([*line.split(",")[:2], "2021-03-04 05:06:07"]) for line in lines[1:]]
+    lines[10] = "u1,i2,2021-13-45 05:06:07"
+    path.write_text("\n".join(lines) + "\n")
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == (
+        f"{path}, line 11, column 'timestamp': unparsable timestamp '2021-13-45 05:06:07': "
+        "expected Unix seconds or an ISO 8601 date-time"
+    )
+
+
+def test_empty_title(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = source / "items.csv"
+    _replace_line(path, 3, "i1,  ")
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == (f"{path}, line 3, column 'title': empty text for item 'i1': expected a non-empty title or text")
+
+
+def test_duplicate_item_id(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = source / "items.csv"
+    _replace_line(path, 6, "i1,Again")
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == f"{path}, line 6, column 'item_id': duplicate item id 'i1' (first on line 3): expected unique ids"
+
+
+def test_missing_column(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = source / "interactions.csv"
+    _replace_line(path, 1, "user,item_id,timestamp")
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == f"{path}, line 1: missing column 'user_id'; the header has: user, item_id, timestamp"
+    message = _error(capsys, source, tmp_path / "out", "--text-columns", "title,brand")
+    assert message == f"{source / 'items.csv'}, line 1: missing text column 'brand'; the header has: item_id, title"
+
+
+def test_row_with_wrong_field_count(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = source / "interactions.csv"
+    _replace_line(path, 7, "u5,i0,1000,extra")
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == f"{path}, line 7: expected 3 fields separated by ',', found 4"
+
+
+def test_empty_id_and_blank_lines(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = source / "interactions.csv"
+    lines = path.read_text().splitlines()
+    lines.insert(3, "")  # a blank line is skipped, and line numbers still count it
+    lines[8] = ",i1,1234"
+    path.write_text("\n".join(lines) + "\n")
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == f"{path}, line 9, column 'user_id': empty id"
+
+
+def test_failed_overwrite_keeps_the_old_dataset(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    prepare(source, "csv", out)
+    before = (out / "interactions.parquet").read_bytes()
+    _replace_line(source / "items.csv", 2, "i0,")
+    assert main(["prepare", str(source), "--format", "csv", "--out", str(out), "--overwrite"]) == 2
+    assert "empty text for item 'i0'" in capsys.readouterr().err
+    assert (out / "interactions.parquet").read_bytes() == before
+    assert load_processed(out).n_items == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny"]

@@ -1,0 +1,143 @@
+"""Format ``unisrec``: the UniSRec authors' processed files, kept exactly (indices and split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from format_checks import check_leave_one_out, cli_error
+
+from unisrec.datasets import ProcessedDataset, load_processed, prepare
+
+SCIENTIFIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-scientific"
+HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"
+
+
+def regenerate(dataset: ProcessedDataset, max_len: int) -> dict[str, list[str]]:
+    """The rows of X.train/valid/test.inter rebuilt from a processed dataset: every prefix -> next item
+    (a user's training prefixes longest first), history cut to the last ``max_len`` items."""
+    rows: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+
+    def row(user: int, seq: list[int], target: int) -> str:
+        history = seq[max(0, target - max_len) : target]
+        return f"{user}\t{' '.join(map(str, history))}\t{seq[target]}"
+
+    for user in range(dataset.n_users):
+        seq = dataset.sequence(user).tolist()
+        n = len(seq)
+        rows["train"] += [row(user, seq, t) for t in range(n - 3, 0, -1)]
+        rows["valid"].append(row(user, seq, n - 2))
+        rows["test"].append(row(user, seq, n - 1))
+    return rows
+
+
+def file_rows(prefix: Path) -> dict[str, list[str]]:
+    rows = {}
+    for split in ("train", "valid", "test"):
+        lines = Path(f"{prefix}.{split}.inter").read_text().splitlines()
+        assert lines[0] == HEADER
+        rows[split] = lines[1:]
+    return rows
+
+
+SEQUENCES = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9, 10], "C": [2, 4, 6]}  # by item index
+MAX_LEN = 3
+
+
+def write_tiny(folder: Path) -> Path:
+    """X.* files of three users; histories cut to the last 3 items (user B's are cut)."""
+    folder.mkdir()
+    users = list(SEQUENCES)
+    (folder / "X.user2index").write_text("".join(f"{u}\t{i}\n" for i, u in enumerate(users)))
+    (folder / "X.item2index").write_text("".join(f"asin{i}\t{i}\n" for i in range(11)))
+    texts = "".join(f"asin{i}\tItem {i} &amp; co. Tools. Brand. \n" for i in range(11))
+    (folder / "X.text").write_text("item_id:token\ttext:token_seq\n" + texts)
+    rows: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for u, seq in enumerate(SEQUENCES.values()):
+        n = len(seq)
+
+        def row(t: int, u: int = u, seq: list[int] = seq) -> str:
+            return f"{u}\t{' '.join(map(str, seq[max(0, t - MAX_LEN) : t]))}\t{seq[t]}"
+
+        rows["train"] += [row(t) for t in range(n - 3, 0, -1)]
+        rows["valid"].append(row(n - 2))
+        rows["test"].append(row(n - 1))
+    for split, lines in rows.items():
+        (folder / f"X.{split}.inter").write_text(HEADER + "\n" + "".join(line + "\n" for line in lines))
+    return folder
+
+
+def test_tiny_files_are_reproduced(tmp_path: Path) -> None:
+    source = write_tiny(tmp_path / "src")
+    prepare(source, "unisrec", tmp_path / "out")
+    data = load_processed(tmp_path / "out")
+    assert (data.n_users, data.n_items, data.n_interactions) == (3, 11, 14)
+    assert list(data.user_ids) == ["A", "B", "C"]
+    assert [data.sequence(u).tolist() for u in range(3)] == list(SEQUENCES.values())
+    assert data.item_texts[0] == "Item 0 & co. Tools. Brand."
+    check_leave_one_out(data)
+    assert data.info["history_cut"] == MAX_LEN and data.name == "X"
+    assert data.stats["filtering"] == [] and data.stats["catalogue_items_without_interactions"] == 0
+    assert regenerate(data, MAX_LEN) == file_rows(source / "X")
+
+
+def test_name_picks_the_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_tiny(tmp_path / "src")
+    for path in source.iterdir():
+        (source / path.name.replace("X.", "Y.")).write_bytes(path.read_bytes())
+    message = cli_error(capsys, [str(source), "--format", "unisrec"], tmp_path / "out")
+    assert message == f"{source}: several datasets (X, Y); choose one with --name"
+    assert prepare(source, "unisrec", tmp_path / "out", name="Y").name == "Y"
+
+
+def _error(capsys: pytest.CaptureFixture[str], source: Path, out: Path) -> str:
+    return cli_error(capsys, [str(source), "--format", "unisrec"], out)
+
+
+def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_tiny(tmp_path / "src")
+    out = tmp_path / "out"
+    (source / "X.test.inter").rename(source / "keep")
+    assert _error(capsys, source, out) == f"{source / 'X.test.inter'}: file not found"
+    (source / "keep").rename(source / "X.test.inter")
+
+    valid = source / "X.valid.inter"
+    good = valid.read_text()
+    valid.write_text(good.replace("\t6 7 8\t", "\t7 6 8\t"))
+    assert _error(capsys, source, out) == f"{valid}, line 3: history does not match user 1's training items"
+    valid.write_text(good.replace("item_id:token\n", "item:token\n", 1))
+    assert _error(capsys, source, out) == (
+        f"{valid}, line 1: expected the header 'user_id:token\\titem_id_list:token_seq\\titem_id:token'"
+    )
+    valid.write_text(good + "0\t0 1\t2\n")
+    assert _error(capsys, source, out) == f"{valid}, line 5: second row for user 0 (first on line 2)"
+    valid.write_text(good.replace("2\t2\t4", "2\t2\t99"))
+    assert _error(capsys, source, out) == f"{valid}, line 4: empty history or item index outside 0..10"
+    valid.write_text(good)
+
+    text = source / "X.text"
+    good = text.read_text()
+    text.write_text(good.replace("asin3\tItem 3 &amp; co. Tools. Brand. ", "asin3\t  "))
+    assert _error(capsys, source, out) == f"{text}, line 5, column 'text': empty text for item 'asin3'"
+    text.write_bytes(good.replace("Item 4", "Item \udcff4").encode("utf-8", "surrogateescape"))
+    assert _error(capsys, source, out) == f"{text}, line 6: not valid UTF-8 text"
+    text.write_text(good)
+
+    index = source / "X.item2index"
+    index.write_text(index.read_text() + "asin11\t3\n")
+    assert _error(capsys, source, out) == f"{index}, line 12: index 3 already used on line 4"
+
+
+@pytest.mark.slow
+def test_amazon_scientific_is_reproduced(tmp_path: Path) -> None:
+    if not (SCIENTIFIC / "Scientific.train.inter").exists():
+        pytest.skip(f"{SCIENTIFIC} is not here")
+    prepare(SCIENTIFIC, "unisrec", tmp_path / "sci")
+    data = load_processed(tmp_path / "sci")
+    assert (data.n_users, data.n_items, data.n_interactions) == (8442, 4385, 59427)
+    assert data.info["history_cut"] == 50
+    assert data.stats["split"] == {"train": 59427 - 2 * 8442, "valid": 8442, "test": 8442}
+    assert regenerate(data, 50) == file_rows(SCIENTIFIC / "Scientific")
+    first = (SCIENTIFIC / "Scientific.text").read_text().splitlines()[1].split("\t")
+    item = list(data.item_ids).index(first[0])
+    assert data.item_texts[item] == first[1].strip()

@@ -1,0 +1,68 @@
+"""Losses against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unisrec.losses import contrastive, full_softmax_ce
+
+
+def test_full_softmax_ce_matches_hand_computation() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    targets = torch.tensor([0, 1])
+    by_hand = [
+        -(2.0 - math.log(math.exp(2.0) + 1 + math.exp(-1.0))),
+        -(0.5 - math.log(2 * math.exp(0.5) + math.exp(3.0))),
+    ]
+    assert float(full_softmax_ce(logits, targets)) == pytest.approx(sum(by_hand) / 2, rel=1e-6)
+
+
+def _setup() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    c = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    ids = torch.tensor([7, 9, 7])  # queries 0 and 2 share target item 7
+    return q, c, ids
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    return (a[0] * b[0] + a[1] * b[1]) / math.hypot(*a) / math.hypot(*b)
+
+
+def _by_hand(mode: str, tau: float) -> float:
+    q, c, ids = _setup()
+    total = 0.0
+    for j in range(3):
+        logits = [_cos(q[j].tolist(), c[k].tolist()) / tau for k in range(3)]
+        denominator = 0.0
+        for k in range(3):
+            false_negative = k != j and int(ids[k]) == int(ids[j])
+            if false_negative and mode == "remove":
+                continue
+            denominator += math.exp(0.0 if false_negative and mode == "zero_logit" else logits[k])
+        total += -(logits[j] - math.log(denominator))
+    return total / 3
+
+
+@pytest.mark.parametrize("mode", ["remove", "zero_logit", "keep"])
+def test_contrastive_false_negative_modes(mode: str) -> None:
+    q, c, ids = _setup()
+    tau = 0.5
+    got = contrastive(q, c, tau, query_ids=ids, candidate_ids=ids, false_negatives=mode)  # type: ignore[arg-type]
+    assert float(got) == pytest.approx(_by_hand(mode, tau), rel=1e-6)
+
+
+def test_modes_differ_when_there_are_false_negatives() -> None:
+    q, c, ids = _setup()
+    values = {m: float(contrastive(q, c, 0.5, query_ids=ids, candidate_ids=ids, false_negatives=m))
+              for m in ("remove", "zero_logit", "keep")}
+    assert len(set(values.values())) == 3
+
+
+def test_positives_index_other_candidates() -> None:
+    q = torch.tensor([[1.0, 0.0]])
+    c = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    loss = contrastive(q, c, 1.0, positives=torch.tensor([1]))
+    assert float(loss) == pytest.approx(-(1 - math.log(math.exp(0) + math.exp(1))), rel=1e-6)

@@ -1,0 +1,141 @@
+"""The model on tiny configurations: adaptor gates, padding invariance, freeze policies, shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unisrec.config import ModelConfig
+from unisrec.finetune import freeze_encoder
+from unisrec.model import MoEAdaptor, UniSRec
+
+TINY = ModelConfig(hidden_size=16, n_layers=2, n_heads=2, inner_size=24, max_seq_len=8, n_experts=3)
+
+
+def tiny_model(item_repr: str = "text", n_items: int = 12, text_dim: int = 10, **kw: object) -> UniSRec:
+    torch.manual_seed(0)
+    config = ModelConfig(**{**TINY.__dict__, "item_repr": item_repr, **kw})
+    text = torch.randn(n_items, text_dim) if item_repr != "id" else None
+    return UniSRec(config, n_items, text)
+
+
+def test_gates_sum_to_one_and_start_uniform() -> None:
+    adaptor = MoEAdaptor(10, 6, 4, dropout=0.0)
+    x = torch.randn(7, 10)
+    adaptor.eval()
+    gates = adaptor.gates(x)
+    assert gates.shape == (7, 4)
+    torch.testing.assert_close(gates.sum(-1), torch.ones(7))
+    torch.testing.assert_close(gates, torch.full((7, 4), 0.25))  # zero-initialised W2, W3
+    with torch.no_grad():
+        adaptor.gate.normal_()
+        adaptor.gate_noise.normal_()
+    adaptor.train()
+    noisy = adaptor.gates(x)
+    torch.testing.assert_close(noisy.sum(-1), torch.ones(7))
+    assert not torch.allclose(noisy, adaptor.eval().gates(x))  # noise only while training
+
+
+def test_adaptor_equals_explicit_expert_sum() -> None:
+    torch.manual_seed(1)
+    adaptor = MoEAdaptor(5, 3, 2, dropout=0.0).eval()
+    with torch.no_grad():
+        adaptor.bias.normal_()
+        adaptor.gate.normal_()
+    x = torch.randn(4, 5)
+    gates = torch.softmax(x @ adaptor.gate, dim=-1)
+    expected = sum(gates[:, k : k + 1] * ((x - adaptor.bias[k]) @ adaptor.weight[k]) for k in range(2))
+    torch.testing.assert_close(adaptor(x), expected)
+
+
+def test_no_whitening_has_no_bias_and_one_expert_is_linear() -> None:
+    adaptor = MoEAdaptor(5, 3, 1, dropout=0.0, whitening=False, noisy=False).eval()
+    assert adaptor.bias is None and adaptor.gate_noise is None
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(adaptor(x), x @ adaptor.weight[0])
+
+
+@pytest.mark.parametrize("item_repr", ["text", "text+id", "id"])
+def test_padding_does_not_change_outputs(item_repr: str) -> None:
+    model = tiny_model(item_repr).eval()
+    table = model.item_table()
+    seq = torch.tensor([[3, 1, 4, 1]])
+    short = model.sequence_vectors(seq, torch.tensor([4]), table)
+    padded_a = torch.tensor([[3, 1, 4, 1, 0, 0, 0]])
+    padded_b = torch.tensor([[3, 1, 4, 1, 9, 5, 2]])
+    for padded in (padded_a, padded_b):
+        out = model.sequence_vectors(padded, torch.tensor([4]), table)
+        torch.testing.assert_close(out, short)
+    hidden = model.encode(padded_b, table)
+    torch.testing.assert_close(hidden[:, :4], model.encode(seq, table))
+
+
+def test_causal_position_ignores_future_items() -> None:
+    model = tiny_model().eval()
+    table = model.item_table()
+    a = model.encode(torch.tensor([[1, 2, 3, 4]]), table)
+    b = model.encode(torch.tensor([[1, 2, 7, 8]]), table)
+    torch.testing.assert_close(a[:, :2], b[:, :2])
+    assert not torch.allclose(a[:, 2:], b[:, 2:])
+
+
+def test_shapes_and_logits() -> None:
+    model = tiny_model("text+id").eval()
+    hidden, table = model(torch.randint(0, 12, (5, 6)))
+    assert hidden.shape == (5, 6, 16) and table.shape == (12, 16)
+    logits = model.logits(hidden[:, -1], table)
+    assert logits.shape == (5, 12)
+    assert logits.abs().max() <= 1 / model.config.temperature + 1e-4  # cosine / temperature
+    scores = model.query_vectors(hidden[:, -1]) @ model.scoring_table(table).T
+    torch.testing.assert_close(scores, logits)
+    _hidden, sub_table = model(torch.tensor([[0, 1]]), items=torch.tensor([4, 7]))
+    torch.testing.assert_close(sub_table, table[[4, 7]])
+
+
+def test_too_long_sequence_is_an_error() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match="max_seq_len 8"):
+        model.encode(torch.zeros(1, 9, dtype=torch.long), model.item_table())
+
+
+def test_text_modes_need_a_matching_text_matrix() -> None:
+    with pytest.raises(ValueError, match=r"needs a \(12, D\) text matrix, got \(11, 10\)"):
+        UniSRec(TINY, 12, torch.randn(11, 10))
+
+
+ENCODER = {
+    "encoder.position.weight",
+    *{
+        f"encoder.layers.{i}.{part}.{kind}"
+        for i in range(2)
+        for part in ("out", "norm1", "ff1", "ff2", "norm2")
+        for kind in ("weight", "bias")
+    },
+    *{f"encoder.layers.{i}.{name}" for i in range(2) for name in ("qkv.weight", "q_bias", "v_bias")},
+}
+ADAPTOR = {"adaptor.weight", "adaptor.bias", "adaptor.gate", "adaptor.gate_noise"}
+INPUT_NORM = {"input_norm.weight", "input_norm.bias"}
+
+
+@pytest.mark.parametrize(
+    ("item_repr", "frozen", "expected"),
+    [
+        ("text", True, ADAPTOR | INPUT_NORM),
+        ("text+id", True, ADAPTOR | INPUT_NORM | {"item_id.weight"}),
+        ("text", False, ADAPTOR | INPUT_NORM | ENCODER),
+        ("text+id", False, ADAPTOR | INPUT_NORM | ENCODER | {"item_id.weight"}),
+        ("id", False, INPUT_NORM | ENCODER | {"item_id.weight"}),
+    ],
+)
+def test_trainable_parameter_names(item_repr: str, frozen: bool, expected: set[str]) -> None:
+    model = tiny_model(item_repr)
+    names = freeze_encoder(model, frozen)
+    assert set(names) == expected
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+
+
+def test_text_buffer_is_not_a_parameter_and_moves_with_the_model() -> None:
+    model = tiny_model()
+    assert "item_text" not in dict(model.named_parameters())
+    assert "item_text" not in model.state_dict()
+    assert model.item_text.dtype == torch.float32 and model.text_dim == 10

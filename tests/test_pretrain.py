@@ -1,0 +1,111 @@
+"""Multi-domain pre-training on tiny data, transfer with a frozen encoder, zero-shot ranking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import prepare_synthetic
+from safetensors.torch import load_file
+
+from unisrec.augment import item_drop
+from unisrec.cli import main
+from unisrec.finetune import finetune
+
+TINY = [
+    "--model.hidden_size=16", "--model.inner_size=16", "--model.max_seq_len=6", "--model.n_experts=2",
+    "--train.batch_size=64", "--train.lr=0.005", "--train.progress=false", "--pretrain.word_drop_variants=2",
+]
+
+
+@pytest.fixture
+def two_domains(tmp_path: Path) -> list[Path]:
+    return [prepare_synthetic(tmp_path / "a", seed=1), prepare_synthetic(tmp_path / "b", seed=2, n_items=25)]
+
+
+def test_item_drop_keeps_order_and_at_least_one_item() -> None:
+    rng = np.random.default_rng(0)
+    inputs = np.array([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0], [9, 0, 0, 0, 0]])
+    lengths = np.array([5, 2, 1])
+    for _ in range(50):
+        out, new = item_drop(inputs, lengths, 0.5, rng.random((3, 5)))
+        assert (new >= 1).all() and (new <= lengths).all()
+        for row in range(3):
+            kept = out[row, : new[row]].tolist()
+            original = inputs[row, : lengths[row]].tolist()
+            it = iter(original)
+            assert all(x in it for x in kept)  # a subsequence, order kept, no duplicates from collisions
+    out, new = item_drop(inputs, lengths, 0.0, rng.random((3, 5)))
+    assert (new == lengths).all() and (out[0] == inputs[0]).all()
+    _, new = item_drop(inputs, lengths, 0.999999, rng.random((3, 5)))
+    assert (new == 1).all()
+
+
+def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm_dir: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "pre"
+    code = main(["pretrain", *map(str, two_domains), "--out", str(run), "--epochs", "2", "--seed", "3",
+                 "--text-model", str(tiny_lm_dir), *TINY])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and summary["steps"] > 0
+    assert {"loss", "si", "ss", "si@a", "si@b"} <= set(summary["train"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["kind"] == "pretrained" and config["domains"] == ["a", "b"] and config["n_items"] == 0
+    weights = load_file(str(run / "model.safetensors"))
+    assert not any(k.startswith("item_id") for k in weights)
+
+    target = prepare_synthetic(tmp_path / "target", seed=9, n_items=20)
+    ft = finetune(target, "inductive", tmp_path / "ft", init=run,
+                  overrides=[o[2:] for o in TINY] + ["train.epochs=2"])
+    assert set(ft["trainable_parameters"]) == {
+        "adaptor.weight", "adaptor.bias", "adaptor.gate", "adaptor.gate_noise", "input_norm.weight", "input_norm.bias"}
+    tuned = load_file(str(tmp_path / "ft" / "model.safetensors"))
+    for name, value in weights.items():
+        if name.startswith("encoder."):
+            torch.testing.assert_close(tuned[name], value, rtol=0, atol=0)  # the encoder stayed frozen
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["text_encoder"]["model"] == str(tiny_lm_dir)
+
+    code = main(["evaluate", str(run), str(target), "--split", "test"])
+    assert code == 0
+    zero_shot = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= zero_shot["ndcg@10"] <= zero_shot["recall@10"] <= 1.0
+
+
+def test_kill_9_then_restart_reaches_the_same_weights(two_domains: list[Path], tmp_path: Path,
+                                                     tiny_lm_dir: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "unisrec", "pretrain", *map(str, two_domains), "--text-model", str(tiny_lm_dir),
+            "--epochs", "12", *TINY, "--pretrain.checkpoint_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*args, "--out", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen([*args, "--out", str(run)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    state = run / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["state"]["global_step"] >= 5:
+            break
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
+    done = subprocess.run([*args, "--out", str(run)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from epoch" in done.stderr
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(run / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+    leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
+    assert leftovers == []

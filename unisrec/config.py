@@ -1,0 +1,262 @@
+"""Typed run configuration: model, training and evaluation settings with the paper's defaults.
+
+A config is four frozen dataclasses (``model``, ``train``, ``eval``, ``pretrain``). It is read from / written to YAML or
+JSON; unknown keys are an error; dotted overrides (``model.n_layers=3``) change single fields with the
+value parsed as YAML and checked against the field's type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from unisrec.errors import ConfigError
+
+ItemRepr = Literal["text", "text+id", "id"]
+MODES: dict[str, ItemRepr] = {"inductive": "text", "transductive": "text+id", "sasrec": "id"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. Defaults: the paper's reference settings (section 5 of docs/PAPER.md)."""
+
+    item_repr: ItemRepr = "text"  # text: UniSRec_t (inductive); text+id: UniSRec_t+ID; id: SASRec
+    hidden_size: int = 300  # d of item and sequence vectors
+    n_layers: int = 2  # Transformer layers
+    n_heads: int = 2  # attention heads (hidden_size must divide by it)
+    inner_size: int = 256  # feed-forward width
+    hidden_dropout: float = 0.5  # dropout on embeddings, attention output and feed-forward output
+    attn_dropout: float = 0.5  # dropout on attention probabilities
+    layer_norm_eps: float = 1e-12
+    max_seq_len: int = 50  # histories are cut to their last max_seq_len items
+    n_experts: int = 8  # whitening experts of the MoE adaptor (1 = no MoE)
+    whitening: bool = True  # learnable centring vector b per expert (False: plain linear projection)
+    noisy_gating: bool = True  # gate noise eps * softplus(x W3) during training only
+    adaptor_dropout: float = 0.2  # dropout on language-model vectors before whitening
+    temperature: float = 0.07  # logits = cos(s, v) / temperature (text modes; SASRec uses dot products)
+    initializer_range: float = 0.02  # std of normal initialisation
+
+    def __post_init__(self) -> None:
+        _check_choice("model.item_repr", self.item_repr, ("text", "text+id", "id"))
+        for name in ("hidden_size", "n_layers", "n_heads", "inner_size", "max_seq_len", "n_experts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.n_heads:
+            raise ConfigError(f"model.hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
+        for name in ("hidden_dropout", "attn_dropout", "adaptor_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"model.temperature must be > 0, got {self.temperature}")
+
+    @property
+    def uses_text(self) -> bool:
+        return self.item_repr != "id"
+
+    @property
+    def uses_ids(self) -> bool:
+        return self.item_repr != "text"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. Defaults: the paper's fine-tuning settings."""
+
+    epochs: int = 300  # upper bound; early stopping usually ends training sooner
+    batch_size: int = 2048  # target positions (prefix -> next item examples) per step
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0
+    max_grad_norm: float = 5.0  # gradient clipping by global norm (0 = off)
+    patience: int = 10  # stop after this many validations without a better valid metric
+    select_metric: str = "ndcg@10"  # validation metric that selects the best epoch
+    seed: int = 2022
+    freeze: Literal["auto", "none", "encoder"] = "auto"  # auto: encoder frozen iff initialised from a run
+    threads: int = 0  # torch CPU threads (0 = torch default)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True  # progress bars (on a terminal)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Full-ranking evaluation (the paper's protocol by default)."""
+
+    ks: tuple[int, ...] = (10, 20, 50)  # cut-offs of recall@K, ndcg@K, mrr@K
+    exclude_seen: bool = False  # paper protocol: items already in the history stay in the ranking
+    batch_size: int = 1024  # target histories scored at once
+    item_chunk: int = 65536  # items scored at once (bounds memory on large catalogues)
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"eval.ks must be positive cut-offs, got {self.ks}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Multi-domain pre-training (paper section 2); batch size, lr and epochs are in ``train``."""
+
+    lambda_ss: float = 1e-3  # L = l_SI + lambda_ss * l_SS
+    item_drop: float = 0.2  # item-drop view: each item dropped with this probability (>= 1 kept)
+    word_drop: float = 0.2  # word-drop view: each word of an item text dropped with this probability
+    word_drop_variants: int = 4  # pre-encoded word-drop variants per item, one sampled per item per step
+    false_negatives: Literal["remove", "zero_logit", "keep"] = "remove"  # same-target in-batch candidates
+    strided_windows: bool = True  # long sequences as consecutive windows (False: one window per target)
+    checkpoint_every: int = 200  # steps between checkpoints inside an epoch (0: at epoch ends only)
+
+    def __post_init__(self) -> None:
+        for name in ("item_drop", "word_drop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"pretrain.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.lambda_ss < 0:
+            raise ConfigError(f"pretrain.lambda_ss must be >= 0, got {self.lambda_ss}")
+        if self.word_drop_variants < 0:
+            raise ConfigError("pretrain.word_drop_variants must be >= 0")
+        _check_choice("pretrain.false_negatives", self.false_negatives, ("remove", "zero_logit", "keep"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
+        return from_plain(cls, data, source)
+
+    def with_overrides(self, overrides: list[str]) -> RunConfig:
+        return apply_overrides(self, overrides)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected one of {typing.get_args(tp)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not match {tp}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            value = [value]
+        inner = typing.get_args(tp)[0]
+        return tuple(_coerce(v, inner, where) for v in value)
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_plain(tp, value, where)
+    return value
+
+
+def from_plain(cls: Any, data: dict[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+    kwargs = {key: _coerce(value, hints[key], f"{source}.{key}") for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(config: Any, overrides: list[str]) -> Any:
+    """``["model.n_layers=3", "train.lr=1e-4"]`` -> a new config; unknown keys and bad values are errors."""
+    plain = to_plain(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        parts = key.strip().lstrip("-").split(".")
+        node = plain
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                known = ", ".join(sorted(node)) if isinstance(node, dict) else ""
+                prefix = ".".join(parts[:depth]) or "config"
+                raise ConfigError(f"override {item!r}: unknown key {part!r} in {prefix}; known: {known}")
+            if depth == len(parts) - 1:
+                node[part] = yaml.safe_load(raw) if raw.strip() else ""
+            else:
+                node = node[part]
+    return from_plain(type(config), plain, "config")
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections model / train / eval")
+    return RunConfig.from_dict(data, source=str(path))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    from unisrec.atomic import atomic_write_text
+
+    path = Path(path)
+    if path.suffix == ".json":
+        atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
+    else:
+        atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

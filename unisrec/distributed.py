@@ -1,0 +1,106 @@
+"""Multi-process training helpers (torchrun): process group set-up, averaging, gathering with gradient."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @staticmethod
+    def single() -> Distributed:
+        return Distributed()
+
+    @staticmethod
+    def from_env(device_type: str = "cpu") -> Distributed:
+        """Join the process group that torchrun describes in the environment (or run alone)."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return Distributed()
+        if not torch_dist.is_initialized():
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            torch_dist.init_process_group(backend=backend)
+        return Distributed(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch_dist.barrier()
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        torch_dist.all_reduce(tensor)
+        return float(tensor.item()) / self.world_size
+
+    def gather(self, tensor: Tensor) -> Tensor:
+        """Concatenate every rank's (n_r, ...) tensor along dim 0; gradients flow back to each rank's part.
+
+        Ranks may hold different n_r: tensors are padded to the largest, gathered, then trimmed.
+        """
+        if not self.enabled:
+            return tensor
+        from torch.distributed.nn.functional import all_gather
+
+        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world_size)]
+        torch_dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+        counts = [int(s.item()) for s in sizes]
+        largest = max(counts)
+        padded = torch.cat([tensor, tensor.new_zeros((largest - len(tensor), *tensor.shape[1:]))])
+        parts = all_gather(padded)
+        return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
+
+    def gather_ids(self, tensor: Tensor) -> Tensor:
+        """``gather`` for tensors without gradient (e.g. item ids)."""
+        if not self.enabled:
+            return tensor
+        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world_size)]
+        torch_dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+        counts = [int(s.item()) for s in sizes]
+        largest = max(counts)
+        padded = torch.cat([tensor, tensor.new_zeros((largest - len(tensor), *tensor.shape[1:]))])
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, padded)
+        return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
+
+    def offset(self, tensor_len: int) -> int:
+        """Index of this rank's first row in ``gather`` output."""
+        if not self.enabled:
+            return 0
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(self.world_size)]
+        torch_dist.all_gather(sizes, torch.tensor([tensor_len]))
+        return int(sum(int(s.item()) for s in sizes[: self.rank]))
+
+    def main_first(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on rank 0 first (e.g. filling a cache), then on the other ranks."""
+        if self.is_main:
+            result = work()
+            self.barrier()
+            return result
+        self.barrier()
+        return work()
+
+    def close(self) -> None:
+        if self.enabled and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()

@@ -1,0 +1,137 @@
+"""Full-ranking evaluation: every item of the catalogue is scored for every target, in item chunks.
+
+The adapted item table is computed once per evaluation pass. A target's rank is the count of items scored
+at least as high (other than the target itself), so no sort is needed and memory stays bounded by
+``batch_size x item_chunk`` scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from unisrec.batches import EvalBatch, make_eval_batch
+from unisrec.config import EvalConfig
+from unisrec.datasets.processed import ProcessedDataset
+from unisrec.errors import UnisrecError
+from unisrec.metrics import ranking_metrics
+from unisrec.model import UniSRec
+
+
+def count_ranks(
+    queries: Tensor, table: Tensor, targets: Tensor, item_chunk: int, seen: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """(B, H) queries, (N, H) scoring table, (B,) targets -> (B,) 0-based pessimistic ranks.
+
+    Scores come from one matmul per chunk; the target's own score is read from the same matmul, so it
+    equals its column bit for bit. ``seen`` = (rows, items) pairs excluded from the ranking (never the target).
+    """
+    n = table.shape[0]
+    chunks = [(s, min(n, s + item_chunk)) for s in range(0, n, item_chunk)]
+    target_score = torch.empty(len(targets), dtype=queries.dtype, device=queries.device)
+    cached: Tensor | None = None
+    for lo, hi in chunks:  # pass 1: the targets' scores
+        scores = queries @ table[lo:hi].T  # (B, C)
+        inside = (targets >= lo) & (targets < hi)
+        target_score[inside] = scores[inside, targets[inside] - lo]
+        cached = scores if len(chunks) == 1 else None
+    ranks = torch.zeros(len(targets), dtype=torch.long, device=queries.device)
+    for lo, hi in chunks:  # pass 2: count items scored >= the target
+        scores = cached if cached is not None else queries @ table[lo:hi].T  # (B, C)
+        if seen is not None and len(seen[0]):
+            rows, items = seen
+            inside = (items >= lo) & (items < hi) & (items != targets[rows])
+            scores = scores.clone()
+            scores[rows[inside], items[inside] - lo] = float("-inf")
+        ranks += (scores >= target_score[:, None]).sum(dim=1)
+    return ranks - 1  # the target itself is counted once
+
+
+@torch.no_grad()
+def rank_split(
+    model: UniSRec,
+    dataset: ProcessedDataset,
+    split: str,
+    config: EvalConfig,
+    device: torch.device | str = "cpu",
+    table: Tensor | None = None,
+) -> np.ndarray:
+    """(T,) 0-based ranks of the targets of ``split`` ("valid" / "test")."""
+    was_training = model.training
+    model.eval()
+    try:
+        if table is None:
+            table = model.item_table()  # (N, H): once per pass
+        scoring = model.scoring_table(table)
+        rows = dataset.target_rows(split)
+        seq_start = dataset.offsets[:-1][dataset.user_of_rows()[rows]]
+        lengths = np.minimum(rows - seq_start, model.config.max_seq_len)
+        order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding
+        ranks = np.zeros(len(rows), dtype=np.int64)
+        for lo in range(0, len(rows), config.batch_size):
+            part = order[lo : lo + config.batch_size]
+            batch = make_eval_batch(
+                dataset.items, rows[part], seq_start[part], model.config.max_seq_len,
+                with_seen=config.exclude_seen,
+            )
+            ranks[part] = _rank_batch(model, batch, table, scoring, config, device).cpu().numpy()
+        return ranks
+    finally:
+        model.train(was_training)
+
+
+def _rank_batch(
+    model: UniSRec, batch: EvalBatch, table: Tensor, scoring: Tensor, config: EvalConfig, device: Any
+) -> Tensor:
+    inputs, lengths = batch.inputs.to(device), batch.lengths.to(device)
+    queries = model.query_vectors(model.sequence_vectors(inputs, lengths, table))  # (B, H)
+    seen = (batch.seen_rows.to(device), batch.seen_items.to(device)) if config.exclude_seen else None
+    return count_ranks(queries, scoring, batch.targets.to(device), config.item_chunk, seen)
+
+
+def evaluate(
+    model: UniSRec,
+    dataset: ProcessedDataset,
+    split: str,
+    config: EvalConfig | None = None,
+    device: torch.device | str = "cpu",
+    table: Tensor | None = None,
+) -> dict[str, float]:
+    """Recall / NDCG / MRR at ``config.ks`` over all targets of ``split``, full ranking."""
+    config = config or EvalConfig()
+    return ranking_metrics(rank_split(model, dataset, split, config, device, table), config.ks)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    split: str,
+    *,
+    ks: tuple[int, ...] = (10, 20, 50),
+    exclude_seen: bool = False,
+    device: str = "auto",
+) -> dict[str, float]:
+    """Metrics of a saved run on ``split`` of a processed dataset with the same item list."""
+    from unisrec.checkpoint import from_pretrained, read_items, read_model_config
+    from unisrec.datasets.processed import load_processed
+    from unisrec.finetune import zero_shot_model
+    from unisrec.train import resolve_device
+
+    torch_device = resolve_device(device)
+    dataset = load_processed(data_dir)
+    if read_model_config(run_dir)["n_items"] == 0:  # a pre-trained model: zero-shot, items by their text
+        model = zero_shot_model(Path(run_dir), dataset).to(torch_device)
+        return evaluate(model, dataset, split, EvalConfig(ks=ks, exclude_seen=exclude_seen), torch_device)
+    model, _config = from_pretrained(run_dir, torch_device)
+    item_ids, _texts = read_items(run_dir)
+    if len(item_ids) != dataset.n_items or any(a != str(b) for a, b in zip(item_ids, dataset.item_ids, strict=True)):
+        raise UnisrecError(
+            f"{data_dir}: its {dataset.n_items} items are not the {len(item_ids)} items of run {run_dir} "
+            "(same ids in the same order expected)"
+        )
+    config = EvalConfig(ks=ks, exclude_seen=exclude_seen)
+    return evaluate(model, dataset, split, config, torch_device)

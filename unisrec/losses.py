@@ -1,0 +1,54 @@
+"""Training losses as pure functions (paper sections 2 and 3).
+
+- ``full_softmax_ce``: fine-tuning / SASRec, softmax over every item of the domain.
+- ``contrastive``: InfoNCE over in-batch candidates, used for both pre-training losses:
+  sequence-item (candidates: the batch's target items) and sequence-sequence (candidates: the batch's
+  augmented views). Candidates that share the query's target item are false negatives: by default they
+  are removed from the denominator; ``false_negatives="zero_logit"`` keeps the reference code's behaviour
+  (their logit is set to 0, i.e. each adds exp(0) = 1 to the denominator).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FalseNegatives = Literal["remove", "zero_logit", "keep"]
+
+
+def full_softmax_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    """(T, N) logits over all items, (T,) target items -> mean cross-entropy."""
+    return F.cross_entropy(logits, targets)
+
+
+def contrastive(
+    queries: Tensor,
+    candidates: Tensor,
+    temperature: float,
+    *,
+    query_ids: Tensor | None = None,
+    candidate_ids: Tensor | None = None,
+    positives: Tensor | None = None,
+    false_negatives: FalseNegatives = "remove",
+    reduction: Literal["mean", "sum", "none"] = "mean",
+) -> Tensor:
+    """InfoNCE: query j's positive is candidate ``positives[j]`` (default j) among all candidates.
+
+    queries (Q, H) and candidates (C, H) are L2-normalised here; logits = cos / temperature.
+    ``query_ids`` (Q,) / ``candidate_ids`` (C,): the target item of each query / candidate; a candidate
+    other than the positive with the same id as the query is a false negative.
+    """
+    q = F.normalize(queries, dim=-1)
+    c = F.normalize(candidates, dim=-1)
+    logits = q @ c.T / temperature  # (Q, C)
+    if positives is None:
+        positives = torch.arange(len(q), device=q.device)
+    if query_ids is not None and candidate_ids is not None and false_negatives != "keep":
+        same = query_ids[:, None] == candidate_ids[None, :]  # (Q, C)
+        same[torch.arange(len(q), device=q.device), positives] = False
+        fill = float("-inf") if false_negatives == "remove" else 0.0
+        logits = logits.masked_fill(same, fill)
+    return F.cross_entropy(logits, positives, reduction=reduction)

@@ -1,0 +1,215 @@
+"""UniSRec: text item vectors -> whitening MoE adaptor -> causal Transformer sequence encoder.
+
+One file, the whole model (paper sections 1-3). Shapes: B batch, L sequence length, N items, D language-model
+dimension, H hidden size, K experts. Item tables are computed once per step / evaluation pass
+(``item_table``) and indexed by the encoder, so no (B, L, D) tensor is ever built from the data loader.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unisrec.config import ModelConfig
+
+
+class MoEAdaptor(nn.Module):
+    """Parametric whitening experts mixed by a softmax gate: v = sum_k g_k (x - b_k) W_k.
+
+    Gate logits x W2 (+ eps * softplus(x W3) with eps ~ N(0, 1) while training, if ``noisy``), W2 and W3
+    start at zero, so the experts start equally weighted. One dropout mask on x is shared by the experts,
+    which lets the K projections run as one (D, K*H) matmul.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        n_experts: int,
+        *,
+        dropout: float,
+        whitening: bool = True,
+        noisy: bool = True,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.n_experts, self.d_out, self.noisy = n_experts, d_out, noisy
+        self.weight = nn.Parameter(torch.randn(n_experts, d_in, d_out) * init_std)  # (K, D, H)
+        self.bias = nn.Parameter(torch.zeros(n_experts, d_in)) if whitening else None  # (K, D)
+        self.gate = nn.Parameter(torch.zeros(d_in, n_experts))  # W2 (D, K)
+        self.gate_noise = nn.Parameter(torch.zeros(d_in, n_experts)) if noisy else None  # W3 (D, K)
+        self.dropout = nn.Dropout(dropout)
+
+    def gates(self, x: Tensor) -> Tensor:
+        """(..., D) -> (..., K) expert weights summing to one."""
+        logits = x @ self.gate
+        if self.training and self.gate_noise is not None:
+            logits = logits + torch.randn_like(logits) * F.softplus(x @ self.gate_noise)
+        return logits.softmax(dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., D) -> (..., H)."""
+        gates = self.gates(x)  # (..., K)
+        d_in = x.shape[-1]
+        projected = self.dropout(x) @ self.weight.permute(1, 0, 2).reshape(d_in, -1)  # (..., K*H)
+        projected = projected.unflatten(-1, (self.n_experts, self.d_out))  # (..., K, H)
+        if self.bias is not None:
+            projected = projected - torch.einsum("kd,kdh->kh", self.bias, self.weight)  # (x - b_k) W_k
+        return (gates.unsqueeze(-2) @ projected).squeeze(-2)  # (..., H)
+
+
+class TransformerLayer(nn.Module):
+    """Post-LayerNorm Transformer layer (as SASRec / the reference) on scaled_dot_product_attention."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.n_heads, self.attn_dropout = config.n_heads, config.attn_dropout
+        # No key bias: it adds a per-query constant to the attention logits, which the softmax cancels, so
+        # its gradient is exactly zero and Adam would only amplify rounding noise in it.
+        self.qkv = nn.Linear(h, 3 * h, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(h))
+        self.v_bias = nn.Parameter(torch.zeros(h))
+        self.out = nn.Linear(h, h)
+        self.norm1 = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.ff1 = nn.Linear(h, config.inner_size)
+        self.ff2 = nn.Linear(config.inner_size, h)
+        self.norm2 = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L, H) -> (B, L, H); position t attends to positions <= t only."""
+        b, n, h = x.shape
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])  # (3H,)
+        qkv = F.linear(x, self.qkv.weight, bias)  # (B, L, 3H)
+        q, k, v = qkv.view(b, n, 3, self.n_heads, h // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, nh, L, hd)
+        attn = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, nh, L, hd)
+        attn = attn.transpose(1, 2).reshape(b, n, h)  # (B, L, H)
+        x = self.norm1(x + self.dropout(self.out(attn)))
+        return self.norm2(x + self.dropout(self.ff2(F.gelu(self.ff1(x)))))
+
+
+class SequenceEncoder(nn.Module):
+    """Item vectors + learned positions -> LayerNorm -> dropout -> causal Transformer layers."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.position = nn.Embedding(config.max_seq_len, config.hidden_size)
+        self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.n_layers))
+
+    def forward(self, item_vectors: Tensor, input_norm: nn.LayerNorm, dropout: nn.Dropout) -> Tensor:
+        """(B, L, H) item vectors of right-padded sequences -> (B, L, H) hidden states.
+
+        Causal attention makes position t depend on items 0..t only, so right padding never changes the
+        states of real positions.
+        """
+        positions = torch.arange(item_vectors.shape[1], device=item_vectors.device)
+        x = dropout(input_norm(item_vectors + self.position(positions)))  # (B, L, H)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class UniSRec(nn.Module):
+    """The whole model; ``config.item_repr`` picks UniSRec_t (text), UniSRec_t+ID (text+id) or SASRec (id).
+
+    ``text`` is the (N, D) matrix of frozen language-model item vectors (a buffer, moved with the model).
+    """
+
+    def __init__(self, config: ModelConfig, n_items: int, text: Tensor | None = None) -> None:
+        super().__init__()
+        self.config, self.n_items = config, n_items
+        h = config.hidden_size
+        if config.uses_text:
+            if text is None or text.ndim != 2 or text.shape[0] != n_items:
+                shape = None if text is None else tuple(text.shape)
+                raise ValueError(f"item_repr={config.item_repr!r} needs a ({n_items}, D) text matrix, got {shape}")
+            # n_items = 0 (pre-training): no catalogue; every call passes the text vectors it needs
+            self.register_buffer("item_text", text.float().contiguous(), persistent=False)  # (N, D)
+            self.adaptor: MoEAdaptor | None = MoEAdaptor(
+                text.shape[1],
+                h,
+                config.n_experts,
+                dropout=config.adaptor_dropout,
+                whitening=config.whitening,
+                noisy=config.noisy_gating,
+                init_std=config.initializer_range,
+            )
+        else:
+            self.adaptor = None
+        self.item_id: nn.Embedding | None = nn.Embedding(n_items, h) if config.uses_ids else None
+        self.input_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.input_dropout = nn.Dropout(config.hidden_dropout)
+        self.encoder = SequenceEncoder(config)
+        self.apply(self._init_weights)
+
+    @classmethod
+    def without_catalogue(cls, config: ModelConfig, text_dim: int) -> UniSRec:
+        """A text model whose item vectors are passed with each call (multi-domain pre-training)."""
+        return cls(config, 0, torch.zeros(0, text_dim))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.item_text.shape[1]) if self.config.uses_text else 0
+
+    def item_table(self, items: Tensor | None = None, text: Tensor | None = None) -> Tensor:
+        """Adapted item vectors, (N, H) for all items or (M, H) for ``items`` (M,).
+
+        ``text`` replaces the language-model vectors of those items (e.g. a word-dropped view), (M, D).
+        """
+        parts = []
+        if self.adaptor is not None:
+            if text is None:
+                text = self.item_text if items is None else self.item_text[items]  # (N, D) or (M, D)
+            parts.append(self.adaptor(text))
+        if self.item_id is not None:
+            parts.append(self.item_id.weight if items is None else self.item_id(items))
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+    def forward(
+        self, sequences: Tensor, items: Tensor | None = None, text: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One differentiable pass (what DistributedDataParallel wraps): item table, then sequences.
+
+        sequences (B, L) index into the table of ``items`` (M,) (all N items when None), whose text
+        vectors may be replaced by ``text`` (M, D). Returns hidden states (B, L, H) and the table (M, H).
+        """
+        table = self.item_table(items, text)
+        return self.encode(sequences, table), table
+
+    def encode(self, sequences: Tensor, table: Tensor) -> Tensor:
+        """(B, L) right-padded item indices into ``table`` (N', H) -> (B, L, H) hidden states."""
+        if sequences.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"sequence length {sequences.shape[1]} > max_seq_len {self.config.max_seq_len}")
+        return self.encoder(F.embedding(sequences, table), self.input_norm, self.input_dropout)
+
+    def sequence_vectors(self, sequences: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
+        """(B, L), (B,) -> (B, H): the state at the last real position of each sequence."""
+        hidden = self.encode(sequences, table)
+        return hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
+
+    def logits(self, queries: Tensor, table: Tensor) -> Tensor:
+        """(T, H) sequence states x (N, H) items -> (T, N) logits: cos / temperature, or dot for SASRec."""
+        if self.config.uses_text:
+            return F.normalize(queries, dim=-1) @ F.normalize(table, dim=-1).T / self.config.temperature
+        return queries @ table.T
+
+    def scoring_table(self, table: Tensor) -> Tensor:
+        """(N, H) table scaled so that ``query_vectors(q) @ scoring_table(t).T`` equals ``logits(q, t)``."""
+        return F.normalize(table, dim=-1) / self.config.temperature if self.config.uses_text else table
+
+    def query_vectors(self, queries: Tensor) -> Tensor:
+        return F.normalize(queries, dim=-1) if self.config.uses_text else queries

@@ -1,0 +1,283 @@
+"""Multi-domain pre-training (paper section 2): L = l_SI + lambda * l_SS over a mixed stream of domains.
+
+Sequences of every domain are windows of one flat item array; item ids are made global by offsetting each
+domain's local ids, so item tables stay separate while a batch mixes domains (its in-batch negatives are
+mostly other domains' items). Each step builds the adapted vectors only of the items the batch touches.
+
+Per step, for a batch of windows (B) with T target positions:
+- l_SI: each position's state against the T target-item vectors of the (global) batch.
+- l_SS: each window's last state against the B augmented views (item drop or word drop, drawn per window).
+Under torchrun the vectors of every process are gathered (with gradient), so the negatives span the global
+batch, and each process's loss is scaled so that the averaged gradients equal a one-process run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from unisrec.atomic import atomic_write_json
+from unisrec.augment import item_drop
+from unisrec.batches import Windows, bucketed_batches, make_train_batch, shard, training_windows
+from unisrec.checkpoint import save_pretrained
+from unisrec.config import RunConfig
+from unisrec.datasets.processed import load_processed
+from unisrec.distributed import Distributed
+from unisrec.errors import UnisrecError
+from unisrec.finetune import load_text, train_lengths
+from unisrec.losses import contrastive
+from unisrec.model import UniSRec
+from unisrec.runs import fingerprint, open_run_dir, seed_everything
+from unisrec.train import Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
+
+
+@dataclass
+class Corpus:
+    """Several domains as one stream: global item ids, windows, and the domain of every window."""
+
+    names: list[str]
+    items: np.ndarray  # (I,) int64 global item ids of every interaction of every domain
+    windows: Windows  # training windows (rows index ``items``)
+    window_domain: np.ndarray  # (W,) int64
+    item_offsets: np.ndarray  # (n_domains + 1,) global id of each domain's item 0
+    text: np.ndarray  # (N, D) float32 language-model vectors of all items
+    variants: np.ndarray | None  # (V, N, D) float16 word-dropped text vectors, or None
+    text_meta: dict[str, Any]
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_offsets[-1])
+
+
+def load_corpus(dirs: list[Path], config: RunConfig, text_spec: dict[str, Any] | None) -> Corpus:
+    """Read each processed dataset (encoding its texts if needed) into one Corpus."""
+    from unisrec.text import TextEncoderSpec, encode_word_drop, load_word_drop
+
+    if not dirs:
+        raise UnisrecError("pretrain needs at least one dataset folder")
+    pre = config.pretrain
+    spec = TextEncoderSpec(**text_spec) if text_spec else TextEncoderSpec()
+    want_variants = pre.lambda_ss > 0 and pre.word_drop > 0 and pre.word_drop_variants > 0
+    names, items, windows, domains, texts, variants = [], [], [], [], [], []
+    item_offset, row_offset = 0, 0
+    meta: dict[str, Any] = {}
+    offsets = [0]
+    for index, directory in enumerate(dirs):
+        dataset = load_processed(directory)
+        text, meta = load_text(dataset, text_spec)
+        texts.append(text.numpy())
+        if want_variants:
+            options = {"p": pre.word_drop, "variants": pre.word_drop_variants, "seed": config.train.seed}
+            encode_word_drop(directory, spec, **options)
+            drop = load_word_drop(directory, spec, **options)
+            variants.append(np.asarray(getattr(drop, "matrix", drop), dtype=np.float16))
+        lengths = train_lengths(dataset)
+        part = training_windows(dataset.offsets[:-1] + row_offset, lengths, config.model.max_seq_len,
+                                exact=not pre.strided_windows)
+        names.append(dataset.name)
+        items.append(dataset.items.astype(np.int64) + item_offset)
+        windows.append(part)
+        domains.append(np.full(len(part), index, dtype=np.int64))
+        item_offset += dataset.n_items
+        row_offset += dataset.n_interactions
+        offsets.append(item_offset)
+    dims = {t.shape[1] for t in texts}
+    if len(dims) != 1:
+        raise UnisrecError(f"item vectors of the datasets have different dimensions {sorted(dims)}")
+    return Corpus(
+        names=names,
+        items=np.concatenate(items),
+        windows=Windows.concat(windows),
+        window_domain=np.concatenate(domains),
+        item_offsets=np.asarray(offsets, dtype=np.int64),
+        text=np.concatenate(texts),
+        variants=np.concatenate(variants, axis=1) if variants else None,
+        text_meta=meta,
+    )
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one step trains on: the global batch's windows and this process's share of them."""
+
+    epoch: int
+    step: int
+    windows: np.ndarray  # (Bg,) window indices of the global batch
+    share: slice  # this process's rows of ``windows``
+
+
+class PretrainTask:
+    def __init__(
+        self, model: nn.Module, corpus: Corpus, config: RunConfig, device: torch.device, dist: Distributed
+    ) -> None:
+        self.model, self.corpus, self.config, self.device, self.dist = model, corpus, config, device, dist
+        self.text = torch.from_numpy(corpus.text)  # (N, D)
+        self.variants = torch.from_numpy(corpus.variants) if corpus.variants is not None else None
+        if int(corpus.windows.n_targets.sum()) == 0:
+            raise UnisrecError("no training examples in the pre-training datasets")
+        self.steps = len(self._batches(0))
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.config.train.seed, epoch])
+        return bucketed_batches(self.corpus.windows, self.config.train.batch_size, rng)
+
+    def batches(self, epoch: int) -> Iterator[StepPlan]:
+        for step, index in enumerate(self._batches(epoch)):
+            yield StepPlan(epoch, step, index, shard(self.corpus.windows.n_targets[index], self.dist))
+
+    def loss(self, plan: StepPlan) -> dict[str, Tensor]:
+        pre, dist = self.config.pretrain, self.dist
+        # random draws for the whole global batch, then this process's rows: the same augmentations
+        # whatever the number of processes
+        rng = np.random.default_rng([self.config.train.seed, plan.epoch, plan.step, 7])
+        use_words = (rng.random(len(plan.windows)) < 0.5)[plan.share]  # (B,) word drop, else item drop
+        uniform = rng.random((len(plan.windows), self.config.model.max_seq_len))[plan.share]  # (B, L)
+        if self.variants is None:
+            use_words[:] = False
+        elif pre.item_drop == 0:
+            use_words[:] = True
+        windows = self.corpus.windows.subset(plan.windows[plan.share])
+        batch = make_train_batch(self.corpus.items, windows)
+        inputs, lengths = batch.inputs.numpy(), windows.length
+        last_targets = self.corpus.items[windows.start + windows.length]  # (B,) next item of each window
+        aug, aug_lengths = item_drop(inputs, lengths, pre.item_drop, uniform)
+        aug[use_words], aug_lengths[use_words] = inputs[use_words], lengths[use_words]
+
+        unique = np.unique(np.concatenate([inputs.ravel(), batch.targets.numpy()]))  # (M,) global ids
+        text = self.text[unique]  # (M, D)
+        main_local = np.searchsorted(unique, inputs)  # (B, L)
+        aug_local = np.searchsorted(unique, aug)
+        if use_words.any():
+            assert self.variants is not None
+            choice = rng.integers(0, self.variants.shape[0], size=self.corpus.n_items)[unique]  # (M,)
+            dropped = self.variants[torch.from_numpy(choice), torch.from_numpy(unique)].float()  # (M, D)
+            text = torch.cat([text, dropped])  # (2M, D)
+            aug_local[use_words] += len(unique)
+        sequences = torch.from_numpy(np.concatenate([main_local, aug_local])).to(self.device)  # (2B, L)
+        hidden, table = self.model(sequences, text=text.to(self.device))  # (2B, L, H), (M or 2M, H)
+
+        b = len(inputs)
+        mask = batch.mask.to(self.device)
+        targets = batch.targets.to(self.device)
+        queries = hidden[:b][mask]  # (T, H)
+        candidates = table[torch.from_numpy(np.searchsorted(unique, batch.targets.numpy())).to(self.device)]
+        tau = self.config.model.temperature
+        si_each = self._contrastive(queries, candidates, targets, targets, tau)  # (T,)
+        rows = torch.arange(b, device=self.device)
+        seq = hidden[rows, torch.from_numpy(lengths - 1).to(self.device)]  # (B, H)
+        seq_aug = hidden[b + rows, torch.from_numpy(aug_lengths - 1).to(self.device)]  # (B, H)
+        last = torch.from_numpy(last_targets).to(self.device)
+        ss_each = self._contrastive(seq, seq_aug, last, last, tau)  # (B,)
+
+        si = si_each.sum() * dist.world_size / self._global_count(len(si_each))
+        ss = ss_each.sum() * dist.world_size / self._global_count(len(ss_each))
+        terms = {"loss": si + pre.lambda_ss * ss, "si": si.detach(), "ss": ss.detach()}
+        domain = np.repeat(self.corpus.window_domain[plan.windows[plan.share]], batch.mask.numpy().sum(axis=1))
+        for index, name in enumerate(self.corpus.names):
+            here = torch.from_numpy(domain == index).to(self.device)
+            if bool(here.any()):
+                terms[f"si@{name}"] = si_each.detach()[here].mean()
+        return terms
+
+    def _global_count(self, n: int) -> int:
+        return round(self.dist.mean(float(n)) * self.dist.world_size)
+
+    def _contrastive(self, queries: Tensor, candidates: Tensor, query_ids: Tensor, candidate_ids: Tensor,
+                     tau: float) -> Tensor:
+        """Per-query InfoNCE against the candidates of every process (local positives)."""
+        dist = self.dist
+        all_candidates = dist.gather(candidates)
+        all_ids = dist.gather_ids(candidate_ids)
+        positives = dist.offset(len(candidates)) + torch.arange(len(queries), device=queries.device)
+        return contrastive(queries, all_candidates, tau, query_ids=query_ids, candidate_ids=all_ids,
+                           positives=positives, false_negatives=self.config.pretrain.false_negatives,
+                           reduction="none")
+
+
+def pretrain(
+    data_dirs: list[str | Path],
+    out: str | Path,
+    *,
+    config: RunConfig | None = None,
+    overrides: list[str] | None = None,
+    text_spec: dict[str, Any] | None = None,
+    max_steps: int = 0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Pre-train a text-only UniSRec on the datasets ``data_dirs`` and write the run folder ``out``."""
+    config = (config or RunConfig()).with_overrides(overrides or [])
+    config = replace(config, model=replace(config.model, item_repr="text"))
+    out = Path(out)
+    dirs = [Path(d) for d in data_dirs]
+    settings = {
+        "command": "pretrain",
+        "data": [str(d.resolve()) for d in dirs],
+        "text_encoder": text_spec,
+        "config": config.to_dict(),
+        "max_steps": max_steps,
+    }
+    device = resolve_device(config.train.device)
+    dist = Distributed.from_env(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    if dist.is_main:
+        open_run_dir(out, settings, overwrite=overwrite)
+    dist.barrier()
+    seed_everything(config.train.seed)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+
+    corpus = dist.main_first(lambda: load_corpus(dirs, config, text_spec))
+    model = UniSRec.without_catalogue(config.model, corpus.text.shape[1]).to(device)
+    wrapped: nn.Module = model
+    if dist.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    task = PretrainTask(wrapped, corpus, config, device, dist)
+    extra = {"kind": "pretrained", "domains": corpus.names, "text_encoder": corpus.text_meta}
+
+    def save_best() -> None:
+        save_pretrained(model, out, extra=extra, save_text=False)
+
+    state = fit(
+        model,
+        Task(task.batches, task.steps, task.loss, save_best=save_best),
+        config.train,
+        out,
+        device=device,
+        fingerprint=fingerprint(settings),
+        checkpoint_every=config.pretrain.checkpoint_every,
+        max_steps=max_steps,
+        dist=dist,
+    )
+    if max_steps and state.step_in_epoch and dist.is_main:
+        save_best()  # the weights after the last step, also when it fell inside an epoch
+    windows_per_step = len(corpus.windows) / max(task.steps, 1)
+    seconds = state.seconds or 1e-9
+    steps_timed = sum(r["steps"] for r in state.history) or state.global_step
+    metrics = {
+        "kind": "pretrained",
+        "domains": corpus.names,
+        "epochs": state.epoch,
+        "steps": state.global_step,
+        "seconds_train": round(state.seconds, 3),
+        "sequences_per_second": round(steps_timed * windows_per_step / seconds, 2),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "world_size": dist.world_size,
+        "history": state.history,
+        "seed": config.train.seed,
+    }
+    if dist.is_main:
+        atomic_write_json(out / "metrics.json", metrics)
+        clear_checkpoint(out)
+        print(f"pre-trained {state.global_step} steps over {len(corpus.names)} domains", file=sys.stderr)
+    dist.barrier()
+    return metrics

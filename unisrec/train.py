@@ -1,0 +1,271 @@
+"""The one training loop (pre-training and fine-tuning differ only by their ``Task``).
+
+Adam, seeded, gradient clipping, a stop on a non-finite loss, validation after every epoch with early
+stopping, the best weights kept, every loss term logged, and exact resumption: the batch order of an
+epoch is a pure function of (seed, epoch), and a checkpoint stores the weights, the optimizer state, the
+torch RNG state and the position inside the epoch, so a run killed at any point and restarted reaches the
+same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from unisrec.atomic import atomic_directory
+from unisrec.checkpoint import save_tensors
+from unisrec.config import TrainConfig
+from unisrec.distributed import Distributed
+from unisrec.errors import UnisrecError
+
+
+class TrainingError(UnisrecError):
+    """Training cannot go on (e.g. a non-finite loss)."""
+
+
+@dataclass
+class Task:
+    """What a run optimises."""
+
+    batches: Callable[[int], Iterator[Any]]  # epoch -> its batches, deterministic given (seed, epoch)
+    steps_per_epoch: int
+    loss: Callable[[Any], dict[str, Tensor]]  # batch -> {"loss": total, other terms...}
+    validate: Callable[[], dict[str, float]] | None = None  # metrics of the current weights
+    save_best: Callable[[], None] = lambda: None  # called when validation improves (main process)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps of the current (unfinished) epoch already taken
+    global_step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UnisrecError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def _save_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, fingerprint: str
+) -> None:
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    optim = optimizer.state_dict()
+    for index, values in optim["state"].items():
+        for key, value in values.items():
+            tensors[f"optim/{index}/{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda{i}"] = rng
+    meta = {"state": asdict(state), "param_groups": optim["param_groups"], "fingerprint": fingerprint}
+    with atomic_directory(path, replace=True) as tmp:
+        save_tensors(tmp / "state.safetensors", tensors)
+        (tmp / "state.json").write_text(json.dumps(meta))
+
+
+def _load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str
+) -> TrainState:
+    meta = json.loads((path / "state.json").read_text())
+    if meta.get("fingerprint") != fingerprint:
+        raise UnisrecError(
+            f"{path}: checkpoint of a run with different settings; use another --out or --overwrite"
+        )
+    tensors = load_file(str(path / "state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
+    optim_state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            optim_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    return TrainState(**meta["state"])
+
+
+def _log(run_dir: Path | None, record: dict[str, Any]) -> None:
+    if run_dir is not None:
+        with open(run_dir / "train.log", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    config: TrainConfig,
+    run_dir: Path | None,
+    *,
+    device: torch.device,
+    fingerprint: str = "",
+    checkpoint_every: int = 0,
+    max_steps: int = 0,
+    dist: Distributed | None = None,
+    on_epoch: Callable[[TrainState], None] | None = None,
+) -> TrainState:
+    """Train ``model`` (its parameters with requires_grad) on ``task``; resumes from ``run_dir/checkpoint``.
+
+    ``checkpoint_every`` > 0 also checkpoints every that many steps inside an epoch; ``max_steps`` > 0
+    stops after that many steps in all. With ``dist``, gradients are averaged over processes (the model
+    must then be wrapped by the caller in DistributedDataParallel) and only rank 0 writes files.
+    """
+    dist = dist or Distributed.single()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UnisrecError("no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    checkpoint = run_dir / "checkpoint" if run_dir is not None else None
+    if run_dir is not None and dist.is_main:
+        remove_partial_writes(run_dir)
+    state = TrainState()
+    if checkpoint is not None and (checkpoint / "state.json").exists():
+        state = _load_checkpoint(checkpoint, model, optimizer, fingerprint)
+        if dist.is_main:
+            print(f"resuming from epoch {state.epoch} step {state.step_in_epoch}", file=sys.stderr)
+    write = dist.is_main and run_dir is not None
+
+    def save() -> None:
+        if write and checkpoint is not None:
+            _save_checkpoint(checkpoint, model, optimizer, state, fingerprint)
+        dist.barrier()
+
+    while state.epoch < config.epochs and not state.stopped_early:
+        if max_steps and state.global_step >= max_steps:
+            break
+        started = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        count = 0
+        bar = tqdm(
+            total=task.steps_per_epoch,
+            initial=state.step_in_epoch,
+            desc=f"epoch {state.epoch + 1}",
+            disable=not (config.progress and dist.is_main and sys.stderr.isatty()),
+            leave=False,
+        )
+        exhausted = True
+        for step, batch in enumerate(task.batches(state.epoch)):
+            if step < state.step_in_epoch:
+                continue  # already trained before the interruption
+            terms = task.loss(batch)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                values = {k: float(v.detach()) for k, v in terms.items()}
+                raise TrainingError(
+                    f"non-finite loss at epoch {state.epoch + 1} step {step + 1}: {values}; "
+                    "lower train.lr or check the input vectors"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                counts[key] = counts.get(key, 0) + 1
+            count += 1
+            state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v / counts[k]:.4f}" for k, v in sums.items() if "@" not in k})
+            if checkpoint_every and state.global_step % checkpoint_every == 0:
+                save()
+            if max_steps and state.global_step >= max_steps:
+                exhausted = False
+                break
+        bar.close()
+        elapsed = time.perf_counter() - started
+        record: dict[str, Any] = {
+            "epoch": state.epoch + 1,
+            "steps": count,
+            "seconds": round(elapsed, 3),
+            # per-domain terms ("si@name") are this process's own; the others are averaged over processes
+            **{f"train_{k}": sums[k] / counts[k] if "@" in k else dist.mean(sums[k] / counts[k]) for k in sorted(sums)},
+        }
+        if not exhausted:  # stopped by max_steps inside the epoch
+            record["partial"] = True
+            state.seconds += elapsed
+            state.history.append(record)
+            save()
+            _log(run_dir if write else None, record)
+            break
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.epoch_seconds.append(round(elapsed, 3))
+        if task.validate is not None:
+            metrics = task.validate()
+            record["valid"] = metrics
+            score = metrics[config.select_metric]
+            if score > state.best_score:
+                state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+                if dist.is_main:
+                    task.save_best()
+            else:
+                state.bad_epochs += 1
+                state.stopped_early = state.bad_epochs >= config.patience
+        else:
+            state.best_epoch = state.epoch
+            if dist.is_main:
+                task.save_best()
+        state.seconds += elapsed
+        state.history.append(record)
+        _log(run_dir if write else None, record)
+        if dist.is_main:
+            _print_epoch(record, config)
+        if on_epoch is not None:
+            on_epoch(state)
+        save()
+    return state
+
+
+def _print_epoch(record: dict[str, Any], config: TrainConfig) -> None:
+    terms = " ".join(f"{k[6:]}={v:.4f}" for k, v in record.items() if k.startswith("train_") and "@" not in k)
+    valid = record.get("valid")
+    shown = f" valid {config.select_metric}={valid[config.select_metric]:.4f}" if valid else ""
+    print(f"epoch {record['epoch']}: {terms}{shown} ({record['seconds']:.1f}s)", file=sys.stderr)
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete temporaries that an atomic write killed midway left behind (``.name.*.tmp`` / ``.old``)."""
+    for path in run_dir.glob(".*.*"):
+        if path.name.endswith((".tmp", ".old")):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def clear_checkpoint(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
