@@ -77,6 +77,11 @@ class TrainConfig:
     max_grad_norm: float = 5.0  # gradient clipping by global norm (0 = off)
     patience: int = 10  # stop after this many validations without a better valid metric
     select_metric: str = "ndcg@10"  # validation metric that selects the best epoch
+    # how a sequence longer than max_seq_len becomes training windows: exact = the reference's set (target t
+    # sees exactly the max_seq_len items before it; one window per late target), strided = consecutive
+    # windows (each interaction encoded about once; much cheaper on long histories); auto = exact for
+    # fine-tuning, strided for pre-training
+    windows: Literal["auto", "exact", "strided"] = "auto"
     seed: int = 2022
     freeze: Literal["auto", "none", "encoder"] = "auto"  # auto: encoder frozen iff initialised from a run
     threads: int = 0  # torch CPU threads (0 = torch default)
@@ -90,6 +95,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
+        _check_choice("train.windows", self.windows, ("auto", "exact", "strided"))
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,6 @@ class PretrainConfig:
     word_drop: float = 0.2  # word-drop view: each word of an item text dropped with this probability
     word_drop_variants: int = 4  # pre-encoded word-drop variants per item, one sampled per item per step
     false_negatives: Literal["remove", "zero_logit", "keep"] = "remove"  # same-target in-batch candidates
-    strided_windows: bool = True  # long sequences as consecutive windows (False: one window per target)
     checkpoint_every: int = 200  # steps between checkpoints inside an epoch (0: at epoch ends only)
 
     def __post_init__(self) -> None:

@@ -106,7 +106,9 @@ class FinetuneTask:
         self.model, self.config, self.device = model, config, device
         self.dist = dist or Distributed.single()
         self.items = dataset.items.astype(np.int64)
-        self.windows = training_windows(dataset.offsets[:-1], train_lengths(dataset), config.model.max_seq_len)
+        exact = config.train.windows != "strided"
+        self.windows = training_windows(dataset.offsets[:-1], train_lengths(dataset), config.model.max_seq_len,
+                                        exact=exact)
         total = int(self.windows.n_targets.sum())
         if total == 0:
             raise UnisrecError(f"{dataset.path}: no training examples (every user needs >= 2 training items)")

@@ -80,7 +80,7 @@ def load_corpus(dirs: list[Path], config: RunConfig, text_spec: dict[str, Any] |
             variants.append(np.asarray(getattr(drop, "matrix", drop), dtype=np.float16))
         lengths = train_lengths(dataset)
         part = training_windows(dataset.offsets[:-1] + row_offset, lengths, config.model.max_seq_len,
-                                exact=not pre.strided_windows)
+                                exact=config.train.windows == "exact")
         names.append(dataset.name)
         items.append(dataset.items.astype(np.int64) + item_offset)
         windows.append(part)
