@@ -14,8 +14,8 @@ def reference_examples(sequences: list[list[int]], max_len: int) -> list[tuple[t
     )
 
 
-def examples_from_windows(items: np.ndarray, seq_start: np.ndarray, lengths: np.ndarray, max_len: int, exact: bool):
-    windows = training_windows(seq_start, lengths, max_len, exact=exact)
+def examples_from_windows(items: np.ndarray, seq_start: np.ndarray, lengths: np.ndarray, max_len: int, layout: str):
+    windows = training_windows(seq_start, lengths, max_len, layout=layout)
     batch = make_train_batch(items, windows)
     out = []
     inputs, mask = batch.inputs.numpy(), batch.mask.numpy()
@@ -29,24 +29,27 @@ def examples_from_windows(items: np.ndarray, seq_start: np.ndarray, lengths: np.
     return sorted(out), windows
 
 
+@pytest.mark.parametrize("layout", ["exact", "prefix"])
 @pytest.mark.parametrize("max_len", [1, 3, 5])
-def test_exact_windows_equal_every_prefix(max_len: int) -> None:
+def test_exact_windows_equal_every_prefix(max_len: int, layout: str) -> None:
     rng = np.random.default_rng(0)
     sequences = [list(rng.integers(0, 50, size=n)) for n in (1, 2, 3, 5, 8, 13)]
     items = np.concatenate(sequences).astype(np.int64)
     lengths = np.array([len(s) for s in sequences])
     seq_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    got, windows = examples_from_windows(items, seq_start, lengths, max_len, exact=True)
+    got, windows = examples_from_windows(items, seq_start, lengths, max_len, layout)
     assert got == reference_examples(sequences, max_len)
     assert int(windows.n_targets.sum()) == sum(len(s) - 1 for s in sequences)
     assert windows.length.max() <= max_len
+    if layout == "prefix":
+        assert len(windows) == int(windows.n_targets.sum())  # one window per target
 
 
 def test_strided_windows_cover_each_target_once() -> None:
     sequences = [list(range(100, 112)), [7, 8, 9]]
     items = np.concatenate(sequences).astype(np.int64)
     lengths = np.array([12, 3])
-    windows = training_windows(np.array([0, 12]), lengths, 4, exact=False)
+    windows = training_windows(np.array([0, 12]), lengths, 4, layout="strided")
     batch = make_train_batch(items, windows)
     assert sorted(batch.targets.tolist()) == sorted([*range(101, 112), 8, 9])
     assert windows.length.tolist() == [4, 2, 4, 3]

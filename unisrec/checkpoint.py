@@ -93,6 +93,27 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
+def check_saved_config(config: dict[str, Any], path: Path) -> None:
+    """Raise naming every key that config.json lacks, and every model setting unknown to or missing from it."""
+    import dataclasses
+
+    where = f"{path} (written by unisrec {config.get('unisrec_version')}; this is unisrec {__version__})"
+    absent = [key for key in ("model", "n_items", "text_dim") if key not in config]
+    if absent:
+        raise UnisrecError(f"{where}: missing key(s) {', '.join(absent)}")
+    if not isinstance(config["model"], dict):
+        raise UnisrecError(f"{where}: 'model' must be a mapping of model settings")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    problems = []
+    unknown, missing = sorted(set(config["model"]) - known), sorted(known - set(config["model"]))
+    if unknown:
+        problems.append(f"unknown model setting(s) {', '.join(unknown)}")
+    if missing:
+        problems.append(f"missing model setting(s) {', '.join(missing)}")
+    if problems:
+        raise UnisrecError(f"{where}: the model configuration differs from this version: {'; '.join(problems)}")
+
+
 def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: str) -> None:
     """Raise naming every missing, unexpected or differently shaped tensor."""
     problems = []
@@ -113,6 +134,7 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     """Rebuild a saved model (strict: every tensor present with its shape) and return it with its config."""
     directory = Path(directory)
     config = read_model_config(directory)
+    check_saved_config(config, directory / "config.json")
     try:
         model_config = from_plain(ModelConfig, config["model"], f"{directory / 'config.json'}: model")
     except ConfigError as exc:
@@ -127,7 +149,13 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             raise UnisrecError(f"{items_path}: missing; the model needs its item text vectors")
         else:
             text = load_file(str(items_path))["item_text"]
-    model = UniSRec(model_config, n_items, text)
+            expected = (n_items, int(config["text_dim"]))
+            if tuple(text.shape) != expected:
+                shape = tuple(text.shape)
+                raise UnisrecError(f"{items_path}: item_text has shape {shape}, config.json says {expected}")
+    from unisrec.baselines import build_model  # UniSRec, or the baseline the run trained
+
+    model = build_model(model_config, n_items, text)
     weights_path = directory / "model.safetensors"
     if not weights_path.exists():
         raise UnisrecError(f"{weights_path}: missing")

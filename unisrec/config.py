@@ -21,7 +21,21 @@ import yaml
 from unisrec.errors import ConfigError
 
 ItemRepr = Literal["text", "text+id", "id"]
-MODES: dict[str, ItemRepr] = {"inductive": "text", "transductive": "text+id", "sasrec": "id"}
+Architecture = Literal["unisrec", "bert4rec", "gru4rec", "fdsa", "zesrec"]
+# --mode -> item representation, and -> network (unisrec: the UniSRec class, which is SASRec for item_repr=id;
+# the baselines live in unisrec/baselines.py)
+MODES: dict[str, ItemRepr] = {
+    "inductive": "text", "transductive": "text+id", "sasrec": "id",
+    "bert4rec": "id", "gru4rec": "id", "fdsa": "text+id", "zesrec": "text",
+}
+MODE_ARCHITECTURE: dict[str, Architecture] = {
+    "inductive": "unisrec", "transductive": "unisrec", "sasrec": "unisrec",
+    "bert4rec": "bert4rec", "gru4rec": "gru4rec", "fdsa": "fdsa", "zesrec": "zesrec",
+}
+_ARCHITECTURE_ITEM_REPR: dict[str, tuple[str, ...]] = {
+    "unisrec": ("text", "text+id", "id"), "bert4rec": ("id",), "gru4rec": ("id",), "fdsa": ("text+id",),
+    "zesrec": ("text",),
+}
 
 
 @dataclass(frozen=True)
@@ -43,9 +57,21 @@ class ModelConfig:
     adaptor_dropout: float = 0.2  # dropout on language-model vectors before whitening
     temperature: float = 0.07  # logits = cos(s, v) / temperature (text modes; SASRec uses dot products)
     initializer_range: float = 0.02  # std of normal initialisation
+    # network: unisrec (UniSRec / SASRec) or a baseline of unisrec/baselines.py (set by --mode)
+    architecture: Architecture = "unisrec"
+    mask_prob: float = 0.2  # bert4rec: probability that a training item is masked (cloze task)
+    gru_layers: int = 1  # gru4rec: stacked GRU layers of hidden_size units
 
     def __post_init__(self) -> None:
         _check_choice("model.item_repr", self.item_repr, ("text", "text+id", "id"))
+        _check_choice("model.architecture", self.architecture, tuple(_ARCHITECTURE_ITEM_REPR))
+        if self.item_repr not in _ARCHITECTURE_ITEM_REPR[self.architecture]:
+            raise ConfigError(f"model.architecture={self.architecture} needs item_repr in "
+                              f"{_ARCHITECTURE_ITEM_REPR[self.architecture]}, got {self.item_repr!r}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"model.mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.gru_layers < 1:
+            raise ConfigError(f"model.gru_layers must be >= 1, got {self.gru_layers}")
         for name in ("hidden_size", "n_layers", "n_heads", "inner_size", "max_seq_len", "n_experts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -81,7 +107,8 @@ class TrainConfig:
     # sees exactly the max_seq_len items before it; one window per late target), strided = consecutive
     # windows (each interaction encoded about once; much cheaper on long histories); auto = exact for
     # fine-tuning, strided for pre-training
-    windows: Literal["auto", "exact", "strided"] = "auto"
+    # prefix = one window per target (the reference's layout: every prefix its own dropout noise; costlier)
+    windows: Literal["auto", "exact", "strided", "prefix"] = "auto"
     seed: int = 2022
     freeze: Literal["auto", "none", "encoder"] = "auto"  # auto: encoder frozen iff initialised from a run
     threads: int = 0  # torch CPU threads (0 = torch default)
@@ -95,7 +122,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
-        _check_choice("train.windows", self.windows, ("auto", "exact", "strided"))
+        _check_choice("train.windows", self.windows, ("auto", "exact", "strided", "prefix"))
 
 
 @dataclass(frozen=True)
@@ -119,7 +146,7 @@ class PretrainConfig:
     lambda_ss: float = 1e-3  # L = l_SI + lambda_ss * l_SS
     item_drop: float = 0.2  # item-drop view: each item dropped with this probability (>= 1 kept)
     word_drop: float = 0.2  # word-drop view: each word of an item text dropped with this probability
-    word_drop_variants: int = 4  # pre-encoded word-drop variants per item, one sampled per item per step
+    word_drop_variants: int = 3  # pre-encoded word-drop variants per item, one sampled per item per step
     false_negatives: Literal["remove", "zero_logit", "keep"] = "remove"  # same-target in-batch candidates
     checkpoint_every: int = 200  # steps between checkpoints inside an epoch (0: at epoch ends only)
 

@@ -4,6 +4,9 @@ Modes (``--mode``): inductive = UniSRec_t (text only), transductive = UniSRec_t+
 sasrec = the ID-only baseline. With ``init`` (a pre-trained run) the sequence encoder (Transformer layers
 and position embeddings) is frozen and only the adaptor, the input LayerNorm and the ID table train, as
 in the paper; ``train.freeze=none`` fine-tunes everything instead (an ablation).
+The baselines ``gru4rec``, ``bert4rec`` (its cloze task: ``unisrec.cloze``), ``fdsa`` and ``zesrec`` are
+further modes (``unisrec.baselines``); ``zesrec`` alone accepts ``init`` (another zesrec run).
+Every run saves the rank of each test target (``ranks_test.npy``, see ``unisrec.analysis``).
 """
 
 from __future__ import annotations
@@ -14,24 +17,30 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from unisrec.analysis import save_ranks
 from unisrec.atomic import atomic_write_json
+from unisrec.baselines import build_model
 from unisrec.batches import TrainBatch, bucketed_batches, make_train_batch, shard, training_windows
 from unisrec.checkpoint import check_state, read_model_config, save_pretrained
-from unisrec.config import MODES, ModelConfig, RunConfig, from_plain
+from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig, RunConfig, from_plain
 from unisrec.datasets.processed import TRAIN, ProcessedDataset, load_processed
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
-from unisrec.evaluate import evaluate
+from unisrec.evaluate import evaluate, rank_split
 from unisrec.losses import full_softmax_ce
+from unisrec.metrics import ranking_metrics
 from unisrec.model import UniSRec
 from unisrec.runs import fingerprint, open_run_dir, seed_everything
 from unisrec.train import Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
+
+if TYPE_CHECKING:
+    from unisrec.cloze import ClozeTask
 
 ENCODER_PREFIX = "encoder."  # Transformer layers + position embeddings: frozen when transferring
 DOMAIN_SPECIFIC_PREFIX = "item_id."  # an ID table belongs to one catalogue: never transferred
@@ -71,9 +80,11 @@ def resolve_model_config(config: RunConfig, mode: str, init: Path | None, overri
         keys = [o.split("=", 1)[0].lstrip("-") for o in overrides]
         fields = [key.split(".", 1)[1] for key in keys if key.startswith("model.")]
         model = replace(model, **{f: getattr(config.model, f) for f in fields})
-        if mode == "sasrec":
-            raise UnisrecError("--init transfers a text model; --mode sasrec trains from scratch")
-    return replace(model, item_repr=MODES[mode])
+        if mode == "sasrec" or MODE_ARCHITECTURE[mode] in ("gru4rec", "bert4rec", "fdsa"):
+            raise UnisrecError(f"--init transfers a text model; --mode {mode} trains from scratch")
+        if model.architecture != MODE_ARCHITECTURE[mode]:
+            raise UnisrecError(f"--init {init}: a {model.architecture} run cannot initialise --mode {mode}")
+    return replace(model, item_repr=MODES[mode], architecture=MODE_ARCHITECTURE[mode])
 
 
 def train_lengths(dataset: ProcessedDataset) -> np.ndarray:
@@ -106,9 +117,9 @@ class FinetuneTask:
         self.model, self.config, self.device = model, config, device
         self.dist = dist or Distributed.single()
         self.items = dataset.items.astype(np.int64)
-        exact = config.train.windows != "strided"
+        layout = "exact" if config.train.windows == "auto" else config.train.windows
         self.windows = training_windows(dataset.offsets[:-1], train_lengths(dataset), config.model.max_seq_len,
-                                        exact=exact)
+                                        layout=layout)
         total = int(self.windows.n_targets.sum())
         if total == 0:
             raise UnisrecError(f"{dataset.path}: no training examples (every user needs >= 2 training items)")
@@ -140,16 +151,25 @@ def load_text(dataset: ProcessedDataset, text_spec: dict[str, Any] | None) -> tu
     assert dataset.path is not None
     encode_dataset(dataset.path, spec)
     embeddings = load_item_embeddings(dataset.path, spec)
-    meta = {**embeddings.meta, "model": spec.model, "pooling": spec.pooling, "max_length": spec.max_length}
+    meta = {**embeddings.meta, "model": spec.model, "pooling": spec.pooling, "max_length": spec.max_length,
+            "precision": spec.precision}
     return torch.from_numpy(embeddings.matrix), meta
 
 
 def zero_shot_model(init_dir: Path, dataset: ProcessedDataset) -> UniSRec:
-    """A pre-trained text model applied to a new domain as is (no fine-tuning): text-only item vectors."""
+    """A pre-trained text model applied to a new domain as is (no fine-tuning): text-only item vectors.
+
+    ``init_dir``: a pre-training run, or a fine-tuning run of a text mode (inductive, transductive without
+    its ID table, zesrec).
+    """
     saved = read_model_config(init_dir)
-    config = replace(from_plain(ModelConfig, saved["model"], f"{init_dir}/config.json: model"), item_repr="text")
+    config = from_plain(ModelConfig, saved["model"], f"{init_dir}/config.json: model")
+    if config.architecture not in ("unisrec", "zesrec") or not config.uses_text:
+        raise UnisrecError(f"{init_dir}: a {config.architecture} model of {config.item_repr} items cannot score "
+                           "new items by their text")
+    config = replace(config, item_repr="text")
     text, _meta = load_text(dataset, _init_text_spec(init_dir))
-    model = UniSRec(config, dataset.n_items, text)
+    model = build_model(config, dataset.n_items, text)
     load_transferable(model, init_dir)
     return model
 
@@ -195,7 +215,7 @@ def finetune(
         torch.set_num_threads(config.train.threads)
 
     text, text_meta = dist.main_first(lambda: load_text(dataset, text_spec)) if config.model.uses_text else (None, {})
-    model = UniSRec(config.model, dataset.n_items, text)
+    model = build_model(config.model, dataset.n_items, text)
     transferred = load_transferable(model, init_dir) if init_dir is not None else []
     frozen = config.train.freeze == "encoder" or (config.train.freeze == "auto" and init_dir is not None)
     trainable = freeze_encoder(model, frozen)
@@ -205,7 +225,13 @@ def finetune(
         device_ids = [device.index] if device.type == "cuda" else None
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    task = FinetuneTask(wrapped, dataset, config, device, dist)
+    task: FinetuneTask | ClozeTask
+    if config.model.architecture == "bert4rec":
+        from unisrec.cloze import ClozeTask  # (imports this module)
+
+        task = ClozeTask(wrapped, dataset, config, device, dist)
+    else:
+        task = FinetuneTask(wrapped, dataset, config, device, dist)
     extra = {"text_encoder": text_meta, "dataset": {"name": dataset.name, "path": str(dataset.path)}}
 
     def save_best() -> None:
@@ -231,7 +257,8 @@ def finetune(
     model.load_state_dict(best, strict=True)
     started = time.perf_counter()
     valid = evaluate(model, dataset, "valid", config.eval, device)
-    test = evaluate(model, dataset, "test", config.eval, device)
+    test_ranks = rank_split(model, dataset, "test", config.eval, device)  # (T,)
+    test = ranking_metrics(test_ranks, config.eval.ks)
     eval_seconds = (time.perf_counter() - started) / 2
     n_params = sum(p.numel() for p in model.parameters())
     metrics = {
@@ -253,6 +280,7 @@ def finetune(
         "device": str(device),
     }
     if dist.is_main:
+        save_ranks(out, test_ranks)
         atomic_write_json(out / "metrics.json", metrics)
         clear_checkpoint(out)
         print(f"best epoch {state.best_epoch}: test {json.dumps(test)}", file=sys.stderr)
@@ -262,7 +290,7 @@ def finetune(
 
 def _init_text_spec(init_dir: Path) -> dict[str, Any] | None:
     saved = read_model_config(init_dir).get("text_encoder") or {}
-    spec = {k: saved[k] for k in ("model", "pooling") if k in saved}
+    spec = {k: saved[k] for k in ("model", "pooling", "precision") if k in saved}
     if "max_length" in saved:
         spec["max_length"] = int(saved["max_length"])
     return spec or None

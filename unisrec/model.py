@@ -7,11 +7,28 @@ dimension, H hidden size, K experts. Item tables are computed once per step / ev
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unisrec.config import ModelConfig
+
+if TYPE_CHECKING:
+    from unisrec.recommend import Backend, Recommender
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Normal(0, std) linear and embedding weights, zero biases, unit LayerNorms (as UniSRec)."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class MoEAdaptor(nn.Module):
@@ -78,14 +95,19 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, L, H) -> (B, L, H); position t attends to positions <= t only."""
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """(B, L, H) -> (B, L, H); position t attends to positions <= t only.
+
+        ``attn_mask`` (boolean, broadcastable to (B, heads, L, L), True = may attend) replaces the causal
+        mask (bidirectional models such as BERT4Rec pass their key-padding mask).
+        """
         b, n, h = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])  # (3H,)
         qkv = F.linear(x, self.qkv.weight, bias)  # (B, L, 3H)
         q, k, v = qkv.view(b, n, 3, self.n_heads, h // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, nh, L, hd)
         attn = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+            dropout_p=self.attn_dropout if self.training else 0.0,
         )  # (B, nh, L, hd)
         attn = attn.transpose(1, 2).reshape(b, n, h)  # (B, L, H)
         x = self.norm1(x + self.dropout(self.out(attn)))
@@ -145,6 +167,8 @@ class UniSRec(nn.Module):
         self.input_dropout = nn.Dropout(config.hidden_dropout)
         self.encoder = SequenceEncoder(config)
         self.apply(self._init_weights)
+        self.recommender: Recommender | None = None  # item ids / texts for recommendations (unisrec.recommend)
+        self.saved_info: dict[str, Any] = {}  # the run's records (text encoder, dataset) kept by save_pretrained
 
     @classmethod
     def without_catalogue(cls, config: ModelConfig, text_dim: int) -> UniSRec:
@@ -152,14 +176,7 @@ class UniSRec(nn.Module):
         return cls(config, 0, torch.zeros(0, text_dim))
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        init_weights(module, self.config.initializer_range)
 
     @property
     def text_dim(self) -> int:
@@ -213,3 +230,50 @@ class UniSRec(nn.Module):
 
     def query_vectors(self, queries: Tensor) -> Tensor:
         return F.normalize(queries, dim=-1) if self.config.uses_text else queries
+
+    # -- recommendations for users: thin delegates to unisrec.recommend / unisrec.export ---------------------
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu",
+                        backend: Backend = "torch") -> UniSRec:
+        """A saved run (config.json + safetensors, strictly checked) in eval mode, with its item catalogue."""
+        from unisrec.recommend import load_model
+
+        return load_model(run_dir, device, backend)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json, model.safetensors, items.safetensors and items.parquet (no pickle)."""
+        from unisrec.recommend import save_model
+
+        return Path(save_model(self, directory))
+
+    def set_catalogue(self, item_ids: list[Any], texts: list[str] | None = None,
+                      text_encoder: dict[str, Any] | None = None, backend: Backend = "torch") -> UniSRec:
+        """Name the model's N items (ids, texts); ``text_encoder``: the spec used to encode their texts."""
+        from unisrec.recommend import Catalogue, Recommender
+
+        self.recommender = Recommender(self, Catalogue(item_ids, texts), text_encoder, backend=backend)
+        if text_encoder:
+            self.saved_info["text_encoder"] = dict(text_encoder)
+        return self
+
+    def recommend(self, histories: Any, k: int = 10, exclude_seen: bool = True, by_text: bool = False) -> Any:
+        """Top-k items for one history (list of item ids -> list of Recommendation) or many (-> DataFrame).
+
+        ``by_text``: the histories hold raw item texts. Histories are cut to their last max_seq_len items.
+        """
+        from unisrec.recommend import recommend
+
+        return recommend(self, histories, k, exclude_seen, by_text)
+
+    def add_items(self, texts: list[str], ids: list[str], vectors: Any = None) -> int:
+        """New items join the catalogue by their text alone (inductive models); returns the catalogue size."""
+        from unisrec.recommend import recommender_of
+
+        return recommender_of(self).add_items(texts, ids, vectors)
+
+    def export_vectors(self, out: str | Path, data_dir: str | Path | None = None, index: bool = True) -> dict[str, Any]:
+        """Item (and, with ``data_dir``, user sequence) vectors as .npy + .safetensors, and a FAISS index."""
+        from unisrec.export import export_vectors
+
+        return export_vectors(self, out, data_dir=data_dir, index=index)

@@ -47,6 +47,7 @@ class Corpus:
     windows: Windows  # training windows (rows index ``items``)
     window_domain: np.ndarray  # (W,) int64
     item_offsets: np.ndarray  # (n_domains + 1,) global id of each domain's item 0
+    seq_offsets: np.ndarray  # (U + 1,) rows of ``items`` where each user's sequence starts (all domains)
     text: np.ndarray  # (N, D) float32 language-model vectors of all items
     variants: np.ndarray | None  # (V, N, D) float16 word-dropped text vectors, or None
     text_meta: dict[str, Any]
@@ -65,7 +66,7 @@ def load_corpus(dirs: list[Path], config: RunConfig, text_spec: dict[str, Any] |
     pre = config.pretrain
     spec = TextEncoderSpec(**text_spec) if text_spec else TextEncoderSpec()
     want_variants = pre.lambda_ss > 0 and pre.word_drop > 0 and pre.word_drop_variants > 0
-    names, items, windows, domains, texts, variants = [], [], [], [], [], []
+    names, items, windows, domains, texts, variants, starts = [], [], [], [], [], [], []
     item_offset, row_offset = 0, 0
     meta: dict[str, Any] = {}
     offsets = [0]
@@ -74,15 +75,17 @@ def load_corpus(dirs: list[Path], config: RunConfig, text_spec: dict[str, Any] |
         text, meta = load_text(dataset, text_spec)
         texts.append(text.numpy())
         if want_variants:
-            options = {"p": pre.word_drop, "variants": pre.word_drop_variants, "seed": config.train.seed}
+            # the variants are a fixed property of the data (seed 0), shared by every training seed
+            options = {"p": pre.word_drop, "variants": pre.word_drop_variants, "seed": 0}
             encode_word_drop(directory, spec, **options)
             drop = load_word_drop(directory, spec, **options)
             variants.append(np.asarray(getattr(drop, "matrix", drop), dtype=np.float16))
         lengths = train_lengths(dataset)
         part = training_windows(dataset.offsets[:-1] + row_offset, lengths, config.model.max_seq_len,
-                                exact=config.train.windows == "exact")
+                                layout="strided" if config.train.windows == "auto" else config.train.windows)
         names.append(dataset.name)
         items.append(dataset.items.astype(np.int64) + item_offset)
+        starts.append(dataset.offsets[:-1] + row_offset)
         windows.append(part)
         domains.append(np.full(len(part), index, dtype=np.int64))
         item_offset += dataset.n_items
@@ -97,6 +100,7 @@ def load_corpus(dirs: list[Path], config: RunConfig, text_spec: dict[str, Any] |
         windows=Windows.concat(windows),
         window_domain=np.concatenate(domains),
         item_offsets=np.asarray(offsets, dtype=np.int64),
+        seq_offsets=np.concatenate([*starts, [row_offset]]),
         text=np.concatenate(texts),
         variants=np.concatenate(variants, axis=1) if variants else None,
         text_meta=meta,

@@ -1,0 +1,207 @@
+"""Load test of `unisrec serve`: a bounded, loopback-only HTTP client; prints requests/s, latency and errors.
+
+    .venv/bin/python benchmarks/load_test.py                      # 100k-item catalogue, 60 s, 16 connections
+    .venv/bin/python benchmarks/load_test.py --duration 10 --concurrency 4 --items 20000
+
+Without ``--run`` it builds (once) a synthetic run of ``--items`` items: the default model configuration
+(hidden 300, 8 experts, 2 layers) over random 384-d text vectors (the size of the default MiniLM), saved with
+``save_pretrained``; then it starts ``unisrec serve`` on a free loopback port, waits for /health, warms up,
+and keeps ``--concurrency`` keep-alive connections busy for ``--duration`` seconds, each posting one history
+(1..50 random item ids) with k=10 per request. The client speaks HTTP/1.1 on asyncio streams (a few
+microseconds per request), so it takes little CPU from the server it measures. Results are one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def build_run(folder: Path, n_items: int, seed: int = 0) -> Path:
+    """A saved run of ``n_items`` synthetic items (random text vectors, untrained default model)."""
+    import torch
+
+    from unisrec.config import ModelConfig
+    from unisrec.model import UniSRec
+    from unisrec.text import DEFAULT_MODEL
+
+    if (folder / "config.json").exists() and json.loads((folder / "config.json").read_text())["n_items"] == n_items:
+        return folder
+    torch.manual_seed(seed)
+    text = torch.randn(n_items, 384)  # (N, D)
+    model = UniSRec(ModelConfig(), n_items, text).eval()
+    ids = [f"item-{i}" for i in range(n_items)]
+    model.set_catalogue(ids, [f"synthetic item {i}" for i in range(n_items)],
+                        text_encoder={"model": DEFAULT_MODEL, "pooling": "mean", "max_length": 128})
+    model.save_pretrained(folder)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, server: subprocess.Popen[bytes], timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with status {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                return dict(json.loads(response.read()))
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit("server did not become healthy")
+
+
+class Connection:
+    """One HTTP/1.1 keep-alive connection posting JSON (responses must carry Content-Length)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        return int(status_line.split()[1]), payload
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+async def _worker(host: str, port: int, bodies: list[bytes], until: float, seed: int,
+                  latencies: list[float], statuses: dict[str, int]) -> None:
+    rng = random.Random(seed)
+    connection = Connection(host, port)
+    try:
+        while time.perf_counter() < until:
+            body = bodies[rng.randrange(len(bodies))]
+            start = time.perf_counter()
+            try:
+                status, _payload = await connection.post("/recommend", body)
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+                statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
+                await connection.close()
+                connection = Connection(host, port)
+                continue
+            latencies.append(time.perf_counter() - start)
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+    finally:
+        await connection.close()
+
+
+async def _load(host: str, port: int, bodies: list[bytes], duration: float, concurrency: int
+                ) -> tuple[list[float], dict[str, int], float]:
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    start = time.perf_counter()
+    until = start + duration
+    await asyncio.gather(*(_worker(host, port, bodies, until, i, latencies, statuses) for i in range(concurrency)))
+    return latencies, statuses, time.perf_counter() - start
+
+
+def _bodies(n_items: int, k: int, count: int = 4096, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for _ in range(count):
+        history = [f"item-{i}" for i in rng.integers(0, n_items, size=int(rng.integers(1, 51)))]
+        bodies.append(json.dumps({"histories": [history], "k": k}).encode())
+    return bodies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=None, help="run folder to serve (default: build a synthetic one)")
+    parser.add_argument("--items", type=int, default=100_000, help="synthetic catalogue size")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unisrec-load-test")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of measured load (at most 600)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load first")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections kept busy (at most 256)")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="server torch threads (0: torch default)")
+    parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
+    parser.add_argument("--url", default=None, help="measure an already running loopback server instead")
+    args = parser.parse_args(argv)
+    if not 0 < args.duration <= 600 or not 0 < args.concurrency <= 256:
+        parser.error("--duration must be in (0, 600] and --concurrency in [1, 256]")
+
+    server = None
+    if args.url:
+        host, _, port_text = args.url.removeprefix("http://").rstrip("/").rpartition(":")
+        if host.strip("[]") not in LOOPBACK:
+            parser.error("--url must be a loopback address (127.0.0.1, localhost, ::1)")
+        port, url = int(port_text), args.url.rstrip("/")
+        run = args.run
+    else:
+        run = args.run or build_run(args.work / f"run-{args.items}", args.items)
+        host, port = "127.0.0.1", _free_port()
+        url = f"http://{host}:{port}"
+        command = [sys.executable, "-m", "unisrec", "serve", str(run), "--host", host, "--port", str(port),
+                   "--backend", args.backend]
+        command += ["--threads", str(args.threads)]
+        server = subprocess.Popen(command)
+    try:
+        started = time.perf_counter()
+        health = _wait_healthy(url, server) if server else {}
+        startup = time.perf_counter() - started
+        n_items = int(health.get("n_items", args.items))
+        bodies = _bodies(n_items, args.k)
+        if args.warmup:
+            asyncio.run(_load(host, port, bodies, args.warmup, args.concurrency))
+        load_before = os.getloadavg()[0]
+        latencies, statuses, seconds = asyncio.run(_load(host, port, bodies, args.duration, args.concurrency))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
+    ms = np.asarray(latencies) * 1000
+    ok = statuses.get("200", 0)
+    report = {
+        "url": url, "run": str(run) if run else None, "n_items": n_items, "k": args.k,
+        "history_length": "1..50 (uniform)", "concurrency": args.concurrency, "duration_s": round(seconds, 2),
+        "requests": len(ms), "ok": ok, "errors": int(sum(statuses.values()) - ok), "statuses": statuses,
+        "requests_per_s": round(len(ms) / seconds, 1),
+        "latency_ms": {name: round(float(np.percentile(ms, q)), 2) if len(ms) else None
+                       for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+        "server_startup_s": round(startup, 1), "backend": args.backend, "server_threads": args.threads or "default",
+        "cpus": os.cpu_count(), "load_average_1min_at_start": round(load_before, 2),
+    }
+    print(json.dumps(report))
+    return 0 if report["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

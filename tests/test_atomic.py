@@ -1,0 +1,54 @@
+"""Atomic writes: all or nothing, usual permissions, nothing left behind on failure."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from unisrec.atomic import atomic_directory, atomic_write_text
+
+
+def test_atomic_write_replaces_and_has_usual_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    atomic_write_text(path, "old")
+
+    def explode(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    from unisrec.atomic import atomic_write
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, explode)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_atomic_directory_swaps_whole_folders(tmp_path: Path) -> None:
+    target = tmp_path / "d"
+    with atomic_directory(target, replace=False) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(ValueError), atomic_directory(target, replace=True) as tmp:
+        (tmp / "b").write_text("2")
+        raise ValueError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    with atomic_directory(target, replace=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~mask

@@ -1,0 +1,216 @@
+"""Baselines (GRU4Rec, BERT4Rec, FDSA, ZESRec-style) on the shared loop and evaluation; ablation flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import prepare_synthetic
+
+from unisrec.analysis import load_ranks
+from unisrec.baselines import BERT4Rec, ZESRec, build_model
+from unisrec.batches import Windows
+from unisrec.checkpoint import from_pretrained
+from unisrec.cli import main
+from unisrec.cloze import make_cloze_batch
+from unisrec.config import EvalConfig, ModelConfig, RunConfig
+from unisrec.datasets import load_processed
+from unisrec.errors import ConfigError, UnisrecError
+from unisrec.evaluate import evaluate, evaluate_run
+from unisrec.finetune import finetune, zero_shot_model
+from unisrec.metrics import ranking_metrics
+from unisrec.pretrain import pretrain
+
+SMALL = [
+    "model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=2",
+    "model.hidden_dropout=0.1", "model.attn_dropout=0.1", "train.batch_size=64", "train.lr=0.01",
+    "train.progress=false",
+]
+TINY = ModelConfig(hidden_size=8, n_heads=2, inner_size=8, max_seq_len=5, hidden_dropout=0.0, attn_dropout=0.0,
+                   adaptor_dropout=0.0)
+
+
+def tiny(architecture: str, item_repr: str, n_items: int = 12, text_dim: int = 6) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = ModelConfig(**{**TINY.__dict__, "architecture": architecture, "item_repr": item_repr})
+    text = torch.randn(n_items, text_dim) if item_repr != "id" else None
+    return build_model(config, n_items, text).eval()
+
+
+@pytest.mark.parametrize(
+    ("mode", "threshold"), [("gru4rec", 0.6), ("bert4rec", 0.45), ("fdsa", 0.6), ("zesrec", 0.4)]
+)
+def test_each_baseline_beats_random_on_chains(
+    mode: str, threshold: float, synthetic_dataset: Path, tmp_path: Path, tiny_lm_dir: Path
+) -> None:
+    out = tmp_path / mode
+    metrics = finetune(synthetic_dataset, mode, out, overrides=[*SMALL, "train.epochs=20", "train.patience=5"],
+                       text_spec={"model": str(tiny_lm_dir), "pooling": "mean"})
+    assert metrics["test"]["recall@10"] > threshold  # random: 10 / 30
+    assert metrics["test"]["ndcg@10"] > 0.2  # random: about 0.15
+    saved = json.loads((out / "config.json").read_text())["model"]
+    assert saved["architecture"] == mode
+    ranks = load_ranks(out)
+    assert ranking_metrics(ranks, (10,))["recall@10"] == pytest.approx(metrics["test"]["recall@10"])
+    reloaded = evaluate_run(out, synthetic_dataset, "test", ks=(10,), device="cpu")  # from_pretrained dispatches
+    assert reloaded["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"], abs=1e-6)
+
+
+def test_cloze_batch_masks_real_tokens_and_keeps_targets() -> None:
+    items = np.arange(100, dtype=np.int64) % 20  # 20 items
+    sequences = Windows(np.array([0, 10, 40]), np.array([6, 3, 1]), np.zeros(3, dtype=np.int64))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        batch = make_cloze_batch(items, sequences, 20, 0.3, rng)
+        assert batch.tokens.shape == (3, 6) and batch.mask.shape == (3, 6)
+        assert batch.mask.any(dim=1).all()  # at least one masked token per sequence
+        assert (batch.tokens[batch.mask] == 20).all()  # [MASK] = N
+        assert batch.tokens[1, 3:].eq(21).all() and batch.tokens[2, 1:].eq(21).all()  # padding = N + 1
+        assert not batch.mask[1, 3:].any() and not batch.mask[2, 1:].any()
+        original = np.array([items[0:6], [*items[10:13], 21, 21, 21], [items[40], *[21] * 5]])
+        assert batch.targets.tolist() == original[batch.mask.numpy()].tolist()
+        assert (batch.tokens[~batch.mask].numpy() == original[~batch.mask.numpy()]).all()
+    single = make_cloze_batch(items, sequences.subset(np.array([2])), 20, 0.01, rng)
+    assert single.mask.tolist() == [[True]]  # nothing drawn: the last token is masked
+
+
+def test_bert4rec_inference_appends_a_mask_and_ignores_padding() -> None:
+    model = tiny("bert4rec", "id")
+    assert isinstance(model, BERT4Rec)
+    table = model.item_table()  # (12, 8)
+    seqs = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8]])
+    lengths = torch.tensor([3, 5])
+    vectors = model.sequence_vectors(seqs, lengths, table)  # (2, 8)
+    assert vectors.shape == (2, 8)
+    tokens = torch.tensor([[1, 2, 3, 12, 13, 13], [4, 5, 6, 7, 8, 12]])  # [MASK] = 12, padding = 13
+    torch.testing.assert_close(vectors, model.encode(tokens, table)[torch.arange(2), lengths])
+    other_padding = model.sequence_vectors(torch.tensor([[1, 2, 3, 9, 9]]), torch.tensor([3]), table)
+    torch.testing.assert_close(other_padding[0], vectors[0])
+    # bidirectional: an earlier state depends on a later token
+    changed = tokens.clone()
+    changed[0, 2] = 7
+    assert not torch.allclose(model.encode(tokens, table)[0, 0], model.encode(changed, table)[0, 0])
+    scores = model.query_vectors(vectors) @ model.scoring_table(table).T
+    torch.testing.assert_close(scores, model.logits(vectors, table))  # the bias rides in the extra column
+
+
+@pytest.mark.parametrize(("architecture", "item_repr"), [("gru4rec", "id"), ("fdsa", "text+id"), ("zesrec", "text")])
+def test_causal_baselines_ignore_right_padding(architecture: str, item_repr: str) -> None:
+    model = tiny(architecture, item_repr)
+    table = model.item_table()
+    a = model.sequence_vectors(torch.tensor([[1, 2, 3, 0, 0]]), torch.tensor([3]), table)
+    b = model.sequence_vectors(torch.tensor([[1, 2, 3, 7, 9]]), torch.tensor([3]), table)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(model.query_vectors(a) @ model.scoring_table(table).T, model.logits(a, table))
+
+
+def test_fdsa_uses_both_streams() -> None:
+    model = tiny("fdsa", "text+id")
+    seqs, lengths = torch.tensor([[1, 2, 3]]), torch.tensor([3])
+    base = model.sequence_vectors(seqs, lengths, model.item_table())
+    text = model.item_text.clone()
+    with torch.no_grad():
+        model.item_text[2] = torch.randn(6)  # another text for item 2: the feature stream sees it
+    by_text = model.sequence_vectors(seqs, lengths, model.item_table())
+    with torch.no_grad():
+        model.item_text.copy_(text)
+        model.item_id.weight[2] = torch.randn(8)  # another ID embedding: the item stream sees it
+    by_id = model.sequence_vectors(seqs, lengths, model.item_table())
+    assert not torch.equal(base, by_text) and not torch.equal(base, by_id)
+    model.train()
+    hidden, table = model(seqs)
+    model.logits(hidden[0], table).sum().backward()
+    for name in ("item_id.weight", "feature.1.weight", "item_encoder.layers.0.qkv.weight",
+                 "feature_encoder.layers.0.qkv.weight", "fuse.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_architecture_and_item_repr_must_agree() -> None:
+    with pytest.raises(ConfigError, match="architecture=gru4rec needs item_repr"):
+        ModelConfig(architecture="gru4rec", item_repr="text")
+    with pytest.raises(ConfigError, match="mask_prob"):
+        ModelConfig(mask_prob=0.0)
+
+
+def test_cli_baseline_mode_and_init_rules(synthetic_dataset: Path, tmp_path: Path, tiny_lm_dir: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--epochs", "1", "--text-model", str(tiny_lm_dir), *[f"--{o}" for o in SMALL]]
+    assert main(["finetune", str(synthetic_dataset), "--mode", "gru4rec", "--out", str(tmp_path / "g"), *args]) == 0
+    assert set(json.loads(capsys.readouterr().out)["test"]) >= {"recall@10", "ndcg@50"}
+    code = main(["finetune", str(synthetic_dataset), "--mode", "fdsa", "--init", str(tmp_path / "g"),
+                 "--out", str(tmp_path / "f"), *args])
+    assert code == 2 and "--mode fdsa trains from scratch" in capsys.readouterr().err
+
+
+def test_zesrec_transfers_zero_shot_and_by_fine_tuning(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    source, target = prepare_synthetic(tmp_path / "a", seed=1), prepare_synthetic(tmp_path / "b", seed=2, n_items=25)
+    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
+    finetune(source, "zesrec", tmp_path / "src", overrides=[*SMALL, "train.epochs=2"], text_spec=spec)
+    model = zero_shot_model(tmp_path / "src", load_processed(target))  # the target's 25 items by their text
+    assert isinstance(model, ZESRec) and model.n_items == 25
+    zero_shot = evaluate(model, load_processed(target), "test", EvalConfig(ks=(10,)))
+    assert 0.0 <= zero_shot["recall@10"] <= 1.0
+    metrics = finetune(target, "zesrec", tmp_path / "tuned", init=tmp_path / "src",
+                       overrides=[*SMALL, "train.epochs=1"])
+    assert any(name.startswith("mlp.") for name in metrics["transferred_parameters"])
+    assert not any(name.startswith("encoder.") for name in metrics["trainable_parameters"])  # frozen
+    with pytest.raises(UnisrecError, match="a zesrec run cannot initialise --mode inductive"):
+        finetune(target, "inductive", tmp_path / "bad", init=tmp_path / "src", overrides=SMALL)
+
+
+# -- ablations: the paper's variants are flags; each gives the expected parameter set -----------------------
+
+
+def _names(mode: str, overrides: list[str], text_dim: int = 6) -> dict[str, tuple[int, ...]]:
+    config = RunConfig().with_overrides([*SMALL, *overrides]).model
+    from unisrec.config import MODE_ARCHITECTURE, MODES
+
+    config = ModelConfig(**{**config.__dict__, "item_repr": MODES[mode], "architecture": MODE_ARCHITECTURE[mode]})
+    text = torch.zeros(10, text_dim) if config.uses_text else None
+    return {k: tuple(v.shape) for k, v in build_model(config, 10, text).named_parameters()}
+
+
+def test_ablation_flags_change_the_adaptor() -> None:
+    full = _names("inductive", [])
+    assert full["adaptor.weight"] == (2, 6, 16) and full["adaptor.bias"] == (2, 6)
+    assert "adaptor.bias" not in _names("inductive", ["model.whitening=false"])  # plain linear experts
+    one = _names("inductive", ["model.n_experts=1"])  # no MoE
+    assert one["adaptor.weight"] == (1, 6, 16) and one["adaptor.gate"] == (6, 1)
+    assert _names("inductive", ["model.n_experts=4"])["adaptor.weight"] == (4, 6, 16)
+    assert "item_id.weight" in _names("transductive", []) and "adaptor.weight" not in _names("sasrec", [])
+
+
+def test_ablations_of_transfer(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    domains = [prepare_synthetic(tmp_path / "a", seed=1), prepare_synthetic(tmp_path / "b", seed=2, n_items=25)]
+    target = prepare_synthetic(tmp_path / "t", seed=3, n_items=20)
+    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
+    pre = [*SMALL, "train.epochs=1", "pretrain.lambda_ss=0"]
+    result = pretrain(domains, tmp_path / "pre", overrides=pre, text_spec=spec)  # without the S-S loss
+    assert result["history"][0]["train_ss"] >= 0
+    assert not list(domains[0].rglob("*worddrop*"))  # no word-drop views needed
+    assert list(domains[0].rglob("*.safetensors"))  # (the plain text vectors are there)
+    one = [*SMALL, "train.epochs=1"]
+    frozen = finetune(target, "inductive", tmp_path / "frozen", init=tmp_path / "pre", overrides=one)
+    everything = finetune(target, "inductive", tmp_path / "all", init=tmp_path / "pre",
+                          overrides=[*one, "train.freeze=none"])  # fine-tune all parameters
+    scratch = finetune(target, "inductive", tmp_path / "scratch", overrides=one, text_spec=spec)  # no pre-training
+    assert not any(n.startswith("encoder.") for n in frozen["trainable_parameters"])
+    assert any(n.startswith("encoder.") for n in everything["trainable_parameters"])
+    assert set(everything["trainable_parameters"]) == set(everything["transferred_parameters"])
+    assert scratch["transferred_parameters"] == [] and any(n.startswith("encoder.") for n in
+                                                          scratch["trainable_parameters"])
+    assert frozen["parameters"]["trainable"] < everything["parameters"]["trainable"]
+
+
+def test_from_pretrained_rebuilds_each_baseline(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=12)
+    for mode in ("bert4rec", "fdsa"):
+        spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
+        finetune(data, mode, tmp_path / mode, overrides=[*SMALL, "train.epochs=1"], text_spec=spec)
+        model, config = from_pretrained(tmp_path / mode)
+        assert type(model).__name__ == {"bert4rec": "BERT4Rec", "fdsa": "FDSA"}[mode]
+        assert config["model"]["architecture"] == mode

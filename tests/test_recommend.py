@@ -1,0 +1,251 @@
+"""Recommendations: cold-start items by text, exact chunked / FAISS top-k, histories, export, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import prepare_synthetic
+from safetensors.numpy import load_file
+
+import unisrec.recommend as rec
+from unisrec.cli import main
+from unisrec.config import ModelConfig
+from unisrec.errors import UnisrecError
+from unisrec.export import faiss_search, flat_ip_index, load_faiss_index
+from unisrec.finetune import finetune
+from unisrec.model import UniSRec
+from unisrec.recommend import ItemConflictError, UnknownItemError, chunked_top_k
+
+# no dropout, one expert, hidden 32: a text-only model learns the synthetic chains i -> i+1 in ~25 epochs
+TRAIN = [
+    "model.hidden_size=32", "model.inner_size=32", "model.max_seq_len=6", "model.n_experts=1",
+    "model.hidden_dropout=0.0", "model.attn_dropout=0.0", "model.adaptor_dropout=0.0",
+    "train.batch_size=64", "train.lr=0.01", "train.epochs=25", "train.patience=25", "train.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path) -> tuple[Path, Path]:
+    """(dataset, run) of an inductive model trained on 30 items whose texts name them."""
+    root = tmp_path_factory.mktemp("trained")
+    data = prepare_synthetic(root / "data")
+    run = root / "run"
+    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
+    metrics = finetune(data, "inductive", run, overrides=TRAIN, text_spec=spec)
+    assert metrics["test"]["recall@10"] > 0.6  # random: 10/30
+    return data, run
+
+
+def test_cold_start_items_are_retrieved_without_retraining(trained: tuple[Path, Path]) -> None:
+    """New items (ids never seen in training) join by their text alone and are recommended."""
+    _, run = trained
+    model = UniSRec.from_pretrained(run)
+    catalogue = model.recommender.catalogue  # type: ignore[union-attr]
+    texts = {item: catalogue.texts[row] for row, item in enumerate(catalogue.item_ids)}
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    # twins: the exact text of item i under a new id; variants: the text with one more word
+    model.add_items([texts[f"i{j}"] for j in range(30)], [f"twin-{j}" for j in range(30)])
+    model.add_items([texts[f"i{j}"] + " kit" for j in range(30)], [f"variant-{j}" for j in range(30)])
+    assert model.n_items == 90
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, weights[name], rtol=0, atol=0)  # no retraining
+
+    histories = [[f"i{(j - 3) % 30}", f"i{(j - 2) % 30}", f"i{(j - 1) % 30}"] for j in range(30)]  # next: i{j}
+    frame = model.recommend(histories, k=5)
+    top = frame.groupby("history")["item_id"].apply(list)
+    twins_top3 = sum(f"twin-{j}" in top[j][:3] for j in range(30))
+    variants_top5 = sum(f"variant-{j}" in top[j] for j in range(30))
+    print(f"cold start: twins in top 3 for {twins_top3}/30 histories, variants in top 5 for {variants_top5}/30")
+    assert twins_top3 >= 20, top  # random: 3 in 90 per history
+    assert variants_top5 >= 10, top  # random: 5 in 90 per history
+    for j in range(30):  # a twin's text vector is its original's, so is its score (ties are exact)
+        scores = frame[frame.history == j].set_index("item_id").score
+        if f"twin-{j}" in scores and f"i{j}" in scores:
+            assert scores[f"twin-{j}"] == pytest.approx(scores[f"i{j}"], abs=1e-5)
+
+    # histories of new items only point to the next item of the chain, too
+    new_history = [f"twin-{j}" for j in (10, 11, 12)]
+    ids = [r.item_id for r in model.recommend(new_history, k=4)]
+    assert {"i13", "twin-13"} & set(ids), ids
+
+
+def test_text_histories_equal_id_histories(trained: tuple[Path, Path]) -> None:
+    _, run = trained
+    model = UniSRec.from_pretrained(run)
+    catalogue = model.recommender.catalogue  # type: ignore[union-attr]
+    history = ["i4", "i5", "i6"]
+    as_text = [catalogue.texts[catalogue.item_ids.index(i)] for i in history]
+    by_id, by_text = model.recommend(history, k=8), model.recommend(as_text, k=8, by_text=True)
+    assert [r.item_id for r in by_id] == [r.item_id for r in by_text]
+    np.testing.assert_allclose([r.score for r in by_id], [r.score for r in by_text], rtol=1e-4)
+
+
+def test_one_history_many_histories_and_options(trained: tuple[Path, Path]) -> None:
+    _, run = trained
+    model = UniSRec.from_pretrained(run)
+    one = model.recommend(["i1", "i2"], k=30)
+    assert isinstance(one, list) and len(one) == 28 and {"i1", "i2"}.isdisjoint(r.item_id for r in one)
+    assert [r.score for r in one] == sorted((r.score for r in one), reverse=True)
+    assert len(model.recommend(["i1", "i2"], k=30, exclude_seen=False)) == 30
+    many = model.recommend([["i1", "i2"], ["i7"]], k=3)
+    assert isinstance(many, pd.DataFrame) and list(many.columns) == ["history", "rank", "item_id", "score", "text"]
+    assert many.history.tolist() == [0, 0, 0, 1, 1, 1] and many["rank"].tolist() == [1, 2, 3, 1, 2, 3]
+    assert many[many.history == 0].item_id.tolist() == [r.item_id for r in one[:3]]
+    # a history longer than max_seq_len (6) is cut to its last 6 items
+    long = [f"i{j}" for j in range(20)]
+    assert model.recommend(long, exclude_seen=False) == model.recommend(long[-6:], exclude_seen=False)
+
+
+def test_bad_histories_are_clear_errors(trained: tuple[Path, Path]) -> None:
+    model = UniSRec.from_pretrained(trained[1])
+    with pytest.raises(UnknownItemError, match=r"unknown item id\(s\) 'nope', 'gone'; every history entry"):
+        model.recommend([["i1", "nope"], ["gone"]])
+    with pytest.raises(UnisrecError, match="history 1 is empty"):
+        model.recommend([["i1"], []])
+    with pytest.raises(UnisrecError, match="give one history"):
+        model.recommend("i1")
+    with pytest.raises(ItemConflictError, match="item id 'i3' is already in the catalogue"):
+        model.add_items(["x"], ["i3"])
+    with pytest.raises(ItemConflictError, match="item id 'n' is given twice"):
+        model.add_items(["x", "y"], ["n", "n"])
+
+
+def test_changed_language_model_is_refused(trained: tuple[Path, Path]) -> None:
+    model = UniSRec.from_pretrained(trained[1])
+    model.recommender.text_encoder_info["fingerprint"] = "0" * 64  # type: ignore[union-attr]
+    with pytest.raises(UnisrecError, match="differs from the one the run was trained with"):
+        model.add_items(["new text"], ["new"])
+
+
+@pytest.mark.parametrize("item_repr", ["text+id", "id"])
+def test_only_inductive_models_add_items_by_text(item_repr: str) -> None:
+    config = ModelConfig(item_repr=item_repr, hidden_size=8, inner_size=8, n_experts=2)  # type: ignore[arg-type]
+    model = UniSRec(config, 4, torch.randn(4, 6) if item_repr != "id" else None).set_catalogue(list("abcd"))
+    with pytest.raises(ItemConflictError, match="adding items needs an inductive \\(text-only\\) model"):
+        model.add_items(["text"], ["e"], vectors=np.zeros((1, 6)))
+
+
+def test_chunked_top_k_equals_full_top_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    queries, table = torch.randn(7, 16), torch.randn(20_000, 16)
+    monkeypatch.setattr(rec, "SCORE_BUDGET", 7 * 4096)  # 5 chunks
+    seen = [np.array([3, 19_999, 5000]) if b % 2 else np.zeros(0, np.int64) for b in range(7)]
+    scores, rows = chunked_top_k(queries, table, 50, seen)
+    full = queries @ table.T
+    for b, s in enumerate(seen):
+        full[b, torch.from_numpy(s)] = float("-inf")
+    expected_scores, expected_rows = full.topk(50, dim=1)
+    torch.testing.assert_close(scores, expected_scores)
+    assert torch.equal(rows, expected_rows)
+
+
+def test_faiss_top_k_equals_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((50_000, 32)).astype(np.float32)
+    queries = rng.standard_normal((64, 32)).astype(np.float32)
+    index = flat_ip_index(items)
+    scores, rows = faiss_search(index, queries, 10)
+    expected_scores, expected_rows = torch.from_numpy(queries @ items.T).topk(10, dim=1)
+    assert np.array_equal(rows, expected_rows.numpy())
+    np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-5, atol=1e-4)
+    seen = [expected_rows[b, :3].numpy() for b in range(64)]  # leaving out each query's best 3
+    _, rows_unseen = faiss_search(index, queries, 7, seen)
+    assert np.array_equal(rows_unseen, expected_rows[:, 3:].numpy())
+
+
+def test_faiss_backend_recommends_like_torch(trained: tuple[Path, Path]) -> None:
+    torch_model = UniSRec.from_pretrained(trained[1])
+    faiss_model = UniSRec.from_pretrained(trained[1], backend="faiss")
+    histories = [["i1", "i2", "i3"], ["i20"], ["i29", "i0"]]
+    for model in (torch_model, faiss_model):
+        model.add_items(["item quoted 0"], ["again"])  # FAISS indexes added items too
+    a, b = torch_model.recommend(histories, k=10), faiss_model.recommend(histories, k=10)
+    assert a.item_id.tolist() == b.item_id.tolist()
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-5, atol=1e-5)
+
+
+def test_scoring_table_follows_weight_updates() -> None:
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2), 5, torch.randn(5, 6))
+    model.set_catalogue(list("abcde"))
+    before = model.recommend(["a"], k=5, exclude_seen=False)
+    with torch.no_grad():
+        model.adaptor.weight.mul_(-1.0)  # type: ignore[union-attr]  # an in-place update (as an optimizer step)
+    after = model.recommend(["a"], k=5, exclude_seen=False)
+    assert [r.score for r in before] != [r.score for r in after]
+    fresh = model.scoring_table(rec.adapted_items(model))
+    torch.testing.assert_close(model.recommender.scoring_table(), fresh)  # type: ignore[union-attr]
+
+
+def test_export_vectors_and_index(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    model = UniSRec.from_pretrained(run)
+    manifest = model.export_vectors(tmp_path / "out", data_dir=data)
+    assert manifest["n_items"] == 30 and manifest["metric"] == "inner_product"
+    items = np.load(tmp_path / "out" / "items.npy", allow_pickle=False)
+    sequences = np.load(tmp_path / "out" / "sequences.npy", allow_pickle=False)
+    tensors = load_file(str(tmp_path / "out" / "vectors.safetensors"))
+    assert np.array_equal(tensors["items"], items) and np.array_equal(tensors["sequences"], sequences)
+    users = pd.read_parquet(tmp_path / "out" / "users.parquet").user_id.tolist()
+    item_ids = pd.read_parquet(tmp_path / "out" / "items.parquet").item_id.tolist()
+    assert sequences.shape == (60, 32) and len(users) == 60
+    # inner products of the exported vectors rank like the model
+    from unisrec.datasets import load_processed
+
+    dataset = load_processed(data)
+    history = [str(dataset.item_ids[i]) for i in dataset.sequence(dataset.user_ids.tolist().index(users[5]))]
+    _, rows = faiss_search(load_faiss_index(tmp_path / "out" / "items.faiss"), sequences[5:6], 5)
+    expected = model.recommend(history, k=5, exclude_seen=False)
+    assert [item_ids[r] for r in rows[0]] == [r.item_id for r in expected]
+
+
+def test_cli_recommend_and_export(trained: tuple[Path, Path], tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    _, run = trained
+    assert main(["recommend", str(run), "--history", "i1,i2", "--history", "i5", "-k", "3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["history"] for line in lines] == [["i1", "i2"], ["i5"]]
+    assert len(lines[0]["results"]) == 3 and set(lines[0]["results"][0]) == {"item_id", "score", "text"}
+    histories = tmp_path / "h.jsonl"
+    histories.write_text('{"user": "u1", "history": ["i1", "i2"]}\n\n{"user": "u2", "history": ["i9"]}\n')
+    assert main(["recommend", str(run), "--history-file", str(histories), "-k", "2", "--include-seen"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["user"] for line in lines] == ["u1", "u2"] and lines[0]["results"][0]["item_id"] == "i3"
+    assert main(["recommend", str(run), "--history", "i1,zzz"]) == 2
+    assert "unisrec recommend: error: unknown item id(s) 'zzz'" in capsys.readouterr().err
+    histories.write_text('{"user": "u1"}\n')
+    assert main(["recommend", str(run), "--history-file", str(histories)]) == 2
+    assert f"{histories}, line 1: expected" in capsys.readouterr().err
+    assert main(["export", str(run), "--out", str(tmp_path / "e")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_items"] == 30 and "items.faiss" in summary["files"]
+
+
+def test_recommend_with_a_pretrained_run_and_a_tiny_catalogue(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """Zero-shot: the texts of a new domain's items are all a pre-trained model needs."""
+    from unisrec.pretrain import pretrain
+
+    data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=10)
+    pretrain([data], tmp_path / "pre", overrides=[*TRAIN[:7], "train.epochs=1", "pretrain.word_drop_variants=0"],
+             text_spec={"model": str(tiny_lm_dir), "pooling": "mean"})
+    model = UniSRec.from_pretrained(tmp_path / "pre")
+    model.add_items(["red camera", "blue lens", "green microscope"], ["a", "b", "c"])
+    assert len(model.recommend(["a", "b"], k=5)) == 1
+
+
+def test_quickstart_pieces(trained: tuple[Path, Path]) -> None:
+    from unisrec.quickstart import _title_key, cold_start_demo, format_table
+
+    aka = "Twelve Monkeys (a.k.a. 12 Monkeys) (1995). Sci-Fi"
+    assert _title_key(aka) == _title_key("Twelve Monkeys (1995). Drama")
+    assert _title_key("Dr. Strangelove (1964). Comedy War") == "drstrangelove"
+    data, run = trained
+    demo = cold_start_demo(run, data, data)  # every source title is known: only the 2019 releases are added
+    assert demo["added"] == 4 and "Top 10 recommendations" in demo["text"]
+    row = {"model": "m", "test": {"recall@10": 0.5, "ndcg@10": 0.25, "recall@50": 1.0, "ndcg@50": 0.3},
+           "epochs": "1/2", "seconds": 3.0, "trainable": 10}
+    assert "| m | 0.5000 | 0.2500 | 1.0000 | 0.3000 | 1/2 | 3 | 10 |" in format_table([row], 5, 2, 16)

@@ -1,0 +1,153 @@
+"""Long-tail grouping, report configs, and `unisrec report` end to end with cached runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import write_synthetic_source
+
+from unisrec.analysis import metrics_by_group, popularity_groups
+from unisrec.cli import main
+from unisrec.errors import ConfigError
+from unisrec.report import plan_runs, run_report
+from unisrec.report_config import load_report_config
+
+REPORT_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "report").glob("*.yaml"))
+SMALL = [
+    "model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=2",
+    "model.hidden_dropout=0.1", "model.attn_dropout=0.1", "train.batch_size=64", "train.lr=0.01",
+    "train.progress=false", "pretrain.word_drop_variants=0",
+]
+
+
+def test_popularity_groups_by_hand() -> None:
+    frequency = np.array([5, 1, 3, 1, 10, 2])  # training interactions of items 0..5
+    targets = np.array([4, 4, 4, 0, 0, 2, 1, 3, 5, 5])
+    # order (frequency, index): 1, 3, 5, 2, 0, 4 with 1, 1, 2, 1, 2, 3 targets; cumulative midpoints
+    # 0.5, 1.5, 3, 4.5, 6, 8.5 -> groups floor(mid * 5 / 10) = 0, 0, 1, 2, 3, 4
+    groups = popularity_groups(frequency, targets, 5)
+    assert groups.item_group.tolist() == [3, 0, 2, 0, 4, 1]
+    assert groups.n_targets.tolist() == [2, 2, 1, 2, 3] and groups.n_items.tolist() == [2, 1, 1, 1, 1]
+    assert groups.frequency_range == [(1, 1), (2, 2), (3, 3), (5, 5), (10, 10)]
+    ranks = np.array([0, 20, 0, 5, 15, 0, 0, 30, 9, 10])
+    by_group = metrics_by_group(ranks, groups, (10,))
+    assert [m["recall@10"] for m in by_group if m] == [0.5, 0.5, 1.0, 0.5, 2 / 3]
+    two = popularity_groups(frequency, targets, 2)  # 10 targets: items 1,3,5,2 (5) | 0,4 (5)
+    assert two.item_group.tolist() == [1, 0, 0, 0, 1, 0] and two.n_targets.tolist() == [5, 5]
+    empty = popularity_groups(np.array([1, 2]), np.array([1, 1, 1]), 3)  # one item: other groups empty
+    assert metrics_by_group(np.zeros(3, dtype=np.int64), empty, (10,))[0] is None
+
+
+@pytest.mark.parametrize("path", REPORT_CONFIGS, ids=[p.name for p in REPORT_CONFIGS])
+def test_every_shipped_report_config_loads(path: Path, tmp_path: Path) -> None:
+    config = load_report_config(path)
+    assert len(config.seeds) >= 3 and config.experiments
+    runs = plan_runs(config, tmp_path)  # every reference resolves; nothing runs
+    assert {r.kind for r in runs} >= {"prepare", "pretrain", "finetune"}
+
+
+def test_there_are_shipped_report_configs() -> None:
+    assert {p.name for p in REPORT_CONFIGS} >= {"scientific.yaml", "transfer.yaml"}
+
+
+def _config(tmp_path: Path, tiny_lm_dir: Path, **changes: object) -> Path:
+    write_synthetic_source(tmp_path / "data" / "target", seed=3, n_items=20)
+    write_synthetic_source(tmp_path / "data" / "other", seed=4)
+    config = {
+        "title": "Tiny report",
+        "seeds": [1, 2],
+        "data_root": "data",
+        "text_model": str(tiny_lm_dir),
+        "overrides": [*SMALL, "train.epochs=2"],
+        "datasets": {"target": {"source": "target", "format": "csv", "user_core": 0, "item_core": 0,
+                                "paper": "Scientific"},
+                     "other": {"source": "other", "format": "csv", "user_core": 0, "item_core": 0}},
+        "pretrain": {"other-pt": {"datasets": ["other"], "overrides": ["train.epochs=1"], "seed": 7,
+                                  "label": "other domain"}},
+        "experiments": [
+            {"name": "sasrec", "dataset": "target", "mode": "sasrec", "paper": "SASRec"},
+            {"name": "gru", "dataset": "target", "mode": "gru4rec"},
+            {"name": "scratch", "dataset": "target", "mode": "inductive", "tables": ["main", "ablations"]},
+            {"name": "unisrec", "dataset": "target", "mode": "inductive", "init": "other-pt",
+             "tables": ["main", "ablations"], "reference": "scratch", "label": "UniSRec_t"},
+            {"name": "zero-shot", "dataset": "target", "command": "zeroshot", "init": "other-pt",
+             "tables": ["ablations"]},
+        ],
+        "long_tail": {"experiments": ["sasrec", "unisrec"], "groups": 3},
+        "transfer": {"baseline": "scratch", "experiments": ["unisrec"]},
+        **changes,
+    }
+    path = tmp_path / "report.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_report_end_to_end_then_reuses_runs(tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    config_path = _config(tmp_path, tiny_lm_dir)
+    out = tmp_path / "out"
+    report = run_report(config_path, out)
+    text = report.read_text()
+    for needle in ("# Tiny report", "## main", "## ablations", "UniSRec_t", "## Long tail", "## Transfer",
+                   "2/2", "vs scratch", "0.1080"):  # the paper's SASRec figure sits beside ours ...
+        assert needle in text, needle
+    for png in ("long_tail.png", "transfer.png", "curves-main.png", "curves-ablations.png", "curves-pretrain.png"):
+        assert (out / png).stat().st_size > 1000, png
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["experiments"]) == {"sasrec", "gru", "scratch", "unisrec", "zero-shot"}
+    assert results["experiments"]["sasrec"]["seeds"] == [1, 2]
+    assert len(list((out / "pretrain" / "other-pt").glob("seed-*/metrics.json"))) == 1  # shared seed 7
+    assert (out / "runs" / "sasrec" / "seed-1" / "ranks_test.npy").exists()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("unisrec.finetune.finetune", refuse)
+    monkeypatch.setattr("unisrec.pretrain.pretrain", refuse)
+    monkeypatch.setattr("unisrec.datasets.prepare", refuse)
+    capsys.readouterr()
+    assert main(["report", str(config_path), "--out", str(out)]) == 0
+    assert "13 of 13 runs reused, 0 to run" in capsys.readouterr().err
+    assert report.read_text() == text
+
+
+def test_changed_settings_retrain_only_what_depends_on_them(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    out = tmp_path / "out"
+    run_report(config_path, out, only=["unisrec"])
+    statuses = {(r.kind, r.name): r.status() for r in plan_runs(load_report_config(config_path), out)}
+    assert statuses[("finetune", "unisrec")] == "cached" and statuses[("finetune", "sasrec")] == "new"
+    data = yaml.safe_load(config_path.read_text())
+    data["pretrain"]["other-pt"]["overrides"] = ["train.epochs=2"]  # another pre-training run ...
+    config_path.write_text(yaml.safe_dump(data))
+    statuses = {(r.kind, r.name): r.status() for r in plan_runs(load_report_config(config_path), out)}
+    assert statuses[("pretrain", "other-pt")] == "stale"
+    assert statuses[("finetune", "unisrec")] == "stale"  # ... so the run initialised from it is stale too
+    assert statuses[("prepare", "target")] == "cached"
+
+
+def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    bad = {"experiments": [{"name": "a", "dataset": "target", "mode": "inductive", "init": "b"},
+                           {"name": "b", "dataset": "target", "mode": "zesrec"}]}
+    with pytest.raises(ConfigError, match="init 'b' is neither a pre-training nor an earlier experiment"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, **bad))
+    with pytest.raises(ConfigError, match="unknown mode 'bert'"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, experiments=[{"name": "a", "dataset": "target",
+                                                                        "mode": "bert"}]))
+    with pytest.raises(ConfigError, match="unknown key 'seed'"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, seed=[1]))
+
+
+def test_dry_run_prints_the_plan_as_commands(tmp_path: Path, tiny_lm_dir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config_path = _config(tmp_path, tiny_lm_dir)
+    out = tmp_path / "out"
+    assert main(["report", str(config_path), "--out", str(out), "--dry-run", "--only", "unisrec"]) == 0
+    err = capsys.readouterr().err
+    assert "unisrec pretrain" in err and "--mode inductive --out" in err and "--init" in err
+    assert "--train.seed=1" in err and "--train.seed=7" in err and "sasrec" not in err
+    assert not out.exists()  # nothing ran

@@ -1,0 +1,232 @@
+"""The HTTP service: answers equal the Python API, bad input is a clear 4xx, fuzzing finds no 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from unisrec.config import ModelConfig
+from unisrec.model import UniSRec
+from unisrec.serve import MAX_HISTORY, create_app
+from unisrec.text import TextEncoder, TextEncoderSpec
+
+WORDS = ["red", "blue", "green", "camera", "lens", "microscope", "glass", "beaker", "tube", "lab", "kit"]
+N_ITEMS = 40
+
+
+def _model(tiny_lm_dir: Path, item_repr: str = "text") -> UniSRec:
+    spec = TextEncoderSpec(model=str(tiny_lm_dir), pooling="mean")
+    encoder = TextEncoder(spec)
+    texts = [f"{WORDS[i % 11]} {WORDS[i // 11]} {WORDS[(i * 5 + 1) % 11]}" for i in range(N_ITEMS)]  # all different
+    torch.manual_seed(0)
+    config = ModelConfig(item_repr=item_repr, hidden_size=16, inner_size=16, max_seq_len=8,  # type: ignore[arg-type]
+                         n_experts=2)
+    model = UniSRec(config, N_ITEMS, torch.from_numpy(encoder.encode(texts))).eval()
+    recorded = {"model": spec.model, "pooling": spec.pooling, "max_length": spec.max_length,
+                "fingerprint": encoder.fingerprint()["digest"]}
+    return model.set_catalogue([f"item-{i}" for i in range(N_ITEMS)], texts, text_encoder=recorded)
+
+
+@pytest.fixture
+def model(tiny_lm_dir: Path) -> UniSRec:
+    return _model(tiny_lm_dir)
+
+
+@pytest.fixture
+def client(model: UniSRec) -> Any:
+    with TestClient(create_app(model)) as test_client:
+        yield test_client
+
+
+def test_health_and_openapi(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok", "n_items": N_ITEMS, "item_repr": "text",
+                                            "backend": "torch", "unisrec_version": "0.1.0"}
+    schema = client.get("/openapi.json").json()
+    assert {"/recommend", "/items", "/health"} <= set(schema["paths"])
+    assert "409" in schema["paths"]["/items"]["post"]["responses"]
+
+
+def test_recommend_matches_the_python_api(client: TestClient, model: UniSRec) -> None:
+    histories = [["item-1", "item-2"], ["item-30"], ["item-5"] * 20]
+    response = client.post("/recommend", json={"histories": histories, "k": 5, "exclude_seen": False})
+    assert response.status_code == 200
+    expected = model.recommend(histories, k=5, exclude_seen=False)
+    got = [(h, r["item_id"], r["score"]) for h, ranked in enumerate(response.json()["results"]) for r in ranked]
+    assert [(h, i) for h, i, _ in got] == list(zip(expected.history, expected.item_id, strict=True))
+    assert [s for _, _, s in got] == pytest.approx(expected.score.tolist(), rel=1e-6)
+    default = client.post("/recommend", json={"histories": [["item-1", "item-2"]]}).json()["results"][0]
+    assert len(default) == 10 and {"item-1", "item-2"}.isdisjoint(r["item_id"] for r in default)
+
+
+def test_text_histories(client: TestClient, model: UniSRec) -> None:
+    texts = [model.recommender.catalogue.texts[3]]  # type: ignore[union-attr]
+    response = client.post("/recommend", json={"histories": [texts], "k": 3, "by_text": True})
+    assert response.status_code == 200
+    assert [r["item_id"] for r in response.json()["results"][0]] == [r.item_id for r in
+                                                                      model.recommend(["item-3"], k=3)]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "where"),
+    [
+        ({"histories": [["item-1", "nope"], ["gone"]]}, 422,
+         [["body", "histories", 0, 1], ["body", "histories", 1, 0]]),
+        ({"histories": []}, 422, [["body", "histories"]]),
+        ({"histories": [[]]}, 422, [["body", "histories", 0]]),
+        ({"histories": [["item-1"] * (MAX_HISTORY + 1)]}, 422, [["body", "histories", 0]]),
+        ({"histories": [["item-1"]], "k": 0}, 422, [["body", "k"]]),
+        ({"histories": [["item-1"]], "k": 1001}, 422, [["body", "k"]]),
+        ({"histories": [["item-1"]], "k": "10"}, 422, [["body", "k"]]),
+        ({"histories": [["item-1"]], "exclude_seen": "yes"}, 422, [["body", "exclude_seen"]]),
+        ({"histories": [[1, 2]]}, 422, [["body", "histories", 0, 0], ["body", "histories", 0, 1]]),
+        ({"histories": "item-1"}, 422, [["body", "histories"]]),
+        ({"histories": [["item-1"]], "user": "x"}, 422, [["body", "user"]]),
+        ({}, 422, [["body", "histories"]]),
+    ],
+)
+def test_bad_recommend_requests_are_422(client: TestClient, body: Any, status: int, where: list[Any]) -> None:
+    response = client.post("/recommend", json=body)
+    assert response.status_code == status, response.text
+    assert [e["loc"] for e in response.json()["detail"]] == where
+
+
+def test_malformed_json_and_bad_unicode_are_422(client: TestClient) -> None:
+    for raw in (b"{not json", b'{"histories": [["\\ud800"]]}', b"\xff\xfe"):
+        response = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (raw, response.text)
+
+
+def test_added_items_are_recommended(client: TestClient) -> None:
+    items = [{"item_id": "fresh-1", "text": "red lens kit"}, {"item_id": "fresh-2", "text": "blue beaker"}]
+    response = client.post("/items", json={"items": items})
+    assert response.status_code == 200 and response.json() == {"added": 2, "n_items": N_ITEMS + 2}
+    assert client.get("/health").json()["n_items"] == N_ITEMS + 2
+    response = client.post("/recommend", json={"histories": [["fresh-1", "fresh-2"]], "k": N_ITEMS + 2,
+                                               "exclude_seen": False})
+    assert {"fresh-1", "fresh-2"} <= {r["item_id"] for r in response.json()["results"][0]}
+    again = client.post("/items", json={"items": [{"item_id": "fresh-1", "text": "x"}]})
+    assert again.status_code == 409 and again.json() == {"detail": "item id 'fresh-1' is already in the catalogue"}
+    twice = client.post("/items", json={"items": [{"item_id": "z", "text": "a"}, {"item_id": "z", "text": "b"}]})
+    assert twice.status_code == 409
+    for bad in ({"items": []}, {"items": [{"item_id": "", "text": "x"}]}, {"items": [{"item_id": "q"}]},
+                {"items": [{"item_id": "q", "text": 3}]}):
+        assert client.post("/items", json=bad).status_code == 422, bad
+
+
+def test_transductive_model_refuses_new_items(tiny_lm_dir: Path) -> None:
+    with TestClient(create_app(_model(tiny_lm_dir, "text+id"))) as test_client:
+        response = test_client.post("/items", json={"items": [{"item_id": "n", "text": "red"}]})
+        assert response.status_code == 409 and "inductive (text-only) model" in response.json()["detail"]
+        response = test_client.post("/recommend", json={"histories": [["red"]], "by_text": True})
+        assert response.status_code == 409
+
+
+def test_concurrent_requests_are_batched_with_the_same_answers(model: UniSRec) -> None:
+    app = create_app(model)
+    bodies = [{"histories": [[f"item-{i}", f"item-{(i * 3) % N_ITEMS}"]], "k": 1 + i % 7, "exclude_seen": i % 2 == 0}
+              for i in range(24)]
+
+    async def send_all() -> list[Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            responses = await asyncio.gather(*(http.post("/recommend", json=b) for b in bodies))
+        return [r.json()["results"][0] for r in responses]
+
+    for body, got in zip(bodies, asyncio.run(send_all()), strict=True):
+        expected = model.recommend(body["histories"][0], k=body["k"], exclude_seen=body["exclude_seen"])
+        assert [r["item_id"] for r in got] == [r.item_id for r in expected]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_valid_random_requests_succeed(data: st.DataObject, tiny_lm_dir: Path) -> None:
+    """Any well-formed request over known ids is a 200 with k or fewer results per history."""
+    client = _fuzz_client(tiny_lm_dir)
+    ids = st.sampled_from([f"item-{i}" for i in range(N_ITEMS)])
+    body = {"histories": data.draw(st.lists(st.lists(ids, min_size=1, max_size=60), min_size=1, max_size=5)),
+            "k": data.draw(st.integers(1, 1000)), "exclude_seen": data.draw(st.booleans())}
+    response = client.post("/recommend", json=body)
+    assert response.status_code == 200, response.text
+    assert all(len(r) <= min(body["k"], N_ITEMS) for r in response.json()["results"])
+
+
+_CLIENTS: dict[str, TestClient] = {}
+
+
+def _fuzz_client(tiny_lm_dir: Path) -> TestClient:
+    if "client" not in _CLIENTS:
+        _CLIENTS["client"] = TestClient(create_app(_model(tiny_lm_dir)))
+    return _CLIENTS["client"]
+
+
+def test_schemathesis_fuzzing_finds_no_server_error(tiny_lm_dir: Path) -> None:
+    """Schema-driven fuzzing (valid and invalid bodies) of every operation: no 5xx, every response documented."""
+    schemathesis = pytest.importorskip("schemathesis")
+    app = create_app(_model(tiny_lm_dir))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    seen: dict[int, int] = {}
+    both = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+    for path, method, modes in (("/recommend", "POST", both), ("/items", "POST", both), ("/health", "GET", both[:1])):
+        operation = schema[path][method]
+        for mode in modes:
+
+            _fuzz(operation, mode, seen)
+    assert set(seen) <= {200, 400, 409, 422} and seen.get(200, 0) > 0, seen
+    print(f"schemathesis: {sum(seen.values())} requests, status codes {dict(sorted(seen.items()))}")
+
+
+def _fuzz(operation: Any, mode: Any, seen: dict[int, int]) -> None:
+    """40 generated requests for one operation: no 5xx, and every status code is in its OpenAPI responses."""
+    documented = set(operation.definition.raw["responses"])
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def check(case: Any) -> None:
+        response = case.call()
+        seen[response.status_code] = seen.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (case.body, response.text)
+        assert str(response.status_code) in documented, response.status_code
+
+    check()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_cli_serve_answers_over_http(model: UniSRec, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path / "run")
+    port = _free_port()
+    command = [sys.executable, "-m", "unisrec", "serve", str(tmp_path / "run"), "--port", str(port), "--threads", "1"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert health.json()["n_items"] == N_ITEMS
+        response = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"histories": [["item-1"]], "k": 2})
+        assert response.status_code == 200 and len(json.loads(response.text)["results"][0]) == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

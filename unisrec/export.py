@@ -1,0 +1,172 @@
+"""Vectors for other systems: item and user-sequence vectors (NumPy + safetensors) and an exact FAISS index.
+
+The exported item vectors are the model's *scoring table* and the sequence vectors its *query vectors*, so a
+plain inner product ``query . item`` equals the model's logit (cosine / temperature for text models). An exact
+inner-product index (``faiss.IndexFlatIP``) over the item vectors therefore returns the model's own top-k.
+
+An export folder holds::
+
+    manifest.json           what each file is, shapes, metric, run provenance
+    items.npy               (N, H) float32 item vectors, row = position in items.parquet
+    items.parquet           item_id, text
+    items.faiss             exact inner-product index of items.npy (needs faiss-cpu: pip install 'unisrec[serve]')
+    sequences.npy           (U, H) float32 query vectors of the users of --data (their whole history)
+    users.parquet           user_id of each row of sequences.npy
+    vectors.safetensors     the same matrices: "items" and (with --data) "sequences"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from torch import Tensor
+
+from unisrec import __version__
+from unisrec.atomic import atomic_write, atomic_write_json
+from unisrec.errors import UnisrecError
+
+if TYPE_CHECKING:
+    from unisrec.model import UniSRec
+
+EXPORT_FORMAT = "unisrec-vectors"
+EXPORT_VERSION = 1
+USER_BATCH = 256
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise UnisrecError("FAISS is not installed: pip install faiss-cpu (or 'unisrec[serve]')") from None
+    return faiss
+
+
+def flat_ip_index(vectors: Tensor | np.ndarray) -> Any:
+    """An exact inner-product FAISS index (IndexFlatIP) holding the (N, H) ``vectors``."""
+    faiss = _faiss()
+    matrix = np.ascontiguousarray(_numpy(vectors), dtype=np.float32)  # (N, H)
+    index = faiss.IndexFlatIP(matrix.shape[1])
+    if len(matrix):
+        index.add(matrix)
+    return index
+
+
+def faiss_search(
+    index: Any, queries: Tensor | np.ndarray, k: int, seen: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, H) queries -> (B, k) scores and rows, best first; ``seen[b]`` rows left out (row -1, score -inf).
+
+    FAISS has no per-query exclusion list, so it is asked for k + the longest seen list and the seen rows
+    are then dropped; every query still gets its exact top k of the remaining items.
+    """
+    q = np.ascontiguousarray(_numpy(queries), dtype=np.float32)  # (B, H)
+    extra = max((len(s) for s in seen), default=0) if seen is not None else 0
+    wanted = min(k + extra, index.ntotal)
+    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(q), k), -1, dtype=np.int64)
+    if wanted == 0:
+        return scores, rows
+    found_scores, found_rows = index.search(q, wanted)  # (B, k + extra)
+    for b in range(len(q)):
+        keep = found_rows[b] >= 0
+        if seen is not None and len(seen[b]):
+            keep &= ~np.isin(found_rows[b], seen[b])
+        top = np.flatnonzero(keep)[:k]
+        scores[b, : len(top)], rows[b, : len(top)] = found_scores[b, top], found_rows[b, top]
+    return scores, rows
+
+
+def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def user_histories(model: UniSRec, data_dir: str | Path) -> tuple[list[str], list[np.ndarray]]:
+    """(user ids, catalogue rows of each user's whole history) of a processed dataset."""
+    from unisrec.datasets.processed import load_processed
+    from unisrec.recommend import recommender_of
+
+    dataset = load_processed(data_dir)
+    catalogue = recommender_of(model).catalogue
+    rows = catalogue.lookup([str(i) for i in dataset.item_ids])  # (N_data,) catalogue row, -1 if absent
+    if (rows < 0).any():
+        missing = [str(dataset.item_ids[i]) for i in np.flatnonzero(rows < 0)[:5]]
+        raise UnisrecError(
+            f"{data_dir}: {(rows < 0).sum()} of its items are not in the model's catalogue (e.g. {', '.join(missing)})"
+        )
+    mapped = rows[dataset.items]  # (I,) catalogue row of every interaction
+    users = [u for u in range(dataset.n_users) if dataset.offsets[u + 1] > dataset.offsets[u]]
+    histories = [mapped[dataset.offsets[u] : dataset.offsets[u + 1]] for u in users]
+    return [str(dataset.user_ids[u]) for u in users], histories
+
+
+def export_vectors(
+    model: UniSRec, out: str | Path, *, data_dir: str | Path | None = None, index: bool = True
+) -> dict[str, Any]:
+    """Write the export folder ``out`` (see the module docstring); returns the manifest."""
+    from safetensors.numpy import save_file
+
+    from unisrec.recommend import recommender_of
+
+    recommender = recommender_of(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = recommender.scoring_table().cpu().numpy().astype(np.float32)  # (N, H)
+    catalogue = recommender.catalogue
+    atomic_write(out / "items.npy", lambda tmp: _save_npy(tmp, items))
+    item_table = pa.table({"item_id": catalogue.item_ids, "text": catalogue.texts})
+    atomic_write(out / "items.parquet", lambda tmp: pq.write_table(item_table, tmp))
+    tensors = {"items": items}
+    files: dict[str, Any] = {
+        "items.npy": {"shape": list(items.shape), "rows": "items.parquet"},
+        "items.parquet": {"columns": ["item_id", "text"]},
+    }
+    if data_dir is not None:
+        user_ids, histories = user_histories(model, data_dir)
+        parts = [recommender.queries_of_rows(histories[lo : lo + USER_BATCH]).cpu().numpy()
+                 for lo in range(0, len(histories), USER_BATCH)]
+        sequences = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, items.shape[1]), np.float32)
+        atomic_write(out / "sequences.npy", lambda tmp: _save_npy(tmp, sequences))
+        users = pa.table({"user_id": user_ids})
+        atomic_write(out / "users.parquet", lambda tmp: pq.write_table(users, tmp))
+        tensors["sequences"] = sequences
+        files["sequences.npy"] = {"shape": list(sequences.shape), "rows": "users.parquet",
+                                  "history": f"each user's whole history in {data_dir}, last max_seq_len items"}
+        files["users.parquet"] = {"columns": ["user_id"]}
+    atomic_write(out / "vectors.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    files["vectors.safetensors"] = {"tensors": sorted(tensors)}
+    if index:
+        faiss = _faiss()
+        built = flat_ip_index(items)
+        atomic_write(out / "items.faiss", lambda tmp: faiss.write_index(built, str(tmp)))
+        files["items.faiss"] = {"type": "IndexFlatIP", "exact": True, "ntotal": int(built.ntotal)}
+    manifest = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "unisrec_version": __version__,
+        "n_items": int(items.shape[0]),
+        "dim": int(items.shape[1]),
+        "metric": "inner_product",
+        "score": "sequences[u] . items[i] = the model's logit of item i for user u",
+        "model": model.config.item_repr,
+        "text_encoder": recommender.text_encoder_info or None,
+        "files": files,
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+
+
+def load_faiss_index(path: str | Path) -> Any:
+    if not Path(path).exists():
+        raise UnisrecError(f"{path}: no such index file (write one with `unisrec export`)")
+    return _faiss().read_index(str(path))
+

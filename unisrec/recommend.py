@@ -1,0 +1,536 @@
+"""Recommendations for real users: top-k for any history, new items added by their text alone.
+
+A ``Recommender`` joins a model to its ``Catalogue`` (item ids, texts, id -> index). Scores are the model's
+logits: ``query_vectors(s) . scoring_table(v)`` (cosine / temperature for text models), computed against a
+scoring table that is built once (in item chunks, bounded memory) and extended, not rebuilt, when items are
+added. Top-k runs in item chunks too (a running top-k merged chunk by chunk), so memory stays bounded by
+about 2^24 scores whatever the catalogue size; ``backend="faiss"`` searches an exact inner-product index
+instead (the same top-k, see ``unisrec.export``).
+
+Histories are lists of item ids (strings, as in the dataset; an unknown id is an error naming it), or with
+``by_text=True`` lists of raw item texts encoded by the run's language model (text-only models). A history
+longer than the model's ``max_seq_len`` is cut to its last ``max_seq_len`` items (as in training).
+``exclude_seen`` removes the history's items from the ranking (for texts: catalogue items with that exact text).
+
+New items (``add_items``) are encoded with the language model recorded in the run (its file fingerprint is
+checked) and join the catalogue with no retraining. Only inductive (text-only) models accept them: a
+transductive model (text + ID) would have no learned ID vector for them, and an ID-only model no text path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from unisrec.errors import UnisrecError
+
+if TYPE_CHECKING:
+    from unisrec.model import UniSRec
+    from unisrec.text import TextEncoder
+
+Backend = Literal["torch", "faiss"]
+SCORE_BUDGET = 1 << 24  # scores (queries x items) held at once by the chunked top-k: 64 MiB of float32
+TABLE_CHUNK = 8192  # items adapted at once when building the scoring table
+LENGTH_GROUP = 8  # histories of similar length encoded together
+
+
+class UnknownItemError(UnisrecError):
+    """History items that are not in the catalogue; ``positions`` = (history, position) of each."""
+
+    def __init__(self, unknown: list[tuple[int, int, str]]) -> None:
+        self.unknown = unknown
+        names = ", ".join(repr(item) for _, _, item in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        super().__init__(f"unknown item id(s) {names}{more}; every history entry must be an item id of the catalogue")
+
+
+class ItemConflictError(UnisrecError):
+    """New items that cannot join the catalogue (duplicate ids, a model without a text-only item path)."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float  # the model's logit: cosine / temperature (text models) or a dot product (SASRec)
+    text: str
+
+
+class Catalogue:
+    """The items a model ranks: ids (str), texts, and the id -> row map (row = index into the item table)."""
+
+    def __init__(self, item_ids: Sequence[Any], texts: Sequence[str] | None = None) -> None:
+        ids = [str(i) for i in item_ids]
+        texts = list(texts) if texts is not None else [""] * len(ids)
+        if len(texts) != len(ids):
+            raise UnisrecError(f"{len(ids)} item ids but {len(texts)} texts")
+        self.item_ids: list[str] = []
+        self.texts: list[str] = []
+        self._index: dict[str, int] = {}
+        self._by_text: dict[str, list[int]] | None = None
+        self.append(ids, texts)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._index
+
+    def check_new(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        """Raise naming the first problem: lengths, non-strings, empty ids, ids already known or repeated."""
+        if len(ids) != len(texts):
+            raise UnisrecError(f"{len(ids)} item ids but {len(texts)} texts")
+        for value, what in [*((i, "item id") for i in ids), *((t, "item text") for t in texts)]:
+            if not isinstance(value, str):
+                raise UnisrecError(f"every {what} must be a string, got {value!r}")
+        if any(not i for i in ids):
+            raise UnisrecError("item ids must be non-empty strings")
+        existing = [i for i in ids if i in self._index]
+        if existing:
+            raise ItemConflictError(f"item id {existing[0]!r} is already in the catalogue")
+        seen: set[str] = set()
+        for item in ids:
+            if item in seen:
+                raise ItemConflictError(f"item id {item!r} is given twice")
+            seen.add(item)
+
+    def append(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        self.check_new(ids, texts)
+        start = len(self.item_ids)
+        self.item_ids.extend(ids)
+        self.texts.extend(texts)
+        self._index.update((item, start + offset) for offset, item in enumerate(ids))
+        if self._by_text is not None:
+            for offset, text in enumerate(texts):
+                self._by_text.setdefault(text, []).append(start + offset)
+
+    def lookup(self, ids: Sequence[str]) -> np.ndarray:
+        """(M,) int64 rows of ``ids``, -1 for ids not in the catalogue."""
+        return np.asarray([self._index.get(i, -1) for i in ids], dtype=np.int64)
+
+    def indices(self, history: Sequence[str], history_number: int = 0) -> np.ndarray:
+        """(L,) int64 rows of the items of one history; unknown ids raise ``UnknownItemError``."""
+        rows = [self._index.get(_as_id(item), -1) for item in history]  # -1: unknown
+        if -1 in rows:
+            unknown = [(history_number, pos, str(item)) for pos, (item, row) in enumerate(zip(history, rows,
+                                                                                               strict=True))
+                       if row < 0]
+            raise UnknownItemError(unknown)
+        return np.asarray(rows, dtype=np.int64)
+
+    def rows_with_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(M,) rows of the catalogue items whose text is exactly one of ``texts``."""
+        if self._by_text is None:
+            self._by_text = {}
+            for row, text in enumerate(self.texts):
+                self._by_text.setdefault(text, []).append(row)
+        rows = [row for text in set(texts) for row in self._by_text.get(text, [])]
+        return np.asarray(sorted(rows), dtype=np.int64)
+
+
+def _as_id(item: object) -> str:
+    """Item ids are strings; integers (e.g. MovieLens ids) are accepted as their decimal string."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, int | np.integer) and not isinstance(item, bool):
+        return str(item)
+    return "\0not an id"  # no catalogue id: reported as unknown
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """No dropout, no gate noise, no autograd; the previous training flag is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _weights_key(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Changes whenever a parameter or buffer is replaced, moved or updated in place (optimizer steps)."""
+    return tuple((t.data_ptr(), t._version) for t in [*model.parameters(), *model.buffers()])
+
+
+def adapted_items(model: UniSRec, text: Tensor | None = None) -> Tensor:
+    """(N, H) adapted vectors of all items, or (M, H) of new items' text vectors ``text`` (M, D).
+
+    Built in chunks of ``TABLE_CHUNK`` items, so the adaptor's (chunk, K*H) intermediate stays small.
+    """
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        if text is not None:
+            parts = [model.item_table(text=text[lo:lo + TABLE_CHUNK].to(device))
+                     for lo in range(0, len(text), TABLE_CHUNK)]
+        else:
+            rows = torch.arange(model.n_items, device=device)
+            parts = [model.item_table(rows[lo:lo + TABLE_CHUNK]) for lo in range(0, len(rows), TABLE_CHUNK)]
+        if not parts:
+            return torch.zeros(0, model.config.hidden_size, device=device)
+        return torch.cat(parts)  # (N, H)
+
+
+def chunked_top_k(
+    queries: Tensor, table: Tensor, k: int, seen: Sequence[np.ndarray] | None = None
+) -> tuple[Tensor, Tensor]:
+    """(B, H) queries x (N, H) table -> (B, k') scores and rows of the k' = min(k, N) best items per query.
+
+    ``seen[b]`` rows are excluded for query b (score -inf: callers drop those). Items are scored in chunks
+    of about ``SCORE_BUDGET / B``; a running top-k is merged with each chunk's, so the result equals a full
+    ``torch.topk`` of ``queries @ table.T`` (up to the order of exact ties).
+    """
+    b, n = queries.shape[0], table.shape[0]
+    k = min(k, n)
+    best_scores = torch.empty(b, 0, dtype=queries.dtype, device=queries.device)
+    best_rows = torch.empty(b, 0, dtype=torch.long, device=queries.device)
+    seen_b: Tensor | None = None
+    seen_i: Tensor | None = None
+    if seen is not None and any(len(s) for s in seen):
+        seen_b = torch.from_numpy(np.repeat(np.arange(b), [len(s) for s in seen])).to(queries.device)  # (S,)
+        seen_i = torch.from_numpy(np.concatenate(list(seen)).astype(np.int64)).to(queries.device)  # (S,)
+    chunk = max(4096, SCORE_BUDGET // max(b, 1))
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        scores = queries @ table[lo:hi].T  # (B, C)
+        if seen_b is not None and seen_i is not None:
+            inside = (seen_i >= lo) & (seen_i < hi)
+            scores[seen_b[inside], seen_i[inside] - lo] = float("-inf")
+        chunk_scores, chunk_rows = scores.topk(min(k, hi - lo), dim=1)  # (B, k)
+        merged = torch.cat([best_scores, chunk_scores], dim=1)  # (B, <= 2k)
+        merged_rows = torch.cat([best_rows, chunk_rows + lo], dim=1)
+        best_scores, order = merged.topk(min(k, merged.shape[1]), dim=1)  # (B, k)
+        best_rows = merged_rows.gather(1, order)
+    return best_scores, best_rows
+
+
+class Recommender:
+    """A model, its catalogue and a cached scoring table; thread-safe for one writer and many readers.
+
+    ``text_encoder``: the run's recorded language-model spec (``config.json`` "text_encoder"), used to encode
+    new item texts and text histories.
+    """
+
+    def __init__(
+        self,
+        model: UniSRec,
+        catalogue: Catalogue,
+        text_encoder: dict[str, Any] | None = None,
+        *,
+        backend: Backend = "torch",
+    ) -> None:
+        if len(catalogue) != model.n_items:
+            raise UnisrecError(f"catalogue of {len(catalogue)} items for a model of {model.n_items} items")
+        if backend not in ("torch", "faiss"):
+            raise UnisrecError(f"backend must be torch or faiss, got {backend!r}")
+        self.model, self.catalogue, self.backend = model, catalogue, backend
+        self.text_encoder_info = dict(text_encoder or {})
+        self._lock = threading.RLock()
+        self._encoder: TextEncoder | None = None
+        self._items: Tensor | None = None  # (N, H) adapted item vectors: what histories are made of
+        self._table: Tensor | None = None  # (N, H) scoring table (the same tensor for SASRec)
+        self._key: tuple[tuple[int, int], ...] = ()
+        self._faiss: Any = None
+
+    # -- tables ------------------------------------------------------------------------------------------
+
+    def tables(self) -> tuple[Tensor, Tensor]:
+        """(N, H) adapted item vectors and (N, H) scoring table, cached until the weights change.
+
+        Scoring: ``query_vectors(s) @ scoring.T`` equals the model's logits. Caching the adapted vectors
+        too means a request runs no adaptor, only the sequence encoder (at twice the table memory).
+        """
+        with self._lock:
+            key = _weights_key(self.model)
+            if self._table is None or self._items is None or key != self._key:
+                self._items = adapted_items(self.model)
+                self._table = self.model.scoring_table(self._items).contiguous()
+                self._key, self._faiss = key, None
+            return self._items, self._table
+
+    def scoring_table(self) -> Tensor:
+        """(N, H) item vectors whose inner product with ``query_vectors`` is the model's logit (cached)."""
+        return self.tables()[1]
+
+    def faiss_index(self) -> Any:
+        """The exact inner-product FAISS index of the scoring table (built on first use)."""
+        from unisrec.export import flat_ip_index
+
+        with self._lock:
+            table = self.scoring_table()
+            if self._faiss is None:
+                self._faiss = flat_ip_index(table)
+            return self._faiss
+
+    # -- histories ---------------------------------------------------------------------------------------
+
+    def resolve(self, histories: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Item ids -> catalogue rows, for every history; all unknown ids are named in one error."""
+        rows, unknown = [], []
+        for number, history in enumerate(histories):
+            if len(history) == 0:
+                raise UnisrecError(f"history {number} is empty; give at least one item")
+            try:
+                rows.append(self.catalogue.indices(history, number))
+            except UnknownItemError as exc:
+                unknown.extend(exc.unknown)
+        if unknown:
+            raise UnknownItemError(unknown)
+        return rows
+
+    def queries_of_rows(self, histories: Sequence[np.ndarray]) -> Tensor:
+        """Catalogue rows of B histories -> (B, H) query vectors (the last ``max_seq_len`` items of each)."""
+        model = self.model
+        device = next(model.parameters()).device
+        cut = [h[-model.config.max_seq_len:] for h in histories]
+        unique, local = np.unique(np.concatenate(cut), return_inverse=True)  # (M,), (sum L,)
+        items, _ = self.tables()
+        with eval_mode(model):
+            table = items[torch.from_numpy(unique).to(device)]  # (M, H): only the items used
+            return self._queries([len(h) for h in cut], local, table)
+
+    def queries_of_texts(self, histories: Sequence[Sequence[str]]) -> Tensor:
+        """Raw item texts of B histories -> (B, H) query vectors (text-only models)."""
+        self._require_text_only("recommendations for histories of item texts")
+        cut = [list(h)[-self.model.config.max_seq_len:] for h in histories]
+        for number, history in enumerate(cut):
+            if not history or not all(isinstance(t, str) for t in history):
+                raise UnisrecError(f"history {number} must be a non-empty list of item texts")
+        position: dict[str, int] = {}
+        local = np.asarray([position.setdefault(t, len(position)) for h in cut for t in h], dtype=np.int64)
+        vectors = torch.from_numpy(self.encode_texts(list(position)))  # (M, D): each distinct text once
+        device = next(self.model.parameters()).device
+        with eval_mode(self.model):
+            table = self.model.item_table(text=vectors.to(device))  # (M, H)
+            return self._queries([len(h) for h in cut], local, table)
+
+    def _queries(self, history_lengths: list[int], local: np.ndarray, table: Tensor) -> Tensor:
+        """Concatenated rows ``local`` of ``table`` (M, H) split by ``history_lengths`` -> (B, H) queries.
+
+        Histories are encoded in groups of similar length (sorted, ``LENGTH_GROUP`` at a time), so little
+        of the encoder's work goes to padding.
+        """
+        lengths = np.asarray(history_lengths, dtype=np.int64)  # (B,)
+        inputs = np.zeros((len(lengths), int(lengths.max())), dtype=np.int64)  # (B, L), right-padded with row 0
+        inputs[np.arange(inputs.shape[1])[None, :] < lengths[:, None]] = local
+        order = np.argsort(lengths, kind="stable")
+        device = table.device
+        states = torch.empty(len(lengths), table.shape[1], dtype=table.dtype, device=device)  # (B, H)
+        for lo in range(0, len(order), LENGTH_GROUP):
+            group = order[lo : lo + LENGTH_GROUP]
+            width = int(lengths[group].max())
+            states[torch.from_numpy(group).to(device)] = self.model.sequence_vectors(
+                torch.from_numpy(inputs[group, :width]).to(device), torch.from_numpy(lengths[group]).to(device), table
+            )  # (G, H)
+        return self.model.query_vectors(states)
+
+    # -- ranking -----------------------------------------------------------------------------------------
+
+    def top_rows(
+        self, queries: Tensor, k: int, seen: Sequence[np.ndarray] | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """(B, H) queries -> per query the (row, score) pairs of its top k, best first, seen rows left out."""
+        if k < 1:
+            raise UnisrecError(f"k must be >= 1, got {k}")
+        if self.backend == "faiss":
+            from unisrec.export import faiss_search
+
+            with self._lock:  # a FAISS index is not safe to search while items are being added
+                scores, rows = faiss_search(self.faiss_index(), queries, k, seen)
+        else:
+            scores_t, rows_t = chunked_top_k(queries, self.scoring_table(), k, seen)
+            scores, rows = scores_t.cpu().numpy(), rows_t.cpu().numpy()
+        out = []
+        for row_scores, row_items in zip(scores, rows, strict=True):
+            keep = np.isfinite(row_scores) & (row_items >= 0)
+            out.append([(int(i), float(s)) for i, s in zip(row_items[keep], row_scores[keep], strict=True)])
+        return out
+
+    def recommend_rows(
+        self, histories: Sequence[np.ndarray], k: int, exclude_seen: bool | Sequence[bool] = True
+    ) -> list[list[Recommendation]]:
+        """Top-k for histories already given as catalogue rows (what the HTTP service batches)."""
+        if not histories:
+            return []
+        flags = [exclude_seen] * len(histories) if isinstance(exclude_seen, bool) else list(exclude_seen)
+        if len(self.catalogue) == 0:
+            return [[] for _ in histories]
+        queries = self.queries_of_rows(histories)
+        seen = [np.unique(h) if flag else h[:0] for h, flag in zip(histories, flags, strict=True)]
+        return [self._format(r) for r in self.top_rows(queries, k, seen)]
+
+    def recommend(
+        self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True, by_text: bool = False
+    ) -> list[list[Recommendation]]:
+        """Top-k recommendations of each history (item ids, or raw texts with ``by_text``)."""
+        if len(self.catalogue) == 0:
+            raise UnisrecError("the catalogue is empty; add items first (add_items)")
+        if not by_text:
+            return self.recommend_rows(self.resolve(histories), k, exclude_seen)
+        queries = self.queries_of_texts(histories)
+        seen = [self.catalogue.rows_with_texts(h) if exclude_seen else np.zeros(0, np.int64) for h in histories]
+        return [self._format(r) for r in self.top_rows(queries, k, seen)]
+
+    def _format(self, ranked: list[tuple[int, float]]) -> list[Recommendation]:
+        ids, texts = self.catalogue.item_ids, self.catalogue.texts
+        return [Recommendation(ids[row], score, texts[row]) for row, score in ranked]
+
+    # -- new items ---------------------------------------------------------------------------------------
+
+    def _require_text_only(self, what: str) -> None:
+        repr_ = self.model.config.item_repr
+        if repr_ != "text":
+            kind = "transductive (text + ID)" if repr_ == "text+id" else "ID-only (SASRec)"
+            raise ItemConflictError(
+                f"{what} needs an inductive (text-only) model; this model is {kind}, whose items also need "
+                "a learned ID vector: fine-tune with --mode inductive to add items by their text alone"
+            )
+
+    def text_encoder(self) -> TextEncoder:
+        """The run's language model, loaded once; its files must match the fingerprint recorded in the run."""
+        import dataclasses
+
+        from unisrec.text import TextEncoder, TextEncoderSpec
+
+        with self._lock:
+            if self._encoder is None:
+                info = self.text_encoder_info
+                if "model" not in info:
+                    raise UnisrecError("this model records no text encoder; pass the items' vectors instead")
+                fields = {f.name for f in dataclasses.fields(TextEncoderSpec)}
+                settings: dict[str, Any] = {k: int(v) if k == "max_length" else str(v)
+                                            for k, v in info.items() if k in fields}
+                spec = TextEncoderSpec(**settings)  # model, pooling, max length, precision as recorded
+                encoder = TextEncoder(spec)
+                recorded, found = info.get("fingerprint"), encoder.fingerprint()["digest"]
+                if recorded and recorded != found:
+                    raise UnisrecError(
+                        f"language model '{spec.model}' differs from the one the run was trained with "
+                        f"(fingerprint {found[:12]}, recorded {str(recorded)[:12]}); new texts would not match"
+                    )
+                if encoder.dim != self.model.text_dim:
+                    raise UnisrecError(f"language model '{spec.model}' gives {encoder.dim}-d vectors; "
+                                       f"the model expects {self.model.text_dim}")
+                self._encoder = encoder
+            return self._encoder
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(M, D) float32 language-model vectors of ``texts``."""
+        return self.text_encoder().encode(list(texts))
+
+    def add_items(
+        self, texts: Sequence[str], ids: Sequence[str], vectors: np.ndarray | Tensor | None = None
+    ) -> int:
+        """Append items by their text (encoded now) or given (M, D) ``vectors``; returns the catalogue size."""
+        self._require_text_only("adding items")
+        texts, ids = list(texts), list(ids)
+        self.catalogue.check_new(ids, texts)
+        if vectors is None:
+            vectors = self.encode_texts(texts)  # outside the lock: readers go on meanwhile
+        new = torch.as_tensor(np.asarray(vectors, dtype=np.float32))  # (M, D)
+        if new.ndim != 2 or new.shape != (len(ids), self.model.text_dim):
+            raise UnisrecError(f"vectors must be ({len(ids)}, {self.model.text_dim}), got {tuple(new.shape)}")
+        with self._lock:
+            self.catalogue.check_new(ids, texts)  # again: another writer may have added them meanwhile
+            model = self.model
+            items, table = self.tables()  # current ones, before the model changes
+            current: Tensor = model.item_text  # type: ignore[assignment]  # a buffer
+            model.item_text = torch.cat([current, new.to(current.device)])  # (N + M, D)
+            model.n_items += len(ids)
+            added = adapted_items(model, text=new)  # (M, H): only the new items are adapted
+            added_scoring = model.scoring_table(added)  # (M, H)
+            self.catalogue.append(ids, texts)  # before the tables grow: a ranked row always has an id
+            # new tensors: readers holding the old ones are unaffected
+            self._items, self._table = torch.cat([items, added]), torch.cat([table, added_scoring])
+            self._key = _weights_key(model)
+            if self._faiss is not None:
+                self._faiss.add(added_scoring.cpu().numpy())
+            return len(self.catalogue)
+
+
+# -- loading and saving a model with its catalogue ------------------------------------------------------
+
+CHECKPOINT_KEYS = ("format", "format_version", "unisrec_version", "model", "n_items", "text_dim", "parameters")
+
+
+def load_model(run_dir: Any, device: str | torch.device = "cpu", backend: Backend = "torch") -> UniSRec:
+    """A saved run (``finetune``) as an eval-mode model with its catalogue attached (``model.recommender``).
+
+    A pre-trained run (no catalogue of its own) loads with an empty catalogue: ``add_items`` fills it
+    (zero-shot recommendations on a new domain).
+    """
+    from pathlib import Path
+
+    from unisrec.checkpoint import from_pretrained, read_items
+
+    model, config = from_pretrained(run_dir, device)
+    if model.n_items:
+        ids, texts = read_items(run_dir)
+        if len(ids) != model.n_items:
+            raise UnisrecError(f"{Path(run_dir) / 'items.parquet'}: {len(ids)} items for a model of {model.n_items}")
+    else:
+        ids, texts = [], []
+    model.eval()
+    model.saved_info = {k: v for k, v in config.items() if k not in CHECKPOINT_KEYS}
+    model.recommender = Recommender(model, Catalogue(ids, texts), config.get("text_encoder"), backend=backend)
+    return model
+
+
+def save_model(model: UniSRec, directory: Any) -> Any:
+    """``save_pretrained`` with the catalogue (ids, texts, text vectors of added items) and the run's records."""
+    from unisrec.checkpoint import save_pretrained
+
+    recommender = model.recommender
+    extra = dict(model.saved_info)
+    if recommender is None:
+        return save_pretrained(model, directory, extra=extra, save_text=model.n_items > 0)
+    catalogue = recommender.catalogue
+    if recommender.text_encoder_info:
+        extra["text_encoder"] = recommender.text_encoder_info
+    if model.n_items and extra.get("kind") == "pretrained":
+        extra.pop("kind")  # items were added: it now ranks a catalogue of its own
+    if not model.n_items:
+        return save_pretrained(model, directory, extra=extra, save_text=False)
+    return save_pretrained(model, directory, item_ids=catalogue.item_ids, item_texts=catalogue.texts, extra=extra)
+
+
+def recommender_of(model: UniSRec) -> Recommender:
+    if model.recommender is None:
+        raise UnisrecError(
+            "this model has no item catalogue: load a run with UniSRec.from_pretrained(run_dir) or call "
+            "model.set_catalogue(item_ids, texts)"
+        )
+    return model.recommender
+
+
+def recommend(
+    model: UniSRec, histories: Sequence[Any], k: int = 10, exclude_seen: bool = True, by_text: bool = False
+) -> Any:
+    """One history (a list of str) -> a list of ``Recommendation``; many (a list of lists) -> a DataFrame
+    with columns history (its position in the input), rank (1 = best), item_id, score, text."""
+    if isinstance(histories, str) or not isinstance(histories, Sequence) or len(histories) == 0:
+        raise UnisrecError("give one history (a list of item ids) or a non-empty list of histories")
+    if all(isinstance(entry, str) for entry in histories):
+        return recommender_of(model).recommend([histories], k, exclude_seen, by_text)[0]
+    if not all(isinstance(h, Sequence) and not isinstance(h, str) for h in histories):
+        raise UnisrecError("a history is a list of item ids (or texts); got a mix of lists and other values")
+    results = recommender_of(model).recommend(histories, k, exclude_seen, by_text)
+    return to_frame(results)
+
+
+def to_frame(results: list[list[Recommendation]]) -> Any:
+    import pandas as pd
+
+    rows = [
+        {"history": h, "rank": rank, "item_id": r.item_id, "score": r.score, "text": r.text}
+        for h, ranked in enumerate(results)
+        for rank, r in enumerate(ranked, start=1)
+    ]
+    return pd.DataFrame(rows, columns=["history", "rank", "item_id", "score", "text"])

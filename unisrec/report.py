@@ -1,0 +1,251 @@
+"""``unisrec report CONFIG.yaml --out DIR``: run (or reuse) the configured experiments, then write the report.
+
+Layout of DIR::
+
+    data/NAME/                   prepared datasets (with their cached text vectors)
+    pretrain/NAME/seed-S/        pre-training runs;  runs/EXPERIMENT/seed-S/  fine-tuning / zero-shot runs
+    .../seed-S.json              beside every folder: the settings it was made with (its "spec")
+    report.md, results.json      tables (mean ± std over seeds) and the numbers behind them
+    curves-*.png, long_tail.png, transfer.png
+
+A run is reused when its spec file equals the spec the config asks for and it finished (metrics.json); an
+interrupted run with the same spec is resumed; a run whose spec changed (config edited, or a pre-training
+run it starts from changed: specs nest) is trained again from scratch. Runs are planned in config order:
+datasets, then each experiment's seeds, each preceded by the pre-training runs it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from unisrec.atomic import atomic_write_json
+from unisrec.config import RunConfig, load_config
+from unisrec.errors import UnisrecError
+from unisrec.report_config import ReportConfig, load_report_config
+
+Kind = Literal["prepare", "pretrain", "finetune", "zeroshot"]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    kind: Kind
+    name: str  # dataset, pre-training or experiment name
+    seed: int | None
+    out: Path  # the folder it writes
+    spec: dict[str, Any]  # everything its result depends on (JSON-plain)
+    args: dict[str, Any]  # how to call it: paths and lists for the Python API
+
+    @property
+    def spec_file(self) -> Path:
+        return self.out.with_name(self.out.name + ".json")
+
+    @property
+    def done_file(self) -> Path:
+        return self.out / ("dataset.json" if self.kind == "prepare" else "metrics.json")
+
+    def status(self) -> Literal["cached", "resume", "new", "stale"]:
+        stored = json.loads(self.spec_file.read_text()) if self.spec_file.exists() else None
+        if stored == self.spec:
+            return "cached" if self.done_file.exists() else "resume"
+        return "stale" if self.out.exists() else "new"
+
+    def command(self) -> str:
+        """The equivalent command line (for running it by hand, e.g. on another machine)."""
+        a = self.args
+        if self.kind == "prepare":
+            words = ["unisrec", "prepare", a["source"], "--format", a["format"], "--out", str(self.out)]
+            words += ["--name", a["name"]] if a["name"] else []
+            words += ["--user-core", str(a["user_core"]), "--item-core", str(a["item_core"])]
+        elif self.kind == "pretrain":
+            words = ["unisrec", "pretrain", *map(str, a["data_dirs"]), "--out", str(self.out)]
+        elif self.kind == "finetune":
+            words = ["unisrec", "finetune", str(a["data_dir"]), "--mode", a["mode"], "--out", str(self.out)]
+            words += ["--init", str(a["init"])] if a["init"] else []
+        else:
+            return f"# zero-shot: evaluate {a['init']} on {a['data_dir']} (Python: unisrec.report.zero_shot_run)"
+        if self.kind != "prepare":
+            words += ["--config", a["config_path"]] if a["config_path"] else []
+            for key, value in (a["text_spec"] or {}).items():
+                words += ["--text-model" if key == "model" else f"--{key}", value]
+            words += [f"--{o}" for o in a["overrides"]]
+        return shlex.join(words)
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) -> list[PlannedRun]:
+    """Every run the report needs, in execution order (``only``: these experiments and what they need)."""
+    base = load_config(config.resolve(config.config)) if config.config else RunConfig()
+    base_spec = base.to_dict()
+    config_path = str(config.resolve(config.config)) if config.config else None
+    text_spec = config.text_spec()
+    wanted = _with_dependencies(config, only) if only else {e.name for e in config.experiments}
+    runs: list[PlannedRun] = []
+    planned: dict[tuple[str, str, int | None], PlannedRun] = {}
+
+    def add(run: PlannedRun) -> PlannedRun:
+        key = (run.kind, run.name, run.seed)
+        if key not in planned:
+            planned[key] = run
+            runs.append(run)
+        return planned[key]
+
+    data: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for name, d in config.datasets.items():
+        if d.path is not None:
+            data[name] = (config.resolve(d.path), {"path": str(config.resolve(d.path))})
+            continue
+        assert d.source is not None
+        source = config.resolve(d.source, data=True)
+        spec = _plain({"source": str(source), "format": d.format, "name": d.name, "core": [d.user_core, d.item_core]})
+        data[name] = (out / "data" / name, spec)
+    used: set[str] = set()  # datasets to prepare: those of the wanted experiments and their pre-training
+    for name in wanted:
+        experiment = config.experiment(name)
+        used.add(experiment.dataset)
+        if experiment.init in config.pretrain:
+            used.update(config.pretrain[experiment.init].datasets)
+    for name, d in config.datasets.items():
+        if d.source is not None and name in used:
+            add(PlannedRun("prepare", name, None, data[name][0], {"kind": "prepare", **data[name][1]},
+                           {"source": data[name][1]["source"], "format": d.format, "name": d.name,
+                            "user_core": d.user_core, "item_core": d.item_core}))
+
+    def pretrain_run(name: str, seed: int) -> PlannedRun:
+        p = config.pretrain[name]
+        s = p.seed if p.seed is not None else seed
+        overrides = [*config.overrides, *p.overrides, f"train.seed={s}"]
+        spec = {"kind": "pretrain", "datasets": [data[d][1] for d in p.datasets], "overrides": overrides,
+                "config": base_spec, "text": text_spec}
+        args = {"data_dirs": [data[d][0] for d in p.datasets], "overrides": overrides, "config": base,
+                "config_path": config_path, "text_spec": text_spec}
+        return add(PlannedRun("pretrain", name, s, out / "pretrain" / name / f"seed-{s}", _plain(spec), args))
+
+    by_experiment: dict[tuple[str, int], PlannedRun] = {}
+    for e in config.experiments:
+        if e.name not in wanted:
+            continue
+        for seed in config.seeds:
+            init = None
+            if e.init in config.pretrain:
+                init = pretrain_run(e.init, seed)
+            elif e.init is not None:
+                init = by_experiment[(e.init, seed)]
+            overrides = [*config.overrides, *e.overrides, f"train.seed={seed}"]
+            spec = {"kind": e.command, "dataset": data[e.dataset][1], "mode": e.mode if e.command == "finetune"
+                    else None, "init": init.spec if init else None, "overrides": overrides, "config": base_spec,
+                    "text": text_spec}
+            args = {"data_dir": data[e.dataset][0], "mode": e.mode, "init": init.out if init else None,
+                    "overrides": overrides, "config": base, "config_path": config_path, "text_spec": text_spec}
+            run = PlannedRun(e.command, e.name, seed, out / "runs" / e.name / f"seed-{seed}", _plain(spec), args)
+            by_experiment[(e.name, seed)] = add(run)
+    return runs
+
+
+def _with_dependencies(config: ReportConfig, only: list[str]) -> set[str]:
+    names = {e.name for e in config.experiments}
+    unknown = sorted(set(only) - names)
+    if unknown:
+        raise UnisrecError(f"--only: unknown experiment(s) {', '.join(unknown)}")
+    wanted, todo = set(), list(only)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            init = config.experiment(name).init
+            if init is not None and init in names:
+                todo.append(init)
+    return wanted
+
+
+def execute(run: PlannedRun) -> None:
+    """Run one planned run (a stale folder is replaced, an interrupted one resumed)."""
+    status = run.status()
+    overwrite = status == "stale"
+    run.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.spec_file, run.spec)
+    a = run.args
+    if run.kind == "prepare":
+        from unisrec.datasets import PrepareOptions, prepare
+
+        options = PrepareOptions(user_core=a["user_core"], item_core=a["item_core"])
+        prepare(a["source"], a["format"], run.out, options=options, name=a["name"], overwrite=True)
+    elif run.kind == "pretrain":
+        from unisrec.pretrain import pretrain
+
+        pretrain(a["data_dirs"], run.out, config=a["config"], overrides=a["overrides"], text_spec=a["text_spec"],
+                 overwrite=overwrite)
+    elif run.kind == "finetune":
+        from unisrec.finetune import finetune
+
+        finetune(a["data_dir"], a["mode"], run.out, config=a["config"], overrides=a["overrides"], init=a["init"],
+                 text_spec=a["text_spec"], overwrite=overwrite)
+    else:
+        if run.out.exists():
+            shutil.rmtree(run.out)
+        zero_shot_run(a["init"], a["data_dir"], run.out, a["config"].with_overrides(a["overrides"]))
+
+
+def zero_shot_run(init: Path, data_dir: Path, out: Path, config: RunConfig) -> dict[str, Any]:
+    """Evaluate a text model on another dataset as is; writes metrics.json and ranks_test.npy to ``out``."""
+    from unisrec.analysis import save_ranks
+    from unisrec.datasets import load_processed
+    from unisrec.evaluate import evaluate, rank_split
+    from unisrec.finetune import zero_shot_model
+    from unisrec.metrics import ranking_metrics
+    from unisrec.train import resolve_device
+
+    device = resolve_device(config.train.device)
+    dataset = load_processed(data_dir)
+    model = zero_shot_model(Path(init), dataset).to(device)
+    started = time.perf_counter()
+    valid = evaluate(model, dataset, "valid", config.eval, device)
+    ranks = rank_split(model, dataset, "test", config.eval, device)
+    metrics = {"valid": valid, "test": ranking_metrics(ranks, config.eval.ks), "epochs": 0, "best_epoch": 0,
+               "seconds_eval": round((time.perf_counter() - started) / 2, 3), "mode": "zeroshot",
+               "seed": config.train.seed, "dataset": dataset.name, "init": str(init)}
+    out.mkdir(parents=True, exist_ok=True)
+    save_ranks(out, ranks)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def run_report(
+    config_path: str | Path,
+    out: str | Path,
+    *,
+    data_root: str | None = None,
+    only: list[str] | None = None,
+    dry_run: bool = False,
+    report_only: bool = False,
+    log: TextIO | None = None,
+) -> Path:
+    """Run what is missing (unless ``report_only``) and write ``out/report.md``; ``dry_run`` only prints the plan."""
+    log = log or sys.stderr
+    config = load_report_config(config_path, data_root=data_root)
+    out = Path(out)
+    runs = plan_runs(config, out, only)
+    if dry_run:
+        for run in runs:
+            print(f"{run.status():6} {run.out}\n       {run.command()}", file=log)
+        return out / "report.md"
+    if not report_only:
+        todo = [r for r in runs if r.status() != "cached"]
+        print(f"{len(runs) - len(todo)} of {len(runs)} runs reused, {len(todo)} to run", file=log)
+        for index, run in enumerate(todo, 1):
+            print(f"[{index}/{len(todo)}] {run.status()} {run.kind} {run.out}", file=log)
+            started = time.perf_counter()
+            execute(run)
+            print(f"[{index}/{len(todo)}] done in {time.perf_counter() - started:.0f}s", file=log)
+    from unisrec.report_writer import write_report
+
+    return write_report(config, out, plan_runs(config, out))

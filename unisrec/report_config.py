@@ -1,0 +1,259 @@
+"""The experiment config of ``unisrec report``: datasets, pre-training runs, experiments, seeds, analyses.
+
+YAML schema (unknown keys are errors; relative paths are relative to the config file)::
+
+    title: UniSRec on Amazon Scientific     # heading of report.md
+    seeds: [2022, 2023, 2024]               # every experiment runs once per seed (train.seed)
+    data_root: ../../../shared/data         # base of the dataset sources below (``--data-root`` overrides it)
+    text_model: null                        # language model of the item texts (null: the packaged MiniLM;
+    pooling: null                           #   a folder relative to the config file, or a hub name)
+    config: null                            # base run config YAML (sections model/train/eval/pretrain)
+    overrides: [train.threads=2]            # dotted overrides of every run (pre-training and fine-tuning)
+    metrics: [recall@10, ndcg@10, recall@50, ndcg@50]
+    datasets:                               # name -> a source to prepare (cached in OUT/data/NAME) ...
+      scientific: {source: amazon-scientific, format: unisrec, name: Scientific, paper: Scientific}
+      beauty: {source: multi-domain/amazon2014-beauty, format: csv}
+      mine: {path: /data/processed/mine}    # ... or an already processed folder
+    pretrain:                               # name -> a pre-training run over several datasets
+      amazon: {datasets: [beauty, ...], overrides: [train.epochs=10], seed: 2022}
+    experiments:                            # run in this order
+      - {name: sasrec, dataset: scientific, mode: sasrec, tables: [main], paper: SASRec}
+      - {name: unisrec-t, dataset: scientific, mode: inductive, init: amazon, paper: UniSRec_t}
+      - {name: zero-shot, dataset: scientific, command: zeroshot, init: amazon}
+    long_tail: {experiments: [sasrec, unisrec-t], groups: 5, metric: ndcg@10}
+    transfer: {baseline: unisrec-t-scratch, experiments: [unisrec-t, ...], metric: ndcg@10}
+
+- ``pretrain.seed``: an integer = one pre-training run shared by every seed of the experiments that use it;
+  null = one pre-training run per experiment seed (seeded alike).
+- ``experiments[].init``: a pre-training name, or the name of an EARLIER experiment (its run of the same
+  seed; e.g. a zesrec source-domain run). ``command: zeroshot`` evaluates ``init`` on the dataset with no
+  training (text models only).
+- ``tables``: the report tables that list the experiment (in order of first appearance); ``reference``: an
+  experiment the table compares it with (relative change of every metric); ``paper``: the column of the
+  paper's Table 2 (SASRec, UniSRec_t, UniSRec_t+ID) shown beside it when its dataset has ``paper`` set.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from unisrec.config import MODES, from_plain
+from unisrec.errors import ConfigError
+
+# Hou et al., KDD 2022, Table 2 (docs/PAPER.md section 6): Recall@10, NDCG@10, Recall@50, NDCG@50
+PAPER_CITATION = "Hou et al., Towards Universal Sequence Representation Learning for Recommender Systems, KDD 2022"
+PAPER_METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "Scientific": {"SASRec": (0.1080, 0.0553, 0.2042, 0.0760), "UniSRec_t": (0.1188, 0.0641, 0.2394, 0.0903),
+                   "UniSRec_t+ID": (0.1235, 0.0634, 0.2473, 0.0904)},
+    "Pantry": {"SASRec": (0.0501, 0.0218, 0.1322, 0.0394), "UniSRec_t": (0.0636, 0.0306, 0.1658, 0.0527),
+               "UniSRec_t+ID": (0.0693, 0.0311, 0.1827, 0.0556)},
+    "Instruments": {"SASRec": (0.1118, 0.0612, 0.2106, 0.0826), "UniSRec_t": (0.1189, 0.0680, 0.2255, 0.0912),
+                    "UniSRec_t+ID": (0.1267, 0.0748, 0.2387, 0.0991)},
+    "Arts": {"SASRec": (0.1108, 0.0587, 0.2030, 0.0788), "UniSRec_t": (0.1066, 0.0586, 0.2049, 0.0799),
+             "UniSRec_t+ID": (0.1239, 0.0712, 0.2347, 0.0955)},
+    "Office": {"SASRec": (0.1056, 0.0710, 0.1627, 0.0835), "UniSRec_t": (0.1013, 0.0619, 0.1702, 0.0769),
+               "UniSRec_t+ID": (0.1280, 0.0831, 0.2016, 0.0991)},
+    "Online Retail": {"SASRec": (0.1460, 0.0675, 0.3872, 0.1201), "UniSRec_t": (0.1449, 0.0677, 0.3604, 0.1149),
+                      "UniSRec_t+ID": (0.1537, 0.0724, 0.3885, 0.1239)},
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    source: str | None = None  # raw source prepared into OUT/data/NAME (relative to data_root)
+    format: str = "unisrec"  # `unisrec prepare --format`
+    name: str | None = None  # `unisrec prepare --name` (unisrec / recbole: the file prefix)
+    path: str | None = None  # an already processed folder, used as is (instead of source)
+    paper: str | None = None  # the paper's name of this dataset (a row of its Table 2), if any
+    user_core: int = 5  # prepare: k-core filtering of users / items (ignored by format unisrec)
+    item_core: int = 5
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    datasets: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+    seed: int | None = None  # shared run with this seed; None: one run per experiment seed
+    label: str | None = None  # how plots and tables name the corpus (default: the pre-training name)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    dataset: str
+    mode: str = "inductive"  # a finetune --mode (ignored by zeroshot)
+    command: Literal["finetune", "zeroshot"] = "finetune"
+    init: str | None = None  # a pre-training name or an earlier experiment
+    overrides: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ("main",)
+    label: str | None = None  # row name in the report (default: name)
+    paper: str | None = None  # SASRec | UniSRec_t | UniSRec_t+ID
+    reference: str | None = None  # compared with this experiment in its tables
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class LongTailSpec:
+    experiments: tuple[str, ...]
+    groups: int = 5
+    metric: str = "ndcg@10"
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    baseline: str  # the experiment without pre-training
+    experiments: tuple[str, ...]  # experiments initialised from different pre-training corpora
+    metric: str = "ndcg@10"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    experiments: tuple[ExperimentSpec, ...]
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    pretrain: dict[str, PretrainSpec] = field(default_factory=dict)
+    title: str = "UniSRec experiments"
+    seeds: tuple[int, ...] = (2022,)
+    data_root: str | None = None
+    text_model: str | None = None
+    pooling: str | None = None
+    config: str | None = None
+    overrides: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = PAPER_METRICS
+    long_tail: LongTailSpec | None = None
+    transfer: TransferSpec | None = None
+    base_dir: str = "."  # folder of the config file (set by load_report_config)
+
+    def experiment(self, name: str) -> ExperimentSpec:
+        for experiment in self.experiments:
+            if experiment.name == name:
+                return experiment
+        raise KeyError(name)
+
+    def resolve(self, path: str, *, data: bool = False) -> Path:
+        """A config path: absolute, or relative to the config file (to data_root for dataset sources)."""
+        base = Path(self.base_dir)
+        if data and self.data_root is not None:
+            base = base / self.data_root
+        return (base / path).resolve()
+
+    def text_spec(self) -> dict[str, str] | None:
+        spec: dict[str, str] = {}
+        if self.text_model is not None:
+            local = Path(self.base_dir) / self.text_model
+            spec["model"] = str(local.resolve()) if local.exists() else self.text_model
+        if self.pooling is not None:
+            spec["pooling"] = self.pooling
+        return spec or None
+
+    def tables(self) -> list[str]:
+        return list(dict.fromkeys(t for e in self.experiments for t in e.tables))
+
+
+def load_report_config(path: str | Path, *, data_root: str | None = None) -> ReportConfig:
+    """Read and check a report config; ``data_root`` replaces the file's (relative to the working directory)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: report config not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with datasets / experiments / seeds")
+    if "base_dir" in data:
+        raise ConfigError(f"{path}: unknown key 'base_dir'")
+    data = dict(data)
+    for key, cls in (("datasets", DatasetSpec), ("pretrain", PretrainSpec)):
+        entries = data.get(key) or {}
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{path}: {key} must be a mapping of name -> settings")
+        data[key] = {name: _entry(cls, value, f"{path}: {key}.{name}") for name, value in entries.items()}
+    if not data.get("experiments"):
+        raise ConfigError(f"{path}: no experiments")
+    config: ReportConfig = from_plain(ReportConfig, {**data, "base_dir": str(path.parent.resolve())}, str(path))
+    if data_root is not None:
+        config = replace(config, data_root=str(Path(data_root).resolve()))
+    check_report_config(config, str(path))
+    return config
+
+
+def _entry(cls: Any, value: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    return from_plain(cls, value, where)
+
+
+def check_report_config(config: ReportConfig, where: str) -> None:
+    """Every name defined once and every reference defined (earlier, for experiment inits)."""
+
+    def fail(message: str) -> None:
+        raise ConfigError(f"{where}: {message}")
+
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        fail(f"seeds must be distinct and at least one, got {list(config.seeds)}")
+    for name, dataset in config.datasets.items():
+        if not _NAME.match(name):
+            fail(f"dataset name {name!r}: use letters, digits and _ . + -")
+        if (dataset.source is None) == (dataset.path is None):
+            fail(f"datasets.{name}: give exactly one of source (to prepare) or path (a processed folder)")
+        if dataset.paper is not None and dataset.paper not in PAPER_TABLE2:
+            fail(f"datasets.{name}.paper: {dataset.paper!r} is not in the paper's Table 2 ({', '.join(PAPER_TABLE2)})")
+    for name, pre in config.pretrain.items():
+        if not _NAME.match(name):
+            fail(f"pre-training name {name!r}: use letters, digits and _ . + -")
+        for d in pre.datasets:
+            if d not in config.datasets:
+                fail(f"pretrain.{name}: unknown dataset {d!r}")
+        if not pre.datasets:
+            fail(f"pretrain.{name}: no datasets")
+    seen: set[str] = set()
+    for e in config.experiments:
+        at = f"experiment {e.name!r}"
+        if not _NAME.match(e.name):
+            fail(f"{at}: use letters, digits and _ . + - in names")
+        if e.name in seen:
+            fail(f"{at}: defined twice")
+        if e.dataset not in config.datasets:
+            fail(f"{at}: unknown dataset {e.dataset!r}")
+        if e.command == "finetune" and e.mode not in MODES:
+            fail(f"{at}: unknown mode {e.mode!r} (one of {', '.join(MODES)})")
+        if e.init is not None and e.init not in config.pretrain and e.init not in seen:
+            fail(f"{at}: init {e.init!r} is neither a pre-training nor an earlier experiment")
+        if e.command == "zeroshot" and e.init is None:
+            fail(f"{at}: command zeroshot needs init")
+        if e.paper is not None and e.paper not in PAPER_TABLE2["Scientific"]:
+            fail(f"{at}: paper must be one of {', '.join(PAPER_TABLE2['Scientific'])}")
+        if e.reference is not None and e.reference not in {x.name for x in config.experiments}:
+            fail(f"{at}: unknown reference {e.reference!r}")
+        seen.add(e.name)
+    if config.long_tail is not None:
+        tail = config.long_tail
+        for name in tail.experiments:
+            if name not in seen:
+                fail(f"long_tail: unknown experiment {name!r}")
+        if tail.groups < 1:
+            fail("long_tail.groups must be >= 1")
+        if not re.match(r"^(recall|ndcg|mrr)@[1-9][0-9]*$", tail.metric):
+            fail(f"long_tail.metric: {tail.metric!r} is not recall@K, ndcg@K or mrr@K")
+        if len({config.experiment(n).dataset for n in tail.experiments}) > 1:
+            fail("long_tail: the experiments must share one dataset")
+    if config.transfer is not None:
+        transfer = config.transfer
+        for name in (transfer.baseline, *transfer.experiments):
+            if name not in seen:
+                fail(f"transfer: unknown experiment {name!r}")
+        for name in transfer.experiments:
+            if config.experiment(name).init not in config.pretrain:
+                fail(f"transfer: experiment {name!r} is not initialised from a pre-training run")
+        if transfer.metric not in config.metrics:
+            fail(f"transfer.metric {transfer.metric!r} is not one of metrics {list(config.metrics)}")

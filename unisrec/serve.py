@@ -1,0 +1,277 @@
+"""HTTP service over a model and its catalogue (FastAPI; ``unisrec serve RUN_DIR``).
+
+    POST /recommend  {"histories": [["item id", ...], ...], "k": 10, "exclude_seen": true, "by_text": false}
+                     -> {"results": [[{"item_id": ..., "score": ..., "text": ...}, ...], ...]}
+    POST /items      {"items": [{"item_id": ..., "text": ...}, ...]} -> {"added": M, "n_items": N}
+    GET  /health     -> {"status": "ok", "n_items": N, ...}
+    GET  /openapi.json, /docs
+
+Bad input is a 4xx, never a 500: wrong types, missing or extra fields, empty or too long histories, k out of
+range -> 422 (FastAPI's validation format); a body that is not JSON -> 400 or 422; unknown item ids -> 422
+naming each one with its location; item ids already in the catalogue, or new items for a model that cannot
+take them -> 409. Strings must be valid UTF-8. Limits: the MAX_* constants below.
+
+Speed: concurrent /recommend requests are scored together. One worker thread takes every request waiting
+in its queue (up to ``max_batch`` histories), encodes the histories in one batch and ranks them with one
+matmul per item chunk against the cached scoring table, so the item table is read once per batch rather
+than once per request. /items encodes the new texts outside the catalogue lock, then appends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from unisrec import __version__
+from unisrec.errors import UnisrecError
+from unisrec.model import UniSRec
+from unisrec.recommend import ItemConflictError, Recommendation, Recommender, UnknownItemError, recommender_of
+
+MAX_HISTORIES = 256  # histories per request
+MAX_HISTORY = 1000  # items per history (only the last max_seq_len are encoded)
+MAX_K = 1000
+MAX_NEW_ITEMS = 1000  # items per POST /items
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 2000
+
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text (no lone surrogates)") from None
+    return value
+
+
+Entry = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_utf8)]
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_utf8)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_utf8)]
+History = Annotated[list[Entry], Field(min_length=1, max_length=MAX_HISTORY)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class RecommendRequest(Strict):
+    histories: list[History] = Field(min_length=1, max_length=MAX_HISTORIES,
+                                     description="item ids (or, with by_text, item texts), oldest first")
+    k: int = Field(10, ge=1, le=MAX_K, description="recommendations per history")
+    exclude_seen: bool = Field(True, description="leave the history's own items out of its ranking")
+    by_text: bool = Field(False, description="history entries are raw item texts (inductive models)")
+
+
+class Recommended(BaseModel):
+    item_id: str
+    score: float = Field(description="the model's logit: cosine / temperature (text models)")
+    text: str
+
+
+class RecommendResponse(BaseModel):
+    results: list[list[Recommended]]
+
+
+class NewItem(Strict):
+    item_id: ItemId
+    text: Text
+
+
+class AddItemsRequest(Strict):
+    items: list[NewItem] = Field(min_length=1, max_length=MAX_NEW_ITEMS)
+
+
+class AddItemsResponse(BaseModel):
+    added: int
+    n_items: int
+
+
+class Health(BaseModel):
+    status: str
+    n_items: int
+    item_repr: str
+    backend: str
+    unisrec_version: str
+
+
+class ErrorMessage(BaseModel):
+    detail: Any
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII characters escaped: any Python string (even a lone surrogate) encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+@dataclass
+class _Job:
+    rows: list[np.ndarray]  # catalogue rows of each history
+    k: int
+    exclude_seen: bool
+    future: asyncio.Future[list[list[Recommendation]]]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(job: _Job, result: Any, error: BaseException | None) -> None:
+    if job.future.done():  # the client went away
+        return
+    if error is not None:
+        job.future.set_exception(error)
+    else:
+        job.future.set_result(result)
+
+
+class Batcher:
+    """One worker thread ranks the histories of all waiting requests together."""
+
+    def __init__(self, recommender: Recommender, max_batch: int = 64) -> None:
+        self.recommender, self.max_batch = recommender, max_batch
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="unisrec-batcher", daemon=True)
+        self._thread.start()
+
+    async def submit(self, rows: list[np.ndarray], k: int, exclude_seen: bool) -> list[list[Recommendation]]:
+        loop = asyncio.get_running_loop()
+        job = _Job(rows, k, exclude_seen, loop.create_future(), loop)
+        self._queue.put(job)
+        return await job.future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            jobs, size = [job], len(job.rows)
+            while size < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                jobs.append(more)
+                size += len(more.rows)
+            self._serve(jobs)
+
+    def _serve(self, jobs: list[_Job]) -> None:
+        rows = [r for job in jobs for r in job.rows]
+        flags = [job.exclude_seen for job in jobs for _ in job.rows]
+        try:
+            results = self.recommender.recommend_rows(rows, max(job.k for job in jobs), flags)
+        except Exception as exc:  # handed to each request (a bug shows as that request's 500)
+            for job in jobs:
+                job.loop.call_soon_threadsafe(_resolve, job, None, exc)
+            return
+        start = 0
+        for job in jobs:
+            part = [ranked[: job.k] for ranked in results[start : start + len(job.rows)]]
+            start += len(job.rows)
+            job.loop.call_soon_threadsafe(_resolve, job, part, None)
+
+
+def _records(results: list[list[Recommendation]]) -> dict[str, Any]:
+    return {"results": [[asdict(r) for r in ranked] for ranked in results]}
+
+
+def create_app(model: UniSRec, *, max_batch: int = 64) -> FastAPI:
+    """The FastAPI application serving ``model`` (loaded with ``UniSRec.from_pretrained``)."""
+    recommender = recommender_of(model)
+    batcher = Batcher(recommender, max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+
+    app = FastAPI(
+        title="unisrec",
+        version=__version__,
+        summary="Sequential recommendations from item texts (UniSRec).",
+        default_response_class=AsciiJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.recommender = recommender
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
+        return AsciiJSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(UnknownItemError)
+    async def unknown(request: Request, exc: UnknownItemError) -> JSONResponse:
+        detail = [{"type": "unknown_item", "loc": ["body", "histories", h, p], "msg": f"unknown item id {item!r}"}
+                  for h, p, item in exc.unknown]
+        return AsciiJSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(ItemConflictError)
+    async def conflict(request: Request, exc: ItemConflictError) -> JSONResponse:
+        return AsciiJSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(UnisrecError)
+    async def bad_input(request: Request, exc: UnisrecError) -> JSONResponse:
+        return AsciiJSONResponse({"detail": str(exc)}, status_code=422)
+
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorMessage, "description": "unreadable body (not JSON)"},
+        422: {"model": ErrorMessage, "description": "invalid input: types, limits, unknown item ids"},
+    }
+
+    @app.get("/health", response_model=Health)
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "n_items": len(recommender.catalogue), "item_repr": model.config.item_repr,
+                "backend": recommender.backend, "unisrec_version": __version__}
+
+    @app.post("/recommend", response_model=RecommendResponse, responses=errors)
+    async def post_recommend(request: RecommendRequest) -> dict[str, Any]:
+        """Top-k items for each history; unknown item ids are a 422 naming each one."""
+        if len(recommender.catalogue) == 0:
+            return {"results": [[] for _ in request.histories]}
+        if request.by_text:
+            results = await run_in_threadpool(
+                recommender.recommend, request.histories, request.k, request.exclude_seen, True
+            )
+            return _records(results)
+        rows = recommender.resolve(request.histories)
+        return _records(await batcher.submit(rows, request.k, request.exclude_seen))
+
+    conflicts = {**errors, 409: {"model": ErrorMessage, "description": "id already in the catalogue, or a model "
+                                                                       "that cannot add items by text"}}
+
+    @app.post("/items", response_model=AddItemsResponse, responses=conflicts)
+    def post_items(request: AddItemsRequest) -> dict[str, Any]:
+        """New items join the catalogue by their text (encoded by the run's language model); no retraining."""
+        ids = [item.item_id for item in request.items]
+        n_items = recommender.add_items([item.text for item in request.items], ids)
+        return {"added": len(ids), "n_items": n_items}
+
+    return app
+
+
+def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, backend: str = "torch",
+          threads: int = 0, max_batch: int = 64) -> None:
+    """Load ``run_dir`` and serve it with uvicorn until interrupted."""
+    import torch
+    import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = UniSRec.from_pretrained(run_dir, backend=backend)  # type: ignore[arg-type]
+    recommender_of(model).scoring_table()  # build it before the first request
+    uvicorn.run(create_app(model, max_batch=max_batch), host=host, port=port, log_level="warning",
+                access_log=False)
