@@ -27,7 +27,9 @@ def _run(args: list[str], nproc: int) -> dict[str, object]:
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "unisrec"]
     done = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    reports = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1, done.stdout  # only the first process prints the summary
+    return json.loads(reports[0])
 
 
 @pytest.mark.parametrize("false_negatives", ["remove", "zero_logit"])

@@ -214,6 +214,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         text_spec=_text_spec(args),
         overwrite=args.overwrite,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only the first process reports
     print(json.dumps({"valid": metrics["valid"], "test": metrics["test"]}))
     return 0
 
