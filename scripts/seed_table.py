@@ -4,7 +4,7 @@
 
 Each argument is LABEL=GLOB; every folder the glob matches must hold a ``metrics.json`` written by
 ``unisrec finetune`` (or by ``unisrec evaluate --out``-style ``{"test": {...}}`` objects). The standard deviation
-is the sample one (n - 1); a row with one run shows 0.
+is the sample one (n - 1), formatted as in ``unisrec report`` (a row with one run shows the value alone).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import statistics
 import sys
 from pathlib import Path
+
+from unisrec.report_writer import cell
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
@@ -31,12 +32,7 @@ def row(label: str, pattern: str, split: str) -> str:
             if m not in scores:
                 sys.exit(f"seed_table: {folder / 'metrics.json'}: no {split} {m}")
             values[m].append(float(scores[m]))
-    cells = []
-    for m in METRICS:
-        v = values[m]
-        sd = statistics.stdev(v) if len(v) > 1 else 0.0
-        cells.append(f"{statistics.fmean(v):.4f} ± {sd:.4f}")
-    return f"| {label} | {len(folders)} | " + " | ".join(cells) + " |"
+    return f"| {label} | {len(folders)} | " + " | ".join(cell(values[m]) for m in METRICS) + " |"
 
 
 def main() -> None:

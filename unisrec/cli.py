@@ -200,6 +200,11 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_finetune)
 
 
+def _first_process() -> bool:
+    """False on every torchrun process but rank 0, which alone prints a training command's JSON summary."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _run_finetune(args: argparse.Namespace) -> int:
     from unisrec.finetune import finetune
 
@@ -214,8 +219,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         text_spec=_text_spec(args),
         overwrite=args.overwrite,
     )
-    if os.environ.get("RANK", "0") != "0":
-        return 0  # under torchrun only the first process reports
+    if not _first_process():
+        return 0
     print(json.dumps({"valid": metrics["valid"], "test": metrics["test"]}))
     return 0
 
@@ -270,8 +275,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         overwrite=args.overwrite,
     )
-    if os.environ.get("RANK", "0") != "0":
-        return 0  # under torchrun only the first process reports
+    if not _first_process():
+        return 0
     summary = {k: metrics[k] for k in ("epochs", "steps", "seconds_train", "sequences_per_second", "peak_memory_mb")}
     last = metrics["history"][-1] if metrics["history"] else {}
     print(json.dumps({**summary, "train": {k[6:]: v for k, v in last.items() if k.startswith("train_")}}))

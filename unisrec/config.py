@@ -271,16 +271,22 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
     return from_plain(type(config), plain, "config")
 
 
-def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; errors name the file (``what`` not found, bad YAML, not a mapping)."""
     if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections model / train / eval")
+        raise ConfigError(f"{path}: expected a mapping with {expected}")
+    return data
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    data = read_yaml_mapping(path, "config file", "sections model / train / eval")
     return RunConfig.from_dict(data, source=str(path))
 
 

@@ -40,9 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from unisrec.config import MODES, from_plain
+from unisrec.config import MODES, from_plain, read_yaml_mapping
 from unisrec.errors import ConfigError
 
 # Hou et al., KDD 2022, Table 2 (docs/PAPER.md section 6): Recall@10, NDCG@10, Recall@50, NDCG@50
@@ -162,14 +160,7 @@ class ReportConfig:
 def load_report_config(path: str | Path, *, data_root: str | None = None) -> ReportConfig:
     """Read and check a report config; ``data_root`` replaces the file's (relative to the working directory)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: report config not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with datasets / experiments / seeds")
+    data = read_yaml_mapping(path, "report config", "datasets / experiments / seeds")
     if "base_dir" in data:
         raise ConfigError(f"{path}: unknown key 'base_dir'")
     data = dict(data)
