@@ -7,8 +7,10 @@ Without ``--run`` it builds (once) a synthetic run of ``--items`` items: the def
 (hidden 300, 8 experts, 2 layers) over random 384-d text vectors (the size of the default MiniLM), saved with
 ``save_pretrained``; then it starts ``unisrec serve`` on a free loopback port, waits for /health, warms up,
 and keeps ``--concurrency`` keep-alive connections busy for ``--duration`` seconds, each posting one history
-(1..50 random item ids) with k=10 per request. The client speaks HTTP/1.1 on asyncio streams (a few
-microseconds per request), so it takes little CPU from the server it measures. Results are one JSON object.
+(1..50 random item ids) with k=10 per request. ``--repeats N`` measures N times, each with a fresh server,
+and reports medians (requests/s, latency percentiles) and the summed request and error counts. The client
+speaks HTTP/1.1 on asyncio streams (a few microseconds per request), so it takes little CPU from the server it
+measures. Results are one JSON object (each repetition's also goes to stderr).
 """
 
 from __future__ import annotations
@@ -142,36 +144,17 @@ def _bodies(n_items: int, k: int, count: int = 4096, seed: int = 0) -> list[byte
     return bodies
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, default=None, help="run folder to serve (default: build a synthetic one)")
-    parser.add_argument("--items", type=int, default=100_000, help="synthetic catalogue size")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unisrec-load-test")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of measured load (at most 600)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load first")
-    parser.add_argument("--concurrency", type=int, default=16, help="connections kept busy (at most 256)")
-    parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1, help="server torch threads (0: torch default)")
-    parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
-    parser.add_argument("--url", default=None, help="measure an already running loopback server instead")
-    args = parser.parse_args(argv)
-    if not 0 < args.duration <= 600 or not 0 < args.concurrency <= 256:
-        parser.error("--duration must be in (0, 600] and --concurrency in [1, 256]")
-
+def measure(args: argparse.Namespace, run: Path | None, url: str | None) -> dict[str, Any]:
+    """One measurement: start a server (unless ``url``), warm up, load for ``args.duration`` seconds."""
     server = None
-    if args.url:
-        host, _, port_text = args.url.removeprefix("http://").rstrip("/").rpartition(":")
-        if host.strip("[]") not in LOOPBACK:
-            parser.error("--url must be a loopback address (127.0.0.1, localhost, ::1)")
-        port, url = int(port_text), args.url.rstrip("/")
-        run = args.run
+    if url:
+        host, _, port_text = url.removeprefix("http://").rstrip("/").rpartition(":")
+        port = int(port_text)
     else:
-        run = args.run or build_run(args.work / f"run-{args.items}", args.items)
         host, port = "127.0.0.1", _free_port()
         url = f"http://{host}:{port}"
         command = [sys.executable, "-m", "unisrec", "serve", str(run), "--host", host, "--port", str(port),
-                   "--backend", args.backend]
-        command += ["--threads", str(args.threads)]
+                   "--backend", args.backend, "--threads", str(args.threads)]
         server = subprocess.Popen(command)
     try:
         started = time.perf_counter()
@@ -189,16 +172,62 @@ def main(argv: list[str] | None = None) -> int:
             server.wait(timeout=60)
     ms = np.asarray(latencies) * 1000
     ok = statuses.get("200", 0)
-    report = {
-        "url": url, "run": str(run) if run else None, "n_items": n_items, "k": args.k,
-        "history_length": "1..50 (uniform)", "concurrency": args.concurrency, "duration_s": round(seconds, 2),
+    return {
+        "url": url, "n_items": n_items, "duration_s": round(seconds, 2),
         "requests": len(ms), "ok": ok, "errors": int(sum(statuses.values()) - ok), "statuses": statuses,
         "requests_per_s": round(len(ms) / seconds, 1),
         "latency_ms": {name: round(float(np.percentile(ms, q)), 2) if len(ms) else None
                        for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
-        "server_startup_s": round(startup, 1), "backend": args.backend, "server_threads": args.threads or "default",
-        "cpus": os.cpu_count(), "load_average_1min_at_start": round(load_before, 2),
+        "server_startup_s": round(startup, 1), "load_average_1min_at_start": round(load_before, 2),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=None, help="run folder to serve (default: build a synthetic one)")
+    parser.add_argument("--items", type=int, default=100_000, help="synthetic catalogue size")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unisrec-load-test")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of measured load (at most 600)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load first")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections kept busy (at most 256)")
+    parser.add_argument("--repeats", type=int, default=1, help="measurements, each with a fresh server; medians")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="server torch threads (0: torch default)")
+    parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
+    parser.add_argument("--url", default=None, help="measure an already running loopback server instead")
+    args = parser.parse_args(argv)
+    if not 0 < args.duration <= 600 or not 0 < args.concurrency <= 256 or not 1 <= args.repeats <= 20:
+        parser.error("--duration must be in (0, 600], --concurrency in [1, 256] and --repeats in [1, 20]")
+    if args.url:
+        host = args.url.removeprefix("http://").rstrip("/").rpartition(":")[0]
+        if host.strip("[]") not in LOOPBACK:
+            parser.error("--url must be a loopback address (127.0.0.1, localhost, ::1)")
+        run = args.run
+    else:
+        run = args.run or build_run(args.work / f"run-{args.items}", args.items)
+    runs = [measure(args, run, args.url) for _ in range(args.repeats)]
+    for number, result in enumerate(runs, 1):
+        if args.repeats > 1:
+            print(json.dumps({"repeat": number, **result}), file=sys.stderr)
+
+    def median(get: Any) -> float:
+        return round(float(np.median([get(r) for r in runs])), 2)
+
+    report = {
+        **runs[0], "run": str(run) if run else None, "k": args.k, "history_length": "1..50 (uniform)",
+        "concurrency": args.concurrency, "backend": args.backend, "server_threads": args.threads or "default",
+        "cpus": os.cpu_count(), "repeats": args.repeats,
+        "requests": sum(r["requests"] for r in runs), "ok": sum(r["ok"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "statuses": {name: sum(r["statuses"].get(name, 0) for r in runs)
+                     for name in sorted({n for r in runs for n in r["statuses"]})},
+        "requests_per_s": median(lambda r: r["requests_per_s"]),
+        "latency_ms": {name: median(lambda r, name=name: r["latency_ms"][name])
+                       for name in ("p50", "p90", "p99", "max")},
+    }
+    if args.repeats > 1:
+        report["per_repeat"] = [{"requests_per_s": r["requests_per_s"], "p50": r["latency_ms"]["p50"],
+                                 "p99": r["latency_ms"]["p99"], "errors": r["errors"]} for r in runs]
     print(json.dumps(report))
     return 0 if report["errors"] == 0 else 1
 

@@ -92,6 +92,35 @@ def test_shapes_and_logits() -> None:
     torch.testing.assert_close(sub_table, table[[4, 7]])
 
 
+@pytest.mark.parametrize("item_repr", ["text", "text+id", "id"])
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_packed_sequence_vectors_equal_padded(item_repr: str, n_layers: int) -> None:
+    """Histories laid end to end (serving) get the states of the padded batch, the last layer at ends only."""
+    model = tiny_model(item_repr, n_layers=n_layers).eval()
+    table = model.item_table()  # (N, H)
+    lengths = torch.tensor([4, 1, 8, 2, 5])
+    padded = torch.randint(0, 12, (5, 8))  # (B, L): entries past each length are padding
+    packed = torch.cat([padded[b, :n] for b, n in enumerate(lengths.tolist())])  # (T,)
+    with torch.no_grad():
+        expected = model.sequence_vectors(padded, lengths, table)  # (B, H)
+        got = model.packed_sequence_vectors(packed, lengths, table)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="max_seq_len 8"):
+        model.packed_sequence_vectors(torch.zeros(9, dtype=torch.long), torch.tensor([9]), table)
+
+
+def test_layer_forward_at_equals_forward() -> None:
+    model = tiny_model().eval()
+    layer = model.encoder.layers[1]
+    x = torch.randn(3, 6, 16)  # (B, L, H)
+    at = torch.tensor([[5, 0], [2, 3], [1, 1]])  # (B, Q)
+    causal = torch.arange(6)[None, None, :] <= at[:, :, None]  # (B, Q, L)
+    with torch.no_grad():
+        full = layer(x)  # (B, L, H)
+        got = layer.forward_at(x, at, causal)  # type: ignore[operator]  # (B, Q, H)
+    torch.testing.assert_close(got, full.gather(1, at[:, :, None].expand(3, 2, 16)), rtol=1e-5, atol=1e-5)
+
+
 def test_too_long_sequence_is_an_error() -> None:
     model = tiny_model()
     with pytest.raises(ValueError, match="max_seq_len 8"):

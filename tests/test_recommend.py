@@ -1,4 +1,4 @@
-"""Recommendations: cold-start items by text, exact chunked / FAISS top-k, histories, export, CLI."""
+"""Recommendations: cold-start items by text, exact FAISS top-k, histories, export, CLI."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from unisrec.errors import UnisrecError
 from unisrec.export import faiss_search, flat_ip_index, load_faiss_index
 from unisrec.finetune import finetune
 from unisrec.model import UniSRec
-from unisrec.recommend import ItemConflictError, UnknownItemError, chunked_top_k
+from unisrec.recommend import ItemConflictError, UnknownItemError
 
 # no dropout, one expert, hidden 32: a text-only model learns the synthetic chains i -> i+1 in ~25 epochs
 TRAIN = [
@@ -130,20 +130,6 @@ def test_only_inductive_models_add_items_by_text(item_repr: str) -> None:
         model.add_items(["text"], ["e"], vectors=np.zeros((1, 6)))
 
 
-def test_chunked_top_k_equals_full_top_k(monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.manual_seed(0)
-    queries, table = torch.randn(7, 16), torch.randn(20_000, 16)
-    monkeypatch.setattr(rec, "SCORE_BUDGET", 7 * 4096)  # 5 chunks
-    seen = [np.array([3, 19_999, 5000]) if b % 2 else np.zeros(0, np.int64) for b in range(7)]
-    scores, rows = chunked_top_k(queries, table, 50, seen)
-    full = queries @ table.T
-    for b, s in enumerate(seen):
-        full[b, torch.from_numpy(s)] = float("-inf")
-    expected_scores, expected_rows = full.topk(50, dim=1)
-    torch.testing.assert_close(scores, expected_scores)
-    assert torch.equal(rows, expected_rows)
-
-
 def test_faiss_top_k_equals_brute_force() -> None:
     rng = np.random.default_rng(0)
     items = rng.standard_normal((50_000, 32)).astype(np.float32)
@@ -249,3 +235,21 @@ def test_quickstart_pieces(trained: tuple[Path, Path]) -> None:
     row = {"model": "m", "test": {"recall@10": 0.5, "ndcg@10": 0.25, "recall@50": 1.0, "ndcg@50": 0.3},
            "epochs": "1/2", "seconds": 3.0, "trainable": 10}
     assert "| m | 0.5000 | 0.2500 | 1.0000 | 0.3000 | 1/2 | 3 | 10 |" in format_table([row], 5, 2, 16)
+
+
+@pytest.mark.parametrize("pack_tokens", [1, 3, 7, 256])
+def test_history_queries_equal_the_padded_batch(monkeypatch: pytest.MonkeyPatch, pack_tokens: int) -> None:
+    """Histories packed end to end, in packs of any size, give the padded batch's query vectors."""
+    torch.manual_seed(0)
+    model = UniSRec(ModelConfig(hidden_size=16, inner_size=16, n_experts=2, max_seq_len=5), 40,
+                    torch.randn(40, 6)).eval()
+    model.set_catalogue([f"i{j}" for j in range(40)])
+    monkeypatch.setattr(rec, "PACK_TOKENS", pack_tokens)
+    histories = [np.array(h) for h in ([1, 2, 3], [39], [5, 6, 7, 8, 9, 10, 11], [0, 0], [4, 8, 15, 16, 23])]
+    got = model.recommender.queries_of_rows(histories)  # type: ignore[union-attr]
+    cut = [h[-5:] for h in histories]
+    padded = torch.tensor([list(h) + [0] * (5 - len(h)) for h in cut])  # (B, 5)
+    with torch.no_grad():
+        table = model.item_table()
+        expected = model.query_vectors(model.sequence_vectors(padded, torch.tensor([len(h) for h in cut]), table))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

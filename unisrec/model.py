@@ -110,7 +110,31 @@ class TransformerLayer(nn.Module):
             dropout_p=self.attn_dropout if self.training else 0.0,
         )  # (B, nh, L, hd)
         attn = attn.transpose(1, 2).reshape(b, n, h)  # (B, L, H)
-        x = self.norm1(x + self.dropout(self.out(attn)))
+        return self._feed_forward(self.norm1(x + self.dropout(self.out(attn))))
+
+    def forward_at(self, x: Tensor, at: Tensor, may_attend: Tensor) -> Tensor:
+        """(B, L, H) inputs, (B, Q) positions, (B, Q, L) boolean mask -> (B, Q, H): outputs at ``at`` only.
+
+        The same as ``forward(x, mask)[b, at[b]]``, but keys and values alone cover every position: the
+        query, output projection and feed-forward run for the Q positions only. Used by the last layer of
+        ``sequence_vectors``, which needs only the state at each sequence's last item.
+        """
+        b, n, h = x.shape
+        q_len, heads, head_dim = at.shape[1], self.n_heads, h // self.n_heads
+        here = x.gather(1, at[:, :, None].expand(b, q_len, h))  # (B, Q, H)
+        q = F.linear(here, self.qkv.weight[:h], self.q_bias)  # (B, Q, H)
+        q = q.view(b, q_len, heads, head_dim).transpose(1, 2)  # (B, nh, Q, hd)
+        kv_bias = torch.cat([torch.zeros_like(self.v_bias), self.v_bias])  # (2H,)
+        kv = F.linear(x, self.qkv.weight[h:], kv_bias)  # (B, L, 2H)
+        k, v = kv.view(b, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, L, hd)
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=may_attend[:, None], dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, nh, Q, hd)
+        attn = attn.transpose(1, 2).reshape(b, q_len, h)  # (B, Q, H)
+        return self._feed_forward(self.norm1(here + self.dropout(self.out(attn))))
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        """(..., H) -> (..., H): position-wise feed-forward with residual and LayerNorm."""
         return self.norm2(x + self.dropout(self.ff2(F.gelu(self.ff1(x)))))
 
 
@@ -133,6 +157,27 @@ class SequenceEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def last_states(
+        self, item_vectors: Tensor, lengths: Tensor, input_norm: nn.LayerNorm, dropout: nn.Dropout
+    ) -> Tensor:
+        """(T, H) item vectors of B sequences laid end to end, (B,) lengths -> (B, H) states at their ends.
+
+        The sequences are packed into one row with a block-diagonal causal mask, so no work goes to padding,
+        and the last layer computes the B end states only (``TransformerLayer.forward_at``). Equal to
+        ``forward`` on the padded batch, taken at each sequence's last item.
+        """
+        device = item_vectors.device
+        starts = torch.cumsum(lengths, 0) - lengths  # (B,)
+        segment = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)  # (T,)
+        positions = torch.arange(len(segment), device=device) - starts[segment]  # (T,) within each sequence
+        x = dropout(input_norm(item_vectors + self.position(positions)))[None]  # (1, T, H)
+        same = segment[:, None] == segment[None, :]  # (T, T)
+        causal = same & (positions[:, None] >= positions[None, :])  # (T, T): earlier items of the same sequence
+        for layer in self.layers[:-1]:
+            x = layer(x, causal[None, None])
+        ends = starts + lengths - 1  # (B,)
+        return self.layers[-1].forward_at(x, ends[None], causal[ends][None])[0]  # type: ignore[operator]  # (B, H)
 
 
 class UniSRec(nn.Module):
@@ -217,6 +262,16 @@ class UniSRec(nn.Module):
         """(B, L), (B,) -> (B, H): the state at the last real position of each sequence."""
         hidden = self.encode(sequences, table)
         return hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
+
+    def packed_sequence_vectors(self, items: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
+        """(T,) item indices into ``table`` of B sequences laid end to end, (B,) lengths -> (B, H).
+
+        The same states as ``sequence_vectors`` on the padded batch, with no work spent on padding or on
+        positions before each sequence's last (``SequenceEncoder.last_states``): what serving uses.
+        """
+        if len(lengths) and int(lengths.max()) > self.config.max_seq_len:
+            raise ValueError(f"sequence length {int(lengths.max())} > max_seq_len {self.config.max_seq_len}")
+        return self.encoder.last_states(table[items], lengths, self.input_norm, self.input_dropout)
 
     def logits(self, queries: Tensor, table: Tensor) -> Tensor:
         """(T, H) sequence states x (N, H) items -> (T, N) logits: cos / temperature, or dot for SASRec."""

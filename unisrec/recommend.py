@@ -4,8 +4,10 @@ A ``Recommender`` joins a model to its ``Catalogue`` (item ids, texts, id -> ind
 logits: ``query_vectors(s) . scoring_table(v)`` (cosine / temperature for text models), computed against a
 scoring table that is built once (in item chunks, bounded memory) and extended, not rebuilt, when items are
 added. Top-k runs in item chunks too (a running top-k merged chunk by chunk), so memory stays bounded by
-about 2^24 scores whatever the catalogue size; ``backend="faiss"`` searches an exact inner-product index
-instead (the same top-k, see ``unisrec.export``).
+about 2^24 scores whatever the catalogue size; from 16k items it scans a bfloat16 copy of the table first
+and rescores the candidates in float32, with a proven error bound that keeps the result exact (see
+``unisrec.topk``); ``backend="faiss"`` searches an exact inner-product index instead (the same top-k, see
+``unisrec.export``).
 
 Histories are lists of item ids (strings, as in the dataset; an unknown id is an error naming it), or with
 ``by_text=True`` lists of raw item texts encoded by the run's language model (text-only models). A history
@@ -30,15 +32,15 @@ import torch
 from torch import Tensor
 
 from unisrec.errors import UnisrecError
+from unisrec.topk import CoarseTable, chunked_top_k
 
 if TYPE_CHECKING:
     from unisrec.model import UniSRec
     from unisrec.text import TextEncoder
 
 Backend = Literal["torch", "faiss"]
-SCORE_BUDGET = 1 << 24  # scores (queries x items) held at once by the chunked top-k: 64 MiB of float32
 TABLE_CHUNK = 8192  # items adapted at once when building the scoring table
-LENGTH_GROUP = 8  # histories of similar length encoded together
+PACK_TOKENS = 256  # history items encoded together (one attention block)
 
 
 class UnknownItemError(UnisrecError):
@@ -178,39 +180,6 @@ def adapted_items(model: UniSRec, text: Tensor | None = None) -> Tensor:
         return torch.cat(parts)  # (N, H)
 
 
-def chunked_top_k(
-    queries: Tensor, table: Tensor, k: int, seen: Sequence[np.ndarray] | None = None
-) -> tuple[Tensor, Tensor]:
-    """(B, H) queries x (N, H) table -> (B, k') scores and rows of the k' = min(k, N) best items per query.
-
-    ``seen[b]`` rows are excluded for query b (score -inf: callers drop those). Items are scored in chunks
-    of about ``SCORE_BUDGET / B``; a running top-k is merged with each chunk's, so the result equals a full
-    ``torch.topk`` of ``queries @ table.T`` (up to the order of exact ties).
-    """
-    b, n = queries.shape[0], table.shape[0]
-    k = min(k, n)
-    best_scores = torch.empty(b, 0, dtype=queries.dtype, device=queries.device)
-    best_rows = torch.empty(b, 0, dtype=torch.long, device=queries.device)
-    seen_b: Tensor | None = None
-    seen_i: Tensor | None = None
-    if seen is not None and any(len(s) for s in seen):
-        seen_b = torch.from_numpy(np.repeat(np.arange(b), [len(s) for s in seen])).to(queries.device)  # (S,)
-        seen_i = torch.from_numpy(np.concatenate(list(seen)).astype(np.int64)).to(queries.device)  # (S,)
-    chunk = max(4096, SCORE_BUDGET // max(b, 1))
-    for lo in range(0, n, chunk):
-        hi = min(n, lo + chunk)
-        scores = queries @ table[lo:hi].T  # (B, C)
-        if seen_b is not None and seen_i is not None:
-            inside = (seen_i >= lo) & (seen_i < hi)
-            scores[seen_b[inside], seen_i[inside] - lo] = float("-inf")
-        chunk_scores, chunk_rows = scores.topk(min(k, hi - lo), dim=1)  # (B, k)
-        merged = torch.cat([best_scores, chunk_scores], dim=1)  # (B, <= 2k)
-        merged_rows = torch.cat([best_rows, chunk_rows + lo], dim=1)
-        best_scores, order = merged.topk(min(k, merged.shape[1]), dim=1)  # (B, k)
-        best_rows = merged_rows.gather(1, order)
-    return best_scores, best_rows
-
-
 class Recommender:
     """A model, its catalogue and a cached scoring table; thread-safe for one writer and many readers.
 
@@ -236,6 +205,7 @@ class Recommender:
         self._encoder: TextEncoder | None = None
         self._items: Tensor | None = None  # (N, H) adapted item vectors: what histories are made of
         self._table: Tensor | None = None  # (N, H) scoring table (the same tensor for SASRec)
+        self._coarse: CoarseTable | None = None  # its bfloat16 copy for the exact coarse-to-fine top-k
         self._key: tuple[tuple[int, int], ...] = ()
         self._faiss: Any = None
 
@@ -252,6 +222,7 @@ class Recommender:
             if self._table is None or self._items is None or key != self._key:
                 self._items = adapted_items(self.model)
                 self._table = self.model.scoring_table(self._items).contiguous()
+                self._coarse = CoarseTable.build(self._table)
                 self._key, self._faiss = key, None
             return self._items, self._table
 
@@ -314,22 +285,23 @@ class Recommender:
     def _queries(self, history_lengths: list[int], local: np.ndarray, table: Tensor) -> Tensor:
         """Concatenated rows ``local`` of ``table`` (M, H) split by ``history_lengths`` -> (B, H) queries.
 
-        Histories are encoded in groups of similar length (sorted, ``LENGTH_GROUP`` at a time), so little
-        of the encoder's work goes to padding.
+        Histories are encoded packed end to end (no padding), in packs of at most ``PACK_TOKENS`` items:
+        attention inside a pack costs its length squared, so packs stay short.
         """
         lengths = np.asarray(history_lengths, dtype=np.int64)  # (B,)
-        inputs = np.zeros((len(lengths), int(lengths.max())), dtype=np.int64)  # (B, L), right-padded with row 0
-        inputs[np.arange(inputs.shape[1])[None, :] < lengths[:, None]] = local
-        order = np.argsort(lengths, kind="stable")
+        ends = np.cumsum(lengths)  # (B,)
         device = table.device
-        states = torch.empty(len(lengths), table.shape[1], dtype=table.dtype, device=device)  # (B, H)
-        for lo in range(0, len(order), LENGTH_GROUP):
-            group = order[lo : lo + LENGTH_GROUP]
-            width = int(lengths[group].max())
-            states[torch.from_numpy(group).to(device)] = self.model.sequence_vectors(
-                torch.from_numpy(inputs[group, :width]).to(device), torch.from_numpy(lengths[group]).to(device), table
-            )  # (G, H)
-        return self.model.query_vectors(states)
+        rows = torch.from_numpy(local).to(device)  # (T,)
+        states = []
+        first = 0
+        while first < len(lengths):
+            start = ends[first] - lengths[first]
+            last = max(first + 1, int(np.searchsorted(ends, start + PACK_TOKENS, side="right")))  # (first, last]
+            states.append(self.model.packed_sequence_vectors(
+                rows[start : ends[last - 1]], torch.from_numpy(lengths[first:last]).to(device), table
+            ))  # (P, H)
+            first = last
+        return self.model.query_vectors(torch.cat(states))  # (B, H)
 
     # -- ranking -----------------------------------------------------------------------------------------
 
@@ -345,7 +317,12 @@ class Recommender:
             with self._lock:  # a FAISS index is not safe to search while items are being added
                 scores, rows = faiss_search(self.faiss_index(), queries, k, seen)
         else:
-            scores_t, rows_t = chunked_top_k(queries, self.scoring_table(), k, seen)
+            with self._lock:
+                table, coarse = self.scoring_table(), self._coarse
+            if coarse is not None:
+                scores_t, rows_t = coarse.top_k(queries, k, seen)
+            else:
+                scores_t, rows_t = chunked_top_k(queries, table, k, seen)
             scores, rows = scores_t.cpu().numpy(), rows_t.cpu().numpy()
         out = []
         for row_scores, row_items in zip(scores, rows, strict=True):
@@ -449,6 +426,7 @@ class Recommender:
             self.catalogue.append(ids, texts)  # before the tables grow: a ranked row always has an id
             # new tensors: readers holding the old ones are unaffected
             self._items, self._table = torch.cat([items, added]), torch.cat([table, added_scoring])
+            self._coarse = CoarseTable.build(self._table) if self._coarse is None else self._coarse.extend(self._table)
             self._key = _weights_key(model)
             if self._faiss is not None:
                 self._faiss.add(added_scoring.cpu().numpy())

@@ -12,9 +12,11 @@ naming each one with its location; item ids already in the catalogue, or new ite
 take them -> 409. Strings must be valid UTF-8. Limits: the MAX_* constants below.
 
 Speed: concurrent /recommend requests are scored together. One worker thread takes every request waiting
-in its queue (up to ``max_batch`` histories), encodes the histories in one batch and ranks them with one
-matmul per item chunk against the cached scoring table, so the item table is read once per batch rather
-than once per request. /items encodes the new texts outside the catalogue lock, then appends them.
+in its queue (up to ``max_batch`` histories), encodes the histories packed end to end (no padding; the last
+layer only at each history's end) and ranks them with one pass over the cached scoring table (a bfloat16 scan
+whose candidates are rescored in float32, exact: ``unisrec.topk``), so the item table is read once per batch
+rather than once per request. /items encodes the new texts outside the catalogue lock, then appends them.
+With ``unisrec[serve]`` uvicorn parses HTTP with httptools and runs on uvloop.
 """
 
 from __future__ import annotations

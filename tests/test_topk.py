@@ -1,0 +1,113 @@
+"""Exact top-k: the chunked float32 scan, and the bfloat16 coarse pass with float32 rescoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import unisrec.topk as topk
+from unisrec.config import ModelConfig
+from unisrec.model import UniSRec
+from unisrec.topk import CoarseTable, chunked_top_k
+
+
+def brute_force(queries: torch.Tensor, table: torch.Tensor, k: int, seen: list[np.ndarray] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    full = queries @ table.T  # (B, N)
+    for b, rows in enumerate(seen or []):
+        full[b, torch.from_numpy(rows)] = float("-inf")
+    return full.topk(k, dim=1)
+
+
+def text_like_table(n: int, h: int, seed: int = 0) -> torch.Tensor:
+    """(N, H) rows of norm 1/0.07, as the scoring table of a text model (cosine / temperature)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, h, generator=generator), dim=1) / 0.07
+
+
+def test_chunked_top_k_equals_full_top_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    queries, table = torch.randn(7, 16), torch.randn(20_000, 16)
+    monkeypatch.setattr(topk, "SCORE_BUDGET", 7 * 4096)  # 5 chunks
+    seen = [np.array([3, 19_999, 5000]) if b % 2 else np.zeros(0, np.int64) for b in range(7)]
+    scores, rows = chunked_top_k(queries, table, 50, seen)
+    expected_scores, expected_rows = brute_force(queries, table, 50, seen)
+    torch.testing.assert_close(scores, expected_scores)
+    assert torch.equal(rows, expected_rows)
+
+
+def test_coarse_bound_holds_on_this_machine() -> None:
+    """Every bf16 score is within c ||q|| ||t|| of the float32 score (what makes the coarse pass exact)."""
+    table = text_like_table(20_000, 300)
+    queries = torch.nn.functional.normalize(torch.randn(32, 300), dim=1)
+    exact = queries @ table.T
+    approx = (queries.bfloat16() @ table.bfloat16().T).float()
+    bound = topk.error_coefficient(300) * queries.norm(dim=1, keepdim=True) * table.norm(dim=1)[None, :]
+    ratio = ((approx - exact).abs() / bound).max().item()
+    assert 0.01 < ratio <= 1.0  # the bound holds, and bf16 really is coarser than float32
+
+
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_coarse_top_k_equals_brute_force(k: int) -> None:
+    table = text_like_table(40_000, 64)
+    coarse = CoarseTable.build(table)
+    assert coarse is not None
+    queries = torch.nn.functional.normalize(torch.randn(33, 64), dim=1)
+    seen = [np.arange(b, 40_000, 997) if b % 3 else np.zeros(0, np.int64) for b in range(33)]
+    scores, rows = coarse.top_k(queries, k, seen)
+    expected_scores, expected_rows = brute_force(queries, table, k, seen)
+    assert torch.equal(rows, expected_rows)
+    torch.testing.assert_close(scores, expected_scores, rtol=1e-5, atol=1e-4)
+    assert scores.dtype == torch.float32
+
+
+def test_coarse_top_k_falls_back_when_the_pool_cannot_prove_the_top_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 near-copies of the query's best item differ by less than bf16 resolves: the exact scan decides."""
+    table = text_like_table(30_000, 64)
+    best = table[0].clone()
+    table[:300] = best + 1e-4 * torch.randn(300, 64)  # scores within the coarse error of each other
+    query = torch.nn.functional.normalize(best, dim=0)[None, :]  # (1, H)
+    coarse = CoarseTable.build(table)
+    assert coarse is not None
+    exact_scans = []
+    real = topk.chunked_top_k
+
+    def spy(queries: torch.Tensor, table: torch.Tensor, k: int, seen: object = None) -> object:
+        exact_scans.append(table.dtype)
+        return real(queries, table, k, seen)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(topk, "chunked_top_k", spy)
+    scores, rows = coarse.top_k(query, 10)
+    assert exact_scans == [torch.bfloat16, torch.float32]  # the coarse pass, then the exact rescan
+    expected_scores, expected_rows = brute_force(query, table, 10)
+    assert torch.equal(rows, expected_rows)
+    torch.testing.assert_close(scores, expected_scores)
+
+
+def test_coarse_table_is_skipped_when_unsafe_or_useless(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CoarseTable.build(text_like_table(1000, 16)) is None  # small: the exact scan is as fast
+    broken = text_like_table(20_000, 8)
+    broken[5, 3] = float("nan")
+    assert CoarseTable.build(broken) is None  # no bound holds for non-finite scores
+    monkeypatch.setattr(topk, "error_coefficient", lambda hidden: 1e-9)  # a kernel breaking the bound
+    assert CoarseTable.build(text_like_table(20_000, 16)) is None
+
+
+def test_recommender_uses_the_coarse_pass_and_stays_exact_after_adding_items() -> None:
+    torch.manual_seed(0)
+    n, d = 20_000, 12
+    model = UniSRec(ModelConfig(hidden_size=16, inner_size=16, n_experts=2), n, torch.randn(n, d)).eval()
+    model.set_catalogue([f"i{j}" for j in range(n)])
+    recommender = model.recommender
+    assert recommender is not None
+    recommender.tables()  # built on first use
+    assert recommender._coarse is not None
+    recommender.add_items(["new a", "new b"], ["a", "b"], vectors=np.random.default_rng(0).normal(size=(2, d)))
+    histories = [np.array([5, 7, 20_000]), np.array([19_999]), np.array([20_001, 3, 3])]
+    results = recommender.recommend_rows(histories, 20)
+    queries = recommender.queries_of_rows(histories)
+    table = model.scoring_table(model.item_table(torch.arange(model.n_items)))  # (N + 2, H)
+    _, expected = brute_force(queries, table, 20, [np.unique(h) for h in histories])
+    for ranked, rows in zip(results, expected, strict=True):
+        assert [r.item_id for r in ranked] == [recommender.catalogue.item_ids[int(i)] for i in rows]

@@ -1,0 +1,138 @@
+"""Exact top-k of ``queries @ table.T`` over large item tables, in bounded memory.
+
+``chunked_top_k`` scores the items chunk by chunk in float32 and keeps a running top-k.
+
+``CoarseTable`` gives the same answer faster: the scan runs on a bfloat16 copy of the table (half the
+memory traffic, and CPUs with bf16 dot-product instructions run it at twice the rate), keeping a pool of
+``k + POOL_EXTRA`` candidates per query, and the candidates are then rescored in float32. The result is
+exact, not approximate, because every coarse score is within a proven bound ``E`` of the float32 score::
+
+    |coarse - exact| <= c * ||q|| * max_j ||t_j||,   c = 3u + 4u^2 + H * 2^-23,   u = 2^-8 (bf16 rounding)
+
+(inputs rounded to bf16, relative error u each; float32 accumulation over H terms; the result rounded to
+bf16; the sum of |q_i t_i| bounded by ||q|| ||t|| by Cauchy-Schwarz). If ``A`` is the k-th best coarse
+score, the true k-th score is at least ``A - E``, so every item of the true top k has a coarse score of at
+least ``A - 2E``. A query whose pool ends below ``A - 2E`` therefore holds its whole true top k; any other
+query is rescored with the exact float32 scan. The bound is checked against the running kernels when the
+table is built (``CoarseTable.build`` returns None if they break it, and the exact scan is used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SCORE_BUDGET = 1 << 24  # scores (queries x items) held at once by the chunked top-k: 64 MiB of float32
+POOL_EXTRA = 64  # coarse candidates kept per query beyond k
+MIN_COARSE_ITEMS = 16_384  # smaller tables are scanned exactly (the coarse pass would not pay for itself)
+BF16_UNIT_ROUNDOFF = 2.0**-8
+
+
+def chunked_top_k(
+    queries: Tensor, table: Tensor, k: int, seen: Sequence[np.ndarray] | None = None
+) -> tuple[Tensor, Tensor]:
+    """(B, H) queries x (N, H) table -> (B, k') float32 scores and rows of the k' = min(k, N) best items.
+
+    ``seen[b]`` rows are excluded for query b (score -inf: callers drop those). Items are scored in chunks
+    of about ``SCORE_BUDGET / B``; a running top-k is merged with each chunk's, so the result equals a full
+    ``torch.topk`` of ``queries @ table.T`` (up to the order of exact ties). Queries and table may be
+    bfloat16 (the coarse pass); scores are returned as float32 either way.
+    """
+    b, n = queries.shape[0], table.shape[0]
+    k = min(k, n)
+    best_scores = torch.empty(b, 0, dtype=torch.float32, device=queries.device)
+    best_rows = torch.empty(b, 0, dtype=torch.long, device=queries.device)
+    seen_b, seen_i = _seen_pairs(seen, b, queries.device)
+    chunk = max(4096, SCORE_BUDGET // max(b, 1))
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        scores = (queries @ table[lo:hi].T).float()  # (B, C)
+        if seen_b is not None and seen_i is not None:
+            inside = (seen_i >= lo) & (seen_i < hi)
+            scores[seen_b[inside], seen_i[inside] - lo] = float("-inf")
+        chunk_scores, chunk_rows = scores.topk(min(k, hi - lo), dim=1)  # (B, k)
+        merged = torch.cat([best_scores, chunk_scores], dim=1)  # (B, <= 2k)
+        merged_rows = torch.cat([best_rows, chunk_rows + lo], dim=1)
+        best_scores, order = merged.topk(min(k, merged.shape[1]), dim=1)  # (B, k)
+        best_rows = merged_rows.gather(1, order)
+    return best_scores, best_rows
+
+
+def _seen_pairs(
+    seen: Sequence[np.ndarray] | None, b: int, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
+    """(S,) query numbers and (S,) rows of every excluded (query, item) pair, or (None, None)."""
+    if seen is None or not any(len(s) for s in seen):
+        return None, None
+    seen_b = torch.from_numpy(np.repeat(np.arange(b), [len(s) for s in seen])).to(device)  # (S,)
+    seen_i = torch.from_numpy(np.concatenate(list(seen)).astype(np.int64)).to(device)  # (S,)
+    return seen_b, seen_i
+
+
+def error_coefficient(hidden: int) -> float:
+    """c of the bound |coarse - exact| <= c ||q|| max||t|| for H = ``hidden`` (see the module docstring)."""
+    u = BF16_UNIT_ROUNDOFF
+    return 3 * u + 4 * u * u + hidden * 2.0**-23
+
+
+@dataclass(frozen=True)
+class CoarseTable:
+    """A bfloat16 copy of a float32 scoring table, for the exact coarse-to-fine top-k."""
+
+    table: Tensor  # (N, H) float32: the exact scores
+    coarse: Tensor  # (N, H) bfloat16
+    max_norm: float  # max_j ||table_j||
+    coefficient: float  # c of the error bound
+
+    @classmethod
+    def build(cls, table: Tensor, *, check_queries: int = 64, check_items: int = 8192) -> CoarseTable | None:
+        """The coarse copy of ``table`` (N, H), or None when it would not help or the bound fails here.
+
+        The bound is checked on ``check_queries`` random unit queries against up to ``check_items`` rows:
+        a kernel that breaks it (e.g. one accumulating in bfloat16) disables the coarse pass.
+        """
+        n, h = table.shape
+        if n < MIN_COARSE_ITEMS or table.dtype != torch.float32 or not bool(torch.isfinite(table).all()):
+            return None
+        coarse = table.to(torch.bfloat16)
+        if not bool(torch.isfinite(coarse).all()):  # beyond the bf16 range
+            return None
+        made = cls(table, coarse, float(table.norm(dim=1).max()), error_coefficient(h))
+        generator = torch.Generator().manual_seed(0)
+        queries = torch.nn.functional.normalize(torch.randn(check_queries, h, generator=generator), dim=1)
+        rows = torch.randperm(n, generator=generator)[:check_items].to(table.device)
+        queries = queries.to(table.device)
+        exact = queries @ table[rows].T  # (Q, I)
+        approx = (queries.to(torch.bfloat16) @ coarse[rows].T).float()
+        bound = made.coefficient * queries.norm(dim=1, keepdim=True) * table[rows].norm(dim=1)[None, :]
+        return made if bool(((approx - exact).abs() <= bound).all()) else None
+
+    def extend(self, table: Tensor) -> CoarseTable:
+        """The coarse table of ``table`` (N + M, H), whose first N rows are this one's (items were added)."""
+        added = table[self.table.shape[0]:]  # (M, H)
+        coarse = torch.cat([self.coarse, added.to(torch.bfloat16)])
+        max_norm = max(self.max_norm, float(added.norm(dim=1).max())) if len(added) else self.max_norm
+        return CoarseTable(table, coarse, max_norm, self.coefficient)
+
+    def top_k(self, queries: Tensor, k: int, seen: Sequence[np.ndarray] | None = None) -> tuple[Tensor, Tensor]:
+        """(B, H) float32 queries -> (B, k') scores and rows: the same as ``chunked_top_k(queries, table)``."""
+        n = self.table.shape[0]
+        k = min(k, n)
+        pool = min(n, k + POOL_EXTRA)
+        approx, rows = chunked_top_k(queries.to(torch.bfloat16), self.coarse, pool, seen)  # (B, P)
+        exact = torch.einsum("bh,bph->bp", queries, self.table[rows])  # (B, P) float32 rescoring
+        exact = exact.masked_fill(~torch.isfinite(approx), float("-inf"))  # seen items stay out
+        margin = 2 * self.coefficient * self.max_norm * queries.norm(dim=1)  # (B,) = 2E
+        kth, last = approx[:, k - 1], approx[:, -1]
+        certain = ~torch.isfinite(last) | (last < kth - margin) | (pool == n)  # (B,)
+        scores, order = exact.topk(k, dim=1)  # (B, k)
+        rows = rows.gather(1, order)
+        if not bool(certain.all()):  # these queries' pools may miss an item of the true top k
+            redo = torch.nonzero(~certain).flatten()  # (R,)
+            redo_seen = None if seen is None else [seen[int(i)] for i in redo]
+            scores[redo], rows[redo] = chunked_top_k(queries[redo], self.table, k, redo_seen)
+        return scores, rows
