@@ -205,16 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         run = args.run
     else:
         run = args.run or build_run(args.work / f"run-{args.items}", args.items)
-    runs = [measure(args, run, args.url) for _ in range(args.repeats)]
-    for number, result in enumerate(runs, 1):
-        if args.repeats > 1:
-            print(json.dumps({"repeat": number, **result}), file=sys.stderr)
+    runs = []
+    for number in range(1, args.repeats + 1):
+        runs.append(measure(args, run, args.url))
+        if args.repeats > 1:  # progress: each repetition as it ends
+            print(json.dumps({"repeat": number, **runs[-1]}), file=sys.stderr)
 
     def median(get: Any) -> float:
         return round(float(np.median([get(r) for r in runs])), 2)
 
     report = {
-        **runs[0], "run": str(run) if run else None, "k": args.k, "history_length": "1..50 (uniform)",
+        "run": str(run) if run else None, "n_items": runs[0]["n_items"], "k": args.k,
+        "history_length": "1..50 (uniform)", "duration_s": args.duration,
         "concurrency": args.concurrency, "backend": args.backend, "server_threads": args.threads or "default",
         "cpus": os.cpu_count(), "repeats": args.repeats,
         "requests": sum(r["requests"] for r in runs), "ok": sum(r["ok"] for r in runs),
@@ -226,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                        for name in ("p50", "p90", "p99", "max")},
     }
     if args.repeats > 1:
-        report["per_repeat"] = [{"requests_per_s": r["requests_per_s"], "p50": r["latency_ms"]["p50"],
-                                 "p99": r["latency_ms"]["p99"], "errors": r["errors"]} for r in runs]
+        report["per_repeat"] = runs
+    else:
+        report.update(url=runs[0]["url"], server_startup_s=runs[0]["server_startup_s"],
+                      load_average_1min_at_start=runs[0]["load_average_1min_at_start"])
     print(json.dumps(report))
     return 0 if report["errors"] == 0 else 1
 

@@ -426,7 +426,7 @@ class Recommender:
             self.catalogue.append(ids, texts)  # before the tables grow: a ranked row always has an id
             # new tensors: readers holding the old ones are unaffected
             self._items, self._table = torch.cat([items, added]), torch.cat([table, added_scoring])
-            self._coarse = CoarseTable.build(self._table) if self._coarse is None else self._coarse.extend(self._table)
+            self._coarse = CoarseTable.build(self._table)  # a fresh copy: the old one serves readers meanwhile
             self._key = _weights_key(model)
             if self._faiss is not None:
                 self._faiss.add(added_scoring.cpu().numpy())

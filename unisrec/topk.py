@@ -106,17 +106,11 @@ class CoarseTable:
         queries = torch.nn.functional.normalize(torch.randn(check_queries, h, generator=generator), dim=1)
         rows = torch.randperm(n, generator=generator)[:check_items].to(table.device)
         queries = queries.to(table.device)
-        exact = queries @ table[rows].T  # (Q, I)
+        sample = table[rows]  # (I, H)
+        exact = queries @ sample.T  # (Q, I)
         approx = (queries.to(torch.bfloat16) @ coarse[rows].T).float()
-        bound = made.coefficient * queries.norm(dim=1, keepdim=True) * table[rows].norm(dim=1)[None, :]
+        bound = made.coefficient * queries.norm(dim=1, keepdim=True) * sample.norm(dim=1)[None, :]
         return made if bool(((approx - exact).abs() <= bound).all()) else None
-
-    def extend(self, table: Tensor) -> CoarseTable:
-        """The coarse table of ``table`` (N + M, H), whose first N rows are this one's (items were added)."""
-        added = table[self.table.shape[0]:]  # (M, H)
-        coarse = torch.cat([self.coarse, added.to(torch.bfloat16)])
-        max_norm = max(self.max_norm, float(added.norm(dim=1).max())) if len(added) else self.max_norm
-        return CoarseTable(table, coarse, max_norm, self.coefficient)
 
     def top_k(self, queries: Tensor, k: int, seen: Sequence[np.ndarray] | None = None) -> tuple[Tensor, Tensor]:
         """(B, H) float32 queries -> (B, k') scores and rows: the same as ``chunked_top_k(queries, table)``."""
