@@ -155,7 +155,7 @@ def test_zesrec_transfers_zero_shot_and_by_fine_tuning(tmp_path: Path, tiny_lm_d
     zero_shot = evaluate(model, load_processed(target), "test", EvalConfig(ks=(10,)))
     assert 0.0 <= zero_shot["recall@10"] <= 1.0
     metrics = finetune(target, "zesrec", tmp_path / "tuned", init=tmp_path / "src",
-                       overrides=[*SMALL, "train.epochs=1"])
+                       overrides=[*SMALL, "train.epochs=1", "train.freeze=encoder"])
     assert any(name.startswith("mlp.") for name in metrics["transferred_parameters"])
     assert not any(name.startswith("encoder.") for name in metrics["trainable_parameters"])  # frozen
     with pytest.raises(UnisrecError, match="a zesrec run cannot initialise --mode inductive"):
@@ -194,9 +194,10 @@ def test_ablations_of_transfer(tmp_path: Path, tiny_lm_dir: Path) -> None:
     assert not list(domains[0].rglob("*worddrop*"))  # no word-drop views needed
     assert list(domains[0].rglob("*.safetensors"))  # (the plain text vectors are there)
     one = [*SMALL, "train.epochs=1"]
-    frozen = finetune(target, "inductive", tmp_path / "frozen", init=tmp_path / "pre", overrides=one)
+    frozen = finetune(target, "inductive", tmp_path / "frozen", init=tmp_path / "pre",
+                      overrides=[*one, "train.freeze=encoder"])  # the paper's protocol: adaptor only
     everything = finetune(target, "inductive", tmp_path / "all", init=tmp_path / "pre",
-                          overrides=[*one, "train.freeze=none"])  # fine-tune all parameters
+                          overrides=one)  # the default: fine-tune all parameters
     scratch = finetune(target, "inductive", tmp_path / "scratch", overrides=one, text_spec=spec)  # no pre-training
     assert not any(n.startswith("encoder.") for n in frozen["trainable_parameters"])
     assert any(n.startswith("encoder.") for n in everything["trainable_parameters"])

@@ -60,7 +60,7 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
 
     target = prepare_synthetic(tmp_path / "target", seed=9, n_items=20)
     ft = finetune(target, "inductive", tmp_path / "ft", init=run,
-                  overrides=[o[2:] for o in TINY] + ["train.epochs=2"])
+                  overrides=[o[2:] for o in TINY] + ["train.epochs=2", "train.freeze=encoder"])
     assert set(ft["trainable_parameters"]) == {
         "adaptor.weight", "adaptor.bias", "adaptor.gate", "adaptor.gate_noise", "input_norm.weight", "input_norm.bias"}
     tuned = load_file(str(tmp_path / "ft" / "model.safetensors"))
@@ -68,6 +68,18 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
         if name.startswith("encoder."):
             torch.testing.assert_close(tuned[name], value, rtol=0, atol=0)  # the encoder stayed frozen
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["text_encoder"]["model"] == str(tiny_lm_dir)
+
+    # the default protocol fine-tunes everything from the pre-trained weights; the run is added to the model card
+    full = finetune(target, "inductive", tmp_path / "ft-all", init=run,
+                    overrides=[o[2:] for o in TINY] + ["train.epochs=2"])
+    assert set(full["trainable_parameters"]) == set(weights)
+    assert full["transferred_parameters"] == sorted(weights)
+    moved = load_file(str(tmp_path / "ft-all" / "model.safetensors"))
+    assert any(not torch.equal(moved[n], v) for n, v in weights.items() if n.startswith("encoder."))
+    card = (run / "README.md").read_text()
+    assert "2 domains: a, b" in card and str((tmp_path / "ft-all").resolve()) in card
+    assert str((tmp_path / "ft").resolve()) in card  # both transfers are listed
+    assert "# unisrec inductive model of" in (tmp_path / "ft-all" / "README.md").read_text()
 
     code = main(["evaluate", str(run), str(target), "--split", "test"])
     assert code == 0

@@ -23,8 +23,8 @@ from unisrec.config import RunConfig
 from unisrec.datasets.processed import ProcessedDataset
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
-from unisrec.finetune import train_lengths
 from unisrec.losses import full_softmax_ce
+from unisrec.training_data import training_sequences
 
 
 @dataclass
@@ -68,10 +68,10 @@ class ClozeTask:
         if dist is not None and dist.enabled:
             raise UnisrecError("bert4rec trains in one process; run it without torchrun")
         self.model, self.config, self.device = model, config, device
-        self.items = dataset.items.astype(np.int64)
+        sequences = training_sequences(dataset, config.train)
+        self.items = sequences.items
         self.n_items = dataset.n_items
-        windows = training_windows(dataset.offsets[:-1], train_lengths(dataset), config.model.max_seq_len,
-                                   layout="strided")
+        windows = training_windows(sequences.starts, sequences.lengths, config.model.max_seq_len, layout="strided")
         # inputs + next item as one token sequence; n_targets = tokens, so batch_size counts tokens
         self.sequences = Windows(windows.start, windows.length + 1, np.zeros_like(windows.length))
         if len(self.sequences) == 0:

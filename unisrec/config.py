@@ -110,7 +110,16 @@ class TrainConfig:
     # prefix = one window per target (the reference's layout: every prefix its own dropout noise; costlier)
     windows: Literal["auto", "exact", "strided", "prefix"] = "auto"
     seed: int = 2022
-    freeze: Literal["auto", "none", "encoder"] = "auto"  # auto: encoder frozen iff initialised from a run
+    # what a run initialised from a pre-trained model (--init) trains: auto = none (everything; the encoder at
+    # lr * encoder_lr_scale), encoder = the paper's parameter-efficient protocol (encoder frozen; adaptor,
+    # input LayerNorm and ID table train); none = everything, also from scratch (the default there anyway)
+    freeze: Literal["auto", "none", "encoder"] = "auto"
+    encoder_lr_scale: float = 1.0  # learning rate of the sequence encoder relative to lr, when it trains
+    schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)
+    warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps
+    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast of the training step's matmuls
+    user_fraction: float = 1.0  # train on the sequences of a seeded random fraction of the users (data-poor)
+    cold_items: float = 0.0  # withhold a seeded random fraction of the items from training entirely
     threads: int = 0  # torch CPU threads (0 = torch default)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True  # progress bars (on a terminal)
@@ -122,6 +131,16 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
+        _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
+        _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
+        if self.encoder_lr_scale < 0:
+            raise ConfigError(f"train.encoder_lr_scale must be >= 0, got {self.encoder_lr_scale}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 < self.user_fraction <= 1.0:
+            raise ConfigError(f"train.user_fraction must be in (0, 1], got {self.user_fraction}")
+        if not 0.0 <= self.cold_items < 1.0:
+            raise ConfigError(f"train.cold_items must be in [0, 1), got {self.cold_items}")
         _check_choice("train.windows", self.windows, ("auto", "exact", "strided", "prefix"))
 
 

@@ -1,9 +1,12 @@
 """Fine-tuning on one domain (or training from scratch), with the paper's freeze policies.
 
 Modes (``--mode``): inductive = UniSRec_t (text only), transductive = UniSRec_t+ID (text + a new ID table),
-sasrec = the ID-only baseline. With ``init`` (a pre-trained run) the sequence encoder (Transformer layers
-and position embeddings) is frozen and only the adaptor, the input LayerNorm and the ID table train, as
-in the paper; ``train.freeze=none`` fine-tunes everything instead (an ablation).
+sasrec = the ID-only baseline. With ``init`` (a pre-trained run) every transferable parameter is copied and
+everything fine-tunes, the sequence encoder (Transformer layers and position embeddings) at
+``train.lr * train.encoder_lr_scale``; ``train.freeze=encoder`` is the paper's parameter-efficient protocol
+(encoder frozen; only the adaptor, the input LayerNorm and the ID table train).
+``train.user_fraction`` and ``train.cold_items`` thin the training data (``unisrec.training_data``); with cold
+items the test metrics also hold ``cold_recall@K`` / ``cold_ndcg@K`` over the test targets that are cold.
 The baselines ``gru4rec``, ``bert4rec`` (its cloze task: ``unisrec.cloze``), ``fdsa`` and ``zesrec`` are
 further modes (``unisrec.baselines``); ``zesrec`` alone accepts ``init`` (another zesrec run).
 Every run saves the rank of each test target (``ranks_test.npy``, see ``unisrec.analysis``).
@@ -29,20 +32,23 @@ from unisrec.baselines import build_model
 from unisrec.batches import TrainBatch, bucketed_batches, make_train_batch, shard, training_windows
 from unisrec.checkpoint import check_state, read_model_config, save_pretrained
 from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig, RunConfig, from_plain
-from unisrec.datasets.processed import TRAIN, ProcessedDataset, load_processed
+from unisrec.datasets.processed import ProcessedDataset, load_processed
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, rank_split
 from unisrec.losses import full_softmax_ce
 from unisrec.metrics import ranking_metrics
 from unisrec.model import UniSRec
+from unisrec.model_card import record_transfer, write_finetune_card
 from unisrec.runs import fingerprint, open_run_dir, seed_everything
-from unisrec.train import Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
+from unisrec.train import ENCODER_PREFIX, Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
+from unisrec.training_data import train_lengths, training_sequences
+
+__all__ = ["finetune", "load_text", "train_lengths", "zero_shot_model"]
 
 if TYPE_CHECKING:
     from unisrec.cloze import ClozeTask
 
-ENCODER_PREFIX = "encoder."  # Transformer layers + position embeddings: frozen when transferring
 DOMAIN_SPECIFIC_PREFIX = "item_id."  # an ID table belongs to one catalogue: never transferred
 
 
@@ -87,18 +93,6 @@ def resolve_model_config(config: RunConfig, mode: str, init: Path | None, overri
     return replace(model, item_repr=MODES[mode], architecture=MODE_ARCHITECTURE[mode])
 
 
-def train_lengths(dataset: ProcessedDataset) -> np.ndarray:
-    """(U,) number of leading training interactions of each user (training rows must come first)."""
-    lengths = np.add.reduceat((dataset.split == TRAIN).astype(np.int64), dataset.offsets[:-1])
-    lengths[np.diff(dataset.offsets) == 0] = 0
-    first_eval = dataset.offsets[:-1] + lengths
-    has_eval = first_eval < dataset.offsets[1:]
-    later_train = np.add.reduceat((dataset.split != TRAIN).astype(np.int64), dataset.offsets[:-1])
-    if np.any(has_eval & (later_train != np.diff(dataset.offsets) - lengths)):
-        raise UnisrecError(f"{dataset.path}: some users have training interactions after valid/test ones")
-    return lengths
-
-
 class FinetuneTask:
     """Batches of training windows and the full-softmax loss over the domain's items.
 
@@ -116,10 +110,10 @@ class FinetuneTask:
     ):
         self.model, self.config, self.device = model, config, device
         self.dist = dist or Distributed.single()
-        self.items = dataset.items.astype(np.int64)
+        sequences = training_sequences(dataset, config.train)
+        self.items, self.cold = sequences.items, sequences.cold
         layout = "exact" if config.train.windows == "auto" else config.train.windows
-        self.windows = training_windows(dataset.offsets[:-1], train_lengths(dataset), config.model.max_seq_len,
-                                        layout=layout)
+        self.windows = training_windows(sequences.starts, sequences.lengths, config.model.max_seq_len, layout=layout)
         total = int(self.windows.n_targets.sum())
         if total == 0:
             raise UnisrecError(f"{dataset.path}: no training examples (every user needs >= 2 training items)")
@@ -141,6 +135,20 @@ class FinetuneTask:
         total = round(self.dist.mean(float(len(batch.targets))) * self.dist.world_size)
         loss = torch.nn.functional.cross_entropy(logits, batch.targets, reduction="sum") * self.dist.world_size / total
         return {"loss": loss}
+
+
+def cold_metrics(ranks: np.ndarray, targets: np.ndarray, cold: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """``cold_recall@K`` / ``cold_ndcg@K`` over the cases whose target is cold, and their count ``cold_cases``.
+
+    ranks (T,) 0-based full-ranking ranks, targets (T,) item ids, cold (N,) bool.
+    """
+    here = cold[targets]
+    if not here.any():
+        return {**{f"cold_{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}, "cold_cases": 0.0}
+    scored = ranking_metrics(ranks[here], ks)
+    out: dict[str, float] = {f"cold_{m}@{k}": scored[f"{m}@{k}"] for k in ks for m in ("recall", "ndcg")}
+    out["cold_cases"] = float(here.sum())
+    return out
 
 
 def load_text(dataset: ProcessedDataset, text_spec: dict[str, Any] | None) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -217,7 +225,7 @@ def finetune(
     text, text_meta = dist.main_first(lambda: load_text(dataset, text_spec)) if config.model.uses_text else (None, {})
     model = build_model(config.model, dataset.n_items, text)
     transferred = load_transferable(model, init_dir) if init_dir is not None else []
-    frozen = config.train.freeze == "encoder" or (config.train.freeze == "auto" and init_dir is not None)
+    frozen = config.train.freeze == "encoder"
     trainable = freeze_encoder(model, frozen)
     model.to(device)
     wrapped: torch.nn.Module = model
@@ -227,7 +235,7 @@ def finetune(
 
     task: FinetuneTask | ClozeTask
     if config.model.architecture == "bert4rec":
-        from unisrec.cloze import ClozeTask  # (imports this module)
+        from unisrec.cloze import ClozeTask
 
         task = ClozeTask(wrapped, dataset, config, device, dist)
     else:
@@ -259,6 +267,9 @@ def finetune(
     valid = evaluate(model, dataset, "valid", config.eval, device)
     test_ranks = rank_split(model, dataset, "test", config.eval, device)  # (T,)
     test = ranking_metrics(test_ranks, config.eval.ks)
+    cold = getattr(task, "cold", None)
+    if cold is not None and cold.any():
+        test.update(cold_metrics(test_ranks, dataset.items[dataset.target_rows("test")], cold, config.eval.ks))
     eval_seconds = (time.perf_counter() - started) / 2
     n_params = sum(p.numel() for p in model.parameters())
     metrics = {
@@ -282,6 +293,9 @@ def finetune(
     if dist.is_main:
         save_ranks(out, test_ranks)
         atomic_write_json(out / "metrics.json", metrics)
+        write_finetune_card(out, settings, metrics)
+        if init_dir is not None:
+            record_transfer(init_dir, out, metrics)
         clear_checkpoint(out)
         print(f"best epoch {state.best_epoch}: test {json.dumps(test)}", file=sys.stderr)
     dist.barrier()

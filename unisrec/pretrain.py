@@ -31,11 +31,13 @@ from unisrec.config import RunConfig
 from unisrec.datasets.processed import load_processed
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
-from unisrec.finetune import load_text, train_lengths
+from unisrec.finetune import load_text
 from unisrec.losses import contrastive
 from unisrec.model import UniSRec
+from unisrec.model_card import write_pretrain_card
 from unisrec.runs import fingerprint, open_run_dir, seed_everything
 from unisrec.train import Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
+from unisrec.training_data import train_lengths
 
 
 @dataclass
@@ -281,6 +283,7 @@ def pretrain(
     }
     if dist.is_main:
         atomic_write_json(out / "metrics.json", metrics)
+        write_pretrain_card(out, settings, metrics)
         clear_checkpoint(out)
         print(f"pre-trained {state.global_step} steps over {len(corpus.names)} domains", file=sys.stderr)
     dist.barrier()

@@ -148,7 +148,10 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UnisrecError("no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * task.steps_per_epoch
+    if max_steps:
+        total_steps = min(total_steps, max_steps)
     checkpoint = run_dir / "checkpoint" if run_dir is not None else None
     if run_dir is not None and dist.is_main:
         remove_partial_writes(run_dir)
@@ -180,10 +183,15 @@ def fit(
             leave=False,
         )
         exhausted = True
+        ticker = ProgressLines(
+            task.steps_per_epoch, state.epoch + 1,
+            enabled=config.progress and dist.is_main and not sys.stderr.isatty(),
+        )
         for step, batch in enumerate(task.batches(state.epoch)):
             if step < state.step_in_epoch:
                 continue  # already trained before the interruption
-            terms = task.loss(batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+                terms = task.loss(batch)
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 values = {k: float(v.detach()) for k, v in terms.items()}
@@ -191,6 +199,9 @@ def fit(
                     f"non-finite loss at epoch {state.epoch + 1} step {step + 1}: {values}; "
                     "lower train.lr or check the input vectors"
                 )
+            factor = lr_factor(state.global_step, total_steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm > 0:
@@ -202,6 +213,7 @@ def fit(
             count += 1
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
             bar.update(1)
+            ticker.step(step + 1, float(loss.detach()), optimizer.param_groups[0]["lr"])
             bar.set_postfix({k: f"{v / counts[k]:.4f}" for k, v in sums.items() if "@" not in k})
             if checkpoint_every and state.global_step % checkpoint_every == 0:
                 save()
@@ -214,6 +226,7 @@ def fit(
             "epoch": state.epoch + 1,
             "steps": count,
             "seconds": round(elapsed, 3),
+            "lr": optimizer.param_groups[0]["lr"],
             # per-domain terms ("si@name") are this process's own; the others are averaged over processes
             **{f"train_{k}": sums[k] / counts[k] if "@" in k else dist.mean(sums[k] / counts[k]) for k in sorted(sums)},
         }
@@ -251,6 +264,58 @@ def fit(
             on_epoch(state)
         save()
     return state
+
+
+class ProgressLines:
+    """One line on stderr every ``every`` seconds (steps, steps/s, loss, lr, ETA): progress under nohup/CI,
+    where no progress bar is drawn."""
+
+    def __init__(self, total: int, epoch: int, *, enabled: bool, every: float = 60.0) -> None:
+        self.total, self.epoch, self.enabled, self.every = total, epoch, enabled, every
+        self.started = self.last = time.perf_counter()
+        self.first: int | None = None
+
+    def step(self, done: int, loss: float, lr: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = done - 1  # steps already taken before a resume
+        if now - self.last < self.every and done < self.total:
+            return
+        self.last = now
+        rate = (done - self.first) / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        print(f"epoch {self.epoch} step {done}/{self.total} {rate:.2f} steps/s loss {loss:.4f} lr {lr:.2e} "
+              f"epoch ETA {eta:.0f}s", file=sys.stderr, flush=True)
+
+
+ENCODER_PREFIX = "encoder."  # Transformer layers + position embeddings (the sequence encoder)
+
+
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Trainable parameters in Adam groups: the sequence encoder at lr * encoder_lr_scale, the rest at lr.
+
+    Each group keeps its ``base_lr``; the schedule (``lr_factor``) scales it at every step.
+    """
+    encoder = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(ENCODER_PREFIX)]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(ENCODER_PREFIX)]
+    groups = [
+        {"params": rest, "lr": config.lr, "base_lr": config.lr},
+        {"params": encoder, "lr": config.lr * config.encoder_lr_scale, "base_lr": config.lr * config.encoder_lr_scale},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Multiplier of the learning rate at 0-based ``step``: linear warm-up, then constant or cosine to 0."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    span = max(total_steps - config.warmup_steps, 1)
+    progress = min(max(step - config.warmup_steps, 0) / span, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _print_epoch(record: dict[str, Any], config: TrainConfig) -> None:

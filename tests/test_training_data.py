@@ -1,0 +1,113 @@
+"""Data-poor and cold-item training sets, learning-rate schedules and encoder learning rates."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import prepare_synthetic
+
+from unisrec.config import ConfigError, RunConfig, TrainConfig
+from unisrec.datasets.processed import load_processed
+from unisrec.finetune import cold_metrics, finetune
+from unisrec.metrics import ranking_metrics
+from unisrec.model import UniSRec
+from unisrec.train import lr_factor, param_groups
+from unisrec.training_data import cold_items, train_lengths, training_sequences, training_users
+
+SMALL = [
+    "model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=2",
+    "train.batch_size=64", "train.lr=0.01", "train.progress=false", "train.epochs=1",
+]
+
+
+def test_user_fraction_keeps_a_seeded_subset_and_every_user_is_still_evaluated(tmp_path: Path) -> None:
+    data = load_processed(prepare_synthetic(tmp_path / "d", n_users=200, n_items=30))
+    config = TrainConfig(user_fraction=0.1, seed=5)
+    seqs = training_sequences(data, config)
+    full = train_lengths(data)
+    trained = seqs.lengths > 0
+    assert trained.sum() == 20  # 10% of 200 users
+    np.testing.assert_array_equal(seqs.lengths[trained], full[trained])  # whole sequences of the chosen users
+    np.testing.assert_array_equal(seqs.items, data.items)  # rows untouched, only lengths thinned
+    again = training_sequences(data, TrainConfig(user_fraction=0.1, seed=5))
+    np.testing.assert_array_equal(again.lengths, seqs.lengths)  # seeded
+    other = training_sequences(data, TrainConfig(user_fraction=0.1, seed=6))
+    assert not np.array_equal(other.lengths > 0, trained)
+    assert training_users(7, 0.01, 0).sum() == 1  # never empty
+
+
+def test_cold_items_leave_training_entirely_and_order_is_kept(tmp_path: Path) -> None:
+    data = load_processed(prepare_synthetic(tmp_path / "d", n_users=60, n_items=30))
+    seqs = training_sequences(data, TrainConfig(cold_items=0.2, seed=3))
+    assert seqs.cold.sum() == 6
+    assert not seqs.cold[seqs.items].any()  # no cold item as input or target
+    full = train_lengths(data)
+    for user in range(data.n_users):
+        mine = data.items[data.offsets[user] : data.offsets[user] + full[user]]
+        expected = mine[~seqs.cold[mine]]  # the warm training items, in their order
+        got = seqs.items[seqs.starts[user] : seqs.starts[user] + seqs.lengths[user]]
+        np.testing.assert_array_equal(got, expected)
+    assert seqs.lengths.sum() == len(seqs.items)
+    np.testing.assert_array_equal(cold_items(30, 0.2, 3), seqs.cold)
+    assert not cold_items(30, 0.0, 3).any()
+
+
+def test_cold_metrics_cover_only_cold_targets() -> None:
+    ranks = np.array([0, 5, 20, 1])
+    targets = np.array([3, 4, 3, 7])
+    cold = np.zeros(10, dtype=bool)
+    cold[3] = True
+    out = cold_metrics(ranks, targets, cold, (10,))
+    expected = ranking_metrics(np.array([0, 20]), (10,))
+    assert out["cold_recall@10"] == expected["recall@10"] == 0.5
+    assert out["cold_ndcg@10"] == pytest.approx(expected["ndcg@10"]) and out["cold_cases"] == 2
+    assert cold_metrics(ranks, targets, np.zeros(10, dtype=bool), (10,))["cold_cases"] == 0
+
+
+def test_finetune_reports_cold_metrics_and_trains_without_cold_items(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    data = prepare_synthetic(tmp_path / "d", n_users=60, n_items=30)
+    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
+    metrics = finetune(data, "inductive", tmp_path / "run", overrides=[*SMALL, "train.cold_items=0.3"], text_spec=spec)
+    test = metrics["test"]
+    dataset = load_processed(data)
+    cold = cold_items(dataset.n_items, 0.3, TrainConfig().seed)
+    ranks = np.load(tmp_path / "run" / "ranks_test.npy")
+    assert test["cold_cases"] == cold[dataset.items[dataset.target_rows("test")]].sum() > 0
+    assert test == {**test, **cold_metrics(ranks, dataset.items[dataset.target_rows("test")], cold, (10, 20, 50))}
+    plain = finetune(data, "inductive", tmp_path / "plain", overrides=SMALL, text_spec=spec)
+    assert "cold_cases" not in plain["test"]
+
+
+def test_config_rejects_bad_fractions() -> None:
+    for bad in ("train.user_fraction=0", "train.user_fraction=1.5", "train.cold_items=1", "train.cold_items=-0.1",
+                "train.encoder_lr_scale=-1", "train.warmup_steps=-2", "train.schedule=linear"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            RunConfig().with_overrides([bad])
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
+    config = TrainConfig(warmup_steps=10, schedule="cosine")
+    factors = [lr_factor(s, 110, config) for s in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5)
+    assert factors[109] == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+    assert lr_factor(500, 110, TrainConfig()) == 1.0  # constant, no warm-up: the paper's setting
+
+
+def test_encoder_learning_rate_is_scaled(tmp_path: Path) -> None:
+    config = RunConfig().with_overrides(["model.hidden_size=16", "model.inner_size=16", "model.n_experts=2"])
+    model = UniSRec(config.model, 5, torch.randn(5, 8))
+    groups = param_groups(model, TrainConfig(lr=0.01, encoder_lr_scale=0.1))
+    encoder_ids = {id(p) for n, p in model.named_parameters() if n.startswith("encoder.")}
+    assert [g["base_lr"] for g in groups] == [0.01, pytest.approx(0.001)]
+    assert {id(p) for p in groups[1]["params"]} == encoder_ids
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    for name, param in model.named_parameters():
+        param.requires_grad = not name.startswith("encoder.")
+    assert len(param_groups(model, TrainConfig())) == 1  # a frozen encoder leaves no empty group

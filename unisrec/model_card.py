@@ -1,0 +1,145 @@
+"""A README.md model card written into every run folder: what was trained, on what, how, and how well.
+
+Built from the run's own records (``run.json`` settings and ``metrics.json``), so it never disagrees with
+them. ``unisrec pretrain`` cards also list the transfer results recorded later beside the run
+(``transfer.json``, written by ``record_transfer`` when a fine-tuning run starts from it).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from unisrec.atomic import atomic_write_json, atomic_write_text
+
+_METRIC_ORDER = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+
+
+def command_line() -> str:
+    """The command that started this process, as a shell line."""
+    return " ".join(shlex.quote(a) for a in ["unisrec", *sys.argv[1:]]) if sys.argv else "unisrec"
+
+
+def _metrics_row(metrics: dict[str, float]) -> str:
+    cells = [f"{metrics[k]:.4f}" if k in metrics else "-" for k in _METRIC_ORDER]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _text_encoder_line(text: dict[str, Any] | None) -> str:
+    if not text:
+        return "the default (packaged all-MiniLM-L6-v2, cls+mean pooling)"
+    keys = ("model", "pooling", "max_length", "precision")
+    return ", ".join(f"{k} {text[k]}" for k in keys if k in text)
+
+
+def _config_lines(config: dict[str, Any]) -> list[str]:
+    lines = []
+    for section in ("model", "train", "pretrain", "eval"):
+        values = config.get(section) or {}
+        lines.append(f"- `{section}`: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return lines
+
+
+def finetune_card(settings: dict[str, Any], metrics: dict[str, Any], command: str) -> str:
+    """The card of a fine-tuning (or from-scratch) run."""
+    test, valid = metrics.get("test", {}), metrics.get("valid", {})
+    init = settings.get("init")
+    lines = [
+        f"# unisrec {metrics.get('mode', settings.get('mode'))} model of {metrics.get('dataset', '?')}",
+        "",
+        f"- Data: `{settings.get('data')}`",
+        f"- Start: {'pre-trained run `' + str(init) + '`' if init else 'from scratch (no pre-training)'}",
+        f"- Text encoder: {_text_encoder_line(settings.get('text_encoder'))}",
+        f"- Best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')} (selected on valid "
+        f"{settings.get('config', {}).get('train', {}).get('select_metric', 'ndcg@10')}), "
+        f"{metrics.get('seconds_train', 0):.0f} s training, peak memory {metrics.get('peak_memory_mb', 0):.0f} MB",
+        f"- Trainable parameters: {metrics.get('parameters', {}).get('trainable', '?')} of "
+        f"{metrics.get('parameters', {}).get('total', '?')}",
+        "",
+        "Full ranking over all items, leave-one-out:",
+        "",
+        "| split | recall@10 | ndcg@10 | recall@50 | ndcg@50 |",
+        "|---|---|---|---|---|",
+        "| valid " + _metrics_row(valid)[1:],
+        "| test " + _metrics_row(test)[1:],
+    ]
+    if "cold_cases" in test:
+        lines += ["", f"Cold items (never trained on): {int(test['cold_cases'])} test cases, "
+                  f"cold_recall@10 {test.get('cold_recall@10', 0):.4f}, cold_ndcg@10 {test.get('cold_ndcg@10', 0):.4f}"]
+    lines += ["", "## Command", "", "```bash", command, "```", "", "## Settings", "",
+              *_config_lines(settings.get("config", {})), ""]
+    return "\n".join(lines)
+
+
+def pretrain_card(settings: dict[str, Any], metrics: dict[str, Any], command: str,
+                  transfers: list[dict[str, Any]]) -> str:
+    """The card of a pre-training run, with the transfer results recorded so far."""
+    history = metrics.get("history") or []
+    last = history[-1] if history else {}
+    lines = [
+        "# unisrec universal pre-trained model (text only)",
+        "",
+        f"- Corpus: {len(metrics.get('domains', []))} domains: {', '.join(metrics.get('domains', []))}",
+        f"- Data folders: {', '.join('`' + d + '`' for d in settings.get('data', []))}",
+        f"- Text encoder: {_text_encoder_line(settings.get('text_encoder'))}",
+        f"- {metrics.get('steps')} steps, {metrics.get('epochs')} epochs, "
+        f"{metrics.get('seconds_train', 0) / 60:.1f} min training, "
+        f"{metrics.get('sequences_per_second', 0):.0f} windows/s, peak memory "
+        f"{metrics.get('peak_memory_mb', 0):.0f} MB, {metrics.get('world_size', 1)} process(es)",
+        "- Last epoch's loss terms: " + ", ".join(f"{k[6:]} {v:.4f}" for k, v in last.items()
+                                               if k.startswith("train_") and "@" not in k),
+        "",
+        "Use: `unisrec finetune DATA --mode inductive|transductive --init THIS_FOLDER --out RUN` (everything "
+        "fine-tunes, the encoder at a lower learning rate), or `unisrec evaluate THIS_FOLDER DATA` (zero-shot).",
+        "",
+        "## Transfer results",
+        "",
+    ]
+    if transfers:
+        lines += ["| target | mode | seed | recall@10 | ndcg@10 | recall@50 | ndcg@50 | run |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for t in transfers:
+            lines.append(f"| {t['dataset']} | {t['mode']} | {t['seed']} " + _metrics_row(t["test"])
+                         + f" `{t['run']}` |")
+    else:
+        lines.append("None recorded yet (each `unisrec finetune --init` of this model adds its test metrics here).")
+    lines += ["", "## Command", "", "```bash", command, "```", "", "## Recipe", "",
+              *_config_lines(settings.get("config", {})), ""]
+    return "\n".join(lines)
+
+
+def write_finetune_card(run_dir: Path, settings: dict[str, Any], metrics: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / "README.md", finetune_card(settings, metrics, command_line()))
+
+
+def write_pretrain_card(run_dir: Path, settings: dict[str, Any], metrics: dict[str, Any],
+                        command: str | None = None) -> None:
+    """(Re)write the pre-trained run's card; the command is kept in ``card.json`` for later rewrites."""
+    card_file = run_dir / "card.json"
+    saved = json.loads(card_file.read_text()) if card_file.exists() else {}
+    command = command or saved.get("command") or command_line()
+    transfers = saved.get("transfers", [])
+    atomic_write_json(card_file, {"command": command, "transfers": transfers})
+    atomic_write_text(run_dir / "README.md", pretrain_card(settings, metrics, command, transfers))
+
+
+def record_transfer(init_dir: Path, run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Add a finished transfer's test metrics to the pre-trained run's card (best effort: read-only inits skip)."""
+    card_file, run_file, metrics_file = init_dir / "card.json", init_dir / "run.json", init_dir / "metrics.json"
+    if not (card_file.exists() and run_file.exists() and metrics_file.exists()):
+        return
+    try:
+        saved = json.loads(card_file.read_text())
+        entry = {"dataset": metrics["dataset"], "mode": metrics["mode"], "seed": metrics["seed"],
+                 "test": {k: metrics["test"][k] for k in _METRIC_ORDER if k in metrics["test"]},
+                 "run": str(run_dir.resolve())}
+        transfers = [t for t in saved.get("transfers", []) if t.get("run") != entry["run"]] + [entry]
+        atomic_write_json(card_file, {**saved, "transfers": transfers})
+        settings = json.loads(run_file.read_text())
+        atomic_write_text(init_dir / "README.md", pretrain_card(
+            settings, json.loads(metrics_file.read_text()), saved.get("command", ""), transfers))
+    except OSError:
+        return
