@@ -215,3 +215,25 @@ def test_from_pretrained_rebuilds_each_baseline(tmp_path: Path, tiny_lm_dir: Pat
         model, config = from_pretrained(tmp_path / mode)
         assert type(model).__name__ == {"bert4rec": "BERT4Rec", "fdsa": "FDSA"}[mode]
         assert config["model"]["architecture"] == mode
+
+
+def test_textknn_ranks_items_by_text_similarity_to_the_last_item(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    data = prepare_synthetic(tmp_path / "d", n_users=30, n_items=20)
+    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
+    metrics = finetune(data, "textknn", tmp_path / "knn", overrides=SMALL, text_spec=spec)
+    assert metrics["trainable_parameters"] == [] and metrics["epochs"] == 0
+    dataset = load_processed(data)
+    from unisrec.finetune import load_text
+
+    text, _ = load_text(dataset, spec)
+    unit = torch.nn.functional.normalize(text, dim=-1).numpy()  # (N, D)
+    rows = dataset.target_rows("test")
+    last = dataset.items[rows - 1]  # the item just before each test target
+    scores = unit[last] @ unit.T  # (T, N)
+    target = scores[np.arange(len(rows)), dataset.items[rows]]
+    expected = (scores >= target[:, None] - 1e-6).sum(axis=1) - 1  # pessimistic ranks
+    got = np.load(tmp_path / "knn" / "ranks_test.npy")
+    np.testing.assert_allclose(got, expected, atol=1)  # float ties may differ by one place
+    assert (got == expected).mean() > 0.9
+    with pytest.raises(UnisrecError, match="--mode textknn trains from scratch"):
+        finetune(data, "textknn", tmp_path / "bad", init=tmp_path / "knn", overrides=SMALL)

@@ -59,3 +59,10 @@ def test_booleans_are_not_strings() -> None:
     assert RunConfig().with_overrides(["eval.exclude_seen=true"]).eval.exclude_seen is True
     with pytest.raises(ConfigError, match="expected true or false"):
         RunConfig().with_overrides(["eval.exclude_seen=1"])
+
+
+def test_paper_pretraining_config_has_the_papers_settings() -> None:
+    paper = load_config(Path(__file__).parent.parent / "configs" / "pretrain-paper.yaml")
+    assert (paper.train.batch_size, paper.train.lr, paper.train.epochs) == (8192, 1e-3, 300)
+    assert (paper.train.schedule, paper.train.precision, paper.pretrain.word_drop_variants) == ("constant", "float32", 3)
+    assert paper.pretrain.lambda_ss == 1e-3

@@ -16,6 +16,8 @@ They are picked by ``--mode`` (``ModelConfig.architecture``); all train with a f
   one over item features, concatenated and projected; dot product with the ID embeddings. The features here
   are the frozen language-model vectors of the item texts through a linear layer (the paper's attribute
   embeddings and their vanilla attention collapse to this when an item has one feature vector).
+- ``textknn``: the last item's nearest neighbours by the cosine of the frozen language-model vectors (no
+  parameters, no training): the text-only floor of the cold-item protocol.
 - ``zesrec`` (ZESRec-style, after Ding et al., 2021): text-only items, v_i = MLP(x_i) (dropout -> linear ->
   GELU -> linear) of the frozen language-model vector, a SASRec-style causal Transformer over them, dot-product
   full softmax. No ID anywhere, so a model trained on one domain scores another domain's items from their text
@@ -255,7 +257,24 @@ class ZESRec(Baseline):
         return self.encoder(F.embedding(sequences, table), self.input_norm, self.input_dropout)  # (B, L, H)
 
 
-BASELINES: dict[str, type[Baseline]] = {"gru4rec": GRU4Rec, "bert4rec": BERT4Rec, "fdsa": FDSA, "zesrec": ZESRec}
+class TextKNN(Baseline):
+    """Text-only nearest neighbours of the last item: score(i) = cos(x_last, x_i) of the language-model vectors.
+
+    No parameters and no training (``finetune`` evaluates it as is): the floor any text model must beat,
+    above all on cold items, which it scores exactly like warm ones.
+    """
+
+    def item_table(self, items: Tensor | None = None, text: Tensor | None = None) -> Tensor:
+        return F.normalize(self._texts(items, text), dim=-1)  # (N, D) or (M, D) unit vectors
+
+    def encode(self, sequences: Tensor, table: Tensor) -> Tensor:
+        self._check_length(sequences, self.config.max_seq_len)
+        return F.embedding(sequences, table)  # (B, L, D): each position's state is its item's vector
+
+
+BASELINES: dict[str, type[Baseline]] = {
+    "gru4rec": GRU4Rec, "bert4rec": BERT4Rec, "fdsa": FDSA, "zesrec": ZESRec, "textknn": TextKNN,
+}
 
 
 def build_model(config: ModelConfig, n_items: int, text: Tensor | None = None) -> UniSRec | Baseline:

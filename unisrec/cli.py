@@ -164,11 +164,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="compute precision of the language model when item texts are encoded")
 
 
-def _run_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
-    """The --config file plus the dotted overrides (--section.field=value) and the named shortcuts."""
+def _run_config(args: argparse.Namespace, default: RunConfig | None = None) -> tuple[RunConfig, list[str]]:
+    """The --config file (else ``default``) plus the dotted overrides (--section.field=value) and shortcuts."""
     from unisrec.config import RunConfig, load_config
 
-    config = load_config(args.config) if args.config else RunConfig()
+    config = load_config(args.config) if args.config else (default or RunConfig())
     overrides = list(args.overrides)
     for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"), ("device", "train.device")):
         if getattr(args, flag) is not None:
@@ -263,9 +263,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from unisrec.pretrain import pretrain
+    from unisrec.pretrain import pretrain, recipe_config
 
-    config, overrides = _run_config(args)
+    config, overrides = _run_config(args, recipe_config())
     metrics = pretrain(
         args.data_dirs,
         args.out,
@@ -406,6 +406,22 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_record(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("record", help="write small JSON records of finished runs (results/NAME/RUN.json)",
+                       description="One record per run folder: command, settings, code commit, data and text "
+                       "fingerprints, metrics, curve, time, memory, machine, long-tail counts (unisrec/records.py).")
+    p.add_argument("run_dirs", type=Path, nargs="+", help="finished run folders")
+    p.add_argument("--out-dir", required=True, type=Path, help="folder of the records (e.g. results/transfer)")
+    p.set_defaults(handler=_run_record)
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from unisrec.records import write_records
+
+    print(json.dumps({"records": [str(p) for p in write_records(args.run_dirs, args.out_dir)]}))
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare,
     _add_finetune,
@@ -414,7 +430,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 COMMANDS.append(_add_encode)
 COMMANDS += [_add_recommend, _add_export, _add_serve]
-COMMANDS.append(_add_report)
+COMMANDS += [_add_report, _add_record]
 
 
 def build_parser() -> argparse.ArgumentParser:

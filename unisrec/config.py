@@ -21,20 +21,20 @@ import yaml
 from unisrec.errors import ConfigError
 
 ItemRepr = Literal["text", "text+id", "id"]
-Architecture = Literal["unisrec", "bert4rec", "gru4rec", "fdsa", "zesrec"]
+Architecture = Literal["unisrec", "bert4rec", "gru4rec", "fdsa", "zesrec", "textknn"]
 # --mode -> item representation, and -> network (unisrec: the UniSRec class, which is SASRec for item_repr=id;
 # the baselines live in unisrec/baselines.py)
 MODES: dict[str, ItemRepr] = {
     "inductive": "text", "transductive": "text+id", "sasrec": "id",
-    "bert4rec": "id", "gru4rec": "id", "fdsa": "text+id", "zesrec": "text",
+    "bert4rec": "id", "gru4rec": "id", "fdsa": "text+id", "zesrec": "text", "textknn": "text",
 }
 MODE_ARCHITECTURE: dict[str, Architecture] = {
     "inductive": "unisrec", "transductive": "unisrec", "sasrec": "unisrec",
-    "bert4rec": "bert4rec", "gru4rec": "gru4rec", "fdsa": "fdsa", "zesrec": "zesrec",
+    "bert4rec": "bert4rec", "gru4rec": "gru4rec", "fdsa": "fdsa", "zesrec": "zesrec", "textknn": "textknn",
 }
 _ARCHITECTURE_ITEM_REPR: dict[str, tuple[str, ...]] = {
     "unisrec": ("text", "text+id", "id"), "bert4rec": ("id",), "gru4rec": ("id",), "fdsa": ("text+id",),
-    "zesrec": ("text",),
+    "zesrec": ("text",), "textknn": ("text",),
 }
 
 

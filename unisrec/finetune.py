@@ -39,9 +39,9 @@ from unisrec.evaluate import evaluate, rank_split
 from unisrec.losses import full_softmax_ce
 from unisrec.metrics import ranking_metrics
 from unisrec.model import UniSRec
-from unisrec.model_card import record_transfer, write_finetune_card
+from unisrec.model_card import command_line, record_transfer, write_finetune_card
 from unisrec.runs import fingerprint, open_run_dir, seed_everything
-from unisrec.train import ENCODER_PREFIX, Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
+from unisrec.train import ENCODER_PREFIX, Task, TrainState, clear_checkpoint, fit, peak_memory_mb, resolve_device
 from unisrec.training_data import train_lengths, training_sequences
 
 __all__ = ["finetune", "load_text", "train_lengths", "zero_shot_model"]
@@ -86,7 +86,7 @@ def resolve_model_config(config: RunConfig, mode: str, init: Path | None, overri
         keys = [o.split("=", 1)[0].lstrip("-") for o in overrides]
         fields = [key.split(".", 1)[1] for key in keys if key.startswith("model.")]
         model = replace(model, **{f: getattr(config.model, f) for f in fields})
-        if mode == "sasrec" or MODE_ARCHITECTURE[mode] in ("gru4rec", "bert4rec", "fdsa"):
+        if mode == "sasrec" or MODE_ARCHITECTURE[mode] in ("gru4rec", "bert4rec", "fdsa", "textknn"):
             raise UnisrecError(f"--init transfers a text model; --mode {mode} trains from scratch")
         if model.architecture != MODE_ARCHITECTURE[mode]:
             raise UnisrecError(f"--init {init}: a {model.architecture} run cannot initialise --mode {mode}")
@@ -245,21 +245,26 @@ def finetune(
     def save_best() -> None:
         save_pretrained(model, out, item_ids=list(dataset.item_ids), item_texts=dataset.item_texts, extra=extra)
 
-    state = fit(
-        model,
-        Task(
-            task.batches,
-            task.steps,
-            task.loss,
-            validate=lambda: evaluate(model, dataset, "valid", config.eval, device),
-            save_best=save_best,
-        ),
-        config.train,
-        out,
-        device=device,
-        fingerprint=fingerprint(settings),
-        dist=dist,
-    )
+    if not trainable:  # nothing to learn (textknn): evaluated as it is
+        state = TrainState(best_epoch=0)
+        if dist.is_main:
+            save_best()
+    else:
+        state = fit(
+            model,
+            Task(
+                task.batches,
+                task.steps,
+                task.loss,
+                validate=lambda: evaluate(model, dataset, "valid", config.eval, device),
+                save_best=save_best,
+            ),
+            config.train,
+            out,
+            device=device,
+            fingerprint=fingerprint(settings),
+            dist=dist,
+        )
     dist.barrier()
     best = load_file(str(out / "model.safetensors"))
     model.load_state_dict(best, strict=True)
@@ -289,6 +294,7 @@ def finetune(
         "seed": config.train.seed,
         "dataset": dataset.name,
         "device": str(device),
+        "command": command_line(),
     }
     if dist.is_main:
         save_ranks(out, test_ranks)

@@ -1,0 +1,160 @@
+"""Small, committed records of finished runs: ``results/<report>/<run>.json`` (no weights, no per-user data).
+
+A record holds what a table cell or a re-verification needs: the exact command, settings and seed, the git
+commit of the code, fingerprints of the data and of the text vectors, valid and test metrics, the best
+epoch and the per-epoch curve, wall time and peak memory, the machine, and the long-tail counts (hits per
+popularity group of the test targets, so long-tail tables need no per-user ranks).
+
+    unisrec record RUN_DIR [RUN_DIR ...] --out-dir results/NAME       # writes results/NAME/<run folder>.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unisrec.atomic import atomic_write_json
+from unisrec.errors import UnisrecError
+
+RECORD_FORMAT = "unisrec-run-record"
+RECORD_VERSION = 1
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnisrecError(f"{path}: missing; is this a finished unisrec run?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnisrecError(f"{path}: not valid JSON ({exc})") from None
+
+
+def git_commit(start: Path | None = None) -> dict[str, Any]:
+    """{"commit": sha, "dirty": bool} of the repository holding the unisrec sources (or {} outside one)."""
+    where = start or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                            "processor": platform.processor() or platform.machine(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """sha256 over a processed dataset's data files (interactions, items, users)."""
+    digest = hashlib.sha256()
+    for name in ("interactions.parquet", "items.parquet", "users.parquet"):
+        path = data_dir / name
+        if path.exists():
+            digest.update(name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _curve(run_dir: Path) -> list[dict[str, Any]]:
+    curve = []
+    log = run_dir / "train.log"
+    if not log.exists():
+        return curve
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed run
+        point = {k: v for k, v in entry.items() if k in ("epoch", "seconds", "lr") or k.startswith("train_")}
+        if "valid" in entry:
+            point["valid"] = {k: v for k, v in entry["valid"].items() if k.split("@")[0] in ("recall", "ndcg")}
+        curve.append(point)
+    return curve
+
+
+def _long_tail(run_dir: Path, data_dir: Path) -> list[dict[str, Any]] | None:
+    from unisrec.analysis import RANKS_FILE, popularity_groups, split_targets, training_frequency
+    from unisrec.datasets.processed import load_processed
+
+    if not (run_dir / RANKS_FILE).exists() or not data_dir.exists():
+        return None
+    ranks = np.load(run_dir / RANKS_FILE)
+    dataset = load_processed(data_dir)
+    groups = popularity_groups(training_frequency(dataset), split_targets(dataset), 5)
+    if len(groups.target_group) != len(ranks):
+        return None
+    rows = []
+    for g in range(len(groups.n_items)):
+        here = ranks[groups.target_group == g]
+        rows.append({"group": g, "frequency_range": list(groups.frequency_range[g]), "items": int(groups.n_items[g]),
+                     "targets": len(here), "hits@10": int((here < 10).sum()), "hits@50": int((here < 50).sum()),
+                     "dcg@10": round(float(np.where(here < 10, 1.0 / np.log2(here + 2.0), 0.0).sum()), 6)})
+    return rows
+
+
+def run_record(run_dir: str | Path) -> dict[str, Any]:
+    """The record of one finished run folder (fine-tuning, pre-training or zero-shot evaluation)."""
+    run_dir = Path(run_dir)
+    settings = _read_json(run_dir / "run.json")
+    metrics = _read_json(run_dir / "metrics.json")
+    config_file = run_dir / "config.json"
+    text = _read_json(config_file).get("text_encoder") if config_file.exists() else None
+    data = settings.get("data")
+    record: dict[str, Any] = {
+        "format": RECORD_FORMAT,
+        "format_version": RECORD_VERSION,
+        "run": run_dir.name,
+        "kind": settings.get("command"),
+        "command": metrics.get("command"),
+        "mode": settings.get("mode"),
+        "init": Path(settings["init"]).name if settings.get("init") else None,
+        "seed": settings.get("config", {}).get("train", {}).get("seed"),
+        "config": settings.get("config"),
+        "code": git_commit(),
+        "text_vectors": text,
+        "valid": metrics.get("valid"),
+        "test": metrics.get("test"),
+        "best_epoch": metrics.get("best_epoch"),
+        "epochs": metrics.get("epochs"),
+        "steps": metrics.get("steps"),
+        "seconds_train": metrics.get("seconds_train"),
+        "seconds_per_epoch": metrics.get("seconds_per_epoch"),
+        "peak_memory_mb": metrics.get("peak_memory_mb"),
+        "parameters": metrics.get("parameters"),
+        "device": metrics.get("device", "cpu"),
+        "machine": machine(),
+        "curve": _curve(run_dir),
+    }
+    if isinstance(data, str):
+        name = metrics.get("dataset") or Path(data).name
+        record["data"] = {"name": name, "fingerprint": data_fingerprint(Path(data))}
+        record["long_tail"] = _long_tail(run_dir, Path(data))
+    elif isinstance(data, list):
+        record["data"] = [{"name": Path(d).name, "fingerprint": data_fingerprint(Path(d))} for d in data]
+    return record
+
+
+def write_records(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """Write ``out_dir/<run folder name>.json`` for each run; returns the files written."""
+    written = []
+    for run_dir in run_dirs:
+        record = run_record(run_dir)
+        path = out_dir / f"{run_dir.name}.json"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+        written.append(path)
+    return written
