@@ -39,7 +39,6 @@ from unisrec.runs import fingerprint, open_run_dir, seed_everything
 from unisrec.train import Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
 from unisrec.training_data import train_lengths
 
-
 # The default recipe of `unisrec pretrain` (chosen on validation; README "Pre-training that pays"): on top of
 # RunConfig's defaults. The paper's own settings are configs/pretrain-paper.yaml.
 RECIPE: tuple[str, ...] = (
