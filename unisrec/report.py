@@ -28,6 +28,7 @@ from typing import Any, Literal, TextIO
 from unisrec.atomic import atomic_write_json
 from unisrec.config import RunConfig, load_config
 from unisrec.errors import UnisrecError
+from unisrec.locking import hold_folder
 from unisrec.report_config import ReportConfig, load_report_config
 
 Kind = Literal["prepare", "pretrain", "finetune", "zeroshot"]
@@ -233,6 +234,8 @@ def run_report(
     log = log or sys.stderr
     config = load_report_config(config_path, data_root=data_root)
     out = Path(out)
+    if not dry_run:
+        hold_folder(out)  # one report runner per report folder
     runs = plan_runs(config, out, only)
     if dry_run:
         for run in runs:

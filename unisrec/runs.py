@@ -13,6 +13,7 @@ import torch
 
 from unisrec.atomic import atomic_write_json
 from unisrec.errors import UnisrecError
+from unisrec.locking import hold_folder
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -24,6 +25,7 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
 
     A finished run, or a folder holding something else, is never replaced without ``overwrite``.
     """
+    hold_folder(out)  # a second writer of ``out`` stops here: "... in use by process PID"
     run_file = out / "run.json"
     if out.exists() and overwrite:
         if any(out.iterdir()) and not run_file.exists():

@@ -35,6 +35,7 @@ from unisrec import __version__
 from unisrec.atomic import atomic_write
 from unisrec.datasets.processed import ProcessedDataset, load_processed
 from unisrec.errors import UnisrecError
+from unisrec.locking import hold, release
 
 if TYPE_CHECKING:
     import torch
@@ -498,17 +499,22 @@ def _cached(
     n_items = int(expected["n_items"])
     if not force and meta is not None and _matches(meta, expected):
         return EncodeResult(path, n_items, int(meta["dim"]), time.perf_counter() - start, 0.0, True)
-    encoder = source.get()
-    encode_start = time.perf_counter()
-    matrix = compute(encoder)
-    encode_seconds = time.perf_counter() - encode_start
-    info = {
-        "model": source.spec.model,
-        "model_path": str(encoder.path),
-        "dim": str(encoder.dim),
-        "unisrec_version": __version__,
-    }
-    _write(path, matrix, {**expected, **info})
+    lock = path.parent / f".{path.name}.lock"
+    hold(lock, str(path))  # one writer per vector file (readers of a finished file need no lock)
+    try:
+        encoder = source.get()
+        encode_start = time.perf_counter()
+        matrix = compute(encoder)
+        encode_seconds = time.perf_counter() - encode_start
+        info = {
+            "model": source.spec.model,
+            "model_path": str(encoder.path),
+            "dim": str(encoder.dim),
+            "unisrec_version": __version__,
+        }
+        _write(path, matrix, {**expected, **info})
+    finally:
+        release(lock)
     n_encoded = int(np.prod(matrix.shape[:-1]))  # N, or V * N
     seconds = time.perf_counter() - start
     return EncodeResult(path, n_items, encoder.dim, seconds, encode_seconds, False, n_encoded, encoder)

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from unisrec.atomic import atomic_directory
 from unisrec.errors import DataError, UnisrecError
+from unisrec.locking import hold_folder
 
 FORMAT_VERSION = 1
 TRAIN, VALID, TEST = 0, 1, 2
@@ -121,6 +122,7 @@ def write_processed(dataset: ProcessedDataset, out: str | Path, *, overwrite: bo
     """Write ``dataset`` as a processed folder at ``out`` atomically (all files or none)."""
     dataset.validate()
     out = Path(out)
+    hold_folder(out)  # one writer per dataset folder
     check_output_folder(out, overwrite=overwrite)
     users = dataset.user_of_rows().astype(np.int32)
     with atomic_directory(out, replace=True) as tmp:

@@ -1,0 +1,65 @@
+"""One writer per output: a second process is refused with the holder's PID; a dead holder's lock is taken over."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import prepare_synthetic
+
+from unisrec.cli import main
+from unisrec.errors import UnisrecError
+from unisrec.locking import hold_folder, release
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from unisrec.locking import hold_folder
+hold_folder(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _holder(folder: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_writer_is_refused_then_takes_over_a_dead_holders_lock(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _holder(out)
+    try:
+        with pytest.raises(UnisrecError, match=rf"{out}: in use by process {proc.pid}$"):
+            hold_folder(out)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (tmp_path / ".run.lock").exists()  # the dead holder's file is left behind ...
+    hold_folder(out)  # ... and taken over
+    release(out.parent / ".run.lock")
+
+
+def test_finetune_on_an_output_in_use_exits_2(tmp_path: Path, tiny_lm_dir: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=12)
+    out = tmp_path / "busy"
+    proc = _holder(out)
+    try:
+        code = main(["finetune", str(data), "--mode", "inductive", "--out", str(out), "--epochs", "1",
+                     "--text-model", str(tiny_lm_dir), "--model.hidden_size=8", "--model.inner_size=8"])
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"unisrec finetune: error: {out}: in use by process {proc.pid}"]
+    assert not out.exists()  # nothing written by the refused run
+    code = main(["finetune", str(data), "--mode", "inductive", "--out", str(out), "--epochs", "1",
+                 "--text-model", str(tiny_lm_dir), "--model.hidden_size=8", "--model.inner_size=8",
+                 "--train.progress=false"])
+    assert code == 0 and (out / "metrics.json").exists()

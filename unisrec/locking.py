@@ -1,0 +1,53 @@
+"""One writer per output: an advisory lock held for the life of the process that writes a folder.
+
+``hold(path, what)`` takes an exclusive ``flock`` on the lock file ``path`` and keeps it until the process
+exits (or ``release``). A second process asking for the same lock fails at once with
+``<what>: in use by process PID``. The kernel drops a ``flock`` when its holder dies, even by kill -9, so a
+stale lock file left behind is simply taken over by the next writer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO
+
+from unisrec.errors import UnisrecError
+
+_HELD: dict[Path, IO[str]] = {}
+
+
+def hold(path: Path, what: str) -> None:
+    """Take the lock ``path`` for this process (re-entrant) or raise ``UnisrecError`` naming its holder."""
+    import fcntl
+
+    path = path.resolve()
+    if path in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 (kept open: the lock lives as long as the handle)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise UnisrecError(f"{what}: in use by process {holder}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD[path] = handle
+
+
+def release(path: Path) -> None:
+    """Drop a lock this process holds (a no-op otherwise)."""
+    handle = _HELD.pop(path.resolve(), None)
+    if handle is not None:
+        handle.close()
+
+
+def hold_folder(folder: Path) -> None:
+    """Lock the output folder ``folder`` (lock file ``.NAME.lock`` beside it, so that replacing the folder
+    atomically keeps the lock)."""
+    hold(folder.parent / f".{folder.name}.lock", str(folder))
