@@ -31,7 +31,7 @@ def probe(run_dir: str, k: int, include_seen: bool) -> dict[str, object]:
     recommender = recommender_of(model)
     recommender.add_items([t for _, t in SERIES], [i for i, _ in SERIES])
     history = [SERIES[0][0], SERIES[1][0]]
-    ranked = recommender.recommend([history], k=max(k, 10), exclude_seen=not include_seen)[0]
+    ranked = recommender.recommend_lists([history], k=max(k, 10), exclude_seen=not include_seen)[0]
     ids = [r.item_id for r in ranked]
     rows = recommender.catalogue.lookup([i for i, _ in SERIES])
     with torch.no_grad():

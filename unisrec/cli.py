@@ -311,7 +311,7 @@ def _run_recommend(args: argparse.Namespace) -> int:
     recommender = recommender_of(UniSRec.from_pretrained(args.run_dir, args.device))
     for lo in range(0, len(records), 256):
         part = records[lo : lo + 256]
-        results = recommender.recommend([r["history"] for r in part], args.k, not args.include_seen, args.by_text)
+        results = recommender.recommend_lists([r["history"] for r in part], args.k, not args.include_seen, args.by_text)
         for record, ranked in zip(part, results, strict=True):
             out = {**record, "results": [asdict(r) for r in ranked]}
             print(json.dumps(out, ensure_ascii=False))

@@ -208,6 +208,8 @@ class Recommender:
         self._coarse: CoarseTable | None = None  # its bfloat16 copy for the exact coarse-to-fine top-k
         self._key: tuple[tuple[int, int], ...] = ()
         self._faiss: Any = None
+        self.users: dict[str, list[str]] = {}  # known users' histories (``set_users``)
+        self.run_dir: Any = None  # the run folder it was trained in (``unisrec.fit``), if any
 
     # -- tables ------------------------------------------------------------------------------------------
 
@@ -343,10 +345,10 @@ class Recommender:
         seen = [np.unique(h) if flag else h[:0] for h, flag in zip(histories, flags, strict=True)]
         return [self._format(r) for r in self.top_rows(queries, k, seen)]
 
-    def recommend(
+    def recommend_lists(
         self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True, by_text: bool = False
     ) -> list[list[Recommendation]]:
-        """Top-k recommendations of each history (item ids, or raw texts with ``by_text``)."""
+        """Top-k recommendations of each history (item ids, or raw texts with ``by_text``), as lists."""
         if len(self.catalogue) == 0:
             raise UnisrecError("the catalogue is empty; add items first (add_items)")
         if not by_text:
@@ -354,6 +356,40 @@ class Recommender:
         queries = self.queries_of_texts(histories)
         seen = [self.catalogue.rows_with_texts(h) if exclude_seen else np.zeros(0, np.int64) for h in histories]
         return [self._format(r) for r in self.top_rows(queries, k, seen)]
+
+    # -- the DataFrame API (RecTools style): always a DataFrame user_id, item_id, score, rank, text -------
+
+    def set_users(self, histories: dict[str, Sequence[str]]) -> None:
+        """Known users and their histories (item ids, oldest first): what ``recommend(users=...)`` ranks for."""
+        self.users = {str(u): [str(i) for i in h] for u, h in histories.items()}
+
+    def recommend(self, users: Sequence[Any], k: int = 10, exclude_seen: bool = True) -> Any:
+        """Top-k of known users (``set_users``; ``unisrec.fit`` sets the dataset's users) as a DataFrame with
+        columns user_id, item_id, score, rank (1..k), text; users in the order asked."""
+        known = self.users
+        if isinstance(users, str) or not isinstance(users, Sequence):
+            raise UnisrecError("users must be a list of user ids")
+        asked = [_as_id(u) for u in users]
+        unknown = [u for u in asked if u not in known]
+        if unknown:
+            some = ", ".join(repr(u) for u in unknown[:5])
+            some += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            examples = ", ".join(repr(u) for u in list(known)[:3]) or "none"
+            raise UnisrecError(f"unknown users: {some} ({len(known)} users known, e.g. {examples}); "
+                               "use recommend_histories for other histories")
+        results = self.recommend_lists([known[u] for u in asked], k, exclude_seen) if asked else []
+        return to_frame(results, asked)
+
+    def recommend_histories(
+        self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True, by_text: bool = False
+    ) -> Any:
+        """Top-k of ad-hoc histories (item ids, or texts with ``by_text``) as a DataFrame like ``recommend``;
+        user_id is the history's position in ``histories``."""
+        if isinstance(histories, str) or not all(isinstance(h, Sequence) and not isinstance(h, str)
+                                                 for h in histories):
+            raise UnisrecError("histories must be a list of lists of item ids (or texts)")
+        results = self.recommend_lists(histories, k, exclude_seen, by_text) if len(histories) else []
+        return to_frame(results, list(range(len(histories))))
 
     def _format(self, ranked: list[tuple[int, float]]) -> list[Recommendation]:
         ids, texts = self.catalogue.item_ids, self.catalogue.texts
@@ -496,19 +532,21 @@ def recommend(
     if isinstance(histories, str) or not isinstance(histories, Sequence) or len(histories) == 0:
         raise UnisrecError("give one history (a list of item ids) or a non-empty list of histories")
     if all(isinstance(entry, str) for entry in histories):
-        return recommender_of(model).recommend([histories], k, exclude_seen, by_text)[0]
+        return recommender_of(model).recommend_lists([histories], k, exclude_seen, by_text)[0]
     if not all(isinstance(h, Sequence) and not isinstance(h, str) for h in histories):
         raise UnisrecError("a history is a list of item ids (or texts); got a mix of lists and other values")
-    results = recommender_of(model).recommend(histories, k, exclude_seen, by_text)
-    return to_frame(results)
+    results = recommender_of(model).recommend_lists(histories, k, exclude_seen, by_text)
+    frame = to_frame(results, list(range(len(results))))
+    return frame.rename(columns={"user_id": "history"})[["history", "rank", "item_id", "score", "text"]]
 
 
-def to_frame(results: list[list[Recommendation]]) -> Any:
+def to_frame(results: list[list[Recommendation]], users: Sequence[Any]) -> Any:
+    """Ranked lists -> DataFrame user_id, item_id, score, rank (1 = best), text; one block per user in order."""
     import pandas as pd
 
     rows = [
-        {"history": h, "rank": rank, "item_id": r.item_id, "score": r.score, "text": r.text}
-        for h, ranked in enumerate(results)
+        {"user_id": user, "item_id": r.item_id, "score": r.score, "rank": rank, "text": r.text}
+        for user, ranked in zip(users, results, strict=True)
         for rank, r in enumerate(ranked, start=1)
     ]
-    return pd.DataFrame(rows, columns=["history", "rank", "item_id", "score", "text"])
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "score", "rank", "text"])

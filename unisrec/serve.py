@@ -246,7 +246,7 @@ def create_app(model: UniSRec, *, max_batch: int = 64) -> FastAPI:
             return {"results": [[] for _ in request.histories]}
         if request.by_text:
             results = await run_in_threadpool(
-                recommender.recommend, request.histories, request.k, request.exclude_seen, True
+                recommender.recommend_lists, request.histories, request.k, request.exclude_seen, True
             )
             return _records(results)
         rows = recommender.resolve(request.histories)

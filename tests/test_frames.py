@@ -1,0 +1,86 @@
+"""The DataFrame API: Dataset.from_frames equals `unisrec prepare`, fit returns a Recommender of DataFrames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_synthetic_source
+
+import unisrec
+from unisrec.datasets import PrepareOptions, load_processed, prepare
+from unisrec.errors import UnisrecError
+
+COLUMNS = ["user_id", "item_id", "score", "rank", "text"]
+
+
+@pytest.fixture
+def frames(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    source = write_synthetic_source(tmp_path / "src", n_users=40, n_items=20, seed=3)
+    interactions = pd.read_csv(source / "interactions.csv", dtype={"user_id": str, "item_id": str})
+    items = pd.read_csv(source / "items.csv", dtype={"item_id": str})
+    return interactions, items, source
+
+
+def test_from_frames_equals_prepare_of_the_same_csv(frames: tuple[pd.DataFrame, pd.DataFrame, Path],
+                                                    tmp_path: Path) -> None:
+    interactions, items, source = frames
+    ds = unisrec.Dataset.from_frames(interactions.sample(frac=1.0, random_state=0), items, user_core=0,
+                                     item_core=0, out=tmp_path / "ds")
+    prepare(source, "csv", tmp_path / "cli", options=PrepareOptions(user_core=0, item_core=0))
+    a, b = ds.processed, load_processed(tmp_path / "cli")
+    assert sorted(a.user_ids) == sorted(b.user_ids)
+    for user in b.user_ids:  # same sequences and split, whatever the row order of the input frame
+        ia, ib = list(a.user_ids).index(user), list(b.user_ids).index(user)
+        np.testing.assert_array_equal(a.item_ids[a.sequence(ia)], b.item_ids[b.sequence(ib)])
+        np.testing.assert_array_equal(a.split[a.offsets[ia] : a.offsets[ia + 1]],
+                                      b.split[b.offsets[ib] : b.offsets[ib + 1]])
+    assert ds.n_items == b.n_items and ds.n_users == b.n_users
+
+
+def test_fit_recommends_dataframes_for_users_and_histories(frames: tuple[pd.DataFrame, pd.DataFrame, Path],
+                                                           tiny_lm_dir: Path, tmp_path: Path) -> None:
+    interactions, items, _ = frames
+    interactions = interactions.assign(timestamp=pd.to_datetime(interactions["timestamp"], unit="s"))
+    ds = unisrec.Dataset.from_frames(interactions, items, user_core=0, item_core=0)
+    rec = unisrec.fit(ds, mode="inductive", epochs=1, seed=1, text_spec={"model": str(tiny_lm_dir)},
+                      train__progress=False, **{"model.hidden_size": 16, "model.inner_size": 16})
+    assert isinstance(rec, unisrec.Recommender)
+    top = rec.recommend(users=["u5", "u1"], k=4)
+    assert list(top.columns) == COLUMNS and list(top["user_id"]) == ["u5"] * 4 + ["u1"] * 4
+    assert list(top["rank"]) == [1, 2, 3, 4] * 2
+    histories = ds.user_histories()
+    for user, block in top.groupby("user_id", sort=False):
+        assert not set(block["item_id"]) & set(histories[str(user)])  # exclude_seen=True by default
+        assert block["score"].is_monotonic_decreasing
+        texts = dict(zip(items["item_id"], items["title"], strict=True))
+        assert list(block["text"]) == [texts[i] for i in block["item_id"]]
+    kept = rec.recommend(users=["u5"], k=30, exclude_seen=False)
+    assert len(kept) == ds.n_items  # nothing excluded: the whole catalogue
+    adhoc = rec.recommend_histories([histories["u5"], ["i1", "i7"]], k=3)
+    assert list(adhoc.columns) == COLUMNS and list(adhoc["user_id"]) == [0, 0, 0, 1, 1, 1]
+    pd.testing.assert_frame_equal(adhoc[adhoc["user_id"] == 0].drop(columns="user_id").reset_index(drop=True),
+                                  top[top["user_id"] == "u5"].head(3).drop(columns="user_id").reset_index(drop=True))
+    with pytest.raises(UnisrecError, match=r"unknown users: 'nobody', 'u999' \(40 users known, e.g. 'u0'"):
+        rec.recommend(users=["u1", "nobody", "u999"])
+    assert rec.recommend(users=[], k=3).empty and list(rec.recommend(users=[], k=3).columns) == COLUMNS
+    metrics = (rec.run_dir / "metrics.json").read_text()
+    assert '"seed": 1' in metrics
+
+
+def test_fit_rejects_unknown_settings_and_frames_name_bad_columns(frames: tuple[pd.DataFrame, pd.DataFrame, Path],
+                                                                  tmp_path: Path) -> None:
+    interactions, items, _ = frames
+    with pytest.raises(UnisrecError, match="interactions: no column 'time'; the frame has: user_id, item_id, times"):
+        unisrec.Dataset.from_frames(interactions, items, time_col="time")
+    half = interactions.assign(timestamp=interactions["timestamp"] + 0.5)
+    with pytest.raises(UnisrecError, match=r"column 'timestamp' row 0: .* not a whole number of seconds"):
+        unisrec.Dataset.from_frames(half, items)
+    twice = pd.concat([items, items.head(1)])
+    with pytest.raises(UnisrecError, match="items: item id 'i0' appears twice"):
+        unisrec.Dataset.from_frames(interactions, twice)
+    ds = unisrec.Dataset.from_frames(interactions, items, user_core=0, item_core=0)
+    with pytest.raises(UnisrecError, match="unknown setting 'speed'"):
+        unisrec.fit(ds, speed=3)

@@ -1,0 +1,179 @@
+"""The DataFrame API: pandas in, pandas out (in the spirit of RecTools).
+
+    import unisrec
+    ds = unisrec.Dataset.from_frames(interactions, items, user_col="user_id", item_col="item_id",
+                                     time_col="timestamp", text_col="title")   # same filtering/split as prepare
+    rec = unisrec.fit(ds, mode="inductive", epochs=2, seed=1)    # -> Recommender (out=None: temporary run)
+    rec.recommend(users=["u1", "u2"], k=10)                    # DataFrame user_id, item_id, score, rank, text
+    rec.recommend_histories([["i1", "i7"]], k=10)              # ad-hoc histories (user_id = row)
+
+A ``Dataset`` is a processed dataset folder (``unisrec prepare``'s output), so everything the CLI does works
+on it too; ``fit`` is ``unisrec finetune`` and returns the run's ``Recommender`` with the dataset's users.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from unisrec.config import RunConfig
+from unisrec.datasets.pipeline import PrepareOptions, RawData, build_dataset
+from unisrec.datasets.processed import ProcessedDataset, load_processed, write_processed
+from unisrec.errors import UnisrecError
+from unisrec.recommend import Recommender
+
+_SHORTCUTS = {"epochs": "train.epochs", "seed": "train.seed", "device": "train.device", "lr": "train.lr",
+              "batch_size": "train.batch_size", "threads": "train.threads"}
+
+
+def _temporary_folder(prefix: str) -> Path:
+    """A folder removed when the interpreter exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _column(frame: Any, name: str, what: str) -> Any:
+    if name not in frame.columns:
+        found = ", ".join(map(str, frame.columns)) or "(none)"
+        raise UnisrecError(f"{what}: no column {name!r}; the frame has: {found}")
+    return frame[name]
+
+
+def _timestamps(values: Any, column: str) -> np.ndarray:
+    """(E,) int64 Unix seconds from integers, datetimes (naive = UTC) or whole-second floats."""
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(values):
+        stamps = pd.to_datetime(values, utc=True)
+        if stamps.isna().any():
+            row = int(stamps.isna().argmax())
+            raise UnisrecError(f"interactions: column {column!r} has a missing time at row {row}")
+        return (stamps.astype("int64") // 1_000_000_000).to_numpy(dtype=np.int64)
+    if pd.api.types.is_integer_dtype(values):
+        return values.to_numpy(dtype=np.int64)
+    if pd.api.types.is_float_dtype(values):
+        array = values.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(array) | (array != np.floor(array))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise UnisrecError(f"interactions: column {column!r} row {row}: {array[row]!r} is not a whole number "
+                               "of seconds; pass integers or datetimes")
+        return array.astype(np.int64)
+    raise UnisrecError(f"interactions: column {column!r} must hold integers (Unix seconds) or datetimes, "
+                       f"got dtype {values.dtype}")
+
+
+class Dataset:
+    """A processed dataset (users' sequences, item texts, leave-one-out split) kept in a folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.processed: ProcessedDataset = load_processed(self.path)
+
+    @classmethod
+    def from_frames(
+        cls,
+        interactions: Any,
+        items: Any,
+        *,
+        user_col: str = "user_id",
+        item_col: str = "item_id",
+        time_col: str = "timestamp",
+        text_col: str = "title",
+        name: str = "frames",
+        out: str | Path | None = None,
+        user_core: int = 5,
+        item_core: int = 5,
+    ) -> Dataset:
+        """Interactions (user, item, time) and items (item, text) DataFrames -> a Dataset, filtered and split as
+        ``unisrec prepare`` does (k-core, events ordered by time with ties in input order, leave-one-out).
+
+        ``out``: the folder to write (default: a temporary one, removed at exit).
+        """
+        users = _column(interactions, user_col, "interactions").astype(str)
+        item_ids = _column(interactions, item_col, "interactions").astype(str)
+        times = _timestamps(_column(interactions, time_col, "interactions"), time_col)
+        catalogue = _column(items, item_col, "items").astype(str)
+        texts = _column(items, text_col, "items")
+        if texts.isna().any():
+            raise UnisrecError(f"items: column {text_col!r} has a missing text at row {int(texts.isna().argmax())}")
+        duplicated = catalogue.duplicated()
+        if duplicated.any():
+            raise UnisrecError(f"items: item id {catalogue[duplicated].iloc[0]!r} appears twice in {item_col!r}")
+        raw = RawData(
+            user_id=pa.array(users.tolist(), pa.string()),
+            item_id=pa.array(item_ids.tolist(), pa.string()),
+            timestamp=times,
+            catalogue_id=pa.array(catalogue.tolist(), pa.string()),
+            catalogue_text=pa.array(texts.astype(str).tolist(), pa.string()),
+        )
+        options = PrepareOptions(user_core=user_core, item_core=item_core)
+        info = {"source": "DataFrames", "source_format": "frames"}
+        dataset = build_dataset(raw, name=name, options=options, info=info)
+        folder = Path(out) if out is not None else _temporary_folder("unisrec-dataset-") / name
+        write_processed(dataset, folder, overwrite=True)
+        return cls(folder)
+
+    @property
+    def n_users(self) -> int:
+        return self.processed.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.processed.n_items
+
+    def user_histories(self) -> dict[str, list[str]]:
+        """Every user's whole sequence (item ids, oldest first): what recommendations for that user start from."""
+        data = self.processed
+        ids = np.asarray(data.item_ids, dtype=object)
+        return {str(user): ids[data.sequence(index)].tolist() for index, user in enumerate(data.user_ids)}
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.path}, users={self.n_users}, items={self.n_items})"
+
+
+def fit(
+    dataset: Dataset | str | Path,
+    mode: str = "inductive",
+    *,
+    out: str | Path | None = None,
+    init: str | Path | None = None,
+    config: RunConfig | None = None,
+    text_spec: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> Recommender:
+    """Train (``unisrec finetune``) and return the run's ``Recommender``, which knows the dataset's users.
+
+    Keyword arguments are the CLI's dotted overrides (``**{"train.lr": 3e-4}`` or ``train__lr=3e-4``) or the
+    shortcuts epochs, seed, device, lr, batch_size, threads. ``out=None`` trains in a temporary run folder.
+    """
+    from unisrec.finetune import finetune
+    from unisrec.recommend import load_model, recommender_of
+
+    data = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    dotted = []
+    for key, value in overrides.items():
+        name = _SHORTCUTS.get(key, key.replace("__", "."))
+        if "." not in name:
+            raise UnisrecError(f"unknown setting {key!r}; use a dotted config key such as train__lr or one of "
+                               f"{', '.join(_SHORTCUTS)}")
+        if isinstance(value, bool):
+            text = str(value).lower()
+        else:
+            text = str(list(value) if isinstance(value, tuple) else value)
+        dotted.append(f"{name}={text}")
+    run = Path(out) if out is not None else _temporary_folder("unisrec-run-") / "run"
+    finetune(data.path, mode, run, config=config, overrides=dotted, init=init, text_spec=text_spec,
+             overwrite=overwrite)
+    recommender = recommender_of(load_model(run))
+    recommender.set_users(data.user_histories())
+    recommender.run_dir = run
+    return recommender
