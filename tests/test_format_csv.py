@@ -207,4 +207,4 @@ def test_failed_overwrite_keeps_the_old_dataset(
     assert "empty text for item 'i0'" in capsys.readouterr().err
     assert (out / "interactions.parquet").read_bytes() == before
     assert load_processed(out).n_items == 6
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out", "tiny"]  # no temporaries left

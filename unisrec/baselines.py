@@ -42,13 +42,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unisrec.config import ModelConfig
-from unisrec.model import SequenceEncoder, TransformerLayer, UniSRec, init_weights
+from unisrec.model import SequenceEncoder, SequenceModel, TransformerLayer, UniSRec, init_weights
 
 
-class Baseline(nn.Module):
+class Baseline(SequenceModel):
     """Shared plumbing: config, catalogue size, the frozen (N, D) text buffer, dot-product scoring."""
-
-    item_text: Tensor  # (N, D) buffer of text models
 
     def __init__(self, config: ModelConfig, n_items: int, text: Tensor | None = None) -> None:
         super().__init__()
@@ -58,10 +56,6 @@ class Baseline(nn.Module):
                 shape = None if text is None else tuple(text.shape)
                 raise ValueError(f"{config.architecture} needs a ({n_items}, D) text matrix, got {shape}")
             self.register_buffer("item_text", text.float().contiguous(), persistent=False)  # (N, D)
-
-    @property
-    def text_dim(self) -> int:
-        return int(self.item_text.shape[1]) if self.config.uses_text else 0
 
     def _texts(self, items: Tensor | None, text: Tensor | None) -> Tensor:
         """(N, D) or (M, D) language-model vectors of all items / of ``items``, unless ``text`` is given."""

@@ -24,7 +24,7 @@ from unisrec import __version__
 from unisrec.atomic import atomic_write, atomic_write_json
 from unisrec.config import ModelConfig, from_plain, to_plain
 from unisrec.errors import ConfigError, UnisrecError
-from unisrec.model import UniSRec
+from unisrec.model import SequenceModel
 
 MODEL_FORMAT = "unisrec-model"
 MODEL_FORMAT_VERSION = 1
@@ -37,7 +37,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 def save_pretrained(
-    model: UniSRec,
+    model: SequenceModel,
     directory: str | Path,
     *,
     item_ids: list[str] | np.ndarray | None = None,
@@ -130,7 +130,7 @@ def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
         raise UnisrecError(f"{where}: weights do not match the configuration: {'; '.join(problems)}")
 
 
-def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> tuple[UniSRec, dict[str, Any]]:
+def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> tuple[SequenceModel, dict[str, Any]]:
     """Rebuild a saved model (strict: every tensor present with its shape) and return it with its config."""
     directory = Path(directory)
     config = read_model_config(directory)

@@ -19,7 +19,7 @@ from unisrec.config import EvalConfig
 from unisrec.datasets.processed import ProcessedDataset
 from unisrec.errors import UnisrecError
 from unisrec.metrics import ranking_metrics
-from unisrec.model import UniSRec
+from unisrec.model import SequenceModel
 
 
 def count_ranks(
@@ -53,7 +53,7 @@ def count_ranks(
 
 @torch.no_grad()
 def rank_split(
-    model: UniSRec,
+    model: SequenceModel,
     dataset: ProcessedDataset,
     split: str,
     config: EvalConfig,
@@ -85,7 +85,7 @@ def rank_split(
 
 
 def _rank_batch(
-    model: UniSRec, batch: EvalBatch, table: Tensor, scoring: Tensor, config: EvalConfig, device: Any
+    model: SequenceModel, batch: EvalBatch, table: Tensor, scoring: Tensor, config: EvalConfig, device: Any
 ) -> Tensor:
     inputs, lengths = batch.inputs.to(device), batch.lengths.to(device)
     queries = model.query_vectors(model.sequence_vectors(inputs, lengths, table))  # (B, H)
@@ -94,7 +94,7 @@ def _rank_batch(
 
 
 def evaluate(
-    model: UniSRec,
+    model: SequenceModel,
     dataset: ProcessedDataset,
     split: str,
     config: EvalConfig | None = None,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, rank_split
 from unisrec.losses import full_softmax_ce
 from unisrec.metrics import ranking_metrics
-from unisrec.model import UniSRec
+from unisrec.model import SequenceModel
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
 from unisrec.runs import fingerprint, open_run_dir, seed_everything
 from unisrec.train import ENCODER_PREFIX, Task, TrainState, clear_checkpoint, fit, peak_memory_mb, resolve_device
@@ -52,14 +52,14 @@ if TYPE_CHECKING:
 DOMAIN_SPECIFIC_PREFIX = "item_id."  # an ID table belongs to one catalogue: never transferred
 
 
-def freeze_encoder(model: UniSRec, frozen: bool) -> list[str]:
+def freeze_encoder(model: SequenceModel, frozen: bool) -> list[str]:
     """Set requires_grad by the freeze policy; returns the names of the trainable parameters."""
     for name, param in model.named_parameters():
         param.requires_grad = not (frozen and name.startswith(ENCODER_PREFIX))
     return [name for name, param in model.named_parameters() if param.requires_grad]
 
 
-def load_transferable(model: UniSRec, init_dir: Path) -> list[str]:
+def load_transferable(model: SequenceModel, init_dir: Path) -> list[str]:
     """Copy every parameter of a pre-trained run except domain-specific ones; returns the names copied.
 
     Strict: a parameter the model has and the run lacks (other than a new ID table), or a shape that
@@ -128,7 +128,7 @@ class FinetuneTask:
     def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         batch = batch.to(self.device)
         hidden, table = self.model(batch.inputs)  # (B, L, H), (N, H): the table once per step
-        core: UniSRec = getattr(self.model, "module", self.model)
+        core = cast(SequenceModel, getattr(self.model, "module", self.model))
         logits = core.logits(hidden[batch.mask], table)  # (T, N)
         if not self.dist.enabled:
             return {"loss": full_softmax_ce(logits, batch.targets)}
@@ -164,7 +164,7 @@ def load_text(dataset: ProcessedDataset, text_spec: dict[str, Any] | None) -> tu
     return torch.from_numpy(embeddings.matrix), meta
 
 
-def zero_shot_model(init_dir: Path, dataset: ProcessedDataset) -> UniSRec:
+def zero_shot_model(init_dir: Path, dataset: ProcessedDataset) -> SequenceModel:
     """A pre-trained text model applied to a new domain as is (no fine-tuning): text-only item vectors.
 
     ``init_dir``: a pre-training run, or a fine-tuning run of a text mode (inductive, transductive without

@@ -180,7 +180,43 @@ class SequenceEncoder(nn.Module):
         return self.layers[-1].forward_at(x, ends[None], causal[ends][None])[0]  # type: ignore[operator]  # (B, H)
 
 
-class UniSRec(nn.Module):
+class SequenceModel(nn.Module):
+    """What training, evaluation and serving rely on in every model (UniSRec and the baselines).
+
+    ``item_table`` computes the (N, H) item vectors once per step; ``encode`` turns (B, L) indices into that
+    table into (B, L, H) states; ``query_vectors(q) @ scoring_table(t).T`` equals ``logits(q, t)``.
+    """
+
+    config: ModelConfig
+    n_items: int
+    item_text: Tensor  # (N, D) frozen language-model vectors (a buffer; text models only)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.item_text.shape[1]) if self.config.uses_text else 0
+
+    def item_table(self, items: Tensor | None = None, text: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def encode(self, sequences: Tensor, table: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sequence_vectors(self, sequences: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
+        """(B, L), (B,) -> (B, H): the state at the last real position of each sequence."""
+        hidden = self.encode(sequences, table)
+        return hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
+
+    def logits(self, queries: Tensor, table: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def scoring_table(self, table: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def query_vectors(self, queries: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class UniSRec(SequenceModel):
     """The whole model; ``config.item_repr`` picks UniSRec_t (text), UniSRec_t+ID (text+id) or SASRec (id).
 
     ``text`` is the (N, D) matrix of frozen language-model item vectors (a buffer, moved with the model).
@@ -223,10 +259,6 @@ class UniSRec(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         init_weights(module, self.config.initializer_range)
 
-    @property
-    def text_dim(self) -> int:
-        return int(self.item_text.shape[1]) if self.config.uses_text else 0
-
     def item_table(self, items: Tensor | None = None, text: Tensor | None = None) -> Tensor:
         """Adapted item vectors, (N, H) for all items or (M, H) for ``items`` (M,).
 
@@ -257,11 +289,6 @@ class UniSRec(nn.Module):
         if sequences.shape[1] > self.config.max_seq_len:
             raise ValueError(f"sequence length {sequences.shape[1]} > max_seq_len {self.config.max_seq_len}")
         return self.encoder(F.embedding(sequences, table), self.input_norm, self.input_dropout)
-
-    def sequence_vectors(self, sequences: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
-        """(B, L), (B,) -> (B, H): the state at the last real position of each sequence."""
-        hidden = self.encode(sequences, table)
-        return hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
 
     def packed_sequence_vectors(self, items: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
         """(T,) item indices into ``table`` of B sequences laid end to end, (B,) lengths -> (B, H).

@@ -90,9 +90,8 @@ def load_corpus(dirs: list[Path], config: RunConfig, text_spec: dict[str, Any] |
         texts.append(text.numpy())
         if want_variants:
             # the variants are a fixed property of the data (seed 0), shared by every training seed
-            options = {"p": pre.word_drop, "variants": pre.word_drop_variants, "seed": 0}
-            encode_word_drop(directory, spec, **options)
-            drop = load_word_drop(directory, spec, **options)
+            encode_word_drop(directory, spec, p=pre.word_drop, variants=pre.word_drop_variants, seed=0)
+            drop = load_word_drop(directory, spec, p=pre.word_drop, variants=pre.word_drop_variants, seed=0)
             variants.append(np.asarray(getattr(drop, "matrix", drop), dtype=np.float16))
         lengths = train_lengths(dataset)
         part = training_windows(dataset.offsets[:-1] + row_offset, lengths, config.model.max_seq_len,

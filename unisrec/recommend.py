@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -359,7 +359,7 @@ class Recommender:
 
     # -- the DataFrame API (RecTools style): always a DataFrame user_id, item_id, score, rank, text -------
 
-    def set_users(self, histories: dict[str, Sequence[str]]) -> None:
+    def set_users(self, histories: Mapping[str, Sequence[str]]) -> None:
         """Known users and their histories (item ids, oldest first): what ``recommend(users=...)`` ranks for."""
         self.users = {str(u): [str(i) for i in h] for u, h in histories.items()}
 
@@ -454,7 +454,7 @@ class Recommender:
             self.catalogue.check_new(ids, texts)  # again: another writer may have added them meanwhile
             model = self.model
             items, table = self.tables()  # current ones, before the model changes
-            current: Tensor = model.item_text  # type: ignore[assignment]  # a buffer
+            current: Tensor = model.item_text  # (N, D) buffer
             model.item_text = torch.cat([current, new.to(current.device)])  # (N + M, D)
             model.n_items += len(ids)
             added = adapted_items(model, text=new)  # (M, H): only the new items are adapted
@@ -484,7 +484,10 @@ def load_model(run_dir: Any, device: str | torch.device = "cpu", backend: Backen
 
     from unisrec.checkpoint import from_pretrained, read_items
 
-    model, config = from_pretrained(run_dir, device)
+    loaded, config = from_pretrained(run_dir, device)
+    # baselines load too and share the interface serving uses (SequenceModel + packed_sequence_vectors),
+    # except that only UniSRec adds items by text (Recommender checks the item representation)
+    model = cast("UniSRec", loaded)
     if model.n_items:
         ids, texts = read_items(run_dir)
         if len(ids) != model.n_items:

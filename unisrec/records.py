@@ -70,7 +70,7 @@ def data_fingerprint(data_dir: Path) -> str:
 
 
 def _curve(run_dir: Path) -> list[dict[str, Any]]:
-    curve = []
+    curve: list[dict[str, Any]] = []
     log = run_dir / "train.log"
     if not log.exists():
         return curve
