@@ -94,9 +94,10 @@ def test_shapes_and_logits() -> None:
 
 @pytest.mark.parametrize("item_repr", ["text", "text+id", "id"])
 @pytest.mark.parametrize("n_layers", [1, 2])
-def test_packed_sequence_vectors_equal_padded(item_repr: str, n_layers: int) -> None:
+@pytest.mark.parametrize("skip", [False, True])
+def test_packed_sequence_vectors_equal_padded(item_repr: str, n_layers: int, skip: bool) -> None:
     """Histories laid end to end (serving) get the states of the padded batch, the last layer at ends only."""
-    model = tiny_model(item_repr, n_layers=n_layers).eval()
+    model = tiny_model(item_repr, n_layers=n_layers, last_item_skip=skip).eval()
     table = model.item_table()  # (N, H)
     lengths = torch.tensor([4, 1, 8, 2, 5])
     padded = torch.randint(0, 12, (5, 8))  # (B, L): entries past each length are padding
@@ -168,3 +169,13 @@ def test_text_buffer_is_not_a_parameter_and_moves_with_the_model() -> None:
     assert "item_text" not in dict(model.named_parameters())
     assert "item_text" not in model.state_dict()
     assert model.item_text.dtype == torch.float32 and model.text_dim == 10
+
+
+def test_last_item_skip_adds_each_positions_own_item_vector() -> None:
+    plain, skip = tiny_model().eval(), tiny_model(last_item_skip=True).eval()
+    skip.load_state_dict(plain.state_dict())  # same weights: the flag adds no parameter
+    sequences = torch.tensor([[3, 7, 1, 0], [5, 2, 0, 0]])  # (B, L)
+    with torch.no_grad():
+        table = plain.item_table()
+        expected = plain.encode(sequences, table) + table[sequences]  # (B, L, H)
+        torch.testing.assert_close(skip.encode(sequences, table), expected)

@@ -57,6 +57,9 @@ class ModelConfig:
     adaptor_dropout: float = 0.2  # dropout on language-model vectors before whitening
     temperature: float = 0.07  # logits = cos(s, v) / temperature (text modes; SASRec uses dot products)
     initializer_range: float = 0.02  # std of normal initialisation
+    # add each position's own item vector to its output state (s_t = h_t + v_t): items like the last one rank
+    # high, which retrieves near-duplicates / series of items never seen in training (README, sequel probe)
+    last_item_skip: bool = False
     # network: unisrec (UniSRec / SASRec) or a baseline of unisrec/baselines.py (set by --mode)
     architecture: Architecture = "unisrec"
     mask_prob: float = 0.2  # bert4rec: probability that a training item is masked (cloze task)

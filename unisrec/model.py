@@ -288,7 +288,9 @@ class UniSRec(SequenceModel):
         """(B, L) right-padded item indices into ``table`` (N', H) -> (B, L, H) hidden states."""
         if sequences.shape[1] > self.config.max_seq_len:
             raise ValueError(f"sequence length {sequences.shape[1]} > max_seq_len {self.config.max_seq_len}")
-        return self.encoder(F.embedding(sequences, table), self.input_norm, self.input_dropout)
+        items = F.embedding(sequences, table)  # (B, L, H)
+        hidden = self.encoder(items, self.input_norm, self.input_dropout)  # (B, L, H)
+        return hidden + items if self.config.last_item_skip else hidden
 
     def packed_sequence_vectors(self, items: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
         """(T,) item indices into ``table`` of B sequences laid end to end, (B,) lengths -> (B, H).
@@ -298,7 +300,11 @@ class UniSRec(SequenceModel):
         """
         if len(lengths) and int(lengths.max()) > self.config.max_seq_len:
             raise ValueError(f"sequence length {int(lengths.max())} > max_seq_len {self.config.max_seq_len}")
-        return self.encoder.last_states(table[items], lengths, self.input_norm, self.input_dropout)
+        vectors = table[items]  # (T, H)
+        states = self.encoder.last_states(vectors, lengths, self.input_norm, self.input_dropout)  # (B, H)
+        if self.config.last_item_skip:
+            states = states + vectors[torch.cumsum(lengths, 0) - 1]  # + each sequence's last item vector
+        return states
 
     def logits(self, queries: Tensor, table: Tensor) -> Tensor:
         """(T, H) sequence states x (N, H) items -> (T, N) logits: cos / temperature, or dot for SASRec."""
