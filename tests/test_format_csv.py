@@ -5,12 +5,15 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import write_csv
 from format_checks import check_leave_one_out, cli_error, cli_ok, sequences, steps, truncate_gz
 
 from unisrec.cli import main
-from unisrec.datasets import CsvColumns, load_processed, prepare
+from unisrec.datasets import CsvColumns, PrepareOptions, load_processed, prepare
+from unisrec.datasets.csv_io import parse_timestamps
 
 TINY_STEPS = [
     ("drop interactions whose item has no text", 0, 0, 0),
@@ -208,3 +211,39 @@ def test_failed_overwrite_keeps_the_old_dataset(
     assert (out / "interactions.parquet").read_bytes() == before
     assert load_processed(out).n_items == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out", "tiny"]  # no temporaries left
+
+
+def test_integer_timestamps_are_exact_and_out_of_range_is_an_error(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "ns"
+    folder.mkdir()
+    base = 1_700_000_000_000_000_000  # nanoseconds: beyond float64's 2**53, where +4, +3, ... would collapse
+    rows = [f"u{u},i{i},{base + (5 - i) * 1 + u}" for u in range(6) for i in range(5, 0, -1)]  # increasing time
+    write_csv(folder / "interactions.csv", "user_id,item_id,timestamp", rows)
+    write_csv(folder / "items.csv", "item_id,title", [f"i{i},Item {i}" for i in range(1, 6)])
+    data = prepare(folder, "csv", tmp_path / "out", options=PrepareOptions(user_core=0, item_core=0))
+    for user in range(data.n_users):
+        assert list(data.item_ids[data.sequence(user)]) == ["i5", "i4", "i3", "i2", "i1"]  # file order = time order
+    stored = pq.read_table(tmp_path / "out" / "interactions.parquet").column("timestamp").to_numpy()
+    assert stored.min() == base and len(set(stored.tolist())) == 10  # exact values, none collapsed
+    _replace_line(folder / "interactions.csv", 4, "u0,i3,1000000000000000000000000000000")
+    message = cli_error(capsys, [str(folder), "--format", "csv"], tmp_path / "bad")
+    assert message == (f"{folder / 'interactions.csv'}, line 4, column 'timestamp': timestamp "
+                       "'1000000000000000000000000000000' is out of range (64-bit integer seconds)")
+
+
+def test_fractional_timestamps_are_floored_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    values = pa.array(["1.9", "2", "-1.5", "-2.0", "3.000"])
+    got = parse_timestamps(values, tmp_path / "f.csv", "t", header=True)
+    assert got.tolist() == [1, 2, -2, -2, 3]
+    assert "2 fractional timestamps rounded down to whole seconds" in capsys.readouterr().err
+
+
+def test_duplicate_header_column_is_rejected(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = source / "interactions.csv"
+    lines = path.read_text().splitlines()
+    lines = ["user_id,item_id,timestamp,timestamp"] + [line + ",0" for line in lines[1:]]
+    path.write_text("\n".join(lines) + "\n")
+    message = _error(capsys, source, tmp_path / "out")
+    assert message == (f"{path}, line 1: column 'timestamp' appears 2 times in the header; which one to use "
+                       "is ambiguous")

@@ -9,10 +9,11 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -103,6 +104,10 @@ def read_csv(
     )
     if header:
         header_names = read_header(path, encoding, delimiter, quoting)
+        repeated = sorted({c for c in columns if header_names.count(c) > 1})
+        if repeated:
+            raise DataError(path, f"column {repeated[0]!r} appears {header_names.count(repeated[0])} times in the "
+                            "header; which one to use is ambiguous", line=1)
         missing = [c for c in columns if c not in header_names]
         if missing:
             found = ", ".join(header_names) or "(empty)"
@@ -180,15 +185,20 @@ def parse_timestamps(
 ) -> np.ndarray:
     """(E,) int64 Unix seconds from integer / decimal seconds or ISO 8601 date-times (or ``formats``).
 
-    The whole column must follow one of these forms; otherwise the error names the first value that does
-    not follow the form most values follow.
+    Integers are read exactly as int64 (no float rounding: nanosecond-scale values keep their order); a value
+    outside int64 is an error naming its line. Decimal seconds are rounded down to the whole second, exactly
+    (the integer part is read as int64), and a note on stderr says how many were rounded; events of the same
+    user in the same second keep their file order. The whole column must follow one of these forms;
+    otherwise the error names the first value that does not follow the form most values follow.
     """
     strings = pc.utf8_trim_whitespace(values)
     if len(strings) == 0:
         return np.zeros(0, dtype=np.int64)
     numeric = pc.match_substring_regex(strings, r"^-?[0-9]+(\.[0-9]*)?$")
     if pc.all(numeric).as_py():
-        return pc.cast(pc.cast(strings, pa.float64()), pa.int64(), safe=False).to_numpy(zero_copy_only=False)
+        where = {"path": path, "column": column, "header": header, "encoding": encoding, "delimiter": delimiter,
+                 "quoting": quoting}
+        return _exact_seconds(strings, where)
     masks = [numeric.to_numpy(zero_copy_only=False)]
     for fmt in (*formats, *ISO_FORMATS):
         parsed = pc.strptime(strings, format=fmt, unit="s", error_is_null=True)
@@ -208,6 +218,37 @@ def parse_timestamps(
         line=line,
         column=column,
     )
+
+
+def _exact_seconds(strings: pa.ChunkedArray | pa.Array, where: dict[str, Any]) -> np.ndarray:
+    """Integer / decimal second strings -> (E,) int64 whole seconds, exactly (see ``parse_timestamps``)."""
+    dot = pc.find_substring(strings, ".").to_numpy(zero_copy_only=False)  # (E,) -1 where no fraction
+    fractional = dot >= 0
+    whole: pa.ChunkedArray | pa.Array = strings
+    texts: list[str] = []
+    if fractional.any():  # the integer part of each value (only for columns with decimals)
+        texts = strings.to_pylist()
+        parts = [t[:cut] if cut >= 0 else t for t, cut in zip(texts, dot, strict=True)]
+        whole = pa.array([p if p not in ("", "-") else "0" for p in parts], pa.string())
+    try:
+        seconds = pc.cast(whole, pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, OverflowError):
+        for index, text in enumerate(whole.to_pylist()):
+            if not -(2**63) <= int(text) < 2**63:
+                line = record_line(where["path"], index, header=where["header"], encoding=where["encoding"],
+                                   delimiter=where["delimiter"], quoting=where["quoting"])
+                raise DataError(where["path"], f"timestamp {strings[index].as_py()!r} is out of range "
+                                "(64-bit integer seconds)", line=line, column=where["column"]) from None
+        raise
+    if fractional.any():
+        has_fraction = np.array([f and t[cut + 1 :].strip("0") != "" for t, cut, f in zip(texts, dot, fractional,
+                                                                                          strict=True)])
+        negative = np.array([t.startswith("-") for t in texts]) & has_fraction
+        seconds = seconds - negative.astype(np.int64)  # floor, not truncation, below zero
+        if has_fraction.any():
+            print(f"{where['path']}: column {where['column']!r}: {int(has_fraction.sum())} fractional timestamps "
+                  "rounded down to whole seconds (same-second events keep their file order)", file=sys.stderr)
+    return seconds
 
 
 def first_empty(values: pa.ChunkedArray | pa.Array) -> int | None:
