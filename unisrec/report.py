@@ -29,6 +29,7 @@ from unisrec.atomic import atomic_write_json
 from unisrec.config import RunConfig, load_config
 from unisrec.errors import UnisrecError
 from unisrec.locking import hold_folder
+from unisrec.pretrain import recipe_config
 from unisrec.report_config import ReportConfig, load_report_config
 
 Kind = Literal["prepare", "pretrain", "finetune", "zeroshot"]
@@ -121,13 +122,16 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
                            {"source": data[name][1]["source"], "format": d.format, "name": d.name,
                             "user_core": d.user_core, "item_core": d.item_core}))
 
+    # pre-training starts from the recipe of `unisrec pretrain` unless the report names a config file
+    pre_base = base if config.config else recipe_config()
+
     def pretrain_run(name: str, seed: int) -> PlannedRun:
         p = config.pretrain[name]
         s = p.seed if p.seed is not None else seed
         overrides = [*config.overrides, *p.overrides, f"train.seed={s}"]
         spec = {"kind": "pretrain", "datasets": [data[d][1] for d in p.datasets], "overrides": overrides,
-                "config": base_spec, "text": text_spec}
-        args = {"data_dirs": [data[d][0] for d in p.datasets], "overrides": overrides, "config": base,
+                "config": pre_base.to_dict(), "text": text_spec}
+        args = {"data_dirs": [data[d][0] for d in p.datasets], "overrides": overrides, "config": pre_base,
                 "config_path": config_path, "text_spec": text_spec}
         return add(PlannedRun("pretrain", name, s, out / "pretrain" / name / f"seed-{s}", _plain(spec), args))
 
