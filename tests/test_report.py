@@ -151,3 +151,35 @@ def test_dry_run_prints_the_plan_as_commands(tmp_path: Path, tiny_lm_dir: Path,
     assert "unisrec pretrain" in err and "--mode inductive --out" in err and "--init" in err
     assert "--train.seed=1" in err and "--train.seed=7" in err and "sasrec" not in err
     assert not out.exists()  # nothing ran
+
+
+def test_runs_go_seed_major_with_records_and_a_budget(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    from io import StringIO
+
+    from unisrec.report import priority_order
+
+    config_path = _config(tmp_path, tiny_lm_dir)
+    config = load_report_config(config_path)
+    order = priority_order(plan_runs(config, tmp_path / "plan"), config.seeds)
+    trained = [(r.kind, r.name, r.seed) for r in order if r.kind != "prepare"]
+    first_seed_2 = min(i for i, r in enumerate(trained) if r[2] == 2)
+    assert all(r[2] != 2 for r in trained[:first_seed_2]) and trained[0] == ("finetune", "sasrec", 1)
+    assert trained.index(("pretrain", "other-pt", 7)) < trained.index(("finetune", "unisrec", 1))
+    assert all(r[2] in (2, 7) for r in trained[first_seed_2:])  # every seed-1 run came first
+
+    results = tmp_path / "results"
+    run_report(config_path, tmp_path / "out", only=["sasrec"], results_dir=results)
+    names = sorted(p.name for p in results.iterdir())
+    assert names == ["finetune-sasrec-seed-1.json", "finetune-sasrec-seed-2.json"]
+    record = json.loads((results / names[0]).read_text())
+    metrics = json.loads((tmp_path / "out" / "runs" / "sasrec" / "seed-1" / "metrics.json").read_text())
+    assert record["test"] == metrics["test"] and record["seed"] == 1 and record["mode"] == "sasrec"
+    assert record["curve"][0]["epoch"] == 1 and "valid" in record["curve"][0]
+    assert len(record["data"]["fingerprint"]) == 64 and record["machine"]["cpu_count"] >= 1
+    assert sum(g["targets"] for g in record["long_tail"]) == len(np.load(
+        tmp_path / "out" / "runs" / "sasrec" / "seed-1" / "ranks_test.npy"))
+
+    log = StringIO()  # a budget smaller than one recorded run: nothing new starts
+    run_report(config_path, tmp_path / "out", only=["gru"], results_dir=results, budget_minutes=1e-6, log=log)
+    assert "budget: stopping before finetune" in log.getvalue()
+    assert not (tmp_path / "out" / "runs" / "gru").exists()

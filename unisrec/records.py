@@ -109,8 +109,10 @@ def _long_tail(run_dir: Path, data_dir: Path) -> list[dict[str, Any]] | None:
 def run_record(run_dir: str | Path) -> dict[str, Any]:
     """The record of one finished run folder (fine-tuning, pre-training or zero-shot evaluation)."""
     run_dir = Path(run_dir)
-    settings = _read_json(run_dir / "run.json")
     metrics = _read_json(run_dir / "metrics.json")
+    # zero-shot evaluations (``unisrec report``) write metrics only
+    settings: dict[str, Any] = (_read_json(run_dir / "run.json") if (run_dir / "run.json").exists()
+                                else {"command": "zeroshot"})
     config_file = run_dir / "config.json"
     text = _read_json(config_file).get("text_encoder") if config_file.exists() else None
     data = settings.get("data")
@@ -148,13 +150,12 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
     return record
 
 
+def write_record(run_dir: Path, path: Path) -> Path:
+    """Write the record of ``run_dir`` to ``path`` (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(path, run_record(run_dir))
+
+
 def write_records(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     """Write ``out_dir/<run folder name>.json`` for each run; returns the files written."""
-    written = []
-    for run_dir in run_dirs:
-        record = run_record(run_dir)
-        path = out_dir / f"{run_dir.name}.json"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, record)
-        written.append(path)
-    return written
+    return [write_record(run_dir, out_dir / f"{run_dir.name}.json") for run_dir in run_dirs]

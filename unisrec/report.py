@@ -30,6 +30,7 @@ from unisrec.config import RunConfig, load_config
 from unisrec.errors import UnisrecError
 from unisrec.locking import hold_folder
 from unisrec.pretrain import recipe_config
+from unisrec.records import write_record
 from unisrec.report_config import ReportConfig, load_report_config
 
 Kind = Literal["prepare", "pretrain", "finetune", "zeroshot"]
@@ -224,6 +225,56 @@ def zero_shot_run(init: Path, data_dir: Path, out: Path, config: RunConfig) -> d
     return metrics
 
 
+def priority_order(runs: list[PlannedRun], seeds: tuple[int, ...] | list[int]) -> list[PlannedRun]:
+    """Runs seed-major (every experiment's first seed, then the second, ...), dependencies first.
+
+    Prepare runs come first; a pre-training run goes with the earliest seed of the runs that use it (its own
+    position in the plan already precedes them), so a stable sort on (seed rank) keeps every dependency ahead.
+    """
+    position = {seed: index for index, seed in enumerate(seeds)}
+    users: dict[Path, int] = {}
+    for run in runs:
+        init = run.args.get("init") if run.kind in ("finetune", "zeroshot") else None
+        if init is not None and run.seed is not None:
+            first = position.get(run.seed, 0)
+            users[Path(init)] = min(users.get(Path(init), first), first)
+
+    def rank(run: PlannedRun) -> int:
+        if run.kind == "prepare":
+            return -1
+        if run.kind == "pretrain":
+            return users.get(run.out, position.get(run.seed, 0) if run.seed is not None else 0)
+        return position.get(run.seed, 0) if run.seed is not None else 0
+
+    return sorted(runs, key=rank)
+
+
+def record_name(run: PlannedRun) -> str:
+    """The record file name of a run: ``finetune-sasrec-seed-2022``, ``pretrain-amazon-seed-2022``, ..."""
+    return f"{run.kind}-{run.name}" + (f"-seed-{run.seed}" if run.seed is not None else "")
+
+
+def estimate_seconds(run: PlannedRun, results_dir: Path | None) -> float | None:
+    """Median wall seconds of earlier records of the same experiment (else of the same kind), or None."""
+    if results_dir is None or not results_dir.is_dir():
+        return None
+    same, kind = [], []
+    for path in results_dir.glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        seconds = record.get("seconds_wall") or record.get("seconds_train")
+        if not seconds:
+            continue
+        if path.stem.startswith(f"{run.kind}-{run.name}-seed-") or path.stem == f"{run.kind}-{run.name}":
+            same.append(float(seconds))
+        elif path.stem.startswith(f"{run.kind}-"):
+            kind.append(float(seconds))
+    values = same or kind
+    return float(sorted(values)[len(values) // 2]) if values else None
+
+
 def run_report(
     config_path: str | Path,
     out: str | Path,
@@ -233,8 +284,16 @@ def run_report(
     dry_run: bool = False,
     report_only: bool = False,
     log: TextIO | None = None,
+    budget_minutes: float | None = None,
+    results_dir: Path | None = None,
 ) -> Path:
-    """Run what is missing (unless ``report_only``) and write ``out/report.md``; ``dry_run`` only prints the plan."""
+    """Run what is missing (unless ``report_only``) and write ``out/report.md``; ``dry_run`` only prints the plan.
+
+    Missing runs go seed-major (the first seed of every experiment before the second), each preceded by what it
+    needs. ``budget_minutes``: do not start a run whose estimated time (the median of its kind's earlier
+    records) exceeds what is left; rerun to go on. ``results_dir``: write a record of every finished run
+    there (``unisrec.records``; small JSON files to commit).
+    """
     log = log or sys.stderr
     config = load_report_config(config_path, data_root=data_root)
     out = Path(out)
@@ -246,12 +305,22 @@ def run_report(
             print(f"{run.status():6} {run.out}\n       {run.command()}", file=log)
         return out / "report.md"
     if not report_only:
-        todo = [r for r in runs if r.status() != "cached"]
+        todo = priority_order([r for r in runs if r.status() != "cached"], config.seeds)
         print(f"{len(runs) - len(todo)} of {len(runs)} runs reused, {len(todo)} to run", file=log)
+        began = time.perf_counter()
         for index, run in enumerate(todo, 1):
+            if budget_minutes is not None:
+                left = budget_minutes * 60 - (time.perf_counter() - began)
+                guess = estimate_seconds(run, results_dir)
+                if (guess is not None and guess > left) or left <= 0:
+                    print(f"budget: stopping before {run.kind} {run.out} (estimated "
+                          f"{(guess or 0) / 60:.1f} min, {max(left, 0) / 60:.1f} min left); rerun to go on", file=log)
+                    break
             print(f"[{index}/{len(todo)}] {run.status()} {run.kind} {run.out}", file=log)
             started = time.perf_counter()
             execute(run)
+            if run.kind != "prepare" and results_dir is not None:
+                write_record(run.out, results_dir / f"{record_name(run)}.json")
             print(f"[{index}/{len(todo)}] done in {time.perf_counter() - started:.0f}s", file=log)
     from unisrec.report_writer import write_report
 
