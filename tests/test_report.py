@@ -183,3 +183,25 @@ def test_runs_go_seed_major_with_records_and_a_budget(tmp_path: Path, tiny_lm_di
     run_report(config_path, tmp_path / "out", only=["gru"], results_dir=results, budget_minutes=1e-6, log=log)
     assert "budget: stopping before finetune" in log.getvalue()
     assert not (tmp_path / "out" / "runs" / "gru").exists()
+
+
+def test_verify_reruns_a_recorded_run_and_prints_the_differences(tmp_path: Path, tiny_lm_dir: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    results = tmp_path / "results"
+    run_report(config_path, tmp_path / "out", only=["scratch"], results_dir=results)
+    capsys.readouterr()
+    args = ["report", str(config_path), "--out", str(tmp_path / "out"), "--results", str(results)]
+    assert main([*args, "--verify", "finetune-scratch-seed-1"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["run"] == "finetune-scratch-seed-1" and summary["max_abs_diff"] < 1e-4  # same machine
+    assert set(summary["diff"]["test"]) >= {"recall@10", "ndcg@10"}
+    record = results / "finetune-scratch-seed-1.json"
+    tampered = json.loads(record.read_text())
+    tampered["test"]["ndcg@10"] += 0.5
+    record.write_text(json.dumps(tampered))
+    assert main([*args, "--verify", "finetune-scratch-seed-1"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["diff"]["test"]["ndcg@10"] == pytest.approx(-0.5)
+    assert main([*args, "--verify", "nope"]) == 2
+    assert "no such record (records there: finetune-scratch-seed-1)" in capsys.readouterr().err

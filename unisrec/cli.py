@@ -394,6 +394,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-only", action="store_true", help="write the report from finished runs; run nothing")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="start no run whose estimated time exceeds what is left of this budget; rerun to go on")
+    p.add_argument("--verify", metavar="RUN", default=None,
+                   help="rerun the recorded run RUN (its record's name) and print the difference per metric")
     p.add_argument("--results", type=Path, default=None,
                    help="folder of the per-run records (default: results/<config file name>)")
     p.set_defaults(handler=_run_report)
@@ -404,6 +406,11 @@ def _run_report(args: argparse.Namespace) -> int:
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     results = args.results if args.results is not None else Path("results") / args.config.stem
+    if args.verify:
+        from unisrec.report import verify_run
+
+        print(json.dumps(verify_run(args.config, args.out, args.verify, results, data_root=args.data_root)))
+        return 0
     path = run_report(args.config, args.out, data_root=args.data_root, only=only, dry_run=args.dry_run,
                       report_only=args.report_only, budget_minutes=args.budget_minutes, results_dir=results)
     if not args.dry_run:

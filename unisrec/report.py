@@ -275,6 +275,40 @@ def estimate_seconds(run: PlannedRun, results_dir: Path | None) -> float | None:
     return float(sorted(values)[len(values) // 2]) if values else None
 
 
+def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir: Path, *,
+               data_root: str | None = None, log: TextIO | None = None) -> dict[str, Any]:
+    """Rerun the recorded run ``name`` (a record file name without .json) into a temporary folder and compare
+    its valid and test metrics with the record; returns {"run", "max_abs_diff", "diff": {split: {metric: d}}}.
+
+    Its pre-training (if any) is reused from ``out`` as the report left it.
+    """
+    import tempfile
+    from dataclasses import replace as dc_replace
+
+    log = log or sys.stderr
+    record_file = results_dir / f"{name}.json"
+    if not record_file.exists():
+        known = ", ".join(sorted(p.stem for p in results_dir.glob("*.json"))[:5]) or "none"
+        raise UnisrecError(f"{record_file}: no such record (records there: {known})")
+    record = json.loads(record_file.read_text())
+    config = load_report_config(config_path, data_root=data_root)
+    matches = [r for r in plan_runs(config, Path(out)) if record_name(r) == name]
+    if not matches or matches[0].kind == "prepare":
+        raise UnisrecError(f"{name}: not a training run of {config_path}")
+    run = matches[0]
+    with tempfile.TemporaryDirectory(prefix="unisrec-verify-") as tmp:
+        again = dc_replace(run, out=Path(tmp) / "run")
+        print(f"verify: rerunning {run.kind} {run.name} seed {run.seed} in {again.out}", file=log)
+        execute(again)
+        fresh = json.loads((again.out / "metrics.json").read_text())
+    diff: dict[str, dict[str, float]] = {}
+    for split in ("valid", "test"):
+        old, new = record.get(split) or {}, fresh.get(split) or {}
+        diff[split] = {m: float(new[m]) - float(old[m]) for m in sorted(old) if m in new}
+    worst = max((abs(d) for part in diff.values() for d in part.values()), default=0.0)
+    return {"run": name, "max_abs_diff": worst, "diff": diff}
+
+
 def run_report(
     config_path: str | Path,
     out: str | Path,
