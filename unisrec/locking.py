@@ -9,6 +9,8 @@ stale lock file left behind is simply taken over by the next writer.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -51,3 +53,17 @@ def hold_folder(folder: Path) -> None:
     """Lock the output folder ``folder`` (lock file ``.NAME.lock`` beside it, so that replacing the folder
     atomically keeps the lock)."""
     hold(folder.parent / f".{folder.name}.lock", str(folder))
+
+
+@contextmanager
+def waiting_for(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` for a short read-modify-write, waiting for other holders (blocking)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

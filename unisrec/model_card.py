@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unisrec.atomic import atomic_write_json, atomic_write_text
+from unisrec.locking import waiting_for
 
 _METRIC_ORDER = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
@@ -132,14 +133,20 @@ def record_transfer(init_dir: Path, run_dir: Path, metrics: dict[str, Any]) -> N
     if not (card_file.exists() and run_file.exists() and metrics_file.exists()):
         return
     try:
-        saved = json.loads(card_file.read_text())
-        entry = {"dataset": metrics["dataset"], "mode": metrics["mode"], "seed": metrics["seed"],
-                 "test": {k: metrics["test"][k] for k in _METRIC_ORDER if k in metrics["test"]},
-                 "run": str(run_dir.resolve())}
-        transfers = [t for t in saved.get("transfers", []) if t.get("run") != entry["run"]] + [entry]
-        atomic_write_json(card_file, {**saved, "transfers": transfers})
-        settings = json.loads(run_file.read_text())
-        atomic_write_text(init_dir / "README.md", pretrain_card(
-            settings, json.loads(metrics_file.read_text()), saved.get("command", ""), transfers))
+        with waiting_for(init_dir / ".card.lock"):  # transfers finishing at once must not lose each other
+            _add_transfer(init_dir, run_dir, metrics)
     except OSError:
         return
+
+
+def _add_transfer(init_dir: Path, run_dir: Path, metrics: dict[str, Any]) -> None:
+    card_file = init_dir / "card.json"
+    saved = json.loads(card_file.read_text())
+    entry = {"dataset": metrics["dataset"], "mode": metrics["mode"], "seed": metrics["seed"],
+             "test": {k: metrics["test"][k] for k in _METRIC_ORDER if k in metrics["test"]},
+             "run": str(run_dir.resolve())}
+    transfers = [t for t in saved.get("transfers", []) if t.get("run") != entry["run"]] + [entry]
+    atomic_write_json(card_file, {**saved, "transfers": transfers})
+    settings = json.loads((init_dir / "run.json").read_text())
+    pretrained = json.loads((init_dir / "metrics.json").read_text())
+    atomic_write_text(init_dir / "README.md", pretrain_card(settings, pretrained, saved.get("command", ""), transfers))
