@@ -230,3 +230,22 @@ def test_cli_serve_answers_over_http(model: UniSRec, tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_token_guards_items_and_the_body_cap_gives_413(tiny_lm_dir: Path) -> None:
+    app = create_app(_model(tiny_lm_dir), token="s3cret", max_body_bytes=2000)
+    new = {"items": [{"item_id": "guarded", "text": "red lens"}]}
+    with TestClient(app) as guarded:
+        assert guarded.post("/items", json=new).status_code == 401
+        wrong = guarded.post("/items", json=new, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        assert guarded.get("/health").json()["n_items"] == N_ITEMS  # nothing added
+        ok = guarded.post("/items", json=new, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json() == {"added": 1, "n_items": N_ITEMS + 1}
+        assert guarded.post("/recommend", json={"histories": [["item-1"]], "k": 3}).status_code == 200  # reads: open
+        big = {"histories": [["item-1"] * 900], "k": 3}  # ~9 kB of JSON
+        too_big = guarded.post("/recommend", json=big)
+        assert too_big.status_code == 413 and "over 2000 bytes" in too_big.json()["detail"]
+        schema = guarded.get("/openapi.json").json()
+        items = schema["paths"]["/items"]["post"]
+        assert {"401", "413"} <= set(items["responses"]) and items["security"] == [{"HTTPBearer": []}]

@@ -365,6 +365,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: torch default); one, with requests batched, wastes least on shared CPUs")
     p.add_argument("--max-batch", type=int, default=64, help="histories ranked together at most")
+    p.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' on POST /items (default: $UNISREC_TOKEN)")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413")
     p.set_defaults(handler=_run_serve)
 
 
@@ -374,8 +377,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UnisrecError(f"serving needs the serve extra: pip install 'unisrec[serve]' ({exc})") from None
     print(f"unisrec serve: http://{args.host}:{args.port} (docs at /docs)", file=sys.stderr)
+    token = args.token if args.token is not None else (os.environ.get("UNISREC_TOKEN") or None)
     serve(str(args.run_dir), args.host, args.port, backend=args.backend, threads=args.threads,
-          max_batch=args.max_batch)
+          max_batch=args.max_batch, token=token, max_body_bytes=args.max_body_bytes)
     return 0
 
 

@@ -9,7 +9,9 @@
 Bad input is a 4xx, never a 500: wrong types, missing or extra fields, empty or too long histories, k out of
 range -> 422 (FastAPI's validation format); a body that is not JSON -> 400 or 422; unknown item ids -> 422
 naming each one with its location; item ids already in the catalogue, or new items for a model that cannot
-take them -> 409. Strings must be valid UTF-8. Limits: the MAX_* constants below.
+take them -> 409; a body over ``max_body_bytes`` -> 413. Strings must be valid UTF-8. Limits: the MAX_*
+constants below. With ``token`` (``unisrec serve --token T`` or ``UNISREC_TOKEN``), POST /items needs
+``Authorization: Bearer T`` (401 otherwise).
 
 Speed: concurrent /recommend requests are scored together. One worker thread takes every request waiting
 in its queue (up to ``max_batch`` histories), encodes the histories packed end to end (no padding; the last
@@ -22,6 +24,7 @@ With ``unisrec[serve]`` uvicorn parses HTTP with httptools and runs on uvloop.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import queue
 import threading
@@ -31,10 +34,11 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from unisrec import __version__
@@ -48,6 +52,7 @@ MAX_K = 1000
 MAX_NEW_ITEMS = 1000  # items per POST /items
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 2000
+MAX_BODY_BYTES = 4 * 2**20  # request bodies over this are refused with 413 (``--max-body-bytes``)
 
 
 def _utf8(value: str) -> str:
@@ -191,10 +196,24 @@ def _records(results: list[list[Recommendation]]) -> dict[str, Any]:
     return {"results": [[asdict(r) for r in ranked] for ranked in results]}
 
 
-def create_app(model: UniSRec, *, max_batch: int = 64) -> FastAPI:
-    """The FastAPI application serving ``model`` (loaded with ``UniSRec.from_pretrained``)."""
+def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI application serving ``model`` (loaded with ``UniSRec.from_pretrained``).
+
+    ``token``: mutating endpoints (POST /items) require ``Authorization: Bearer <token>`` (401 otherwise).
+    ``max_body_bytes``: larger request bodies are refused with 413 before they are parsed.
+    """
     recommender = recommender_of(model)
     batcher = Batcher(recommender, max_batch)
+    bearer = HTTPBearer(auto_error=False, description="the token given to `unisrec serve --token`")
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+        if token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -209,6 +228,17 @@ def create_app(model: UniSRec, *, max_batch: int = 64) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.recommender = recommender
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            return AsciiJSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
+        if request.method == "POST" and declared is None:  # chunked: count what arrives
+            body = await request.body()
+            if len(body) > max_body_bytes:
+                return AsciiJSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -253,9 +283,13 @@ def create_app(model: UniSRec, *, max_batch: int = 64) -> FastAPI:
         return _records(await batcher.submit(rows, request.k, request.exclude_seen))
 
     conflicts = {**errors, 409: {"model": ErrorMessage, "description": "id already in the catalogue, or a model "
-                                                                       "that cannot add items by text"}}
+                                                                       "that cannot add items by text"},
+                 413: {"model": ErrorMessage, "description": f"body over the cap ({max_body_bytes} bytes)"}}
+    if token is not None:
+        conflicts[401] = {"model": ErrorMessage, "description": "missing or wrong bearer token"}
 
-    @app.post("/items", response_model=AddItemsResponse, responses=conflicts)
+    @app.post("/items", response_model=AddItemsResponse, responses=conflicts,
+              dependencies=[Depends(authorised)] if token is not None else [])
     def post_items(request: AddItemsRequest) -> dict[str, Any]:
         """New items join the catalogue by their text (encoded by the run's language model); no retraining."""
         ids = [item.item_id for item in request.items]
@@ -266,14 +300,21 @@ def create_app(model: UniSRec, *, max_batch: int = 64) -> FastAPI:
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, backend: str = "torch",
-          threads: int = 0, max_batch: int = 64) -> None:
+          threads: int = 0, max_batch: int = 64, token: str | None = None,
+          max_body_bytes: int = MAX_BODY_BYTES) -> None:
     """Load ``run_dir`` and serve it with uvicorn until interrupted."""
+    import sys
+
     import torch
     import uvicorn
 
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"unisrec serve: warning: listening on {host} without --token: anyone who reaches it can change "
+              "the catalogue (POST /items)", file=sys.stderr)
     if threads:
         torch.set_num_threads(threads)
     model = UniSRec.from_pretrained(run_dir, backend=backend)  # type: ignore[arg-type]
     recommender_of(model).scoring_table()  # build it before the first request
-    uvicorn.run(create_app(model, max_batch=max_batch), host=host, port=port, log_level="warning",
+    app = create_app(model, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes)
+    uvicorn.run(app, host=host, port=port, log_level="warning",
                 access_log=False)
