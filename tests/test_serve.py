@@ -209,21 +209,49 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _start_server(run: Path, port: int, *extra: str) -> tuple[subprocess.Popen[bytes], httpx.Response]:
+    command = [sys.executable, "-m", "unisrec", "serve", str(run), "--port", str(port), "--threads", "1", *extra]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return server, httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+        except httpx.TransportError:
+            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+
+
+def test_added_items_survive_kill_9_of_the_server(model: UniSRec, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path / "run")
+    port = _free_port()
+    server, _ = _start_server(tmp_path / "run", port, "--token", "t")
+    try:
+        new = {"items": [{"item_id": "kept-1", "text": "red lens kit"}, {"item_id": "kept-2", "text": "blue tube"}]}
+        answer = httpx.post(f"http://127.0.0.1:{port}/items", json=new, headers={"Authorization": "Bearer t"})
+        assert answer.status_code == 200 and answer.json()["n_items"] == N_ITEMS + 2
+        before = httpx.post(f"http://127.0.0.1:{port}/recommend",
+                            json={"histories": [["kept-1", "item-3"]], "k": 5, "exclude_seen": False}).json()
+    finally:
+        server.kill()  # SIGKILL right after the 200
+        server.wait(timeout=30)
+    reloaded = UniSRec.from_pretrained(tmp_path / "run")
+    assert reloaded.n_items == N_ITEMS + 2
+    ranked = reloaded.recommend(["kept-1", "item-3"], k=5, exclude_seen=False)
+    assert [r.item_id for r in ranked] == [r["item_id"] for r in before["results"][0]]
+    server, health = _start_server(tmp_path / "run", port)  # a restarted server serves them too
+    try:
+        assert health.json()["n_items"] == N_ITEMS + 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_cli_serve_answers_over_http(model: UniSRec, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "run")
     port = _free_port()
-    command = [sys.executable, "-m", "unisrec", "serve", str(tmp_path / "run"), "--port", str(port), "--threads", "1"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server, health = _start_server(tmp_path / "run", port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
         assert health.json()["n_items"] == N_ITEMS
         response = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"histories": [["item-1"]], "k": 2})
         assert response.status_code == 200 and len(json.loads(response.text)["results"][0]) == 2

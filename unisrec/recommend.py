@@ -210,6 +210,7 @@ class Recommender:
         self._faiss: Any = None
         self.users: dict[str, list[str]] = {}  # known users' histories (``set_users``)
         self.run_dir: Any = None  # the run folder it was trained in (``unisrec.fit``), if any
+        self.persist_dir: Any = None  # additions are also written here (``persist_additions``), if set
 
     # -- tables ------------------------------------------------------------------------------------------
 
@@ -452,6 +453,8 @@ class Recommender:
             raise UnisrecError(f"vectors must be ({len(ids)}, {self.model.text_dim}), got {tuple(new.shape)}")
         with self._lock:
             self.catalogue.check_new(ids, texts)  # again: another writer may have added them meanwhile
+            if self.persist_dir is not None:  # durable before anything changes: a kill -9 after the answer
+                persist_addition(self.persist_dir, ids, texts, new)  # cannot lose it
             model = self.model
             items, table = self.tables()  # current ones, before the model changes
             current: Tensor = model.item_text  # (N, D) buffer
@@ -467,6 +470,49 @@ class Recommender:
             if self._faiss is not None:
                 self._faiss.add(added_scoring.cpu().numpy())
             return len(self.catalogue)
+
+
+# -- items added while serving: persisted beside the run -------------------------------------------------
+
+ADDED_DIR = "catalogue"  # RUN/catalogue/NNNNNNNN.safetensors: one file per addition, replayed in order
+
+
+def persist_addition(folder: Any, ids: Sequence[str], texts: Sequence[str], vectors: Tensor) -> Any:
+    """Write one addition (ids, texts, (M, D) vectors) atomically and fsynced as the next numbered file."""
+    import json
+    from pathlib import Path
+
+    from unisrec.checkpoint import save_tensors
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.stem) for p in folder.glob("*.safetensors") if p.stem.isdigit()]
+    path = folder / f"{max(numbers, default=0) + 1:08d}.safetensors"
+    save_tensors(path, {"text_vectors": vectors.float()}, {"ids": json.dumps(list(ids)),
+                                                            "texts": json.dumps(list(texts))})
+    return path
+
+
+def replay_additions(recommender: Recommender, folder: Any) -> int:
+    """Add the items of every persisted addition in ``folder`` (in order, by their stored vectors)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    files = sorted((p for p in Path(folder).glob("*.safetensors") if p.stem.isdigit()), key=lambda p: int(p.stem))
+    added = 0
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                vectors = handle.get_tensor("text_vectors")
+            ids, texts = json.loads(meta["ids"]), json.loads(meta["texts"])
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise UnisrecError(f"{path}: unreadable added-items file ({exc})") from None
+        recommender.add_items(texts, ids, vectors)
+        added += len(ids)
+    return added
 
 
 # -- loading and saving a model with its catalogue ------------------------------------------------------
@@ -497,6 +543,9 @@ def load_model(run_dir: Any, device: str | torch.device = "cpu", backend: Backen
     model.eval()
     model.saved_info = {k: v for k, v in config.items() if k not in CHECKPOINT_KEYS}
     model.recommender = Recommender(model, Catalogue(ids, texts), config.get("text_encoder"), backend=backend)
+    added = Path(run_dir) / ADDED_DIR
+    if added.is_dir():  # items added while it was served (``unisrec serve``) come back
+        replay_additions(model.recommender, added)
     return model
 
 

@@ -19,6 +19,8 @@ layer only at each history's end) and ranks them with one pass over the cached s
 whose candidates are rescored in float32, exact: ``unisrec.topk``), so the item table is read once per batch
 rather than once per request. /items encodes the new texts outside the catalogue lock, then appends them.
 With ``unisrec[serve]`` uvicorn parses HTTP with httptools and runs on uvloop.
+Items added by POST /items are written (atomically, fsynced) to ``RUN/catalogue/`` before the answer, and a
+restarted ``unisrec serve RUN`` serves them again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -44,7 +47,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from unisrec import __version__
 from unisrec.errors import UnisrecError
 from unisrec.model import UniSRec
-from unisrec.recommend import ItemConflictError, Recommendation, Recommender, UnknownItemError, recommender_of
+from unisrec.recommend import (
+    ADDED_DIR,
+    ItemConflictError,
+    Recommendation,
+    Recommender,
+    UnknownItemError,
+    recommender_of,
+)
 
 MAX_HISTORIES = 256  # histories per request
 MAX_HISTORY = 1000  # items per history (only the last max_seq_len are encoded)
@@ -314,7 +324,9 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, backend: s
     if threads:
         torch.set_num_threads(threads)
     model = UniSRec.from_pretrained(run_dir, backend=backend)  # type: ignore[arg-type]
-    recommender_of(model).scoring_table()  # build it before the first request
+    recommender = recommender_of(model)
+    recommender.persist_dir = Path(run_dir) / ADDED_DIR  # POST /items survives a restart (and kill -9)
+    recommender.scoring_table()  # build it before the first request
     app = create_app(model, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes)
     uvicorn.run(app, host=host, port=port, log_level="warning",
                 access_log=False)
