@@ -24,6 +24,7 @@ from unisrec import __version__
 from unisrec.atomic import atomic_write, atomic_write_json
 from unisrec.config import ModelConfig, from_plain, to_plain
 from unisrec.errors import ConfigError, UnisrecError
+from unisrec.json_io import read_json
 from unisrec.model import SequenceModel
 
 MODEL_FORMAT = "unisrec-model"
@@ -80,7 +81,7 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise UnisrecError(f"{path}: missing; {directory} is not a saved unisrec model or run")
     try:
-        config = json.loads(path.read_text())
+        config = read_json(path)
     except json.JSONDecodeError as exc:
         raise UnisrecError(f"{path}: not valid JSON ({exc})") from None
     if config.get("format") != MODEL_FORMAT:

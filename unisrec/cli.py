@@ -70,6 +70,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         text=args.text_columns,
     )
     options = PrepareOptions(args.user_core, args.item_core, args.min_seq_len)
+    if len(args.delimiter) != 1 or args.delimiter in ('"', "\n", "\r"):
+        raise UnisrecError(f"--delimiter must be one character (not a quote or a line break), got {args.delimiter!r}")
     several = len(args.source) > 1
     if several and (args.interactions or args.items):
         raise UnisrecError("--interactions / --items go with a single source")
@@ -322,7 +324,12 @@ def _read_history_file(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UnisrecError(f"{path}: no such file")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise UnisrecError(f"{path}, line {bad_line}: not valid UTF-8 text") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -498,3 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"unisrec {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, permissions, ...: one line naming the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"unisrec {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2

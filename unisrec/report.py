@@ -28,6 +28,7 @@ from typing import Any, Literal, TextIO
 from unisrec.atomic import atomic_write_json
 from unisrec.config import RunConfig, load_config
 from unisrec.errors import UnisrecError
+from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
 from unisrec.pretrain import recipe_config
 from unisrec.records import write_record
@@ -54,7 +55,7 @@ class PlannedRun:
         return self.out / ("dataset.json" if self.kind == "prepare" else "metrics.json")
 
     def status(self) -> Literal["cached", "resume", "new", "stale"]:
-        stored = json.loads(self.spec_file.read_text()) if self.spec_file.exists() else None
+        stored = read_json(self.spec_file) if self.spec_file.exists() else None
         if stored == self.spec:
             return "cached" if self.done_file.exists() else "resume"
         return "stale" if self.out.exists() else "new"

@@ -13,6 +13,7 @@ import torch
 
 from unisrec.atomic import atomic_write_json
 from unisrec.errors import UnisrecError
+from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
 
 
@@ -34,7 +35,7 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
     if out.exists() and any(out.iterdir()):
         if not run_file.exists():
             raise UnisrecError(f"{out}: folder exists and is not a unisrec run; choose another --out")
-        previous = json.loads(run_file.read_text())
+        previous = read_json(run_file, "pass --overwrite to start the run again")
         if (out / "metrics.json").exists():
             raise UnisrecError(f"{out}: run already finished; pass --overwrite to train it again")
         if previous.get("fingerprint") != fingerprint(settings):

@@ -30,6 +30,7 @@ from unisrec.checkpoint import save_tensors
 from unisrec.config import TrainConfig
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
+from unisrec.json_io import read_json
 
 
 class TrainingError(UnisrecError):
@@ -99,7 +100,7 @@ def _save_checkpoint(
 def _load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str
 ) -> TrainState:
-    meta = json.loads((path / "state.json").read_text())
+    meta = read_json(path / "state.json", "delete the checkpoint folder or pass --overwrite")
     if meta.get("fingerprint") != fingerprint:
         raise UnisrecError(
             f"{path}: checkpoint of a run with different settings; use another --out or --overwrite"

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from unisrec.atomic import atomic_directory
 from unisrec.errors import DataError, UnisrecError
+from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
 
 FORMAT_VERSION = 1
@@ -181,7 +182,7 @@ def load_processed(path: str | Path) -> ProcessedDataset:
     info_path = path / "dataset.json"
     if not info_path.exists():
         raise DataError(info_path, "missing; is this a folder written by `unisrec prepare`?")
-    info = json.loads(info_path.read_text())
+    info = read_json(info_path, "prepare the dataset again")
     if info.get("format_version") != FORMAT_VERSION:
         raise DataError(
             info_path,
@@ -189,7 +190,7 @@ def load_processed(path: str | Path) -> ProcessedDataset:
             f"{FORMAT_VERSION}; prepare the dataset again",
         )
     stats_path = path / "stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    stats = read_json(stats_path, "prepare the dataset again") if stats_path.exists() else {}
     inter = _read_parquet(path / "interactions.parquet", ["user", "item", "timestamp", "split"])
     items = _read_parquet(path / "items.parquet", ["item", "item_id", "text"])
     users = _read_parquet(path / "users.parquet", ["user", "user_id"])

@@ -1,0 +1,80 @@
+"""Every subcommand on a table of bad inputs: exit 2, one line on stderr naming the file or field, no traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import prepare_synthetic, write_synthetic_source
+
+from unisrec.cli import main
+
+Case = Callable[[Path, Path], tuple[list[str], str]]  # (tmp_path, tiny_lm_dir) -> (argv, expected stderr text)
+
+
+def _semicolons(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    source = write_synthetic_source(tmp / "src")
+    return (["prepare", str(source), "--format", "csv", "--out", str(tmp / "o"), "--delimiter", ";;"],
+            "--delimiter must be one character (not a quote or a line break), got ';;'")
+
+
+def _empty_delimiter(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    source = write_synthetic_source(tmp / "src")
+    return (["prepare", str(source), "--format", "csv", "--out", str(tmp / "o"), "--delimiter", ""],
+            "--delimiter must be one character (not a quote or a line break), got ''")
+
+
+def _corrupt_dataset_json(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    (data / "dataset.json").write_text('{"format": "unisrec-processed", ')
+    return (["finetune", str(data), "--mode", "inductive", "--out", str(tmp / "r"), "--text-model", str(lm)],
+            f"{data / 'dataset.json'}: damaged, not valid JSON")
+
+
+def _corrupt_run_json(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    run = tmp / "r"
+    run.mkdir()
+    (run / "run.json").write_bytes(b"\xff\xfe not json")
+    return (["finetune", str(data), "--mode", "inductive", "--out", str(run), "--text-model", str(lm)],
+            f"{run / 'run.json'}: damaged, not valid JSON (not UTF-8); pass --overwrite")
+
+
+def _non_utf8_history(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    history = tmp / "h.jsonl"
+    history.write_bytes(b'{"history": ["i1"]}\n{"history": ["caf\xe9"]}\n')
+    run = tmp / "run"
+    run.mkdir()
+    return (["recommend", str(run), "--history-file", str(history)], f"{history}, line 2: not valid UTF-8 text")
+
+
+def _output_under_a_file(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    source = write_synthetic_source(tmp / "src")
+    blocker = tmp / "file"
+    blocker.write_text("not a folder")
+    return (["prepare", str(source), "--format", "csv", "--out", str(blocker / "o")], str(blocker))
+
+
+def _missing_run(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    return (["evaluate", str(tmp / "nowhere"), str(data)], str(tmp / "nowhere"))
+
+
+CASES: dict[str, Case] = {
+    "delimiter ;;": _semicolons, "delimiter empty": _empty_delimiter, "corrupt dataset.json": _corrupt_dataset_json,
+    "corrupt run.json": _corrupt_run_json, "non-UTF-8 history file": _non_utf8_history,
+    "output below a file": _output_under_a_file, "missing run": _missing_run,
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_exits_2_with_one_line(name: str, tmp_path: Path, tiny_lm_dir: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    argv, expected = CASES[name](tmp_path, tiny_lm_dir)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith(f"unisrec {argv[0]}: error: ") and expected in err[0], err
+    assert "Traceback" not in err[0]
