@@ -355,7 +355,8 @@ class Recommender:
         if not by_text:
             return self.recommend_rows(self.resolve(histories), k, exclude_seen)
         queries = self.queries_of_texts(histories)
-        seen = [self.catalogue.rows_with_texts(h) if exclude_seen else np.zeros(0, np.int64) for h in histories]
+        with self._lock:  # the text index is built lazily and grows with add_items: never read it mid-append
+            seen = [self.catalogue.rows_with_texts(h) if exclude_seen else np.zeros(0, np.int64) for h in histories]
         return [self._format(r) for r in self.top_rows(queries, k, seen)]
 
     # -- the DataFrame API (RecTools style): always a DataFrame user_id, item_id, score, rank, text -------
