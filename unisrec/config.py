@@ -40,7 +40,7 @@ _ARCHITECTURE_ITEM_REPR: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture. Defaults: the paper's reference settings (section 5 of docs/PAPER.md)."""
+    """Architecture. Defaults: the paper's reference settings (Hou et al., KDD 2022, implementation details)."""
 
     item_repr: ItemRepr = "text"  # text: UniSRec_t (inductive); text+id: UniSRec_t+ID; id: SASRec
     hidden_size: int = 300  # d of item and sequence vectors

@@ -43,7 +43,7 @@ from typing import Any, Literal
 from unisrec.config import MODES, from_plain, read_yaml_mapping
 from unisrec.errors import ConfigError
 
-# Hou et al., KDD 2022, Table 2 (docs/PAPER.md section 6): Recall@10, NDCG@10, Recall@50, NDCG@50
+# Hou et al., KDD 2022, Table 2 (the paper's main results table): Recall@10, NDCG@10, Recall@50, NDCG@50
 PAPER_CITATION = "Hou et al., Towards Universal Sequence Representation Learning for Recommender Systems, KDD 2022"
 PAPER_METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float, float]]] = {
