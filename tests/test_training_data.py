@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -111,3 +112,21 @@ def test_encoder_learning_rate_is_scaled(tmp_path: Path) -> None:
     for name, param in model.named_parameters():
         param.requires_grad = not name.startswith("encoder.")
     assert len(param_groups(model, TrainConfig())) == 1  # a frozen encoder leaves no empty group
+
+
+def test_training_curves_are_written_as_tensorboard_events(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = prepare_synthetic(tmp_path / "d", n_users=40, n_items=20)
+    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
+    finetune(data, "inductive", tmp_path / "run", overrides=[*SMALL, "train.epochs=2"], text_spec=spec)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "valid/ndcg@10", "valid/recall@50"} <= tags
+    valid = [e.value for e in events.Scalars("valid/ndcg@10")]
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    logged = [json.loads(line)["valid"]["ndcg@10"] for line in lines]
+    assert valid == pytest.approx(logged)  # the same numbers as train.log, one per epoch
+    finetune(data, "inductive", tmp_path / "plain", overrides=[*SMALL, "train.log=jsonl"], text_spec=spec)
+    assert not (tmp_path / "plain" / "tensorboard").exists() and (tmp_path / "plain" / "train.log").exists()

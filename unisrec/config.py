@@ -125,7 +125,10 @@ class TrainConfig:
     cold_items: float = 0.0  # withhold a seeded random fraction of the items from training entirely
     threads: int = 0  # torch CPU threads (0 = torch default)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    progress: bool = True  # progress bars (on a terminal)
+    progress: bool = True  # progress bars (on a terminal); once-a-minute progress lines otherwise
+    # training curves besides train.log (JSON lines, always): auto = TensorBoard event files in RUN/tensorboard
+    # when the tensorboard package is installed; tensorboard = required; jsonl = train.log only
+    log: Literal["auto", "tensorboard", "jsonl"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -136,6 +139,7 @@ class TrainConfig:
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
         _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
+        _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))
         if self.encoder_lr_scale < 0:
             raise ConfigError(f"train.encoder_lr_scale must be >= 0, got {self.encoder_lr_scale}")
         if self.warmup_steps < 0:

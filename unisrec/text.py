@@ -1,6 +1,6 @@
 """Item text -> frozen language-model vectors, batched, cached on disk with metadata that keeps them honest.
 
-UniSRec (Hou et al., KDD 2022, section on item text encoding) represents an item by a frozen pre-trained language model applied to its
+UniSRec (Hou et al., KDD 2022) represents an item by a frozen pre-trained language model applied to its
 text, once, ahead of training. This module computes that (N, D) float32 matrix for a processed dataset and
 stores it as ``DIR/embeddings/<model slug>.<pooling>.safetensors``; the safetensors header records the model
 fingerprint, pooling, max length, dimension and hashes of the item-id order and of the texts, so a matrix is

@@ -162,6 +162,7 @@ def fit(
         if dist.is_main:
             print(f"resuming from epoch {state.epoch} step {state.step_in_epoch}", file=sys.stderr)
     write = dist.is_main and run_dir is not None
+    curves = CurveWriter(run_dir, config.log, enabled=write)
 
     def save() -> None:
         if write and checkpoint is not None:
@@ -215,6 +216,7 @@ def fit(
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
             bar.update(1)
             ticker.step(step + 1, float(loss.detach()), optimizer.param_groups[0]["lr"])
+            curves.step(state.global_step, float(loss.detach()), optimizer.param_groups[0]["lr"])
             bar.set_postfix({k: f"{v / counts[k]:.4f}" for k, v in sums.items() if "@" not in k})
             if checkpoint_every and state.global_step % checkpoint_every == 0:
                 save()
@@ -237,6 +239,7 @@ def fit(
             state.history.append(record)
             save()
             _log(run_dir if write else None, record)
+            curves.epoch(record)
             break
         state.epoch += 1
         state.step_in_epoch = 0
@@ -259,12 +262,54 @@ def fit(
         state.seconds += elapsed
         state.history.append(record)
         _log(run_dir if write else None, record)
+        curves.epoch(record)
         if dist.is_main:
             _print_epoch(record, config)
         if on_epoch is not None:
             on_epoch(state)
         save()
+    curves.close()
     return state
+
+
+class CurveWriter:
+    """TensorBoard event files in ``RUN/tensorboard`` (``train.log``): every loss term (per domain too), the
+    learning rate and the validation metrics per epoch, and the loss every ``every`` steps."""
+
+    def __init__(self, run_dir: Path | None, mode: str, enabled: bool, every: int = 20) -> None:
+        self.writer: Any = None
+        self.every = every
+        if run_dir is None or not enabled or mode == "jsonl":
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            if mode == "tensorboard":
+                raise UnisrecError("train.log=tensorboard needs the tensorboard package: "
+                                   "pip install 'unisrec[tensorboard]'") from None
+            return
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def step(self, global_step: int, loss: float, lr: float) -> None:
+        if self.writer is not None and global_step % self.every == 0:
+            self.writer.add_scalar("step/loss", loss, global_step)
+            self.writer.add_scalar("step/lr", lr, global_step)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        epoch = int(record["epoch"])
+        for key, value in record.items():
+            if key.startswith("train_"):
+                self.writer.add_scalar(f"train/{key[6:].replace('@', '/')}", value, epoch)  # si@beauty -> si/beauty
+        self.writer.add_scalar("train/lr", record["lr"], epoch)
+        for key, value in (record.get("valid") or {}).items():
+            self.writer.add_scalar(f"valid/{key}", value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class ProgressLines:
