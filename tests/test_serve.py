@@ -277,3 +277,15 @@ def test_token_guards_items_and_the_body_cap_gives_413(tiny_lm_dir: Path) -> Non
         schema = guarded.get("/openapi.json").json()
         items = schema["paths"]["/items"]["post"]
         assert {"401", "413"} <= set(items["responses"]) and items["security"] == [{"HTTPBearer": []}]
+
+
+def test_search_and_the_explorer_page(client: TestClient) -> None:
+    found = client.get("/search", params={"q": "MICROSCOPE", "limit": 5}).json()["items"]
+    assert 0 < len(found) <= 5 and all("microscope" in item["text"] for item in found)
+    everything = client.get("/search", params={"q": "", "limit": 100}).json()["items"]
+    assert [i["item_id"] for i in everything] == [f"item-{i}" for i in range(N_ITEMS)]
+    assert client.get("/search", params={"q": "item-7"}).json()["items"][0]["item_id"] == "item-7"
+    assert client.get("/search", params={"limit": 0}).status_code == 422
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert all(f'id="{part}"' in page.text for part in ("query", "history", "results", "exclude", "add"))

@@ -126,6 +126,17 @@ class Catalogue:
             raise UnknownItemError(unknown)
         return np.asarray(rows, dtype=np.int64)
 
+    def search(self, query: str, limit: int) -> list[int]:
+        """Rows of the first ``limit`` items whose text or id contains ``query`` (case-insensitive), in order."""
+        needle = query.casefold()
+        rows = []
+        for row, (item, text) in enumerate(zip(self.item_ids, self.texts, strict=True)):
+            if needle in text.casefold() or needle in item.casefold():
+                rows.append(row)
+                if len(rows) >= limit:
+                    break
+        return rows
+
     def rows_with_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(M,) rows of the catalogue items whose text is exactly one of ``texts``."""
         if self._by_text is None:

@@ -4,6 +4,8 @@
                      -> {"results": [[{"item_id": ..., "score": ..., "text": ...}, ...], ...]}
     POST /items      {"items": [{"item_id": ..., "text": ...}, ...]} -> {"added": M, "n_items": N}
     GET  /health     -> {"status": "ok", "n_items": N, ...}
+    GET  /search?q=TEXT&limit=20 -> {"items": [{"item_id": ..., "text": ...}, ...]} (catalogue text search)
+    GET  /           -> a page to explore recommendations (search, click a history, top k, add items)
     GET  /openapi.json, /docs
 
 Bad input is a 4xx, never a 500: wrong types, missing or extra fields, empty or too long histories, k out of
@@ -33,14 +35,15 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -62,6 +65,7 @@ MAX_K = 1000
 MAX_NEW_ITEMS = 1000  # items per POST /items
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 2000
+MAX_SEARCH = 100  # items per GET /search
 MAX_BODY_BYTES = 4 * 2**20  # request bodies over this are refused with 413 (``--max-body-bytes``)
 
 
@@ -113,6 +117,15 @@ class AddItemsRequest(Strict):
 class AddItemsResponse(BaseModel):
     added: int
     n_items: int
+
+
+class CatalogueItem(BaseModel):
+    item_id: str
+    text: str
+
+
+class SearchResponse(BaseModel):
+    items: list[CatalogueItem]
 
 
 class Health(BaseModel):
@@ -273,6 +286,20 @@ def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
         400: {"model": ErrorMessage, "description": "unreadable body (not JSON)"},
         422: {"model": ErrorMessage, "description": "invalid input: types, limits, unknown item ids"},
     }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        """A page to explore recommendations: search, build a history, see the top k, add items."""
+        return (resources.files("unisrec") / "web" / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/search", response_model=SearchResponse)
+    async def search(q: Annotated[str, Query(max_length=MAX_TEXT_CHARS)] = "",
+                     limit: Annotated[int, Query(ge=1, le=MAX_SEARCH)] = 20) -> dict[str, Any]:
+        """Catalogue items whose text or id contains ``q`` (case-insensitive), in catalogue order."""
+        with recommender._lock:
+            catalogue = recommender.catalogue
+            rows = catalogue.search(q, limit)
+            return {"items": [{"item_id": catalogue.item_ids[r], "text": catalogue.texts[r]} for r in rows]}
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
