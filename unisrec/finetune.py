@@ -40,6 +40,7 @@ from unisrec.losses import full_softmax_ce
 from unisrec.metrics import ranking_metrics
 from unisrec.model import SequenceModel
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
+from unisrec.records import git_commit
 from unisrec.runs import fingerprint, open_run_dir, seed_everything
 from unisrec.train import ENCODER_PREFIX, Task, TrainState, clear_checkpoint, fit, peak_memory_mb, resolve_device
 from unisrec.training_data import train_lengths, training_sequences
@@ -295,6 +296,7 @@ def finetune(
         "dataset": dataset.name,
         "device": str(device),
         "command": command_line(),
+        "code": git_commit(),
     }
     if dist.is_main:
         save_ranks(out, test_ranks)

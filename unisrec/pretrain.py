@@ -35,6 +35,7 @@ from unisrec.finetune import load_text
 from unisrec.losses import contrastive
 from unisrec.model import UniSRec
 from unisrec.model_card import command_line, write_pretrain_card
+from unisrec.records import git_commit
 from unisrec.runs import fingerprint, open_run_dir, seed_everything
 from unisrec.train import Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
 from unisrec.training_data import train_lengths
@@ -295,6 +296,7 @@ def pretrain(
         "history": state.history,
         "seed": config.train.seed,
         "command": command_line(),
+        "code": git_commit(),
     }
     if dist.is_main:
         atomic_write_json(out / "metrics.json", metrics)

@@ -106,6 +106,11 @@ def _long_tail(run_dir: Path, data_dir: Path) -> list[dict[str, Any]] | None:
     return rows
 
 
+def _card_command(run_dir: Path) -> str | None:
+    card = run_dir / "card.json"  # pre-trained runs keep their command beside the model card
+    return str(_read_json(card).get("command")) if card.exists() else None
+
+
 def run_record(run_dir: str | Path) -> dict[str, Any]:
     """The record of one finished run folder (fine-tuning, pre-training or zero-shot evaluation)."""
     run_dir = Path(run_dir)
@@ -121,12 +126,13 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
         "format_version": RECORD_VERSION,
         "run": run_dir.name,
         "kind": settings.get("command"),
-        "command": metrics.get("command"),
+        "command": metrics.get("command") or _card_command(run_dir),
         "mode": settings.get("mode"),
         "init": Path(settings["init"]).name if settings.get("init") else None,
         "seed": settings.get("config", {}).get("train", {}).get("seed"),
         "config": settings.get("config"),
-        "code": git_commit(),
+        # the commit the run recorded when it finished; else the one at record time (marked as such)
+        "code": metrics.get("code") or {**git_commit(), "as_of": "record"},
         "text_vectors": text,
         "valid": metrics.get("valid"),
         "test": metrics.get("test"),
