@@ -44,6 +44,8 @@ def test_resume_after_interruption_gives_identical_weights(synthetic_dataset: Pa
     resumed = _fit(synthetic_dataset, run)  # a new process would start exactly like this
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    epochs = [json.loads(line)["epoch"] for line in (run / "train.log").read_text().splitlines()]
+    assert epochs == [1, 2, 3]  # each epoch once: the interrupted one's partial record is gone
 
 
 def test_non_finite_loss_stops_training(synthetic_dataset: Path) -> None:
@@ -74,3 +76,14 @@ def test_finetune_sasrec_learns_and_writes_the_run(synthetic_dataset: Path, tmp_
     assert best["epoch"] == saved["best_epoch"]
     assert saved["valid"]["ndcg@10"] == pytest.approx(best["valid"]["ndcg@10"], abs=1e-9)
     assert np.isclose(sum(saved["parameters"].values()) > 0, True)
+
+
+def test_resume_trims_the_log_to_the_checkpoint(tmp_path: Path) -> None:
+    from unisrec.train import trim_log
+
+    log = tmp_path / "train.log"
+    lines = [json.dumps({"epoch": 1, "steps": 3}), json.dumps({"epoch": 2, "steps": 3}),
+             json.dumps({"epoch": 3, "steps": 1, "partial": True}), json.dumps({"epoch": 3, "steps": 3}), '{"epo']
+    log.write_text("\n".join(lines))  # epoch 3 logged, then killed before its checkpoint; a torn last line
+    trim_log(log, 2)
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]

@@ -208,7 +208,13 @@ def curves_section(config: ReportConfig, results: Results, pretrained: dict[str,
 def _read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed run
+    return records
 
 
 def _have_matplotlib() -> bool:

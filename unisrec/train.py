@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from unisrec.atomic import atomic_directory
+from unisrec.atomic import atomic_directory, atomic_write_text
 from unisrec.checkpoint import save_tensors
 from unisrec.config import TrainConfig
 from unisrec.distributed import Distributed
@@ -120,6 +120,22 @@ def _load_checkpoint(
     return TrainState(**meta["state"])
 
 
+def trim_log(path: Path, epochs_done: int) -> None:
+    """Keep the records of the ``epochs_done`` epochs a checkpoint holds (drops what a resumed run will log
+    again, partial records and a torn last line), atomically."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn by a kill mid-write
+        if isinstance(record, dict) and int(record.get("epoch", 0)) <= epochs_done and not record.get("partial"):
+            kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 def _log(run_dir: Path | None, record: dict[str, Any]) -> None:
     if run_dir is not None:
         with open(run_dir / "train.log", "a") as handle:
@@ -161,6 +177,8 @@ def fit(
         state = _load_checkpoint(checkpoint, model, optimizer, fingerprint)
         if dist.is_main:
             print(f"resuming from epoch {state.epoch} step {state.step_in_epoch}", file=sys.stderr)
+            if run_dir is not None:
+                trim_log(run_dir / "train.log", state.epoch)
     write = dist.is_main and run_dir is not None
     curves = CurveWriter(run_dir, config.log, enabled=write)
 
