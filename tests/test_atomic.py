@@ -52,3 +52,43 @@ def test_atomic_directory_swaps_whole_folders(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~mask
+
+
+def test_failed_final_rename_restores_the_old_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from unisrec import atomic
+
+    target = tmp_path / "d"
+    target.mkdir()
+    (target / "a").write_text("old")
+    real = os.replace
+    calls = []
+
+    def flaky(src: object, dst: object) -> None:
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder's rename into place
+            raise OSError(28, "No space left on device")
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(atomic.os, "replace", flaky)
+    with pytest.raises(OSError, match="No space"), atomic.atomic_directory(target, replace=True) as tmp:
+        (tmp / "b").write_text("new")
+    monkeypatch.setattr(atomic.os, "replace", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and (target / "a").read_text() == "old"
+
+
+def test_clean_stale_removes_leftovers_and_restores_a_swapped_out_folder(tmp_path: Path) -> None:
+    from unisrec.atomic import clean_stale
+
+    target = tmp_path / "out"
+    (tmp_path / ".out.abc.tmp").mkdir()
+    (tmp_path / ".out.abc.tmp" / "half").write_text("x")
+    (tmp_path / ".out.def.tmp").write_text("partial file")
+    old = tmp_path / ".out.ghi.old"  # killed between the two renames: the previous version waits here
+    old.mkdir()
+    (old / "a").write_text("previous")
+    (tmp_path / ".other.jkl.tmp").write_text("not ours")
+    removed = clean_stale(target)
+    assert len(removed) == 2 and (target / "a").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.jkl.tmp", "out"]

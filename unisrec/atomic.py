@@ -79,14 +79,39 @@ def atomic_directory(path: str | Path, *, replace: bool) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old: Path | None = None
-    if path.exists():
-        if not replace:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(path)
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.rmdir(old)
-        os.replace(path, old)
-    os.replace(tmp, path)
+    try:
+        if path.exists():
+            if not replace:
+                raise FileExistsError(path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not path.exists():
+            os.replace(old, path)  # the previous folder comes back
+        raise
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_stale(path: str | Path) -> list[Path]:
+    """Remove what interrupted atomic writes of ``path`` left beside it (``.NAME.*.tmp`` / ``.old``).
+
+    Call it only while holding the output's lock (``unisrec.locking``): then no live writer owns them. When a
+    kill fell between the two renames of ``atomic_directory`` (``path`` gone, its previous version in
+    ``.old``), the previous version is restored first.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    leftovers = sorted(path.parent.glob(f".{path.name}.*.tmp")) + sorted(path.parent.glob(f".{path.name}.*.old"))
+    olds = [p for p in leftovers if p.name.endswith(".old")]
+    if olds and not path.exists():
+        os.replace(olds[0], path)
+        leftovers.remove(olds[0])
+    for stale in leftovers:
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    return leftovers

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unisrec.atomic import atomic_directory
+from unisrec.atomic import atomic_directory, clean_stale
 from unisrec.errors import DataError, UnisrecError
 from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
@@ -123,7 +123,8 @@ def write_processed(dataset: ProcessedDataset, out: str | Path, *, overwrite: bo
     """Write ``dataset`` as a processed folder at ``out`` atomically (all files or none)."""
     dataset.validate()
     out = Path(out)
-    hold_folder(out)  # one writer per dataset folder
+    hold_folder(out)  # one writer per dataset folder ...
+    clean_stale(out)  # ... so what a killed writer left beside it can go
     check_output_folder(out, overwrite=overwrite)
     users = dataset.user_of_rows().astype(np.int32)
     with atomic_directory(out, replace=True) as tmp:
