@@ -228,10 +228,12 @@ def test_added_items_survive_kill_9_of_the_server(model: UniSRec, tmp_path: Path
     server, _ = _start_server(tmp_path / "run", port, "--token", "t")
     try:
         new = {"items": [{"item_id": "kept-1", "text": "red lens kit"}, {"item_id": "kept-2", "text": "blue tube"}]}
-        answer = httpx.post(f"http://127.0.0.1:{port}/items", json=new, headers={"Authorization": "Bearer t"})
+        answer = httpx.post(f"http://127.0.0.1:{port}/items", json=new, headers={"Authorization": "Bearer t"},
+                            timeout=60)  # the first addition loads the language model
         assert answer.status_code == 200 and answer.json()["n_items"] == N_ITEMS + 2
         before = httpx.post(f"http://127.0.0.1:{port}/recommend",
-                            json={"histories": [["kept-1", "item-3"]], "k": 5, "exclude_seen": False}).json()
+                            json={"histories": [["kept-1", "item-3"]], "k": 5, "exclude_seen": False},
+                            timeout=60).json()
     finally:
         server.kill()  # SIGKILL right after the 200
         server.wait(timeout=30)
@@ -289,3 +291,20 @@ def test_search_and_the_explorer_page(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert all(f'id="{part}"' in page.text for part in ("query", "history", "results", "exclude", "add"))
+
+
+def test_metrics_count_requests_and_the_access_log(tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with TestClient(create_app(_model(tiny_lm_dir), access_log=True)) as logged:
+        for _ in range(3):
+            assert logged.post("/recommend", json={"histories": [["item-1"]], "k": 2}).status_code == 200
+        assert logged.post("/recommend", json={"histories": [["nope"]], "k": 2}).status_code == 422
+        assert logged.get("/no/such/path").status_code == 404
+        text = logged.get("/metrics").text
+    assert 'unisrec_requests_total{method="POST",path="/recommend",status="200"} 3' in text
+    assert 'unisrec_requests_total{method="POST",path="/recommend",status="422"} 1' in text
+    assert 'unisrec_requests_total{method="GET",path="other",status="404"} 1' in text  # bounded labels
+    assert 'unisrec_request_seconds_count{path="/recommend"} 4' in text
+    assert 'unisrec_request_seconds_bucket{path="/recommend",le="+Inf"} 4' in text
+    assert f"unisrec_catalogue_items {N_ITEMS}" in text
+    log = [line for line in capsys.readouterr().err.splitlines() if '"POST /recommend"' in line]
+    assert len(log) == 4 and " 200 " in log[0] and log[0].endswith("ms")

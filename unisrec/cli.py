@@ -375,6 +375,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' on POST /items (default: $UNISREC_TOKEN)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413")
+    p.add_argument("--access-log", action="store_true", help="one line per request on stderr")
     p.set_defaults(handler=_run_serve)
 
 
@@ -386,7 +387,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     print(f"unisrec serve: http://{args.host}:{args.port} (docs at /docs)", file=sys.stderr)
     token = args.token if args.token is not None else (os.environ.get("UNISREC_TOKEN") or None)
     serve(str(args.run_dir), args.host, args.port, backend=args.backend, threads=args.threads,
-          max_batch=args.max_batch, token=token, max_body_bytes=args.max_body_bytes)
+          max_batch=args.max_batch, token=token, max_body_bytes=args.max_body_bytes, access_log=args.access_log)
     return 0
 
 

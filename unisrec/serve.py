@@ -4,6 +4,7 @@
                      -> {"results": [[{"item_id": ..., "score": ..., "text": ...}, ...], ...]}
     POST /items      {"items": [{"item_id": ..., "text": ...}, ...]} -> {"added": M, "n_items": N}
     GET  /health     -> {"status": "ok", "n_items": N, ...}
+    GET  /metrics    -> request counts and latency histograms (Prometheus text format)
     GET  /search?q=TEXT&limit=20 -> {"items": [{"item_id": ..., "text": ...}, ...]} (catalogue text search)
     GET  /           -> a page to explore recommendations (search, click a history, top k, add items)
     GET  /openapi.json, /docs
@@ -31,7 +32,9 @@ import asyncio
 import hmac
 import json
 import queue
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -43,7 +46,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -215,16 +218,60 @@ class Batcher:
             job.loop.call_soon_threadsafe(_resolve, job, part, None)
 
 
+class RequestMetrics:
+    """Request counts by endpoint and status and a latency histogram, in Prometheus text format (GET /metrics)."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: dict[tuple[str, str, int], int] = {}
+        self.buckets: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def observe(self, method: str, path: str, status: int, seconds: float) -> None:
+        with self._lock:
+            key = (method, path, status)
+            self.counts[key] = self.counts.get(key, 0) + 1
+            cumulative = self.buckets.setdefault(path, [0] * (len(self.BUCKETS) + 1))
+            for index, bound in enumerate(self.BUCKETS):
+                if seconds <= bound:
+                    cumulative[index] += 1
+            cumulative[-1] += 1  # +Inf
+            self.sums[path] = self.sums.get(path, 0.0) + seconds
+
+    def render(self, n_items: int) -> str:
+        lines = ["# HELP unisrec_requests_total HTTP requests by method, endpoint and status.",
+                 "# TYPE unisrec_requests_total counter"]
+        with self._lock:
+            for (method, path, status), count in sorted(self.counts.items()):
+                lines.append(f'unisrec_requests_total{{method="{method}",path="{path}",status="{status}"}} {count}')
+            lines += ["# HELP unisrec_request_seconds Request latency by endpoint.",
+                      "# TYPE unisrec_request_seconds histogram"]
+            for path, cumulative in sorted(self.buckets.items()):
+                for bound, count in zip((*map(str, self.BUCKETS), "+Inf"), cumulative, strict=True):
+                    lines.append(f'unisrec_request_seconds_bucket{{path="{path}",le="{bound}"}} {count}')
+                lines.append(f'unisrec_request_seconds_sum{{path="{path}"}} {self.sums[path]:.6f}')
+                lines.append(f'unisrec_request_seconds_count{{path="{path}"}} {cumulative[-1]}')
+        lines += ["# HELP unisrec_catalogue_items Items the service ranks.", "# TYPE unisrec_catalogue_items gauge",
+                  f"unisrec_catalogue_items {n_items}"]
+        return "\n".join(lines) + "\n"
+
+
+KNOWN_PATHS = ("/", "/recommend", "/items", "/search", "/health", "/metrics", "/docs", "/openapi.json")
+
+
 def _records(results: list[list[Recommendation]]) -> dict[str, Any]:
     return {"results": [[asdict(r) for r in ranked] for ranked in results]}
 
 
 def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, access_log: bool = False) -> FastAPI:
     """The FastAPI application serving ``model`` (loaded with ``UniSRec.from_pretrained``).
 
     ``token``: mutating endpoints (POST /items) require ``Authorization: Bearer <token>`` (401 otherwise).
     ``max_body_bytes``: larger request bodies are refused with 413 before they are parsed.
+    ``access_log``: one line per request on stderr (client, method, path, status, milliseconds).
     """
     recommender = recommender_of(model)
     batcher = Batcher(recommender, max_batch)
@@ -251,6 +298,21 @@ def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
         lifespan=lifespan,
     )
     app.state.recommender = recommender
+
+    metrics = RequestMetrics()
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        seconds = time.perf_counter() - started
+        path = request.url.path if request.url.path in KNOWN_PATHS else "other"  # bounded label set
+        metrics.observe(request.method, path, response.status_code, seconds)
+        if access_log:
+            client = request.client.host if request.client else "-"
+            print(f'{client} "{request.method} {request.url.path}" {response.status_code} {seconds * 1000:.1f}ms',
+                  file=sys.stderr, flush=True)
+        return response
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
@@ -301,6 +363,11 @@ def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
             rows = catalogue.search(q, limit)
             return {"items": [{"item_id": catalogue.item_ids[r], "text": catalogue.texts[r]} for r in rows]}
 
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> str:
+        """Request counts and latency histograms (Prometheus text format)."""
+        return metrics.render(len(recommender.catalogue))
+
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
         return {"status": "ok", "n_items": len(recommender.catalogue), "item_repr": model.config.item_repr,
@@ -338,9 +405,8 @@ def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, backend: str = "torch",
           threads: int = 0, max_batch: int = 64, token: str | None = None,
-          max_body_bytes: int = MAX_BODY_BYTES) -> None:
+          max_body_bytes: int = MAX_BODY_BYTES, access_log: bool = False) -> None:
     """Load ``run_dir`` and serve it with uvicorn until interrupted."""
-    import sys
 
     import torch
     import uvicorn
@@ -354,6 +420,6 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, backend: s
     recommender = recommender_of(model)
     recommender.persist_dir = Path(run_dir) / ADDED_DIR  # POST /items survives a restart (and kill -9)
     recommender.scoring_table()  # build it before the first request
-    app = create_app(model, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes)
+    app = create_app(model, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes, access_log=access_log)
     uvicorn.run(app, host=host, port=port, log_level="warning",
                 access_log=False)
