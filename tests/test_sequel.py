@@ -1,0 +1,37 @@
+"""The series case on real data (slow; needs ../shared/data/multi-domain/steam): three games of one series
+added by text to a Steam model, a history of parts 1 and 2 must retrieve part 3 in the top 10.
+
+Open (issue 14): not met yet. Measured with `scripts/sequel_probe.py` on Steam models trained 8 strided epochs
+(seed 1): part 3 ranks 137th of 3,596 items (88th with `model.last_item_skip=true`); the top 10 are space games
+(FTL, Stellaris, Star Trek Online, ...), so the text is understood, but the query points at popular items: the
+adapted item vectors are anisotropic (mean cosine of random pairs 0.71) and new items carry no popularity.
+Mixing the query with the last item's normalised vector at inference puts part 3 first, so the similarity is in
+the item space; the fix must come from the model or the training (a learned skip gate is the next experiment).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STEAM = Path(__file__).parent.parent.parent / "shared" / "data" / "multi-domain" / "steam"
+ROOT = Path(__file__).parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(not STEAM.exists(), reason="needs ../shared/data/multi-domain/steam")
+@pytest.mark.xfail(strict=True, reason="issue 14: part 3 ranks 137th (88th with last_item_skip); see docstring")
+def test_sequel_is_retrieved_from_a_history_of_new_items(tmp_path: Path) -> None:
+    def unisrec(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "unisrec", *args], check=True, capture_output=True, text=True)
+
+    unisrec("prepare", str(STEAM), "--format", "csv", "--out", str(tmp_path / "steam"))
+    unisrec("finetune", str(tmp_path / "steam"), "--mode", "inductive", "--seed", "1", "--epochs", "8",
+            "--train.windows=strided", "--out", str(tmp_path / "run"))
+    probe = subprocess.run([sys.executable, str(ROOT / "scripts" / "sequel_probe.py"), str(tmp_path / "run")],
+                           capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stdout[-2000:]  # 0: part 3 is in the top 10
