@@ -197,7 +197,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="inductive: UniSRec_t, transductive: UniSRec_t+ID; baselines: sasrec, gru4rec, bert4rec, "
                    "fdsa, zesrec (unisrec/baselines.py)")
     p.add_argument("--init", type=Path, default=None,
-                   help="pre-trained run folder (encoder frozen); with --mode zesrec a zesrec run")
+                   help="pre-trained run folder: everything fine-tunes from it (--train.freeze=encoder: the paper's "
+                   "adaptor-only protocol); with --mode zesrec a zesrec run")
     _add_run_options(p)
     p.set_defaults(handler=_run_finetune)
 
