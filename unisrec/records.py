@@ -21,19 +21,10 @@ from typing import Any
 import numpy as np
 
 from unisrec.atomic import atomic_write_json
-from unisrec.errors import UnisrecError
+from unisrec.json_io import read_json
 
 RECORD_FORMAT = "unisrec-run-record"
 RECORD_VERSION = 1
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UnisrecError(f"{path}: missing; is this a finished unisrec run?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UnisrecError(f"{path}: not valid JSON ({exc})") from None
 
 
 def git_commit(start: Path | None = None) -> dict[str, Any]:
@@ -108,18 +99,18 @@ def _long_tail(run_dir: Path, data_dir: Path) -> list[dict[str, Any]] | None:
 
 def _card_command(run_dir: Path) -> str | None:
     card = run_dir / "card.json"  # pre-trained runs keep their command beside the model card
-    return str(_read_json(card).get("command")) if card.exists() else None
+    return str(read_json(card).get("command")) if card.exists() else None
 
 
 def run_record(run_dir: str | Path) -> dict[str, Any]:
     """The record of one finished run folder (fine-tuning, pre-training or zero-shot evaluation)."""
     run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = read_json(run_dir / "metrics.json")
     # zero-shot evaluations (``unisrec report``) write metrics only
-    settings: dict[str, Any] = (_read_json(run_dir / "run.json") if (run_dir / "run.json").exists()
+    settings: dict[str, Any] = (read_json(run_dir / "run.json") if (run_dir / "run.json").exists()
                                 else {"command": "zeroshot"})
     config_file = run_dir / "config.json"
-    text = _read_json(config_file).get("text_encoder") if config_file.exists() else None
+    text = read_json(config_file).get("text_encoder") if config_file.exists() else None
     data = settings.get("data")
     record: dict[str, Any] = {
         "format": RECORD_FORMAT,

@@ -227,14 +227,15 @@ def fit(
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            for key, term in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(term.detach())
                 counts[key] = counts.get(key, 0) + 1
             count += 1
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
             bar.update(1)
-            ticker.step(step + 1, float(loss.detach()), optimizer.param_groups[0]["lr"])
-            curves.step(state.global_step, float(loss.detach()), optimizer.param_groups[0]["lr"])
+            value, lr = float(loss.detach()), optimizer.param_groups[0]["lr"]  # read once for both reporters
+            ticker.step(step + 1, value, lr)
+            curves.step(state.global_step, value, lr)
             bar.set_postfix({k: f"{v / counts[k]:.4f}" for k, v in sums.items() if "@" not in k})
             if checkpoint_every and state.global_step % checkpoint_every == 0:
                 save()
