@@ -124,3 +124,29 @@ def test_kill_9_then_restart_reaches_the_same_weights(two_domains: list[Path], t
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
     leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("mode", ["mixed", "single"])
+def test_batch_domains_cover_every_window_once(two_domains: list[Path], tiny_lm_dir: Path, mode: str) -> None:
+    from unisrec.config import RunConfig
+    from unisrec.distributed import Distributed
+    from unisrec.model import UniSRec
+    from unisrec.pretrain import PretrainTask, load_corpus
+
+    config = RunConfig().with_overrides([o[2:] for o in TINY] + ["train.batch_size=16",
+                                                                 f"pretrain.batch_domains={mode}"])
+    corpus = load_corpus(two_domains, config, {"model": str(tiny_lm_dir)})
+    model = UniSRec.without_catalogue(config.model, corpus.text.shape[1])
+    task = PretrainTask(model, corpus, config, torch.device("cpu"), Distributed.from_env("cpu"))
+    batches = task._batches(0)
+    seen = np.sort(np.concatenate(batches))
+    np.testing.assert_array_equal(seen, np.arange(len(corpus.windows)))  # every window once per epoch
+    domains_per_batch = [len(np.unique(corpus.window_domain[b])) for b in batches]
+    if mode == "single":
+        assert max(domains_per_batch) == 1
+        firsts = [int(corpus.window_domain[b[0]]) for b in batches]
+        assert firsts != sorted(firsts)  # the domains' batches are interleaved, not one domain after the other
+    else:
+        assert max(domains_per_batch) == 2  # mixed batches hold both domains
+    np.testing.assert_array_equal(np.concatenate(task._batches(0)), np.concatenate(batches))  # seeded
+    assert not np.array_equal(np.concatenate(task._batches(1)), np.concatenate(batches))  # a new order per epoch

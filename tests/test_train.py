@@ -87,3 +87,37 @@ def test_resume_trims_the_log_to_the_checkpoint(tmp_path: Path) -> None:
     log.write_text("\n".join(lines))  # epoch 3 logged, then killed before its checkpoint; a torn last line
     trim_log(log, 2)
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import unisrec.finetune as finetune_module
+
+    out = tmp_path / "run"
+    finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=2"])
+    old_metrics, old_weights = (out / "metrics.json").read_bytes(), (out / "model.safetensors").read_bytes()
+    real_evaluate, calls = finetune_module.evaluate, []
+
+    def dies_at_second_validation(*args: object, **kwargs: object) -> dict[str, float]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the replacement run is interrupted after its first epoch
+        return real_evaluate(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finetune_module, "evaluate", dies_at_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=3", "train.seed=2"],
+                 overwrite=True)
+    assert (out / "metrics.json").read_bytes() == old_metrics  # the old run is whole and usable
+    assert (out / "model.safetensors").read_bytes() == old_weights
+    staging = tmp_path / ".run.overwrite"
+    assert (staging / "checkpoint" / "state.json").exists()
+
+    monkeypatch.setattr(finetune_module, "evaluate", real_evaluate)
+    metrics = finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=3", "train.seed=2"],
+                       overwrite=True)  # resumes the replacement from its checkpoint, then moves it in
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 2 == metrics["seed"]
+    epochs = [json.loads(line)["epoch"] for line in (out / "train.log").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run")) == [".run.lock"]

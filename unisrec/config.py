@@ -175,6 +175,10 @@ class PretrainConfig:
     word_drop_variants: int = 3  # pre-encoded word-drop variants per item, one sampled per item per step
     false_negatives: Literal["remove", "zero_logit", "keep"] = "remove"  # same-target in-batch candidates
     checkpoint_every: int = 200  # steps between checkpoints inside an epoch (0: at epoch ends only)
+    # mixed: a batch draws windows of every domain (most in-batch negatives are other domains' items, easy to
+    # tell apart by their text); single: every batch holds windows of one domain (in-domain negatives, as in
+    # the full ranking a transferred model faces)
+    batch_domains: Literal["mixed", "single"] = "mixed"
 
     def __post_init__(self) -> None:
         for name in ("item_drop", "word_drop"):
@@ -185,6 +189,7 @@ class PretrainConfig:
         if self.word_drop_variants < 0:
             raise ConfigError("pretrain.word_drop_variants must be >= 0")
         _check_choice("pretrain.false_negatives", self.false_negatives, ("remove", "zero_logit", "keep"))
+        _check_choice("pretrain.batch_domains", self.batch_domains, ("mixed", "single"))
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from unisrec.metrics import ranking_metrics
 from unisrec.model import SequenceModel
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
 from unisrec.records import git_commit
-from unisrec.runs import fingerprint, open_run_dir, seed_everything
+from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.train import ENCODER_PREFIX, Task, TrainState, clear_checkpoint, fit, peak_memory_mb, resolve_device
 from unisrec.training_data import train_lengths, training_sequences
 
@@ -216,8 +216,10 @@ def finetune(
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
+    final = out
+    out = run_dir_for(final, overwrite=overwrite)  # with --overwrite the old run stays whole until this one ends
     if dist.is_main:
-        open_run_dir(out, settings, overwrite=overwrite)
+        open_run_dir(final, settings, overwrite=overwrite)
     dist.barrier()
     seed_everything(config.train.seed)
     if config.train.threads:
@@ -302,9 +304,10 @@ def finetune(
         save_ranks(out, test_ranks)
         atomic_write_json(out / "metrics.json", metrics)
         write_finetune_card(out, settings, metrics)
-        if init_dir is not None:
-            record_transfer(init_dir, out, metrics)
         clear_checkpoint(out)
+        finish_run_dir(out, final)
+        if init_dir is not None:
+            record_transfer(init_dir, final, metrics)
         print(f"best epoch {state.best_epoch}: test {json.dumps(test)}", file=sys.stderr)
     dist.barrier()
     return metrics

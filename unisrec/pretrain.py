@@ -1,8 +1,9 @@
 """Multi-domain pre-training (paper section 2): L = l_SI + lambda * l_SS over a mixed stream of domains.
 
 Sequences of every domain are windows of one flat item array; item ids are made global by offsetting each
-domain's local ids, so item tables stay separate while a batch mixes domains (its in-batch negatives are
-mostly other domains' items). Each step builds the adapted vectors only of the items the batch touches.
+domain's local ids, so item tables stay separate. A batch mixes domains (``pretrain.batch_domains=mixed``:
+its in-batch negatives are mostly other domains' items) or holds one domain (``single``: in-domain
+negatives). Each step builds the adapted vectors only of the items the batch touches.
 
 Per step, for a batch of windows (B) with T target positions:
 - l_SI: each position's state against the T target-item vectors of the (global) batch.
@@ -36,7 +37,7 @@ from unisrec.losses import contrastive
 from unisrec.model import UniSRec
 from unisrec.model_card import command_line, write_pretrain_card
 from unisrec.records import git_commit
-from unisrec.runs import fingerprint, open_run_dir, seed_everything
+from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.train import Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
 from unisrec.training_data import train_lengths
 
@@ -144,7 +145,15 @@ class PretrainTask:
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.config.train.seed, epoch])
-        return bucketed_batches(self.corpus.windows, self.config.train.batch_size, rng)
+        windows, size = self.corpus.windows, self.config.train.batch_size
+        if self.config.pretrain.batch_domains == "mixed":
+            return bucketed_batches(windows, size, rng)
+        batches: list[np.ndarray] = []  # single: each domain's windows batched apart, then all batches shuffled
+        for domain in range(len(self.corpus.names)):
+            members = np.flatnonzero(self.corpus.window_domain == domain)  # (W_d,) global window indices
+            if len(members):
+                batches.extend(members[part] for part in bucketed_batches(windows.subset(members), size, rng))
+        return [batches[i] for i in rng.permutation(len(batches))]
 
     def batches(self, epoch: int) -> Iterator[StepPlan]:
         for step, index in enumerate(self._batches(epoch)):
@@ -249,8 +258,10 @@ def pretrain(
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
+    final = out
+    out = run_dir_for(final, overwrite=overwrite)  # with --overwrite the old run stays whole until this one ends
     if dist.is_main:
-        open_run_dir(out, settings, overwrite=overwrite)
+        open_run_dir(final, settings, overwrite=overwrite)
     dist.barrier()
     seed_everything(config.train.seed)
     if config.train.threads:
@@ -302,6 +313,7 @@ def pretrain(
         atomic_write_json(out / "metrics.json", metrics)
         write_pretrain_card(out, settings, metrics)
         clear_checkpoint(out)
+        finish_run_dir(out, final)
         print(f"pre-trained {state.global_step} steps over {len(corpus.names)} domains", file=sys.stderr)
     dist.barrier()
     return metrics

@@ -21,32 +21,75 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create: bool = True) -> bool:
-    """Create ``out`` for a new run (True: an interrupted run with the same settings is resumed instead).
+def staging_dir(out: Path) -> Path:
+    """Where ``--overwrite`` trains the replacement of the run ``out`` (beside it, hidden)."""
+    return out.parent / f".{out.name}.overwrite"
+
+
+def run_dir_for(out: Path, *, overwrite: bool) -> Path:
+    """The folder a run for ``out`` writes: the staging folder when it replaces an existing run."""
+    return staging_dir(out) if overwrite and out.exists() and any(out.iterdir()) else out
+
+
+def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create: bool = True) -> Path:
+    """Prepare the folder a run writes and return it: ``out`` itself, or with ``overwrite`` over an existing
+    run its staging folder (``staging_dir(out)``), so that the old run stays whole and usable until the new one
+    is moved in by ``finish_run_dir``. An interrupted run with the same settings (in ``out``, or in the staging
+    folder with ``overwrite``) is resumed from its checkpoint.
 
     A finished run, or a folder holding something else, is never replaced without ``overwrite``.
     """
     hold_folder(out)  # a second writer of ``out`` stops here: "... in use by process PID"
-    run_file = out / "run.json"
-    if out.exists() and overwrite:
-        if any(out.iterdir()) and not run_file.exists():
-            raise UnisrecError(f"{out}: not a unisrec run folder; refusing to overwrite it")
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()):
-        if not run_file.exists():
-            raise UnisrecError(f"{out}: folder exists and is not a unisrec run; choose another --out")
-        previous = read_json(run_file, "pass --overwrite to start the run again")
-        if (out / "metrics.json").exists():
-            raise UnisrecError(f"{out}: run already finished; pass --overwrite to train it again")
-        if previous.get("fingerprint") != fingerprint(settings):
-            raise UnisrecError(
-                f"{out}: holds an unfinished run with different settings; pass --overwrite or choose another --out"
-            )
-        return (out / "checkpoint" / "state.json").exists()
-    if create:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_file, {"fingerprint": fingerprint(settings), **settings})
-    return False
+    if out.exists() and any(out.iterdir()) and not (out / "run.json").exists():
+        verb = "refusing to overwrite it" if overwrite else "choose another --out"
+        raise UnisrecError(f"{out}: folder exists and is not a unisrec run; {verb}")
+    work = run_dir_for(out, overwrite=overwrite)
+    if work != out:
+        if work.exists() and not _resumable(work, settings):
+            shutil.rmtree(work)  # a replacement with other settings, or one that finished but was not moved in
+    else:
+        if overwrite:  # nothing to keep: a leftover staging folder of an earlier overwrite is stale
+            shutil.rmtree(staging_dir(out), ignore_errors=True)
+        if out.exists() and any(out.iterdir()):
+            read_json(out / "run.json", "pass --overwrite to start the run again")
+            if (out / "metrics.json").exists():
+                raise UnisrecError(f"{out}: run already finished; pass --overwrite to train it again")
+            if not _resumable(out, settings):
+                raise UnisrecError(
+                    f"{out}: holds an unfinished run with different settings; pass --overwrite or choose another --out"
+                )
+            return work
+    if create and not (work / "run.json").exists():
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(work / "run.json", {"fingerprint": fingerprint(settings), **settings})
+    return work
+
+
+def _resumable(folder: Path, settings: dict[str, Any]) -> bool:
+    """``folder`` holds an unfinished run with these settings."""
+    if (folder / "metrics.json").exists() or not (folder / "run.json").exists():
+        return False
+    previous = read_json(folder / "run.json", "pass --overwrite to start the run again")
+    return bool(previous.get("fingerprint") == fingerprint(settings))
+
+
+def finish_run_dir(work: Path, out: Path) -> None:
+    """Move a finished replacement run ``work`` into ``out`` (no-op when the run was written in place).
+
+    ``out`` is renamed aside, ``work`` renamed in, then the old run deleted: at every moment one whole run is
+    at ``out`` or aside it, and a failed second rename puts the old run back.
+    """
+    if work == out:
+        return
+    old = out.parent / f".{out.name}.replaced"
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    try:
+        work.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def seed_everything(seed: int) -> None:
