@@ -44,14 +44,15 @@ def child(data: Path, mode: str, threads: int) -> dict[str, float]:
     from unisrec.config import MODES, RunConfig
     from unisrec.datasets import load_processed
     from unisrec.evaluate import evaluate
-    from unisrec.finetune import FinetuneTask, load_text
+    from unisrec.finetune import FinetuneTask
     from unisrec.model import UniSRec
+    from unisrec.text_cache import load_text
     from unisrec.train import Task, fit, peak_memory_mb
 
     torch.set_num_threads(threads)
     config = RunConfig().with_overrides([f"model.item_repr={MODES[mode]}", "train.epochs=1", "train.progress=false"])
     dataset = load_processed(data)
-    text, _ = load_text(dataset, None) if config.model.uses_text else (None, {})
+    text = torch.from_numpy(load_text(dataset, config.text).matrix) if config.model.uses_text else None
     torch.manual_seed(0)
     model = UniSRec(config.model, dataset.n_items, text)
     task = FinetuneTask(model, dataset, config, torch.device("cpu"))

@@ -11,6 +11,15 @@ and keeps ``--concurrency`` keep-alive connections busy for ``--duration`` secon
 and reports medians (requests/s, latency percentiles) and the summed request and error counts. The client
 speaks HTTP/1.1 on asyncio streams (a few microseconds per request), so it takes little CPU from the server it
 measures. Results are one JSON object (each repetition's also goes to stderr).
+
+Mixed traffic with persistence and auth (``--mixed``, or the separate options): the server runs with
+``--token`` and every POST /items carries it; ``--items-share`` of the requests add ``--items-per-add`` new
+items by their text (encoded by the run's language model, persisted to RUN/catalogue/ before the answer),
+``--text-share`` ask for recommendations of text histories (by_text), the rest by item ids. Each measurement
+then serves a fresh copy of the run, and the report gives requests, errors and latency per kind and the items
+found persisted in the copy's RUN/catalogue/ afterwards (they must equal the additions answered 200).
+
+    .venv/bin/python benchmarks/load_test.py --mixed --items 20000 --duration 10 --concurrency 8
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import asyncio
 import json
 import os
 import random
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,9 +49,8 @@ def build_run(folder: Path, n_items: int, seed: int = 0) -> Path:
     """A saved run of ``n_items`` synthetic items (random text vectors, untrained default model)."""
     import torch
 
-    from unisrec.config import ModelConfig
+    from unisrec.config import DEFAULT_TEXT_MODEL, ModelConfig
     from unisrec.model import UniSRec
-    from unisrec.text import DEFAULT_MODEL
 
     if (folder / "config.json").exists() and json.loads((folder / "config.json").read_text())["n_items"] == n_items:
         return folder
@@ -49,7 +59,7 @@ def build_run(folder: Path, n_items: int, seed: int = 0) -> Path:
     model = UniSRec(ModelConfig(), n_items, text).eval()
     ids = [f"item-{i}" for i in range(n_items)]
     model.set_catalogue(ids, [f"synthetic item {i}" for i in range(n_items)],
-                        text_encoder={"model": DEFAULT_MODEL, "pooling": "mean", "max_length": 128})
+                        text_encoder={"model": DEFAULT_TEXT_MODEL, "pooling": "mean", "max_length": 128})
     model.save_pretrained(folder)
     return folder
 
@@ -81,11 +91,12 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def post(self, path: str, body: bytes, token: str | None = None) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n{auth}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
         await self.writer.drain()
@@ -104,35 +115,86 @@ class Connection:
             await self.writer.wait_closed()
 
 
-async def _worker(host: str, port: int, bodies: list[bytes], until: float, seed: int,
-                  latencies: list[float], statuses: dict[str, int]) -> None:
+class Traffic:
+    """What the workers send: recommendations by id, and with mixed traffic text histories and new items."""
+
+    WORDS = ("red", "blue", "green", "camera", "lens", "microscope", "glass", "beaker", "tube", "lab", "kit",
+             "digital", "optical", "steel", "small", "large", "set", "case", "cable", "adapter")
+
+    def __init__(self, bodies: list[bytes], items_share: float = 0.0, text_share: float = 0.0,
+                 items_per_add: int = 2, token: str | None = None) -> None:
+        self.bodies, self.items_share, self.text_share = bodies, items_share, text_share
+        self.items_per_add, self.token = items_per_add, token
+        self.prefix = f"load-{secrets.token_hex(4)}"
+        self.counter = 0
+        self.added: list[str] = []  # ids whose addition was answered 200
+
+    def next(self, rng: random.Random) -> tuple[str, str, bytes, list[str]]:
+        """(kind, path, body, new ids) of the next request."""
+        draw = rng.random()
+        if draw < self.items_share:
+            self.counter += 1
+            ids = [f"{self.prefix}-{self.counter}-{j}" for j in range(self.items_per_add)]
+            items = [{"item_id": i, "text": self._text(rng)} for i in ids]
+            return "items", "/items", json.dumps({"items": items}).encode(), ids
+        if draw < self.items_share + self.text_share:
+            history = [self._text(rng) for _ in range(rng.randint(1, 10))]
+            return "by_text", "/recommend", json.dumps({"histories": [history], "by_text": True}).encode(), []
+        return "by_id", "/recommend", self.bodies[rng.randrange(len(self.bodies))], []
+
+    def _text(self, rng: random.Random) -> str:
+        return " ".join(rng.choice(self.WORDS) for _ in range(rng.randint(2, 8)))
+
+
+async def _worker(host: str, port: int, traffic: Traffic, until: float, seed: int,
+                  latencies: dict[str, list[float]], statuses: dict[str, dict[str, int]]) -> None:
     rng = random.Random(seed)
     connection = Connection(host, port)
     try:
         while time.perf_counter() < until:
-            body = bodies[rng.randrange(len(bodies))]
+            kind, path, body, new_ids = traffic.next(rng)
+            counts = statuses.setdefault(kind, {})
             start = time.perf_counter()
             try:
-                status, _payload = await connection.post("/recommend", body)
+                status, _payload = await connection.post(path, body, traffic.token if kind == "items" else None)
             except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-                statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
+                counts[type(exc).__name__] = counts.get(type(exc).__name__, 0) + 1
                 await connection.close()
                 connection = Connection(host, port)
                 continue
-            latencies.append(time.perf_counter() - start)
-            statuses[str(status)] = statuses.get(str(status), 0) + 1
+            latencies.setdefault(kind, []).append(time.perf_counter() - start)
+            counts[str(status)] = counts.get(str(status), 0) + 1
+            if status == 200:
+                traffic.added.extend(new_ids)
     finally:
         await connection.close()
 
 
-async def _load(host: str, port: int, bodies: list[bytes], duration: float, concurrency: int
-                ) -> tuple[list[float], dict[str, int], float]:
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
+async def _load(host: str, port: int, traffic: Traffic, duration: float, concurrency: int
+                ) -> tuple[dict[str, list[float]], dict[str, dict[str, int]], float]:
+    latencies: dict[str, list[float]] = {}
+    statuses: dict[str, dict[str, int]] = {}
     start = time.perf_counter()
     until = start + duration
-    await asyncio.gather(*(_worker(host, port, bodies, until, i, latencies, statuses) for i in range(concurrency)))
+    await asyncio.gather(*(_worker(host, port, traffic, until, i, latencies, statuses) for i in range(concurrency)))
     return latencies, statuses, time.perf_counter() - start
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float | None]:
+    ms = np.asarray(seconds) * 1000
+    return {name: round(float(np.percentile(ms, q)), 2) if len(ms) else None
+            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))}
+
+
+def _persisted_ids(folder: Path) -> list[str]:
+    """Ids of the items written to RUN/catalogue/ by POST /items."""
+    from safetensors import safe_open
+
+    ids: list[str] = []
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as handle:
+            ids += json.loads((handle.metadata() or {})["ids"])
+    return ids
 
 
 def _bodies(n_items: int, k: int, count: int = 4096, seed: int = 0) -> list[bytes]:
@@ -147,39 +209,63 @@ def _bodies(n_items: int, k: int, count: int = 4096, seed: int = 0) -> list[byte
 def measure(args: argparse.Namespace, run: Path | None, url: str | None) -> dict[str, Any]:
     """One measurement: start a server (unless ``url``), warm up, load for ``args.duration`` seconds."""
     server = None
+    copy: Path | None = None
     if url:
         host, _, port_text = url.removeprefix("http://").rstrip("/").rpartition(":")
         port = int(port_text)
     else:
+        assert run is not None
+        if args.items_share > 0:  # additions persist into the run: serve a fresh copy of it
+            copy = Path(tempfile.mkdtemp(prefix="unisrec-load-run-")) / "run"
+            shutil.copytree(run, copy, ignore=shutil.ignore_patterns("catalogue"))
+            run = copy
         host, port = "127.0.0.1", _free_port()
         url = f"http://{host}:{port}"
         command = [sys.executable, "-m", "unisrec", "serve", str(run), "--host", host, "--port", str(port),
                    "--backend", args.backend, "--threads", str(args.threads)]
+        if args.token:
+            command += ["--token", args.token]
         server = subprocess.Popen(command)
+    persisted: list[str] | None = None
     try:
         started = time.perf_counter()
         health = _wait_healthy(url, server) if server else {}
         startup = time.perf_counter() - started
         n_items = int(health.get("n_items", args.items))
         bodies = _bodies(n_items, args.k)
+        warm = Traffic(bodies, args.items_share, args.text_share, args.items_per_add, args.token)
         if args.warmup:
-            asyncio.run(_load(host, port, bodies, args.warmup, args.concurrency))
+            asyncio.run(_load(host, port, warm, args.warmup, args.concurrency))
         load_before = os.getloadavg()[0]
-        latencies, statuses, seconds = asyncio.run(_load(host, port, bodies, args.duration, args.concurrency))
+        traffic = Traffic(bodies, args.items_share, args.text_share, args.items_per_add, args.token)
+        latencies, statuses, seconds = asyncio.run(_load(host, port, traffic, args.duration, args.concurrency))
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=60)
-    ms = np.asarray(latencies) * 1000
-    ok = statuses.get("200", 0)
-    return {
+        if copy is not None:
+            persisted = _persisted_ids(copy / "catalogue")
+            shutil.rmtree(copy.parent, ignore_errors=True)
+    everything = [s for kind in latencies.values() for s in kind]
+    total = {name: sum(kind.get(name, 0) for kind in statuses.values())
+             for name in sorted({n for kind in statuses.values() for n in kind})}
+    ok = total.get("200", 0)
+    report: dict[str, Any] = {
         "url": url, "n_items": n_items, "duration_s": round(seconds, 2),
-        "requests": len(ms), "ok": ok, "errors": int(sum(statuses.values()) - ok), "statuses": statuses,
-        "requests_per_s": round(len(ms) / seconds, 1),
-        "latency_ms": {name: round(float(np.percentile(ms, q)), 2) if len(ms) else None
-                       for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+        "requests": len(everything), "ok": ok, "errors": int(sum(total.values()) - ok), "statuses": total,
+        "requests_per_s": round(len(everything) / seconds, 1),
+        "latency_ms": _percentiles(everything),
         "server_startup_s": round(startup, 1), "load_average_1min_at_start": round(load_before, 2),
     }
+    if len(statuses) > 1 or "by_id" not in statuses:
+        report["by_kind"] = {kind: {"requests": len(latencies.get(kind, [])), "statuses": statuses[kind],
+                                    "latency_ms": _percentiles(latencies.get(kind, []))} for kind in sorted(statuses)}
+    if persisted is not None:
+        added = warm.added + traffic.added  # warm-up additions persist too
+        report["items_added"] = len(added)
+        report["items_persisted"] = len(persisted)
+        report["persisted_equals_added"] = sorted(persisted) == sorted(added)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,9 +281,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="server torch threads (0: torch default)")
     parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
     parser.add_argument("--url", default=None, help="measure an already running loopback server instead")
+    parser.add_argument("--token", default=None, help="serve with --token TOKEN; POST /items sends it")
+    parser.add_argument("--items-share", type=float, default=0.0,
+                        help="fraction of requests that are POST /items (persisted to a copy of the run)")
+    parser.add_argument("--items-per-add", type=int, default=2, help="new items per POST /items (1..1000)")
+    parser.add_argument("--text-share", type=float, default=0.0, help="fraction of by_text recommendations")
+    parser.add_argument("--mixed", action="store_true",
+                        help="persistence and auth on, mixed traffic: a random --token, --items-share 0.1, "
+                        "--text-share 0.1 (unless given)")
     args = parser.parse_args(argv)
+    if args.mixed:
+        args.token = args.token or secrets.token_urlsafe(16)
+        args.items_share = args.items_share or 0.1
+        args.text_share = args.text_share or 0.1
     if not 0 < args.duration <= 600 or not 0 < args.concurrency <= 256 or not 1 <= args.repeats <= 20:
         parser.error("--duration must be in (0, 600], --concurrency in [1, 256] and --repeats in [1, 20]")
+    if not (0 <= args.items_share <= 1 and 0 <= args.text_share <= 1 and args.items_share + args.text_share <= 1):
+        parser.error("--items-share and --text-share must be in [0, 1] and add up to at most 1")
+    if not 1 <= args.items_per_add <= 1000:
+        parser.error("--items-per-add must be in [1, 1000]")
+    if args.items_share > 0 and args.url:
+        parser.error("--items-share needs a server of this script (not --url): additions persist into the run")
     if args.url:
         host = args.url.removeprefix("http://").rstrip("/").rpartition(":")[0]
         if host.strip("[]") not in LOOPBACK:
@@ -218,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         "run": str(run) if run else None, "n_items": runs[0]["n_items"], "k": args.k,
         "history_length": "1..50 (uniform)", "duration_s": args.duration,
         "concurrency": args.concurrency, "backend": args.backend, "server_threads": args.threads or "default",
-        "cpus": os.cpu_count(), "repeats": args.repeats,
+        "cpus": os.cpu_count(), "repeats": args.repeats, "auth": bool(args.token),
+        "items_share": args.items_share, "text_share": args.text_share,
         "requests": sum(r["requests"] for r in runs), "ok": sum(r["ok"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
         "statuses": {name: sum(r["statuses"].get(name, 0) for r in runs)
@@ -230,10 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats > 1:
         report["per_repeat"] = runs
     else:
-        report.update(url=runs[0]["url"], server_startup_s=runs[0]["server_startup_s"],
-                      load_average_1min_at_start=runs[0]["load_average_1min_at_start"])
+        report.update({key: runs[0][key] for key in ("url", "server_startup_s", "load_average_1min_at_start",
+                                                     "by_kind", "items_added", "items_persisted",
+                                                     "persisted_equals_added") if key in runs[0]})
+    lost = any(r.get("persisted_equals_added") is False for r in runs)
     print(json.dumps(report))
-    return 0 if report["errors"] == 0 else 1
+    return 0 if report["errors"] == 0 and not lost else 1
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def child(dirs: list[Path], steps: int, batch_size: int, threads: int, precision
     config = RunConfig().with_overrides(
         [f"train.batch_size={batch_size}", "pretrain.word_drop_variants=0", "train.progress=false",
          f"train.precision={precision}"])
-    corpus = load_corpus(dirs, config, None)
+    corpus = load_corpus(dirs, config)
     torch.manual_seed(0)
     model = UniSRec.without_catalogue(config.model, corpus.text.shape[1])
     task = PretrainTask(model, corpus, config, torch.device("cpu"), Distributed.single())

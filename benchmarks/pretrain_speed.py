@@ -50,9 +50,10 @@ def child(
 
     torch.set_num_threads(threads)
     config = RunConfig().with_overrides(
-        [f"train.batch_size={batch_size}", "pretrain.word_drop_variants=0", "train.progress=false"]
+        [f"train.batch_size={batch_size}", "pretrain.word_drop_variants=0", "train.progress=false",
+         f"text.pooling={pooling}", f"text.precision={precision}"]
     )
-    corpus = load_corpus(dirs, config, {"pooling": pooling, "precision": precision})
+    corpus = load_corpus(dirs, config)
     torch.manual_seed(0)
     model = UniSRec.without_catalogue(config.model, corpus.text.shape[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
@@ -109,15 +110,17 @@ def child(
 
 
 def main() -> None:
+    from unisrec.config import POOLINGS, TEXT_PRECISIONS, TextConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, nargs="+", help="processed dataset folders (items encoded)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pooling", default="cls+mean", choices=("cls", "mean", "cls+mean"),
+    parser.add_argument("--pooling", default=TextConfig.pooling, choices=POOLINGS,
                         help="which cached text vectors to use (encoded on first use if missing)")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--precision", default=TextConfig.precision, choices=TEXT_PRECISIONS)
     parser.add_argument("--child", choices=("unisrec", "per-prefix"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

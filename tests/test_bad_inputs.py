@@ -61,10 +61,24 @@ def _missing_run(tmp: Path, lm: Path) -> tuple[list[str], str]:
     return (["evaluate", str(tmp / "nowhere"), str(data)], str(tmp / "nowhere"))
 
 
+def _empty_token(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    return (["serve", str(tmp / "run"), "--token", ""], "--token (or UNISREC_TOKEN) must not be empty")
+
+
+def _no_catalogue_room(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    return (["serve", str(tmp / "run"), "--max-catalogue", "0"], "--max-catalogue must be a positive integer, got 0")
+
+
+def _serve_missing_run(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    return (["serve", str(tmp / "nowhere")], f"{tmp / 'nowhere' / 'config.json'}: missing")
+
+
 CASES: dict[str, Case] = {
     "delimiter ;;": _semicolons, "delimiter empty": _empty_delimiter, "corrupt dataset.json": _corrupt_dataset_json,
     "corrupt run.json": _corrupt_run_json, "non-UTF-8 history file": _non_utf8_history,
     "output below a file": _output_under_a_file, "missing run": _missing_run,
+    "serve: empty token": _empty_token, "serve: catalogue cap 0": _no_catalogue_room,
+    "serve: missing run": _serve_missing_run,
 }
 
 

@@ -16,11 +16,11 @@ from unisrec.batches import Windows
 from unisrec.checkpoint import from_pretrained
 from unisrec.cli import main
 from unisrec.cloze import make_cloze_batch
-from unisrec.config import EvalConfig, ModelConfig, RunConfig
+from unisrec.config import EvalConfig, ModelConfig, RunConfig, TextConfig
 from unisrec.datasets import load_processed
 from unisrec.errors import ConfigError, UnisrecError
-from unisrec.evaluate import evaluate, evaluate_run
-from unisrec.finetune import finetune, zero_shot_model
+from unisrec.evaluate import evaluate, evaluate_run, zero_shot_model
+from unisrec.finetune import finetune
 from unisrec.metrics import ranking_metrics
 from unisrec.pretrain import pretrain
 
@@ -47,8 +47,8 @@ def test_each_baseline_beats_random_on_chains(
     mode: str, threshold: float, synthetic_dataset: Path, tmp_path: Path, tiny_lm_dir: Path
 ) -> None:
     out = tmp_path / mode
-    metrics = finetune(synthetic_dataset, mode, out, overrides=[*SMALL, "train.epochs=20", "train.patience=5"],
-                       text_spec={"model": str(tiny_lm_dir), "pooling": "mean"})
+    text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    metrics = finetune(synthetic_dataset, mode, out, overrides=[*SMALL, *text, "train.epochs=20", "train.patience=5"])
     assert metrics["test"]["recall@10"] > threshold  # random: 10 / 30
     assert metrics["test"]["ndcg@10"] > 0.2  # random: about 0.15
     saved = json.loads((out / "config.json").read_text())["model"]
@@ -148,8 +148,8 @@ def test_cli_baseline_mode_and_init_rules(synthetic_dataset: Path, tmp_path: Pat
 
 def test_zesrec_transfers_zero_shot_and_by_fine_tuning(tmp_path: Path, tiny_lm_dir: Path) -> None:
     source, target = prepare_synthetic(tmp_path / "a", seed=1), prepare_synthetic(tmp_path / "b", seed=2, n_items=25)
-    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
-    finetune(source, "zesrec", tmp_path / "src", overrides=[*SMALL, "train.epochs=2"], text_spec=spec)
+    text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    finetune(source, "zesrec", tmp_path / "src", overrides=[*SMALL, *text, "train.epochs=2"])
     model = zero_shot_model(tmp_path / "src", load_processed(target))  # the target's 25 items by their text
     assert isinstance(model, ZESRec) and model.n_items == 25
     zero_shot = evaluate(model, load_processed(target), "test", EvalConfig(ks=(10,)))
@@ -187,9 +187,9 @@ def test_ablation_flags_change_the_adaptor() -> None:
 def test_ablations_of_transfer(tmp_path: Path, tiny_lm_dir: Path) -> None:
     domains = [prepare_synthetic(tmp_path / "a", seed=1), prepare_synthetic(tmp_path / "b", seed=2, n_items=25)]
     target = prepare_synthetic(tmp_path / "t", seed=3, n_items=20)
-    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
-    pre = [*SMALL, "train.epochs=1", "pretrain.lambda_ss=0"]
-    result = pretrain(domains, tmp_path / "pre", overrides=pre, text_spec=spec)  # without the S-S loss
+    text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    pre = [*SMALL, *text, "train.epochs=1", "pretrain.lambda_ss=0"]
+    result = pretrain(domains, tmp_path / "pre", overrides=pre)  # without the S-S loss
     assert result["history"][0]["train_ss"] >= 0
     assert not list(domains[0].rglob("*worddrop*"))  # no word-drop views needed
     assert list(domains[0].rglob("*.safetensors"))  # (the plain text vectors are there)
@@ -198,7 +198,7 @@ def test_ablations_of_transfer(tmp_path: Path, tiny_lm_dir: Path) -> None:
                       overrides=[*one, "train.freeze=encoder"])  # the paper's protocol: adaptor only
     everything = finetune(target, "inductive", tmp_path / "all", init=tmp_path / "pre",
                           overrides=one)  # the default: fine-tune all parameters
-    scratch = finetune(target, "inductive", tmp_path / "scratch", overrides=one, text_spec=spec)  # no pre-training
+    scratch = finetune(target, "inductive", tmp_path / "scratch", overrides=[*one, *text])  # no pre-training
     assert not any(n.startswith("encoder.") for n in frozen["trainable_parameters"])
     assert any(n.startswith("encoder.") for n in everything["trainable_parameters"])
     assert set(everything["trainable_parameters"]) == set(everything["transferred_parameters"])
@@ -210,8 +210,8 @@ def test_ablations_of_transfer(tmp_path: Path, tiny_lm_dir: Path) -> None:
 def test_from_pretrained_rebuilds_each_baseline(tmp_path: Path, tiny_lm_dir: Path) -> None:
     data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=12)
     for mode in ("bert4rec", "fdsa"):
-        spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
-        finetune(data, mode, tmp_path / mode, overrides=[*SMALL, "train.epochs=1"], text_spec=spec)
+        text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+        finetune(data, mode, tmp_path / mode, overrides=[*SMALL, *text, "train.epochs=1"])
         model, config = from_pretrained(tmp_path / mode)
         assert type(model).__name__ == {"bert4rec": "BERT4Rec", "fdsa": "FDSA"}[mode]
         assert config["model"]["architecture"] == mode
@@ -219,13 +219,13 @@ def test_from_pretrained_rebuilds_each_baseline(tmp_path: Path, tiny_lm_dir: Pat
 
 def test_textknn_ranks_items_by_text_similarity_to_the_last_item(tmp_path: Path, tiny_lm_dir: Path) -> None:
     data = prepare_synthetic(tmp_path / "d", n_users=30, n_items=20)
-    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
-    metrics = finetune(data, "textknn", tmp_path / "knn", overrides=SMALL, text_spec=spec)
+    metrics = finetune(data, "textknn", tmp_path / "knn", overrides=[*SMALL, f"text.model={tiny_lm_dir}",
+                                                                      "text.pooling=mean"])
     assert metrics["trainable_parameters"] == [] and metrics["epochs"] == 0
     dataset = load_processed(data)
-    from unisrec.finetune import load_text
+    from unisrec.text_cache import load_text
 
-    text, _ = load_text(dataset, spec)
+    text = torch.from_numpy(load_text(dataset, TextConfig(str(tiny_lm_dir), "mean")).matrix)
     unit = torch.nn.functional.normalize(text, dim=-1).numpy()  # (N, D)
     rows = dataset.target_rows("test")
     last = dataset.items[rows - 1]  # the item just before each test target

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from unisrec.config import ModelConfig, RunConfig, load_config, save_config
+from unisrec.config import (
+    POOLINGS,
+    ModelConfig,
+    RunConfig,
+    TextConfig,
+    given_fields,
+    load_config,
+    load_config_overrides,
+    override,
+    save_config,
+)
 from unisrec.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -67,3 +77,45 @@ def test_paper_pretraining_config_has_the_papers_settings() -> None:
     assert (paper.train.schedule, paper.train.precision) == ("constant", "float32")
     assert paper.pretrain.word_drop_variants == 3
     assert paper.pretrain.lambda_ss == 1e-3
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_a_config_file_as_overrides_gives_the_same_config(path: Path) -> None:
+    overrides = load_config_overrides(path)
+    assert RunConfig().with_overrides(overrides) == load_config(path)
+    assert given_fields("model", RunConfig(), overrides) >= {"hidden_size", "n_layers"}  # named = given
+
+
+@pytest.mark.parametrize("value", ["mean", "./lm: v2", "123", "yes", "null", "", " padded", "a=b", "[x", 3e-4,
+                                   7, True, (5, 10)])
+def test_override_sets_exactly_the_value(value: object) -> None:
+    key = {str: "text.model", float: "train.lr", int: "train.epochs", bool: "eval.exclude_seen",
+           tuple: "eval.ks"}[type(value)]
+    if value == "":
+        with pytest.raises(ConfigError, match=r"text\.model must be a model name"):
+            RunConfig().with_overrides([override(key, value)])
+        return
+    section, name = key.split(".")
+    assert getattr(getattr(RunConfig().with_overrides([override(key, value)]), section), name) == value
+    assert override("text.pooling", "mean") == "text.pooling=mean"  # plain when YAML reads it back as is
+
+
+def test_text_config_checks_and_reads_earlier_records() -> None:
+    assert POOLINGS == ("cls", "mean", "cls+mean")
+    assert RunConfig().text == TextConfig() and RunConfig().with_overrides(["text.pooling=cls"]).text.pooling == "cls"
+    with pytest.raises(ConfigError, match=r"text\.precision must be one of float32, bfloat16"):
+        TextConfig(precision="float16")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"text\.max_length must be an integer >= 2"):
+        TextConfig(max_length=True)
+    record = {"model": "m", "pooling": "mean", "max_length": "64", "fingerprint": "f", "dim": "32"}
+    assert TextConfig.from_saved(record) == TextConfig("m", "mean", 64, "float32")
+    with pytest.raises(ConfigError, match="max_length: expected an integer"):
+        TextConfig.from_saved({**record, "max_length": "long"})
+    with pytest.raises(ConfigError, match="records no text encoder"):
+        TextConfig.from_saved({"pooling": "mean"})
+
+
+def test_given_fields_are_named_or_changed() -> None:
+    config = RunConfig(model=ModelConfig(n_layers=3))
+    assert given_fields("model", config, ["model.hidden_dropout=0.3", "--train.lr=1"]) == {"hidden_dropout", "n_layers"}
+    assert given_fields("text", config, ["text.pooling=cls+mean"]) == {"pooling"}  # named, though the default

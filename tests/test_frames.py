@@ -45,7 +45,7 @@ def test_fit_recommends_dataframes_for_users_and_histories(frames: tuple[pd.Data
     interactions, items, _ = frames
     interactions = interactions.assign(timestamp=pd.to_datetime(interactions["timestamp"], unit="s"))
     ds = unisrec.Dataset.from_frames(interactions, items, user_core=0, item_core=0)
-    rec = unisrec.fit(ds, mode="inductive", epochs=1, seed=1, text_spec={"model": str(tiny_lm_dir)},
+    rec = unisrec.fit(ds, mode="inductive", epochs=1, seed=1, text__model=str(tiny_lm_dir),
                       train__progress=False, **{"model.hidden_size": 16, "model.inner_size": 16})
     assert isinstance(rec, unisrec.Recommender)
     top = rec.recommend(users=["u5", "u1"], k=4)

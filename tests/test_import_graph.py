@@ -1,7 +1,8 @@
 """The package's module-level import graph, computed from the source with ast: no cycle, layers respected.
 
-Function-level (lazy) imports are not counted yet: the serving delegates of ``UniSRec`` still import
-``unisrec.recommend`` inside methods (docs/ARCHITECTURE.md, "Known knots").
+Function-level (lazy) imports are not counted for the cycle check yet: the serving delegates of ``UniSRec`` still
+import ``unisrec.recommend`` inside methods (docs/ARCHITECTURE.md, "Known knots"); they are for the checks that
+say so (``module_graph(lazy=True)``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def module_graph() -> dict[str, set[str]]:
-    """module -> unisrec modules it imports at module level (TYPE_CHECKING blocks left out)."""
+def module_graph(lazy: bool = False) -> dict[str, set[str]]:
+    """module -> unisrec modules it imports at module level (TYPE_CHECKING blocks left out); ``lazy``: also
+    the imports inside functions and TYPE_CHECKING blocks."""
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
-        for node in ast.parse(path.read_text()).body:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree) if lazy else tree.body:
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unisrec"):
                 targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
                 graph[name] |= {t for t in targets if t in modules and t != name}
@@ -71,3 +74,27 @@ def test_lower_layers_do_not_import_higher_ones() -> None:
     for low in ("unisrec.model", "unisrec.config", "unisrec.errors", "unisrec.atomic", "unisrec.losses",
                 "unisrec.metrics", "unisrec.batches", "unisrec.datasets.processed"):
         assert not graph[low] & products, (low, graph[low] & products)
+
+
+def test_finetune_only_fine_tunes() -> None:
+    """Nothing that pre-trains, trains BERT4Rec or evaluates reaches into fine-tuning, not even lazily."""
+    graph = module_graph(lazy=True)
+    for module in ("unisrec.pretrain", "unisrec.cloze", "unisrec.evaluate", "unisrec.training_data"):
+        assert "unisrec.finetune" not in graph[module], module
+
+
+def test_text_layer_is_below_training_and_products() -> None:
+    graph = module_graph()
+    text = {"unisrec.text_model", "unisrec.text_encoder", "unisrec.text_cache", "unisrec.word_drop"}
+    higher = {"unisrec.model", "unisrec.train", "unisrec.finetune", "unisrec.pretrain", "unisrec.evaluate",
+              "unisrec.checkpoint", "unisrec.recommend", "unisrec.serve", "unisrec.cli", "unisrec.report"}
+    assert text <= set(graph)
+    for module in text | {"unisrec.config"}:
+        assert not graph[module] & higher, (module, graph[module] & higher)
+    assert graph["unisrec.config"] <= {"unisrec.errors", "unisrec.atomic"}  # the settings need nothing else
+
+
+def test_the_model_imports_no_serving_checkpoint_or_cli() -> None:
+    graph = module_graph()
+    serving = {"unisrec.recommend", "unisrec.export", "unisrec.serve", "unisrec.checkpoint", "unisrec.cli"}
+    assert not graph["unisrec.model"] & serving

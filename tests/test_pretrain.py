@@ -134,8 +134,9 @@ def test_batch_domains_cover_every_window_once(two_domains: list[Path], tiny_lm_
     from unisrec.pretrain import PretrainTask, load_corpus
 
     config = RunConfig().with_overrides([o[2:] for o in TINY] + ["train.batch_size=16",
-                                                                 f"pretrain.batch_domains={mode}"])
-    corpus = load_corpus(two_domains, config, {"model": str(tiny_lm_dir)})
+                                                                 f"pretrain.batch_domains={mode}",
+                                                                 f"text.model={tiny_lm_dir}"])
+    corpus = load_corpus(two_domains, config)
     model = UniSRec.without_catalogue(config.model, corpus.text.shape[1])
     task = PretrainTask(model, corpus, config, torch.device("cpu"), Distributed.from_env("cpu"))
     batches = task._batches(0)

@@ -35,8 +35,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path) -> tupl
     root = tmp_path_factory.mktemp("trained")
     data = prepare_synthetic(root / "data")
     run = root / "run"
-    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
-    metrics = finetune(data, "inductive", run, overrides=TRAIN, text_spec=spec)
+    metrics = finetune(data, "inductive", run, overrides=[*TRAIN, f"text.model={tiny_lm_dir}", "text.pooling=mean"])
     assert metrics["test"]["recall@10"] > 0.6  # random: 10/30
     return data, run
 
@@ -216,8 +215,8 @@ def test_recommend_with_a_pretrained_run_and_a_tiny_catalogue(tmp_path: Path, ti
     from unisrec.pretrain import pretrain
 
     data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=10)
-    pretrain([data], tmp_path / "pre", overrides=[*TRAIN[:7], "train.epochs=1", "pretrain.word_drop_variants=0"],
-             text_spec={"model": str(tiny_lm_dir), "pooling": "mean"})
+    pretrain([data], tmp_path / "pre", overrides=[*TRAIN[:7], "train.epochs=1", "pretrain.word_drop_variants=0",
+                                                  f"text.model={tiny_lm_dir}", "text.pooling=mean"])
     model = UniSRec.from_pretrained(tmp_path / "pre")
     model.add_items(["red camera", "blue lens", "green microscope"], ["a", "b", "c"])
     assert len(model.recommend(["a", "b"], k=5)) == 1

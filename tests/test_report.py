@@ -205,3 +205,29 @@ def test_verify_reruns_a_recorded_run_and_prints_the_differences(tmp_path: Path,
     assert again["diff"]["test"]["ndcg@10"] == pytest.approx(-0.5)
     assert main([*args, "--verify", "nope"]) == 2
     assert "no such record (records there: finetune-scratch-seed-1)" in capsys.readouterr().err
+
+
+def test_planned_commands_ask_for_the_settings_the_report_runs_with(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    import shlex
+
+    from unisrec.cli import _run_config, build_parser, parse_overrides
+    from unisrec.pretrain import recipe_config
+    from unisrec.report import TrainArgs
+
+    runs = plan_runs(load_report_config(_config(tmp_path, tiny_lm_dir, pooling="mean")), tmp_path / "out")
+    for kind, name in (("finetune", "unisrec"), ("pretrain", "other-pt")):
+        run = next(r for r in runs if (r.kind, r.name) == (kind, name))
+        assert isinstance(run.args, TrainArgs)
+        words = shlex.split(run.command())
+        assert f"--text.model={tiny_lm_dir}" in words and "--text.pooling=mean" in words
+        args, extra = build_parser().parse_known_args(words[1:])
+        args.overrides = parse_overrides(extra)
+        config, overrides = _run_config(args, recipe_config() if kind == "pretrain" else None)
+        base, planned = run.args.settings(run.kind)
+        assert config.with_overrides(overrides) == base.with_overrides(planned)  # the command = what execute runs
+        assert config.with_overrides(overrides).text.pooling == "mean"
+        # specs keep the layout of earlier versions, so that their finished runs stay cached
+        assert run.spec["text"] == {"model": str(tiny_lm_dir), "pooling": "mean"}
+        assert set(run.spec["config"]) == {"model", "train", "eval", "pretrain"}
+    tune = next(r for r in runs if (r.kind, r.name) == ("finetune", "unisrec"))
+    assert isinstance(tune.args, TrainArgs) and tune.args.init is not None and str(tune.args.init) in tune.command()

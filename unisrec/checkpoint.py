@@ -22,13 +22,14 @@ from safetensors.torch import load_file, save_file
 
 from unisrec import __version__
 from unisrec.atomic import atomic_write, atomic_write_json
-from unisrec.config import ModelConfig, from_plain, to_plain
+from unisrec.config import ModelConfig, TextConfig, from_plain, to_plain
 from unisrec.errors import ConfigError, UnisrecError
 from unisrec.json_io import read_json
 from unisrec.model import SequenceModel
 
 MODEL_FORMAT = "unisrec-model"
 MODEL_FORMAT_VERSION = 1
+DOMAIN_SPECIFIC_PREFIX = "item_id."  # an ID table belongs to one catalogue: never transferred
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -94,6 +95,21 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
+def read_text_config(directory: str | Path) -> TextConfig | None:
+    """The text settings a saved run's item vectors were made with (None: the run records none, e.g. ID-only).
+
+    The one way to read them back from a run folder, for runs of every unisrec version (``TextConfig.from_saved``).
+    """
+    path = Path(directory) / "config.json"
+    saved = read_model_config(directory).get("text_encoder") or {}
+    if not isinstance(saved, dict) or "model" not in saved:
+        return None
+    try:
+        return TextConfig.from_saved(saved)
+    except ConfigError as exc:
+        raise UnisrecError(f"{path}: {exc}") from None
+
+
 def check_saved_config(config: dict[str, Any], path: Path) -> None:
     """Raise naming every key that config.json lacks, and every model setting unknown to or missing from it."""
     import dataclasses
@@ -129,6 +145,22 @@ def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
             problems.append(f"{key} has shape {tuple(found[key].shape)}, expected {tuple(expected[key].shape)}")
     if problems:
         raise UnisrecError(f"{where}: weights do not match the configuration: {'; '.join(problems)}")
+
+
+def load_transferable(model: SequenceModel, init_dir: Path) -> list[str]:
+    """Copy every parameter of a saved run except domain-specific ones into ``model``; returns the names copied.
+
+    Strict: a parameter the model has and the run lacks (other than a new ID table), or a shape that
+    differs, is an error naming it.
+    """
+    path = init_dir / "model.safetensors"
+    if not path.exists():
+        raise UnisrecError(f"{path}: missing; --init expects a run folder of `unisrec pretrain` or `finetune`")
+    found = {k: v for k, v in load_file(str(path)).items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
+    check_state(expected, found, str(path))
+    model.load_state_dict(found, strict=False)  # the keys were checked above; only item_id.* is left out
+    return sorted(found)
 
 
 def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> tuple[SequenceModel, dict[str, Any]]:

@@ -105,22 +105,26 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 def _add_encode(sub: argparse._SubParsersAction) -> None:
-    from unisrec.text import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, POOLINGS, PRECISIONS, TextEncoderSpec
+    from unisrec.config import DEFAULT_TEXT_MODEL, POOLINGS, TEXT_PRECISIONS, TextConfig
+    from unisrec.text_encoder import DEFAULT_BATCH_SIZE
 
+    default = TextConfig()
     p = sub.add_parser(
-        "encode", help="encode item texts with a frozen language model into DIR/embeddings (cached)"
+        "encode", help="encode item texts with a frozen language model into DIR/embeddings (cached)",
+        description="The text settings are also accepted as dotted overrides: --text.pooling=mean --text.max_length=64",
     )
     p.add_argument("dataset", nargs="+", type=Path, help="processed dataset folder(s) (`unisrec prepare`)")
     p.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"language model: {DEFAULT_MODEL} (packaged, offline), a local save_pretrained folder, "
-        "or a Hugging Face hub name (e.g. bert-base-uncased, the paper's)",
+        default=None,
+        help=f"language model (text.model): {DEFAULT_TEXT_MODEL} (packaged, offline; the default), a local "
+        "save_pretrained folder, or a Hugging Face hub name (e.g. bert-base-uncased, the paper's)",
     )
-    p.add_argument("--pooling", choices=POOLINGS, default=TextEncoderSpec.pooling)
-    p.add_argument("--max-length", type=int, default=TextEncoderSpec.max_length, help="tokens per text")
-    p.add_argument("--precision", choices=PRECISIONS, default=TextEncoderSpec.precision,
-                   help="bfloat16: ~1.7x faster on CPUs with bf16 units, vectors within cosine 0.9999")
+    p.add_argument("--pooling", choices=POOLINGS, default=None, help=f"text.pooling (default {default.pooling})")
+    p.add_argument("--max-length", type=int, default=None,
+                   help=f"tokens per text (text.max_length, default {default.max_length})")
+    p.add_argument("--precision", choices=TEXT_PRECISIONS, default=None,
+                   help="text.precision; bfloat16: ~1.7x faster on CPUs with bf16 units, vectors within cosine 0.9999")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--force", action="store_true", help="re-encode even when the stored file matches")
@@ -132,19 +136,22 @@ def _add_encode(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_encode(args: argparse.Namespace) -> int:
-    from unisrec.text import TextEncoderSpec, encode_dataset_report, encode_word_drop_report
+    from unisrec.config import RunConfig
+    from unisrec.text_cache import encode_dataset, encode_word_drop
 
-    spec = TextEncoderSpec(args.model, args.pooling, args.max_length, args.precision)
+    flags = (("model", args.model), ("pooling", args.pooling), ("max_length", args.max_length),
+             ("precision", args.precision))
+    text = RunConfig().with_overrides(_text_overrides(flags) + _only_text(args.overrides)).text
     options = {"batch_size": args.batch_size, "device": args.device, "force": args.force}
     encoder = None
-    results = []
+    results: list[dict[str, object]] = []
     for folder in args.dataset:
-        base = encode_dataset_report(folder, spec, encoder=encoder, **options)
+        base = encode_dataset(folder, text, encoder=encoder, **options)
         encoder = base.encoder or encoder
-        summary = base.summary()
+        summary: dict[str, object] = {**base.summary()}
         if args.word_drop is not None:
-            drop = {"p": args.word_drop, "variants": args.variants, "seed": args.seed}
-            view = encode_word_drop_report(folder, spec, encoder=encoder, **drop, **options)
+            view = encode_word_drop(folder, text, encoder=encoder, p=args.word_drop, variants=args.variants,
+                                    seed=args.seed, **options)
             encoder = view.encoder or encoder
             summary["word_drop"] = view.summary()
         results.append(summary)
@@ -152,36 +159,52 @@ def _run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_overrides(flags: Sequence[tuple[str, object]]) -> list[str]:
+    """(field, value or None) of the text flags -> the ``text.*`` overrides they stand for."""
+    from unisrec.config import override
+
+    return [override(f"text.{name}", value) for name, value in flags if value is not None]
+
+
+def _only_text(overrides: list[str]) -> list[str]:
+    for item in overrides:
+        if not item.startswith("text."):
+            raise UnisrecError(f"--{item.partition('=')[0]}: encode takes only text settings (--text.FIELD=VALUE)")
+    return overrides
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by the training commands (finetune, pretrain)."""
+    from unisrec.config import POOLINGS, TEXT_PRECISIONS
+
     p.add_argument("--out", required=True, type=Path, help="run folder to write (resumed if interrupted)")
-    p.add_argument("--config", type=Path, default=None, help="YAML run config (sections model/train/eval)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML run config (sections model/train/eval/pretrain/text); its settings count as given, "
+                   "like the same dotted overrides")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (train.epochs)")
     p.add_argument("--seed", type=int, default=None, help="random seed (train.seed)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (train.device)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run or other settings")
-    p.add_argument("--text-model", default=None, help="language model of the item texts (default: MiniLM)")
-    p.add_argument("--pooling", choices=("cls", "mean", "cls+mean"), default=None)
-    p.add_argument("--text-precision", choices=("float32", "bfloat16"), default=None,
-                   help="compute precision of the language model when item texts are encoded")
+    p.add_argument("--text-model", default=None,
+                   help="language model of the item texts (text.model; default: the packaged MiniLM)")
+    p.add_argument("--pooling", choices=POOLINGS, default=None, help="text.pooling")
+    p.add_argument("--text-precision", choices=TEXT_PRECISIONS, default=None,
+                   help="text.precision: compute precision of the language model when item texts are encoded "
+                   "(other text settings: --text.max_length=N)")
 
 
 def _run_config(args: argparse.Namespace, default: RunConfig | None = None) -> tuple[RunConfig, list[str]]:
-    """The --config file (else ``default``) plus the dotted overrides (--section.field=value) and shortcuts."""
-    from unisrec.config import RunConfig, load_config
+    """The base config and the dotted overrides: the --config file's settings (on ``RunConfig()``; without one
+    the base is ``default``), the dotted overrides (--section.field=value), then the shortcut flags."""
+    from unisrec.config import RunConfig, load_config_overrides
 
-    config = load_config(args.config) if args.config else (default or RunConfig())
-    overrides = list(args.overrides)
+    config = RunConfig() if args.config else (default or RunConfig())
+    overrides = [*(load_config_overrides(args.config) if args.config else []), *args.overrides]
     for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"), ("device", "train.device")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    return config, overrides
-
-
-def _text_spec(args: argparse.Namespace) -> dict[str, str] | None:
-    pairs = (("model", args.text_model), ("pooling", args.pooling), ("precision", args.text_precision))
-    spec = {k: v for k, v in pairs if v is not None}
-    return spec or None
+    text_flags = (("model", args.text_model), ("pooling", args.pooling), ("precision", args.text_precision))
+    return config, overrides + _text_overrides(text_flags)
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -219,7 +242,6 @@ def _run_finetune(args: argparse.Namespace) -> int:
         config=config,
         overrides=overrides,
         init=args.init,
-        text_spec=_text_spec(args),
         overwrite=args.overwrite,
     )
     if not _first_process():
@@ -274,7 +296,6 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         args.out,
         config=config,
         overrides=overrides,
-        text_spec=_text_spec(args),
         max_steps=args.max_steps,
         overwrite=args.overwrite,
     )
@@ -359,7 +380,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from unisrec.model import UniSRec
 
     manifest = UniSRec.from_pretrained(args.run_dir).export_vectors(args.out, args.data, index=not args.no_index)
-    print(json.dumps({"out": str(args.out), **{k: manifest[k] for k in ("n_items", "dim")},
+    print(json.dumps({"out": str(args.out), "n_items": manifest["n_items"], "dim": manifest["dim"],
                       "files": sorted(manifest["files"])}))
     return 0
 
@@ -376,6 +397,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' on POST /items (default: $UNISREC_TOKEN)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413")
+    p.add_argument("--max-catalogue", type=int, default=1_000_000,
+                   help="items the catalogue may grow to through POST /items (409 beyond)")
     p.add_argument("--access-log", action="store_true", help="one line per request on stderr")
     p.set_defaults(handler=_run_serve)
 
@@ -385,10 +408,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         from unisrec.serve import serve
     except ImportError as exc:
         raise UnisrecError(f"serving needs the serve extra: pip install 'unisrec[serve]' ({exc})") from None
-    print(f"unisrec serve: http://{args.host}:{args.port} (docs at /docs)", file=sys.stderr)
     token = args.token if args.token is not None else (os.environ.get("UNISREC_TOKEN") or None)
     serve(str(args.run_dir), args.host, args.port, backend=args.backend, threads=args.threads,
-          max_batch=args.max_batch, token=token, max_body_bytes=args.max_body_bytes, access_log=args.access_log)
+          max_batch=args.max_batch, token=token, max_body_bytes=args.max_body_bytes, access_log=args.access_log,
+          max_catalogue=args.max_catalogue)
     return 0
 
 
@@ -472,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAINING_COMMANDS = ("finetune", "pretrain")
+OVERRIDE_COMMANDS = (*TRAINING_COMMANDS, "encode")  # commands that take dotted overrides (encode: text.* only)
 
 
 def parse_overrides(extra: list[str]) -> list[str]:
@@ -497,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
-        if extra and args.command not in TRAINING_COMMANDS:
+        if extra and args.command not in OVERRIDE_COMMANDS:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = parse_overrides(extra)
         return int(args.handler(args))

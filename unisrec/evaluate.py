@@ -2,11 +2,15 @@
 
 The adapted item table is computed once per evaluation pass. A target's rank is the count of items scored
 at least as high (other than the target itself), so no sort is needed and memory stays bounded by
-``batch_size x item_chunk`` scores.
+``batch_size x item_chunk`` scores. A finished run is evaluated on valid and test by ``final_evaluation``
+(with metrics over cold items when some were withheld); a pre-trained text model is evaluated on a new domain
+as it is by ``zero_shot_model``.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +18,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unisrec.baselines import build_model
 from unisrec.batches import EvalBatch, make_eval_batch
-from unisrec.config import EvalConfig
-from unisrec.datasets.processed import ProcessedDataset
+from unisrec.checkpoint import from_pretrained, load_transferable, read_items, read_model_config, read_text_config
+from unisrec.config import EvalConfig, ModelConfig, TextConfig, from_plain
+from unisrec.datasets.processed import ProcessedDataset, load_processed
 from unisrec.errors import UnisrecError
 from unisrec.metrics import ranking_metrics
 from unisrec.model import SequenceModel
+from unisrec.text_cache import load_text
+from unisrec.train import resolve_device
 
 
 def count_ranks(
@@ -106,6 +114,65 @@ def evaluate(
     return ranking_metrics(rank_split(model, dataset, split, config, device, table), config.ks)
 
 
+def cold_metrics(ranks: np.ndarray, targets: np.ndarray, cold: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """``cold_recall@K`` / ``cold_ndcg@K`` over the cases whose target is cold, and their count ``cold_cases``.
+
+    ranks (T,) 0-based full-ranking ranks, targets (T,) item ids, cold (N,) bool.
+    """
+    here = cold[targets]
+    if not here.any():
+        return {**{f"cold_{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}, "cold_cases": 0.0}
+    scored = ranking_metrics(ranks[here], ks)
+    out: dict[str, float] = {f"cold_{m}@{k}": scored[f"{m}@{k}"] for k in ks for m in ("recall", "ndcg")}
+    out["cold_cases"] = float(here.sum())
+    return out
+
+
+@dataclass(frozen=True)
+class FinalEvaluation:
+    """A model's metrics on valid and test, and the rank of every test target."""
+
+    valid: dict[str, float]
+    test: dict[str, float]  # with cold_* metrics when items were withheld from training
+    test_ranks: np.ndarray  # (T,) 0-based full-ranking ranks
+    seconds: float  # wall seconds per split (the mean of the two)
+
+
+def final_evaluation(
+    model: SequenceModel,
+    dataset: ProcessedDataset,
+    config: EvalConfig,
+    device: torch.device | str = "cpu",
+    cold: np.ndarray | None = None,
+) -> FinalEvaluation:
+    """Evaluate on valid and test (what a run reports when it ends); ``cold``: (N,) bool, items never trained on."""
+    started = time.perf_counter()
+    valid = evaluate(model, dataset, "valid", config, device)
+    ranks = rank_split(model, dataset, "test", config, device)  # (T,)
+    test = ranking_metrics(ranks, config.ks)
+    if cold is not None and cold.any():
+        test.update(cold_metrics(ranks, dataset.items[dataset.target_rows("test")], cold, config.ks))
+    return FinalEvaluation(valid, test, ranks, (time.perf_counter() - started) / 2)
+
+
+def zero_shot_model(init_dir: Path, dataset: ProcessedDataset) -> SequenceModel:
+    """A pre-trained text model applied to a new domain as is (no fine-tuning): text-only item vectors.
+
+    ``init_dir``: a pre-training run, or a fine-tuning run of a text mode (inductive, transductive without
+    its ID table, zesrec). The new domain's items are encoded with the run's own text settings.
+    """
+    saved = read_model_config(init_dir)
+    config = from_plain(ModelConfig, saved["model"], f"{init_dir}/config.json: model")
+    if config.architecture not in ("unisrec", "zesrec") or not config.uses_text:
+        raise UnisrecError(f"{init_dir}: a {config.architecture} model of {config.item_repr} items cannot score "
+                           "new items by their text")
+    config = replace(config, item_repr="text")
+    text = load_text(dataset, read_text_config(init_dir) or TextConfig())
+    model = build_model(config, dataset.n_items, torch.from_numpy(text.matrix))
+    load_transferable(model, init_dir)
+    return model
+
+
 def evaluate_run(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -116,11 +183,6 @@ def evaluate_run(
     device: str = "auto",
 ) -> dict[str, float]:
     """Metrics of a saved run on ``split`` of a processed dataset with the same item list."""
-    from unisrec.checkpoint import from_pretrained, read_items, read_model_config
-    from unisrec.datasets.processed import load_processed
-    from unisrec.finetune import zero_shot_model
-    from unisrec.train import resolve_device
-
     torch_device = resolve_device(device)
     dataset = load_processed(data_dir)
     if read_model_config(run_dir)["n_items"] == 0:  # a pre-trained model: zero-shot, items by their text

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,21 @@ if TYPE_CHECKING:
 
 EXPORT_FORMAT = "unisrec-vectors"
 EXPORT_VERSION = 1
+
+
+class ExportManifest(TypedDict):
+    """``manifest.json`` of an export folder."""
+
+    format: str
+    format_version: int
+    unisrec_version: str
+    n_items: int
+    dim: int
+    metric: str  # inner_product
+    score: str
+    model: str  # the item representation: text, text+id, id
+    text_encoder: dict[str, str | int] | None  # the run's config.json "text_encoder"
+    files: dict[str, dict[str, object]]  # file name -> shape, rows, columns, ...
 USER_BATCH = 256
 
 
@@ -106,7 +121,7 @@ def user_histories(model: UniSRec, data_dir: str | Path) -> tuple[list[str], lis
 
 def export_vectors(
     model: UniSRec, out: str | Path, *, data_dir: str | Path | None = None, index: bool = True
-) -> dict[str, Any]:
+) -> ExportManifest:
     """Write the export folder ``out`` (see the module docstring); returns the manifest."""
     from safetensors.numpy import save_file
 
@@ -121,7 +136,7 @@ def export_vectors(
     item_table = pa.table({"item_id": catalogue.item_ids, "text": catalogue.texts})
     atomic_write(out / "items.parquet", lambda tmp: pq.write_table(item_table, tmp))
     tensors = {"items": items}
-    files: dict[str, Any] = {
+    files: dict[str, dict[str, object]] = {
         "items.npy": {"shape": list(items.shape), "rows": "items.parquet"},
         "items.parquet": {"columns": ["item_id", "text"]},
     }
@@ -144,7 +159,7 @@ def export_vectors(
         built = flat_ip_index(items)
         atomic_write(out / "items.faiss", lambda tmp: faiss.write_index(built, str(tmp)))
         files["items.faiss"] = {"type": "IndexFlatIP", "exact": True, "ntotal": int(built.ntotal)}
-    manifest = {
+    manifest: ExportManifest = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "unisrec_version": __version__,

@@ -9,6 +9,9 @@ everything fine-tunes, the sequence encoder (Transformer layers and position emb
 items the test metrics also hold ``cold_recall@K`` / ``cold_ndcg@K`` over the test targets that are cold.
 The baselines ``gru4rec``, ``bert4rec`` (its cloze task: ``unisrec.cloze``), ``fdsa`` and ``zesrec`` are
 further modes (``unisrec.baselines``); ``zesrec`` alone accepts ``init`` (another zesrec run).
+With ``init`` the architecture (``model``) and the text settings (``text``) are the init run's, except the
+fields the caller gave: named by an override (the command line, or a ``--config`` file) or changed from the
+default in the ``config`` passed.
 Every run saves the rank of each test target (``ranks_test.npy``, see ``unisrec.analysis``).
 """
 
@@ -16,11 +19,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import numpy as np
 import torch
@@ -30,27 +32,51 @@ from unisrec.analysis import save_ranks
 from unisrec.atomic import atomic_write_json
 from unisrec.baselines import build_model
 from unisrec.batches import TrainBatch, bucketed_batches, make_train_batch, shard, training_windows
-from unisrec.checkpoint import check_state, read_model_config, save_pretrained
-from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig, RunConfig, from_plain
+from unisrec.checkpoint import load_transferable, read_model_config, read_text_config, save_pretrained
+from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig, RunConfig, from_plain, given_fields
 from unisrec.datasets.processed import ProcessedDataset, load_processed
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
-from unisrec.evaluate import evaluate, rank_split
+from unisrec.evaluate import evaluate, final_evaluation
 from unisrec.losses import full_softmax_ce
-from unisrec.metrics import ranking_metrics
 from unisrec.model import SequenceModel
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
+from unisrec.text_cache import load_text
 from unisrec.train import ENCODER_PREFIX, Task, TrainState, clear_checkpoint, fit, peak_memory_mb, resolve_device
-from unisrec.training_data import train_lengths, training_sequences
-
-__all__ = ["finetune", "load_text", "train_lengths", "zero_shot_model"]
+from unisrec.training_data import training_sequences
 
 if TYPE_CHECKING:
     from unisrec.cloze import ClozeTask
 
-DOMAIN_SPECIFIC_PREFIX = "item_id."  # an ID table belongs to one catalogue: never transferred
+
+class ParameterCounts(TypedDict):
+    total: int
+    trainable: int
+
+
+class FinetuneMetrics(TypedDict):
+    """What ``finetune`` returns and writes to RUN/metrics.json."""
+
+    valid: dict[str, float]
+    test: dict[str, float]  # with cold_recall@K / cold_ndcg@K / cold_cases when train.cold_items > 0
+    best_epoch: int
+    epochs: int
+    stopped_early: bool
+    seconds_per_epoch: float
+    seconds_train: float
+    seconds_eval: float  # per split
+    peak_memory_mb: float
+    parameters: ParameterCounts
+    trainable_parameters: list[str]
+    transferred_parameters: list[str]
+    mode: str
+    seed: int
+    dataset: str
+    device: str
+    command: str
+    code: dict[str, str | bool]
 
 
 def freeze_encoder(model: SequenceModel, frozen: bool) -> list[str]:
@@ -60,38 +86,24 @@ def freeze_encoder(model: SequenceModel, frozen: bool) -> list[str]:
     return [name for name, param in model.named_parameters() if param.requires_grad]
 
 
-def load_transferable(model: SequenceModel, init_dir: Path) -> list[str]:
-    """Copy every parameter of a pre-trained run except domain-specific ones; returns the names copied.
-
-    Strict: a parameter the model has and the run lacks (other than a new ID table), or a shape that
-    differs, is an error naming it.
-    """
-    path = init_dir / "model.safetensors"
-    if not path.exists():
-        raise UnisrecError(f"{path}: missing; --init expects a run folder of `unisrec pretrain` or `finetune`")
-    found = {k: v for k, v in load_file(str(path)).items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
-    check_state(expected, found, str(path))
-    model.load_state_dict(found, strict=False)  # the keys were checked above; only item_id.* is left out
-    return sorted(found)
-
-
-def resolve_model_config(config: RunConfig, mode: str, init: Path | None, overrides: list[str]) -> ModelConfig:
-    """The mode's item representation on top of the init run's architecture (or the config's)."""
+def resolve_config(config: RunConfig, mode: str, init: Path | None, overrides: list[str]) -> RunConfig:
+    """``config`` with the mode's network and item representation; with ``init``, on top of the init run's
+    architecture and text settings (the fields the caller gave win: ``config.given_fields``)."""
     if mode not in MODES:
         raise UnisrecError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    model = config.model
+    model, text = config.model, config.text
     if init is not None:
-        saved = read_model_config(init)
-        model = from_plain(ModelConfig, saved["model"], f"{init}/config.json: model")
-        keys = [o.split("=", 1)[0].lstrip("-") for o in overrides]
-        fields = [key.split(".", 1)[1] for key in keys if key.startswith("model.")]
-        model = replace(model, **{f: getattr(config.model, f) for f in fields})
+        saved = from_plain(ModelConfig, read_model_config(init)["model"], f"{init}/config.json: model")
+        model = replace(saved, **{f: getattr(config.model, f) for f in given_fields("model", config, overrides)})
         if mode == "sasrec" or MODE_ARCHITECTURE[mode] in ("gru4rec", "bert4rec", "fdsa", "textknn"):
             raise UnisrecError(f"--init transfers a text model; --mode {mode} trains from scratch")
         if model.architecture != MODE_ARCHITECTURE[mode]:
             raise UnisrecError(f"--init {init}: a {model.architecture} run cannot initialise --mode {mode}")
-    return replace(model, item_repr=MODES[mode], architecture=MODE_ARCHITECTURE[mode])
+        recorded = read_text_config(init)
+        if recorded is not None:
+            text = replace(recorded, **{f: getattr(config.text, f) for f in given_fields("text", config, overrides)})
+    model = replace(model, item_repr=MODES[mode], architecture=MODE_ARCHITECTURE[mode])
+    return replace(config, model=model, text=text)
 
 
 class FinetuneTask:
@@ -138,51 +150,6 @@ class FinetuneTask:
         return {"loss": loss}
 
 
-def cold_metrics(ranks: np.ndarray, targets: np.ndarray, cold: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
-    """``cold_recall@K`` / ``cold_ndcg@K`` over the cases whose target is cold, and their count ``cold_cases``.
-
-    ranks (T,) 0-based full-ranking ranks, targets (T,) item ids, cold (N,) bool.
-    """
-    here = cold[targets]
-    if not here.any():
-        return {**{f"cold_{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}, "cold_cases": 0.0}
-    scored = ranking_metrics(ranks[here], ks)
-    out: dict[str, float] = {f"cold_{m}@{k}": scored[f"{m}@{k}"] for k in ks for m in ("recall", "ndcg")}
-    out["cold_cases"] = float(here.sum())
-    return out
-
-
-def load_text(dataset: ProcessedDataset, text_spec: dict[str, Any] | None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(N, D) language-model item vectors of ``dataset`` (encoded now if not cached) and their metadata."""
-    from unisrec.text import TextEncoderSpec, encode_dataset, load_item_embeddings
-
-    spec = TextEncoderSpec(**text_spec) if text_spec else TextEncoderSpec()
-    assert dataset.path is not None
-    encode_dataset(dataset.path, spec)
-    embeddings = load_item_embeddings(dataset.path, spec)
-    meta = {**embeddings.meta, "model": spec.model, "pooling": spec.pooling, "max_length": spec.max_length,
-            "precision": spec.precision}
-    return torch.from_numpy(embeddings.matrix), meta
-
-
-def zero_shot_model(init_dir: Path, dataset: ProcessedDataset) -> SequenceModel:
-    """A pre-trained text model applied to a new domain as is (no fine-tuning): text-only item vectors.
-
-    ``init_dir``: a pre-training run, or a fine-tuning run of a text mode (inductive, transductive without
-    its ID table, zesrec).
-    """
-    saved = read_model_config(init_dir)
-    config = from_plain(ModelConfig, saved["model"], f"{init_dir}/config.json: model")
-    if config.architecture not in ("unisrec", "zesrec") or not config.uses_text:
-        raise UnisrecError(f"{init_dir}: a {config.architecture} model of {config.item_repr} items cannot score "
-                           "new items by their text")
-    config = replace(config, item_repr="text")
-    text, _meta = load_text(dataset, _init_text_spec(init_dir))
-    model = build_model(config, dataset.n_items, text)
-    load_transferable(model, init_dir)
-    return model
-
-
 def finetune(
     data_dir: str | Path,
     mode: str,
@@ -191,24 +158,22 @@ def finetune(
     config: RunConfig | None = None,
     overrides: list[str] | None = None,
     init: str | Path | None = None,
-    text_spec: dict[str, Any] | None = None,
     overwrite: bool = False,
-) -> dict[str, Any]:
-    """Train on ``data_dir`` and write the run folder ``out``; returns {"valid": ..., "test": ...}."""
+) -> FinetuneMetrics:
+    """Train on ``data_dir`` and write the run folder ``out``; returns its metrics ({"valid": ..., "test": ...}).
+
+    ``overrides``: dotted settings on top of ``config`` (``"train.lr=3e-4"``, ``"text.pooling=mean"``).
+    """
     overrides = overrides or []
-    config = (config or RunConfig()).with_overrides(overrides)
     init_dir = Path(init) if init is not None else None
-    config = replace(config, model=resolve_model_config(config, mode, init_dir, overrides))
+    config = resolve_config((config or RunConfig()).with_overrides(overrides), mode, init_dir, overrides)
     out = Path(out)
     dataset = load_processed(data_dir)
-    if init_dir is not None:
-        text_spec = text_spec or _init_text_spec(init_dir)
     settings = {
         "command": "finetune",
         "data": str(Path(data_dir).resolve()),
         "mode": mode,
         "init": str(init_dir.resolve()) if init_dir else None,
-        "text_encoder": text_spec,
         "config": config.to_dict(),
     }
     device = resolve_device(config.train.device)
@@ -225,8 +190,8 @@ def finetune(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
 
-    text, text_meta = dist.main_first(lambda: load_text(dataset, text_spec)) if config.model.uses_text else (None, {})
-    model = build_model(config.model, dataset.n_items, text)
+    vectors = dist.main_first(lambda: load_text(dataset, config.text)) if config.model.uses_text else None
+    model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix) if vectors else None)
     transferred = load_transferable(model, init_dir) if init_dir is not None else []
     frozen = config.train.freeze == "encoder"
     trainable = freeze_encoder(model, frozen)
@@ -243,7 +208,8 @@ def finetune(
         task = ClozeTask(wrapped, dataset, config, device, dist)
     else:
         task = FinetuneTask(wrapped, dataset, config, device, dist)
-    extra = {"text_encoder": text_meta, "dataset": {"name": dataset.name, "path": str(dataset.path)}}
+    extra = {"text_encoder": vectors.record() if vectors else {},
+             "dataset": {"name": dataset.name, "path": str(dataset.path)}}
 
     def save_best() -> None:
         save_pretrained(model, out, item_ids=list(dataset.item_ids), item_texts=dataset.item_texts, extra=extra)
@@ -271,24 +237,17 @@ def finetune(
     dist.barrier()
     best = load_file(str(out / "model.safetensors"))
     model.load_state_dict(best, strict=True)
-    started = time.perf_counter()
-    valid = evaluate(model, dataset, "valid", config.eval, device)
-    test_ranks = rank_split(model, dataset, "test", config.eval, device)  # (T,)
-    test = ranking_metrics(test_ranks, config.eval.ks)
-    cold = getattr(task, "cold", None)
-    if cold is not None and cold.any():
-        test.update(cold_metrics(test_ranks, dataset.items[dataset.target_rows("test")], cold, config.eval.ks))
-    eval_seconds = (time.perf_counter() - started) / 2
+    final_eval = final_evaluation(model, dataset, config.eval, device, cold=getattr(task, "cold", None))
     n_params = sum(p.numel() for p in model.parameters())
-    metrics = {
-        "valid": valid,
-        "test": test,
+    metrics: FinetuneMetrics = {
+        "valid": final_eval.valid,
+        "test": final_eval.test,
         "best_epoch": state.best_epoch,
         "epochs": state.epoch,
         "stopped_early": state.stopped_early,
         "seconds_per_epoch": float(np.median(state.epoch_seconds)) if state.epoch_seconds else 0.0,
         "seconds_train": round(state.seconds, 3),
-        "seconds_eval": round(eval_seconds, 3),
+        "seconds_eval": round(final_eval.seconds, 3),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "parameters": {"total": n_params, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
         "trainable_parameters": trainable,
@@ -301,21 +260,13 @@ def finetune(
         "code": git_commit(),
     }
     if dist.is_main:
-        save_ranks(out, test_ranks)
+        save_ranks(out, final_eval.test_ranks)
         atomic_write_json(out / "metrics.json", metrics)
         write_finetune_card(out, settings, metrics)
         clear_checkpoint(out)
         finish_run_dir(out, final)
         if init_dir is not None:
             record_transfer(init_dir, final, metrics)
-        print(f"best epoch {state.best_epoch}: test {json.dumps(test)}", file=sys.stderr)
+        print(f"best epoch {state.best_epoch}: test {json.dumps(final_eval.test)}", file=sys.stderr)
     dist.barrier()
     return metrics
-
-
-def _init_text_spec(init_dir: Path) -> dict[str, Any] | None:
-    saved = read_model_config(init_dir).get("text_encoder") or {}
-    spec = {k: saved[k] for k in ("model", "pooling", "precision") if k in saved}
-    if "max_length" in saved:
-        spec["max_length"] = int(saved["max_length"])
-    return spec or None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from unisrec.config import RunConfig
+from unisrec.config import RunConfig, override
 from unisrec.datasets.pipeline import PrepareOptions, RawData, build_dataset
 from unisrec.datasets.processed import ProcessedDataset, load_processed, write_processed
 from unisrec.errors import UnisrecError
@@ -146,14 +146,14 @@ def fit(
     out: str | Path | None = None,
     init: str | Path | None = None,
     config: RunConfig | None = None,
-    text_spec: dict[str, Any] | None = None,
     overwrite: bool = False,
     **overrides: Any,
 ) -> Recommender:
     """Train (``unisrec finetune``) and return the run's ``Recommender``, which knows the dataset's users.
 
-    Keyword arguments are the CLI's dotted overrides (``**{"train.lr": 3e-4}`` or ``train__lr=3e-4``) or the
-    shortcuts epochs, seed, device, lr, batch_size, threads. ``out=None`` trains in a temporary run folder.
+    Keyword arguments are the CLI's dotted overrides (``**{"train.lr": 3e-4}``, ``train__lr=3e-4``,
+    ``text__pooling="mean"``) or the shortcuts epochs, seed, device, lr, batch_size, threads. ``out=None``
+    trains in a temporary run folder.
     """
     from unisrec.finetune import finetune
     from unisrec.recommend import load_model, recommender_of
@@ -165,14 +165,9 @@ def fit(
         if "." not in name:
             raise UnisrecError(f"unknown setting {key!r}; use a dotted config key such as train__lr or one of "
                                f"{', '.join(_SHORTCUTS)}")
-        if isinstance(value, bool):
-            text = str(value).lower()
-        else:
-            text = str(list(value) if isinstance(value, tuple) else value)
-        dotted.append(f"{name}={text}")
+        dotted.append(override(name, value))
     run = Path(out) if out is not None else _temporary_folder("unisrec-run-") / "run"
-    finetune(data.path, mode, run, config=config, overrides=dotted, init=init, text_spec=text_spec,
-             overwrite=overwrite)
+    finetune(data.path, mode, run, config=config, overrides=dotted, init=init, overwrite=overwrite)
     recommender = recommender_of(load_model(run))
     recommender.set_users(data.user_histories())
     recommender.run_dir = run

@@ -17,7 +17,10 @@ from torch import Tensor, nn
 from unisrec.config import ModelConfig
 
 if TYPE_CHECKING:
-    from unisrec.recommend import Backend, Recommender
+    import pandas as pd
+
+    from unisrec.export import ExportManifest
+    from unisrec.recommend import Backend, Recommendation, Recommender
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -345,7 +348,8 @@ class UniSRec(SequenceModel):
             self.saved_info["text_encoder"] = dict(text_encoder)
         return self
 
-    def recommend(self, histories: Any, k: int = 10, exclude_seen: bool = True, by_text: bool = False) -> Any:
+    def recommend(self, histories: Any, k: int = 10, exclude_seen: bool = True,
+                  by_text: bool = False) -> list[Recommendation] | pd.DataFrame:
         """Top-k items for one history (list of item ids -> list of Recommendation) or many (-> DataFrame).
 
         ``by_text``: the histories hold raw item texts. Histories are cut to their last max_seq_len items.
@@ -360,7 +364,7 @@ class UniSRec(SequenceModel):
 
         return recommender_of(self).add_items(texts, ids, vectors)
 
-    def export_vectors(self, out: str | Path, data_dir: str | Path | None = None, index: bool = True) -> dict[str, Any]:
+    def export_vectors(self, out: str | Path, data_dir: str | Path | None = None, index: bool = True) -> ExportManifest:
         """Item (and, with ``data_dir``, user sequence) vectors as .npy + .safetensors, and a FAISS index."""
         from unisrec.export import export_vectors
 

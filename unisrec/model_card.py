@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,17 @@ def _metrics_row(metrics: dict[str, float]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _text_encoder_line(text: dict[str, Any] | None) -> str:
+def _text_encoder_line(settings: Mapping[str, Any]) -> str:
+    # run.json of this version: the config's text section; of earlier ones: "text_encoder", the text settings
+    # given on the command line (null: the defaults)
+    text = (settings.get("config") or {}).get("text") or settings.get("text_encoder")
     if not text:
         return "the default (packaged all-MiniLM-L6-v2, cls+mean pooling)"
     keys = ("model", "pooling", "max_length", "precision")
     return ", ".join(f"{k} {text[k]}" for k in keys if k in text)
 
 
-def _config_lines(config: dict[str, Any]) -> list[str]:
+def _config_lines(config: Mapping[str, Any]) -> list[str]:
     lines = []
     for section in ("model", "train", "pretrain", "eval"):
         values = config.get(section) or {}
@@ -44,7 +48,7 @@ def _config_lines(config: dict[str, Any]) -> list[str]:
     return lines
 
 
-def finetune_card(settings: dict[str, Any], metrics: dict[str, Any], command: str) -> str:
+def finetune_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], command: str) -> str:
     """The card of a fine-tuning (or from-scratch) run."""
     test, valid = metrics.get("test", {}), metrics.get("valid", {})
     init = settings.get("init")
@@ -53,7 +57,7 @@ def finetune_card(settings: dict[str, Any], metrics: dict[str, Any], command: st
         "",
         f"- Data: `{settings.get('data')}`",
         f"- Start: {'pre-trained run `' + str(init) + '`' if init else 'from scratch (no pre-training)'}",
-        f"- Text encoder: {_text_encoder_line(settings.get('text_encoder'))}",
+        f"- Text encoder: {_text_encoder_line(settings)}",
         f"- Best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')} (selected on valid "
         f"{settings.get('config', {}).get('train', {}).get('select_metric', 'ndcg@10')}), "
         f"{metrics.get('seconds_train', 0):.0f} s training, peak memory {metrics.get('peak_memory_mb', 0):.0f} MB",
@@ -75,7 +79,7 @@ def finetune_card(settings: dict[str, Any], metrics: dict[str, Any], command: st
     return "\n".join(lines)
 
 
-def pretrain_card(settings: dict[str, Any], metrics: dict[str, Any], command: str,
+def pretrain_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], command: str,
                   transfers: list[dict[str, Any]]) -> str:
     """The card of a pre-training run, with the transfer results recorded so far."""
     history = metrics.get("history") or []
@@ -85,7 +89,7 @@ def pretrain_card(settings: dict[str, Any], metrics: dict[str, Any], command: st
         "",
         f"- Corpus: {len(metrics.get('domains', []))} domains: {', '.join(metrics.get('domains', []))}",
         f"- Data folders: {', '.join('`' + d + '`' for d in settings.get('data', []))}",
-        f"- Text encoder: {_text_encoder_line(settings.get('text_encoder'))}",
+        f"- Text encoder: {_text_encoder_line(settings)}",
         f"- {metrics.get('steps')} steps, {metrics.get('epochs')} epochs, "
         f"{metrics.get('seconds_train', 0) / 60:.1f} min training, "
         f"{metrics.get('sequences_per_second', 0):.0f} windows/s, peak memory "
@@ -112,11 +116,11 @@ def pretrain_card(settings: dict[str, Any], metrics: dict[str, Any], command: st
     return "\n".join(lines)
 
 
-def write_finetune_card(run_dir: Path, settings: dict[str, Any], metrics: dict[str, Any]) -> None:
+def write_finetune_card(run_dir: Path, settings: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
     atomic_write_text(run_dir / "README.md", finetune_card(settings, metrics, command_line()))
 
 
-def write_pretrain_card(run_dir: Path, settings: dict[str, Any], metrics: dict[str, Any],
+def write_pretrain_card(run_dir: Path, settings: Mapping[str, Any], metrics: Mapping[str, Any],
                         command: str | None = None) -> None:
     """(Re)write the pre-trained run's card; the command is kept in ``card.json`` for later rewrites."""
     card_file = run_dir / "card.json"
@@ -127,7 +131,7 @@ def write_pretrain_card(run_dir: Path, settings: dict[str, Any], metrics: dict[s
     atomic_write_text(run_dir / "README.md", pretrain_card(settings, metrics, command, transfers))
 
 
-def record_transfer(init_dir: Path, run_dir: Path, metrics: dict[str, Any]) -> None:
+def record_transfer(init_dir: Path, run_dir: Path, metrics: Mapping[str, Any]) -> None:
     """Add a finished transfer's test metrics to the pre-trained run's card (best effort: read-only inits skip)."""
     card_file, run_file, metrics_file = init_dir / "card.json", init_dir / "run.json", init_dir / "metrics.json"
     if not (card_file.exists() and run_file.exists() and metrics_file.exists()):
@@ -139,7 +143,7 @@ def record_transfer(init_dir: Path, run_dir: Path, metrics: dict[str, Any]) -> N
         return
 
 
-def _add_transfer(init_dir: Path, run_dir: Path, metrics: dict[str, Any]) -> None:
+def _add_transfer(init_dir: Path, run_dir: Path, metrics: Mapping[str, Any]) -> None:
     card_file = init_dir / "card.json"
     saved = json.loads(card_file.read_text())
     entry = {"dataset": metrics["dataset"], "mode": metrics["mode"], "seed": metrics["seed"],

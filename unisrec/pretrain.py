@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -32,13 +32,13 @@ from unisrec.config import RunConfig
 from unisrec.datasets.processed import load_processed
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
-from unisrec.finetune import load_text
 from unisrec.losses import contrastive
 from unisrec.model import UniSRec
 from unisrec.model_card import command_line, write_pretrain_card
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
-from unisrec.train import Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
+from unisrec.text_cache import TextRecord, encode_word_drop, load_text, load_word_drop
+from unisrec.train import EpochRecord, Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
 from unisrec.training_data import train_lengths
 
 # The default recipe of `unisrec pretrain` (chosen on validation; README "Pre-training that pays"): on top of
@@ -66,30 +66,28 @@ class Corpus:
     seq_offsets: np.ndarray  # (U + 1,) rows of ``items`` where each user's sequence starts (all domains)
     text: np.ndarray  # (N, D) float32 language-model vectors of all items
     variants: np.ndarray | None  # (V, N, D) float16 word-dropped text vectors, or None
-    text_meta: dict[str, Any]
+    text_record: TextRecord  # how the text vectors were made (config.json "text_encoder")
 
     @property
     def n_items(self) -> int:
         return int(self.item_offsets[-1])
 
 
-def load_corpus(dirs: list[Path], config: RunConfig, text_spec: dict[str, Any] | None) -> Corpus:
-    """Read each processed dataset (encoding its texts if needed) into one Corpus."""
-    from unisrec.text import TextEncoderSpec, encode_word_drop, load_word_drop
-
+def load_corpus(dirs: list[Path], config: RunConfig) -> Corpus:
+    """Read each processed dataset (encoding its texts with ``config.text`` if needed) into one Corpus."""
     if not dirs:
         raise UnisrecError("pretrain needs at least one dataset folder")
-    pre = config.pretrain
-    spec = TextEncoderSpec(**text_spec) if text_spec else TextEncoderSpec()
+    pre, spec = config.pretrain, config.text
     want_variants = pre.lambda_ss > 0 and pre.word_drop > 0 and pre.word_drop_variants > 0
     names, items, windows, domains, texts, variants, starts = [], [], [], [], [], [], []
     item_offset, row_offset = 0, 0
-    meta: dict[str, Any] = {}
+    record: TextRecord = {}
     offsets = [0]
     for index, directory in enumerate(dirs):
         dataset = load_processed(directory)
-        text, meta = load_text(dataset, text_spec)
-        texts.append(text.numpy())
+        vectors = load_text(dataset, spec)
+        texts.append(vectors.matrix)
+        record = vectors.record()
         if want_variants:
             # the variants are a fixed property of the data (seed 0), shared by every training seed
             encode_word_drop(directory, spec, p=pre.word_drop, variants=pre.word_drop_variants, seed=0)
@@ -118,7 +116,7 @@ def load_corpus(dirs: list[Path], config: RunConfig, text_spec: dict[str, Any] |
         seq_offsets=np.concatenate([*starts, [row_offset]]),
         text=np.concatenate(texts),
         variants=np.concatenate(variants, axis=1) if variants else None,
-        text_meta=meta,
+        text_record=record,
     )
 
 
@@ -228,19 +226,36 @@ class PretrainTask:
                            reduction="none")
 
 
+class PretrainMetrics(TypedDict):
+    """What ``pretrain`` returns and writes to RUN/metrics.json."""
+
+    kind: str  # "pretrained"
+    domains: list[str]
+    epochs: int
+    steps: int
+    seconds_train: float
+    sequences_per_second: float
+    peak_memory_mb: float
+    world_size: int
+    history: list[EpochRecord]  # one record per epoch (train.log)
+    seed: int
+    command: str
+    code: dict[str, str | bool]
+
+
 def pretrain(
     data_dirs: list[str | Path],
     out: str | Path,
     *,
     config: RunConfig | None = None,
     overrides: list[str] | None = None,
-    text_spec: dict[str, Any] | None = None,
     max_steps: int = 0,
     overwrite: bool = False,
-) -> dict[str, Any]:
+) -> PretrainMetrics:
     """Pre-train a text-only UniSRec on the datasets ``data_dirs`` and write the run folder ``out``.
 
-    ``config`` defaults to the recipe (``recipe_config()``); ``overrides`` (``"train.epochs=2"``) apply on top.
+    ``config`` defaults to the recipe (``recipe_config()``); ``overrides`` (``"train.epochs=2"``,
+    ``"text.pooling=mean"``) apply on top.
     """
     config = (config or recipe_config()).with_overrides(overrides or [])
     config = replace(config, model=replace(config.model, item_repr="text"))
@@ -249,7 +264,6 @@ def pretrain(
     settings = {
         "command": "pretrain",
         "data": [str(d.resolve()) for d in dirs],
-        "text_encoder": text_spec,
         "config": config.to_dict(),
         "max_steps": max_steps,
     }
@@ -267,14 +281,14 @@ def pretrain(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
 
-    corpus = dist.main_first(lambda: load_corpus(dirs, config, text_spec))
+    corpus = dist.main_first(lambda: load_corpus(dirs, config))
     model = UniSRec.without_catalogue(config.model, corpus.text.shape[1]).to(device)
     wrapped: nn.Module = model
     if dist.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     task = PretrainTask(wrapped, corpus, config, device, dist)
-    extra = {"kind": "pretrained", "domains": corpus.names, "text_encoder": corpus.text_meta}
+    extra = {"kind": "pretrained", "domains": corpus.names, "text_encoder": corpus.text_record}
 
     def save_best() -> None:
         save_pretrained(model, out, extra=extra, save_text=False)
@@ -295,7 +309,7 @@ def pretrain(
     windows_per_step = len(corpus.windows) / max(task.steps, 1)
     seconds = state.seconds or 1e-9
     steps_timed = sum(r["steps"] for r in state.history) or state.global_step
-    metrics = {
+    metrics: PretrainMetrics = {
         "kind": "pretrained",
         "domains": corpus.names,
         "epochs": state.epoch,

@@ -61,7 +61,7 @@ def run(out: Path, *, pretrain_steps: int, epochs: int, patience: int, hidden_si
     from unisrec.evaluate import evaluate_run
     from unisrec.finetune import finetune
     from unisrec.pretrain import pretrain
-    from unisrec.text import encode_dataset
+    from unisrec.text_cache import encode_dataset
 
     started = time.perf_counter()
     model = [f"model.hidden_size={hidden_size}", f"train.seed={seed}"]
@@ -145,7 +145,8 @@ def cold_start_demo(run_dir: Path, source_dir: Path, target_dir: Path) -> dict[s
     new_texts = [text for _, text in RELEASED_LATER] + [source.item_texts[i] for i in chosen]
     model.add_items(new_texts, new_ids)  # encoded by the run's MiniLM; no retraining
     histories = [[str(target.item_ids[i]) for i in target.sequence(u)] for u in range(target.n_users)]
-    frame = model.recommend(histories, k=10)
+    frame = model.recommend(histories, k=10)  # many histories: a DataFrame
+    assert not isinstance(frame, list)
     with_later = sorted(set(frame.history[frame.item_id.isin(later)]))
     with_new = sorted(set(frame.history[frame.item_id.isin(set(new_ids))]))
     user = (with_later or with_new or [0])[0]

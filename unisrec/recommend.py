@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -36,11 +36,12 @@ from unisrec.topk import CoarseTable, chunked_top_k
 
 if TYPE_CHECKING:
     from unisrec.model import UniSRec
-    from unisrec.text import TextEncoder
+    from unisrec.text_encoder import TextEncoder
 
 Backend = Literal["torch", "faiss"]
 TABLE_CHUNK = 8192  # items adapted at once when building the scoring table
 PACK_TOKENS = 256  # history items encoded together (one attention block)
+ENCODE_BATCH = 64  # texts per language-model pass in ``Recommender.encode_texts`` (one pass at a time)
 
 
 class UnknownItemError(UnisrecError):
@@ -55,6 +56,10 @@ class UnknownItemError(UnisrecError):
 
 class ItemConflictError(UnisrecError):
     """New items that cannot join the catalogue (duplicate ids, a model without a text-only item path)."""
+
+
+class CatalogueFullError(ItemConflictError):
+    """New items that would take the catalogue over ``Recommender.max_items``."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,10 @@ class Catalogue:
         return rows
 
     def rows_with_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(M,) rows of the catalogue items whose text is exactly one of ``texts``."""
+        """(M,) rows of the catalogue items whose text is exactly one of ``texts``.
+
+        Builds its text index on first use and ``append`` extends it: a ``Recommender`` calls it under its lock.
+        """
         if self._by_text is None:
             self._by_text = {}
             for row, text in enumerate(self.texts):
@@ -222,6 +230,9 @@ class Recommender:
         self.users: dict[str, list[str]] = {}  # known users' histories (``set_users``)
         self.run_dir: Any = None  # the run folder it was trained in (``unisrec.fit``), if any
         self.persist_dir: Any = None  # additions are also written here (``persist_additions``), if set
+        self.max_items: int | None = None  # add_items refuses to grow the catalogue past this (CatalogueFullError)
+        self.encode_batch = ENCODE_BATCH  # texts per language-model pass
+        self._encode_lock = threading.Lock()  # one language-model pass at a time, whatever the calling threads
 
     # -- tables ------------------------------------------------------------------------------------------
 
@@ -320,19 +331,27 @@ class Recommender:
     # -- ranking -----------------------------------------------------------------------------------------
 
     def top_rows(
-        self, queries: Tensor, k: int, seen: Sequence[np.ndarray] | None = None
+        self, queries: Tensor, k: int,
+        seen: Sequence[np.ndarray] | Callable[[], Sequence[np.ndarray]] | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """(B, H) queries -> per query the (row, score) pairs of its top k, best first, seen rows left out."""
+        """(B, H) queries -> per query the (row, score) pairs of its top k, best first, seen rows left out.
+
+        ``seen`` may be a function, called under the lock right after the table is taken: rows it reads from
+        the catalogue then cover every row of that table, even while items are being added.
+        """
         if k < 1:
             raise UnisrecError(f"k must be >= 1, got {k}")
         if self.backend == "faiss":
             from unisrec.export import faiss_search
 
             with self._lock:  # a FAISS index is not safe to search while items are being added
-                scores, rows = faiss_search(self.faiss_index(), queries, k, seen)
+                index = self.faiss_index()
+                scores, rows = faiss_search(index, queries, k, seen() if callable(seen) else seen)
         else:
             with self._lock:
                 table, coarse = self.scoring_table(), self._coarse
+                if callable(seen):
+                    seen = seen()
             if coarse is not None:
                 scores_t, rows_t = coarse.top_k(queries, k, seen)
             else:
@@ -366,8 +385,10 @@ class Recommender:
         if not by_text:
             return self.recommend_rows(self.resolve(histories), k, exclude_seen)
         queries = self.queries_of_texts(histories)
-        with self._lock:  # the text index is built lazily and grows with add_items: never read it mid-append
-            seen = [self.catalogue.rows_with_texts(h) if exclude_seen else np.zeros(0, np.int64) for h in histories]
+
+        def seen() -> list[np.ndarray]:  # under the lock (the text index grows with add_items), after the table
+            return [self.catalogue.rows_with_texts(h) if exclude_seen else np.zeros(0, np.int64) for h in histories]
+
         return [self._format(r) for r in self.top_rows(queries, k, seen)]
 
     # -- the DataFrame API (RecTools style): always a DataFrame user_id, item_id, score, rank, text -------
@@ -421,19 +442,15 @@ class Recommender:
 
     def text_encoder(self) -> TextEncoder:
         """The run's language model, loaded once; its files must match the fingerprint recorded in the run."""
-        import dataclasses
-
-        from unisrec.text import TextEncoder, TextEncoderSpec
+        from unisrec.config import TextConfig
+        from unisrec.text_encoder import TextEncoder
 
         with self._lock:
             if self._encoder is None:
                 info = self.text_encoder_info
                 if "model" not in info:
                     raise UnisrecError("this model records no text encoder; pass the items' vectors instead")
-                fields = {f.name for f in dataclasses.fields(TextEncoderSpec)}
-                settings: dict[str, Any] = {k: int(v) if k == "max_length" else str(v)
-                                            for k, v in info.items() if k in fields}
-                spec = TextEncoderSpec(**settings)  # model, pooling, max length, precision as recorded
+                spec = TextConfig.from_saved(info)  # model, pooling, max length, precision as recorded
                 encoder = TextEncoder(spec)
                 recorded, found = info.get("fingerprint"), encoder.fingerprint()["digest"]
                 if recorded and recorded != found:
@@ -447,9 +464,24 @@ class Recommender:
                 self._encoder = encoder
             return self._encoder
 
+    def _check_room(self, count: int) -> None:
+        cap, size = self.max_items, len(self.catalogue)
+        if cap is not None and size + count > cap:
+            raise CatalogueFullError(f"catalogue full: it holds {size} items and its cap is {cap} (--max-catalogue); "
+                                     f"{count} more cannot be added")
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(M, D) float32 language-model vectors of ``texts``."""
-        return self.text_encoder().encode(list(texts))
+        """(M, D) float32 language-model vectors of ``texts``, in batches of ``encode_batch`` texts.
+
+        One batch runs at a time across all threads (a lock per batch, so concurrent callers take turns batch
+        by batch): the language model never holds more than one batch of activations.
+        """
+        encoder, texts = self.text_encoder(), list(texts)
+        parts = [np.zeros((0, encoder.dim), dtype=np.float32)]
+        for lo in range(0, len(texts), self.encode_batch):
+            with self._encode_lock:
+                parts.append(encoder.encode(texts[lo : lo + self.encode_batch]))
+        return np.concatenate(parts)
 
     def add_items(
         self, texts: Sequence[str], ids: Sequence[str], vectors: np.ndarray | Tensor | None = None
@@ -458,6 +490,7 @@ class Recommender:
         self._require_text_only("adding items")
         texts, ids = list(texts), list(ids)
         self.catalogue.check_new(ids, texts)
+        self._check_room(len(ids))
         if vectors is None:
             vectors = self.encode_texts(texts)  # outside the lock: readers go on meanwhile
         new = torch.as_tensor(np.asarray(vectors, dtype=np.float32))  # (M, D)
@@ -465,6 +498,7 @@ class Recommender:
             raise UnisrecError(f"vectors must be ({len(ids)}, {self.model.text_dim}), got {tuple(new.shape)}")
         with self._lock:
             self.catalogue.check_new(ids, texts)  # again: another writer may have added them meanwhile
+            self._check_room(len(ids))
             if self.persist_dir is not None:  # durable before anything changes: a kill -9 after the answer
                 persist_addition(self.persist_dir, ids, texts, new)  # cannot lose it
             model = self.model
@@ -495,13 +529,17 @@ def persist_addition(folder: Any, ids: Sequence[str], texts: Sequence[str], vect
     from pathlib import Path
 
     from unisrec.checkpoint import save_tensors
+    from unisrec.locking import waiting_for
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.stem) for p in folder.glob("*.safetensors") if p.stem.isdigit()]
-    path = folder / f"{max(numbers, default=0) + 1:08d}.safetensors"
-    save_tensors(path, {"text_vectors": vectors.float()}, {"ids": json.dumps(list(ids)),
-                                                            "texts": json.dumps(list(texts))})
+    with waiting_for(folder / ".lock"):  # two servers of one run never take the same number
+        for stale in folder.glob(".*.safetensors.*.tmp"):  # a writer killed midway (none is live: we hold the lock)
+            stale.unlink(missing_ok=True)
+        numbers = [int(p.stem) for p in folder.glob("*.safetensors") if p.stem.isdigit()]
+        path = folder / f"{max(numbers, default=0) + 1:08d}.safetensors"
+        save_tensors(path, {"text_vectors": vectors.float()}, {"ids": json.dumps(list(ids)),
+                                                                "texts": json.dumps(list(texts))})
     return path
 
 

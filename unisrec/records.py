@@ -27,7 +27,7 @@ RECORD_FORMAT = "unisrec-run-record"
 RECORD_VERSION = 1
 
 
-def git_commit(start: Path | None = None) -> dict[str, Any]:
+def git_commit(start: Path | None = None) -> dict[str, str | bool]:
     """{"commit": sha, "dirty": bool} of the repository holding the unisrec sources (or {} outside one)."""
     where = start or Path(__file__).resolve().parent
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from unisrec.atomic import atomic_write_json
-from unisrec.config import RunConfig, load_config
+from unisrec.config import RunConfig, TextConfig, load_config, load_config_overrides, override
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
@@ -38,13 +38,46 @@ Kind = Literal["prepare", "pretrain", "finetune", "zeroshot"]
 
 
 @dataclass(frozen=True)
+class PrepareArgs:
+    """``unisrec prepare SOURCE --format FORMAT [--name NAME] --user-core U --item-core I``."""
+
+    source: str
+    format: str
+    name: str | None
+    user_core: int
+    item_core: int
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """A training command (or the zero-shot evaluation): its datasets and settings.
+
+    The settings are those of the command line: ``config_path``'s settings (``--config``, on ``RunConfig()``)
+    or without it the command's default (the recipe for pre-training), then ``overrides`` (the report's text
+    settings as ``text.*`` first).
+    """
+
+    data: tuple[Path, ...]  # dataset folders: several for pre-training, else one
+    overrides: tuple[str, ...]
+    config_path: Path | None = None
+    mode: str | None = None  # finetune --mode
+    init: Path | None = None  # the run it starts from (finetune --init, zeroshot)
+
+    def settings(self, kind: Kind) -> tuple[RunConfig, list[str]]:
+        """The base config and the overrides on top of it (as ``unisrec finetune`` / ``pretrain`` make them)."""
+        if self.config_path is not None:
+            return RunConfig(), [*load_config_overrides(self.config_path), *self.overrides]
+        return (recipe_config() if kind == "pretrain" else RunConfig()), list(self.overrides)
+
+
+@dataclass(frozen=True)
 class PlannedRun:
     kind: Kind
     name: str  # dataset, pre-training or experiment name
     seed: int | None
     out: Path  # the folder it writes
     spec: dict[str, Any]  # everything its result depends on (JSON-plain)
-    args: dict[str, Any]  # how to call it: paths and lists for the Python API
+    args: PrepareArgs | TrainArgs  # how to call it
 
     @property
     def spec_file(self) -> Path:
@@ -63,23 +96,20 @@ class PlannedRun:
     def command(self) -> str:
         """The equivalent command line (for running it by hand, e.g. on another machine)."""
         a = self.args
-        if self.kind == "prepare":
-            words = ["unisrec", "prepare", a["source"], "--format", a["format"], "--out", str(self.out)]
-            words += ["--name", a["name"]] if a["name"] else []
-            words += ["--user-core", str(a["user_core"]), "--item-core", str(a["item_core"])]
-        elif self.kind == "pretrain":
-            words = ["unisrec", "pretrain", *map(str, a["data_dirs"]), "--out", str(self.out)]
-        elif self.kind == "finetune":
-            words = ["unisrec", "finetune", str(a["data_dir"]), "--mode", a["mode"], "--out", str(self.out)]
-            words += ["--init", str(a["init"])] if a["init"] else []
+        if isinstance(a, PrepareArgs):
+            words = ["unisrec", "prepare", a.source, "--format", a.format, "--out", str(self.out)]
+            words += ["--name", a.name] if a.name else []
+            words += ["--user-core", str(a.user_core), "--item-core", str(a.item_core)]
+            return shlex.join(words)
+        if self.kind == "zeroshot":
+            return f"# zero-shot: evaluate {a.init} on {a.data[0]} (Python: unisrec.report.zero_shot_run)"
+        if self.kind == "pretrain":
+            words = ["unisrec", "pretrain", *map(str, a.data), "--out", str(self.out)]
         else:
-            return f"# zero-shot: evaluate {a['init']} on {a['data_dir']} (Python: unisrec.report.zero_shot_run)"
-        if self.kind != "prepare":
-            words += ["--config", a["config_path"]] if a["config_path"] else []
-            for key, value in (a["text_spec"] or {}).items():
-                words += ["--text-model" if key == "model" else f"--{key}", value]
-            words += [f"--{o}" for o in a["overrides"]]
-        return shlex.join(words)
+            words = ["unisrec", "finetune", str(a.data[0]), "--mode", str(a.mode), "--out", str(self.out)]
+            words += ["--init", str(a.init)] if a.init else []
+        words += ["--config", str(a.config_path)] if a.config_path else []
+        return shlex.join([*words, *(f"--{o}" for o in a.overrides)])
 
 
 def _plain(obj: Any) -> Any:
@@ -89,9 +119,10 @@ def _plain(obj: Any) -> Any:
 def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) -> list[PlannedRun]:
     """Every run the report needs, in execution order (``only``: these experiments and what they need)."""
     base = load_config(config.resolve(config.config)) if config.config else RunConfig()
-    base_spec = base.to_dict()
-    config_path = str(config.resolve(config.config)) if config.config else None
-    text_spec = config.text_spec()
+    base_spec = _config_spec(base)
+    config_path = config.resolve(config.config) if config.config else None
+    text_settings = config.text_settings()
+    text_overrides = [override(f"text.{key}", value) for key, value in text_settings.items()]
     wanted = _with_dependencies(config, only) if only else {e.name for e in config.experiments}
     runs: list[PlannedRun] = []
     planned: dict[tuple[str, str, int | None], PlannedRun] = {}
@@ -121,20 +152,18 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
     for name, d in config.datasets.items():
         if d.source is not None and name in used:
             add(PlannedRun("prepare", name, None, data[name][0], {"kind": "prepare", **data[name][1]},
-                           {"source": data[name][1]["source"], "format": d.format, "name": d.name,
-                            "user_core": d.user_core, "item_core": d.item_core}))
+                           PrepareArgs(data[name][1]["source"], d.format, d.name, d.user_core, d.item_core)))
 
     # pre-training starts from the recipe of `unisrec pretrain` unless the report names a config file
-    pre_base = base if config.config else recipe_config()
+    pre_spec = base_spec if config.config else _config_spec(recipe_config())
 
     def pretrain_run(name: str, seed: int) -> PlannedRun:
         p = config.pretrain[name]
         s = p.seed if p.seed is not None else seed
         overrides = [*config.overrides, *p.overrides, f"train.seed={s}"]
         spec = {"kind": "pretrain", "datasets": [data[d][1] for d in p.datasets], "overrides": overrides,
-                "config": pre_base.to_dict(), "text": text_spec}
-        args = {"data_dirs": [data[d][0] for d in p.datasets], "overrides": overrides, "config": pre_base,
-                "config_path": config_path, "text_spec": text_spec}
+                "config": pre_spec, "text": text_settings or None}
+        args = TrainArgs(tuple(data[d][0] for d in p.datasets), (*text_overrides, *overrides), config_path)
         return add(PlannedRun("pretrain", name, s, out / "pretrain" / name / f"seed-{s}", _plain(spec), args))
 
     by_experiment: dict[tuple[str, int], PlannedRun] = {}
@@ -150,12 +179,21 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
             overrides = [*config.overrides, *e.overrides, f"train.seed={seed}"]
             spec = {"kind": e.command, "dataset": data[e.dataset][1], "mode": e.mode if e.command == "finetune"
                     else None, "init": init.spec if init else None, "overrides": overrides, "config": base_spec,
-                    "text": text_spec}
-            args = {"data_dir": data[e.dataset][0], "mode": e.mode, "init": init.out if init else None,
-                    "overrides": overrides, "config": base, "config_path": config_path, "text_spec": text_spec}
+                    "text": text_settings or None}
+            args = TrainArgs((data[e.dataset][0],), (*text_overrides, *overrides), config_path, e.mode,
+                             init.out if init else None)
             run = PlannedRun(e.command, e.name, seed, out / "runs" / e.name / f"seed-{seed}", _plain(spec), args)
             by_experiment[(e.name, seed)] = add(run)
     return runs
+
+
+def _config_spec(config: RunConfig) -> dict[str, Any]:
+    """A base config in a spec: without its text section while that holds the defaults (the report's own text
+    settings are the spec's "text"), so that specs written by earlier versions still match."""
+    plain = config.to_dict()
+    if config.text == TextConfig():
+        plain.pop("text")
+    return plain
 
 
 def _with_dependencies(config: ReportConfig, only: list[str]) -> set[str]:
@@ -181,47 +219,45 @@ def execute(run: PlannedRun) -> None:
     run.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.spec_file, run.spec)
     a = run.args
-    if run.kind == "prepare":
+    if isinstance(a, PrepareArgs):
         from unisrec.datasets import PrepareOptions, prepare
 
-        options = PrepareOptions(user_core=a["user_core"], item_core=a["item_core"])
-        prepare(a["source"], a["format"], run.out, options=options, name=a["name"], overwrite=True)
-    elif run.kind == "pretrain":
+        options = PrepareOptions(user_core=a.user_core, item_core=a.item_core)
+        prepare(a.source, a.format, run.out, options=options, name=a.name, overwrite=True)
+        return
+    config, overrides = a.settings(run.kind)
+    if run.kind == "pretrain":
         from unisrec.pretrain import pretrain
 
-        pretrain(a["data_dirs"], run.out, config=a["config"], overrides=a["overrides"], text_spec=a["text_spec"],
-                 overwrite=overwrite)
+        pretrain(list(a.data), run.out, config=config, overrides=overrides, overwrite=overwrite)
     elif run.kind == "finetune":
         from unisrec.finetune import finetune
 
-        finetune(a["data_dir"], a["mode"], run.out, config=a["config"], overrides=a["overrides"], init=a["init"],
-                 text_spec=a["text_spec"], overwrite=overwrite)
+        assert a.mode is not None
+        finetune(a.data[0], a.mode, run.out, config=config, overrides=overrides, init=a.init, overwrite=overwrite)
     else:
+        assert a.init is not None
         if run.out.exists():
             shutil.rmtree(run.out)
-        zero_shot_run(a["init"], a["data_dir"], run.out, a["config"].with_overrides(a["overrides"]))
+        zero_shot_run(a.init, a.data[0], run.out, config.with_overrides(overrides))
 
 
 def zero_shot_run(init: Path, data_dir: Path, out: Path, config: RunConfig) -> dict[str, Any]:
     """Evaluate a text model on another dataset as is; writes metrics.json and ranks_test.npy to ``out``."""
     from unisrec.analysis import save_ranks
     from unisrec.datasets import load_processed
-    from unisrec.evaluate import evaluate, rank_split
-    from unisrec.finetune import zero_shot_model
-    from unisrec.metrics import ranking_metrics
+    from unisrec.evaluate import final_evaluation, zero_shot_model
     from unisrec.train import resolve_device
 
     device = resolve_device(config.train.device)
     dataset = load_processed(data_dir)
     model = zero_shot_model(Path(init), dataset).to(device)
-    started = time.perf_counter()
-    valid = evaluate(model, dataset, "valid", config.eval, device)
-    ranks = rank_split(model, dataset, "test", config.eval, device)
-    metrics = {"valid": valid, "test": ranking_metrics(ranks, config.eval.ks), "epochs": 0, "best_epoch": 0,
-               "seconds_eval": round((time.perf_counter() - started) / 2, 3), "mode": "zeroshot",
+    final = final_evaluation(model, dataset, config.eval, device)
+    metrics = {"valid": final.valid, "test": final.test, "epochs": 0, "best_epoch": 0,
+               "seconds_eval": round(final.seconds, 3), "mode": "zeroshot",
                "seed": config.train.seed, "dataset": dataset.name, "init": str(init)}
     out.mkdir(parents=True, exist_ok=True)
-    save_ranks(out, ranks)
+    save_ranks(out, final.test_ranks)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -235,7 +271,7 @@ def priority_order(runs: list[PlannedRun], seeds: tuple[int, ...] | list[int]) -
     position = {seed: index for index, seed in enumerate(seeds)}
     users: dict[Path, int] = {}
     for run in runs:
-        init = run.args.get("init") if run.kind in ("finetune", "zeroshot") else None
+        init = run.args.init if isinstance(run.args, TrainArgs) else None
         if init is not None and run.seed is not None:
             first = position.get(run.seed, 0)
             users[Path(init)] = min(users.get(Path(init), first), first)

@@ -6,7 +6,8 @@ YAML schema (unknown keys are errors; relative paths are relative to the config 
     seeds: [2022, 2023, 2024]               # every experiment runs once per seed (train.seed)
     data_root: ../../../shared/data         # base of the dataset sources below (``--data-root`` overrides it)
     text_model: null                        # language model of the item texts (null: the packaged MiniLM;
-    pooling: null                           #   a folder relative to the config file, or a hub name)
+    pooling: null                           #   a folder relative to the config file, or a hub name); other
+                                            #   text settings: overrides [text.max_length=64, ...]
     config: null                            # base run config YAML (sections model/train/eval/pretrain)
     overrides: [train.threads=2]            # dotted overrides of every run (pre-training and fine-tuning)
     metrics: [recall@10, ndcg@10, recall@50, ndcg@50]
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from unisrec.config import MODES, from_plain, read_yaml_mapping
+from unisrec.config import MODES, Pooling, from_plain, read_yaml_mapping
 from unisrec.errors import ConfigError
 
 # Hou et al., KDD 2022, Table 2 (the paper's main results table): Recall@10, NDCG@10, Recall@50, NDCG@50
@@ -123,7 +124,7 @@ class ReportConfig:
     seeds: tuple[int, ...] = (2022,)
     data_root: str | None = None
     text_model: str | None = None
-    pooling: str | None = None
+    pooling: Pooling | None = None
     config: str | None = None
     overrides: tuple[str, ...] = ()
     metrics: tuple[str, ...] = PAPER_METRICS
@@ -144,14 +145,15 @@ class ReportConfig:
             base = base / self.data_root
         return (base / path).resolve()
 
-    def text_spec(self) -> dict[str, str] | None:
-        spec: dict[str, str] = {}
+    def text_settings(self) -> dict[str, str]:
+        """The text settings the report sets (``text_model``: a folder relative to the config file, or a name)."""
+        settings: dict[str, str] = {}
         if self.text_model is not None:
             local = Path(self.base_dir) / self.text_model
-            spec["model"] = str(local.resolve()) if local.exists() else self.text_model
+            settings["model"] = str(local.resolve()) if local.exists() else self.text_model
         if self.pooling is not None:
-            spec["pooling"] = self.pooling
-        return spec or None
+            settings["pooling"] = self.pooling
+        return settings
 
     def tables(self) -> list[str]:
         return list(dict.fromkeys(t for e in self.experiments for t in e.tables))

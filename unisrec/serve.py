@@ -16,6 +16,12 @@ take them -> 409; a body over ``max_body_bytes`` -> 413. Strings must be valid U
 constants below. With ``token`` (``unisrec serve --token T`` or ``UNISREC_TOKEN``), POST /items needs
 ``Authorization: Bearer T`` (401 otherwise).
 
+Work per request is bounded: a by_text request carries at most ``MAX_TEXTS`` texts in all its histories and
+POST /items at most ``MAX_NEW_ITEMS`` items (422 beyond); texts are encoded in batches of ``ENCODE_BATCH``,
+one language-model batch at a time over the whole service, by at most ``TEXT_WORKERS`` requests at once
+(the others wait on the event loop, not on a thread); the catalogue grows to at most ``max_catalogue`` items
+(``--max-catalogue``; 409 beyond). Every limit is stated in the OpenAPI schema (/openapi.json).
+
 Speed: concurrent /recommend requests are scored together. One worker thread takes every request waiting
 in its queue (up to ``max_batch`` histories), encodes the histories packed end to end (no padding; the last
 layer only at each history's end) and ranks them with one pass over the cached scoring table (a bfloat16 scan
@@ -29,6 +35,7 @@ restarted ``unisrec serve RUN`` serves them again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import queue
@@ -43,18 +50,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from unisrec import __version__
 from unisrec.errors import UnisrecError
 from unisrec.model import UniSRec
 from unisrec.recommend import (
     ADDED_DIR,
+    ENCODE_BATCH,
     ItemConflictError,
     Recommendation,
     Recommender,
@@ -70,6 +78,9 @@ MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 2000
 MAX_SEARCH = 100  # items per GET /search
 MAX_BODY_BYTES = 4 * 2**20  # request bodies over this are refused with 413 (``--max-body-bytes``)
+MAX_TEXTS = 1000  # texts per by_text request, all histories together (each one is run through the language model)
+MAX_CATALOGUE = 1_000_000  # items the catalogue may grow to through POST /items (``--max-catalogue``)
+TEXT_WORKERS = 2  # requests that encode texts (by_text, POST /items) at once; more wait their turn
 
 
 def _utf8(value: str) -> str:
@@ -91,11 +102,22 @@ class Strict(BaseModel):
 
 
 class RecommendRequest(Strict):
-    histories: list[History] = Field(min_length=1, max_length=MAX_HISTORIES,
-                                     description="item ids (or, with by_text, item texts), oldest first")
-    k: int = Field(10, ge=1, le=MAX_K, description="recommendations per history")
+    histories: list[History] = Field(
+        min_length=1, max_length=MAX_HISTORIES,
+        description=f"item ids (or, with by_text, item texts), oldest first: 1 to {MAX_HISTORIES} histories of "
+                    f"1 to {MAX_HISTORY} entries (only the model's last max_seq_len are used)")
+    k: int = Field(10, ge=1, le=MAX_K, description=f"recommendations per history (1 to {MAX_K})")
     exclude_seen: bool = Field(True, description="leave the history's own items out of its ranking")
-    by_text: bool = Field(False, description="history entries are raw item texts (inductive models)")
+    by_text: bool = Field(False, description="history entries are raw item texts (inductive models); at most "
+                                             f"{MAX_TEXTS} texts in all histories together")
+
+    @model_validator(mode="after")
+    def _bounded_text_work(self) -> RecommendRequest:
+        count = sum(len(history) for history in self.histories)
+        if self.by_text and count > MAX_TEXTS:
+            raise ValueError(f"a by_text request carries at most {MAX_TEXTS} texts in all its histories, got "
+                             f"{count}; split it into several requests")
+        return self
 
 
 class Recommended(BaseModel):
@@ -114,7 +136,8 @@ class NewItem(Strict):
 
 
 class AddItemsRequest(Strict):
-    items: list[NewItem] = Field(min_length=1, max_length=MAX_NEW_ITEMS)
+    items: list[NewItem] = Field(min_length=1, max_length=MAX_NEW_ITEMS,
+                                 description=f"1 to {MAX_NEW_ITEMS} new items with ids unknown to the catalogue")
 
 
 class AddItemsResponse(BaseModel):
@@ -265,16 +288,55 @@ def _records(results: list[list[Recommendation]]) -> dict[str, Any]:
     return {"results": [[asdict(r) for r in ranked] for ranked in results]}
 
 
+def check_limits(*, max_batch: int, token: str | None, max_body_bytes: int, max_catalogue: int) -> None:
+    """Raise ``UnisrecError`` naming the first setting of the service out of its range."""
+    if token is not None and not token.strip():
+        raise UnisrecError("--token (or UNISREC_TOKEN) must not be empty: an empty token would let anyone in")
+    for name, value in (("--max-batch", max_batch), ("--max-body-bytes", max_body_bytes),
+                        ("--max-catalogue", max_catalogue)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UnisrecError(f"{name} must be a positive integer, got {value!r}")
+
+
+def limits_text(max_body_bytes: int, max_catalogue: int) -> str:
+    """The limits of the service, as stated in its OpenAPI description."""
+    return (
+        "Limits (refused with the status shown):\n\n"
+        f"- request bodies: at most {max_body_bytes} bytes (413)\n"
+        f"- POST /recommend: 1 to {MAX_HISTORIES} histories of 1 to {MAX_HISTORY} entries, k from 1 to {MAX_K} "
+        f"(422); with by_text at most {MAX_TEXTS} texts in all histories together (422)\n"
+        f"- POST /items: 1 to {MAX_NEW_ITEMS} items (422), ids up to {MAX_ID_CHARS} and texts up to "
+        f"{MAX_TEXT_CHARS} characters (422); the catalogue holds at most {max_catalogue} items (409)\n"
+        f"- GET /search: at most {MAX_SEARCH} items\n"
+        f"- texts (by_text histories, new items) are encoded in batches of {ENCODE_BATCH}, one batch at a time, "
+        f"by at most {TEXT_WORKERS} requests at once; further ones wait their turn\n"
+    )
+
+
 def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, access_log: bool = False) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, access_log: bool = False,
+               max_catalogue: int = MAX_CATALOGUE, run_dir: str | Path | None = None) -> FastAPI:
     """The FastAPI application serving ``model`` (loaded with ``UniSRec.from_pretrained``).
 
     ``token``: mutating endpoints (POST /items) require ``Authorization: Bearer <token>`` (401 otherwise).
     ``max_body_bytes``: larger request bodies are refused with 413 before they are parsed.
     ``access_log``: one line per request on stderr (client, method, path, status, milliseconds).
+    ``max_catalogue``: POST /items may grow the catalogue to this many items (409 beyond).
+    ``run_dir``: the run folder ``model`` was loaded from; items added by POST /items are then written to
+    ``RUN/catalogue/`` before the answer (``UniSRec.from_pretrained(RUN)`` serves them again).
     """
+    check_limits(max_batch=max_batch, token=token, max_body_bytes=max_body_bytes, max_catalogue=max_catalogue)
     recommender = recommender_of(model)
+    recommender.max_items = max_catalogue
+    if run_dir is not None:
+        recommender.persist_dir = Path(run_dir) / ADDED_DIR  # POST /items survives a restart (and kill -9)
     batcher = Batcher(recommender, max_batch)
+    text_workers = CapacityLimiter(TEXT_WORKERS)  # requests encoding texts at once
+
+    async def encoding(function: Any, *args: Any) -> Any:
+        """Run ``function(*args)`` (it encodes texts) on a thread, at most TEXT_WORKERS of them at once."""
+        return await to_thread.run_sync(functools.partial(function, *args), limiter=text_workers)
+
     bearer = HTTPBearer(auto_error=False, description="the token given to `unisrec serve --token`")
 
     def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
@@ -294,6 +356,7 @@ def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
         title="unisrec",
         version=__version__,
         summary="Sequential recommendations from item texts (UniSRec).",
+        description=limits_text(max_body_bytes, max_catalogue),
         default_response_class=AsciiJSONResponse,
         lifespan=lifespan,
     )
@@ -344,9 +407,13 @@ def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
     async def bad_input(request: Request, exc: UnisrecError) -> JSONResponse:
         return AsciiJSONResponse({"detail": str(exc)}, status_code=422)
 
+    too_big = {"model": ErrorMessage, "description": f"request body over {max_body_bytes} bytes"}
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorMessage, "description": "unreadable body (not JSON)"},
-        422: {"model": ErrorMessage, "description": "invalid input: types, limits, unknown item ids"},
+        413: too_big,
+        422: {"model": ErrorMessage, "description": "invalid input: types, unknown item ids, or over a limit: "
+              f"{MAX_HISTORIES} histories, {MAX_HISTORY} entries per history, k {MAX_K}, with by_text "
+              f"{MAX_TEXTS} texts in all"},
     }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -373,31 +440,42 @@ def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
         return {"status": "ok", "n_items": len(recommender.catalogue), "item_repr": model.config.item_repr,
                 "backend": recommender.backend, "unisrec_version": __version__}
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=errors)
+    @app.post("/recommend", response_model=RecommendResponse,
+              responses={**errors, 409: {"model": ErrorMessage, "description": "by_text for a model that cannot "
+                                                                                "encode item texts"}})
     async def post_recommend(request: RecommendRequest) -> dict[str, Any]:
-        """Top-k items for each history; unknown item ids are a 422 naming each one."""
+        """Top-k items for each history; unknown item ids are a 422 naming each one.
+
+        With by_text the entries are item texts: at most MAX_TEXTS of them per request, encoded in batches of
+        ENCODE_BATCH, one batch at a time over the service, by at most TEXT_WORKERS requests at once.
+        """
         if len(recommender.catalogue) == 0:
             return {"results": [[] for _ in request.histories]}
         if request.by_text:
-            results = await run_in_threadpool(
-                recommender.recommend_lists, request.histories, request.k, request.exclude_seen, True
-            )
+            results = await encoding(recommender.recommend_lists, request.histories, request.k,
+                                     request.exclude_seen, True)
             return _records(results)
         rows = recommender.resolve(request.histories)
         return _records(await batcher.submit(rows, request.k, request.exclude_seen))
 
-    conflicts = {**errors, 409: {"model": ErrorMessage, "description": "id already in the catalogue, or a model "
-                                                                       "that cannot add items by text"},
-                 413: {"model": ErrorMessage, "description": f"body over the cap ({max_body_bytes} bytes)"}}
+    conflicts = {**errors,
+                 409: {"model": ErrorMessage, "description": "id already in the catalogue, a model that cannot add "
+                       f"items by text, or a full catalogue (at most {max_catalogue} items: --max-catalogue)"},
+                 422: {"model": ErrorMessage, "description": f"invalid input: types, 1 to {MAX_NEW_ITEMS} items, "
+                       f"ids up to {MAX_ID_CHARS} and texts up to {MAX_TEXT_CHARS} characters"}}
     if token is not None:
         conflicts[401] = {"model": ErrorMessage, "description": "missing or wrong bearer token"}
 
     @app.post("/items", response_model=AddItemsResponse, responses=conflicts,
               dependencies=[Depends(authorised)] if token is not None else [])
-    def post_items(request: AddItemsRequest) -> dict[str, Any]:
-        """New items join the catalogue by their text (encoded by the run's language model); no retraining."""
+    async def post_items(request: AddItemsRequest) -> dict[str, Any]:
+        """New items join the catalogue by their text (encoded by the run's language model); no retraining.
+
+        At most MAX_NEW_ITEMS items per request, encoded like by_text histories (batches of ENCODE_BATCH, at
+        most TEXT_WORKERS requests at once); the catalogue grows to at most max_catalogue items (409 beyond).
+        """
         ids = [item.item_id for item in request.items]
-        n_items = recommender.add_items([item.text for item in request.items], ids)
+        n_items = await encoding(recommender.add_items, [item.text for item in request.items], ids)
         return {"added": len(ids), "n_items": n_items}
 
     return app
@@ -405,21 +483,26 @@ def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, backend: str = "torch",
           threads: int = 0, max_batch: int = 64, token: str | None = None,
-          max_body_bytes: int = MAX_BODY_BYTES, access_log: bool = False) -> None:
+          max_body_bytes: int = MAX_BODY_BYTES, access_log: bool = False, max_catalogue: int = MAX_CATALOGUE) -> None:
     """Load ``run_dir`` and serve it with uvicorn until interrupted."""
 
     import torch
     import uvicorn
 
+    check_limits(max_batch=max_batch, token=token, max_body_bytes=max_body_bytes, max_catalogue=max_catalogue)
+    if not 0 <= port <= 65535:
+        raise UnisrecError(f"--port must be in 0..65535, got {port}")
+    if threads < 0:
+        raise UnisrecError(f"--threads must be >= 0, got {threads}")
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"unisrec serve: warning: listening on {host} without --token: anyone who reaches it can change "
               "the catalogue (POST /items)", file=sys.stderr)
     if threads:
         torch.set_num_threads(threads)
     model = UniSRec.from_pretrained(run_dir, backend=backend)  # type: ignore[arg-type]
-    recommender = recommender_of(model)
-    recommender.persist_dir = Path(run_dir) / ADDED_DIR  # POST /items survives a restart (and kill -9)
-    recommender.scoring_table()  # build it before the first request
-    app = create_app(model, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes, access_log=access_log)
+    recommender_of(model).scoring_table()  # build it before the first request
+    app = create_app(model, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes, access_log=access_log,
+                     max_catalogue=max_catalogue, run_dir=run_dir)
+    print(f"unisrec serve: http://{host}:{port} (docs at /docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning",
                 access_log=False)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from unisrec.atomic import atomic_directory, atomic_write_text
+from unisrec.atomic import atomic_directory, atomic_write_text, clean_stale
 from unisrec.checkpoint import save_tensors
 from unisrec.config import TrainConfig
 from unisrec.distributed import Distributed
@@ -48,6 +48,11 @@ class Task:
     save_best: Callable[[], None] = lambda: None  # called when validation improves (main process)
 
 
+# one epoch's line of train.log (and of ``TrainState.history``): epoch, steps, seconds, lr, train_<loss term>,
+# partial (true when max_steps ended the epoch), valid (the validation metrics)
+EpochRecord = dict[str, float | dict[str, float]]
+
+
 @dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
@@ -60,6 +65,11 @@ class TrainState:
     seconds: float = 0.0
     epoch_seconds: list[float] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # the unfinished epoch's loss sums and counts per term and its seconds so far: a run resumed inside an
+    # epoch logs the same epoch record (steps, mean losses) as one that was never interrupted
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_counts: dict[str, int] = field(default_factory=dict)
+    epoch_elapsed: float = 0.0
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -171,6 +181,7 @@ def fit(
         total_steps = min(total_steps, max_steps)
     checkpoint = run_dir / "checkpoint" if run_dir is not None else None
     if run_dir is not None and dist.is_main:
+        clean_stale(run_dir / "checkpoint")  # killed between a checkpoint's two renames: the previous one comes back
         remove_partial_writes(run_dir)
     state = TrainState()
     if checkpoint is not None and (checkpoint / "state.json").exists():
@@ -190,11 +201,10 @@ def fit(
     while state.epoch < config.epochs and not state.stopped_early:
         if max_steps and state.global_step >= max_steps:
             break
-        started = time.perf_counter()
+        started = time.perf_counter() - state.epoch_elapsed
         model.train()
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        count = 0
+        sums, counts = state.epoch_sums, state.epoch_counts  # the steps taken before an interruption, if any
+        count = state.step_in_epoch
         bar = tqdm(
             total=task.steps_per_epoch,
             initial=state.step_in_epoch,
@@ -232,6 +242,7 @@ def fit(
                 counts[key] = counts.get(key, 0) + 1
             count += 1
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
+            state.epoch_elapsed = time.perf_counter() - started
             bar.update(1)
             value, lr = float(loss.detach()), optimizer.param_groups[0]["lr"]  # read once for both reporters
             ticker.step(step + 1, value, lr)
@@ -255,6 +266,7 @@ def fit(
         if not exhausted:  # stopped by max_steps inside the epoch
             record["partial"] = True
             state.seconds += elapsed
+            state.epoch_elapsed = 0.0  # counted in state.seconds already
             state.history.append(record)
             save()
             _log(run_dir if write else None, record)
@@ -262,6 +274,7 @@ def fit(
             break
         state.epoch += 1
         state.step_in_epoch = 0
+        state.epoch_sums, state.epoch_counts, state.epoch_elapsed = {}, {}, 0.0
         state.epoch_seconds.append(round(elapsed, 3))
         if task.validate is not None:
             metrics = task.validate()

@@ -8,7 +8,7 @@ Layout of a folder written by ``unisrec prepare``::
                           (ties keep input order); split 0 = train, 1 = valid, 2 = test
     items.parquet         item:int32 (0..n-1), item_id:string (original id), text:string
     users.parquet         user:int32 (0..m-1), user_id:string (original id)
-    embeddings/           text embeddings written by ``unisrec encode`` (see unisrec.text)
+    embeddings/           text embeddings written by ``unisrec encode`` (see unisrec.text_cache)
 
 Item and user indices are dense and 0-based; a user's interactions are one contiguous run of rows.
 """

@@ -1,0 +1,165 @@
+"""Run settings end to end: the text settings are one typed config from the command line to the tensor and
+back; a --config file and the command line count alike (also with --init); earlier run layouts still read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from conftest import prepare_synthetic
+from safetensors.numpy import load_file
+
+from unisrec.checkpoint import MODEL_FORMAT, MODEL_FORMAT_VERSION, read_items, read_text_config
+from unisrec.cli import build_parser, main, parse_overrides
+from unisrec.config import ModelConfig, RunConfig, TextConfig
+from unisrec.errors import UnisrecError
+from unisrec.finetune import finetune
+from unisrec.model import UniSRec
+from unisrec.model_card import finetune_card
+from unisrec.text_encoder import TextEncoder
+from unisrec.text_model import model_fingerprint
+
+SMALL = [
+    "--model.hidden_size=16", "--model.inner_size=16", "--model.max_seq_len=6", "--model.n_experts=2",
+    "--model.hidden_dropout=0.1", "--model.attn_dropout=0.1", "--train.batch_size=64", "--train.lr=0.01",
+    "--train.progress=false", "--train.log=jsonl",
+]
+
+
+def _settings(argv: list[str]) -> RunConfig:
+    """The config `unisrec finetune ARGV` asks for (before --init): parsed as main() parses it."""
+    from unisrec.cli import _run_config
+
+    args, extra = build_parser().parse_known_args(["finetune", "data", "--mode", "inductive", "--out", "r", *argv])
+    args.overrides = parse_overrides(extra)
+    config, overrides = _run_config(args)
+    return config.with_overrides(overrides)
+
+
+def _run_json(run: Path) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads((run / "run.json").read_text())["config"]
+    return config
+
+
+@pytest.mark.parametrize(("alias", "dotted", "expected"), [
+    (["--pooling", "mean"], ["--text.pooling=mean"], TextConfig(pooling="mean")),
+    (["--text-model", "/models/my lm"], ["--text.model=/models/my lm"], TextConfig(model="/models/my lm")),
+    (["--text-precision", "bfloat16"], ["--text.precision", "bfloat16"], TextConfig(precision="bfloat16")),
+])
+def test_text_flags_are_aliases_of_dotted_text_settings(alias: list[str], dotted: list[str],
+                                                       expected: TextConfig) -> None:
+    assert _settings(alias).text == _settings(dotted).text == expected
+    assert _settings(alias) == _settings(dotted)  # nothing else changes
+    assert _settings(["--text.max_length=16"]).text == TextConfig(max_length=16)
+    tricky = "./lm: v2=final"  # YAML would read it as a mapping: the alias passes it on as this exact string
+    assert _settings(["--text-model", tricky]).text.model == tricky
+
+
+def test_bad_text_settings_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["finetune", str(tmp_path / "none"), "--mode", "inductive", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--text.pooling=max"]) == 2
+    assert "text.pooling: expected one of ('cls', 'mean', 'cls+mean'), got 'max'" in capsys.readouterr().err
+    assert main([*argv, "--text.max_length=1"]) == 2
+    assert "text.max_length must be an integer >= 2" in capsys.readouterr().err
+    assert main([*argv, "--text.pooler=mean"]) == 2
+    assert "unknown key 'pooler' in text" in capsys.readouterr().err
+
+
+def test_max_length_from_the_command_line_reaches_the_vectors_and_reads_back(tmp_path: Path,
+                                                                           tiny_lm_dir: Path) -> None:
+    data = prepare_synthetic(tmp_path / "d", n_users=30, n_items=12)
+    run = tmp_path / "run"
+    argv = ["finetune", str(data), "--mode", "inductive", "--out", str(run), "--epochs", "1", *SMALL,
+            "--text-model", str(tiny_lm_dir), "--pooling", "mean", "--text.max_length=3"]
+    assert main(argv) == 0
+    expected = TextConfig(str(tiny_lm_dir), "mean", 3)
+    assert _run_json(run)["text"] == {"model": str(tiny_lm_dir), "pooling": "mean", "max_length": 3,
+                                      "precision": "float32"}
+    assert read_text_config(run) == expected  # the one way back from a run folder
+    saved = json.loads((run / "config.json").read_text())["text_encoder"]
+    assert saved["max_length"] == 3 and saved["fingerprint"] == model_fingerprint(expected)["digest"]
+    _ids, texts = read_items(run)
+    stored = load_file(str(run / "items.safetensors"))["item_text"]  # (N, D): what the model's buffer holds
+    np.testing.assert_allclose(stored, TextEncoder(expected).encode(texts), atol=1e-5)
+    assert not np.allclose(stored, TextEncoder(replace(expected, max_length=128)).encode(texts), atol=1e-3)
+    assert "max_length 3" in (run / "README.md").read_text()  # the model card names the settings
+
+    # a run saved by an earlier version recorded no precision; serving still encodes new texts alike
+    config = json.loads((run / "config.json").read_text())
+    del config["text_encoder"]["precision"]
+    (run / "config.json").write_text(json.dumps(config))
+    model = UniSRec.from_pretrained(run)
+    assert model.add_items(["red lens camera"], ["new"]) == 13
+
+
+def _init_run(tmp_path: Path, tiny_lm_dir: Path, data: Path) -> Path:
+    src = tmp_path / "src"
+    assert main(["finetune", str(data), "--mode", "inductive", "--out", str(src), "--epochs", "1", *SMALL,
+                 "--text-model", str(tiny_lm_dir), "--pooling", "mean"]) == 0
+    return src
+
+
+def test_with_init_a_config_file_counts_like_the_command_line(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    data = prepare_synthetic(tmp_path / "d", n_users=30, n_items=12)
+    src = _init_run(tmp_path, tiny_lm_dir, data)
+    base = ["finetune", str(data), "--mode", "inductive", "--init", str(src), "--epochs", "1",
+            "--train.progress=false", "--train.log=jsonl"]
+    assert main([*base, "--out", str(tmp_path / "flags"), "--model.hidden_dropout=0.3", "--text.max_length=16"]) == 0
+    config_file = tmp_path / "tune.yaml"
+    config_file.write_text(yaml.safe_dump({"model": {"hidden_dropout": 0.3}, "text": {"max_length": 16}}))
+    assert main([*base, "--out", str(tmp_path / "file"), "--config", str(config_file)]) == 0
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+
+    flags, file, plain = (_run_json(tmp_path / name) for name in ("flags", "file", "plain"))
+    assert flags == file  # the same settings, however they were given
+    for config in (flags, file, plain):
+        assert config["model"]["hidden_size"] == 16  # the init run's architecture ...
+    assert flags["model"]["hidden_dropout"] == 0.3  # ... except what was given
+    assert plain["model"]["hidden_dropout"] == 0.1
+    assert read_text_config(tmp_path / "file") == TextConfig(str(tiny_lm_dir), "mean", 16)  # init's + given
+    assert read_text_config(tmp_path / "plain") == TextConfig(str(tiny_lm_dir), "mean")  # the init run's
+
+    # the Python API: fields of the config object that differ from the defaults count as given too
+    given = RunConfig(model=replace(ModelConfig(), hidden_dropout=0.3))
+    finetune(data, "inductive", tmp_path / "api", config=given, init=src,
+             overrides=["train.epochs=1", "train.progress=false", "train.log=jsonl"])
+    api = _run_json(tmp_path / "api")
+    assert api["model"]["hidden_dropout"] == 0.3 and api["model"]["hidden_size"] == 16
+
+
+def _config_json(folder: Path, text_encoder: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "unisrec_version": "0.1.0",
+              "model": {}, "n_items": 0, "text_dim": 4}
+    if text_encoder is not None:
+        config["text_encoder"] = text_encoder
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_earlier_run_layouts_read_back(tmp_path: Path) -> None:
+    header = {"format": "unisrec-item-embeddings/1", "kind": "base", "fingerprint": "ab" * 32, "dim": "64",
+              "n_items": "9", "model_path": "/somewhere"}
+    # the first releases: header + model, pooling, max_length (an int); no precision yet
+    first = {**header, "model": "bert-base-uncased", "pooling": "cls", "max_length": 128}
+    assert read_text_config(_config_json(tmp_path / "a", first)) == TextConfig("bert-base-uncased", "cls", 128)
+    # the header's own strings (max_length "64") and a precision
+    strings = {**header, "model": "m", "pooling": "mean", "max_length": "64", "precision": "bfloat16"}
+    assert read_text_config(_config_json(tmp_path / "b", strings)) == TextConfig("m", "mean", 64, "bfloat16")
+    assert read_text_config(_config_json(tmp_path / "c", {})) is None  # ID-only runs record {}
+    assert read_text_config(_config_json(tmp_path / "d", None)) is None
+    with pytest.raises(UnisrecError, match=r"config\.json: .*pooling"):
+        read_text_config(_config_json(tmp_path / "e", {**strings, "pooling": "max"}))
+
+    # run.json of an earlier version: no text section in its config, the text flags given as "text_encoder"
+    old_config = {k: v for k, v in RunConfig().to_dict().items() if k != "text"}
+    assert RunConfig.from_dict(old_config) == RunConfig()
+    settings = {"command": "finetune", "data": "/d", "mode": "inductive", "init": None,
+                "text_encoder": {"pooling": "mean"}, "config": old_config}
+    card = finetune_card(settings, {"valid": {}, "test": {}}, "unisrec finetune ...")
+    assert "- Text encoder: pooling mean" in card
