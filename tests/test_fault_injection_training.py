@@ -28,8 +28,10 @@ from safetensors import safe_open
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TINY = ["--model.hidden_size=16", "--model.inner_size=16", "--model.max_seq_len=6", "--model.n_experts=2",
         "--train.lr=0.005", "--train.progress=false", "--train.log=jsonl"]
+# what may differ between two runs of the same command: timings, and provenance (the code's git state can
+# change while a test runs, e.g. a commit in the working tree)
 TIMING = {"seconds", "seconds_train", "seconds_eval", "seconds_per_epoch", "sequences_per_second",
-          "peak_memory_mb", "command", "created"}
+          "peak_memory_mb", "command", "created", "code"}
 
 
 def _unisrec(*args: str) -> list[str]:
