@@ -51,6 +51,7 @@ def build_run(folder: Path, n_items: int, seed: int = 0) -> Path:
 
     from unisrec.config import DEFAULT_TEXT_MODEL, ModelConfig
     from unisrec.model import UniSRec
+    from unisrec.recommend import Catalogue, Recommender
 
     if (folder / "config.json").exists() and json.loads((folder / "config.json").read_text())["n_items"] == n_items:
         return folder
@@ -58,9 +59,9 @@ def build_run(folder: Path, n_items: int, seed: int = 0) -> Path:
     text = torch.randn(n_items, 384)  # (N, D)
     model = UniSRec(ModelConfig(), n_items, text).eval()
     ids = [f"item-{i}" for i in range(n_items)]
-    model.set_catalogue(ids, [f"synthetic item {i}" for i in range(n_items)],
-                        text_encoder={"model": DEFAULT_TEXT_MODEL, "pooling": "mean", "max_length": 128})
-    model.save_pretrained(folder)
+    recommender = Recommender(model, Catalogue(ids, [f"synthetic item {i}" for i in range(n_items)]),
+                              {"model": DEFAULT_TEXT_MODEL, "pooling": "mean", "max_length": 128})
+    recommender.save_pretrained(folder)
     return folder
 
 

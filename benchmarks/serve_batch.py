@@ -60,13 +60,12 @@ def padded_queries(model: Any, histories: list[np.ndarray], items: torch.Tensor)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from unisrec.model import UniSRec
-    from unisrec.recommend import recommender_of
+    from unisrec.recommend import Recommender
     from unisrec.topk import POOL_EXTRA, CoarseTable, chunked_top_k
 
     torch.set_num_threads(args.threads)
-    model = UniSRec.from_pretrained(args.run)
-    recommender = recommender_of(model)
+    recommender = Recommender.from_pretrained(args.run)
+    model = recommender.model
     items, table = recommender.tables()  # (N, H) adapted items, (N, H) scoring table
     coarse = CoarseTable.build(table)
     if coarse is None:

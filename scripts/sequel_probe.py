@@ -24,11 +24,9 @@ SERIES = [
 def probe(run_dir: str, k: int, include_seen: bool) -> dict[str, object]:
     import torch
 
-    from unisrec.model import UniSRec
-    from unisrec.recommend import recommender_of
+    from unisrec.recommend import Recommender
 
-    model = UniSRec.from_pretrained(run_dir)
-    recommender = recommender_of(model)
+    recommender = Recommender.from_pretrained(run_dir)
     recommender.add_items([t for _, t in SERIES], [i for i, _ in SERIES])
     history = [SERIES[0][0], SERIES[1][0]]
     ranked = recommender.recommend_lists([history], k=max(k, 10), exclude_seen=not include_seen)[0]

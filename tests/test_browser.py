@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from unisrec.model import UniSRec
+from unisrec.recommend import Recommender
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +35,9 @@ def server(tiny_lm_dir: Path) -> Iterator[str]:
 
     from unisrec.serve import create_app
 
-    model: UniSRec = _model(tiny_lm_dir)
+    recommender: Recommender = _model(tiny_lm_dir)
     port = _free_port()
-    config = uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(recommender), host="127.0.0.1", port=port, log_level="warning")
     app_server = uvicorn.Server(config)
     thread = threading.Thread(target=app_server.run, daemon=True)
     thread.start()

@@ -15,29 +15,32 @@ from unisrec import __version__
 from unisrec.config import ModelConfig
 from unisrec.errors import UnisrecError
 from unisrec.model import UniSRec
+from unisrec.recommend import Catalogue, Recommender
 
 TINY = {"hidden_size": 8, "inner_size": 8, "n_heads": 2, "max_seq_len": 5, "n_experts": 2}
 
 
-def _model(item_repr: str = "text", n_items: int = 12, dim: int = 6) -> UniSRec:
+def _model(item_repr: str = "text", n_items: int = 12, dim: int = 6) -> Recommender:
+    """A random UniSRec with a catalogue m0.. ("movie 0", ...), as a Recommender."""
     torch.manual_seed(0)
     config = ModelConfig(item_repr=item_repr, **TINY)  # type: ignore[arg-type]
     text = torch.randn(n_items, dim) if item_repr != "id" else None
     model = UniSRec(config, n_items, text)
-    return model.set_catalogue([f"m{i}" for i in range(n_items)], [f"movie {i}" for i in range(n_items)])
+    return Recommender(model, Catalogue([f"m{i}" for i in range(n_items)], [f"movie {i}" for i in range(n_items)]))
 
 
 @pytest.mark.parametrize("item_repr", ["text", "text+id", "id"])
 def test_round_trip_gives_identical_outputs(tmp_path: Path, item_repr: str) -> None:
-    model = _model(item_repr).eval()
-    model.save_pretrained(tmp_path / "m")
-    loaded = UniSRec.from_pretrained(tmp_path / "m")
-    assert not loaded.training
-    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+    recommender = _model(item_repr)
+    recommender.model.eval()
+    recommender.save_pretrained(tmp_path / "m")
+    loaded = Recommender.from_pretrained(tmp_path / "m")
+    assert not loaded.model.training and isinstance(loaded.model, UniSRec)
+    for (name, a), b in zip(recommender.model.state_dict().items(), loaded.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     histories = [["m1", "m2", "m3"], ["m7"]]
-    assert loaded.recommend(histories, k=5).equals(model.recommend(histories, k=5))
-    assert loaded.recommender is not None and loaded.recommender.catalogue.texts[3] == "movie 3"
+    assert loaded.recommend_histories(histories, k=5).equals(recommender.recommend_histories(histories, k=5))
+    assert loaded.catalogue.texts[3] == "movie 3"
 
 
 def test_saved_files_are_json_safetensors_parquet_only(tmp_path: Path) -> None:
@@ -68,7 +71,7 @@ def test_other_format_version_is_refused_with_versions(tmp_path: Path) -> None:
     expected = (f"{tmp_path / 'm' / 'config.json'}: model format version 0 (written by unisrec 0.0.1); "
                 f"this unisrec {__version__} reads version 1")
     with pytest.raises(UnisrecError, match=f"^{re.escape(expected)}$"):
-        UniSRec.from_pretrained(tmp_path / "m")
+        Recommender.from_pretrained(tmp_path / "m")
 
 
 def test_unknown_and_missing_model_settings_are_named(tmp_path: Path) -> None:
@@ -84,21 +87,21 @@ def test_unknown_and_missing_model_settings_are_named(tmp_path: Path) -> None:
                 "the model configuration differs from this version: unknown model setting(s) use_magic; "
                 "missing model setting(s) n_experts, temperature")
     with pytest.raises(UnisrecError, match=f"^{re.escape(expected)}$"):
-        UniSRec.from_pretrained(tmp_path / "m")
+        Recommender.from_pretrained(tmp_path / "m")
 
 
 def test_missing_top_level_keys_are_named(tmp_path: Path) -> None:
     _model().save_pretrained(tmp_path / "m")
     _edit_config(tmp_path / "m", lambda c: c.pop("n_items"))
     with pytest.raises(UnisrecError, match=r"config.json \(written by unisrec .*\): missing key\(s\) n_items$"):
-        UniSRec.from_pretrained(tmp_path / "m")
+        Recommender.from_pretrained(tmp_path / "m")
 
 
 def test_weights_of_another_configuration_name_the_tensors(tmp_path: Path) -> None:
     _model().save_pretrained(tmp_path / "m")
     _edit_config(tmp_path / "m", lambda c: c["model"].update(inner_size=4))  # weights were saved with 8
     with pytest.raises(UnisrecError) as info:
-        UniSRec.from_pretrained(tmp_path / "m")
+        Recommender.from_pretrained(tmp_path / "m")
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'm' / 'model.safetensors'}: weights do not match the configuration: ")
     assert "encoder.layers.0.ff1.weight has shape (8, 8), expected (4, 8)" in message
@@ -111,30 +114,29 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path: Path) -> None:
     weights["extra.weight"] = weights.pop("input_norm.bias")
     save_file(weights, str(tmp_path / "m" / "model.safetensors"))
     with pytest.raises(UnisrecError, match=r"missing input_norm\.bias; unexpected extra\.weight$"):
-        UniSRec.from_pretrained(tmp_path / "m")
+        Recommender.from_pretrained(tmp_path / "m")
 
 
 def test_item_vectors_of_another_shape_are_refused(tmp_path: Path) -> None:
     _model().save_pretrained(tmp_path / "m")
     save_file({"item_text": torch.zeros(11, 6)}, str(tmp_path / "m" / "items.safetensors"))
     with pytest.raises(UnisrecError, match=r"item_text has shape \(11, 6\), config.json says \(12, 6\)$"):
-        UniSRec.from_pretrained(tmp_path / "m")
+        Recommender.from_pretrained(tmp_path / "m")
 
 
 def test_not_a_model_folder(tmp_path: Path) -> None:
     with pytest.raises(UnisrecError, match=r"config\.json: missing; .* is not a saved unisrec model or run"):
-        UniSRec.from_pretrained(tmp_path)
+        Recommender.from_pretrained(tmp_path)
 
 
 def test_added_items_survive_save_and_load(tmp_path: Path) -> None:
-    model = _model()
-    model.add_items(["a new movie"], ["new"], vectors=np.ones((1, 6), dtype=np.float32))
-    model.save_pretrained(tmp_path / "m")
-    loaded = UniSRec.from_pretrained(tmp_path / "m")
-    assert loaded.n_items == 13 and loaded.recommender is not None
-    assert loaded.recommender.catalogue.item_ids[-1] == "new"
-    torch.testing.assert_close(loaded.item_text[-1], torch.ones(6))
-    assert loaded.recommend(["m1", "new"], k=3) == model.recommend(["m1", "new"], k=3)
+    recommender = _model()
+    recommender.add_items(["a new movie"], ["new"], vectors=np.ones((1, 6), dtype=np.float32))
+    recommender.save_pretrained(tmp_path / "m")
+    loaded = Recommender.from_pretrained(tmp_path / "m")
+    assert loaded.model.n_items == 13 and loaded.catalogue.item_ids[-1] == "new"
+    torch.testing.assert_close(loaded.model.item_text[-1], torch.ones(6))
+    assert loaded.recommend_lists([["m1", "new"]], k=3) == recommender.recommend_lists([["m1", "new"]], k=3)
 
 
 def test_pretrained_model_without_catalogue_recommends_after_add_items(tmp_path: Path) -> None:
@@ -143,8 +145,12 @@ def test_pretrained_model_without_catalogue_recommends_after_add_items(tmp_path:
     from unisrec.checkpoint import save_pretrained
 
     save_pretrained(bare, tmp_path / "pre", extra={"kind": "pretrained"}, save_text=False)
-    model = UniSRec.from_pretrained(tmp_path / "pre")
+    recommender = Recommender.from_pretrained(tmp_path / "pre")
     with pytest.raises(UnisrecError, match="the catalogue is empty; add items first"):
-        model.recommend(["x"])
-    model.add_items(["one", "two", "three"], ["x", "y", "z"], vectors=torch.randn(3, 6))
-    assert [r.item_id for r in model.recommend(["x"], k=5)] and model.n_items == 3  # zero-shot ranking
+        recommender.recommend_lists([["x"]])
+    recommender.add_items(["one", "two", "three"], ["x", "y", "z"], vectors=torch.randn(3, 6))
+    ranked = recommender.recommend_lists([["x"]], k=5)[0]
+    assert sorted(r.item_id for r in ranked) == ["y", "z"] and recommender.model.n_items == 3  # zero-shot ranking
+    recommender.save_pretrained(tmp_path / "grown")  # it now ranks a catalogue of its own: no longer "pretrained"
+    config = json.loads((tmp_path / "grown" / "config.json").read_text())
+    assert config["n_items"] == 3 and "kind" not in config

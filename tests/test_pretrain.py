@@ -56,6 +56,7 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
     recorded = json.loads((run / "run.json").read_text())["config"]
     assert recorded["train"]["schedule"] == "cosine" and recorded["train"]["precision"] == "bfloat16"  # the recipe
     assert recorded["train"]["warmup_steps"] == 200 and recorded["train"]["batch_size"] == 64  # override kept
+    assert recorded["pretrain"]["batch_domains"] == "single" and recorded["model"]["last_item_skip"] is True
     config = json.loads((run / "config.json").read_text())
     assert config["kind"] == "pretrained" and config["domains"] == ["a", "b"] and config["n_items"] == 0
     weights = load_file(str(run / "model.safetensors"))

@@ -12,14 +12,16 @@ import torch
 from conftest import prepare_synthetic
 from safetensors.numpy import load_file
 
-import unisrec.recommend as rec
+import unisrec.recommend as recommend_module
+from unisrec.baselines import build_model
+from unisrec.catalogue import Catalogue
 from unisrec.cli import main
-from unisrec.config import ModelConfig
+from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig
 from unisrec.errors import UnisrecError
 from unisrec.export import faiss_search, flat_ip_index, load_faiss_index
 from unisrec.finetune import finetune
 from unisrec.model import UniSRec
-from unisrec.recommend import ItemConflictError, UnknownItemError
+from unisrec.recommend import ItemConflictError, Recommendation, Recommender, UnknownItemError
 
 # no dropout, one expert, hidden 32: a text-only model learns the synthetic chains i -> i+1 in ~25 epochs
 TRAIN = [
@@ -27,6 +29,11 @@ TRAIN = [
     "model.hidden_dropout=0.0", "model.attn_dropout=0.0", "model.adaptor_dropout=0.0",
     "train.batch_size=64", "train.lr=0.01", "train.epochs=25", "train.patience=25", "train.progress=false",
 ]
+
+
+def top(recommender: Recommender, history: list[str], k: int = 10, **options: bool) -> list[Recommendation]:
+    """The ranked list of one history."""
+    return recommender.recommend_lists([history], k, **options)[0]
 
 
 @pytest.fixture(scope="module")
@@ -43,90 +50,97 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path) -> tupl
 def test_cold_start_items_are_retrieved_without_retraining(trained: tuple[Path, Path]) -> None:
     """New items (ids never seen in training) join by their text alone and are recommended."""
     _, run = trained
-    model = UniSRec.from_pretrained(run)
-    catalogue = model.recommender.catalogue  # type: ignore[union-attr]
+    recommender = Recommender.from_pretrained(run)
+    model, catalogue = recommender.model, recommender.catalogue
     texts = {item: catalogue.texts[row] for row, item in enumerate(catalogue.item_ids)}
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     # twins: the exact text of item i under a new id; variants: the text with one more word
-    model.add_items([texts[f"i{j}"] for j in range(30)], [f"twin-{j}" for j in range(30)])
-    model.add_items([texts[f"i{j}"] + " kit" for j in range(30)], [f"variant-{j}" for j in range(30)])
-    assert model.n_items == 90
+    recommender.add_items([texts[f"i{j}"] for j in range(30)], [f"twin-{j}" for j in range(30)])
+    recommender.add_items([texts[f"i{j}"] + " kit" for j in range(30)], [f"variant-{j}" for j in range(30)])
+    assert model.n_items == 90 and len(catalogue) == 90 and model.item_text.shape[0] == 90
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, weights[name], rtol=0, atol=0)  # no retraining
 
     histories = [[f"i{(j - 3) % 30}", f"i{(j - 2) % 30}", f"i{(j - 1) % 30}"] for j in range(30)]  # next: i{j}
-    frame = model.recommend(histories, k=5)
-    top = frame.groupby("history")["item_id"].apply(list)
-    twins_top3 = sum(f"twin-{j}" in top[j][:3] for j in range(30))
-    variants_top5 = sum(f"variant-{j}" in top[j] for j in range(30))
+    frame = recommender.recommend_histories(histories, k=5)
+    best = frame.groupby("user_id")["item_id"].apply(list)
+    twins_top3 = sum(f"twin-{j}" in best[j][:3] for j in range(30))
+    variants_top5 = sum(f"variant-{j}" in best[j] for j in range(30))
     print(f"cold start: twins in top 3 for {twins_top3}/30 histories, variants in top 5 for {variants_top5}/30")
-    assert twins_top3 >= 20, top  # random: 3 in 90 per history
-    assert variants_top5 >= 10, top  # random: 5 in 90 per history
+    assert twins_top3 >= 20, best  # random: 3 in 90 per history
+    assert variants_top5 >= 10, best  # random: 5 in 90 per history
     for j in range(30):  # a twin's text vector is its original's, so is its score (ties are exact)
-        scores = frame[frame.history == j].set_index("item_id").score
+        scores = frame[frame.user_id == j].set_index("item_id").score
         if f"twin-{j}" in scores and f"i{j}" in scores:
             assert scores[f"twin-{j}"] == pytest.approx(scores[f"i{j}"], abs=1e-5)
 
     # histories of new items only point to the next item of the chain, too
     new_history = [f"twin-{j}" for j in (10, 11, 12)]
-    ids = [r.item_id for r in model.recommend(new_history, k=4)]
+    ids = [r.item_id for r in top(recommender, new_history, k=4)]
     assert {"i13", "twin-13"} & set(ids), ids
 
 
 def test_text_histories_equal_id_histories(trained: tuple[Path, Path]) -> None:
     _, run = trained
-    model = UniSRec.from_pretrained(run)
-    catalogue = model.recommender.catalogue  # type: ignore[union-attr]
+    recommender = Recommender.from_pretrained(run)
+    catalogue = recommender.catalogue
     history = ["i4", "i5", "i6"]
     as_text = [catalogue.texts[catalogue.item_ids.index(i)] for i in history]
-    by_id, by_text = model.recommend(history, k=8), model.recommend(as_text, k=8, by_text=True)
+    by_id, by_text = top(recommender, history, k=8), top(recommender, as_text, k=8, by_text=True)
     assert [r.item_id for r in by_id] == [r.item_id for r in by_text]
     np.testing.assert_allclose([r.score for r in by_id], [r.score for r in by_text], rtol=1e-4)
 
 
 def test_one_history_many_histories_and_options(trained: tuple[Path, Path]) -> None:
     _, run = trained
-    model = UniSRec.from_pretrained(run)
-    one = model.recommend(["i1", "i2"], k=30)
+    recommender = Recommender.from_pretrained(run)
+    one = top(recommender, ["i1", "i2"], k=30)
     assert isinstance(one, list) and len(one) == 28 and {"i1", "i2"}.isdisjoint(r.item_id for r in one)
     assert [r.score for r in one] == sorted((r.score for r in one), reverse=True)
-    assert len(model.recommend(["i1", "i2"], k=30, exclude_seen=False)) == 30
-    many = model.recommend([["i1", "i2"], ["i7"]], k=3)
-    assert isinstance(many, pd.DataFrame) and list(many.columns) == ["history", "rank", "item_id", "score", "text"]
-    assert many.history.tolist() == [0, 0, 0, 1, 1, 1] and many["rank"].tolist() == [1, 2, 3, 1, 2, 3]
-    assert many[many.history == 0].item_id.tolist() == [r.item_id for r in one[:3]]
+    assert len(top(recommender, ["i1", "i2"], k=30, exclude_seen=False)) == 30
+    many = recommender.recommend_histories([["i1", "i2"], ["i7"]], k=3)
+    assert isinstance(many, pd.DataFrame) and list(many.columns) == ["user_id", "item_id", "score", "rank", "text"]
+    assert many.user_id.tolist() == [0, 0, 0, 1, 1, 1] and many["rank"].tolist() == [1, 2, 3, 1, 2, 3]
+    assert many[many.user_id == 0].item_id.tolist() == [r.item_id for r in one[:3]]
     # a history longer than max_seq_len (6) is cut to its last 6 items
     long = [f"i{j}" for j in range(20)]
-    assert model.recommend(long, exclude_seen=False) == model.recommend(long[-6:], exclude_seen=False)
+    assert top(recommender, long, exclude_seen=False) == top(recommender, long[-6:], exclude_seen=False)
 
 
 def test_bad_histories_are_clear_errors(trained: tuple[Path, Path]) -> None:
-    model = UniSRec.from_pretrained(trained[1])
+    recommender = Recommender.from_pretrained(trained[1])
     with pytest.raises(UnknownItemError, match=r"unknown item id\(s\) 'nope', 'gone'; every history entry"):
-        model.recommend([["i1", "nope"], ["gone"]])
+        recommender.recommend_lists([["i1", "nope"], ["gone"]])
     with pytest.raises(UnisrecError, match="history 1 is empty"):
-        model.recommend([["i1"], []])
-    with pytest.raises(UnisrecError, match="give one history"):
-        model.recommend("i1")
+        recommender.recommend_lists([["i1"], []])
+    with pytest.raises(UnisrecError, match="histories must be a list of lists"):
+        recommender.recommend_histories("i1")  # type: ignore[arg-type]
+    with pytest.raises(UnisrecError, match="unknown users: 'u9'"):
+        recommender.recommend(["u9"])
     with pytest.raises(ItemConflictError, match="item id 'i3' is already in the catalogue"):
-        model.add_items(["x"], ["i3"])
+        recommender.add_items(["x"], ["i3"])
     with pytest.raises(ItemConflictError, match="item id 'n' is given twice"):
-        model.add_items(["x", "y"], ["n", "n"])
+        recommender.add_items(["x", "y"], ["n", "n"])
+    assert recommender.model.n_items == len(recommender.catalogue) == 30  # refused additions change nothing
 
 
 def test_changed_language_model_is_refused(trained: tuple[Path, Path]) -> None:
-    model = UniSRec.from_pretrained(trained[1])
-    model.recommender.text_encoder_info["fingerprint"] = "0" * 64  # type: ignore[union-attr]
+    recommender = Recommender.from_pretrained(trained[1])
+    recommender.text_encoder_info["fingerprint"] = "0" * 64
     with pytest.raises(UnisrecError, match="differs from the one the run was trained with"):
-        model.add_items(["new text"], ["new"])
+        recommender.add_items(["new text"], ["new"])
 
 
 @pytest.mark.parametrize("item_repr", ["text+id", "id"])
 def test_only_inductive_models_add_items_by_text(item_repr: str) -> None:
     config = ModelConfig(item_repr=item_repr, hidden_size=8, inner_size=8, n_experts=2)  # type: ignore[arg-type]
-    model = UniSRec(config, 4, torch.randn(4, 6) if item_repr != "id" else None).set_catalogue(list("abcd"))
+    model = UniSRec(config, 4, torch.randn(4, 6) if item_repr != "id" else None)
+    recommender = Recommender(model, Catalogue(list("abcd")))
     with pytest.raises(ItemConflictError, match="adding items needs an inductive \\(text-only\\) model"):
-        model.add_items(["text"], ["e"], vectors=np.zeros((1, 6)))
+        recommender.add_items(["text"], ["e"], vectors=np.zeros((1, 6)))
+    with pytest.raises(ValueError, match="items are added by their text to text-only models"):
+        model.extend_items(torch.zeros(1, 6))
+    assert model.n_items == 4 and len(recommender.catalogue) == 4
 
 
 def test_faiss_top_k_equals_brute_force() -> None:
@@ -144,32 +158,32 @@ def test_faiss_top_k_equals_brute_force() -> None:
 
 
 def test_faiss_backend_recommends_like_torch(trained: tuple[Path, Path]) -> None:
-    torch_model = UniSRec.from_pretrained(trained[1])
-    faiss_model = UniSRec.from_pretrained(trained[1], backend="faiss")
+    by_torch = Recommender.from_pretrained(trained[1])
+    by_faiss = Recommender.from_pretrained(trained[1], backend="faiss")
     histories = [["i1", "i2", "i3"], ["i20"], ["i29", "i0"]]
-    for model in (torch_model, faiss_model):
-        model.add_items(["item quoted 0"], ["again"])  # FAISS indexes added items too
-    a, b = torch_model.recommend(histories, k=10), faiss_model.recommend(histories, k=10)
+    for recommender in (by_torch, by_faiss):
+        recommender.add_items(["item quoted 0"], ["again"])  # FAISS indexes added items too
+    a, b = by_torch.recommend_histories(histories, k=10), by_faiss.recommend_histories(histories, k=10)
     assert a.item_id.tolist() == b.item_id.tolist()
     np.testing.assert_allclose(a.score, b.score, rtol=1e-5, atol=1e-5)
 
 
 def test_scoring_table_follows_weight_updates() -> None:
     model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2), 5, torch.randn(5, 6))
-    model.set_catalogue(list("abcde"))
-    before = model.recommend(["a"], k=5, exclude_seen=False)
+    recommender = Recommender(model, Catalogue(list("abcde")))
+    before = top(recommender, ["a"], k=5, exclude_seen=False)
     with torch.no_grad():
         model.adaptor.weight.mul_(-1.0)  # type: ignore[union-attr]  # an in-place update (as an optimizer step)
-    after = model.recommend(["a"], k=5, exclude_seen=False)
+    after = top(recommender, ["a"], k=5, exclude_seen=False)
     assert [r.score for r in before] != [r.score for r in after]
-    fresh = model.scoring_table(rec.adapted_items(model))
-    torch.testing.assert_close(model.recommender.scoring_table(), fresh)  # type: ignore[union-attr]
+    fresh = model.scoring_table(recommend_module.adapted_items(model))
+    torch.testing.assert_close(recommender.scoring_table(), fresh)
 
 
 def test_export_vectors_and_index(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = trained
-    model = UniSRec.from_pretrained(run)
-    manifest = model.export_vectors(tmp_path / "out", data_dir=data)
+    recommender = Recommender.from_pretrained(run)
+    manifest = recommender.export_vectors(tmp_path / "out", data_dir=data)
     assert manifest["n_items"] == 30 and manifest["metric"] == "inner_product"
     items = np.load(tmp_path / "out" / "items.npy", allow_pickle=False)
     sequences = np.load(tmp_path / "out" / "sequences.npy", allow_pickle=False)
@@ -184,7 +198,7 @@ def test_export_vectors_and_index(trained: tuple[Path, Path], tmp_path: Path) ->
     dataset = load_processed(data)
     history = [str(dataset.item_ids[i]) for i in dataset.sequence(dataset.user_ids.tolist().index(users[5]))]
     _, rows = faiss_search(load_faiss_index(tmp_path / "out" / "items.faiss"), sequences[5:6], 5)
-    expected = model.recommend(history, k=5, exclude_seen=False)
+    expected = top(recommender, history, k=5, exclude_seen=False)
     assert [item_ids[r] for r in rows[0]] == [r.item_id for r in expected]
 
 
@@ -217,9 +231,10 @@ def test_recommend_with_a_pretrained_run_and_a_tiny_catalogue(tmp_path: Path, ti
     data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=10)
     pretrain([data], tmp_path / "pre", overrides=[*TRAIN[:7], "train.epochs=1", "pretrain.word_drop_variants=0",
                                                   f"text.model={tiny_lm_dir}", "text.pooling=mean"])
-    model = UniSRec.from_pretrained(tmp_path / "pre")
-    model.add_items(["red camera", "blue lens", "green microscope"], ["a", "b", "c"])
-    assert len(model.recommend(["a", "b"], k=5)) == 1
+    recommender = Recommender.from_pretrained(tmp_path / "pre")
+    assert len(recommender.catalogue) == recommender.model.n_items == 0
+    recommender.add_items(["red camera", "blue lens", "green microscope"], ["a", "b", "c"])
+    assert len(top(recommender, ["a", "b"], k=5)) == 1 and recommender.model.n_items == 3
 
 
 def test_quickstart_pieces(trained: tuple[Path, Path]) -> None:
@@ -242,13 +257,90 @@ def test_history_queries_equal_the_padded_batch(monkeypatch: pytest.MonkeyPatch,
     torch.manual_seed(0)
     model = UniSRec(ModelConfig(hidden_size=16, inner_size=16, n_experts=2, max_seq_len=5), 40,
                     torch.randn(40, 6)).eval()
-    model.set_catalogue([f"i{j}" for j in range(40)])
-    monkeypatch.setattr(rec, "PACK_TOKENS", pack_tokens)
+    recommender = Recommender(model, Catalogue([f"i{j}" for j in range(40)]))
+    monkeypatch.setattr(recommend_module, "PACK_TOKENS", pack_tokens)
     histories = [np.array(h) for h in ([1, 2, 3], [39], [5, 6, 7, 8, 9, 10, 11], [0, 0], [4, 8, 15, 16, 23])]
-    got = model.recommender.queries_of_rows(histories)  # type: ignore[union-attr]
+    got = recommender.queries_of_rows(histories)
     cut = [h[-5:] for h in histories]
     padded = torch.tensor([list(h) + [0] * (5 - len(h)) for h in cut])  # (B, 5)
     with torch.no_grad():
         table = model.item_table()
         expected = model.query_vectors(model.sequence_vectors(padded, torch.tensor([len(h) for h in cut]), table))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_model_kind_serves_through_the_recommender(mode: str, tmp_path: Path) -> None:
+    """UniSRec (t, t+ID, SASRec) and every baseline: the Recommender's top k is the model's own top k of its
+    logits on the padded batch, survives save_pretrained / from_pretrained, and only text-only models grow."""
+    config = ModelConfig(item_repr=MODES[mode], architecture=MODE_ARCHITECTURE[mode], hidden_size=16, inner_size=16,
+                         n_heads=2, n_experts=2, max_seq_len=5)
+    n = 12
+    torch.manual_seed(0)
+    model = build_model(config, n, torch.randn(n, 6) if config.uses_text else None).eval()
+    ids = [f"i{j}" for j in range(n)]
+    recommender = Recommender(model, Catalogue(ids, [f"text {j}" for j in range(n)]))
+    histories = [["i1", "i2", "i3"], ["i7"], ["i0", "i4", "i5", "i6", "i8", "i9", "i10"]]
+    got = recommender.recommend_lists(histories, k=4, exclude_seen=False)
+
+    cut = [[int(item[1:]) for item in h][-5:] for h in histories]  # the last max_seq_len items
+    padded = torch.tensor([h + [0] * (5 - len(h)) for h in cut])  # (B, 5)
+    with torch.no_grad():
+        table = model.item_table()
+        expected = model.logits(model.sequence_vectors(padded, torch.tensor([len(h) for h in cut]), table), table)
+    best = expected.topk(4, dim=1)
+    for b, ranked in enumerate(got):
+        assert [r.item_id for r in ranked] == [ids[i] for i in best.indices[b].tolist()], (mode, b)
+        np.testing.assert_allclose([r.score for r in ranked], best.values[b].numpy(), rtol=1e-4, atol=1e-4)
+
+    recommender.save_pretrained(tmp_path / "run")
+    loaded = Recommender.from_pretrained(tmp_path / "run")
+    assert type(loaded.model) is type(model) and loaded.catalogue.texts == recommender.catalogue.texts
+    again = loaded.recommend_lists(histories, k=4, exclude_seen=False)
+    assert [[r.item_id for r in ranked] for ranked in again] == [[r.item_id for r in ranked] for ranked in got]
+
+    twin = model.item_text[3:4].numpy() if config.uses_text else np.zeros((1, 6), np.float32)
+    if not model.adds_items_by_text:
+        with pytest.raises(ItemConflictError, match="needs an inductive"):
+            recommender.add_items(["a twin of i3"], ["twin"], vectors=twin)
+        assert model.n_items == n and len(recommender.catalogue) == n
+        return
+    assert recommender.add_items(["a twin of i3"], ["twin"], vectors=twin) == n + 1
+    assert model.n_items == n + 1 and tuple(model.item_text.shape) == (n + 1, 6)  # the model grew its own buffer
+    ranked = {r.item_id: r.score for r in top(recommender, ["i1", "i2"], k=n + 1, exclude_seen=False)}
+    assert ranked["twin"] == pytest.approx(ranked["i3"], abs=1e-5)  # the same text vector scores the same
+    saved = recommender.save_pretrained(tmp_path / "grown")
+    assert Recommender.from_pretrained(saved).catalogue.item_ids == [*ids, "twin"]
+
+
+def test_extend_items_owns_the_text_buffer() -> None:
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2), 3, torch.randn(3, 6)).eval()
+    new = torch.randn(2, 6)
+    assert model.extend_items(new) == 5 and model.n_items == 5
+    torch.testing.assert_close(model.item_text[3:], new)
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_table(torch.tensor([3, 4])), model.item_table(text=new))
+    with pytest.raises(ValueError, match=r"text vectors must be \(M, 6\)"):
+        model.extend_items(torch.zeros(1, 5))
+
+
+def test_readme_recommendation_example_runs(trained: tuple[Path, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's "Recommendations for users" Python block, on the trained run (paths and ids swapped)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Python API (mirrors the CLI)"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("\n```", start)]
+    data, run = trained
+    for old, new in (('"runs/transfer"', repr(str(run))), ('"data/ml-latest-small"', repr(str(data))),
+                     ('"2571"', '"i1"'), ('"1196"', '"i2"'), ('["1"]', '["i7"]')):
+        assert old in code, old
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    recommender = namespace["rec"]
+    assert isinstance(recommender, Recommender) and recommender.catalogue.item_ids[-1] == "ts4"
+    assert Recommender.from_pretrained(tmp_path / "runs" / "transfer-plus").catalogue.item_ids[-1] == "ts4"
+    manifest = json.loads((tmp_path / "vectors" / "manifest.json").read_text())
+    assert manifest["n_items"] == 31 and "sequences.npy" in manifest["files"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,11 @@ from unisrec.cli import main
 from unisrec.errors import ConfigError
 from unisrec.report import plan_runs, run_report
 from unisrec.report_config import load_report_config
+from unisrec.report_writer import render_report
 
-REPORT_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "report").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+REPORT_CONFIGS = sorted((ROOT / "configs" / "report").glob("*.yaml"))
+COMMITTED_REPORTS = sorted((ROOT / "results").glob("*/report.md"))
 SMALL = [
     "model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=2",
     "model.hidden_dropout=0.1", "model.attn_dropout=0.1", "train.batch_size=64", "train.lr=0.01",
@@ -47,7 +51,7 @@ def test_every_shipped_report_config_loads(path: Path, tmp_path: Path) -> None:
     config = load_report_config(path)
     assert len(config.seeds) >= 3 and config.experiments
     runs = plan_runs(config, tmp_path)  # every reference resolves; nothing runs
-    assert {r.kind for r in runs} >= {"prepare", "pretrain", "finetune"}
+    assert {r.kind for r in runs} >= {"prepare", "finetune"}
 
 
 def test_there_are_shipped_report_configs() -> None:
@@ -86,22 +90,39 @@ def _config(tmp_path: Path, tiny_lm_dir: Path, **changes: object) -> Path:
     return path
 
 
-def test_report_end_to_end_then_reuses_runs(tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_end_to_end_then_reuses_runs_then_regenerates_from_records_alone(
+        tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     config_path = _config(tmp_path, tiny_lm_dir)
-    out = tmp_path / "out"
-    report = run_report(config_path, out)
+    out, results = tmp_path / "out", tmp_path / "results"
+    report = run_report(config_path, out, results_dir=results)
+    assert report == results / "report.md"
     text = report.read_text()
     for needle in ("# Tiny report", "## main", "## ablations", "UniSRec_t", "## Long tail", "## Transfer",
                    "2/2", "vs scratch", "0.1080"):  # the paper's SASRec figure sits beside ours ...
         assert needle in text, needle
+    body = text.split("\n", 1)[1]  # after the line naming the command that regenerates it
+    assert "not run" not in body and str(tmp_path) not in body  # every run recorded; no paths of this machine
     for png in ("long_tail.png", "transfer.png", "curves-main.png", "curves-ablations.png", "curves-pretrain.png"):
-        assert (out / png).stat().st_size > 1000, png
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["experiments"]) == {"sasrec", "gru", "scratch", "unisrec", "zero-shot"}
-    assert results["experiments"]["sasrec"]["seeds"] == [1, 2]
+        assert (results / png).stat().st_size > 1000, png
+    summary = json.loads((results / "report.json").read_text())
+    assert set(summary["experiments"]) == {"sasrec", "gru", "scratch", "unisrec", "zero-shot"}
+    assert summary["experiments"]["sasrec"]["seeds"] == [1, 2]
     assert len(list((out / "pretrain" / "other-pt").glob("seed-*/metrics.json"))) == 1  # shared seed 7
     assert (out / "runs" / "sasrec" / "seed-1" / "ranks_test.npy").exists()
+    assert (results / "pretrain-other-pt-seed-7.json").exists()
+    assert (results / "zeroshot-zero-shot-seed-2.json").exists()
+    # the long-tail cells are the per-group counts of the records, equal to the metrics of the ranks
+    record = json.loads((results / "finetune-sasrec-seed-1.json").read_text())
+    from unisrec.analysis import load_ranks, split_targets, training_frequency
+    from unisrec.datasets import load_processed
+    from unisrec.report_writer import group_metric
+
+    dataset = load_processed(out / "data" / "target")
+    groups = popularity_groups(training_frequency(dataset), split_targets(dataset), 3)
+    direct = metrics_by_group(load_ranks(out / "runs" / "sasrec" / "seed-1"), groups, (10, 20, 50))
+    for row, metrics in zip(record["long_tail"], direct, strict=True):
+        for name in ("recall@10", "ndcg@10", "mrr@20", "ndcg@50"):
+            assert metrics is not None and group_metric(row, name) == pytest.approx(metrics[name], abs=1e-6)
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run was trained again")
@@ -110,9 +131,31 @@ def test_report_end_to_end_then_reuses_runs(tmp_path: Path, tiny_lm_dir: Path, m
     monkeypatch.setattr("unisrec.pretrain.pretrain", refuse)
     monkeypatch.setattr("unisrec.datasets.prepare", refuse)
     capsys.readouterr()
-    assert main(["report", str(config_path), "--out", str(out)]) == 0
+    args = ["report", str(config_path), "--results", str(results)]
+    assert main([*args, "--out", str(out)]) == 0
     assert "13 of 13 runs reused, 0 to run" in capsys.readouterr().err
+    text = report.read_text()  # its first line now names the CLI command (with --results)
+
+    # no run folders, no datasets: the report comes back byte for byte from the records alone
+    shutil.rmtree(out)
+    shutil.rmtree(tmp_path / "data")
+    for png in results.glob("*.png"):
+        png.unlink()
+    assert main([*args, "--report-only"]) == 0
     assert report.read_text() == text
+    assert (results / "long_tail.png").stat().st_size > 1000
+
+    # a missing record is a "not run" cell, never an error
+    (results / "finetune-gru-seed-2.json").unlink()
+    (results / "finetune-unisrec-seed-1.json").unlink()
+    (results / "finetune-unisrec-seed-2.json").unlink()
+    assert main([*args, "--report-only"]) == 0
+    partial = report.read_text()
+    assert "| gru | target |" in partial and "| 1/2 |" in partial
+    assert "| gru | 2 | finetune-gru-seed-2 | not run | | | |" in partial
+    row = next(line for line in partial.splitlines() if line.startswith("| UniSRec_t | target |"))
+    assert row.count("not run") == 4 and "0/2" in row
+    assert "(7 of 10 runs recorded)" in partial
 
 
 def test_changed_settings_retrain_only_what_depends_on_them(tmp_path: Path, tiny_lm_dir: Path) -> None:
@@ -140,6 +183,19 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
                                                                         "mode": "bert"}]))
     with pytest.raises(ConfigError, match="unknown key 'seed'"):
         load_report_config(_config(tmp_path, tiny_lm_dir, seed=[1]))
+    same = [{"name": "a", "dataset": "target", "record": "mine"}, {"name": "b", "dataset": "target", "record": "mine"}]
+    with pytest.raises(ConfigError, match="two runs share a record name"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, experiments=same, long_tail=None, transfer=None))
+    with pytest.raises(ConfigError, match=r"record 'runs/a-\{seed\}': use letters"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, experiments=[{"name": "a", "dataset": "target",
+                                                                        "record": "runs/a-{seed}"}]))
+    one = load_report_config(_config(tmp_path, tiny_lm_dir, experiments=[
+        {"name": "a", "dataset": "target", "record": "a-s{seed}"}, {"name": "z", "dataset": "target",
+                                                                    "command": "zeroshot", "init": "other-pt",
+                                                                    "record": "z"}], long_tail=None, transfer=None))
+    assert [one.record_name("finetune", "a", s) for s in (1, 2)] == ["a-s1", "a-s2"]
+    assert [one.record_name("zeroshot", "z", s) for s in (1, 2)] == ["z", None]  # no {seed}: the first seed's
+    assert one.record_name("pretrain", "other-pt", 7) == "pretrain-other-pt-seed-7"
 
 
 def test_dry_run_prints_the_plan_as_commands(tmp_path: Path, tiny_lm_dir: Path,
@@ -169,7 +225,7 @@ def test_runs_go_seed_major_with_records_and_a_budget(tmp_path: Path, tiny_lm_di
 
     results = tmp_path / "results"
     run_report(config_path, tmp_path / "out", only=["sasrec"], results_dir=results)
-    names = sorted(p.name for p in results.iterdir())
+    names = sorted(p.name for p in results.glob("*-seed-*.json"))  # beside them: report.md, report.json, plots
     assert names == ["finetune-sasrec-seed-1.json", "finetune-sasrec-seed-2.json"]
     record = json.loads((results / names[0]).read_text())
     metrics = json.loads((tmp_path / "out" / "runs" / "sasrec" / "seed-1" / "metrics.json").read_text())
@@ -231,3 +287,27 @@ def test_planned_commands_ask_for_the_settings_the_report_runs_with(tmp_path: Pa
         assert set(run.spec["config"]) == {"model", "train", "eval", "pretrain"}
     tune = next(r for r in runs if (r.kind, r.name) == ("finetune", "unisrec"))
     assert isinstance(tune.args, TrainArgs) and tune.args.init is not None and str(tune.args.init) in tune.command()
+
+
+def test_there_is_a_committed_report() -> None:
+    assert any(p.parent.name == "pretraining-scientific" for p in COMMITTED_REPORTS)
+
+
+@pytest.mark.parametrize("path", COMMITTED_REPORTS, ids=[p.parent.name for p in COMMITTED_REPORTS])
+def test_committed_reports_regenerate_exactly_from_their_records(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody edits a report by hand: its first line names the command, and that command, run on the committed
+    records alone, gives the same text byte for byte."""
+    import shlex
+
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("<!-- Generated from the run records beside this file by `"), first
+    command = first.split("`")[1]
+    words = shlex.split(command)
+    assert words[:2] == ["unisrec", "report"] and "--report-only" in words
+    config_path = words[2]
+    results = Path(words[words.index("--results") + 1]) if "--results" in words else Path("results") / Path(
+        config_path).stem
+    monkeypatch.chdir(ROOT)  # the command's paths are relative to the repository root
+    assert results.resolve() == path.parent.resolve()
+    text, _ = render_report(load_report_config(config_path), results, command)
+    assert text == path.read_text()

@@ -19,8 +19,8 @@ from unisrec.cli import build_parser, main, parse_overrides
 from unisrec.config import ModelConfig, RunConfig, TextConfig
 from unisrec.errors import UnisrecError
 from unisrec.finetune import finetune
-from unisrec.model import UniSRec
 from unisrec.model_card import finetune_card
+from unisrec.recommend import Recommender
 from unisrec.text_encoder import TextEncoder
 from unisrec.text_model import model_fingerprint
 
@@ -93,8 +93,8 @@ def test_max_length_from_the_command_line_reaches_the_vectors_and_reads_back(tmp
     config = json.loads((run / "config.json").read_text())
     del config["text_encoder"]["precision"]
     (run / "config.json").write_text(json.dumps(config))
-    model = UniSRec.from_pretrained(run)
-    assert model.add_items(["red lens camera"], ["new"]) == 13
+    recommender = Recommender.from_pretrained(run)
+    assert recommender.add_items(["red lens camera"], ["new"]) == 13
 
 
 def _init_run(tmp_path: Path, tiny_lm_dir: Path, data: Path) -> Path:

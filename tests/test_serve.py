@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from unisrec.config import ModelConfig, TextConfig
 from unisrec.model import UniSRec
+from unisrec.recommend import Catalogue, Recommender
 from unisrec.serve import MAX_HISTORY, create_app
 from unisrec.text_encoder import TextEncoder
 
@@ -27,7 +28,7 @@ WORDS = ["red", "blue", "green", "camera", "lens", "microscope", "glass", "beake
 N_ITEMS = 40
 
 
-def _model(tiny_lm_dir: Path, item_repr: str = "text") -> UniSRec:
+def _model(tiny_lm_dir: Path, item_repr: str = "text") -> Recommender:
     spec = TextConfig(model=str(tiny_lm_dir), pooling="mean")
     encoder = TextEncoder(spec)
     texts = [f"{WORDS[i % 11]} {WORDS[i // 11]} {WORDS[(i * 5 + 1) % 11]}" for i in range(N_ITEMS)]  # all different
@@ -37,17 +38,17 @@ def _model(tiny_lm_dir: Path, item_repr: str = "text") -> UniSRec:
     model = UniSRec(config, N_ITEMS, torch.from_numpy(encoder.encode(texts))).eval()
     recorded = {"model": spec.model, "pooling": spec.pooling, "max_length": spec.max_length,
                 "fingerprint": encoder.fingerprint()["digest"]}
-    return model.set_catalogue([f"item-{i}" for i in range(N_ITEMS)], texts, text_encoder=recorded)
+    return Recommender(model, Catalogue([f"item-{i}" for i in range(N_ITEMS)], texts), recorded)
 
 
 @pytest.fixture
-def model(tiny_lm_dir: Path) -> UniSRec:
+def recommender(tiny_lm_dir: Path) -> Recommender:
     return _model(tiny_lm_dir)
 
 
 @pytest.fixture
-def client(model: UniSRec) -> Any:
-    with TestClient(create_app(model)) as test_client:
+def client(recommender: Recommender) -> Any:
+    with TestClient(create_app(recommender)) as test_client:
         yield test_client
 
 
@@ -59,24 +60,24 @@ def test_health_and_openapi(client: TestClient) -> None:
     assert "409" in schema["paths"]["/items"]["post"]["responses"]
 
 
-def test_recommend_matches_the_python_api(client: TestClient, model: UniSRec) -> None:
+def test_recommend_matches_the_python_api(client: TestClient, recommender: Recommender) -> None:
     histories = [["item-1", "item-2"], ["item-30"], ["item-5"] * 20]
     response = client.post("/recommend", json={"histories": histories, "k": 5, "exclude_seen": False})
     assert response.status_code == 200
-    expected = model.recommend(histories, k=5, exclude_seen=False)
+    expected = recommender.recommend_histories(histories, k=5, exclude_seen=False)
     got = [(h, r["item_id"], r["score"]) for h, ranked in enumerate(response.json()["results"]) for r in ranked]
-    assert [(h, i) for h, i, _ in got] == list(zip(expected.history, expected.item_id, strict=True))
+    assert [(h, i) for h, i, _ in got] == list(zip(expected.user_id, expected.item_id, strict=True))
     assert [s for _, _, s in got] == pytest.approx(expected.score.tolist(), rel=1e-6)
     default = client.post("/recommend", json={"histories": [["item-1", "item-2"]]}).json()["results"][0]
     assert len(default) == 10 and {"item-1", "item-2"}.isdisjoint(r["item_id"] for r in default)
 
 
-def test_text_histories(client: TestClient, model: UniSRec) -> None:
-    texts = [model.recommender.catalogue.texts[3]]  # type: ignore[union-attr]
+def test_text_histories(client: TestClient, recommender: Recommender) -> None:
+    texts = [recommender.catalogue.texts[3]]
     response = client.post("/recommend", json={"histories": [texts], "k": 3, "by_text": True})
     assert response.status_code == 200
-    assert [r["item_id"] for r in response.json()["results"][0]] == [r.item_id for r in
-                                                                      model.recommend(["item-3"], k=3)]
+    assert [r["item_id"] for r in response.json()["results"][0]] == [
+        r.item_id for r in recommender.recommend_lists([["item-3"]], k=3)[0]]
 
 
 @pytest.mark.parametrize(
@@ -134,8 +135,8 @@ def test_transductive_model_refuses_new_items(tiny_lm_dir: Path) -> None:
         assert response.status_code == 409
 
 
-def test_concurrent_requests_are_batched_with_the_same_answers(model: UniSRec) -> None:
-    app = create_app(model)
+def test_concurrent_requests_are_batched_with_the_same_answers(recommender: Recommender) -> None:
+    app = create_app(recommender)
     bodies = [{"histories": [[f"item-{i}", f"item-{(i * 3) % N_ITEMS}"]], "k": 1 + i % 7, "exclude_seen": i % 2 == 0}
               for i in range(24)]
 
@@ -146,7 +147,7 @@ def test_concurrent_requests_are_batched_with_the_same_answers(model: UniSRec) -
         return [r.json()["results"][0] for r in responses]
 
     for body, got in zip(bodies, asyncio.run(send_all()), strict=True):
-        expected = model.recommend(body["histories"][0], k=body["k"], exclude_seen=body["exclude_seen"])
+        expected = recommender.recommend_lists(body["histories"], k=body["k"], exclude_seen=body["exclude_seen"])[0]
         assert [r["item_id"] for r in got] == [r.item_id for r in expected]
 
 
@@ -222,8 +223,8 @@ def _start_server(run: Path, port: int, *extra: str) -> tuple[subprocess.Popen[b
             time.sleep(0.2)
 
 
-def test_added_items_survive_kill_9_of_the_server(model: UniSRec, tmp_path: Path) -> None:
-    model.save_pretrained(tmp_path / "run")
+def test_added_items_survive_kill_9_of_the_server(recommender: Recommender, tmp_path: Path) -> None:
+    recommender.save_pretrained(tmp_path / "run")
     port = _free_port()
     server, _ = _start_server(tmp_path / "run", port, "--token", "t")
     try:
@@ -237,9 +238,9 @@ def test_added_items_survive_kill_9_of_the_server(model: UniSRec, tmp_path: Path
     finally:
         server.kill()  # SIGKILL right after the 200
         server.wait(timeout=30)
-    reloaded = UniSRec.from_pretrained(tmp_path / "run")
-    assert reloaded.n_items == N_ITEMS + 2
-    ranked = reloaded.recommend(["kept-1", "item-3"], k=5, exclude_seen=False)
+    reloaded = Recommender.from_pretrained(tmp_path / "run")
+    assert reloaded.model.n_items == len(reloaded.catalogue) == N_ITEMS + 2
+    ranked = reloaded.recommend_lists([["kept-1", "item-3"]], k=5, exclude_seen=False)[0]
     assert [r.item_id for r in ranked] == [r["item_id"] for r in before["results"][0]]
     server, health = _start_server(tmp_path / "run", port)  # a restarted server serves them too
     try:
@@ -249,8 +250,8 @@ def test_added_items_survive_kill_9_of_the_server(model: UniSRec, tmp_path: Path
         server.wait(timeout=30)
 
 
-def test_cli_serve_answers_over_http(model: UniSRec, tmp_path: Path) -> None:
-    model.save_pretrained(tmp_path / "run")
+def test_cli_serve_answers_over_http(recommender: Recommender, tmp_path: Path) -> None:
+    recommender.save_pretrained(tmp_path / "run")
     port = _free_port()
     server, health = _start_server(tmp_path / "run", port)
     try:
@@ -308,3 +309,14 @@ def test_metrics_count_requests_and_the_access_log(tiny_lm_dir: Path, capsys: py
     assert f"unisrec_catalogue_items {N_ITEMS}" in text
     log = [line for line in capsys.readouterr().err.splitlines() if '"POST /recommend"' in line]
     assert len(log) == 4 and " 200 " in log[0] and log[0].endswith("ms")
+
+
+def test_create_app_takes_a_run_folder_and_persists_to_it(recommender: Recommender, tmp_path: Path) -> None:
+    """``create_app(RUN)`` loads the run as a Recommender and writes POST /items to RUN/catalogue/."""
+    recommender.save_pretrained(tmp_path / "run")
+    with TestClient(create_app(tmp_path / "run")) as test_client:
+        assert test_client.get("/health").json()["n_items"] == N_ITEMS
+        added = test_client.post("/items", json={"items": [{"item_id": "new-1", "text": "red lens kit"}]})
+        assert added.status_code == 200 and added.json() == {"added": 1, "n_items": N_ITEMS + 1}
+    assert [p.name for p in (tmp_path / "run" / "catalogue").glob("*.safetensors")] == ["00000001.safetensors"]
+    assert Recommender.from_pretrained(tmp_path / "run").catalogue.item_ids[-1] == "new-1"

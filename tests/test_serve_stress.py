@@ -20,7 +20,6 @@ from safetensors import safe_open
 from test_serve import N_ITEMS, WORDS, _model
 
 from unisrec.errors import UnisrecError
-from unisrec.model import UniSRec
 from unisrec.recommend import Recommender
 from unisrec.serve import (
     ENCODE_BATCH,
@@ -90,8 +89,8 @@ def test_concurrent_items_and_recommendations_with_persistence_and_auth(saved_ru
     """Threads add items (authorised) and ask for recommendations by id and by text at once: every answer is a
     200, seen items are always left out, no answer repeats an id; afterwards the catalogue (in memory and in
     RUN/catalogue/) holds exactly the added items, and a restarted model serves the same."""
-    model = UniSRec.from_pretrained(saved_run)
-    app = create_app(model, token=TOKEN, run_dir=saved_run, max_batch=16)
+    recommender = Recommender.from_pretrained(saved_run)
+    app = create_app(recommender, token=TOKEN, run_dir=saved_run, max_batch=16)
     base_ids = [f"item-{i}" for i in range(N_ITEMS)]
     added: list[str] = []  # ids whose addition was answered with 200
     added_lock = threading.Lock()
@@ -148,20 +147,20 @@ def test_concurrent_items_and_recommendations_with_persistence_and_auth(saved_ru
         health = httpx.get(f"{url}/health").json()
     assert failures == []
     assert counts["items"] > 10 and counts["by_id"] > 10 and counts["by_text"] > 10, counts
-    catalogue = model.recommender.catalogue  # type: ignore[union-attr]
+    catalogue = recommender.catalogue
     assert health["n_items"] == len(catalogue) == N_ITEMS + len(added)
     assert catalogue.item_ids[:N_ITEMS] == base_ids and sorted(catalogue.item_ids[N_ITEMS:]) == sorted(added)
     assert _persisted_ids(saved_run / "catalogue") == catalogue.item_ids[N_ITEMS:]  # in the order served
-    restarted = UniSRec.from_pretrained(saved_run)
-    assert restarted.recommender is not None and restarted.recommender.catalogue.item_ids == catalogue.item_ids
-    assert np.array_equal(restarted.item_text.numpy(), model.item_text.numpy())  # the stored vectors, exactly
+    restarted = Recommender.from_pretrained(saved_run)
+    assert restarted.catalogue.item_ids == catalogue.item_ids
+    # the stored vectors, exactly
+    assert np.array_equal(restarted.model.item_text.numpy(), recommender.model.item_text.numpy())
     histories = [[added[0], "item-3"], added[-3:]]
-    assert restarted.recommend(histories, k=8).equals(model.recommend(histories, k=8))
+    assert restarted.recommend_histories(histories, k=8).equals(recommender.recommend_histories(histories, k=8))
 
 
 def test_text_work_is_encoded_in_bounded_batches_one_at_a_time(saved_run: Path) -> None:
-    model = UniSRec.from_pretrained(saved_run)
-    recommender: Recommender = model.recommender  # type: ignore[assignment]
+    recommender = Recommender.from_pretrained(saved_run)
     recommender.encode_batch = 3
     encoder = recommender.text_encoder()
     sizes: list[int] = []
@@ -179,7 +178,7 @@ def test_text_work_is_encoded_in_bounded_batches_one_at_a_time(saved_run: Path) 
             running[0] -= 1
 
     encoder.encode = watched  # type: ignore[method-assign]
-    app = create_app(model, token=TOKEN)
+    app = create_app(recommender, token=TOKEN)
     rng = random.Random(0)
     answers: list[int] = []
 

@@ -9,6 +9,7 @@ import torch
 import unisrec.topk as topk
 from unisrec.config import ModelConfig
 from unisrec.model import UniSRec
+from unisrec.recommend import Catalogue, Recommender
 from unisrec.topk import CoarseTable, chunked_top_k
 
 
@@ -98,9 +99,7 @@ def test_recommender_uses_the_coarse_pass_and_stays_exact_after_adding_items() -
     torch.manual_seed(0)
     n, d = 20_000, 12
     model = UniSRec(ModelConfig(hidden_size=16, inner_size=16, n_experts=2), n, torch.randn(n, d)).eval()
-    model.set_catalogue([f"i{j}" for j in range(n)])
-    recommender = model.recommender
-    assert recommender is not None
+    recommender = Recommender(model, Catalogue([f"i{j}" for j in range(n)]))
     recommender.tables()  # built on first use
     assert recommender._coarse is not None
     recommender.add_items(["new a", "new b"], ["a", "b"], vectors=np.random.default_rng(0).normal(size=(2, d)))

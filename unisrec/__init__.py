@@ -7,8 +7,7 @@ stays light.
 from typing import Any
 
 from unisrec.errors import ConfigError, DataError, UnisrecError
-
-__version__ = "0.1.0"
+from unisrec.version import __version__
 
 __all__ = ["ConfigError", "DataError", "Dataset", "Recommender", "UnisrecError", "__version__", "fit"]
 

@@ -126,7 +126,8 @@ class BERT4Rec(Baseline):
     """Bidirectional Transformer over item IDs; tokens 0..N-1 are items, N is [MASK], N + 1 is padding.
 
     Sequences hold up to ``max_seq_len + 1`` tokens: a training window of max_seq_len inputs plus its next
-    item (``unisrec.cloze``), or at inference a history of up to max_seq_len items plus [MASK].
+    item (``unisrec.cloze``), or at inference a history of up to max_seq_len items plus [MASK]. ``encode``
+    reads [MASK] and padding as the two tokens past the table it is given (N and N + 1 for the whole table).
     """
 
     def __init__(self, config: ModelConfig, n_items: int, text: Tensor | None = None) -> None:
@@ -159,23 +160,28 @@ class BERT4Rec(Baseline):
     def encode(self, sequences: Tensor, table: Tensor) -> Tensor:
         """(B, L) tokens (items, [MASK], padding) -> (B, L, H); every token attends to every non-padding token."""
         self._check_length(sequences, self.config.max_seq_len + 1)
-        h = table.shape[1]
+        n, h = table.shape
         vocab = torch.cat([table, self.mask_token[None], table.new_zeros(1, h)])  # (N + 2, H)
         positions = torch.arange(sequences.shape[1], device=sequences.device)
         x = self.input_dropout(self.input_norm(F.embedding(sequences, vocab) + self.position(positions)))
-        attend = (sequences != self.pad_index)[:, None, None, :]  # (B, 1, 1, L) key-padding mask
+        attend = (sequences != n + 1)[:, None, None, :]  # (B, 1, 1, L) key-padding mask
         for layer in self.layers:
             x = layer(x, attend)
         return x  # (B, L, H)
 
     def sequence_vectors(self, sequences: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
-        """(B, L) right-padded histories, (B,) -> (B, H): the state of a [MASK] appended after each history."""
+        """(B, L) right-padded histories, (B,) -> (B, H): the state of a [MASK] appended after each history.
+
+        [MASK] and padding are the tokens just past ``table`` (N and N + 1 for the whole catalogue), so the
+        histories may index a table of only the items they use (serving).
+        """
         b, n = sequences.shape
+        mask_index, pad_index = len(table), len(table) + 1
         rows = torch.arange(b, device=sequences.device)
         real = torch.arange(n, device=sequences.device)[None, :] < lengths[:, None]  # (B, L)
-        tokens = torch.full((b, n + 1), self.pad_index, dtype=sequences.dtype, device=sequences.device)
-        tokens[:, :n] = torch.where(real, sequences, self.pad_index)
-        tokens[rows, lengths] = self.mask_index  # (B, L + 1)
+        tokens = torch.full((b, n + 1), pad_index, dtype=sequences.dtype, device=sequences.device)
+        tokens[:, :n] = torch.where(real, sequences, pad_index)
+        tokens[rows, lengths] = mask_index  # (B, L + 1)
         return self.encode(tokens, table)[rows, lengths]
 
     def logits(self, queries: Tensor, table: Tensor) -> Tensor:

@@ -20,12 +20,13 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from unisrec import __version__
 from unisrec.atomic import atomic_write, atomic_write_json
+from unisrec.baselines import build_model
 from unisrec.config import ModelConfig, TextConfig, from_plain, to_plain
 from unisrec.errors import ConfigError, UnisrecError
 from unisrec.json_io import read_json
 from unisrec.model import SequenceModel
+from unisrec.version import __version__
 
 MODEL_FORMAT = "unisrec-model"
 MODEL_FORMAT_VERSION = 1
@@ -164,7 +165,10 @@ def load_transferable(model: SequenceModel, init_dir: Path) -> list[str]:
 
 
 def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> tuple[SequenceModel, dict[str, Any]]:
-    """Rebuild a saved model (strict: every tensor present with its shape) and return it with its config."""
+    """Rebuild a saved model (strict: every tensor present with its shape) and return it with its config.
+
+    The network is the one the run trained (``build_model``: UniSRec, or a baseline), as a ``SequenceModel``.
+    """
     directory = Path(directory)
     config = read_model_config(directory)
     check_saved_config(config, directory / "config.json")
@@ -186,8 +190,6 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             if tuple(text.shape) != expected:
                 shape = tuple(text.shape)
                 raise UnisrecError(f"{items_path}: item_text has shape {shape}, config.json says {expected}")
-    from unisrec.baselines import build_model  # UniSRec, or the baseline the run trained
-
     model = build_model(model_config, n_items, text)
     weights_path = directory / "model.safetensors"
     if not weights_path.exists():

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unisrec import __version__
 from unisrec.errors import UnisrecError
+from unisrec.version import __version__
 
 if TYPE_CHECKING:
     from unisrec.config import RunConfig
@@ -325,14 +325,13 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
 def _run_recommend(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from unisrec.model import UniSRec
-    from unisrec.recommend import recommender_of
+    from unisrec.recommend import Recommender
 
     if args.history:
         records = [{"history": [e.strip() for e in h.split(args.sep) if e.strip()]} for h in args.history]
     else:
         records = _read_history_file(args.history_file)
-    recommender = recommender_of(UniSRec.from_pretrained(args.run_dir, args.device))
+    recommender = Recommender.from_pretrained(args.run_dir, args.device)
     for lo in range(0, len(records), 256):
         part = records[lo : lo + 256]
         results = recommender.recommend_lists([r["history"] for r in part], args.k, not args.include_seen, args.by_text)
@@ -377,9 +376,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from unisrec.model import UniSRec
+    from unisrec.recommend import Recommender
 
-    manifest = UniSRec.from_pretrained(args.run_dir).export_vectors(args.out, args.data, index=not args.no_index)
+    manifest = Recommender.from_pretrained(args.run_dir).export_vectors(args.out, args.data, index=not args.no_index)
     print(json.dumps({"out": str(args.out), "n_items": manifest["n_items"], "dim": manifest["dim"],
                       "files": sorted(manifest["files"])}))
     return 0
@@ -420,20 +419,23 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "report",
         help="run (or reuse) the experiments of a report config over its seeds and write DIR/report.md",
         description="Runs every missing run of the config (cached runs with the same settings are reused), then "
-        "writes report.md, results.json and PNG plots. Schema: unisrec/report_config.py.",
+        "writes a record per run and, from the records alone, RESULTS/report.md, report.json and PNG plots. "
+        "Schema: unisrec/report_config.py.",
     )
     p.add_argument("config", type=Path, help="report config YAML (e.g. configs/report/scientific.yaml)")
-    p.add_argument("--out", required=True, type=Path, help="report folder (runs, prepared data, report.md)")
+    p.add_argument("--out", default=None, type=Path,
+                   help="folder of the runs and prepared data (not needed with --report-only)")
     p.add_argument("--data-root", default=None, help="replace the config's data_root (base of dataset sources)")
     p.add_argument("--only", default=None, help="comma-separated experiments to run (and what they need)")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and their commands; run nothing")
-    p.add_argument("--report-only", action="store_true", help="write the report from finished runs; run nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="regenerate RESULTS/report.md (and its plots) from the records alone; run nothing")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="start no run whose estimated time exceeds what is left of this budget; rerun to go on")
     p.add_argument("--verify", metavar="RUN", default=None,
                    help="rerun the recorded run RUN (its record's name) and print the difference per metric")
     p.add_argument("--results", type=Path, default=None,
-                   help="folder of the per-run records (default: results/<config file name>)")
+                   help="folder of the per-run records and of report.md (default: results/<config file name>)")
     p.set_defaults(handler=_run_report)
 
 
@@ -445,10 +447,16 @@ def _run_report(args: argparse.Namespace) -> int:
     if args.verify:
         from unisrec.report import verify_run
 
+        if args.out is None:
+            raise UnisrecError("--verify needs --out (the report folder whose pre-training runs it reuses)")
         print(json.dumps(verify_run(args.config, args.out, args.verify, results, data_root=args.data_root)))
         return 0
+    command = f"unisrec report {args.config.as_posix()} --report-only"
+    if args.results is not None:
+        command += f" --results {args.results.as_posix()}"
     path = run_report(args.config, args.out, data_root=args.data_root, only=only, dry_run=args.dry_run,
-                      report_only=args.report_only, budget_minutes=args.budget_minutes, results_dir=results)
+                      report_only=args.report_only, budget_minutes=args.budget_minutes, results_dir=results,
+                      command=command)
     if not args.dry_run:
         print(json.dumps({"report": str(path)}))
     return 0

@@ -13,28 +13,47 @@ An export folder holds::
     sequences.npy           (U, H) float32 query vectors of the users of --data (their whole history)
     users.parquet           user_id of each row of sequences.npy
     vectors.safetensors     the same matrices: "items" and (with --data) "sequences"
+
+``export_vectors`` reads what it writes from a ``VectorSource``: in practice a ``unisrec.recommend.Recommender``
+(``Recommender.export_vectors`` calls it), described here by what export uses so that this module needs
+nothing above the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from torch import Tensor
 
-from unisrec import __version__
 from unisrec.atomic import atomic_write, atomic_write_json
+from unisrec.catalogue import Catalogue
 from unisrec.errors import UnisrecError
+from unisrec.model import SequenceModel
+from unisrec.topk import FlatIndex, faiss_module, faiss_search, flat_ip_index
+from unisrec.version import __version__
 
-if TYPE_CHECKING:
-    from unisrec.model import UniSRec
+__all__ = ["ExportManifest", "VectorSource", "export_vectors", "faiss_search", "flat_ip_index", "load_faiss_index",
+           "user_histories"]
 
 EXPORT_FORMAT = "unisrec-vectors"
 EXPORT_VERSION = 1
+
+
+class VectorSource(Protocol):
+    """What an export reads: a model with its catalogue, its scoring table and query vectors (a Recommender)."""
+
+    model: SequenceModel
+    catalogue: Catalogue
+    text_encoder_info: dict[str, Any]
+
+    def scoring_table(self) -> Tensor: ...
+
+    def queries_of_rows(self, histories: Sequence[np.ndarray]) -> Tensor: ...
 
 
 class ExportManifest(TypedDict):
@@ -50,63 +69,16 @@ class ExportManifest(TypedDict):
     model: str  # the item representation: text, text+id, id
     text_encoder: dict[str, str | int] | None  # the run's config.json "text_encoder"
     files: dict[str, dict[str, object]]  # file name -> shape, rows, columns, ...
-USER_BATCH = 256
 
 
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise UnisrecError("FAISS is not installed: pip install faiss-cpu (or 'unisrec[serve]')") from None
-    return faiss
+USER_BATCH = 256  # users whose query vectors are computed at once
 
 
-def flat_ip_index(vectors: Tensor | np.ndarray) -> Any:
-    """An exact inner-product FAISS index (IndexFlatIP) holding the (N, H) ``vectors``."""
-    faiss = _faiss()
-    matrix = np.ascontiguousarray(_numpy(vectors), dtype=np.float32)  # (N, H)
-    index = faiss.IndexFlatIP(matrix.shape[1])
-    if len(matrix):
-        index.add(matrix)
-    return index
-
-
-def faiss_search(
-    index: Any, queries: Tensor | np.ndarray, k: int, seen: Sequence[np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(B, H) queries -> (B, k) scores and rows, best first; ``seen[b]`` rows left out (row -1, score -inf).
-
-    FAISS has no per-query exclusion list, so it is asked for k + the longest seen list and the seen rows
-    are then dropped; every query still gets its exact top k of the remaining items.
-    """
-    q = np.ascontiguousarray(_numpy(queries), dtype=np.float32)  # (B, H)
-    extra = max((len(s) for s in seen), default=0) if seen is not None else 0
-    wanted = min(k + extra, index.ntotal)
-    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-    rows = np.full((len(q), k), -1, dtype=np.int64)
-    if wanted == 0:
-        return scores, rows
-    found_scores, found_rows = index.search(q, wanted)  # (B, k + extra)
-    for b in range(len(q)):
-        keep = found_rows[b] >= 0
-        if seen is not None and len(seen[b]):
-            keep &= ~np.isin(found_rows[b], seen[b])
-        top = np.flatnonzero(keep)[:k]
-        scores[b, : len(top)], rows[b, : len(top)] = found_scores[b, top], found_rows[b, top]
-    return scores, rows
-
-
-def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
-
-
-def user_histories(model: UniSRec, data_dir: str | Path) -> tuple[list[str], list[np.ndarray]]:
+def user_histories(catalogue: Catalogue, data_dir: str | Path) -> tuple[list[str], list[np.ndarray]]:
     """(user ids, catalogue rows of each user's whole history) of a processed dataset."""
     from unisrec.datasets.processed import load_processed
-    from unisrec.recommend import recommender_of
 
     dataset = load_processed(data_dir)
-    catalogue = recommender_of(model).catalogue
     rows = catalogue.lookup([str(i) for i in dataset.item_ids])  # (N_data,) catalogue row, -1 if absent
     if (rows < 0).any():
         missing = [str(dataset.item_ids[i]) for i in np.flatnonzero(rows < 0)[:5]]
@@ -120,14 +92,11 @@ def user_histories(model: UniSRec, data_dir: str | Path) -> tuple[list[str], lis
 
 
 def export_vectors(
-    model: UniSRec, out: str | Path, *, data_dir: str | Path | None = None, index: bool = True
+    recommender: VectorSource, out: str | Path, *, data_dir: str | Path | None = None, index: bool = True
 ) -> ExportManifest:
     """Write the export folder ``out`` (see the module docstring); returns the manifest."""
     from safetensors.numpy import save_file
 
-    from unisrec.recommend import recommender_of
-
-    recommender = recommender_of(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     items = recommender.scoring_table().cpu().numpy().astype(np.float32)  # (N, H)
@@ -141,7 +110,7 @@ def export_vectors(
         "items.parquet": {"columns": ["item_id", "text"]},
     }
     if data_dir is not None:
-        user_ids, histories = user_histories(model, data_dir)
+        user_ids, histories = user_histories(catalogue, data_dir)
         parts = [recommender.queries_of_rows(histories[lo : lo + USER_BATCH]).cpu().numpy()
                  for lo in range(0, len(histories), USER_BATCH)]
         sequences = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, items.shape[1]), np.float32)
@@ -155,7 +124,7 @@ def export_vectors(
     atomic_write(out / "vectors.safetensors", lambda tmp: save_file(tensors, str(tmp)))
     files["vectors.safetensors"] = {"tensors": sorted(tensors)}
     if index:
-        faiss = _faiss()
+        faiss = faiss_module()
         built = flat_ip_index(items)
         atomic_write(out / "items.faiss", lambda tmp: faiss.write_index(built, str(tmp)))
         files["items.faiss"] = {"type": "IndexFlatIP", "exact": True, "ntotal": int(built.ntotal)}
@@ -167,7 +136,7 @@ def export_vectors(
         "dim": int(items.shape[1]),
         "metric": "inner_product",
         "score": "sequences[u] . items[i] = the model's logit of item i for user u",
-        "model": model.config.item_repr,
+        "model": recommender.model.config.item_repr,
         "text_encoder": recommender.text_encoder_info or None,
         "files": files,
     }
@@ -180,8 +149,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array, allow_pickle=False)
 
 
-def load_faiss_index(path: str | Path) -> Any:
+def load_faiss_index(path: str | Path) -> FlatIndex:
+    """An exported ``items.faiss``."""
     if not Path(path).exists():
         raise UnisrecError(f"{path}: no such index file (write one with `unisrec export`)")
-    return _faiss().read_index(str(path))
+    index: FlatIndex = faiss_module().read_index(str(path))
+    return index
 

@@ -156,7 +156,6 @@ def fit(
     trains in a temporary run folder.
     """
     from unisrec.finetune import finetune
-    from unisrec.recommend import load_model, recommender_of
 
     data = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     dotted = []
@@ -168,7 +167,6 @@ def fit(
         dotted.append(override(name, value))
     run = Path(out) if out is not None else _temporary_folder("unisrec-run-") / "run"
     finetune(data.path, mode, run, config=config, overrides=dotted, init=init, overwrite=overwrite)
-    recommender = recommender_of(load_model(run))
+    recommender = Recommender.from_pretrained(run)
     recommender.set_users(data.user_histories())
-    recommender.run_dir = run
     return recommender

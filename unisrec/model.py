@@ -7,20 +7,11 @@ dimension, H hidden size, K experts. Item tables are computed once per step / ev
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unisrec.config import ModelConfig
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from unisrec.export import ExportManifest
-    from unisrec.recommend import Backend, Recommendation, Recommender
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -209,6 +200,47 @@ class SequenceModel(nn.Module):
         hidden = self.encode(sequences, table)
         return hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
 
+    def packed_sequence_vectors(self, items: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
+        """(T,) item indices into ``table`` of B sequences laid end to end, (B,) lengths -> (B, H).
+
+        What serving calls; equal to ``sequence_vectors`` of the right-padded batch (which this default builds:
+        models with a cheaper packed form, such as UniSRec, override it).
+        """
+        lengths = lengths.to(items.device)
+        b = len(lengths)
+        width = int(lengths.max()) if b else 0
+        padded = torch.zeros(b, width, dtype=items.dtype, device=items.device)  # (B, L)
+        padded[torch.arange(width, device=items.device)[None, :] < lengths[:, None]] = items  # row-major fill
+        return self.sequence_vectors(padded, lengths, table)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors live (parameters, or the text buffer of a model without any)."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def adds_items_by_text(self) -> bool:
+        """True for text-only models (``item_repr="text"``): a new item needs only its language-model vector."""
+        return self.config.item_repr == "text"
+
+    def extend_items(self, text_vectors: Tensor) -> int:
+        """Append M items given by their (M, D) language-model vectors; returns the new item count.
+
+        The model owns its text buffer and ``n_items``: this is the one way they grow (text-only models only;
+        a model with item IDs would have no learned vector for the new items).
+        """
+        if not self.adds_items_by_text:
+            raise ValueError(f"items are added by their text to text-only models; this one's items are "
+                             f"{self.config.item_repr!r}")
+        if text_vectors.ndim != 2 or text_vectors.shape[1] != self.text_dim:
+            raise ValueError(f"text vectors must be (M, {self.text_dim}), got {tuple(text_vectors.shape)}")
+        current = self.item_text  # (N, D)
+        self.item_text = torch.cat([current, text_vectors.to(device=current.device, dtype=current.dtype)])
+        self.n_items += len(text_vectors)
+        return self.n_items
+
     def logits(self, queries: Tensor, table: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -251,8 +283,6 @@ class UniSRec(SequenceModel):
         self.input_dropout = nn.Dropout(config.hidden_dropout)
         self.encoder = SequenceEncoder(config)
         self.apply(self._init_weights)
-        self.recommender: Recommender | None = None  # item ids / texts for recommendations (unisrec.recommend)
-        self.saved_info: dict[str, Any] = {}  # the run's records (text encoder, dataset) kept by save_pretrained
 
     @classmethod
     def without_catalogue(cls, config: ModelConfig, text_dim: int) -> UniSRec:
@@ -321,51 +351,3 @@ class UniSRec(SequenceModel):
 
     def query_vectors(self, queries: Tensor) -> Tensor:
         return F.normalize(queries, dim=-1) if self.config.uses_text else queries
-
-    # -- recommendations for users: thin delegates to unisrec.recommend / unisrec.export ---------------------
-
-    @classmethod
-    def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu",
-                        backend: Backend = "torch") -> UniSRec:
-        """A saved run (config.json + safetensors, strictly checked) in eval mode, with its item catalogue."""
-        from unisrec.recommend import load_model
-
-        return load_model(run_dir, device, backend)
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, model.safetensors, items.safetensors and items.parquet (no pickle)."""
-        from unisrec.recommend import save_model
-
-        return Path(save_model(self, directory))
-
-    def set_catalogue(self, item_ids: list[Any], texts: list[str] | None = None,
-                      text_encoder: dict[str, Any] | None = None, backend: Backend = "torch") -> UniSRec:
-        """Name the model's N items (ids, texts); ``text_encoder``: the spec used to encode their texts."""
-        from unisrec.recommend import Catalogue, Recommender
-
-        self.recommender = Recommender(self, Catalogue(item_ids, texts), text_encoder, backend=backend)
-        if text_encoder:
-            self.saved_info["text_encoder"] = dict(text_encoder)
-        return self
-
-    def recommend(self, histories: Any, k: int = 10, exclude_seen: bool = True,
-                  by_text: bool = False) -> list[Recommendation] | pd.DataFrame:
-        """Top-k items for one history (list of item ids -> list of Recommendation) or many (-> DataFrame).
-
-        ``by_text``: the histories hold raw item texts. Histories are cut to their last max_seq_len items.
-        """
-        from unisrec.recommend import recommend
-
-        return recommend(self, histories, k, exclude_seen, by_text)
-
-    def add_items(self, texts: list[str], ids: list[str], vectors: Any = None) -> int:
-        """New items join the catalogue by their text alone (inductive models); returns the catalogue size."""
-        from unisrec.recommend import recommender_of
-
-        return recommender_of(self).add_items(texts, ids, vectors)
-
-    def export_vectors(self, out: str | Path, data_dir: str | Path | None = None, index: bool = True) -> ExportManifest:
-        """Item (and, with ``data_dir``, user sequence) vectors as .npy + .safetensors, and a FAISS index."""
-        from unisrec.export import export_vectors
-
-        return export_vectors(self, out, data_dir=data_dir, index=index)

@@ -132,9 +132,9 @@ def cold_start_demo(run_dir: Path, source_dir: Path, target_dir: Path) -> dict[s
     whose top 10 holds a 2019 release (else any added movie).
     """
     from unisrec.datasets import load_processed
-    from unisrec.model import UniSRec
+    from unisrec.recommend import Recommender
 
-    model = UniSRec.from_pretrained(run_dir)
+    recommender = Recommender.from_pretrained(run_dir)
     source, target = load_processed(source_dir), load_processed(target_dir)
     known = {_title_key(text) for text in target.item_texts}
     popularity = np.bincount(source.items, minlength=source.n_items)
@@ -143,24 +143,23 @@ def cold_start_demo(run_dir: Path, source_dir: Path, target_dir: Path) -> dict[s
     later = {item for item, _ in RELEASED_LATER}
     new_ids = [item for item, _ in RELEASED_LATER] + [f"ml-1m:{source.item_ids[i]}" for i in chosen]
     new_texts = [text for _, text in RELEASED_LATER] + [source.item_texts[i] for i in chosen]
-    model.add_items(new_texts, new_ids)  # encoded by the run's MiniLM; no retraining
+    recommender.add_items(new_texts, new_ids)  # encoded by the run's MiniLM; no retraining
     histories = [[str(target.item_ids[i]) for i in target.sequence(u)] for u in range(target.n_users)]
-    frame = model.recommend(histories, k=10)  # many histories: a DataFrame
-    assert not isinstance(frame, list)
-    with_later = sorted(set(frame.history[frame.item_id.isin(later)]))
-    with_new = sorted(set(frame.history[frame.item_id.isin(set(new_ids))]))
+    frame = recommender.recommend_histories(histories, k=10)  # user_id: the history's position
+    with_later = sorted(set(frame.user_id[frame.item_id.isin(later)]))
+    with_new = sorted(set(frame.user_id[frame.item_id.isin(set(new_ids))]))
     user = (with_later or with_new or [0])[0]
-    catalogue = model.recommender.catalogue  # type: ignore[union-attr]
+    catalogue = recommender.catalogue
     texts = dict(zip(catalogue.item_ids, catalogue.texts, strict=True))
     lines = [f"\nUser {target.user_ids[user]} of {TARGET} (the first user whose top 10 holds a movie added after "
              f"training); last 5 of {len(histories[user])} movies watched:"]
     lines += [f"      {texts[item]}" for item in histories[user][-5:]]
     lines.append("Top 10 recommendations (NEW* = released 2019, in no training data; NEW = ml-1m movie absent from "
                  f"{TARGET}, never in fine-tuning):")
-    for _, row in frame[frame.history == user].iterrows():
+    for _, row in frame[frame.user_id == user].iterrows():
         flag = "NEW*" if row.item_id in later else "NEW " if row.item_id in set(new_ids) else "    "
         lines.append(f"  {row['rank']:2d}. {flag} {row.text}  (score {row.score:.2f})")
-    lines.append(f"Added {len(new_ids)} movies by text (catalogue {target.n_items} -> {model.n_items}): "
+    lines.append(f"Added {len(new_ids)} movies by text (catalogue {target.n_items} -> {len(catalogue)}): "
                  f"{len(with_new)} of {target.n_users} users get one in their top 10, {len(with_later)} a 2019 film.")
     return {"user": str(target.user_ids[user]), "added": len(new_ids), "users_with_added_in_top10": len(with_new),
             "users_with_2019_release_in_top10": len(with_later), "text": "\n".join(lines) + "\n"}

@@ -1,13 +1,16 @@
-"""Recommendations for real users: top-k for any history, new items added by their text alone.
+"""The public serving object: a ``Recommender`` joins a model, its item catalogue and a top-k backend.
 
-A ``Recommender`` joins a model to its ``Catalogue`` (item ids, texts, id -> index). Scores are the model's
-logits: ``query_vectors(s) . scoring_table(v)`` (cosine / temperature for text models), computed against a
-scoring table that is built once (in item chunks, bounded memory) and extended, not rebuilt, when items are
-added. Top-k runs in item chunks too (a running top-k merged chunk by chunk), so memory stays bounded by
-about 2^24 scores whatever the catalogue size; from 16k items it scans a bfloat16 copy of the table first
-and rescores the candidates in float32, with a proven error bound that keeps the result exact (see
-``unisrec.topk``); ``backend="faiss"`` searches an exact inner-product index instead (the same top-k, see
-``unisrec.export``).
+``Recommender.from_pretrained(run)`` loads a run folder of any model kind (UniSRec and every baseline, all
+``SequenceModel``s) with its catalogue; ``recommend`` (known users), ``recommend_histories`` (DataFrames) and
+``recommend_lists`` (lists of ``Recommendation``) rank; ``add_items`` grows the catalogue by text;
+``save_pretrained`` writes it back; ``export_vectors`` writes the vectors for other systems (``unisrec.export``).
+
+Scores are the model's logits: ``query_vectors(s) . scoring_table(v)`` (cosine / temperature for text models),
+computed against a scoring table that is built once (in item chunks, bounded memory) and extended, not rebuilt,
+when items are added. Top-k runs in item chunks too (a running top-k merged chunk by chunk), so memory stays
+bounded by about 2^24 scores whatever the catalogue size; from 16k items it scans a bfloat16 copy of the table
+first and rescores the candidates in float32, with a proven error bound that keeps the result exact (see
+``unisrec.topk``); ``backend="faiss"`` searches an exact inner-product index instead (the same top-k).
 
 Histories are lists of item ids (strings, as in the dataset; an unknown id is an error naming it), or with
 ``by_text=True`` lists of raw item texts encoded by the run's language model (text-only models). A history
@@ -15,51 +18,58 @@ longer than the model's ``max_seq_len`` is cut to its last ``max_seq_len`` items
 ``exclude_seen`` removes the history's items from the ranking (for texts: catalogue items with that exact text).
 
 New items (``add_items``) are encoded with the language model recorded in the run (its file fingerprint is
-checked) and join the catalogue with no retraining. Only inductive (text-only) models accept them: a
-transductive model (text + ID) would have no learned ID vector for them, and an ID-only model no text path.
+checked) and join the catalogue with no retraining (``SequenceModel.extend_items`` grows the model's text
+buffer). Only text-only models accept them: a model with item IDs (transductive, SASRec, GRU4Rec, BERT4Rec,
+FDSA) would have no learned ID vector for them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
+from unisrec.catalogue import (
+    Catalogue,
+    CatalogueFullError,
+    ItemConflictError,
+    UnknownItemError,
+    as_item_id,
+)
+from unisrec.checkpoint import from_pretrained, read_items, save_pretrained, save_tensors
+from unisrec.config import TextConfig
 from unisrec.errors import UnisrecError
-from unisrec.topk import CoarseTable, chunked_top_k
+from unisrec.export import ExportManifest, export_vectors
+from unisrec.locking import waiting_for
+from unisrec.model import SequenceModel
+from unisrec.topk import CoarseTable, FlatIndex, chunked_top_k, faiss_search, flat_ip_index
 
 if TYPE_CHECKING:
-    from unisrec.model import UniSRec
+    import pandas as pd
+
     from unisrec.text_encoder import TextEncoder
+
+__all__ = [
+    "ADDED_DIR", "ENCODE_BATCH", "Backend", "Catalogue", "CatalogueFullError", "ItemConflictError", "Recommendation",
+    "Recommender", "UnknownItemError", "adapted_items", "eval_mode", "persist_addition", "replay_additions",
+    "to_frame",
+]
 
 Backend = Literal["torch", "faiss"]
 TABLE_CHUNK = 8192  # items adapted at once when building the scoring table
 PACK_TOKENS = 256  # history items encoded together (one attention block)
 ENCODE_BATCH = 64  # texts per language-model pass in ``Recommender.encode_texts`` (one pass at a time)
-
-
-class UnknownItemError(UnisrecError):
-    """History items that are not in the catalogue; ``positions`` = (history, position) of each."""
-
-    def __init__(self, unknown: list[tuple[int, int, str]]) -> None:
-        self.unknown = unknown
-        names = ", ".join(repr(item) for _, _, item in unknown[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        super().__init__(f"unknown item id(s) {names}{more}; every history entry must be an item id of the catalogue")
-
-
-class ItemConflictError(UnisrecError):
-    """New items that cannot join the catalogue (duplicate ids, a model without a text-only item path)."""
-
-
-class CatalogueFullError(ItemConflictError):
-    """New items that would take the catalogue over ``Recommender.max_items``."""
+ADDED_DIR = "catalogue"  # RUN/catalogue/NNNNNNNN.safetensors: one file per addition, replayed in order
+CHECKPOINT_KEYS = ("format", "format_version", "unisrec_version", "model", "n_items", "text_dim", "parameters")
 
 
 @dataclass(frozen=True)
@@ -67,101 +77,6 @@ class Recommendation:
     item_id: str
     score: float  # the model's logit: cosine / temperature (text models) or a dot product (SASRec)
     text: str
-
-
-class Catalogue:
-    """The items a model ranks: ids (str), texts, and the id -> row map (row = index into the item table)."""
-
-    def __init__(self, item_ids: Sequence[Any], texts: Sequence[str] | None = None) -> None:
-        ids = [str(i) for i in item_ids]
-        texts = list(texts) if texts is not None else [""] * len(ids)
-        if len(texts) != len(ids):
-            raise UnisrecError(f"{len(ids)} item ids but {len(texts)} texts")
-        self.item_ids: list[str] = []
-        self.texts: list[str] = []
-        self._index: dict[str, int] = {}
-        self._by_text: dict[str, list[int]] | None = None
-        self.append(ids, texts)
-
-    def __len__(self) -> int:
-        return len(self.item_ids)
-
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self._index
-
-    def check_new(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        """Raise naming the first problem: lengths, non-strings, empty ids, ids already known or repeated."""
-        if len(ids) != len(texts):
-            raise UnisrecError(f"{len(ids)} item ids but {len(texts)} texts")
-        for value, what in [*((i, "item id") for i in ids), *((t, "item text") for t in texts)]:
-            if not isinstance(value, str):
-                raise UnisrecError(f"every {what} must be a string, got {value!r}")
-        if any(not i for i in ids):
-            raise UnisrecError("item ids must be non-empty strings")
-        existing = [i for i in ids if i in self._index]
-        if existing:
-            raise ItemConflictError(f"item id {existing[0]!r} is already in the catalogue")
-        seen: set[str] = set()
-        for item in ids:
-            if item in seen:
-                raise ItemConflictError(f"item id {item!r} is given twice")
-            seen.add(item)
-
-    def append(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        self.check_new(ids, texts)
-        start = len(self.item_ids)
-        self.item_ids.extend(ids)
-        self.texts.extend(texts)
-        self._index.update((item, start + offset) for offset, item in enumerate(ids))
-        if self._by_text is not None:
-            for offset, text in enumerate(texts):
-                self._by_text.setdefault(text, []).append(start + offset)
-
-    def lookup(self, ids: Sequence[str]) -> np.ndarray:
-        """(M,) int64 rows of ``ids``, -1 for ids not in the catalogue."""
-        return np.asarray([self._index.get(i, -1) for i in ids], dtype=np.int64)
-
-    def indices(self, history: Sequence[str], history_number: int = 0) -> np.ndarray:
-        """(L,) int64 rows of the items of one history; unknown ids raise ``UnknownItemError``."""
-        rows = [self._index.get(_as_id(item), -1) for item in history]  # -1: unknown
-        if -1 in rows:
-            unknown = [(history_number, pos, str(item)) for pos, (item, row) in enumerate(zip(history, rows,
-                                                                                               strict=True))
-                       if row < 0]
-            raise UnknownItemError(unknown)
-        return np.asarray(rows, dtype=np.int64)
-
-    def search(self, query: str, limit: int) -> list[int]:
-        """Rows of the first ``limit`` items whose text or id contains ``query`` (case-insensitive), in order."""
-        needle = query.casefold()
-        rows = []
-        for row, (item, text) in enumerate(zip(self.item_ids, self.texts, strict=True)):
-            if needle in text.casefold() or needle in item.casefold():
-                rows.append(row)
-                if len(rows) >= limit:
-                    break
-        return rows
-
-    def rows_with_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(M,) rows of the catalogue items whose text is exactly one of ``texts``.
-
-        Builds its text index on first use and ``append`` extends it: a ``Recommender`` calls it under its lock.
-        """
-        if self._by_text is None:
-            self._by_text = {}
-            for row, text in enumerate(self.texts):
-                self._by_text.setdefault(text, []).append(row)
-        rows = [row for text in set(texts) for row in self._by_text.get(text, [])]
-        return np.asarray(sorted(rows), dtype=np.int64)
-
-
-def _as_id(item: object) -> str:
-    """Item ids are strings; integers (e.g. MovieLens ids) are accepted as their decimal string."""
-    if isinstance(item, str):
-        return item
-    if isinstance(item, int | np.integer) and not isinstance(item, bool):
-        return str(item)
-    return "\0not an id"  # no catalogue id: reported as unknown
 
 
 @contextlib.contextmanager
@@ -181,58 +96,112 @@ def _weights_key(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     return tuple((t.data_ptr(), t._version) for t in [*model.parameters(), *model.buffers()])
 
 
-def adapted_items(model: UniSRec, text: Tensor | None = None) -> Tensor:
-    """(N, H) adapted vectors of all items, or (M, H) of new items' text vectors ``text`` (M, D).
+def adapted_items(model: SequenceModel, text: Tensor | None = None) -> Tensor:
+    """(N, H) item vectors of all items, or (M, H) of new items' text vectors ``text`` (M, D).
 
-    Built in chunks of ``TABLE_CHUNK`` items, so the adaptor's (chunk, K*H) intermediate stays small.
+    Text models build them in chunks of ``TABLE_CHUNK`` items, so the adaptor's (chunk, K*H) intermediate stays
+    small; ID-only models copy their embedding table.
     """
-    device = next(model.parameters()).device
+    device = model.device
     with eval_mode(model):
         if text is not None:
-            parts = [model.item_table(text=text[lo:lo + TABLE_CHUNK].to(device))
-                     for lo in range(0, len(text), TABLE_CHUNK)]
-        else:
-            rows = torch.arange(model.n_items, device=device)
-            parts = [model.item_table(rows[lo:lo + TABLE_CHUNK]) for lo in range(0, len(rows), TABLE_CHUNK)]
-        if not parts:
-            return torch.zeros(0, model.config.hidden_size, device=device)
-        return torch.cat(parts)  # (N, H)
+            return torch.cat([model.item_table(text=text[lo:lo + TABLE_CHUNK].to(device))
+                              for lo in range(0, max(len(text), 1), TABLE_CHUNK)])  # (M, H)
+        if not model.config.uses_text:
+            return model.item_table().detach().clone()  # (N, H): an embedding table, nothing to bound
+        rows = torch.arange(model.n_items, device=device)
+        return torch.cat([model.item_table(rows[lo:lo + TABLE_CHUNK])
+                          for lo in range(0, max(len(rows), 1), TABLE_CHUNK)])  # (N, H)
 
 
 class Recommender:
     """A model, its catalogue and a cached scoring table; thread-safe for one writer and many readers.
 
-    ``text_encoder``: the run's recorded language-model spec (``config.json`` "text_encoder"), used to encode
-    new item texts and text histories.
+    ``model``: any ``SequenceModel`` (UniSRec or a baseline), in eval mode while serving. ``text_encoder``: the
+    run's recorded language-model spec (``config.json`` "text_encoder"), used to encode new item texts and text
+    histories. ``info``: the run's other records (dataset provenance, kind, ...) that ``save_pretrained`` keeps.
     """
 
     def __init__(
         self,
-        model: UniSRec,
+        model: SequenceModel,
         catalogue: Catalogue,
-        text_encoder: dict[str, Any] | None = None,
+        text_encoder: Mapping[str, Any] | None = None,
         *,
         backend: Backend = "torch",
+        info: Mapping[str, Any] | None = None,
     ) -> None:
         if len(catalogue) != model.n_items:
             raise UnisrecError(f"catalogue of {len(catalogue)} items for a model of {model.n_items} items")
         if backend not in ("torch", "faiss"):
             raise UnisrecError(f"backend must be torch or faiss, got {backend!r}")
         self.model, self.catalogue, self.backend = model, catalogue, backend
-        self.text_encoder_info = dict(text_encoder or {})
+        self.text_encoder_info: dict[str, Any] = dict(text_encoder or {})
+        self.info: dict[str, Any] = {k: v for k, v in (info or {}).items() if k != "text_encoder"}
         self._lock = threading.RLock()
         self._encoder: TextEncoder | None = None
         self._items: Tensor | None = None  # (N, H) adapted item vectors: what histories are made of
         self._table: Tensor | None = None  # (N, H) scoring table (the same tensor for SASRec)
         self._coarse: CoarseTable | None = None  # its bfloat16 copy for the exact coarse-to-fine top-k
         self._key: tuple[tuple[int, int], ...] = ()
-        self._faiss: Any = None
+        self._faiss: FlatIndex | None = None
         self.users: dict[str, list[str]] = {}  # known users' histories (``set_users``)
-        self.run_dir: Any = None  # the run folder it was trained in (``unisrec.fit``), if any
-        self.persist_dir: Any = None  # additions are also written here (``persist_additions``), if set
+        self.run_dir: Path | None = None  # the run folder it was loaded from (``from_pretrained``, ``unisrec.fit``)
+        self.persist_dir: Path | None = None  # additions are also written here (``persist_addition``), if set
         self.max_items: int | None = None  # add_items refuses to grow the catalogue past this (CatalogueFullError)
         self.encode_batch = ENCODE_BATCH  # texts per language-model pass
         self._encode_lock = threading.Lock()  # one language-model pass at a time, whatever the calling threads
+
+    # -- loading and saving ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, run_dir: str | Path, device: str | torch.device = "cpu", backend: Backend = "torch"
+    ) -> Recommender:
+        """A saved run (config.json + safetensors, strictly checked) of any model kind, in eval mode, with its
+        catalogue; items added while it was served (``RUN/catalogue/``) come back.
+
+        A pre-trained run (no catalogue of its own) loads with an empty catalogue: ``add_items`` fills it
+        (zero-shot recommendations on a new domain).
+        """
+        run_dir = Path(run_dir)
+        model, config = from_pretrained(run_dir, device)
+        if model.n_items:
+            ids, texts = read_items(run_dir)
+            if len(ids) != model.n_items:
+                raise UnisrecError(f"{run_dir / 'items.parquet'}: {len(ids)} items for a model of {model.n_items}")
+        else:
+            ids, texts = [], []
+        model.eval()
+        info = {k: v for k, v in config.items() if k not in CHECKPOINT_KEYS}
+        recommender = cls(model, Catalogue(ids, texts), config.get("text_encoder"), backend=backend, info=info)
+        recommender.run_dir = run_dir
+        added = run_dir / ADDED_DIR
+        if added.is_dir():  # items added while it was served (``unisrec serve``) come back
+            replay_additions(recommender, added)
+        return recommender
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the model with its catalogue (ids, texts, the text vectors of added items) and the run's records:
+        config.json, model.safetensors, items.safetensors, items.parquet (no pickle)."""
+        with self._lock:
+            model, catalogue = self.model, self.catalogue
+            extra = dict(self.info)
+            if self.text_encoder_info:
+                extra["text_encoder"] = self.text_encoder_info
+            if not model.n_items:
+                return save_pretrained(model, directory, extra=extra, save_text=False)
+            if extra.get("kind") == "pretrained":
+                extra.pop("kind")  # items were added: it now ranks a catalogue of its own
+            return save_pretrained(model, directory, item_ids=catalogue.item_ids, item_texts=catalogue.texts,
+                                   extra=extra)
+
+    def export_vectors(
+        self, out: str | Path, data_dir: str | Path | None = None, index: bool = True
+    ) -> ExportManifest:
+        """Item (and, with ``data_dir``, user sequence) vectors as .npy + .safetensors, and a FAISS index
+        (``unisrec.export``): ``sequences[u] . items[i]`` is the model's logit."""
+        return export_vectors(self, out, data_dir=data_dir, index=index)
 
     # -- tables ------------------------------------------------------------------------------------------
 
@@ -246,7 +215,8 @@ class Recommender:
             key = _weights_key(self.model)
             if self._table is None or self._items is None or key != self._key:
                 self._items = adapted_items(self.model)
-                self._table = self.model.scoring_table(self._items).contiguous()
+                with eval_mode(self.model):  # e.g. BERT4Rec's table holds its per-item output bias (a parameter)
+                    self._table = self.model.scoring_table(self._items).contiguous()
                 self._coarse = CoarseTable.build(self._table)
                 self._key, self._faiss = key, None
             return self._items, self._table
@@ -255,10 +225,8 @@ class Recommender:
         """(N, H) item vectors whose inner product with ``query_vectors`` is the model's logit (cached)."""
         return self.tables()[1]
 
-    def faiss_index(self) -> Any:
+    def faiss_index(self) -> FlatIndex:
         """The exact inner-product FAISS index of the scoring table (built on first use)."""
-        from unisrec.export import flat_ip_index
-
         with self._lock:
             table = self.scoring_table()
             if self._faiss is None:
@@ -284,7 +252,7 @@ class Recommender:
     def queries_of_rows(self, histories: Sequence[np.ndarray]) -> Tensor:
         """Catalogue rows of B histories -> (B, H) query vectors (the last ``max_seq_len`` items of each)."""
         model = self.model
-        device = next(model.parameters()).device
+        device = model.device
         cut = [h[-model.config.max_seq_len:] for h in histories]
         unique, local = np.unique(np.concatenate(cut), return_inverse=True)  # (M,), (sum L,)
         items, _ = self.tables()
@@ -302,7 +270,7 @@ class Recommender:
         position: dict[str, int] = {}
         local = np.asarray([position.setdefault(t, len(position)) for h in cut for t in h], dtype=np.int64)
         vectors = torch.from_numpy(self.encode_texts(list(position)))  # (M, D): each distinct text once
-        device = next(self.model.parameters()).device
+        device = self.model.device
         with eval_mode(self.model):
             table = self.model.item_table(text=vectors.to(device))  # (M, H)
             return self._queries([len(h) for h in cut], local, table)
@@ -342,8 +310,6 @@ class Recommender:
         if k < 1:
             raise UnisrecError(f"k must be >= 1, got {k}")
         if self.backend == "faiss":
-            from unisrec.export import faiss_search
-
             with self._lock:  # a FAISS index is not safe to search while items are being added
                 index = self.faiss_index()
                 scores, rows = faiss_search(index, queries, k, seen() if callable(seen) else seen)
@@ -397,13 +363,13 @@ class Recommender:
         """Known users and their histories (item ids, oldest first): what ``recommend(users=...)`` ranks for."""
         self.users = {str(u): [str(i) for i in h] for u, h in histories.items()}
 
-    def recommend(self, users: Sequence[Any], k: int = 10, exclude_seen: bool = True) -> Any:
+    def recommend(self, users: Sequence[str], k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
         """Top-k of known users (``set_users``; ``unisrec.fit`` sets the dataset's users) as a DataFrame with
         columns user_id, item_id, score, rank (1..k), text; users in the order asked."""
         known = self.users
         if isinstance(users, str) or not isinstance(users, Sequence):
             raise UnisrecError("users must be a list of user ids")
-        asked = [_as_id(u) for u in users]
+        asked = [as_item_id(u) for u in users]
         unknown = [u for u in asked if u not in known]
         if unknown:
             some = ", ".join(repr(u) for u in unknown[:5])
@@ -416,7 +382,7 @@ class Recommender:
 
     def recommend_histories(
         self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True, by_text: bool = False
-    ) -> Any:
+    ) -> pd.DataFrame:
         """Top-k of ad-hoc histories (item ids, or texts with ``by_text``) as a DataFrame like ``recommend``;
         user_id is the history's position in ``histories``."""
         if isinstance(histories, str) or not all(isinstance(h, Sequence) and not isinstance(h, str)
@@ -432,9 +398,11 @@ class Recommender:
     # -- new items ---------------------------------------------------------------------------------------
 
     def _require_text_only(self, what: str) -> None:
-        repr_ = self.model.config.item_repr
-        if repr_ != "text":
+        if not self.model.adds_items_by_text:
+            repr_, architecture = self.model.config.item_repr, self.model.config.architecture
             kind = "transductive (text + ID)" if repr_ == "text+id" else "ID-only (SASRec)"
+            if architecture != "unisrec":
+                kind = f"{architecture} ({'text + ID' if repr_ == 'text+id' else 'ID-only'})"
             raise ItemConflictError(
                 f"{what} needs an inductive (text-only) model; this model is {kind}, whose items also need "
                 "a learned ID vector: fine-tune with --mode inductive to add items by their text alone"
@@ -442,8 +410,7 @@ class Recommender:
 
     def text_encoder(self) -> TextEncoder:
         """The run's language model, loaded once; its files must match the fingerprint recorded in the run."""
-        from unisrec.config import TextConfig
-        from unisrec.text_encoder import TextEncoder
+        from unisrec.text_encoder import TextEncoder  # the language-model stack, loaded on first use
 
         with self._lock:
             if self._encoder is None:
@@ -503,11 +470,10 @@ class Recommender:
                 persist_addition(self.persist_dir, ids, texts, new)  # cannot lose it
             model = self.model
             items, table = self.tables()  # current ones, before the model changes
-            current: Tensor = model.item_text  # (N, D) buffer
-            model.item_text = torch.cat([current, new.to(current.device)])  # (N + M, D)
-            model.n_items += len(ids)
+            model.extend_items(new)  # (N + M, D) text buffer, n_items + M: the model owns them
             added = adapted_items(model, text=new)  # (M, H): only the new items are adapted
-            added_scoring = model.scoring_table(added)  # (M, H)
+            with eval_mode(model):
+                added_scoring = model.scoring_table(added)  # (M, H)
             self.catalogue.append(ids, texts)  # before the tables grow: a ranked row always has an id
             # new tensors: readers holding the old ones are unaffected
             self._items, self._table = torch.cat([items, added]), torch.cat([table, added_scoring])
@@ -520,17 +486,8 @@ class Recommender:
 
 # -- items added while serving: persisted beside the run -------------------------------------------------
 
-ADDED_DIR = "catalogue"  # RUN/catalogue/NNNNNNNN.safetensors: one file per addition, replayed in order
-
-
-def persist_addition(folder: Any, ids: Sequence[str], texts: Sequence[str], vectors: Tensor) -> Any:
+def persist_addition(folder: str | Path, ids: Sequence[str], texts: Sequence[str], vectors: Tensor) -> Path:
     """Write one addition (ids, texts, (M, D) vectors) atomically and fsynced as the next numbered file."""
-    import json
-    from pathlib import Path
-
-    from unisrec.checkpoint import save_tensors
-    from unisrec.locking import waiting_for
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with waiting_for(folder / ".lock"):  # two servers of one run never take the same number
@@ -543,13 +500,8 @@ def persist_addition(folder: Any, ids: Sequence[str], texts: Sequence[str], vect
     return path
 
 
-def replay_additions(recommender: Recommender, folder: Any) -> int:
+def replay_additions(recommender: Recommender, folder: str | Path) -> int:
     """Add the items of every persisted addition in ``folder`` (in order, by their stored vectors)."""
-    import json
-    from pathlib import Path
-
-    from safetensors import safe_open
-
     files = sorted((p for p in Path(folder).glob("*.safetensors") if p.stem.isdigit()), key=lambda p: int(p.stem))
     added = 0
     for path in files:
@@ -565,84 +517,7 @@ def replay_additions(recommender: Recommender, folder: Any) -> int:
     return added
 
 
-# -- loading and saving a model with its catalogue ------------------------------------------------------
-
-CHECKPOINT_KEYS = ("format", "format_version", "unisrec_version", "model", "n_items", "text_dim", "parameters")
-
-
-def load_model(run_dir: Any, device: str | torch.device = "cpu", backend: Backend = "torch") -> UniSRec:
-    """A saved run (``finetune``) as an eval-mode model with its catalogue attached (``model.recommender``).
-
-    A pre-trained run (no catalogue of its own) loads with an empty catalogue: ``add_items`` fills it
-    (zero-shot recommendations on a new domain).
-    """
-    from pathlib import Path
-
-    from unisrec.checkpoint import from_pretrained, read_items
-
-    loaded, config = from_pretrained(run_dir, device)
-    # baselines load too and share the interface serving uses (SequenceModel + packed_sequence_vectors),
-    # except that only UniSRec adds items by text (Recommender checks the item representation)
-    model = cast("UniSRec", loaded)
-    if model.n_items:
-        ids, texts = read_items(run_dir)
-        if len(ids) != model.n_items:
-            raise UnisrecError(f"{Path(run_dir) / 'items.parquet'}: {len(ids)} items for a model of {model.n_items}")
-    else:
-        ids, texts = [], []
-    model.eval()
-    model.saved_info = {k: v for k, v in config.items() if k not in CHECKPOINT_KEYS}
-    model.recommender = Recommender(model, Catalogue(ids, texts), config.get("text_encoder"), backend=backend)
-    added = Path(run_dir) / ADDED_DIR
-    if added.is_dir():  # items added while it was served (``unisrec serve``) come back
-        replay_additions(model.recommender, added)
-    return model
-
-
-def save_model(model: UniSRec, directory: Any) -> Any:
-    """``save_pretrained`` with the catalogue (ids, texts, text vectors of added items) and the run's records."""
-    from unisrec.checkpoint import save_pretrained
-
-    recommender = model.recommender
-    extra = dict(model.saved_info)
-    if recommender is None:
-        return save_pretrained(model, directory, extra=extra, save_text=model.n_items > 0)
-    catalogue = recommender.catalogue
-    if recommender.text_encoder_info:
-        extra["text_encoder"] = recommender.text_encoder_info
-    if model.n_items and extra.get("kind") == "pretrained":
-        extra.pop("kind")  # items were added: it now ranks a catalogue of its own
-    if not model.n_items:
-        return save_pretrained(model, directory, extra=extra, save_text=False)
-    return save_pretrained(model, directory, item_ids=catalogue.item_ids, item_texts=catalogue.texts, extra=extra)
-
-
-def recommender_of(model: UniSRec) -> Recommender:
-    if model.recommender is None:
-        raise UnisrecError(
-            "this model has no item catalogue: load a run with UniSRec.from_pretrained(run_dir) or call "
-            "model.set_catalogue(item_ids, texts)"
-        )
-    return model.recommender
-
-
-def recommend(
-    model: UniSRec, histories: Sequence[Any], k: int = 10, exclude_seen: bool = True, by_text: bool = False
-) -> Any:
-    """One history (a list of str) -> a list of ``Recommendation``; many (a list of lists) -> a DataFrame
-    with columns history (its position in the input), rank (1 = best), item_id, score, text."""
-    if isinstance(histories, str) or not isinstance(histories, Sequence) or len(histories) == 0:
-        raise UnisrecError("give one history (a list of item ids) or a non-empty list of histories")
-    if all(isinstance(entry, str) for entry in histories):
-        return recommender_of(model).recommend_lists([histories], k, exclude_seen, by_text)[0]
-    if not all(isinstance(h, Sequence) and not isinstance(h, str) for h in histories):
-        raise UnisrecError("a history is a list of item ids (or texts); got a mix of lists and other values")
-    results = recommender_of(model).recommend_lists(histories, k, exclude_seen, by_text)
-    frame = to_frame(results, list(range(len(results))))
-    return frame.rename(columns={"user_id": "history"})[["history", "rank", "item_id", "score", "text"]]
-
-
-def to_frame(results: list[list[Recommendation]], users: Sequence[Any]) -> Any:
+def to_frame(results: list[list[Recommendation]], users: Sequence[object]) -> pd.DataFrame:
     """Ranked lists -> DataFrame user_id, item_id, score, rank (1 = best), text; one block per user in order."""
     import pandas as pd
 

@@ -3,7 +3,12 @@
 A record holds what a table cell or a re-verification needs: the exact command, settings and seed, the git
 commit of the code, fingerprints of the data and of the text vectors, valid and test metrics, the best
 epoch and the per-epoch curve, wall time and peak memory, the machine, and the long-tail counts (hits per
-popularity group of the test targets, so long-tail tables need no per-user ranks).
+popularity group of the test targets, so long-tail tables need no per-user ranks). ``unisrec report
+--report-only`` rebuilds a report from these files alone (``unisrec.report_writer``).
+
+Format versions (readers accept every one): 1 = long-tail groups with hits@10, hits@50 and dcg@10;
+2 = also hits@20, dcg@20, dcg@50 and rr@K (reciprocal-rank sums, for mrr@K) for K in 10, 20, 50, and any
+number of groups (``unisrec report`` asks for its config's ``long_tail.groups``).
 
     unisrec record RUN_DIR [RUN_DIR ...] --out-dir results/NAME       # writes results/NAME/<run folder>.json
 """
@@ -24,7 +29,8 @@ from unisrec.atomic import atomic_write_json
 from unisrec.json_io import read_json
 
 RECORD_FORMAT = "unisrec-run-record"
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+LONG_TAIL_KS = (10, 20, 50)
 
 
 def git_commit(start: Path | None = None) -> dict[str, str | bool]:
@@ -77,7 +83,7 @@ def _curve(run_dir: Path) -> list[dict[str, Any]]:
     return curve
 
 
-def _long_tail(run_dir: Path, data_dir: Path) -> list[dict[str, Any]] | None:
+def _long_tail(run_dir: Path, data_dir: Path, n_groups: int = 5) -> list[dict[str, Any]] | None:
     from unisrec.analysis import RANKS_FILE, popularity_groups, split_targets, training_frequency
     from unisrec.datasets.processed import load_processed
 
@@ -85,15 +91,20 @@ def _long_tail(run_dir: Path, data_dir: Path) -> list[dict[str, Any]] | None:
         return None
     ranks = np.load(run_dir / RANKS_FILE)
     dataset = load_processed(data_dir)
-    groups = popularity_groups(training_frequency(dataset), split_targets(dataset), 5)
+    groups = popularity_groups(training_frequency(dataset), split_targets(dataset), n_groups)
     if len(groups.target_group) != len(ranks):
         return None
     rows = []
     for g in range(len(groups.n_items)):
         here = ranks[groups.target_group == g]
-        rows.append({"group": g, "frequency_range": list(groups.frequency_range[g]), "items": int(groups.n_items[g]),
-                     "targets": len(here), "hits@10": int((here < 10).sum()), "hits@50": int((here < 50).sum()),
-                     "dcg@10": round(float(np.where(here < 10, 1.0 / np.log2(here + 2.0), 0.0).sum()), 6)})
+        row: dict[str, Any] = {"group": g, "frequency_range": list(groups.frequency_range[g]),
+                               "items": int(groups.n_items[g]), "targets": len(here)}
+        for k in LONG_TAIL_KS:
+            hit = here < k
+            row[f"hits@{k}"] = int(hit.sum())
+            row[f"dcg@{k}"] = round(float(np.where(hit, 1.0 / np.log2(here + 2.0), 0.0).sum()), 6)
+            row[f"rr@{k}"] = round(float(np.where(hit, 1.0 / (here + 1.0), 0.0).sum()), 6)
+        rows.append(row)
     return rows
 
 
@@ -102,7 +113,7 @@ def _card_command(run_dir: Path) -> str | None:
     return str(read_json(card).get("command")) if card.exists() else None
 
 
-def run_record(run_dir: str | Path) -> dict[str, Any]:
+def run_record(run_dir: str | Path, *, long_tail_groups: int = 5) -> dict[str, Any]:
     """The record of one finished run folder (fine-tuning, pre-training or zero-shot evaluation)."""
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "metrics.json")
@@ -141,16 +152,24 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
     if isinstance(data, str):
         name = metrics.get("dataset") or Path(data).name
         record["data"] = {"name": name, "fingerprint": data_fingerprint(Path(data))}
-        record["long_tail"] = _long_tail(run_dir, Path(data))
+        record["long_tail"] = _long_tail(run_dir, Path(data), long_tail_groups)
     elif isinstance(data, list):
         record["data"] = [{"name": Path(d).name, "fingerprint": data_fingerprint(Path(d))} for d in data]
     return record
 
 
-def write_record(run_dir: Path, path: Path) -> Path:
+def write_record(run_dir: Path, path: Path, *, long_tail_groups: int = 5) -> Path:
     """Write the record of ``run_dir`` to ``path`` (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_json(path, run_record(run_dir))
+    return atomic_write_json(path, run_record(run_dir, long_tail_groups=long_tail_groups))
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A record file (any format version), or None when it is missing or not a run record."""
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None
 
 
 def write_records(run_dirs: list[Path], out_dir: Path) -> list[Path]:

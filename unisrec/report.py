@@ -5,8 +5,10 @@ Layout of DIR::
     data/NAME/                   prepared datasets (with their cached text vectors)
     pretrain/NAME/seed-S/        pre-training runs;  runs/EXPERIMENT/seed-S/  fine-tuning / zero-shot runs
     .../seed-S.json              beside every folder: the settings it was made with (its "spec")
-    report.md, results.json      tables (mean ± std over seeds) and the numbers behind them
-    curves-*.png, long_tail.png, transfer.png
+
+The report itself (report.md, report.json, curves-*.png, long_tail.png, transfer.png) is written into the
+results folder, beside the run records it is made from (``unisrec.report_writer``), so that
+``--report-only`` regenerates it from the committed records alone.
 
 A run is reused when its spec file equals the spec the config asks for and it finished (metrics.json); an
 interrupted run with the same spec is resumed; a run whose spec changed (config edited, or a pre-training
@@ -286,8 +288,11 @@ def priority_order(runs: list[PlannedRun], seeds: tuple[int, ...] | list[int]) -
     return sorted(runs, key=rank)
 
 
-def record_name(run: PlannedRun) -> str:
-    """The record file name of a run: ``finetune-sasrec-seed-2022``, ``pretrain-amazon-seed-2022``, ..."""
+def record_name(run: PlannedRun, config: ReportConfig | None = None) -> str | None:
+    """The record file name of a run: ``finetune-sasrec-seed-2022``, ``pretrain-amazon-seed-2022``, ... (or the
+    config's ``record`` name); None for a run the config gives no record of its own."""
+    if config is not None:
+        return config.record_name(run.kind, run.name, run.seed)
     return f"{run.kind}-{run.name}" + (f"-seed-{run.seed}" if run.seed is not None else "")
 
 
@@ -325,11 +330,14 @@ def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir:
     log = log or sys.stderr
     record_file = results_dir / f"{name}.json"
     if not record_file.exists():
-        known = ", ".join(sorted(p.stem for p in results_dir.glob("*.json"))[:5]) or "none"
+        from unisrec.records import read_record
+
+        names = sorted(p.stem for p in results_dir.glob("*.json") if read_record(p) is not None)
+        known = ", ".join(names[:5]) or "none"
         raise UnisrecError(f"{record_file}: no such record (records there: {known})")
     record = json.loads(record_file.read_text())
     config = load_report_config(config_path, data_root=data_root)
-    matches = [r for r in plan_runs(config, Path(out)) if record_name(r) == name]
+    matches = [r for r in plan_runs(config, Path(out)) if record_name(r, config) == name]
     if not matches or matches[0].kind == "prepare":
         raise UnisrecError(f"{name}: not a training run of {config_path}")
     run = matches[0]
@@ -348,7 +356,7 @@ def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir:
 
 def run_report(
     config_path: str | Path,
-    out: str | Path,
+    out: str | Path | None,
     *,
     data_root: str | None = None,
     only: list[str] | None = None,
@@ -357,16 +365,32 @@ def run_report(
     log: TextIO | None = None,
     budget_minutes: float | None = None,
     results_dir: Path | None = None,
+    command: str | None = None,
 ) -> Path:
-    """Run what is missing (unless ``report_only``) and write ``out/report.md``; ``dry_run`` only prints the plan.
+    """Run what is missing (unless ``report_only``), then write ``results_dir/report.md`` from the records;
+    ``dry_run`` only prints the plan.
 
     Missing runs go seed-major (the first seed of every experiment before the second), each preceded by what it
     needs. ``budget_minutes``: do not start a run whose estimated time (the median of its kind's earlier
-    records) exceeds what is left; rerun to go on. ``results_dir``: write a record of every finished run
-    there (``unisrec.records``; small JSON files to commit).
+    records) exceeds what is left; rerun to go on. ``results_dir`` (default ``out/results``): the records of
+    finished runs (``unisrec.records``; small JSON files to commit), one per run, written for every finished
+    run that lacks one; the report is made from them alone. ``report_only`` needs no ``out``: it reads only
+    the records. ``command``: how the report names the command that regenerates it.
     """
     log = log or sys.stderr
     config = load_report_config(config_path, data_root=data_root)
+    if out is None and not report_only:
+        raise UnisrecError("--out is needed to run experiments (only --report-only works from the records alone)")
+    if results_dir is None:
+        if out is None:
+            raise UnisrecError("--report-only without --out needs the results folder of the records")
+        results_dir = Path(out) / "results"
+    from unisrec.report_writer import write_report
+
+    command = command or f"unisrec report {config_path} --report-only --results {results_dir}"
+    if report_only:
+        return write_report(config, results_dir, command)
+    assert out is not None
     out = Path(out)
     if not dry_run:
         hold_folder(out)  # one report runner per report folder
@@ -374,25 +398,33 @@ def run_report(
     if dry_run:
         for run in runs:
             print(f"{run.status():6} {run.out}\n       {run.command()}", file=log)
-        return out / "report.md"
-    if not report_only:
-        todo = priority_order([r for r in runs if r.status() != "cached"], config.seeds)
-        print(f"{len(runs) - len(todo)} of {len(runs)} runs reused, {len(todo)} to run", file=log)
-        began = time.perf_counter()
-        for index, run in enumerate(todo, 1):
-            if budget_minutes is not None:
-                left = budget_minutes * 60 - (time.perf_counter() - began)
-                guess = estimate_seconds(run, results_dir)
-                if (guess is not None and guess > left) or left <= 0:
-                    print(f"budget: stopping before {run.kind} {run.out} (estimated "
-                          f"{(guess or 0) / 60:.1f} min, {max(left, 0) / 60:.1f} min left); rerun to go on", file=log)
-                    break
-            print(f"[{index}/{len(todo)}] {run.status()} {run.kind} {run.out}", file=log)
-            started = time.perf_counter()
-            execute(run)
-            if run.kind != "prepare" and results_dir is not None:
-                write_record(run.out, results_dir / f"{record_name(run)}.json")
-            print(f"[{index}/{len(todo)}] done in {time.perf_counter() - started:.0f}s", file=log)
-    from unisrec.report_writer import write_report
+        return results_dir / "report.md"
+    groups = config.long_tail.groups if config.long_tail is not None else 5
 
-    return write_report(config, out, plan_runs(config, out))
+    def record(run: PlannedRun) -> None:
+        name = record_name(run, config)
+        if run.kind != "prepare" and name is not None:
+            write_record(run.out, results_dir / f"{name}.json", long_tail_groups=groups)
+
+    for run in runs:  # finished runs without a record (e.g. made before records existed) get one now
+        name = record_name(run, config)
+        if run.kind != "prepare" and name is not None and run.status() == "cached" \
+                and not (results_dir / f"{name}.json").exists():
+            record(run)
+    todo = priority_order([r for r in runs if r.status() != "cached"], config.seeds)
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs reused, {len(todo)} to run", file=log)
+    began = time.perf_counter()
+    for index, run in enumerate(todo, 1):
+        if budget_minutes is not None:
+            left = budget_minutes * 60 - (time.perf_counter() - began)
+            guess = estimate_seconds(run, results_dir)
+            if (guess is not None and guess > left) or left <= 0:
+                print(f"budget: stopping before {run.kind} {run.out} (estimated "
+                      f"{(guess or 0) / 60:.1f} min, {max(left, 0) / 60:.1f} min left); rerun to go on", file=log)
+                break
+        print(f"[{index}/{len(todo)}] {run.status()} {run.kind} {run.out}", file=log)
+        started = time.perf_counter()
+        execute(run)
+        record(run)
+        print(f"[{index}/{len(todo)}] done in {time.perf_counter() - started:.0f}s", file=log)
+    return write_report(config, results_dir, command)

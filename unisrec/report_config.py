@@ -29,6 +29,10 @@ YAML schema (unknown keys are errors; relative paths are relative to the config 
 - ``experiments[].init``: a pre-training name, or the name of an EARLIER experiment (its run of the same
   seed; e.g. a zesrec source-domain run). ``command: zeroshot`` evaluates ``init`` on the dataset with no
   training (text models only).
+- ``record`` (experiments and pre-trainings): the name of its record files under the results folder, with
+  ``{seed}`` for the seed (default ``finetune-NAME-seed-{seed}``, ``pretrain-NAME-seed-{seed}``,
+  ``zeroshot-NAME-seed-{seed}``); lets a config adopt records made by hand (``unisrec record``). A name
+  without ``{seed}`` is the record of the first seed only.
 - ``tables``: the report tables that list the experiment (in order of first appearance); ``reference``: an
   experiment the table compares it with (relative change of every metric); ``paper``: the column of the
   paper's Table 2 (SASRec, UniSRec_t, UniSRec_t+ID) shown beside it when its dataset has ``paper`` set.
@@ -62,6 +66,7 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float, float]]] = {
                       "UniSRec_t+ID": (0.1537, 0.0724, 0.3885, 0.1239)},
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_RECORD = re.compile(r"^[A-Za-z0-9{][A-Za-z0-9_.+{}-]*$")
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class PretrainSpec:
     overrides: tuple[str, ...] = ()
     seed: int | None = None  # shared run with this seed; None: one run per experiment seed
     label: str | None = None  # how plots and tables name the corpus (default: the pre-training name)
+    record: str | None = None  # record file name ({seed}: the seed); default pretrain-NAME-seed-{seed}
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class ExperimentSpec:
     label: str | None = None  # row name in the report (default: name)
     paper: str | None = None  # SASRec | UniSRec_t | UniSRec_t+ID
     reference: str | None = None  # compared with this experiment in its tables
+    record: str | None = None  # record file name ({seed}: the seed); default COMMAND-NAME-seed-{seed}
 
     @property
     def title(self) -> str:
@@ -158,6 +165,20 @@ class ReportConfig:
     def tables(self) -> list[str]:
         return list(dict.fromkeys(t for e in self.experiments for t in e.tables))
 
+    def record_name(self, kind: str, name: str, seed: int | None) -> str | None:
+        """The record file name (without .json) of a run, or None when its record names only the first seed."""
+        template = None
+        if kind == "pretrain":
+            template = self.pretrain[name].record if name in self.pretrain else None
+        elif kind in ("finetune", "zeroshot"):
+            template = self.experiment(name).record
+        if template is None:
+            return f"{kind}-{name}" + (f"-seed-{seed}" if seed is not None else "")
+        if "{seed}" in template:
+            return template.replace("{seed}", str(seed))
+        first = self.pretrain[name].seed if kind == "pretrain" and name in self.pretrain else self.seeds[0]
+        return template if seed in (None, first) else None
+
 
 def load_report_config(path: str | Path, *, data_root: str | None = None) -> ReportConfig:
     """Read and check a report config; ``data_root`` replaces the file's (relative to the working directory)."""
@@ -209,6 +230,7 @@ def check_report_config(config: ReportConfig, where: str) -> None:
                 fail(f"pretrain.{name}: unknown dataset {d!r}")
         if not pre.datasets:
             fail(f"pretrain.{name}: no datasets")
+        _check_record(pre.record, f"pretrain.{name}", fail)
     seen: set[str] = set()
     for e in config.experiments:
         at = f"experiment {e.name!r}"
@@ -228,7 +250,12 @@ def check_report_config(config: ReportConfig, where: str) -> None:
             fail(f"{at}: paper must be one of {', '.join(PAPER_TABLE2['Scientific'])}")
         if e.reference is not None and e.reference not in {x.name for x in config.experiments}:
             fail(f"{at}: unknown reference {e.reference!r}")
+        _check_record(e.record, at, fail)
         seen.add(e.name)
+    records = [config.record_name(e.command, e.name, s) for e in config.experiments for s in config.seeds]
+    named = [r for r in records if r is not None]
+    if len(set(named)) != len(named):
+        fail("two runs share a record name (record templates need {seed} to tell seeds apart)")
     if config.long_tail is not None:
         tail = config.long_tail
         for name in tail.experiments:
@@ -250,3 +277,11 @@ def check_report_config(config: ReportConfig, where: str) -> None:
                 fail(f"transfer: experiment {name!r} is not initialised from a pre-training run")
         if transfer.metric not in config.metrics:
             fail(f"transfer.metric {transfer.metric!r} is not one of metrics {list(config.metrics)}")
+
+
+def _check_record(template: str | None, at: str, fail: Any) -> None:
+    if template is None:
+        return
+    if not _RECORD.match(template) or template.replace("{seed}", "").count("{") or \
+            template.replace("{seed}", "").count("}"):
+        fail(f"{at}: record {template!r}: use letters, digits, _ . + - and {{seed}}")

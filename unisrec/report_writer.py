@@ -1,39 +1,61 @@
-"""report.md, results.json and the PNG plots of ``unisrec report``, from the finished runs of a plan.
+"""report.md, report.json and the PNG plots of ``unisrec report``, from the run records alone.
 
-Only runs whose spec matches the config count ("cached"); a missing seed shows in the seeds column. Means
-and sample standard deviations (ddof = 1) are taken over seeds; relative changes are of the means.
+The report is a function of the config and of the record files in the results folder
+(``results/<report>/<run>.json``, ``unisrec.records``): no run folder, no dataset is read, so
+``unisrec report CONFIG --report-only`` regenerates it on any checkout, and a test can require the committed
+report.md to equal its regeneration. The text is deterministic: no dates or paths of the machine, fixed float
+formats, rows in config order and seeds in config order. A run without a record shows as "not run".
+
+Means and sample standard deviations (ddof = 1) are taken over seeds; relative changes are of the means.
+Plots (``*.png``) are drawn when matplotlib is installed; report.md names them either way, so that it does not
+depend on what is installed.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from unisrec.atomic import atomic_write_json, atomic_write_text
+from unisrec.records import read_record
 from unisrec.report_config import PAPER_CITATION, PAPER_METRICS, PAPER_TABLE2, ReportConfig
 
-if TYPE_CHECKING:
-    from unisrec.report import PlannedRun
-
-Results = dict[str, dict[int, dict[str, Any]]]  # experiment -> seed -> metrics.json (+ "_dir")
+NOT_RUN = "not run"
+Results = dict[str, dict[int, dict[str, Any]]]  # experiment -> seed -> record
 
 
-def collect(runs: list[PlannedRun]) -> tuple[Results, dict[str, list[PlannedRun]]]:
-    """Finished experiment runs by name and seed, and finished pre-training runs by name."""
+@dataclass
+class Records:
+    """The records a report is made of, found by the record names of its config."""
+
+    results: Results  # fine-tuning and zero-shot records
+    pretrained: dict[str, dict[str, Any]]  # pre-training name -> the record of its first recorded seed
+    planned: list[tuple[str, int, str | None]]  # (experiment, seed, record name or None) in config order
+
+
+def load_records(config: ReportConfig, results_dir: Path) -> Records:
     results: Results = {}
-    pretrained: dict[str, list[PlannedRun]] = {}
-    for run in runs:
-        if run.status() != "cached":
-            continue
-        if run.kind in ("finetune", "zeroshot"):
-            metrics = json.loads(run.done_file.read_text())
-            results.setdefault(run.name, {})[int(run.seed or 0)] = {**metrics, "_dir": str(run.out)}
-        elif run.kind == "pretrain":
-            pretrained.setdefault(run.name, []).append(run)
-    return results, pretrained
+    planned: list[tuple[str, int, str | None]] = []
+    for e in config.experiments:
+        for seed in config.seeds:
+            name = config.record_name(e.command, e.name, seed)
+            planned.append((e.name, seed, name))
+            record = read_record(results_dir / f"{name}.json") if name else None
+            if record is not None and isinstance(record.get("test"), dict):
+                results.setdefault(e.name, {})[seed] = {**record, "_record": name}
+    pretrained: dict[str, dict[str, Any]] = {}
+    for name, pre in config.pretrain.items():
+        seeds = [pre.seed] if pre.seed is not None else list(config.seeds)
+        for seed in seeds:
+            record_name = config.record_name("pretrain", name, seed)
+            record = read_record(results_dir / f"{record_name}.json") if record_name else None
+            if record is not None:
+                pretrained[name] = record
+                break
+    return Records(results, pretrained, planned)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -46,6 +68,10 @@ def cell(values: list[float]) -> str:
         return "—"
     mean, std = mean_std(values)
     return f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def _cell(values: list[float]) -> str:
+    return cell(values) if values else NOT_RUN
 
 
 def _test(results: Results, name: str, metric: str) -> list[float]:
@@ -62,6 +88,10 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "table"
 
 
+def _number(value: Any, digits: int) -> str:
+    return f"{float(value):.{digits}f}" if isinstance(value, (int, float)) else "—"
+
+
 def table_section(config: ReportConfig, table: str, results: Results) -> list[str]:
     rows = [e for e in config.experiments if table in e.tables]
     metrics = list(config.metrics)
@@ -75,10 +105,10 @@ def table_section(config: ReportConfig, table: str, results: Results) -> list[st
         header.append(f"{key} vs reference")
     lines = [f"## {table}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in rows:
-        runs = results.get(e.name, {})
-        best = [float(m.get("best_epoch", 0)) for m in runs.values()]
-        speed = [float(m["seconds_per_epoch"]) for m in runs.values() if m.get("seconds_per_epoch")]
-        row = [e.title, e.dataset, *(cell(_test(results, e.name, m)) for m in metrics),
+        runs = [m for _, m in sorted(results.get(e.name, {}).items())]
+        best = [float(m["best_epoch"]) for m in runs if isinstance(m.get("best_epoch"), (int, float))]
+        speed = [float(m["seconds_per_epoch"]) for m in runs if m.get("seconds_per_epoch")]
+        row = [e.title, e.dataset, *(_cell(_test(results, e.name, m)) for m in metrics),
                f"{len(runs)}/{len(config.seeds)}", f"{np.mean(best):.1f}" if best else "—",
                f"{np.mean(speed):.1f}" if speed else "—"]
         if paper:
@@ -94,37 +124,47 @@ def table_section(config: ReportConfig, table: str, results: Results) -> list[st
     return [*lines, ""]
 
 
-def long_tail_section(config: ReportConfig, results: Results, out: Path, plots: bool) -> tuple[list[str], dict]:
-    from unisrec.analysis import load_ranks, metrics_by_group, popularity_groups, split_targets, training_frequency
-    from unisrec.datasets import load_processed
+def group_metric(row: dict[str, Any], metric: str) -> float | None:
+    """A long-tail metric of one popularity group of a record (None when the record lacks its counts)."""
+    name, k = metric.split("@")
+    key = {"recall": "hits", "ndcg": "dcg", "mrr": "rr"}[name] + f"@{k}"
+    targets = row.get("targets") or 0
+    return float(row[key]) / targets if key in row and targets else None
 
+
+def long_tail_section(config: ReportConfig, results: Results, out: Path,
+                      plots: bool) -> tuple[list[str], dict[str, Any]]:
     spec = config.long_tail
     assert spec is not None
-    names = [n for n in spec.experiments if results.get(n)]
-    if not names:
-        return ["## Long tail", "", "No finished runs yet.", ""], {}
-    dataset = load_processed(_dataset_dir(config, out, config.experiment(names[0]).dataset))
-    groups = popularity_groups(training_frequency(dataset), split_targets(dataset), spec.groups)
-    k = int(spec.metric.split("@")[1])
+    heading = [f"## Long tail: test {spec.metric} by popularity of the target item", "",
+               f"Items ordered by their number of training interactions and cut into {spec.groups} groups with "
+               "about equal numbers of test targets (group 1 = least popular; `unisrec.analysis`); from the "
+               "hit counts per group in the records.", ""]
     per: dict[str, list[list[float]]] = {}  # experiment -> group -> values over seeds
-    for name in names:
+    shape: list[dict[str, Any]] | None = None  # the groups (frequency range, items, targets) of the records
+    for name in spec.experiments:
         per[name] = [[] for _ in range(spec.groups)]
-        for metrics in results[name].values():
-            for g, m in enumerate(metrics_by_group(load_ranks(metrics["_dir"]), groups, (k,))):
-                if m is not None:
-                    per[name][g].append(m[spec.metric])
+        for _, record in sorted(results.get(name, {}).items()):
+            rows = record.get("long_tail")
+            if not isinstance(rows, list) or len(rows) != spec.groups:
+                continue  # no per-group counts, or counts of another number of groups
+            shape = shape or rows
+            for g, row in enumerate(rows):
+                value = group_metric(row, spec.metric)
+                if value is not None:
+                    per[name][g].append(value)
+    if shape is None:
+        return [*heading, "No record with per-group counts yet.", ""], {}
+    names = list(spec.experiments)
     titles = [config.experiment(n).title for n in names]
     header = ["group", "training interactions", "items", "test targets", *titles]
     if len(names) >= 2:
         header.append(f"{titles[-1]} vs {titles[0]}")
-    lines = [f"## Long tail: test {spec.metric} by popularity of the target item", "",
-             f"Items ordered by their number of training interactions and cut into {spec.groups} groups with "
-             "about equal numbers of test targets (group 1 = least popular; `unisrec.analysis`).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [*heading, "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in range(spec.groups):
-        lo, hi = groups.frequency_range[g]
-        row = [str(g + 1), f"{lo}–{hi}", str(groups.n_items[g]), str(groups.n_targets[g]),
-               *(cell(per[n][g]) for n in names)]
+        lo, hi = shape[g]["frequency_range"]
+        row = [str(g + 1), f"{lo}–{hi}", str(shape[g]["items"]), str(shape[g]["targets"]),
+               *(_cell(per[n][g]) for n in names)]
         if len(names) >= 2:
             row.append(_relative(per[names[-1]][g], per[names[0]][g]))
         lines.append("| " + " | ".join(row) + " |")
@@ -134,23 +174,19 @@ def long_tail_section(config: ReportConfig, results: Results, out: Path, plots: 
         series = {config.experiment(n).title: [mean_std(v) if v else (0.0, 0.0) for v in per[n]] for n in names}
         grouped_bars(out / "long_tail.png", [f"{i + 1}" for i in range(spec.groups)], series,
                      "popularity group (1 = least popular)", f"test {spec.metric}", "Long tail")
-        lines += ["", "![long tail](long_tail.png)"]
-    data = {n: [mean_std(v) if v else None for v in per[n]] for n in names}
+    lines += ["", "![long tail](long_tail.png)"]
+    data = {n: [list(mean_std(v)) if v else None for v in per[n]] for n in names}
     return [*lines, ""], data
 
 
-def _dataset_dir(config: ReportConfig, out: Path, name: str) -> Path:
-    d = config.datasets[name]
-    return config.resolve(d.path) if d.path is not None else out / "data" / name
-
-
-def transfer_section(config: ReportConfig, results: Results, out: Path, plots: bool) -> tuple[list[str], dict]:
+def transfer_section(config: ReportConfig, results: Results, out: Path,
+                     plots: bool) -> tuple[list[str], dict[str, Any]]:
     spec = config.transfer
     assert spec is not None
     base = _test(results, spec.baseline, spec.metric)
     header = ["pre-training corpus", "domains", f"test {spec.metric}", f"vs {config.experiment(spec.baseline).title}"]
     lines = [f"## Transfer: {spec.metric} by pre-training corpus", "",
-             f"Baseline: {config.experiment(spec.baseline).title} (no pre-training): {cell(base)}.", "",
+             f"Baseline: {config.experiment(spec.baseline).title} (no pre-training): {_cell(base)}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     labels, gains, errors, data = [], [], [], {}
     for name in spec.experiments:
@@ -158,7 +194,7 @@ def transfer_section(config: ReportConfig, results: Results, out: Path, plots: b
         assert e.init is not None
         pre = config.pretrain[e.init]
         values = _test(results, name, spec.metric)
-        lines.append(f"| {pre.label or e.init} | {len(pre.datasets)}: {', '.join(pre.datasets)} | {cell(values)} | "
+        lines.append(f"| {pre.label or e.init} | {len(pre.datasets)}: {', '.join(pre.datasets)} | {_cell(values)} | "
                      f"{_relative(values, base)} |")
         if values and base:
             base_mean = mean_std(base)[0]
@@ -167,54 +203,47 @@ def transfer_section(config: ReportConfig, results: Results, out: Path, plots: b
             gains.append(100 * (mean / base_mean - 1))
             errors.append(100 * std / base_mean)
             data[name] = {"gain_percent": gains[-1], "std_percent": errors[-1]}
-    if plots and labels:
-        from unisrec.report_plots import bars
+    if labels:
+        if plots:
+            from unisrec.report_plots import bars
 
-        bars(out / "transfer.png", labels, gains, errors, f"relative gain in test {spec.metric} (%)",
-             "Transfer gain by pre-training corpus (number of domains)")
+            bars(out / "transfer.png", labels, gains, errors, f"relative gain in test {spec.metric} (%)",
+                 "Transfer gain by pre-training corpus (number of domains)")
         lines += ["", "![transfer](transfer.png)"]
     return [*lines, ""], data
 
 
-def curves_section(config: ReportConfig, results: Results, pretrained: dict[str, list[PlannedRun]],
-                   out: Path) -> list[str]:
-    from unisrec.report_plots import curves
-
-    lines = ["## Training curves", "", "Validation metric per epoch (first finished seed of each experiment)."]
+def curves_section(config: ReportConfig, records: Records, out: Path, plots: bool) -> list[str]:
+    lines = ["## Training curves", "", "Validation metric per epoch (first recorded seed of each experiment)."]
     metric = "ndcg@10"
     for table in config.tables():
         series = {}
         for e in config.experiments:
-            if table in e.tables and results.get(e.name):
-                log = _read_log(Path(next(iter(results[e.name].values()))["_dir"]) / "train.log")
-                points = [(r["epoch"], r["valid"][metric]) for r in log if metric in r.get("valid", {})]
+            runs = records.results.get(e.name)
+            if table in e.tables and runs:
+                curve = runs[min(runs)].get("curve") or []
+                points = [(p["epoch"], p["valid"][metric]) for p in curve if metric in (p.get("valid") or {})]
                 if points:
                     series[e.title] = points
         if series:
             name = f"curves-{_slug(table)}.png"
-            curves(out / name, series, "epoch", f"valid {metric}", table)
+            if plots:
+                from unisrec.report_plots import curves
+
+                curves(out / name, series, "epoch", f"valid {metric}", table)
             lines += ["", f"![{table}]({name})"]
     series = {}
-    for name, runs in pretrained.items():
-        points = [(r["epoch"], r["train_loss"]) for r in _read_log(runs[0].out / "train.log") if "train_loss" in r]
+    for name, record in records.pretrained.items():
+        points = [(p["epoch"], p["train_loss"]) for p in record.get("curve") or [] if "train_loss" in p]
         if points:
             series[name] = points
     if series:
-        curves(out / "curves-pretrain.png", series, "epoch", "pre-training loss", "Pre-training")
+        if plots:
+            from unisrec.report_plots import curves
+
+            curves(out / "curves-pretrain.png", series, "epoch", "pre-training loss", "Pre-training")
         lines += ["", "![pre-training](curves-pretrain.png)"]
     return [*lines, ""]
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line of a killed run
-    return records
 
 
 def _have_matplotlib() -> bool:
@@ -225,18 +254,20 @@ def _have_matplotlib() -> bool:
     return True
 
 
-def write_report(config: ReportConfig, out: Path, runs: list[PlannedRun]) -> Path:
-    """Write ``out/report.md`` and ``out/results.json`` (and the plots, with matplotlib) from finished runs."""
-    out.mkdir(parents=True, exist_ok=True)
-    results, pretrained = collect(runs)
-    plots = _have_matplotlib()
+def render_report(config: ReportConfig, results_dir: Path, command: str, *,
+                  plots_to: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """(report.md text, report.json content) from the records in ``results_dir``; ``command`` regenerates it
+    (written in the report's first line). ``plots_to``: draw the PNGs there (with matplotlib)."""
+    records = load_records(config, results_dir)
+    results = records.results
+    plots = plots_to is not None and _have_matplotlib()
+    out = plots_to or results_dir
     finished = sum(len(v) for v in results.values())
-    planned = sum(1 for r in runs if r.kind in ("finetune", "zeroshot"))
-    lines = [f"# {config.title}", "",
+    lines = [f"<!-- Generated from the run records beside this file by `{command}`; do not edit. -->", "",
+             f"# {config.title}", "",
              f"Test metrics, full ranking over all items, mean ± sample std over seeds {list(config.seeds)} "
-             f"({finished} of {planned} runs finished). Model selection on validation ndcg@10.", ""]
-    if not plots:
-        lines += ["(No plots: install matplotlib, `pip install unisrec[report]`.)", ""]
+             f"({finished} of {len(records.planned)} runs recorded). Model selection on validation ndcg@10. "
+             "Plots (PNG) are drawn beside this file where matplotlib is installed.", ""]
     for table in config.tables():
         lines += table_section(config, table, results)
     extra: dict[str, Any] = {}
@@ -246,27 +277,32 @@ def write_report(config: ReportConfig, out: Path, runs: list[PlannedRun]) -> Pat
     if config.transfer is not None:
         section, extra["transfer"] = transfer_section(config, results, out, plots)
         lines += section
-    if plots:
-        lines += curves_section(config, results, pretrained, out)
-    lines += ["## Runs", "", "| run | seed | epochs | best epoch | s / epoch | train s | folder |",
+    lines += curves_section(config, records, out, plots)
+    lines += ["## Runs", "", "| experiment | seed | record | epochs | best epoch | s / epoch | train s |",
               "|---|---|---|---|---|---|---|"]
-    for name, seeds in results.items():
-        for seed, m in sorted(seeds.items()):
-            lines.append(f"| {name} | {seed} | {m.get('epochs', 0)} | {m.get('best_epoch', 0)} | "
-                         f"{m.get('seconds_per_epoch', 0):.1f} | {m.get('seconds_train', 0):.0f} | "
-                         f"{_relative_path(m['_dir'], out)} |")
+    for name, seed, record_name in records.planned:
+        m = results.get(name, {}).get(seed)
+        if m is None:
+            lines.append(f"| {name} | {seed} | {record_name or '—'} | {NOT_RUN} | | | |")
+            continue
+        lines.append(f"| {name} | {seed} | {record_name} | {m.get('epochs', '—')} | {m.get('best_epoch', '—')} | "
+                     f"{_number(m.get('seconds_per_epoch'), 1)} | {_number(m.get('seconds_train'), 0)} |")
+    if records.pretrained:
+        lines += ["", "| pre-training | record | seed | epochs | steps | train s |", "|---|---|---|---|---|---|"]
+        for name, r in records.pretrained.items():
+            lines.append(f"| {name} | {r.get('run')} | {r.get('seed')} | {r.get('epochs', '—')} | "
+                         f"{r.get('steps') or '—'} | {_number(r.get('seconds_train'), 0)} |")
     summary = {}
     for name, seeds in results.items():
         stats = {m: mean_std(_test(results, name, m)) for m in config.metrics if _test(results, name, m)}
         summary[name] = {"seeds": sorted(seeds), "test": {m: {"mean": v[0], "std": v[1]} for m, v in stats.items()},
                          "per_seed": {str(s): v["test"] for s, v in sorted(seeds.items())}}
-    atomic_write_json(out / "results.json", {"experiments": summary, **extra})
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    return out / "report.md"
+    return "\n".join(lines) + "\n", {"experiments": summary, **extra}
 
 
-def _relative_path(path: str, out: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(out.resolve()))
-    except ValueError:
-        return path
+def write_report(config: ReportConfig, results_dir: Path, command: str) -> Path:
+    """Write ``results_dir/report.md`` and ``report.json`` (and the plots, with matplotlib) from its records."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    text, summary = render_report(config, results_dir, command, plots_to=results_dir)
+    atomic_write_json(results_dir / "report.json", summary)
+    return atomic_write_text(results_dir / "report.md", text)

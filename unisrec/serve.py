@@ -1,4 +1,4 @@
-"""HTTP service over a model and its catalogue (FastAPI; ``unisrec serve RUN_DIR``).
+"""HTTP service over a ``Recommender`` (a model and its catalogue; FastAPI; ``unisrec serve RUN_DIR``).
 
     POST /recommend  {"histories": [["item id", ...], ...], "k": 10, "exclude_seen": true, "by_text": false}
                      -> {"results": [[{"item_id": ..., "score": ..., "text": ...}, ...], ...]}
@@ -57,18 +57,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from unisrec import __version__
 from unisrec.errors import UnisrecError
-from unisrec.model import UniSRec
 from unisrec.recommend import (
     ADDED_DIR,
     ENCODE_BATCH,
+    Backend,
     ItemConflictError,
     Recommendation,
     Recommender,
     UnknownItemError,
-    recommender_of,
 )
+from unisrec.version import __version__
 
 MAX_HISTORIES = 256  # histories per request
 MAX_HISTORY = 1000  # items per history (only the last max_seq_len are encoded)
@@ -313,20 +312,26 @@ def limits_text(max_body_bytes: int, max_catalogue: int) -> str:
     )
 
 
-def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
+def create_app(source: Recommender | str | Path, *, max_batch: int = 64, token: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, access_log: bool = False,
                max_catalogue: int = MAX_CATALOGUE, run_dir: str | Path | None = None) -> FastAPI:
-    """The FastAPI application serving ``model`` (loaded with ``UniSRec.from_pretrained``).
+    """The FastAPI application serving the recommender ``source`` (e.g. ``Recommender.from_pretrained(RUN)``), or
+    the run folder given instead (loaded on CPU, and then also the ``run_dir`` that POST /items persists to).
 
     ``token``: mutating endpoints (POST /items) require ``Authorization: Bearer <token>`` (401 otherwise).
     ``max_body_bytes``: larger request bodies are refused with 413 before they are parsed.
     ``access_log``: one line per request on stderr (client, method, path, status, milliseconds).
     ``max_catalogue``: POST /items may grow the catalogue to this many items (409 beyond).
-    ``run_dir``: the run folder ``model`` was loaded from; items added by POST /items are then written to
-    ``RUN/catalogue/`` before the answer (``UniSRec.from_pretrained(RUN)`` serves them again).
+    ``run_dir``: the run folder the recommender was loaded from; items added by POST /items are then written to
+    ``RUN/catalogue/`` before the answer (``Recommender.from_pretrained(RUN)`` serves them again).
     """
     check_limits(max_batch=max_batch, token=token, max_body_bytes=max_body_bytes, max_catalogue=max_catalogue)
-    recommender = recommender_of(model)
+    if isinstance(source, Recommender):
+        recommender = source
+    else:
+        recommender = Recommender.from_pretrained(source)
+        run_dir = source if run_dir is None else run_dir
+    model = recommender.model
     recommender.max_items = max_catalogue
     if run_dir is not None:
         recommender.persist_dir = Path(run_dir) / ADDED_DIR  # POST /items survives a restart (and kill -9)
@@ -481,7 +486,7 @@ def create_app(model: UniSRec, *, max_batch: int = 64, token: str | None = None,
     return app
 
 
-def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, backend: str = "torch",
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, backend: Backend = "torch",
           threads: int = 0, max_batch: int = 64, token: str | None = None,
           max_body_bytes: int = MAX_BODY_BYTES, access_log: bool = False, max_catalogue: int = MAX_CATALOGUE) -> None:
     """Load ``run_dir`` and serve it with uvicorn until interrupted."""
@@ -499,10 +504,10 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *, backend: s
               "the catalogue (POST /items)", file=sys.stderr)
     if threads:
         torch.set_num_threads(threads)
-    model = UniSRec.from_pretrained(run_dir, backend=backend)  # type: ignore[arg-type]
-    recommender_of(model).scoring_table()  # build it before the first request
-    app = create_app(model, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes, access_log=access_log,
-                     max_catalogue=max_catalogue, run_dir=run_dir)
+    recommender = Recommender.from_pretrained(run_dir, backend=backend)
+    recommender.scoring_table()  # build it before the first request
+    app = create_app(recommender, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes,
+                     access_log=access_log, max_catalogue=max_catalogue, run_dir=run_dir)
     print(f"unisrec serve: http://{host}:{port} (docs at /docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning",
                 access_log=False)

@@ -25,7 +25,6 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from unisrec import __version__
 from unisrec.atomic import atomic_write, clean_stale
 from unisrec.config import DEFAULT_TEXT_MODEL, TextConfig
 from unisrec.datasets.processed import ProcessedDataset, load_processed
@@ -33,6 +32,7 @@ from unisrec.errors import UnisrecError
 from unisrec.locking import hold, release
 from unisrec.text_encoder import DEFAULT_BATCH_SIZE, TextEncoder
 from unisrec.text_model import looks_like_path, model_fingerprint
+from unisrec.version import __version__
 from unisrec.word_drop import check_word_drop, word_drop_texts
 
 EMBEDDINGS_DIR = "embeddings"

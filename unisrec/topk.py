@@ -21,10 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from unisrec.errors import UnisrecError
 
 SCORE_BUDGET = 1 << 24  # scores (queries x items) held at once by the chunked top-k: 64 MiB of float32
 POOL_EXTRA = 64  # coarse candidates kept per query beyond k
@@ -130,3 +134,64 @@ class CoarseTable:
             redo_seen = None if seen is None else [seen[int(i)] for i in redo]
             scores[redo], rows[redo] = chunked_top_k(queries[redo], self.table, k, redo_seen)
         return scores, rows
+
+
+# -- the FAISS backend: an exact inner-product index ----------------------------------------------------------
+
+
+class FlatIndex(Protocol):
+    """What unisrec uses of a FAISS index (``faiss.IndexFlatIP``)."""
+
+    ntotal: int
+
+    def add(self, x: np.ndarray) -> None: ...
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def faiss_module() -> ModuleType:
+    """The ``faiss`` module, or an error saying how to install it."""
+    try:
+        import faiss
+    except ImportError:
+        raise UnisrecError("FAISS is not installed: pip install faiss-cpu (or 'unisrec[serve]')") from None
+    return faiss
+
+
+def flat_ip_index(vectors: Tensor | np.ndarray) -> FlatIndex:
+    """An exact inner-product FAISS index (IndexFlatIP) holding the (N, H) ``vectors``."""
+    faiss = faiss_module()
+    matrix = np.ascontiguousarray(_numpy(vectors), dtype=np.float32)  # (N, H)
+    index: FlatIndex = faiss.IndexFlatIP(matrix.shape[1])
+    if len(matrix):
+        index.add(matrix)
+    return index
+
+
+def faiss_search(
+    index: FlatIndex, queries: Tensor | np.ndarray, k: int, seen: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, H) queries -> (B, k) scores and rows, best first; ``seen[b]`` rows left out (row -1, score -inf).
+
+    FAISS has no per-query exclusion list, so it is asked for k + the longest seen list and the seen rows
+    are then dropped; every query still gets its exact top k of the remaining items.
+    """
+    q = np.ascontiguousarray(_numpy(queries), dtype=np.float32)  # (B, H)
+    extra = max((len(s) for s in seen), default=0) if seen is not None else 0
+    wanted = min(k + extra, index.ntotal)
+    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(q), k), -1, dtype=np.int64)
+    if wanted == 0:
+        return scores, rows
+    found_scores, found_rows = index.search(q, wanted)  # (B, k + extra)
+    for b in range(len(q)):
+        keep = found_rows[b] >= 0
+        if seen is not None and len(seen[b]):
+            keep &= ~np.isin(found_rows[b], seen[b])
+        top = np.flatnonzero(keep)[:k]
+        scores[b, : len(top)], rows[b, : len(top)] = found_scores[b, top], found_rows[b, top]
+    return scores, rows
+
+
+def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
