@@ -121,19 +121,24 @@ def targets_and_histories(frame: pd.DataFrame, split: int, max_len: int) -> tupl
 # Metrics (as unisrec/metrics.py: 0-based ranks, ties against the target, one relevant item per target)
 
 
+def _unisrec_metrics() -> Any:
+    """unisrec/metrics.py loaded by file path: numpy only, so the peer's environment needs no unisrec install."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "unisrec" / "metrics.py"
+    spec = importlib.util.spec_from_file_location("unisrec_metrics_for_peer", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_METRICS = _unisrec_metrics()
+
+
 def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
-    ranks = np.asarray(ranks, dtype=np.float64)
-    if ranks.size == 0:
-        raise ValueError("no targets to evaluate")
-    gain = 1.0 / np.log2(ranks + 2.0)
-    reciprocal = 1.0 / (ranks + 1.0)
-    out: dict[str, float] = {}
-    for k in sorted(ks):
-        hit = ranks < k
-        out[f"recall@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, gain, 0.0).mean())
-        out[f"mrr@{k}"] = float(np.where(hit, reciprocal, 0.0).mean())
-    return out
+    """unisrec's own ``ranking_metrics`` (the same definitions on both sides of the comparison)."""
+    return dict(_METRICS.ranking_metrics(ranks, ks))
 
 
 @torch.no_grad()
