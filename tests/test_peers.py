@@ -34,9 +34,12 @@ def peer() -> ModuleType:
 
 
 def test_metrics_are_unisrecs(peer: ModuleType) -> None:
-    ranks = np.random.default_rng(0).integers(0, 120, size=500)
-    ranks[:7] = 0
-    assert peer.ranking_metrics(ranks, (10, 20, 50)) == ranking_metrics(ranks, (10, 20, 50))
+    ranks = np.array([0, 1, 9, 10, 60])  # 0-based ranks: three hits in the top 10, four in the top 50
+    got = peer.ranking_metrics(ranks, (10, 50))
+    assert got == ranking_metrics(ranks, (10, 50))
+    assert got["recall@10"] == pytest.approx(3 / 5) and got["recall@50"] == pytest.approx(4 / 5)
+    assert got["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(11)) / 5)
+    assert got["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 10) / 5)
 
 
 def test_targets_and_histories_are_unisrecs(peer: ModuleType, tmp_path: Path) -> None:

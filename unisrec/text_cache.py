@@ -376,6 +376,12 @@ def _encode_variants(encoder: TextEncoder, views: list[list[str]], progress: boo
     return vectors.reshape(len(views), len(views[0]), encoder.dim)  # (V, N, D)
 
 
+def _word_drop_path(data: ProcessedDataset, text: TextConfig, p: float, variants: int, seed: int) -> Path:
+    """The file of ``variants`` word-dropped views (arguments checked first)."""
+    check_word_drop(p, variants, seed)
+    return _dataset_dir(data) / EMBEDDINGS_DIR / word_drop_file_name(text, p, variants, seed)
+
+
 def encode_word_drop(
     dataset: str | Path | ProcessedDataset,
     text: TextConfig | None = None,
@@ -395,20 +401,21 @@ def encode_word_drop(
     ``p``, keeping at least one word per item (``unisrec.word_drop``). Stored as
     ``<slug>.<pooling>.worddrop-p<p>-v<V>-s<seed>`` beside the base matrix, with the same header and reuse rules.
     """
-    check_word_drop(p, variants, seed)
     start = time.perf_counter()
     text = text or TextConfig()
     data = _as_dataset(dataset)
+    path = _word_drop_path(data, text, p, variants, seed)
     source = _EncoderSource(text, device, batch_size, encoder)
-    path = _dataset_dir(data) / EMBEDDINGS_DIR / word_drop_file_name(text, p, variants, seed)
     expected = {
         **_expected_header(data, source, "word_drop"),
         "word_drop_p": repr(float(p)),
         "variants": str(variants),
         "seed": str(seed),
     }
-    views = word_drop_texts(data.item_texts, p, variants, seed)
-    return _cached(path, expected, source, lambda enc: _encode_variants(enc, views, progress), force, start)
+    # the views are drawn only when the file has to be (re)written, not when a cached one is reused
+    return _cached(path, expected, source,
+                   lambda enc: _encode_variants(enc, word_drop_texts(data.item_texts, p, variants, seed), progress),
+                   force, start)
 
 
 def load_word_drop(
@@ -419,10 +426,9 @@ def load_word_drop(
     seed: int = 0,
 ) -> ItemEmbeddings:
     """The (V, N, D) vectors written by ``encode_word_drop``, checked like ``load_item_embeddings``."""
-    check_word_drop(p, variants, seed)
     text = text or TextConfig()
     data = _as_dataset(dataset)
-    path = _dataset_dir(data) / EMBEDDINGS_DIR / word_drop_file_name(text, p, variants, seed)
+    path = _word_drop_path(data, text, p, variants, seed)
     command = f"{encode_command(text, _dataset_dir(data))} --word-drop {p:g} --variants {variants} --seed {seed}"
     if not path.exists():
         raise UnisrecError(f"{path}: no such word-drop embeddings; run `{command}` first")
