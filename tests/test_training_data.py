@@ -115,6 +115,21 @@ def test_encoder_learning_rate_is_scaled(tmp_path: Path) -> None:
     assert len(param_groups(model, TrainConfig())) == 1  # a frozen encoder leaves no empty group
 
 
+def test_adaptor_learning_rate_is_scaled_and_zero_freezes_it() -> None:
+    config = RunConfig().with_overrides(["model.hidden_size=16", "model.inner_size=16", "model.n_experts=2"])
+    model = UniSRec(config.model, 5, torch.randn(5, 8))
+    adaptor_ids = {id(p) for n, p in model.named_parameters() if n.startswith("adaptor.")}
+    groups = param_groups(model, TrainConfig(lr=0.01, adaptor_lr_scale=0.5))
+    assert [g["base_lr"] for g in groups] == [0.01, 0.01, pytest.approx(0.005)]
+    assert {id(p) for p in groups[2]["params"]} == adaptor_ids
+    groups = param_groups(model, TrainConfig(lr=0.01, adaptor_lr_scale=0.0))
+    assert len(groups) == 2 and not any(id(p) in adaptor_ids for g in groups for p in g["params"])
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("adaptor."))
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("adaptor."))
+    with pytest.raises(ConfigError, match=r"train\.adaptor_lr_scale must be >= 0"):
+        TrainConfig(adaptor_lr_scale=-0.1)
+
+
 def test_training_curves_are_written_as_tensorboard_events(tmp_path: Path, tiny_lm_dir: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -124,6 +124,9 @@ class TrainConfig:
     # input LayerNorm and ID table train); none = everything, also from scratch (the default there anyway)
     freeze: Literal["auto", "none", "encoder"] = "auto"
     encoder_lr_scale: float = 1.0  # learning rate of the sequence encoder relative to lr, when it trains
+    # learning rate of the text adaptor (whitening + MoE) relative to lr; 0 = the adaptor stays as initialised
+    # (random at the start of a pre-training: a random projection keeps the text's item-to-item similarities)
+    adaptor_lr_scale: float = 1.0
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)
     warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps
     precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast of the training step's matmuls
@@ -146,8 +149,9 @@ class TrainConfig:
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
         _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
         _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))
-        if self.encoder_lr_scale < 0:
-            raise ConfigError(f"train.encoder_lr_scale must be >= 0, got {self.encoder_lr_scale}")
+        for name in ("encoder_lr_scale", "adaptor_lr_scale"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 < self.user_fraction <= 1.0:

@@ -44,7 +44,16 @@ from unisrec.model_card import command_line, record_transfer, write_finetune_car
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.text_cache import load_text
-from unisrec.train import ENCODER_PREFIX, Task, TrainState, clear_checkpoint, fit, peak_memory_mb, resolve_device
+from unisrec.train import (
+    ADAPTOR_PREFIX,
+    ENCODER_PREFIX,
+    Task,
+    TrainState,
+    clear_checkpoint,
+    fit,
+    peak_memory_mb,
+    resolve_device,
+)
 from unisrec.training_data import training_sequences
 
 if TYPE_CHECKING:
@@ -79,10 +88,12 @@ class FinetuneMetrics(TypedDict):
     code: dict[str, str | bool]
 
 
-def freeze_encoder(model: SequenceModel, frozen: bool) -> list[str]:
-    """Set requires_grad by the freeze policy; returns the names of the trainable parameters."""
+def freeze_encoder(model: SequenceModel, frozen: bool, adaptor_frozen: bool = False) -> list[str]:
+    """Set requires_grad by the freeze policy (and ``train.adaptor_lr_scale=0``: the adaptor as initialised);
+    returns the names of the trainable parameters."""
     for name, param in model.named_parameters():
-        param.requires_grad = not (frozen and name.startswith(ENCODER_PREFIX))
+        param.requires_grad = not ((frozen and name.startswith(ENCODER_PREFIX))
+                                   or (adaptor_frozen and name.startswith(ADAPTOR_PREFIX)))
     return [name for name, param in model.named_parameters() if param.requires_grad]
 
 
@@ -194,7 +205,7 @@ def finetune(
     model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix) if vectors else None)
     transferred = load_transferable(model, init_dir) if init_dir is not None else []
     frozen = config.train.freeze == "encoder"
-    trainable = freeze_encoder(model, frozen)
+    trainable = freeze_encoder(model, frozen, adaptor_frozen=config.train.adaptor_lr_scale == 0)
     model.to(device)
     wrapped: torch.nn.Module = model
     if dist.enabled:

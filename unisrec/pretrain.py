@@ -286,6 +286,8 @@ def pretrain(
 
     corpus = dist.main_first(lambda: load_corpus(dirs, config))
     model = UniSRec.without_catalogue(config.model, corpus.text.shape[1]).to(device)
+    if config.train.adaptor_lr_scale == 0 and model.adaptor is not None:
+        model.adaptor.requires_grad_(False)  # before DistributedDataParallel sees which parameters train
     wrapped: nn.Module = model
     if dist.enabled:
         device_ids = [device.index] if device.type == "cuda" else None

@@ -172,10 +172,11 @@ def fit(
     must then be wrapped by the caller in DistributedDataParallel) and only rank 0 writes files.
     """
     dist = dist or Distributed.single()
+    groups = param_groups(model, config)  # freezes the parts whose learning-rate scale is 0
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UnisrecError("no trainable parameters")
-    optimizer = torch.optim.Adam(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * task.steps_per_epoch
     if max_steps:
         total_steps = min(total_steps, max_steps)
@@ -369,19 +370,28 @@ class ProgressLines:
 
 
 ENCODER_PREFIX = "encoder."  # Transformer layers + position embeddings (the sequence encoder)
+ADAPTOR_PREFIX = "adaptor."  # the text adaptor: parametric whitening + mixture of experts
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """Trainable parameters in Adam groups: the sequence encoder at lr * encoder_lr_scale, the rest at lr.
+    """Trainable parameters in Adam groups: the sequence encoder at lr * encoder_lr_scale, the text adaptor at
+    lr * adaptor_lr_scale, the rest at lr. A part whose scale is 0 is frozen here (requires_grad off).
 
     Each group keeps its ``base_lr``; the schedule (``lr_factor``) scales it at every step.
     """
-    encoder = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(ENCODER_PREFIX)]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(ENCODER_PREFIX)]
-    groups = [
-        {"params": rest, "lr": config.lr, "base_lr": config.lr},
-        {"params": encoder, "lr": config.lr * config.encoder_lr_scale, "base_lr": config.lr * config.encoder_lr_scale},
-    ]
+    scales = {ENCODER_PREFIX: config.encoder_lr_scale, ADAPTOR_PREFIX: config.adaptor_lr_scale}
+    members: dict[str, list[nn.Parameter]] = {"": [], ENCODER_PREFIX: [], ADAPTOR_PREFIX: []}
+    for name, param in model.named_parameters():
+        part = next((prefix for prefix in scales if name.startswith(prefix)), "")
+        if part == ADAPTOR_PREFIX and config.adaptor_lr_scale == 1:
+            part = ""  # at the base rate: in the first group (the layout of checkpoints made before the option)
+        if part and scales[part] == 0:
+            param.requires_grad = False
+        if param.requires_grad:
+            members[part].append(param)
+    groups = [{"params": members[""], "lr": config.lr, "base_lr": config.lr}]
+    for prefix, scale in scales.items():
+        groups.append({"params": members[prefix], "lr": config.lr * scale, "base_lr": config.lr * scale})
     return [g for g in groups if g["params"]]
 
 
