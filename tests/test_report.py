@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -171,6 +173,40 @@ def test_changed_settings_retrain_only_what_depends_on_them(tmp_path: Path, tiny
     assert statuses[("pretrain", "other-pt")] == "stale"
     assert statuses[("finetune", "unisrec")] == "stale"  # ... so the run initialised from it is stale too
     assert statuses[("prepare", "target")] == "cached"
+
+
+def test_runs_known_from_their_records_are_not_run_again_without_their_folders(
+        tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    out, results = tmp_path / "out", tmp_path / "results"
+    run_report(config_path, out, only=["unisrec", "scratch"], results_dir=results)
+    text = (results / "report.md").read_text()
+    record = json.loads((results / "finetune-unisrec-seed-1.json").read_text())
+    assert record["plan"]["kind"] == "finetune" and record["plan"]["init"]["kind"] == "pretrain"
+    shutil.rmtree(out)  # a new session: the committed records, no run folders, no prepared data
+    trained: list[str] = []
+    real_finetune = importlib.import_module("unisrec.finetune").finetune
+
+    def spy(data: object, mode: str, out_dir: object, **kwargs: object) -> object:
+        trained.append(Path(str(out_dir)).parent.name)
+        return real_finetune(data, mode, out_dir, **kwargs)
+
+    monkeypatch.setattr("unisrec.finetune.finetune", spy)
+    capsys.readouterr()
+    run_report(config_path, out, only=["unisrec", "scratch"], results_dir=results)
+    assert trained == [] and not (out / "data").exists() and not (out / "pretrain").exists()
+    assert "0 to run (3 of 3 results known, 3 of them from their records alone)" in capsys.readouterr().err
+    assert (results / "report.md").read_text() == text
+    # a record whose plan differs (settings changed) is not a result of this plan: rerun, with what it needs
+    record["plan"]["overrides"] = [*record["plan"]["overrides"], "train.lr=0.5"]
+    (results / "finetune-unisrec-seed-1.json").write_text(json.dumps(record))
+    run_report(config_path, out, only=["unisrec", "scratch"], dry_run=True, results_dir=results)
+    plan = capsys.readouterr().err
+    assert re.search(r"^new +\S+unisrec", plan, re.M) and re.search(r"^recorded \S+scratch", plan, re.M)
+    run_report(config_path, out, only=["unisrec", "scratch"], results_dir=results)
+    assert trained == ["unisrec"]  # scratch stays known from its record
+    assert (out / "pretrain" / "other-pt" / "seed-7" / "metrics.json").exists()  # rerun: its weights are needed
+    assert json.loads((results / "finetune-unisrec-seed-1.json").read_text())["plan"] != record["plan"]
 
 
 def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:

@@ -113,8 +113,13 @@ def _card_command(run_dir: Path) -> str | None:
     return str(read_json(card).get("command")) if card.exists() else None
 
 
-def run_record(run_dir: str | Path, *, long_tail_groups: int = 5) -> dict[str, Any]:
-    """The record of one finished run folder (fine-tuning, pre-training or zero-shot evaluation)."""
+def run_record(run_dir: str | Path, *, long_tail_groups: int = 5, plan: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """The record of one finished run folder (fine-tuning, pre-training or zero-shot evaluation).
+
+    ``plan``: what ``unisrec report`` planned for the run (everything its result depends on); a later report
+    whose plan for the run is the same reuses the record without the run folder.
+    """
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "metrics.json")
     # zero-shot evaluations (``unisrec report``) write metrics only
@@ -155,13 +160,16 @@ def run_record(run_dir: str | Path, *, long_tail_groups: int = 5) -> dict[str, A
         record["long_tail"] = _long_tail(run_dir, Path(data), long_tail_groups)
     elif isinstance(data, list):
         record["data"] = [{"name": Path(d).name, "fingerprint": data_fingerprint(Path(d))} for d in data]
+    if plan is not None:
+        record["plan"] = plan
     return record
 
 
-def write_record(run_dir: Path, path: Path, *, long_tail_groups: int = 5) -> Path:
+def write_record(run_dir: Path, path: Path, *, long_tail_groups: int = 5, plan: dict[str, Any] | None = None
+                 ) -> Path:
     """Write the record of ``run_dir`` to ``path`` (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_json(path, run_record(run_dir, long_tail_groups=long_tail_groups))
+    return atomic_write_json(path, run_record(run_dir, long_tail_groups=long_tail_groups, plan=plan))
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

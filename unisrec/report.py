@@ -23,6 +23,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -33,7 +34,7 @@ from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
 from unisrec.pretrain import recipe_config
-from unisrec.records import write_record
+from unisrec.records import read_record, write_record
 from unisrec.report_config import ReportConfig, load_report_config
 
 Kind = Literal["prepare", "pretrain", "finetune", "zeroshot"]
@@ -288,6 +289,26 @@ def priority_order(runs: list[PlannedRun], seeds: tuple[int, ...] | list[int]) -
     return sorted(runs, key=rank)
 
 
+def runs_to_execute(runs: list[PlannedRun], recorded: Callable[[PlannedRun], bool]) -> list[PlannedRun]:
+    """The runs to execute, in plan order: every training run neither finished in its folder ("cached") nor
+    known from a record with the same plan (``recorded``), and what those need whose folder is not finished
+    (the pre-training a fine-tuning starts from, the datasets they read), however they are recorded."""
+    by_out = {run.out: run for run in runs}
+    needed = [r for r in runs if r.kind != "prepare" and r.status() != "cached" and not recorded(r)]
+    chosen: set[Path] = set()
+    while needed:
+        run = needed.pop()
+        if run.out in chosen:
+            continue
+        chosen.add(run.out)
+        if isinstance(run.args, TrainArgs):
+            for path in (*run.args.data, *([run.args.init] if run.args.init is not None else [])):
+                dependency = by_out.get(Path(path))
+                if dependency is not None and dependency.status() != "cached":
+                    needed.append(dependency)
+    return [run for run in runs if run.out in chosen]
+
+
 def record_name(run: PlannedRun, config: ReportConfig | None = None) -> str | None:
     """The record file name of a run: ``finetune-sasrec-seed-2022``, ``pretrain-amazon-seed-2022``, ... (or the
     config's ``record`` name); None for a run the config gives no record of its own."""
@@ -395,24 +416,38 @@ def run_report(
     if not dry_run:
         hold_folder(out)  # one report runner per report folder
     runs = plan_runs(config, out, only)
-    if dry_run:
-        for run in runs:
-            print(f"{run.status():6} {run.out}\n       {run.command()}", file=log)
-        return results_dir / "report.md"
     groups = config.long_tail.groups if config.long_tail is not None else 5
 
     def record(run: PlannedRun) -> None:
         name = record_name(run, config)
         if run.kind != "prepare" and name is not None:
-            write_record(run.out, results_dir / f"{name}.json", long_tail_groups=groups)
+            write_record(run.out, results_dir / f"{name}.json", long_tail_groups=groups, plan=run.spec)
 
+    def recorded(run: PlannedRun) -> bool:
+        """Its record holds the same plan: the result is known, the run folder is not needed for it."""
+        name = record_name(run, config)
+        stored = read_record(results_dir / f"{name}.json") if name is not None and run.kind != "prepare" else None
+        return stored is not None and stored.get("plan") == run.spec
+
+    if dry_run:
+        todo = runs_to_execute(runs, recorded)
+        for run in runs:
+            status = run.status() if run in todo or run.status() == "cached" else "recorded"
+            print(f"{status:6} {run.out}\n       {run.command()}", file=log)
+        return results_dir / "report.md"
     for run in runs:  # finished runs without a record (e.g. made before records existed) get one now
         name = record_name(run, config)
         if run.kind != "prepare" and name is not None and run.status() == "cached" \
                 and not (results_dir / f"{name}.json").exists():
             record(run)
-    todo = priority_order([r for r in runs if r.status() != "cached"], config.seeds)
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs reused, {len(todo)} to run", file=log)
+    todo = runs_to_execute(runs, recorded)
+    reused = sum(r.kind != "prepare" and r not in todo for r in runs)
+    by_record = sum(r.kind != "prepare" and r not in todo and r.status() != "cached" for r in runs)
+    training = sum(r.kind != "prepare" for r in runs)
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs reused, {len(todo)} to run"
+          + (f" ({reused} of {training} results known, {by_record} of them from their records alone)"
+             if by_record else ""), file=log)
+    todo = priority_order(todo, config.seeds)
     began = time.perf_counter()
     for index, run in enumerate(todo, 1):
         if budget_minutes is not None:
