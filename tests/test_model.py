@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from unisrec.config import ModelConfig
+from unisrec.config import ConfigError, ModelConfig
 from unisrec.finetune import freeze_encoder
 from unisrec.model import MoEAdaptor, UniSRec
 
@@ -94,10 +97,10 @@ def test_shapes_and_logits() -> None:
 
 @pytest.mark.parametrize("item_repr", ["text", "text+id", "id"])
 @pytest.mark.parametrize("n_layers", [1, 2])
-@pytest.mark.parametrize("skip", [False, True])
-def test_packed_sequence_vectors_equal_padded(item_repr: str, n_layers: int, skip: bool) -> None:
+@pytest.mark.parametrize("skip", ["none", "add", "gate"])
+def test_packed_sequence_vectors_equal_padded(item_repr: str, n_layers: int, skip: str) -> None:
     """Histories laid end to end (serving) get the states of the padded batch, the last layer at ends only."""
-    model = tiny_model(item_repr, n_layers=n_layers, last_item_skip=skip).eval()
+    model = tiny_model(item_repr, n_layers=n_layers, last_item_skip=skip != "none", skip_gate=skip == "gate").eval()
     table = model.item_table()  # (N, H)
     lengths = torch.tensor([4, 1, 8, 2, 5])
     padded = torch.randint(0, 12, (5, 8))  # (B, L): entries past each length are padding
@@ -169,6 +172,24 @@ def test_text_buffer_is_not_a_parameter_and_moves_with_the_model() -> None:
     assert "item_text" not in dict(model.named_parameters())
     assert "item_text" not in model.state_dict()
     assert model.item_text.dtype == torch.float32 and model.text_dim == 10
+
+
+def test_skip_gate_mixes_unit_state_and_unit_item_by_a_learned_weight() -> None:
+    plain, gated = tiny_model().eval(), tiny_model(last_item_skip=True, skip_gate=True).eval()
+    gated.load_state_dict({**plain.state_dict(), "skip_weight": torch.tensor(0.3)})
+    sequences = torch.tensor([[3, 7, 1, 0], [5, 2, 0, 0]])  # (B, L)
+    with torch.no_grad():
+        table = plain.item_table()
+        hidden, items = plain.encode(sequences, table), table[sequences]  # (B, L, H)
+        weight = math.log1p(math.exp(0.3))  # softplus
+        expected = hidden / hidden.norm(dim=-1, keepdim=True) + weight * items / items.norm(dim=-1, keepdim=True)
+        torch.testing.assert_close(gated.encode(sequences, table), expected)
+    assert float(F.softplus(tiny_model(last_item_skip=True, skip_gate=True).skip_weight)) == pytest.approx(1.0)
+    loss = gated.train().encode(sequences, gated.item_table()).sum()
+    loss.backward()
+    assert gated.skip_weight is not None and gated.skip_weight.grad is not None  # it learns
+    with pytest.raises(ConfigError, match=r"needs model\.last_item_skip=true"):
+        ModelConfig(skip_gate=True)
 
 
 def test_last_item_skip_adds_each_positions_own_item_vector() -> None:

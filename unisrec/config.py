@@ -66,6 +66,9 @@ class ModelConfig:
     # add each position's own item vector to its output state (s_t = h_t + v_t): items like the last one rank
     # high, which retrieves near-duplicates / series of items never seen in training (README, sequel probe)
     last_item_skip: bool = False
+    # with last_item_skip: s_t = normalize(h_t) + a * normalize(v_t), a = softplus(w) a learned weight (1 at the
+    # start), so the state cannot outgrow the item and each domain learns how much "like the last item" counts
+    skip_gate: bool = False
     # network: unisrec (UniSRec / SASRec) or a baseline of unisrec/baselines.py (set by --mode)
     architecture: Architecture = "unisrec"
     mask_prob: float = 0.2  # bert4rec: probability that a training item is masked (cloze task)
@@ -91,6 +94,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ConfigError(f"model.temperature must be > 0, got {self.temperature}")
+        if self.skip_gate and not self.last_item_skip:
+            raise ConfigError("model.skip_gate=true needs model.last_item_skip=true")
 
     @property
     def uses_text(self) -> bool:

@@ -7,6 +7,8 @@ dimension, H hidden size, K experts. Item tables are computed once per step / ev
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -283,6 +285,8 @@ class UniSRec(SequenceModel):
         self.input_dropout = nn.Dropout(config.hidden_dropout)
         self.encoder = SequenceEncoder(config)
         self.apply(self._init_weights)
+        # softplus(w) weighs the last item in the state (model.skip_gate); softplus(log(e - 1)) = 1
+        self.skip_weight = nn.Parameter(torch.tensor(math.log(math.e - 1))) if config.skip_gate else None
 
     @classmethod
     def without_catalogue(cls, config: ModelConfig, text_dim: int) -> UniSRec:
@@ -323,7 +327,16 @@ class UniSRec(SequenceModel):
             raise ValueError(f"sequence length {sequences.shape[1]} > max_seq_len {self.config.max_seq_len}")
         items = F.embedding(sequences, table)  # (B, L, H)
         hidden = self.encoder(items, self.input_norm, self.input_dropout)  # (B, L, H)
-        return hidden + items if self.config.last_item_skip else hidden
+        return self._skip(hidden, items)
+
+    def _skip(self, hidden: Tensor, items: Tensor) -> Tensor:
+        """(..., H) states and the (..., H) vectors of their own items -> (..., H) output states
+        (``model.last_item_skip``, ``model.skip_gate``)."""
+        if not self.config.last_item_skip:
+            return hidden
+        if self.skip_weight is None:
+            return hidden + items
+        return F.normalize(hidden, dim=-1) + F.softplus(self.skip_weight) * F.normalize(items, dim=-1)
 
     def packed_sequence_vectors(self, items: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
         """(T,) item indices into ``table`` of B sequences laid end to end, (B,) lengths -> (B, H).
@@ -335,9 +348,7 @@ class UniSRec(SequenceModel):
             raise ValueError(f"sequence length {int(lengths.max())} > max_seq_len {self.config.max_seq_len}")
         vectors = table[items]  # (T, H)
         states = self.encoder.last_states(vectors, lengths, self.input_norm, self.input_dropout)  # (B, H)
-        if self.config.last_item_skip:
-            states = states + vectors[torch.cumsum(lengths, 0) - 1]  # + each sequence's last item vector
-        return states
+        return self._skip(states, vectors[torch.cumsum(lengths, 0) - 1])  # with each sequence's last item vector
 
     def logits(self, queries: Tensor, table: Tensor) -> Tensor:
         """(T, H) sequence states x (N, H) items -> (T, N) logits: cos / temperature, or dot for SASRec."""
