@@ -63,3 +63,37 @@ def test_finetune_on_an_output_in_use_exits_2(tmp_path: Path, tiny_lm_dir: Path,
                  "--text-model", str(tiny_lm_dir), "--model.hidden_size=8", "--model.inner_size=8",
                  "--train.progress=false"])
     assert code == 0 and (out / "metrics.json").exists()
+
+
+HOLD_FILE = """
+import sys, time
+from pathlib import Path
+from unisrec.locking import hold
+hold(Path(sys.argv[1]), "vectors")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_run_that_needs_vectors_being_written_waits_for_the_writer(
+        tmp_path: Path, tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unisrec.config import TextConfig
+    from unisrec.text_cache import encode_dataset, vectors_file_name
+
+    data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=12)
+    text = TextConfig(model=str(tiny_lm_dir), pooling="mean")
+    path = data / "embeddings" / vectors_file_name(text)
+    lock = path.parent / f".{path.name}.lock"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_FILE, str(lock), "3"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    try:
+        with pytest.raises(UnisrecError, match=rf"{path}: in use by process {proc.pid}$"):
+            encode_dataset(data, text, force=True)  # an explicit re-encode is a second writer: refused
+        result = encode_dataset(data, text)  # a run that needs the file waits, then writes it itself
+        assert proc.poll() is not None  # ... only after the holder has gone
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not result.reused and result.path == path and path.exists()
+    assert f"waiting for process {proc.pid}, which writes {path}" in capsys.readouterr().err
+    assert encode_dataset(data, text).reused

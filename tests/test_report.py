@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import re
 import shutil
@@ -15,7 +16,7 @@ from conftest import write_synthetic_source
 
 from unisrec.analysis import metrics_by_group, popularity_groups
 from unisrec.cli import main
-from unisrec.errors import ConfigError
+from unisrec.errors import ConfigError, UnisrecError
 from unisrec.report import plan_runs, run_report
 from unisrec.report_config import load_report_config
 from unisrec.report_writer import render_report
@@ -207,6 +208,29 @@ def test_runs_known_from_their_records_are_not_run_again_without_their_folders(
     assert trained == ["unisrec"]  # scratch stays known from its record
     assert (out / "pretrain" / "other-pt" / "seed-7" / "metrics.json").exists()  # rerun: its weights are needed
     assert json.loads((results / "finetune-unisrec-seed-1.json").read_text())["plan"] != record["plan"]
+
+
+def test_parallel_jobs_give_the_records_of_one_at_a_time(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    data = yaml.safe_load(config_path.read_text())
+    data["overrides"] = [*data["overrides"], "train.threads=1"]  # the same arithmetic in both
+    config_path.write_text(yaml.safe_dump(data))
+    only = ["unisrec", "scratch", "zero-shot", "sasrec"]
+    run_report(config_path, tmp_path / "one", only=only, results_dir=tmp_path / "r1")
+    log = io.StringIO()
+    run_report(config_path, tmp_path / "two", only=only, results_dir=tmp_path / "r2", jobs=2, log=log)
+    names = sorted(p.name for p in (tmp_path / "r1").glob("*-seed-*.json"))
+    assert len(names) == 5 and names == sorted(p.name for p in (tmp_path / "r2").glob("*-seed-*.json"))
+    for name in names:
+        one, two = (json.loads((tmp_path / r / name).read_text()) for r in ("r1", "r2"))
+        assert one["test"] == two["test"] and one["valid"] == two["valid"], name
+    text = log.getvalue()
+    # the fine-tuning and the zero-shot run that read the pre-training start after it has finished
+    pretrain_done = text.index("[done] pretrain")
+    assert text.index("[start] new finetune " + str(tmp_path / "two" / "runs" / "unisrec")) > pretrain_done
+    assert text.index("[start] new zeroshot") > pretrain_done
+    with pytest.raises(UnisrecError, match="--jobs must be >= 1, got 0"):
+        run_report(config_path, tmp_path / "three", jobs=0)
 
 
 def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:

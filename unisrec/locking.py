@@ -9,6 +9,7 @@ stale lock file left behind is simply taken over by the next writer.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +20,9 @@ from unisrec.errors import UnisrecError
 _HELD: dict[Path, IO[str]] = {}
 
 
-def hold(path: Path, what: str) -> None:
-    """Take the lock ``path`` for this process (re-entrant) or raise ``UnisrecError`` naming its holder."""
+def hold(path: Path, what: str, *, wait: bool = False) -> None:
+    """Take the lock ``path`` for this process (re-entrant) or raise ``UnisrecError`` naming its holder;
+    ``wait``: wait for the holder to finish instead (saying so once on stderr)."""
     import fcntl
 
     path = path.resolve()
@@ -33,8 +35,11 @@ def hold(path: Path, what: str) -> None:
     except OSError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise UnisrecError(f"{what}: in use by process {holder}") from None
+        if not wait:
+            handle.close()
+            raise UnisrecError(f"{what}: in use by process {holder}") from None
+        print(f"waiting for process {holder}, which writes {what}", file=sys.stderr, flush=True)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")

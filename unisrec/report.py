@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+import torch
+
 from unisrec.atomic import atomic_write_json
 from unisrec.config import RunConfig, TextConfig, load_config, load_config_overrides, override
 from unisrec.errors import UnisrecError
@@ -309,6 +311,66 @@ def runs_to_execute(runs: list[PlannedRun], recorded: Callable[[PlannedRun], boo
     return [run for run in runs if run.out in chosen]
 
 
+def _needs(run: PlannedRun) -> set[Path]:
+    """The folders a run reads: its datasets and the run it starts from."""
+    if not isinstance(run.args, TrainArgs):
+        return set()
+    return {Path(p) for p in run.args.data} | ({Path(run.args.init)} if run.args.init is not None else set())
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def execute_in_parallel(todo: list[PlannedRun], jobs: int, may_start: Callable[[PlannedRun], bool],
+                        on_done: Callable[[PlannedRun], None], log: TextIO) -> None:
+    """Execute ``todo`` (in priority order) ``jobs`` at a time, each run in its own process with
+    cpu_count // jobs torch threads (a run's ``train.threads`` still wins); a run starts once the runs of
+    ``todo`` it reads have finished. ``may_start`` (the budget) ends the starting of runs; the first failure
+    stops it too and is raised when the runs still going have ended."""
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    pending, planned = list(todo), {run.out for run in todo}
+    finished: set[Path] = set()
+    errors: list[BaseException] = []
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    stopped = False
+    started: dict[Path, float] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_threads, initargs=(threads,)) as pool:
+        running: dict[Future[None], PlannedRun] = {}
+        while True:
+            for run in list(pending):
+                if stopped or errors or len(running) >= jobs:
+                    break
+                if _needs(run) & (planned - finished):
+                    continue  # waits for a run it reads
+                if not may_start(run):
+                    stopped = True
+                    break
+                pending.remove(run)
+                started[run.out] = time.perf_counter()
+                print(f"[start] {run.status()} {run.kind} {run.out} ({threads} threads)", file=log)
+                running[pool.submit(execute, run)] = run
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = running.pop(future)
+                error = future.exception()
+                if error is not None:
+                    errors.append(error)
+                    print(f"[failed] {run.kind} {run.out}: {error}", file=log)
+                    continue
+                finished.add(run.out)
+                on_done(run)
+                print(f"[done] {run.kind} {run.out} in {time.perf_counter() - started[run.out]:.0f}s", file=log)
+    if errors:
+        raise errors[0]
+
+
 def record_name(run: PlannedRun, config: ReportConfig | None = None) -> str | None:
     """The record file name of a run: ``finetune-sasrec-seed-2022``, ``pretrain-amazon-seed-2022``, ... (or the
     config's ``record`` name); None for a run the config gives no record of its own."""
@@ -387,6 +449,7 @@ def run_report(
     budget_minutes: float | None = None,
     results_dir: Path | None = None,
     command: str | None = None,
+    jobs: int = 1,
 ) -> Path:
     """Run what is missing (unless ``report_only``), then write ``results_dir/report.md`` from the records;
     ``dry_run`` only prints the plan.
@@ -396,9 +459,12 @@ def run_report(
     records) exceeds what is left; rerun to go on. ``results_dir`` (default ``out/results``): the records of
     finished runs (``unisrec.records``; small JSON files to commit), one per run, written for every finished
     run that lacks one; the report is made from them alone. ``report_only`` needs no ``out``: it reads only
-    the records. ``command``: how the report names the command that regenerates it.
+    the records. ``command``: how the report names the command that regenerates it. ``jobs`` > 1: that many
+    runs at once, each in its own process with cpu_count // jobs torch threads (``execute_in_parallel``).
     """
     log = log or sys.stderr
+    if jobs < 1:
+        raise UnisrecError(f"--jobs must be >= 1, got {jobs}")
     config = load_report_config(config_path, data_root=data_root)
     if out is None and not report_only:
         raise UnisrecError("--out is needed to run experiments (only --report-only works from the records alone)")
@@ -449,14 +515,24 @@ def run_report(
              if by_record else ""), file=log)
     todo = priority_order(todo, config.seeds)
     began = time.perf_counter()
+
+    def may_start(run: PlannedRun) -> bool:
+        if budget_minutes is None:
+            return True
+        left = budget_minutes * 60 - (time.perf_counter() - began)
+        guess = estimate_seconds(run, results_dir)
+        if (guess is not None and guess > left) or left <= 0:
+            print(f"budget: stopping before {run.kind} {run.out} (estimated "
+                  f"{(guess or 0) / 60:.1f} min, {max(left, 0) / 60:.1f} min left); rerun to go on", file=log)
+            return False
+        return True
+
+    if jobs > 1:
+        execute_in_parallel(todo, jobs, may_start, record, log)
+        return write_report(config, results_dir, command)
     for index, run in enumerate(todo, 1):
-        if budget_minutes is not None:
-            left = budget_minutes * 60 - (time.perf_counter() - began)
-            guess = estimate_seconds(run, results_dir)
-            if (guess is not None and guess > left) or left <= 0:
-                print(f"budget: stopping before {run.kind} {run.out} (estimated "
-                      f"{(guess or 0) / 60:.1f} min, {max(left, 0) / 60:.1f} min left); rerun to go on", file=log)
-                break
+        if not may_start(run):
+            break
         print(f"[{index}/{len(todo)}] {run.status()} {run.kind} {run.out}", file=log)
         started = time.perf_counter()
         execute(run)

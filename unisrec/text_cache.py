@@ -246,7 +246,13 @@ def _cached(
     if not force and meta is not None and _matches(meta, expected):
         return EncodeResult(path, n_items, int(meta["dim"]), time.perf_counter() - start, 0.0, True)
     lock = path.parent / f".{path.name}.lock"
-    hold(lock, str(path))  # one writer per vector file (readers of a finished file need no lock)
+    # one writer per vector file (readers of a finished file need no lock); a run that needs the file waits
+    # for a writer already at it (two runs on one dataset at once), then reuses what it wrote
+    hold(lock, str(path), wait=not force)
+    meta = read_header(path)
+    if not force and meta is not None and _matches(meta, expected):
+        release(lock)
+        return EncodeResult(path, n_items, int(meta["dim"]), time.perf_counter() - start, 0.0, True)
     try:
         clean_stale(path)  # what a killed writer left (``.NAME.*.tmp``): no live writer owns it now
         encoder = source.get()
