@@ -152,3 +152,49 @@ def test_batch_domains_cover_every_window_once(two_domains: list[Path], tiny_lm_
         assert max(domains_per_batch) == 2  # mixed batches hold both domains
     np.testing.assert_array_equal(np.concatenate(task._batches(0)), np.concatenate(batches))  # seeded
     assert not np.array_equal(np.concatenate(task._batches(1)), np.concatenate(batches))  # a new order per epoch
+
+
+def test_center_text_centres_each_domain_then_each_catalogue_on_its_own_mean(
+        two_domains: list[Path], tmp_path: Path, tiny_lm_dir: Path) -> None:
+    from unisrec.config import RunConfig, TextConfig
+    from unisrec.datasets.processed import load_processed
+    from unisrec.evaluate import zero_shot_model
+    from unisrec.pretrain import load_corpus
+    from unisrec.recommend import Recommender
+    from unisrec.text_cache import load_text
+
+    text = TextConfig(model=str(tiny_lm_dir))
+    overrides = [o[2:] for o in TINY] + [f"text.model={tiny_lm_dir}", "model.center_text=true"]
+    corpus = load_corpus(two_domains, RunConfig().with_overrides(overrides))
+    raw = [load_text(load_processed(d), text).matrix for d in two_domains]
+    for index, matrix in enumerate(raw):  # each domain on its own mean, variants by the same shift
+        part = slice(corpus.item_offsets[index], corpus.item_offsets[index + 1])
+        np.testing.assert_allclose(corpus.text[part], matrix - matrix.mean(0), atol=1e-6)
+        assert np.abs(corpus.text[part].mean(0)).max() < 1e-5
+    assert corpus.variants is not None and abs(float(corpus.variants[:, :len(raw[0])].astype(np.float32).mean())) < 0.05
+
+    run = tmp_path / "pre"
+    assert main(["pretrain", *map(str, two_domains), "--out", str(run), "--epochs", "1", "--seed", "3",
+                 "--text-model", str(tiny_lm_dir), "--model.center_text=true", *TINY]) == 0
+    weights = load_file(str(run / "model.safetensors"))
+    assert torch.equal(weights["text_center"], torch.zeros_like(weights["text_center"]))  # domains centred instead
+
+    target = prepare_synthetic(tmp_path / "target", seed=9, n_items=20)
+    dataset = load_processed(target)
+    target_text = torch.from_numpy(load_text(dataset, text).matrix)
+    model = zero_shot_model(run, dataset).eval()
+    torch.testing.assert_close(model.text_center, target_text.mean(0))  # the new catalogue's own mean
+    assert model.adaptor is not None
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_table(), model.adaptor(target_text - target_text.mean(0)))
+
+    ft = finetune(target, "inductive", tmp_path / "ft", init=run, overrides=[o[2:] for o in TINY] + ["train.epochs=1"])
+    assert "text_center" not in ft["transferred_parameters"]
+    saved = load_file(str(tmp_path / "ft" / "model.safetensors"))
+    torch.testing.assert_close(saved["text_center"], target_text.mean(0))
+    # items added later are centred on the same mean, which survives save and load
+    recommender = Recommender.from_pretrained(tmp_path / "ft")
+    recommender.add_items(["new-1"], ["a brand new item"])
+    recommender.save_pretrained(tmp_path / "ft2")
+    again = Recommender.from_pretrained(tmp_path / "ft2")
+    torch.testing.assert_close(again.model.text_center, target_text.mean(0))

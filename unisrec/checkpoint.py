@@ -30,7 +30,8 @@ from unisrec.version import __version__
 
 MODEL_FORMAT = "unisrec-model"
 MODEL_FORMAT_VERSION = 1
-DOMAIN_SPECIFIC_PREFIX = "item_id."  # an ID table belongs to one catalogue: never transferred
+# an ID table and the mean text vector (model.center_text) belong to one catalogue: never transferred
+DOMAIN_SPECIFIC_PREFIX = ("item_id.", "text_center")
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -160,7 +161,7 @@ def load_transferable(model: SequenceModel, init_dir: Path) -> list[str]:
     found = {k: v for k, v in load_file(str(path)).items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
     check_state(expected, found, str(path))
-    model.load_state_dict(found, strict=False)  # the keys were checked above; only item_id.* is left out
+    model.load_state_dict(found, strict=False)  # the keys were checked above; only domain-specific ones are left out
     return sorted(found)
 
 

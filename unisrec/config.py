@@ -69,6 +69,11 @@ class ModelConfig:
     # with last_item_skip: s_t = normalize(h_t) + a * normalize(v_t), a = softplus(w) a learned weight (1 at the
     # start), so the state cannot outgrow the item and each domain learns how much "like the last item" counts
     skip_gate: bool = False
+    # centre the language-model vectors on their own domain's mean before the adaptor: in pre-training each
+    # domain on its own, in a catalogue on the catalogue's mean (a buffer, saved with the model and kept for items
+    # added later): the shift between domains' texts (titles only here, title + categories + brand there) is
+    # taken out before the model sees them
+    center_text: bool = False
     # network: unisrec (UniSRec / SASRec) or a baseline of unisrec/baselines.py (set by --mode)
     architecture: Architecture = "unisrec"
     mask_prob: float = 0.2  # bert4rec: probability that a training item is masked (cloze task)

@@ -269,6 +269,11 @@ class UniSRec(SequenceModel):
                 raise ValueError(f"item_repr={config.item_repr!r} needs a ({n_items}, D) text matrix, got {shape}")
             # n_items = 0 (pre-training): no catalogue; every call passes the text vectors it needs
             self.register_buffer("item_text", text.float().contiguous(), persistent=False)  # (N, D)
+            if config.center_text:  # the catalogue's mean text vector (pre-training: zeros, its domains centred)
+                center = text.float().mean(0) if n_items else torch.zeros(text.shape[1])
+                self.register_buffer("text_center", center.contiguous())  # (D,)
+            else:
+                self.text_center: Tensor | None = None
             self.adaptor: MoEAdaptor | None = MoEAdaptor(
                 text.shape[1],
                 h,
@@ -280,6 +285,7 @@ class UniSRec(SequenceModel):
             )
         else:
             self.adaptor = None
+            self.text_center = None
         self.item_id: nn.Embedding | None = nn.Embedding(n_items, h) if config.uses_ids else None
         self.input_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.input_dropout = nn.Dropout(config.hidden_dropout)
@@ -305,6 +311,8 @@ class UniSRec(SequenceModel):
         if self.adaptor is not None:
             if text is None:
                 text = self.item_text if items is None else self.item_text[items]  # (N, D) or (M, D)
+            if self.text_center is not None:
+                text = text - self.text_center  # (N or M, D)
             parts.append(self.adaptor(text))
         if self.item_id is not None:
             parts.append(self.item_id.weight if items is None else self.item_id(items))

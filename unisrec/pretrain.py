@@ -89,13 +89,15 @@ def load_corpus(dirs: list[Path], config: RunConfig) -> Corpus:
     for index, directory in enumerate(dirs):
         dataset = load_processed(directory)
         vectors = load_text(dataset, spec)
-        texts.append(vectors.matrix)
+        center = vectors.matrix.mean(0) if config.model.center_text else 0.0  # (D,): each domain on its own mean
+        texts.append(vectors.matrix - center)
         record = vectors.record()
         if want_variants:
             # the variants are a fixed property of the data (seed 0), shared by every training seed
             encode_word_drop(directory, spec, p=pre.word_drop, variants=pre.word_drop_variants, seed=0)
             drop = load_word_drop(directory, spec, p=pre.word_drop, variants=pre.word_drop_variants, seed=0)
-            variants.append(np.asarray(getattr(drop, "matrix", drop), dtype=np.float16))
+            variants.append(np.asarray(np.asarray(getattr(drop, "matrix", drop), dtype=np.float32) - center,
+                                       dtype=np.float16))
         lengths = train_lengths(dataset)
         part = training_windows(dataset.offsets[:-1] + row_offset, lengths, config.model.max_seq_len,
                                 layout="strided" if config.train.windows == "auto" else config.train.windows)
