@@ -194,7 +194,7 @@ def test_center_text_centres_each_domain_then_each_catalogue_on_its_own_mean(
     torch.testing.assert_close(saved["text_center"], target_text.mean(0))
     # items added later are centred on the same mean, which survives save and load
     recommender = Recommender.from_pretrained(tmp_path / "ft")
-    recommender.add_items(["new-1"], ["a brand new item"])
+    recommender.add_items(["a brand new item"], ["new-1"])
     recommender.save_pretrained(tmp_path / "ft2")
     again = Recommender.from_pretrained(tmp_path / "ft2")
     torch.testing.assert_close(again.model.text_center, target_text.mean(0))
