@@ -367,6 +367,8 @@ def execute_in_parallel(todo: list[PlannedRun], jobs: int, may_start: Callable[[
                 finished.add(run.out)
                 on_done(run)
                 print(f"[done] {run.kind} {run.out} in {time.perf_counter() - started[run.out]:.0f}s", file=log)
+    if pending and not errors:
+        print(f"{len(pending)} runs not started; rerun to go on", file=log)
     if errors:
         raise errors[0]
 
