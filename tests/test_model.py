@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unisrec.config import ConfigError, ModelConfig
-from unisrec.finetune import freeze_encoder
+from unisrec.config import ConfigError, ModelConfig, TrainConfig
 from unisrec.model import MoEAdaptor, UniSRec
+from unisrec.train import set_trainable
 
 TINY = ModelConfig(hidden_size=16, n_layers=2, n_heads=2, inner_size=24, max_seq_len=8, n_experts=3)
 
@@ -162,7 +162,7 @@ INPUT_NORM = {"input_norm.weight", "input_norm.bias"}
 )
 def test_trainable_parameter_names(item_repr: str, frozen: bool, expected: set[str]) -> None:
     model = tiny_model(item_repr)
-    names = freeze_encoder(model, frozen)
+    names = set_trainable(model, TrainConfig(), freeze_encoder=frozen)
     assert set(names) == expected
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
 

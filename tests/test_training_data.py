@@ -18,7 +18,7 @@ from unisrec.evaluate import cold_metrics
 from unisrec.finetune import finetune
 from unisrec.metrics import ranking_metrics
 from unisrec.model import UniSRec
-from unisrec.train import lr_factor, param_groups
+from unisrec.train import lr_factor, param_groups, set_trainable
 from unisrec.training_data import cold_items, train_lengths, training_sequences, training_users
 
 SMALL = [
@@ -122,10 +122,15 @@ def test_adaptor_learning_rate_is_scaled_and_zero_freezes_it() -> None:
     groups = param_groups(model, TrainConfig(lr=0.01, adaptor_lr_scale=0.5))
     assert [g["base_lr"] for g in groups] == [0.01, 0.01, pytest.approx(0.005)]
     assert {id(p) for p in groups[2]["params"]} == adaptor_ids
-    groups = param_groups(model, TrainConfig(lr=0.01, adaptor_lr_scale=0.0))
+    frozen_adaptor = TrainConfig(lr=0.01, adaptor_lr_scale=0.0)
+    set_trainable(model, frozen_adaptor)
+    groups = param_groups(model, frozen_adaptor)
     assert len(groups) == 2 and not any(id(p) in adaptor_ids for g in groups for p in g["params"])
     assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("adaptor."))
     assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("adaptor."))
+    set_trainable(model, TrainConfig(encoder_lr_scale=0.0))  # a zero scale freezes the encoder the same way
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == {
+        n for n, _ in model.named_parameters() if n.startswith("encoder.")}
     with pytest.raises(ConfigError, match=r"train\.adaptor_lr_scale must be >= 0"):
         TrainConfig(adaptor_lr_scale=-0.1)
 

@@ -44,16 +44,7 @@ from unisrec.model_card import command_line, record_transfer, write_finetune_car
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.text_cache import load_text
-from unisrec.train import (
-    ADAPTOR_PREFIX,
-    ENCODER_PREFIX,
-    Task,
-    TrainState,
-    clear_checkpoint,
-    fit,
-    peak_memory_mb,
-    resolve_device,
-)
+from unisrec.train import Task, TrainState, clear_checkpoint, fit, peak_memory_mb, resolve_device, set_trainable
 from unisrec.training_data import training_sequences
 
 if TYPE_CHECKING:
@@ -86,15 +77,6 @@ class FinetuneMetrics(TypedDict):
     device: str
     command: str
     code: dict[str, str | bool]
-
-
-def freeze_encoder(model: SequenceModel, frozen: bool, adaptor_frozen: bool = False) -> list[str]:
-    """Set requires_grad by the freeze policy (and ``train.adaptor_lr_scale=0``: the adaptor as initialised);
-    returns the names of the trainable parameters."""
-    for name, param in model.named_parameters():
-        param.requires_grad = not ((frozen and name.startswith(ENCODER_PREFIX))
-                                   or (adaptor_frozen and name.startswith(ADAPTOR_PREFIX)))
-    return [name for name, param in model.named_parameters() if param.requires_grad]
 
 
 def resolve_config(config: RunConfig, mode: str, init: Path | None, overrides: list[str]) -> RunConfig:
@@ -204,8 +186,7 @@ def finetune(
     vectors = dist.main_first(lambda: load_text(dataset, config.text)) if config.model.uses_text else None
     model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix) if vectors else None)
     transferred = load_transferable(model, init_dir) if init_dir is not None else []
-    frozen = config.train.freeze == "encoder"
-    trainable = freeze_encoder(model, frozen, adaptor_frozen=config.train.adaptor_lr_scale == 0)
+    trainable = set_trainable(model, config.train, freeze_encoder=config.train.freeze == "encoder")
     model.to(device)
     wrapped: torch.nn.Module = model
     if dist.enabled:

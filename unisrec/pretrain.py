@@ -38,7 +38,7 @@ from unisrec.model_card import command_line, write_pretrain_card
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.text_cache import TextRecord, encode_word_drop, load_text, load_word_drop
-from unisrec.train import EpochRecord, Task, clear_checkpoint, fit, peak_memory_mb, resolve_device
+from unisrec.train import EpochRecord, Task, clear_checkpoint, fit, peak_memory_mb, resolve_device, set_trainable
 from unisrec.training_data import train_lengths
 
 # The default recipe of `unisrec pretrain` (chosen on validation; README "Pre-training and transfer to
@@ -290,8 +290,7 @@ def pretrain(
 
     corpus = dist.main_first(lambda: load_corpus(dirs, config))
     model = UniSRec.without_catalogue(config.model, corpus.text.shape[1]).to(device)
-    if config.train.adaptor_lr_scale == 0 and model.adaptor is not None:
-        model.adaptor.requires_grad_(False)  # before DistributedDataParallel sees which parameters train
+    set_trainable(model, config.train)  # before DistributedDataParallel sees which parameters train
     wrapped: nn.Module = model
     if dist.enabled:
         device_ids = [device.index] if device.type == "cuda" else None

@@ -296,18 +296,15 @@ def runs_to_execute(runs: list[PlannedRun], recorded: Callable[[PlannedRun], boo
     known from a record with the same plan (``recorded``), and what those need whose folder is not finished
     (the pre-training a fine-tuning starts from, the datasets they read), however they are recorded."""
     by_out = {run.out: run for run in runs}
-    needed = [r for r in runs if r.kind != "prepare" and r.status() != "cached" and not recorded(r)]
+    cached = {run.out for run in runs if run.status() == "cached"}  # each spec file read once
+    needed = [r for r in runs if r.kind != "prepare" and r.out not in cached and not recorded(r)]
     chosen: set[Path] = set()
     while needed:
         run = needed.pop()
         if run.out in chosen:
             continue
         chosen.add(run.out)
-        if isinstance(run.args, TrainArgs):
-            for path in (*run.args.data, *([run.args.init] if run.args.init is not None else [])):
-                dependency = by_out.get(Path(path))
-                if dependency is not None and dependency.status() != "cached":
-                    needed.append(dependency)
+        needed.extend(by_out[path] for path in _needs(run) - cached if path in by_out)
     return [run for run in runs if run.out in chosen]
 
 
@@ -415,8 +412,6 @@ def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir:
     log = log or sys.stderr
     record_file = results_dir / f"{name}.json"
     if not record_file.exists():
-        from unisrec.records import read_record
-
         names = sorted(p.stem for p in results_dir.glob("*.json") if read_record(p) is not None)
         known = ", ".join(names[:5]) or "none"
         raise UnisrecError(f"{record_file}: no such record (records there: {known})")
@@ -498,9 +493,9 @@ def run_report(
         return stored is not None and stored.get("plan") == run.spec
 
     if dry_run:
-        todo = runs_to_execute(runs, recorded)
+        to_run = {run.out for run in runs_to_execute(runs, recorded)}
         for run in runs:
-            status = run.status() if run in todo or run.status() == "cached" else "recorded"
+            status = run.status() if run.out in to_run or run.status() == "cached" else "recorded"
             print(f"{status:6} {run.out}\n       {run.command()}", file=log)
         return results_dir / "report.md"
     for run in runs:  # finished runs without a record (e.g. made before records existed) get one now
@@ -509,9 +504,10 @@ def run_report(
                 and not (results_dir / f"{name}.json").exists():
             record(run)
     todo = runs_to_execute(runs, recorded)
-    reused = sum(r.kind != "prepare" and r not in todo for r in runs)
-    by_record = sum(r.kind != "prepare" and r not in todo and r.status() != "cached" for r in runs)
-    training = sum(r.kind != "prepare" for r in runs)
+    to_run = {run.out for run in todo}
+    known = [r for r in runs if r.kind != "prepare" and r.out not in to_run]  # finished, or known from a record
+    reused, training = len(known), sum(r.kind != "prepare" for r in runs)
+    by_record = sum(r.status() != "cached" for r in known)
     print(f"{len(runs) - len(todo)} of {len(runs)} runs reused, {len(todo)} to run"
           + (f" ({reused} of {training} results known, {by_record} of them from their records alone)"
              if by_record else ""), file=log)

@@ -241,18 +241,23 @@ def _cached(
     start: float,
 ) -> EncodeResult:
     """Reuse ``path`` when its header matches ``expected``; otherwise compute, write atomically and report."""
-    meta = read_header(path)
     n_items = int(expected["n_items"])
-    if not force and meta is not None and _matches(meta, expected):
+
+    def reused() -> EncodeResult | None:
+        meta = read_header(path)
+        if force or meta is None or not _matches(meta, expected):
+            return None
         return EncodeResult(path, n_items, int(meta["dim"]), time.perf_counter() - start, 0.0, True)
+
+    if (result := reused()) is not None:
+        return result
     lock = path.parent / f".{path.name}.lock"
     # one writer per vector file (readers of a finished file need no lock); a run that needs the file waits
     # for a writer already at it (two runs on one dataset at once), then reuses what it wrote
     hold(lock, str(path), wait=not force)
-    meta = read_header(path)
-    if not force and meta is not None and _matches(meta, expected):
+    if (result := reused()) is not None:
         release(lock)
-        return EncodeResult(path, n_items, int(meta["dim"]), time.perf_counter() - start, 0.0, True)
+        return result
     try:
         clean_stale(path)  # what a killed writer left (``.NAME.*.tmp``): no live writer owns it now
         encoder = source.get()

@@ -172,11 +172,10 @@ def fit(
     must then be wrapped by the caller in DistributedDataParallel) and only rank 0 writes files.
     """
     dist = dist or Distributed.single()
-    groups = param_groups(model, config)  # freezes the parts whose learning-rate scale is 0
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UnisrecError("no trainable parameters")
-    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * task.steps_per_epoch
     if max_steps:
         total_steps = min(total_steps, max_steps)
@@ -373,25 +372,35 @@ ENCODER_PREFIX = "encoder."  # Transformer layers + position embeddings (the seq
 ADAPTOR_PREFIX = "adaptor."  # the text adaptor: parametric whitening + mixture of experts
 
 
+def set_trainable(model: nn.Module, config: TrainConfig, *, freeze_encoder: bool = False) -> list[str]:
+    """Set requires_grad by the freeze policy and the learning-rate scales, before the model is wrapped for
+    DistributedDataParallel: the sequence encoder is frozen with ``freeze_encoder`` (``train.freeze=encoder``)
+    or ``train.encoder_lr_scale=0``, the text adaptor with ``train.adaptor_lr_scale=0``. Returns the names of
+    the trainable parameters."""
+    frozen = tuple(prefix for prefix, off in ((ENCODER_PREFIX, freeze_encoder or config.encoder_lr_scale == 0),
+                                               (ADAPTOR_PREFIX, config.adaptor_lr_scale == 0)) if off)
+    for name, param in model.named_parameters():
+        param.requires_grad = not name.startswith(frozen)
+    return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """Trainable parameters in Adam groups: the sequence encoder at lr * encoder_lr_scale, the text adaptor at
-    lr * adaptor_lr_scale, the rest at lr. A part whose scale is 0 is frozen here (requires_grad off).
+    lr * adaptor_lr_scale (in the first group at scale 1: the layout of checkpoints made before the option), the
+    rest at lr; no empty group.
 
     Each group keeps its ``base_lr``; the schedule (``lr_factor``) scales it at every step.
     """
-    scales = {ENCODER_PREFIX: config.encoder_lr_scale, ADAPTOR_PREFIX: config.adaptor_lr_scale}
-    members: dict[str, list[nn.Parameter]] = {"": [], ENCODER_PREFIX: [], ADAPTOR_PREFIX: []}
+    scales = {"": 1.0, ENCODER_PREFIX: config.encoder_lr_scale, ADAPTOR_PREFIX: config.adaptor_lr_scale}
+    members: dict[str, list[nn.Parameter]] = {prefix: [] for prefix in scales}
     for name, param in model.named_parameters():
-        part = next((prefix for prefix in scales if name.startswith(prefix)), "")
+        part = next((prefix for prefix in scales if prefix and name.startswith(prefix)), "")
         if part == ADAPTOR_PREFIX and config.adaptor_lr_scale == 1:
-            part = ""  # at the base rate: in the first group (the layout of checkpoints made before the option)
-        if part and scales[part] == 0:
-            param.requires_grad = False
+            part = ""
         if param.requires_grad:
             members[part].append(param)
-    groups = [{"params": members[""], "lr": config.lr, "base_lr": config.lr}]
-    for prefix, scale in scales.items():
-        groups.append({"params": members[prefix], "lr": config.lr * scale, "base_lr": config.lr * scale})
+    groups = [{"params": members[prefix], "lr": config.lr * scale, "base_lr": config.lr * scale}
+              for prefix, scale in scales.items()]
     return [g for g in groups if g["params"]]
 
 
