@@ -35,7 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     text = read_text_config(args.run) or TextConfig()
-    corpus = np.concatenate([load_text(load_processed(d), text).matrix for d in args.corpus])  # (N, D)
+    domains = [load_text(load_processed(d), text).matrix for d in args.corpus]  # each (N_d, D)
+    corpus = np.concatenate(domains)  # (N, D)
     target = load_processed(args.target)
     model = zero_shot_model(args.run, target).eval()
     original = model.item_text.clone()  # (N_target, D)
@@ -43,6 +44,12 @@ def main() -> None:
     result: dict[str, object] = {
         "probe": "center", "run": str(args.run), "target": str(args.target),
         "corpus": [str(d) for d in args.corpus], "shift_norm": round(float(shift.norm()), 4),
+        "norm_of_corpus_mean": round(float(np.linalg.norm(corpus.mean(0))), 4),
+        "norm_of_target_mean": round(float(original.mean(0).norm()), 4),
+        "median_norm_of_target_vectors": round(float(original.norm(dim=1).median()), 4),
+        "domain_mean_distance_to_corpus_mean": {
+            d.name: round(float(np.linalg.norm(m.mean(0) - corpus.mean(0))), 4)
+            for d, m in zip(args.corpus, domains, strict=True)},
         "command": " ".join(["python", "scripts/center_probe.py", *sys.argv[1:]]),
     }
     for name, offset in (("as_is", torch.zeros_like(shift)), ("shifted_to_corpus_mean", shift)):
