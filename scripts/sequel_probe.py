@@ -1,6 +1,6 @@
 """The series / near-duplicate probe: new items added by text, a history of two of them, is the third found?
 
-    python scripts/sequel_probe.py RUN_DIR [--k 20] [--include-seen]
+    python scripts/sequel_probe.py RUN_DIR [--k 20] [--include-seen] [--record results/NAME/PROBE.json]
 
 Adds three games never seen in training by their titles alone (``add_items``), asks for the top k of the
 history [part 1, part 2] and prints where part 3 (and every added item) lands, with the query's cosine to each
@@ -51,8 +51,14 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--include-seen", action="store_true")
+    parser.add_argument("--record", help="also write the result (top k included) with its command to this JSON file")
     args = parser.parse_args()
     result = probe(args.run_dir, args.k, args.include_seen)
+    if args.record:
+        from unisrec.atomic import atomic_write_json
+
+        command = " ".join(["python", "scripts/sequel_probe.py", *sys.argv[1:]])
+        atomic_write_json(args.record, {"command": command, "run": args.run_dir, **result})
     for row in result["top"]:  # type: ignore[attr-defined]
         print(f"{row['rank']:3d}. {row['text'][:70]}  ({row['score']})")
     print(json.dumps({k: v for k, v in result.items() if k != "top"}))
