@@ -52,7 +52,8 @@ def generate(command: str) -> list[str]:
     words = shlex.split(command)
     if words[:2] != ALLOWED:
         raise SystemExit(f"readme_tables: README.md: a table must come from {' '.join(ALLOWED)}, not {command!r}")
-    done = subprocess.run([sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"readme_tables: {command}: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout.splitlines()
