@@ -15,7 +15,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +58,12 @@ def generate(command: str) -> list[str]:
     return done.stdout.splitlines()
 
 
-def regenerated(lines: list[str]) -> tuple[list[str], list[str]]:
+def regenerated(lines: list[str], tables: list[Table]) -> tuple[list[str], list[str]]:
     """README lines with every table replaced by its command's output, and the commands whose table changed."""
     out: list[str] = []
     changed: list[str] = []
     done_to = 0
-    for table in find_tables(lines):
+    for table in tables:
         new_rows = generate(table.command)
         if new_rows != table.rows:
             changed.append(table.command)
@@ -79,18 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=README, help="the Markdown file (default: README.md)")
     args = parser.parse_args(argv)
     lines = args.readme.read_text().splitlines()
-    if not find_tables(lines):
+    tables = find_tables(lines)
+    if not tables:
         print(f"readme_tables: {args.readme}: no generated table", file=sys.stderr)
         return 2
-    new_lines, changed = regenerated(lines)
+    new_lines, changed = regenerated(lines, tables)
     if args.check:
         for command in changed:
             print(f"readme_tables: differs from its command's output: {command}", file=sys.stderr)
         return 1 if changed else 0
     if changed:
-        with tempfile.NamedTemporaryFile("w", dir=args.readme.parent, delete=False, suffix=".tmp") as tmp:
-            tmp.write("\n".join(new_lines) + "\n")
-        os.replace(tmp.name, args.readme)
+        from unisrec.atomic import atomic_write_text
+
+        atomic_write_text(args.readme, "\n".join(new_lines) + "\n")
     print(f"readme_tables: {len(changed)} table(s) rewritten")
     return 0
 
