@@ -371,3 +371,39 @@ def test_committed_reports_regenerate_exactly_from_their_records(path: Path, mon
     assert results.resolve() == path.parent.resolve()
     text, _ = render_report(load_report_config(config_path), results, command)
     assert text == path.read_text()
+
+
+def test_compute_section_sums_recorded_training_time_and_estimates_the_rest(tmp_path: Path,
+                                                                            tiny_lm_dir: Path) -> None:
+    """Recorded seconds are summed per kind; a missing seed is estimated from its experiment's recorded seeds,
+    an experiment with none from the median of its kind; zero-shot runs cost nothing here."""
+    from unisrec.records import RECORD_FORMAT
+    from unisrec.report_writer import compute_section
+
+    config = load_report_config(_config(tmp_path, tiny_lm_dir))
+    results = tmp_path / "results"
+    results.mkdir()
+
+    def record(name: str, seconds: float | None) -> None:
+        (results / f"{name}.json").write_text(json.dumps({"format": RECORD_FORMAT, "seconds_train": seconds}))
+
+    record("pretrain-other-pt-seed-7", 3600.0)
+    record("finetune-sasrec-seed-1", 360.0)
+    record("finetune-sasrec-seed-2", 720.0)
+    record("finetune-scratch-seed-1", 1800.0)  # seed 2 estimated from its own seed 1: 1800
+    record("zeroshot-zero-shot-seed-1", None)
+    # gru and unisrec (2 seeds each) have no record: each estimated at the median of the three fine-tunings, 720
+    lines, summary = compute_section(config, results)
+    assert summary["pretrain"] == {"runs": 1, "recorded": 1, "hours_recorded": 1.0, "hours_estimated": 0.0,
+                                   "without_estimate": 0}
+    assert summary["finetune"]["runs"] == 8 and summary["finetune"]["recorded"] == 3
+    assert summary["finetune"]["hours_recorded"] == pytest.approx((360 + 720 + 1800) / 3600, abs=1e-3)
+    assert summary["finetune"]["hours_estimated"] == pytest.approx((1800 + 4 * 720) / 3600, abs=1e-3)
+    assert summary["hours_total"] == pytest.approx((3600 + 2880 + 1800 + 2880) / 3600, abs=1e-3)
+    assert "| fine-tuning | 3 of 8 | 0.80 | 5 | 1.30 |" in lines
+    assert any("about 3.1 CPU-hours" in line and "about 1.6 hours of wall time" in line for line in lines)
+
+    (results / "pretrain-other-pt-seed-7.json").unlink()  # nothing to estimate a pre-training from
+    lines, summary = compute_section(config, results)
+    assert summary["pretrain"]["without_estimate"] == 1
+    assert "| pre-training | 0 of 1 | 0.00 | 1 | 0.00 + 1 without an estimate |" in lines

@@ -246,6 +246,63 @@ def curves_section(config: ReportConfig, records: Records, out: Path, plots: boo
     return [*lines, ""]
 
 
+def compute_section(config: ReportConfig, results_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    """What the report's runs cost: training seconds summed over the recorded runs, and an estimate for the
+    runs not recorded yet (the median of the same experiment's recorded seeds, else of the same kind's runs in
+    this report). Text encoding and evaluation-only (zero-shot) runs are not counted."""
+    planned: list[tuple[str, str, str | None]] = []  # (kind, group, record name): group = experiment or pre-training
+    for name, pre in config.pretrain.items():
+        for seed in [pre.seed] if pre.seed is not None else list(config.seeds):
+            planned.append(("pretrain", name, config.record_name("pretrain", name, seed)))
+    for e in config.experiments:
+        if e.command == "finetune":
+            planned += [("finetune", e.name, config.record_name("finetune", e.name, s)) for s in config.seeds]
+    seconds: dict[str, float] = {}
+    for _, _, record_name in planned:
+        record = read_record(results_dir / f"{record_name}.json") if record_name else None
+        value = record.get("seconds_train") if record is not None else None
+        if record_name and isinstance(value, (int, float)) and value > 0:
+            seconds[record_name] = float(value)
+    summary: dict[str, Any] = {}
+    lines = ["## Compute", "", "Training time of the runs (one torch thread each, as recorded), summed; runs not "
+             "recorded yet are estimated from the median of the same experiment's recorded seeds, else of the "
+             "same kind's (rough where the datasets differ in size). Text encoding and zero-shot evaluation are "
+             "not counted.", "",
+             "| runs | recorded | hours recorded | not recorded | hours estimated |", "|---|---|---|---|---|"]
+    total_hours = 0.0
+    complete = True
+    for kind, label in (("pretrain", "pre-training"), ("finetune", "fine-tuning")):
+        runs = [(group, name) for k, group, name in planned if k == kind]
+        done = [seconds[name] for _, name in runs if name in seconds]
+        by_group: dict[str, list[float]] = {}
+        for group, name in runs:
+            if name in seconds:
+                by_group.setdefault(group, []).append(seconds[name])
+        estimated, unknown = 0.0, 0
+        for group, name in runs:
+            if name in seconds:
+                continue
+            pool = by_group.get(group) or done
+            if pool:
+                estimated += float(np.median(pool))
+            else:
+                unknown += 1
+        complete = complete and unknown == 0
+        hours, guess = sum(done) / 3600, estimated / 3600
+        total_hours += hours + guess
+        missing = len(runs) - len(done)
+        lines.append(f"| {label} | {len(done)} of {len(runs)} | {hours:.2f} | {missing} | "
+                     + (f"{guess:.2f}" if unknown == 0 else f"{guess:.2f} + {unknown} without an estimate") + " |")
+        summary[kind] = {"runs": len(runs), "recorded": len(done), "hours_recorded": round(hours, 3),
+                         "hours_estimated": round(guess, 3), "without_estimate": unknown}
+    summary["hours_total"] = round(total_hours, 3)
+    lines += ["", f"The whole report from scratch: about {total_hours:.1f} CPU-hours of training"
+              + ("" if complete else " (not counting the runs without an estimate)")
+              + f", about {total_hours / 2:.1f} hours of wall time as two one-thread runs at once on 2 cores "
+              "(`--jobs 2`; a lower bound, since a fine-tuning waits for its pre-training).", ""]
+    return lines, summary
+
+
 def _have_matplotlib() -> bool:
     try:
         import matplotlib  # noqa: F401
@@ -278,6 +335,8 @@ def render_report(config: ReportConfig, results_dir: Path, command: str, *,
         section, extra["transfer"] = transfer_section(config, results, out, plots)
         lines += section
     lines += curves_section(config, records, out, plots)
+    section, extra["compute"] = compute_section(config, results_dir)
+    lines += section
     lines += ["## Runs", "", "| experiment | seed | record | epochs | best epoch | s / epoch | train s |",
               "|---|---|---|---|---|---|---|"]
     for name, seed, record_name in records.planned:
