@@ -272,15 +272,15 @@ def compute_section(config: ReportConfig, results_dir: Path) -> tuple[list[str],
     total_hours = 0.0
     complete = True
     for kind, label in (("pretrain", "pre-training"), ("finetune", "fine-tuning")):
-        runs = [(group, name) for k, group, name in planned if k == kind]
-        done = [seconds[name] for _, name in runs if name in seconds]
+        runs = [(group, key) for k, group, key in planned if k == kind]
+        done = [seconds[key] for _, key in runs if key in seconds]
         by_group: dict[str, list[float]] = {}
-        for group, name in runs:
-            if name in seconds:
-                by_group.setdefault(group, []).append(seconds[name])
+        for group, key in runs:
+            if key in seconds:
+                by_group.setdefault(group, []).append(seconds[key])
         estimated, unknown = 0.0, 0
-        for group, name in runs:
-            if name in seconds:
+        for group, key in runs:
+            if key in seconds:
                 continue
             pool = by_group.get(group) or done
             if pool:
