@@ -407,3 +407,24 @@ def test_compute_section_sums_recorded_training_time_and_estimates_the_rest(tmp_
     lines, summary = compute_section(config, results)
     assert summary["pretrain"]["without_estimate"] == 1
     assert "| pre-training | 0 of 1 | 0.00 | 1 | 0.00 + 1 without an estimate |" in lines
+
+
+def test_committed_scientific_records_match_the_plan_of_the_current_config(tmp_path: Path) -> None:
+    """A new config field at its default must not make the committed records stale (``LATER_FIELDS``): the
+    settings part of every record's plan equals the plan the current code makes for that run."""
+    config = load_report_config(ROOT / "configs" / "report" / "scientific.yaml")
+    runs = {f"{r.kind}-{r.name}-seed-{r.seed}": r for r in plan_runs(config, tmp_path)}
+    checked = 0
+    for path in sorted((ROOT / "results" / "scientific").glob("*-seed-*.json")):
+        if path.stem.startswith("verify-"):  # a --verify output, not a record
+            continue
+        record = json.loads(path.read_text())
+        run = runs[path.stem]
+        for key in ("config", "overrides", "mode", "kind"):
+            assert record["plan"].get(key) == run.spec.get(key), (path.name, key)
+        if run.spec.get("init"):
+            assert record["plan"]["init"]["config"] == run.spec["init"]["config"], path.name
+        checked += 1
+    assert checked >= 20
+    assert "repeat_bias" not in runs["finetune-sasrec-seed-1"].spec["config"]["model"]
+    assert "model.repeat_bias=true" in runs["finetune-sasrec-repeat-seed-1"].spec["overrides"]

@@ -30,8 +30,9 @@ from unisrec.version import __version__
 
 MODEL_FORMAT = "unisrec-model"
 MODEL_FORMAT_VERSION = 1
-# an ID table and the mean text vector (model.center_text) belong to one catalogue: never transferred
-DOMAIN_SPECIFIC_PREFIX = ("item_id.", "text_center")
+# an ID table, the mean text vector (model.center_text) and the repeat offsets (model.repeat_bias) belong to one
+# catalogue: never transferred
+DOMAIN_SPECIFIC_PREFIX = ("item_id.", "text_center", "repeat_weight")
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

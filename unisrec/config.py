@@ -74,6 +74,11 @@ class ModelConfig:
     # added later): the shift between domains' texts (titles only here, title + categories + brand there) is
     # taken out before the model sees them
     center_text: bool = False
+    # learned logit offsets for items already in the history (the model's input window of max_seq_len items):
+    # w_last for the last item, w_hist for every item of the window, both starting at 0 (``unisrec.model``);
+    # under the paper's protocol (history not masked) a cosine model otherwise ranks the item just consumed
+    # near the top, since the next item is like it; each domain learns how often items repeat (not transferred)
+    repeat_bias: bool = False
     # network: unisrec (UniSRec / SASRec) or a baseline of unisrec/baselines.py (set by --mode)
     architecture: Architecture = "unisrec"
     mask_prob: float = 0.2  # bert4rec: probability that a training item is masked (cloze task)
@@ -101,6 +106,9 @@ class ModelConfig:
             raise ConfigError(f"model.temperature must be > 0, got {self.temperature}")
         if self.skip_gate and not self.last_item_skip:
             raise ConfigError("model.skip_gate=true needs model.last_item_skip=true")
+        if self.repeat_bias and self.architecture != "unisrec":
+            raise ConfigError(f"model.repeat_bias=true is implemented for the unisrec architecture (modes inductive, "
+                              f"transductive, sasrec), not {self.architecture}")
 
     @property
     def uses_text(self) -> bool:

@@ -25,18 +25,20 @@ from unisrec.config import EvalConfig, ModelConfig, TextConfig, from_plain
 from unisrec.datasets.processed import ProcessedDataset, load_processed
 from unisrec.errors import UnisrecError
 from unisrec.metrics import ranking_metrics
-from unisrec.model import SequenceModel
+from unisrec.model import Offsets, SequenceModel, add_offsets
 from unisrec.text_cache import load_text
 from unisrec.train import resolve_device
 
 
 def count_ranks(
-    queries: Tensor, table: Tensor, targets: Tensor, item_chunk: int, seen: tuple[Tensor, Tensor] | None = None
+    queries: Tensor, table: Tensor, targets: Tensor, item_chunk: int, seen: tuple[Tensor, Tensor] | None = None,
+    offsets: Offsets | None = None,
 ) -> Tensor:
     """(B, H) queries, (N, H) scoring table, (B,) targets -> (B,) 0-based pessimistic ranks.
 
     Scores come from one matmul per chunk; the target's own score is read from the same matmul, so it
-    equals its column bit for bit. ``seen`` = (rows, items) pairs excluded from the ranking (never the target).
+    equals its column bit for bit. ``seen`` = (rows, items) pairs excluded from the ranking (never the target);
+    ``offsets``: the model's repeat offsets (``unisrec.model.history_offsets``), added to the scores before ranking.
     """
     n = table.shape[0]
     chunks = [(s, min(n, s + item_chunk)) for s in range(0, n, item_chunk)]
@@ -44,12 +46,19 @@ def count_ranks(
     cached: Tensor | None = None
     for lo, hi in chunks:  # pass 1: the targets' scores
         scores = queries @ table[lo:hi].T  # (B, C)
+        if offsets is not None:
+            scores = add_offsets(scores, offsets, lo)
         inside = (targets >= lo) & (targets < hi)
         target_score[inside] = scores[inside, targets[inside] - lo]
         cached = scores if len(chunks) == 1 else None
     ranks = torch.zeros(len(targets), dtype=torch.long, device=queries.device)
     for lo, hi in chunks:  # pass 2: count items scored >= the target
-        scores = cached if cached is not None else queries @ table[lo:hi].T  # (B, C)
+        if cached is not None:
+            scores = cached
+        else:
+            scores = queries @ table[lo:hi].T  # (B, C)
+            if offsets is not None:
+                scores = add_offsets(scores, offsets, lo)
         if seen is not None and len(seen[0]):
             rows, items = seen
             inside = (items >= lo) & (items < hi) & (items != targets[rows])
@@ -98,7 +107,8 @@ def _rank_batch(
     inputs, lengths = batch.inputs.to(device), batch.lengths.to(device)
     queries = model.query_vectors(model.sequence_vectors(inputs, lengths, table))  # (B, H)
     seen = (batch.seen_rows.to(device), batch.seen_items.to(device)) if config.exclude_seen else None
-    return count_ranks(queries, scoring, batch.targets.to(device), config.item_chunk, seen)
+    offsets = model.repeat_offsets(inputs, lengths)
+    return count_ranks(queries, scoring, batch.targets.to(device), config.item_chunk, seen, offsets)
 
 
 def evaluate(

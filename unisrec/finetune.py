@@ -39,7 +39,7 @@ from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, final_evaluation
 from unisrec.losses import full_softmax_ce
-from unisrec.model import SequenceModel
+from unisrec.model import SequenceModel, add_offsets
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
@@ -136,6 +136,10 @@ class FinetuneTask:
         hidden, table = self.model(batch.inputs)  # (B, L, H), (N, H): the table once per step
         core = cast(SequenceModel, getattr(self.model, "module", self.model))
         logits = core.logits(hidden[batch.mask], table)  # (T, N)
+        at_row, at_pos = batch.mask.nonzero(as_tuple=True)  # (T,), (T,): row-major, the order of the targets
+        offsets = core.repeat_offsets(batch.inputs[at_row], at_pos + 1)  # each target's history: its prefix
+        if offsets is not None:
+            logits = add_offsets(logits, offsets)  # (T, N)
         if not self.dist.enabled:
             return {"loss": full_softmax_ce(logits, batch.targets)}
         total = round(self.dist.mean(float(len(batch.targets))) * self.dist.world_size)

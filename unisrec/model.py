@@ -27,6 +27,46 @@ def init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
+# -- repeat offsets (model.repeat_bias) ----------------------------------------------------------------------
+# Learned logits for the items a history already holds.
+#
+# A cosine model scores the next item by its likeness to the history, and the item most like the history is
+# usually the one just consumed, so under the paper's protocol (history not masked) it takes a top slot that a
+# new item should have. Two learned scalars, starting at 0, say how a domain treats repeats:
+# ``logit(i) += w_last * [i is the last item] + w_hist * [i is in the history]``, over the model's input window
+# (the last ``max_seq_len`` items), the same in training (every prefix), evaluation and serving.
+#
+# Offsets are sparse: (rows, items, values) triples added to a (Q, N) logit matrix, never a dense (Q, N) mask.
+
+Offsets = tuple[Tensor, Tensor, Tensor]  # (S,) query rows, (S,) items, (S,) values
+
+
+def history_offsets(weight: Tensor, history: Tensor, lengths: Tensor) -> Offsets:
+    """(2,) weights [w_last, w_hist], (Q, L) right-padded histories of item indices, (Q,) lengths >= 1 ->
+    the offsets of each history: w_hist once per distinct item of its first ``lengths`` entries, w_last on
+    its last item."""
+    q, width = history.shape
+    device = history.device
+    position = torch.arange(width, device=device)
+    real = position[None, :] < lengths[:, None]  # (Q, L)
+    before = position[:, None] > position[None, :]  # (L, L): column j' is earlier than row j
+    repeated = ((history[:, :, None] == history[:, None, :]) & before[None] & real[:, None, :]).any(-1)  # (Q, L)
+    first = real & ~repeated  # (Q, L): first occurrence of each distinct item
+    hist_rows, hist_cols = first.nonzero(as_tuple=True)  # (S_h,), (S_h,)
+    every = torch.arange(q, device=device)  # (Q,)
+    rows = torch.cat([hist_rows, every])
+    items = torch.cat([history[hist_rows, hist_cols], history[every, lengths - 1]])
+    values = torch.cat([weight[1].expand(len(hist_rows)), weight[0].expand(q)])
+    return rows, items, values
+
+
+def add_offsets(logits: Tensor, offsets: Offsets, lo: int = 0) -> Tensor:
+    """(Q, C) logits of items lo..lo+C-1 plus the offsets that fall among them (a new tensor; differentiable)."""
+    rows, items, values = offsets
+    inside = (items >= lo) & (items < lo + logits.shape[1])
+    return logits.index_put((rows[inside], items[inside] - lo), values[inside].to(logits.dtype), accumulate=True)
+
+
 class MoEAdaptor(nn.Module):
     """Parametric whitening experts mixed by a softmax gate: v = sum_k g_k (x - b_k) W_k.
 
@@ -215,6 +255,11 @@ class SequenceModel(nn.Module):
         padded[torch.arange(width, device=items.device)[None, :] < lengths[:, None]] = items  # row-major fill
         return self.sequence_vectors(padded, lengths, table)
 
+    def repeat_offsets(self, history: Tensor, lengths: Tensor) -> Offsets | None:
+        """(Q, L) right-padded histories (the input window), (Q,) lengths -> the logit offsets of the items they
+        hold (``model.repeat_bias``, ``history_offsets``), or None for a model without them."""
+        return None
+
     @property
     def device(self) -> torch.device:
         """Where the model's tensors live (parameters, or the text buffer of a model without any)."""
@@ -293,6 +338,8 @@ class UniSRec(SequenceModel):
         self.apply(self._init_weights)
         # softplus(w) weighs the last item in the state (model.skip_gate); softplus(log(e - 1)) = 1
         self.skip_weight = nn.Parameter(torch.tensor(math.log(math.e - 1))) if config.skip_gate else None
+        # [w_last, w_hist]: logit offsets of the history's last item and of every item in it (model.repeat_bias)
+        self.repeat_weight = nn.Parameter(torch.zeros(2)) if config.repeat_bias else None
 
     @classmethod
     def without_catalogue(cls, config: ModelConfig, text_dim: int) -> UniSRec:
@@ -345,6 +392,11 @@ class UniSRec(SequenceModel):
         if self.skip_weight is None:
             return hidden + items
         return F.normalize(hidden, dim=-1) + F.softplus(self.skip_weight) * F.normalize(items, dim=-1)
+
+    def repeat_offsets(self, history: Tensor, lengths: Tensor) -> Offsets | None:
+        if self.repeat_weight is None:
+            return None
+        return history_offsets(self.repeat_weight, history, lengths)
 
     def packed_sequence_vectors(self, items: Tensor, lengths: Tensor, table: Tensor) -> Tensor:
         """(T,) item indices into ``table`` of B sequences laid end to end, (B,) lengths -> (B, H).

@@ -340,7 +340,42 @@ class Recommender:
             return [[] for _ in histories]
         queries = self.queries_of_rows(histories)
         seen = [np.unique(h) if flag else h[:0] for h, flag in zip(histories, flags, strict=True)]
-        return [self._format(r) for r in self.top_rows(queries, k, seen)]
+        if not self.model.config.repeat_bias or all(flags):
+            return [self._format(r) for r in self.top_rows(queries, k, seen)]
+        return [self._format(r) for r in self._top_rows_with_repeats(queries, histories, k, seen, flags)]
+
+    def _top_rows_with_repeats(
+        self, queries: Tensor, histories: Sequence[np.ndarray], k: int, seen: list[np.ndarray], flags: list[bool]
+    ) -> list[list[tuple[int, float]]]:
+        """``top_rows`` with the model's repeat offsets (``model.repeat_bias``) on the items of each history
+        whose seen items stay in the ranking: only those items' scores change, so the top k + (window size)
+        without offsets holds every item of the true top k outside the window; the window's items are scored
+        exactly and merged in."""
+        window = [h[-self.model.config.max_seq_len:] for h in histories]
+        ranked = self.top_rows(queries, k + max(len(w) for w in window), seen)
+        lengths = torch.tensor([len(w) for w in window], dtype=torch.long)  # (B,)
+        padded = torch.zeros(len(window), int(lengths.max()), dtype=torch.long)  # (B, L)
+        for b, w in enumerate(window):
+            padded[b, : len(w)] = torch.from_numpy(w.astype(np.int64))
+        with torch.no_grad():
+            offsets = self.model.repeat_offsets(padded.to(self.model.device), lengths.to(self.model.device))
+            assert offsets is not None
+            rows, items, values = (t.cpu() for t in offsets)
+            table = self.scoring_table()
+            out = []
+            for b, pairs in enumerate(ranked):
+                if flags[b]:  # the history's items are left out: no offset applies
+                    out.append(pairs[:k])
+                    continue
+                mine = rows == b
+                bonus: dict[int, float] = {}
+                for item, value in zip(items[mine].tolist(), values[mine].tolist(), strict=True):
+                    bonus[item] = bonus.get(item, 0.0) + value
+                exact = (table[torch.tensor(list(bonus), device=table.device)] @ queries[b]).cpu().tolist()
+                merged = {row: score for row, score in pairs if row not in bonus}
+                merged.update({row: s + bonus[row] for row, s in zip(bonus, exact, strict=True)})
+                out.append(sorted(merged.items(), key=lambda pair: -pair[1])[:k])
+        return out
 
     def recommend_lists(
         self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True, by_text: bool = False

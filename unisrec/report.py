@@ -192,12 +192,22 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
     return runs
 
 
+# config fields added after report specs were first written: a spec leaves each out while it holds its default
+# (what every earlier run did), so that the specs and records of earlier versions still match
+LATER_FIELDS = (("model", "repeat_bias"),)
+
+
 def _config_spec(config: RunConfig) -> dict[str, Any]:
     """A base config in a spec: without its text section while that holds the defaults (the report's own text
-    settings are the spec's "text"), so that specs written by earlier versions still match."""
+    settings are the spec's "text") and without the ``LATER_FIELDS`` at their defaults, so that specs written by
+    earlier versions still match."""
     plain = config.to_dict()
     if config.text == TextConfig():
         plain.pop("text")
+    default = RunConfig().to_dict()
+    for section, name in LATER_FIELDS:
+        if plain[section][name] == default[section][name]:
+            plain[section].pop(name)
     return plain
 
 

@@ -1,0 +1,106 @@
+"""Repeat offsets (model.repeat_bias): the same logits in training, evaluation and serving, learned, not transferred."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import prepare_synthetic
+from safetensors.torch import load_file
+
+from unisrec.catalogue import Catalogue
+from unisrec.checkpoint import load_transferable, save_pretrained
+from unisrec.config import ModelConfig
+from unisrec.errors import ConfigError
+from unisrec.evaluate import count_ranks
+from unisrec.finetune import finetune
+from unisrec.model import UniSRec, add_offsets, history_offsets
+from unisrec.recommend import Recommender
+
+
+def dense(offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor], q: int, n: int) -> torch.Tensor:
+    return add_offsets(torch.zeros(q, n), offsets)
+
+
+def test_history_offsets_count_each_distinct_item_once_and_the_last_item_again() -> None:
+    weight = torch.tensor([-2.0, -0.5], requires_grad=True)  # [w_last, w_hist]
+    history = torch.tensor([[3, 5, 3, 7], [2, 9, 9, 9]])  # row 1 is padding after its first item
+    offsets = history_offsets(weight, history, torch.tensor([4, 1]))
+    expected = torch.zeros(2, 10)
+    expected[0, [3, 5]] = -0.5
+    expected[0, 7] = -2.5
+    expected[1, 2] = -2.5
+    torch.testing.assert_close(dense(offsets, 2, 10), expected)
+    torch.testing.assert_close(add_offsets(torch.zeros(2, 4), offsets, lo=4), expected[:, 4:8])  # one chunk
+    dense(offsets, 2, 10).sum().backward()
+    assert weight.grad is not None
+    assert weight.grad.tolist() == [2.0, 4.0]  # 2 last items, 4 distinct history items in all
+
+
+@pytest.mark.parametrize("chunk", [3, 100])
+def test_count_ranks_with_offsets_equals_a_dense_ranking(chunk: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    queries, table = torch.randn(6, 4, generator=gen), torch.randn(11, 4, generator=gen)
+    history = torch.randint(0, 11, (6, 5), generator=gen)
+    lengths = torch.tensor([5, 1, 3, 5, 2, 4])
+    targets = history[torch.arange(6), lengths - 1].clone()
+    targets[::2] = torch.tensor([0, 4, 10])  # some targets are the last item, some are not
+    offsets = history_offsets(torch.tensor([3.0, -1.5]), history, lengths)
+    scores = queries @ table.T + dense(offsets, 6, 11)
+    expected = (scores >= scores[torch.arange(6), targets][:, None]).sum(1) - 1
+    assert torch.equal(count_ranks(queries, table, targets, chunk, offsets=offsets), expected)
+    plain = (queries @ table.T >= (queries @ table.T)[torch.arange(6), targets][:, None]).sum(1) - 1
+    assert not torch.equal(expected, plain)  # the offsets change the ranking here
+
+
+def test_recommendations_add_the_offsets_exactly_unless_seen_items_are_left_out() -> None:
+    torch.manual_seed(0)
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2, repeat_bias=True), 40, torch.randn(40, 6))
+    ids = [f"i{n}" for n in range(40)]
+    recommender = Recommender(model, Catalogue(ids))
+    history = ["i3", "i7", "i3", "i12"]
+    for weight in ([4.0, -1.0], [-30.0, -30.0], [0.0, 2.5]):
+        with torch.no_grad():
+            model.repeat_weight.copy_(torch.tensor(weight))  # type: ignore[union-attr]
+        got = recommender.recommend_lists([history], k=6, exclude_seen=False)[0]
+        rows = recommender.catalogue.lookup(history)
+        query = recommender.queries_of_rows([np.asarray(rows)])  # (1, H)
+        offsets = model.repeat_offsets(torch.from_numpy(np.asarray(rows)[None]), torch.tensor([len(rows)]))
+        assert offsets is not None
+        scores = (query @ recommender.scoring_table().T + dense(offsets, 1, 40))[0]  # (N,)
+        best = scores.topk(6)
+        assert [r.item_id for r in got] == [ids[int(i)] for i in best.indices]
+        np.testing.assert_allclose([r.score for r in got], best.values.detach().numpy(), rtol=1e-5, atol=1e-5)
+        unseen = recommender.recommend_lists([history], k=6)[0]
+        plain = (query @ recommender.scoring_table().T)[0]
+        plain[[3, 7, 12]] = float("-inf")
+        assert [r.item_id for r in unseen] == [ids[int(i)] for i in plain.topk(6).indices]
+    assert {"i3", "i7", "i12"} & {r.item_id for r in got}  # w_hist = 2.5 lifts the history
+
+
+def test_finetuning_learns_that_the_last_item_does_not_come_again(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    data = prepare_synthetic(tmp_path / "data")  # chains i -> i+1: the next item is almost never the last one
+    settings = ["model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=1",
+                "model.last_item_skip=true", "train.batch_size=64", "train.lr=0.01", "train.epochs=8",
+                "train.patience=8", "train.progress=false", f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    finetune(data, "inductive", tmp_path / "run", overrides=[*settings, "model.repeat_bias=true"])
+    w_last, w_hist = load_file(str(tmp_path / "run" / "model.safetensors"))["repeat_weight"].tolist()
+    # both start at 0; the data (no repeats) pushes both down: about lr per Adam step, 18 steps to the best epoch
+    assert w_last < -0.1 and w_hist < -0.1
+
+
+def test_repeat_weights_are_not_transferred(tmp_path: Path) -> None:
+    source = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2), 5, torch.randn(5, 6))
+    save_pretrained(source, tmp_path / "source")
+    target = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2, repeat_bias=True), 7, torch.randn(7, 6))
+    copied = load_transferable(target, tmp_path / "source")
+    assert "repeat_weight" not in copied and "adaptor.weight" in copied
+    assert target.repeat_weight is not None and target.repeat_weight.tolist() == [0.0, 0.0]
+    torch.testing.assert_close(target.adaptor.weight, source.adaptor.weight)  # type: ignore[union-attr]
+
+
+def test_repeat_bias_needs_the_unisrec_architecture() -> None:
+    with pytest.raises(ConfigError, match=r"model\.repeat_bias=true is implemented for the unisrec architecture"):
+        ModelConfig(architecture="gru4rec", item_repr="id", repeat_bias=True)
