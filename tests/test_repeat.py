@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,9 @@ from conftest import prepare_synthetic
 from safetensors.torch import load_file
 
 from unisrec.catalogue import Catalogue
-from unisrec.checkpoint import load_transferable, save_pretrained
+from unisrec.checkpoint import from_pretrained, load_transferable, save_pretrained
 from unisrec.config import ModelConfig
-from unisrec.errors import ConfigError
+from unisrec.errors import ConfigError, UnisrecError
 from unisrec.evaluate import count_ranks
 from unisrec.finetune import finetune
 from unisrec.model import UniSRec, add_offsets, history_offsets
@@ -104,3 +105,19 @@ def test_repeat_weights_are_not_transferred(tmp_path: Path) -> None:
 def test_repeat_bias_needs_the_unisrec_architecture() -> None:
     with pytest.raises(ConfigError, match=r"model\.repeat_bias=true is implemented for the unisrec architecture"):
         ModelConfig(architecture="gru4rec", item_repr="id", repeat_bias=True)
+
+
+def test_models_saved_before_the_setting_existed_still_load(tmp_path: Path) -> None:
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2), 5, torch.randn(5, 6))
+    save_pretrained(model, tmp_path / "old", item_ids=list("abcde"), item_texts=list("abcde"))
+    path = tmp_path / "old" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["model"]["repeat_bias"]  # what an earlier version wrote
+    path.write_text(json.dumps(saved))
+    loaded, _ = from_pretrained(tmp_path / "old")
+    assert loaded.config.repeat_bias is False
+    torch.testing.assert_close(loaded.state_dict()["adaptor.weight"], model.state_dict()["adaptor.weight"])
+    del saved["model"]["n_experts"]  # a setting that every version writes is still required
+    path.write_text(json.dumps(saved))
+    with pytest.raises(UnisrecError, match="missing model setting\\(s\\) n_experts"):
+        from_pretrained(tmp_path / "old")

@@ -30,6 +30,9 @@ from unisrec.version import __version__
 
 MODEL_FORMAT = "unisrec-model"
 MODEL_FORMAT_VERSION = 1
+# model settings added after model format version 1 was first written, with the value every model saved
+# before them had: a config.json without one reads as that value (no format version change needed)
+LATER_MODEL_SETTINGS: dict[str, Any] = {"repeat_bias": False}
 # an ID table, the mean text vector (model.center_text) and the repeat offsets (model.repeat_bias) belong to one
 # catalogue: never transferred
 DOMAIN_SPECIFIC_PREFIX = ("item_id.", "text_center", "repeat_weight")
@@ -95,6 +98,8 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
             f"{path}: model format version {config.get('format_version')!r} (written by unisrec "
             f"{config.get('unisrec_version')}); this unisrec {__version__} reads version {MODEL_FORMAT_VERSION}"
         )
+    if isinstance(config.get("model"), dict):
+        config["model"] = {**LATER_MODEL_SETTINGS, **config["model"]}
     return config
 
 
