@@ -52,10 +52,11 @@ def test_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, false_negati
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
 
 
-def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path) -> None:
+@pytest.mark.parametrize("repeat_bias", [False, True])
+def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, repeat_bias: bool) -> None:
     data = str(prepare_synthetic(tmp_path / "d", seed=4))
     common = ["finetune", data, "--mode", "transductive", "--epochs", "2", "--text-model", str(tiny_lm_dir),
-              *MODEL_NO_NOISE, "--train.batch_size=40"]
+              *MODEL_NO_NOISE, "--train.batch_size=40", f"--model.repeat_bias={str(repeat_bias).lower()}"]
     one = _run([*common, "--out", str(tmp_path / "one")], 1)
     two = _run([*common, "--out", str(tmp_path / "two")], 2)
     for split in ("valid", "test"):

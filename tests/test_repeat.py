@@ -18,6 +18,7 @@ from unisrec.errors import ConfigError, UnisrecError
 from unisrec.evaluate import count_ranks
 from unisrec.finetune import finetune
 from unisrec.model import UniSRec, add_offsets, history_offsets
+from unisrec.pretrain import pretrain
 from unisrec.recommend import Recommender
 
 
@@ -121,3 +122,8 @@ def test_models_saved_before_the_setting_existed_still_load(tmp_path: Path) -> N
     path.write_text(json.dumps(saved))
     with pytest.raises(UnisrecError, match="missing model setting\\(s\\) n_experts"):
         from_pretrained(tmp_path / "old")
+
+
+def test_pretraining_refuses_the_repeat_offsets(tmp_path: Path) -> None:
+    with pytest.raises(UnisrecError, match=r"model\.repeat_bias is a fine-tuning setting"):
+        pretrain([tmp_path / "any"], tmp_path / "out", overrides=["model.repeat_bias=true"])

@@ -266,6 +266,9 @@ def pretrain(
     """
     config = (config or recipe_config()).with_overrides(overrides or [])
     config = replace(config, model=replace(config.model, item_repr="text"))
+    if config.model.repeat_bias:
+        raise UnisrecError("model.repeat_bias is a fine-tuning setting: the repeat offsets belong to one catalogue "
+                           "and are not transferred; pre-train without it and fine-tune with it")
     out = Path(out)
     dirs = [Path(d) for d in data_dirs]
     settings = {
