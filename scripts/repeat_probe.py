@@ -21,12 +21,13 @@ import torch
 
 
 def ndcg_recall(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """(Q, N) scores, (Q,) targets -> ndcg@10 and recall@10 with pessimistic ties."""
+    """(Q, N) scores, (Q,) targets -> ndcg@10 and recall@10 with pessimistic ties (``ranking_metrics``)."""
+    from unisrec.metrics import ranking_metrics
+
     target = scores[torch.arange(len(targets)), targets]
-    rank = ((scores >= target[:, None]).sum(1) - 1).numpy()
-    hit = rank < 10
-    return {"ndcg@10": round(float(np.mean(np.where(hit, 1 / np.log2(rank + 2), 0.0))), 4),
-            "recall@10": round(float(hit.mean()), 4)}
+    ranks = ((scores >= target[:, None]).sum(1) - 1).numpy()  # (Q,) 0-based
+    metrics = ranking_metrics(ranks, (10,))
+    return {name: round(metrics[name], 4) for name in ("ndcg@10", "recall@10")}
 
 
 def probe(data_dir: str, runs: list[str], split: str) -> dict[str, object]:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from unisrec.atomic import atomic_write, atomic_write_json
 from unisrec.baselines import build_model
-from unisrec.config import ModelConfig, TextConfig, from_plain, to_plain
+from unisrec.config import LATER_MODEL_SETTINGS, ModelConfig, TextConfig, from_plain, to_plain
 from unisrec.errors import ConfigError, UnisrecError
 from unisrec.json_io import read_json
 from unisrec.model import SequenceModel
@@ -30,9 +30,6 @@ from unisrec.version import __version__
 
 MODEL_FORMAT = "unisrec-model"
 MODEL_FORMAT_VERSION = 1
-# model settings added after model format version 1 was first written, with the value every model saved
-# before them had: a config.json without one reads as that value (no format version change needed)
-LATER_MODEL_SETTINGS: dict[str, Any] = {"repeat_bias": False}
 # an ID table, the mean text vector (model.center_text) and the repeat offsets (model.repeat_bias) belong to one
 # catalogue: never transferred
 DOMAIN_SPECIFIC_PREFIX = ("item_id.", "text_center", "repeat_weight")
@@ -99,7 +96,9 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
             f"{config.get('unisrec_version')}); this unisrec {__version__} reads version {MODEL_FORMAT_VERSION}"
         )
     if isinstance(config.get("model"), dict):
-        config["model"] = {**LATER_MODEL_SETTINGS, **config["model"]}
+        # a setting added after the model was saved reads as its default (no format version change needed)
+        default = ModelConfig()
+        config["model"] = {**{name: getattr(default, name) for name in LATER_MODEL_SETTINGS}, **config["model"]}
     return config
 
 

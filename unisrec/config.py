@@ -119,6 +119,11 @@ class ModelConfig:
         return self.item_repr != "text"
 
 
+# model settings added after saved models and report records were first written: a config without one means
+# its default (what every earlier model did); read by unisrec.checkpoint (loading) and unisrec.report (specs)
+LATER_MODEL_SETTINGS = ("repeat_bias",)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. Defaults: the paper's fine-tuning settings."""

@@ -43,22 +43,20 @@ def count_ranks(
     n = table.shape[0]
     chunks = [(s, min(n, s + item_chunk)) for s in range(0, n, item_chunk)]
     target_score = torch.empty(len(targets), dtype=queries.dtype, device=queries.device)
+
+    def chunk_scores(lo: int, hi: int) -> Tensor:
+        scores = queries @ table[lo:hi].T  # (B, C)
+        return scores if offsets is None else add_offsets(scores, offsets, lo)
+
     cached: Tensor | None = None
     for lo, hi in chunks:  # pass 1: the targets' scores
-        scores = queries @ table[lo:hi].T  # (B, C)
-        if offsets is not None:
-            scores = add_offsets(scores, offsets, lo)
+        scores = chunk_scores(lo, hi)
         inside = (targets >= lo) & (targets < hi)
         target_score[inside] = scores[inside, targets[inside] - lo]
         cached = scores if len(chunks) == 1 else None
     ranks = torch.zeros(len(targets), dtype=torch.long, device=queries.device)
     for lo, hi in chunks:  # pass 2: count items scored >= the target
-        if cached is not None:
-            scores = cached
-        else:
-            scores = queries @ table[lo:hi].T  # (B, C)
-            if offsets is not None:
-                scores = add_offsets(scores, offsets, lo)
+        scores = cached if cached is not None else chunk_scores(lo, hi)  # (B, C)
         if seen is not None and len(seen[0]):
             rows, items = seen
             inside = (items >= lo) & (items < hi) & (items != targets[rows])

@@ -136,10 +136,11 @@ class FinetuneTask:
         hidden, table = self.model(batch.inputs)  # (B, L, H), (N, H): the table once per step
         core = cast(SequenceModel, getattr(self.model, "module", self.model))
         logits = core.logits(hidden[batch.mask], table)  # (T, N)
-        at_row, at_pos = batch.mask.nonzero(as_tuple=True)  # (T,), (T,): row-major, the order of the targets
-        offsets = core.repeat_offsets(batch.inputs[at_row], at_pos + 1)  # each target's history: its prefix
-        if offsets is not None:
-            logits = add_offsets(logits, offsets)  # (T, N)
+        if core.config.repeat_bias:
+            at_row, at_pos = batch.mask.nonzero(as_tuple=True)  # (T,), (T,): row-major, the order of the targets
+            offsets = core.repeat_offsets(batch.inputs[at_row], at_pos + 1)  # each target's history: its prefix
+            if offsets is not None:
+                logits = add_offsets(logits, offsets)  # (T, N)
         if not self.dist.enabled:
             return {"loss": full_softmax_ce(logits, batch.targets)}
         total = round(self.dist.mean(float(len(batch.targets))) * self.dist.world_size)

@@ -31,7 +31,7 @@ from typing import Any, Literal, TextIO
 import torch
 
 from unisrec.atomic import atomic_write_json
-from unisrec.config import RunConfig, TextConfig, load_config, load_config_overrides, override
+from unisrec.config import LATER_MODEL_SETTINGS, RunConfig, TextConfig, load_config, load_config_overrides, override
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
@@ -194,7 +194,7 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
 
 # config fields added after report specs were first written: a spec leaves each out while it holds its default
 # (what every earlier run did), so that the specs and records of earlier versions still match
-LATER_FIELDS = (("model", "repeat_bias"),)
+LATER_FIELDS = tuple(("model", name) for name in LATER_MODEL_SETTINGS)
 
 
 def _config_spec(config: RunConfig) -> dict[str, Any]:
