@@ -13,13 +13,14 @@ from safetensors.torch import load_file
 
 from unisrec.catalogue import Catalogue
 from unisrec.checkpoint import from_pretrained, load_transferable, save_pretrained
-from unisrec.config import ModelConfig
+from unisrec.config import ModelConfig, TrainConfig
 from unisrec.errors import ConfigError, UnisrecError
 from unisrec.evaluate import count_ranks
 from unisrec.finetune import finetune
 from unisrec.model import UniSRec, add_offsets, history_offsets
 from unisrec.pretrain import pretrain
 from unisrec.recommend import Recommender
+from unisrec.train import param_groups
 
 
 def dense(offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor], q: int, n: int) -> torch.Tensor:
@@ -127,3 +128,29 @@ def test_models_saved_before_the_setting_existed_still_load(tmp_path: Path) -> N
 def test_pretraining_refuses_the_repeat_offsets(tmp_path: Path) -> None:
     with pytest.raises(UnisrecError, match=r"model\.repeat_bias is a fine-tuning setting"):
         pretrain([tmp_path / "any"], tmp_path / "out", overrides=["model.repeat_bias=true"])
+
+
+def test_repeat_lr_scale_gives_the_offsets_their_own_learning_rate() -> None:
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2, repeat_bias=True), 5, torch.randn(5, 6))
+    assert model.repeat_weight is not None
+    groups = param_groups(model, TrainConfig(lr=0.01, repeat_lr_scale=20.0))
+    assert [g["base_lr"] for g in groups] == [0.01, 0.01, pytest.approx(0.2)]
+    assert [id(p) for p in groups[2]["params"]] == [id(model.repeat_weight)]
+    default = param_groups(model, TrainConfig(lr=0.01))  # scale 1: in the first group (checkpoint layout as before)
+    assert len(default) == 2 and any(p is model.repeat_weight for p in default[0]["params"])
+    with pytest.raises(ConfigError, match=r"train\.repeat_lr_scale must be >= 0"):
+        TrainConfig(repeat_lr_scale=-1.0)
+
+
+def test_a_faster_offset_learning_rate_moves_the_offsets_further(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    data = prepare_synthetic(tmp_path / "data")
+    settings = ["model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=1",
+                "model.repeat_bias=true", "train.batch_size=64", "train.lr=0.01", "train.epochs=3",
+                "train.patience=3", "train.progress=false", f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    learned = {}
+    for scale in (1.0, 10.0):
+        out = tmp_path / f"run-{scale}"
+        finetune(data, "inductive", out, overrides=[*settings, f"train.repeat_lr_scale={scale}"])
+        learned[scale] = load_file(str(out / "model.safetensors"))["repeat_weight"]
+    # Adam moves each scalar by about its learning rate per step: ten times the rate, several times the distance
+    assert bool((learned[10.0] < 3 * learned[1.0]).all()) and bool((learned[1.0] < 0).all())

@@ -163,3 +163,25 @@ def test_earlier_run_layouts_read_back(tmp_path: Path) -> None:
                 "text_encoder": {"pooling": "mean"}, "config": old_config}
     card = finetune_card(settings, {"valid": {}, "test": {}}, "unisrec finetune ...")
     assert "- Text encoder: pooling mean" in card
+
+
+def test_a_run_interrupted_before_a_later_setting_existed_still_resumes(tmp_path: Path) -> None:
+    """A run folder written by an earlier version (its config without the later settings) resumes under this one
+    while those settings hold their defaults, and is refused when one of them changes."""
+    from unisrec.config import LATER_SETTINGS
+    from unisrec.runs import fingerprint, open_run_dir
+
+    settings = {"command": "finetune", "data": "/d", "mode": "inductive", "init": None,
+                "config": RunConfig().to_dict()}
+    old = json.loads(json.dumps(settings))
+    for section, name in LATER_SETTINGS:
+        del old["config"][section][name]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"fingerprint": fingerprint(old), **old}))
+    assert fingerprint(old) == fingerprint(settings)
+    assert open_run_dir(out, settings, overwrite=False) == out
+    changed = RunConfig().with_overrides(["model.repeat_bias=true"]).to_dict()
+    assert fingerprint({**settings, "config": changed}) != fingerprint(settings)
+    with pytest.raises(UnisrecError, match="holds an unfinished run with different settings"):
+        open_run_dir(out, {**settings, "config": changed}, overwrite=False)

@@ -119,9 +119,23 @@ class ModelConfig:
         return self.item_repr != "text"
 
 
-# model settings added after saved models and report records were first written: a config without one means
-# its default (what every earlier model did); read by unisrec.checkpoint (loading) and unisrec.report (specs)
-LATER_MODEL_SETTINGS = ("repeat_bias",)
+# settings added after saved models, run folders and report records were first written: a config without one
+# means its default (what every earlier run did). Read by unisrec.checkpoint (loading saved models),
+# unisrec.runs (the fingerprint that decides whether an interrupted run resumes) and unisrec.report (run specs)
+LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"))
+LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
+
+
+def without_later_defaults(plain: dict[str, Any]) -> dict[str, Any]:
+    """A plain config (``RunConfig.to_dict()``, or a part of one) without the ``LATER_SETTINGS`` that hold their
+    default: what an earlier version wrote for the same run."""
+    defaults = RunConfig().to_dict()
+    kept = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in plain.items()}
+    for section, name in LATER_SETTINGS:
+        fields = kept.get(section)
+        if isinstance(fields, dict) and name in fields and fields[name] == defaults[section][name]:
+            del fields[name]
+    return kept
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,9 @@ class TrainConfig:
     # learning rate of the text adaptor (whitening + MoE) relative to lr; 0 = the adaptor stays as initialised
     # (random at the start of a pre-training: a random projection keeps the text's item-to-item similarities)
     adaptor_lr_scale: float = 1.0
+    # learning rate of the repeat offsets (model.repeat_bias) relative to lr: two scalars in logit units, where
+    # the scores move 1/temperature times faster than the cosines the rest of the model learns
+    repeat_lr_scale: float = 1.0
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)
     warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps
     precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast of the training step's matmuls
@@ -172,7 +189,7 @@ class TrainConfig:
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
         _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
         _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))
-        for name in ("encoder_lr_scale", "adaptor_lr_scale"):
+        for name in ("encoder_lr_scale", "adaptor_lr_scale", "repeat_lr_scale"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0:

@@ -31,7 +31,14 @@ from typing import Any, Literal, TextIO
 import torch
 
 from unisrec.atomic import atomic_write_json
-from unisrec.config import LATER_MODEL_SETTINGS, RunConfig, TextConfig, load_config, load_config_overrides, override
+from unisrec.config import (
+    RunConfig,
+    TextConfig,
+    load_config,
+    load_config_overrides,
+    override,
+    without_later_defaults,
+)
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
@@ -192,22 +199,13 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
     return runs
 
 
-# config fields added after report specs were first written: a spec leaves each out while it holds its default
-# (what every earlier run did), so that the specs and records of earlier versions still match
-LATER_FIELDS = tuple(("model", name) for name in LATER_MODEL_SETTINGS)
-
-
 def _config_spec(config: RunConfig) -> dict[str, Any]:
     """A base config in a spec: without its text section while that holds the defaults (the report's own text
-    settings are the spec's "text") and without the ``LATER_FIELDS`` at their defaults, so that specs written by
-    earlier versions still match."""
-    plain = config.to_dict()
+    settings are the spec's "text") and without the later settings at their defaults
+    (``unisrec.config.without_later_defaults``), so that specs written by earlier versions still match."""
+    plain = without_later_defaults(config.to_dict())
     if config.text == TextConfig():
         plain.pop("text")
-    default = RunConfig().to_dict()
-    for section, name in LATER_FIELDS:
-        if plain[section][name] == default[section][name]:
-            plain[section].pop(name)
     return plain
 
 

@@ -370,6 +370,7 @@ class ProgressLines:
 
 ENCODER_PREFIX = "encoder."  # Transformer layers + position embeddings (the sequence encoder)
 ADAPTOR_PREFIX = "adaptor."  # the text adaptor: parametric whitening + mixture of experts
+REPEAT_PREFIX = "repeat_weight"  # the repeat offsets [w_last, w_hist] (model.repeat_bias)
 
 
 def set_trainable(model: nn.Module, config: TrainConfig, *, freeze_encoder: bool = False) -> list[str]:
@@ -386,16 +387,17 @@ def set_trainable(model: nn.Module, config: TrainConfig, *, freeze_encoder: bool
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """Trainable parameters in Adam groups: the sequence encoder at lr * encoder_lr_scale, the text adaptor at
-    lr * adaptor_lr_scale (in the first group at scale 1: the layout of checkpoints made before the option), the
-    rest at lr; no empty group.
+    lr * adaptor_lr_scale, the repeat offsets at lr * repeat_lr_scale (each of the last two in the first group
+    at scale 1: the layout of checkpoints made before the option), the rest at lr; no empty group.
 
     Each group keeps its ``base_lr``; the schedule (``lr_factor``) scales it at every step.
     """
-    scales = {"": 1.0, ENCODER_PREFIX: config.encoder_lr_scale, ADAPTOR_PREFIX: config.adaptor_lr_scale}
+    scales = {"": 1.0, ENCODER_PREFIX: config.encoder_lr_scale, ADAPTOR_PREFIX: config.adaptor_lr_scale,
+              REPEAT_PREFIX: config.repeat_lr_scale}
     members: dict[str, list[nn.Parameter]] = {prefix: [] for prefix in scales}
     for name, param in model.named_parameters():
         part = next((prefix for prefix in scales if prefix and name.startswith(prefix)), "")
-        if part == ADAPTOR_PREFIX and config.adaptor_lr_scale == 1:
+        if part in (ADAPTOR_PREFIX, REPEAT_PREFIX) and scales[part] == 1:
             part = ""
         if param.requires_grad:
             members[part].append(param)
