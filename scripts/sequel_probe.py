@@ -3,8 +3,8 @@
     python scripts/sequel_probe.py RUN_DIR [--k 20] [--include-seen] [--record results/NAME/PROBE.json]
 
 Adds three games never seen in training by their titles alone (``add_items``), asks for the top k of the
-history [part 1, part 2] and prints where part 3 (and every added item) lands, with the query's cosine to each
-item's adapted vector and the popularity rank of the items above it. Exit status 0 when part 3 is in the
+history [part 1, part 2] and prints the top k and the rank of every added item among all items (by the model's
+logits: with ``model.repeat_bias`` the repeat offsets of parts 1 and 2 included). Exit status 0 when part 3 is in the
 top 10, 1 otherwise (so it can gate a real-data test).
 """
 
@@ -24,6 +24,7 @@ SERIES = [
 def probe(run_dir: str, k: int, include_seen: bool) -> dict[str, object]:
     import torch
 
+    from unisrec.model import add_offsets
     from unisrec.recommend import Recommender
 
     recommender = Recommender.from_pretrained(run_dir)
@@ -36,6 +37,11 @@ def probe(run_dir: str, k: int, include_seen: bool) -> dict[str, object]:
         query = recommender.queries_of_rows([recommender.catalogue.lookup(history)])[0]  # (H,) unit query
         table = recommender.scoring_table()  # (N, H) scaled so that query @ table.T = logits
         scores = table @ query  # (N,)
+        history_rows = torch.as_tensor(recommender.catalogue.lookup(history), dtype=torch.long)[None]  # (1, 2)
+        offsets = recommender.model.repeat_offsets(history_rows.to(table.device),
+                                                   torch.tensor([2], device=table.device))
+        if offsets is not None:  # model.repeat_bias: the model's own logits of the history's items
+            scores = add_offsets(scores[None], offsets)[0]
     order = torch.argsort(scores, descending=True)
     position = {int(r): int((order == r).nonzero()[0, 0]) for r in rows}
     return {
