@@ -13,6 +13,10 @@ vs 0.0383; the learned weight stays at 0.98), records ``results/sequel-steam/ste
 Pre-training helps most: Steam models fine-tuned (inductive, seeds 1-3) from the recipe pre-trained on the nine
 other shared domains (leave-one-out report) rank part 3 13th / 11th / 5th of all items (in the list's top 10 for
 seeds 2 and 3), the same runs from scratch 101st / 24th / 52nd (``results/sequel-steam/loo-steam-*-probe.json``).
+The repeat offsets (``model.repeat_bias=true``, ``train.repeat_lr_scale=10``) do not do it either, although
+a model that cannot push its logits of the history's own items down must aim its query away from them (and
+so from their near-duplicates): part 3 ranks 121st, test NDCG@10 0.0389 vs 0.0367 without them (learned
+w_last -0.25), records ``results/sequel-steam/steam-repeat-x10-s1*.json``.
 This test still trains from scratch (a pre-training is ~35 min), so it stays an expected failure.
 """
 
