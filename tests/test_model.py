@@ -184,7 +184,7 @@ def test_skip_gate_mixes_unit_state_and_unit_item_by_a_learned_weight() -> None:
         weight = math.log1p(math.exp(0.3))  # softplus
         expected = hidden / hidden.norm(dim=-1, keepdim=True) + weight * items / items.norm(dim=-1, keepdim=True)
         torch.testing.assert_close(gated.encode(sequences, table), expected)
-    assert float(F.softplus(tiny_model(last_item_skip=True, skip_gate=True).skip_weight)) == pytest.approx(1.0)
+    assert float(F.softplus(tiny_model(last_item_skip=True, skip_gate=True).skip_weight).detach()) == pytest.approx(1.0)
     loss = gated.train().encode(sequences, gated.item_table()).sum()
     loss.backward()
     assert gated.skip_weight is not None and gated.skip_weight.grad is not None  # it learns
