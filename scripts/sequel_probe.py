@@ -37,9 +37,7 @@ def probe(run_dir: str, k: int, include_seen: bool) -> dict[str, object]:
         query = recommender.queries_of_rows([recommender.catalogue.lookup(history)])[0]  # (H,) unit query
         table = recommender.scoring_table()  # (N, H) scaled so that query @ table.T = logits
         scores = table @ query  # (N,)
-        history_rows = torch.as_tensor(recommender.catalogue.lookup(history), dtype=torch.long)[None]  # (1, 2)
-        offsets = recommender.model.repeat_offsets(history_rows.to(table.device),
-                                                   torch.tensor([2], device=table.device))
+        offsets = recommender.repeat_offsets_of_rows([recommender.catalogue.lookup(history)])
         if offsets is not None:  # model.repeat_bias: the model's own logits of the history's items
             scores = add_offsets(scores[None], offsets)[0]
     order = torch.argsort(scores, descending=True)

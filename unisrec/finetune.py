@@ -139,8 +139,8 @@ class FinetuneTask:
         if core.config.repeat_bias:
             at_row, at_pos = batch.mask.nonzero(as_tuple=True)  # (T,), (T,): row-major, the order of the targets
             offsets = core.repeat_offsets(batch.inputs[at_row], at_pos + 1)  # each target's history: its prefix
-            if offsets is not None:
-                logits = add_offsets(logits, offsets)  # (T, N)
+            assert offsets is not None  # a model with repeat_bias has them
+            logits = add_offsets(logits, offsets)  # (T, N)
         if not self.dist.enabled:
             return {"loss": full_softmax_ce(logits, batch.targets)}
         total = round(self.dist.mean(float(len(batch.targets))) * self.dist.world_size)

@@ -50,7 +50,7 @@ from unisrec.config import TextConfig
 from unisrec.errors import UnisrecError
 from unisrec.export import ExportManifest, export_vectors
 from unisrec.locking import waiting_for
-from unisrec.model import SequenceModel
+from unisrec.model import Offsets, SequenceModel
 from unisrec.topk import CoarseTable, FlatIndex, chunked_top_k, faiss_search, flat_ip_index
 
 if TYPE_CHECKING:
@@ -344,6 +344,18 @@ class Recommender:
             return [self._format(r) for r in self.top_rows(queries, k, seen)]
         return [self._format(r) for r in self._top_rows_with_repeats(queries, histories, k, seen, flags)]
 
+    def repeat_offsets_of_rows(self, histories: Sequence[np.ndarray]) -> Offsets | None:
+        """The model's repeat offsets (``model.repeat_bias``) of histories given as catalogue rows, over the
+        model's input window (the last ``max_seq_len`` items), as ``unisrec.model.history_offsets`` gives them
+        (add them to a (B, N) score matrix with ``unisrec.model.add_offsets``); None for a model without them."""
+        window = [h[-self.model.config.max_seq_len:] for h in histories]
+        lengths = torch.tensor([len(w) for w in window], dtype=torch.long)  # (B,)
+        padded = torch.zeros(len(window), int(lengths.max()), dtype=torch.long)  # (B, L)
+        for b, w in enumerate(window):
+            padded[b, : len(w)] = torch.from_numpy(w.astype(np.int64))
+        with torch.no_grad():
+            return self.model.repeat_offsets(padded.to(self.model.device), lengths.to(self.model.device))
+
     def _top_rows_with_repeats(
         self, queries: Tensor, histories: Sequence[np.ndarray], k: int, seen: list[np.ndarray], flags: list[bool]
     ) -> list[list[tuple[int, float]]]:
@@ -351,15 +363,10 @@ class Recommender:
         whose seen items stay in the ranking: only those items' scores change, so the top k + (window size)
         without offsets holds every item of the true top k outside the window; the window's items are scored
         exactly and merged in."""
-        window = [h[-self.model.config.max_seq_len:] for h in histories]
-        ranked = self.top_rows(queries, k + max(len(w) for w in window), seen)
-        lengths = torch.tensor([len(w) for w in window], dtype=torch.long)  # (B,)
-        padded = torch.zeros(len(window), int(lengths.max()), dtype=torch.long)  # (B, L)
-        for b, w in enumerate(window):
-            padded[b, : len(w)] = torch.from_numpy(w.astype(np.int64))
+        ranked = self.top_rows(queries, k + min(max(len(h) for h in histories), self.model.config.max_seq_len), seen)
+        offsets = self.repeat_offsets_of_rows(histories)
+        assert offsets is not None
         with torch.no_grad():
-            offsets = self.model.repeat_offsets(padded.to(self.model.device), lengths.to(self.model.device))
-            assert offsets is not None
             rows, items, values = (t.cpu() for t in offsets)
             table = self.scoring_table()
             out = []
