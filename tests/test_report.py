@@ -323,6 +323,37 @@ def test_verify_reruns_a_recorded_run_and_prints_the_differences(tmp_path: Path,
     assert "no such record (records there: finetune-scratch-seed-1)" in capsys.readouterr().err
 
 
+def test_verify_against_a_finished_folder_compares_a_pretraining_epoch_by_epoch(
+        tmp_path: Path, tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    results = tmp_path / "results"
+    run_report(config_path, tmp_path / "out", only=["unisrec"], results_dir=results)
+    folder = tmp_path / "out" / "pretrain" / "other-pt" / "seed-7"
+    args = ["report", str(config_path), "--out", str(tmp_path / "out"), "--results", str(results),
+            "--verify", "pretrain-other-pt-seed-7"]
+    capsys.readouterr()
+    assert main([*args, "--against", str(folder)]) == 0  # no rerun: the folder the record was made from
+    same = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert same["max_abs_diff"] == 0.0 and "epochs_only_in" not in same
+    assert same["diff"]["valid"] == {} and "train_loss@1" in same["diff"]["curve"]  # a pre-training: losses only
+
+    record = results / "pretrain-other-pt-seed-7.json"
+    tampered = json.loads(record.read_text())
+    tampered["curve"][0]["train_loss"] += 0.25
+    tampered["curve"].append({**tampered["curve"][0], "epoch": 2})  # an epoch the folder does not have
+    record.write_text(json.dumps(tampered))
+    assert main([*args, "--against", str(folder)]) == 0
+    changed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert changed["diff"]["curve"]["train_loss@1"] == pytest.approx(-0.25)
+    assert changed["max_abs_diff"] == pytest.approx(0.25)
+    assert changed["epochs_only_in"] == {"record": [2], "rerun": []}
+
+    assert main([*args, "--against", str(tmp_path / "nowhere")]) == 2
+    assert "not a finished run (no metrics.json)" in capsys.readouterr().err
+    assert main(["report", str(config_path), "--against", str(folder)]) == 2
+    assert "--against goes with --verify" in capsys.readouterr().err
+
+
 def test_planned_commands_ask_for_the_settings_the_report_runs_with(tmp_path: Path, tiny_lm_dir: Path) -> None:
     import shlex
 

@@ -436,7 +436,11 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                    help="runs at once, each in its own process with cores/JOBS torch threads (default 1: one at a "
                    "time, in this process); a run waits for the runs it reads")
     p.add_argument("--verify", metavar="RUN", default=None,
-                   help="rerun the recorded run RUN (its record's name) and print the difference per metric")
+                   help="rerun the recorded run RUN (its record's name) and print the difference per metric "
+                   "and per epoch's training loss")
+    p.add_argument("--against", metavar="RUN_DIR", default=None, type=Path,
+                   help="with --verify: compare the finished run folder RUN_DIR with the record instead of "
+                   "rerunning (a rerun made elsewhere, e.g. by another session's report)")
     p.add_argument("--results", type=Path, default=None,
                    help="folder of the per-run records and of report.md (default: results/<config file name>)")
     p.set_defaults(handler=_run_report)
@@ -452,8 +456,11 @@ def _run_report(args: argparse.Namespace) -> int:
 
         if args.out is None:
             raise UnisrecError("--verify needs --out (the report folder whose pre-training runs it reuses)")
-        print(json.dumps(verify_run(args.config, args.out, args.verify, results, data_root=args.data_root)))
+        print(json.dumps(verify_run(args.config, args.out, args.verify, results, data_root=args.data_root,
+                                    against=args.against)))
         return 0
+    if args.against is not None:
+        raise UnisrecError("--against goes with --verify RUN (the record to compare the folder with)")
     command = f"unisrec report {args.config.as_posix()} --report-only"
     if args.results is not None:
         command += f" --results {args.results.as_posix()}"

@@ -66,7 +66,9 @@ def data_fingerprint(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _curve(run_dir: Path) -> list[dict[str, Any]]:
+def run_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch curve of a run folder (its ``train.log``): epoch, seconds, lr, the training losses and the
+    validation recall / NDCG of each epoch."""
     curve: list[dict[str, Any]] = []
     log = run_dir / "train.log"
     if not log.exists():
@@ -152,7 +154,7 @@ def run_record(run_dir: str | Path, *, long_tail_groups: int = 5, plan: dict[str
         "parameters": metrics.get("parameters"),
         "device": metrics.get("device", "cpu"),
         "machine": machine(),
-        "curve": _curve(run_dir),
+        "curve": run_curve(run_dir),
     }
     if isinstance(data, str):
         name = metrics.get("dataset") or Path(data).name

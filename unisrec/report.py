@@ -408,14 +408,22 @@ def estimate_seconds(run: PlannedRun, results_dir: Path | None) -> float | None:
 
 
 def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir: Path, *,
-               data_root: str | None = None, log: TextIO | None = None) -> dict[str, Any]:
-    """Rerun the recorded run ``name`` (a record file name without .json) into a temporary folder and compare
-    its valid and test metrics with the record; returns {"run", "max_abs_diff", "diff": {split: {metric: d}}}.
+               data_root: str | None = None, log: TextIO | None = None,
+               against: str | Path | None = None) -> dict[str, Any]:
+    """Rerun the recorded run ``name`` (a record file name without .json) into a temporary folder, or read the
+    finished run folder ``against`` instead (a rerun made elsewhere, e.g. by another session's report), and
+    compare it with the record; returns {"run", "max_abs_diff", "diff": {split: {metric: d}, "curve": ...}}.
 
-    Its pre-training (if any) is reused from ``out`` as the report left it.
+    "curve" holds the difference of every training loss per epoch (``train_loss@1``, ``train_si@2``, ...): the
+    only numbers a pre-training run records, and for a fine-tuning run a check of every epoch, not only of the
+    chosen one. Epochs that only one side has (a run that stopped elsewhere) are listed under
+    "epochs_only_in" ({"record": [...], "rerun": [...]}), present only then. A rerun's pre-training (if any)
+    is reused from ``out``.
     """
     import tempfile
     from dataclasses import replace as dc_replace
+
+    from unisrec.records import run_curve
 
     log = log or sys.stderr
     record_file = results_dir / f"{name}.json"
@@ -430,16 +438,39 @@ def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir:
         raise UnisrecError(f"{name}: not a training run of {config_path}")
     run = matches[0]
     with tempfile.TemporaryDirectory(prefix="unisrec-verify-") as tmp:
-        again = dc_replace(run, out=Path(tmp) / "run")
-        print(f"verify: rerunning {run.kind} {run.name} seed {run.seed} in {again.out}", file=log)
-        execute(again)
-        fresh = json.loads((again.out / "metrics.json").read_text())
-    diff: dict[str, dict[str, float]] = {}
+        if against is None:
+            again = dc_replace(run, out=Path(tmp) / "run")
+            print(f"verify: rerunning {run.kind} {run.name} seed {run.seed} in {again.out}", file=log)
+            execute(again)
+        else:
+            again = dc_replace(run, out=Path(against))
+            if not again.done_file.exists():
+                raise UnisrecError(f"{again.out}: not a finished run (no {again.done_file.name})")
+        fresh = json.loads(again.done_file.read_text())
+        curve = run_curve(again.out)
+    diff: dict[str, Any] = {}
     for split in ("valid", "test"):
         old, new = record.get(split) or {}, fresh.get(split) or {}
         diff[split] = {m: float(new[m]) - float(old[m]) for m in sorted(old) if m in new}
+    diff["curve"], unmatched = _curve_differences(record.get("curve") or [], curve)
     worst = max((abs(d) for part in diff.values() for d in part.values()), default=0.0)
-    return {"run": name, "max_abs_diff": worst, "diff": diff}
+    result: dict[str, Any] = {"run": name, "max_abs_diff": worst, "diff": diff}
+    if unmatched["record"] or unmatched["rerun"]:
+        result["epochs_only_in"] = unmatched
+    return result
+
+
+def _curve_differences(recorded: list[dict[str, Any]], rerun: list[dict[str, Any]]
+                       ) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Per epoch, rerun minus recorded of every ``train_*`` loss both curves have (``train_loss@3``), and the
+    epochs only one of them has."""
+    old = {int(p["epoch"]): p for p in recorded if "epoch" in p}
+    new = {int(p["epoch"]): p for p in rerun if "epoch" in p}
+    diff = {f"{key}@{epoch}": float(new[epoch][key]) - float(point[key])
+            for epoch, point in sorted(old.items()) if epoch in new
+            for key in sorted(point) if key.startswith("train_") and key in new[epoch]
+            and isinstance(point[key], (int, float)) and isinstance(new[epoch][key], (int, float))}
+    return diff, {"record": sorted(set(old) - set(new)), "rerun": sorted(set(new) - set(old))}
 
 
 def run_report(
