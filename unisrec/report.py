@@ -448,7 +448,7 @@ def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir:
                 raise UnisrecError(f"{again.out}: not a finished run (no {again.done_file.name})")
         fresh = json.loads(again.done_file.read_text())
         curve = run_curve(again.out)
-    diff: dict[str, Any] = {}
+    diff: dict[str, dict[str, float]] = {}
     for split in ("valid", "test"):
         old, new = record.get(split) or {}, fresh.get(split) or {}
         diff[split] = {m: float(new[m]) - float(old[m]) for m in sorted(old) if m in new}
