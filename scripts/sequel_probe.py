@@ -33,11 +33,12 @@ def probe(run_dir: str, k: int, include_seen: bool) -> dict[str, object]:
     ranked = recommender.recommend_lists([history], k=max(k, 10), exclude_seen=not include_seen)[0]
     ids = [r.item_id for r in ranked]
     rows = recommender.catalogue.lookup([i for i, _ in SERIES])
+    history_rows = recommender.catalogue.lookup(history)  # (2,)
     with torch.no_grad():
-        query = recommender.queries_of_rows([recommender.catalogue.lookup(history)])[0]  # (H,) unit query
+        query = recommender.queries_of_rows([history_rows])[0]  # (H,) unit query
         table = recommender.scoring_table()  # (N, H) scaled so that query @ table.T = logits
         scores = table @ query  # (N,)
-        offsets = recommender.repeat_offsets_of_rows([recommender.catalogue.lookup(history)])
+        offsets = recommender.repeat_offsets_of_rows([history_rows])
         if offsets is not None:  # model.repeat_bias: the model's own logits of the history's items
             scores = add_offsets(scores[None], offsets)[0]
     order = torch.argsort(scores, descending=True)

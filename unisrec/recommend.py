@@ -253,7 +253,7 @@ class Recommender:
         """Catalogue rows of B histories -> (B, H) query vectors (the last ``max_seq_len`` items of each)."""
         model = self.model
         device = model.device
-        cut = [h[-model.config.max_seq_len:] for h in histories]
+        cut = self._windows(histories)
         unique, local = np.unique(np.concatenate(cut), return_inverse=True)  # (M,), (sum L,)
         items, _ = self.tables()
         with eval_mode(model):
@@ -344,11 +344,15 @@ class Recommender:
             return [self._format(r) for r in self.top_rows(queries, k, seen)]
         return [self._format(r) for r in self._top_rows_with_repeats(queries, histories, k, seen, flags)]
 
+    def _windows(self, histories: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The model's input window of each history: its last ``max_seq_len`` catalogue rows."""
+        return [h[-self.model.config.max_seq_len:] for h in histories]
+
     def repeat_offsets_of_rows(self, histories: Sequence[np.ndarray]) -> Offsets | None:
         """The model's repeat offsets (``model.repeat_bias``) of histories given as catalogue rows, over the
         model's input window (the last ``max_seq_len`` items), as ``unisrec.model.history_offsets`` gives them
         (add them to a (B, N) score matrix with ``unisrec.model.add_offsets``); None for a model without them."""
-        window = [h[-self.model.config.max_seq_len:] for h in histories]
+        window = self._windows(histories)
         lengths = torch.tensor([len(w) for w in window], dtype=torch.long)  # (B,)
         padded = torch.zeros(len(window), int(lengths.max()), dtype=torch.long)  # (B, L)
         for b, w in enumerate(window):
@@ -363,7 +367,7 @@ class Recommender:
         whose seen items stay in the ranking: only those items' scores change, so the top k + (window size)
         without offsets holds every item of the true top k outside the window; the window's items are scored
         exactly and merged in."""
-        ranked = self.top_rows(queries, k + min(max(len(h) for h in histories), self.model.config.max_seq_len), seen)
+        ranked = self.top_rows(queries, k + max(len(w) for w in self._windows(histories)), seen)
         offsets = self.repeat_offsets_of_rows(histories)
         assert offsets is not None
         with torch.no_grad():

@@ -466,10 +466,12 @@ def _curve_differences(recorded: list[dict[str, Any]], rerun: list[dict[str, Any
     epochs only one of them has."""
     old = {int(p["epoch"]): p for p in recorded if "epoch" in p}
     new = {int(p["epoch"]): p for p in rerun if "epoch" in p}
-    diff = {f"{key}@{epoch}": float(new[epoch][key]) - float(point[key])
-            for epoch, point in sorted(old.items()) if epoch in new
-            for key in sorted(point) if key.startswith("train_") and key in new[epoch]
-            and isinstance(point[key], (int, float)) and isinstance(new[epoch][key], (int, float))}
+    diff: dict[str, float] = {}
+    for epoch in sorted(old.keys() & new.keys()):
+        for key, value in sorted(old[epoch].items()):
+            again = new[epoch].get(key)
+            if key.startswith("train_") and isinstance(value, (int, float)) and isinstance(again, (int, float)):
+                diff[f"{key}@{epoch}"] = float(again) - float(value)
     return diff, {"record": sorted(set(old) - set(new)), "rerun": sorted(set(new) - set(old))}
 
 
