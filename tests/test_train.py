@@ -13,7 +13,7 @@ from unisrec.config import RunConfig
 from unisrec.datasets import load_processed
 from unisrec.finetune import FinetuneTask, finetune
 from unisrec.model import UniSRec
-from unisrec.train import Task, TrainingError, fit
+from unisrec.train import Task, TrainingError, TrainState, fit
 
 SMALL = [
     "model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=2",
@@ -71,6 +71,44 @@ def test_a_kill_between_a_checkpoints_renames_resumes_from_the_previous_one(
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
 
     assert records(run) == records(reference_run)  # the interrupted epoch's steps and mean losses too
+
+
+def test_select_start_keeps_the_starting_weights_when_no_epoch_beats_them(synthetic_dataset: Path) -> None:
+    dataset = load_processed(synthetic_dataset)
+
+    def run(select_start: bool, start_score: float) -> tuple[UniSRec, TrainState, list[str]]:
+        config = RunConfig().with_overrides([*SMALL, "model.item_repr=id", "train.epochs=3", "train.patience=5",
+                                             f"train.select_start={str(select_start).lower()}"])
+        torch.manual_seed(0)
+        model = UniSRec(config.model, dataset.n_items)
+        task = FinetuneTask(model, dataset, config, torch.device("cpu"))
+        scores = iter([start_score, 0.2, 0.3, 0.25] if select_start else [0.2, 0.3, 0.25])
+        events: list[str] = []
+
+        def validate() -> dict[str, float]:
+            events.append("validate")
+            return {"ndcg@10": next(scores)}
+
+        def save_best() -> None:
+            events.append("save")
+
+        state = fit(model, Task(task.batches, task.steps, task.loss, validate=validate, save_best=save_best),
+                    config.train, None, device=torch.device("cpu"))
+        return model, state, events
+
+    plain, plain_state, plain_events = run(False, 0.0)
+    assert plain_state.best_epoch == 2 and plain_state.start_valid is None
+    assert plain_events == ["validate", "save", "validate", "save", "validate"]
+    kept, kept_state, kept_events = run(True, 0.5)  # the start beats every epoch: its weights are the ones saved
+    assert kept_state.best_epoch == 0 and kept_state.start_valid == {"ndcg@10": 0.5}
+    assert kept_events == ["validate", "save", "validate", "validate", "validate"]
+    beaten, beaten_state, beaten_events = run(True, 0.1)  # an epoch beats the start: as without select_start
+    assert beaten_state.best_epoch == 2
+    assert beaten_events == ["validate", "save", "validate", "save", "validate", "save", "validate"]
+    for (name, a), b, c in zip(plain.state_dict().items(), kept.state_dict().values(),
+                               beaten.state_dict().values(), strict=True):  # validating first changes no step
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(a, c, rtol=0, atol=0, msg=name)
 
 
 def test_non_finite_loss_stops_training(synthetic_dataset: Path) -> None:

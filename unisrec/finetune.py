@@ -61,7 +61,8 @@ class FinetuneMetrics(TypedDict):
 
     valid: dict[str, float]
     test: dict[str, float]  # with cold_recall@K / cold_ndcg@K / cold_cases when train.cold_items > 0
-    best_epoch: int
+    best_epoch: int  # 0: the starting weights (train.select_start), no epoch beat them on validation
+    valid_start: dict[str, float] | None  # validation before the first step (train.select_start), else None
     epochs: int
     stopped_early: bool
     seconds_per_epoch: float
@@ -240,6 +241,7 @@ def finetune(
         "valid": final_eval.valid,
         "test": final_eval.test,
         "best_epoch": state.best_epoch,
+        "valid_start": state.start_valid,
         "epochs": state.epoch,
         "stopped_early": state.stopped_early,
         "seconds_per_epoch": float(np.median(state.epoch_seconds)) if state.epoch_seconds else 0.0,

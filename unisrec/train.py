@@ -70,6 +70,8 @@ class TrainState:
     epoch_sums: dict[str, float] = field(default_factory=dict)
     epoch_counts: dict[str, int] = field(default_factory=dict)
     epoch_elapsed: float = 0.0
+    # the validation metrics of the weights before the first step (train.select_start), else None
+    start_valid: dict[str, float] | None = None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -198,6 +200,15 @@ def fit(
             _save_checkpoint(checkpoint, model, optimizer, state, fingerprint)
         dist.barrier()
 
+    if config.select_start and task.validate is not None and state.global_step == 0 and state.start_valid is None:
+        # epoch 0: the starting weights compete with every epoch (validation uses no random numbers, so the
+        # training that follows is the same as without it)
+        state.start_valid = task.validate()
+        state.best_score, state.best_epoch = state.start_valid[config.select_metric], 0
+        if dist.is_main:
+            task.save_best()
+            print(f"epoch 0 (before training): valid {config.select_metric}="
+                  f"{state.start_valid[config.select_metric]:.4f}", file=sys.stderr)
     while state.epoch < config.epochs and not state.stopped_early:
         if max_steps and state.global_step >= max_steps:
             break
