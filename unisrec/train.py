@@ -200,9 +200,9 @@ def fit(
             _save_checkpoint(checkpoint, model, optimizer, state, fingerprint)
         dist.barrier()
 
-    if config.select_start and task.validate is not None and state.global_step == 0 and state.start_valid is None:
+    if config.select_start and task.validate is not None and state.global_step == 0:
         # epoch 0: the starting weights compete with every epoch (validation uses no random numbers, so the
-        # training that follows is the same as without it)
+        # training that follows is the same as without it); a resumed run has taken steps and kept its start_valid
         state.start_valid = task.validate()
         state.best_score, state.best_epoch = state.start_valid[config.select_metric], 0
         if dist.is_main:
