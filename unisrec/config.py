@@ -122,7 +122,8 @@ class ModelConfig:
 # settings added after saved models, run folders and report records were first written: a config without one
 # means its default (what every earlier run did). Read by unisrec.checkpoint (loading saved models),
 # unisrec.runs (the fingerprint that decides whether an interrupted run resumes) and unisrec.report (run specs)
-LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"))
+LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
+                  ("train", "interpolate"))
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
 
@@ -171,6 +172,9 @@ class TrainConfig:
     # validation (best_epoch 0): a run from a pre-trained model (--init) then never ends worse on validation
     # than the model it started from (data-poor targets: 5% of Scientific's users fall below zero-shot)
     select_start: bool = False
+    # after a run from a pre-trained model (--init): auto = score start + alpha * (fine-tuned - start) on validation
+    # for alpha in 1, 0.75, 0.5, 0.25, 0 and keep the best (unisrec.interpolate; WiSE-FT); off = the fine-tuned model
+    interpolate: Literal["off", "auto"] = "off"
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)
     warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps
     precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast of the training step's matmuls
@@ -190,6 +194,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
+        _check_choice("train.interpolate", self.interpolate, ("off", "auto"))
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
         _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
         _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))

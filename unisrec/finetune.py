@@ -32,12 +32,13 @@ from unisrec.analysis import save_ranks
 from unisrec.atomic import atomic_write_json
 from unisrec.baselines import build_model
 from unisrec.batches import TrainBatch, bucketed_batches, make_train_batch, shard, training_windows
-from unisrec.checkpoint import load_transferable, read_model_config, read_text_config, save_pretrained
+from unisrec.checkpoint import load_transferable, read_model_config, read_text_config, save_pretrained, save_tensors
 from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig, RunConfig, from_plain, given_fields
 from unisrec.datasets.processed import ProcessedDataset, load_processed
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, final_evaluation
+from unisrec.interpolate import choose_interpolation, snapshot
 from unisrec.losses import full_softmax_ce
 from unisrec.model import SequenceModel, add_offsets
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
@@ -51,9 +52,20 @@ if TYPE_CHECKING:
     from unisrec.cloze import ClozeTask
 
 
+FINETUNED_WEIGHTS = "finetuned.safetensors"
+
+
 class ParameterCounts(TypedDict):
     total: int
     trainable: int
+
+
+class InterpolationRecord(TypedDict):
+    """``train.interpolate=auto``: the alpha kept and the validation metric of every alpha tried."""
+
+    alpha: float  # 1: the fine-tuned weights, 0: the pre-trained ones
+    metric: str
+    valid: dict[str, float]  # f"{alpha:g}" -> the metric
 
 
 class FinetuneMetrics(TypedDict):
@@ -63,6 +75,7 @@ class FinetuneMetrics(TypedDict):
     test: dict[str, float]  # with cold_recall@K / cold_ndcg@K / cold_cases when train.cold_items > 0
     best_epoch: int  # 0: the starting weights (train.select_start), no epoch beat them on validation
     valid_start: dict[str, float] | None  # validation before the first step (train.select_start), else None
+    interpolation: InterpolationRecord | None  # train.interpolate=auto, else None
     epochs: int
     stopped_early: bool
     seconds_per_epoch: float
@@ -167,6 +180,9 @@ def finetune(
     init_dir = Path(init) if init is not None else None
     config = resolve_config((config or RunConfig()).with_overrides(overrides), mode, init_dir, overrides)
     out = Path(out)
+    if config.train.interpolate != "off" and init_dir is None:
+        raise UnisrecError(f"train.interpolate={config.train.interpolate} mixes the fine-tuned weights with the "
+                           "pre-trained ones: it needs --init")
     dataset = load_processed(data_dir)
     settings = {
         "command": "finetune",
@@ -192,6 +208,7 @@ def finetune(
     vectors = dist.main_first(lambda: load_text(dataset, config.text)) if config.model.uses_text else None
     model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix) if vectors else None)
     transferred = load_transferable(model, init_dir) if init_dir is not None else []
+    start = snapshot(model, transferred) if config.train.interpolate == "auto" else {}  # before any step
     trainable = set_trainable(model, config.train, freeze_encoder=config.train.freeze == "encoder")
     model.to(device)
     wrapped: torch.nn.Module = model
@@ -233,8 +250,21 @@ def finetune(
             dist=dist,
         )
     dist.barrier()
-    best = load_file(str(out / "model.safetensors"))
+    tuned_path = out / FINETUNED_WEIGHTS  # with train.interpolate: the fine-tuned best, kept beside the mixture
+    best = load_file(str(tuned_path if start and tuned_path.exists() else out / "model.safetensors"))
     model.load_state_dict(best, strict=True)
+    interpolation: InterpolationRecord | None = None
+    if start:
+        if dist.is_main and not tuned_path.exists():  # a rerun after a kill mixes from the same fine-tuned weights
+            save_tensors(tuned_path, best)
+        metric = config.train.select_metric
+        alpha, scores = choose_interpolation(
+            model, start, lambda: evaluate(model, dataset, "valid", config.eval, device), metric)
+        interpolation = {"alpha": alpha, "metric": metric, "valid": scores}
+        if dist.is_main:
+            save_best()
+            print(f"interpolation: alpha {alpha:g} (valid {metric} {json.dumps(scores)})", file=sys.stderr)
+        dist.barrier()
     final_eval = final_evaluation(model, dataset, config.eval, device, cold=getattr(task, "cold", None))
     n_params = sum(p.numel() for p in model.parameters())
     metrics: FinetuneMetrics = {
@@ -242,6 +272,7 @@ def finetune(
         "test": final_eval.test,
         "best_epoch": state.best_epoch,
         "valid_start": state.start_valid,
+        "interpolation": interpolation,
         "epochs": state.epoch,
         "stopped_early": state.stopped_early,
         "seconds_per_epoch": float(np.median(state.epoch_seconds)) if state.epoch_seconds else 0.0,

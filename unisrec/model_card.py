@@ -71,6 +71,12 @@ def finetune_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], comma
         "| valid " + _metrics_row(valid)[1:],
         "| test " + _metrics_row(test)[1:],
     ]
+    mixed = metrics.get("interpolation")
+    if mixed:
+        tried = ", ".join(f"{alpha} {value:.4f}" for alpha, value in mixed["valid"].items())
+        lines += ["", f"Weights: pre-trained + {mixed['alpha']:g} x (fine-tuned - pre-trained), chosen on valid "
+                  f"{mixed['metric']} (`train.interpolate=auto`; alpha and valid: {tried}); the fine-tuned weights "
+                  "are in `finetuned.safetensors`"]
     if "cold_cases" in test:
         lines += ["", f"Cold items (never trained on): {int(test['cold_cases'])} test cases, "
                   f"cold_recall@10 {test.get('cold_recall@10', 0):.4f}, cold_ndcg@10 {test.get('cold_ndcg@10', 0):.4f}"]

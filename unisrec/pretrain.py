@@ -269,6 +269,9 @@ def pretrain(
     if config.model.repeat_bias:
         raise UnisrecError("model.repeat_bias is a fine-tuning setting: the repeat offsets belong to one catalogue "
                            "and are not transferred; pre-train without it and fine-tune with it")
+    for name, on in (("select_start", config.train.select_start), ("interpolate", config.train.interpolate != "off")):
+        if on:  # both compare with the weights a fine-tuning started from (--init); a pre-training has none
+            raise UnisrecError(f"train.{name} is a fine-tuning setting (it needs --init); pre-train without it")
     out = Path(out)
     dirs = [Path(d) for d in data_dirs]
     settings = {

@@ -156,6 +156,8 @@ def run_record(run_dir: str | Path, *, long_tail_groups: int = 5, plan: dict[str
         "machine": machine(),
         "curve": run_curve(run_dir),
     }
+    if metrics.get("interpolation"):  # train.interpolate=auto: the alpha kept and the validation of each
+        record["interpolation"] = metrics["interpolation"]
     if isinstance(data, str):
         name = metrics.get("dataset") or Path(data).name
         record["data"] = {"name": name, "fingerprint": data_fingerprint(Path(data))}
