@@ -17,7 +17,7 @@ from conftest import write_synthetic_source
 from unisrec.analysis import metrics_by_group, popularity_groups
 from unisrec.cli import main
 from unisrec.errors import ConfigError, UnisrecError
-from unisrec.report import plan_runs, run_report
+from unisrec.report import plan_runs, resolved_spec, run_report
 from unisrec.report_config import load_report_config
 from unisrec.report_writer import render_report
 
@@ -174,6 +174,34 @@ def test_changed_settings_retrain_only_what_depends_on_them(tmp_path: Path, tiny
     assert statuses[("pretrain", "other-pt")] == "stale"
     assert statuses[("finetune", "unisrec")] == "stale"  # ... so the run initialised from it is stale too
     assert statuses[("prepare", "target")] == "cached"
+
+
+def test_a_new_recipe_keeps_the_runs_whose_settings_resolve_alike(
+        tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from unisrec.pretrain import recipe_config
+
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    out, results = tmp_path / "out", tmp_path / "results"
+    run_report(config_path, out, only=["unisrec"], results_dir=results)
+    old_warmup = recipe_config().train.warmup_steps
+    monkeypatch.setattr("unisrec.report.recipe_config",
+                        lambda: recipe_config().with_overrides([f"train.warmup_steps={old_warmup + 5}"]))
+
+    def statuses() -> dict[tuple[str, str], str]:
+        return {(r.kind, r.name): r.status() for r in plan_runs(load_report_config(config_path), out)}
+
+    assert statuses()[("pretrain", "other-pt")] == "stale"  # the recipe changed: another pre-training ...
+    assert statuses()[("finetune", "unisrec")] == "stale"
+    data = yaml.safe_load(config_path.read_text())
+    data["pretrain"]["other-pt"]["overrides"] = [*data["pretrain"]["other-pt"]["overrides"],
+                                                 f"train.warmup_steps={old_warmup}"]
+    config_path.write_text(yaml.safe_dump(data))
+    assert statuses()[("pretrain", "other-pt")] == "cached"  # ... unless the report pins the old value
+    assert statuses()[("finetune", "unisrec")] == "cached" and statuses()[("finetune", "scratch")] == "new"
+    shutil.rmtree(out)  # from the records alone as well
+    capsys.readouterr()
+    run_report(config_path, out, only=["unisrec"], dry_run=True, results_dir=results)
+    assert re.search(r"^recorded \S+unisrec", capsys.readouterr().err, re.M)
 
 
 def test_runs_known_from_their_records_are_not_run_again_without_their_folders(
@@ -441,8 +469,8 @@ def test_compute_section_sums_recorded_training_time_and_estimates_the_rest(tmp_
 
 
 def test_committed_scientific_records_match_the_plan_of_the_current_config(tmp_path: Path) -> None:
-    """A new config field at its default must not make the committed records stale (``LATER_FIELDS``): the
-    settings part of every record's plan equals the plan the current code makes for that run."""
+    """A new config field at its default (``LATER_SETTINGS``) or a new recipe must not make the committed records
+    stale: the settings every record's plan resolves to equal those of the plan the current code makes."""
     config = load_report_config(ROOT / "configs" / "report" / "scientific.yaml")
     runs = {f"{r.kind}-{r.name}-seed-{r.seed}": r for r in plan_runs(config, tmp_path)}
     checked = 0
@@ -451,10 +479,11 @@ def test_committed_scientific_records_match_the_plan_of_the_current_config(tmp_p
             continue
         record = json.loads(path.read_text())
         run = runs[path.stem]
-        for key in ("config", "overrides", "mode", "kind"):
-            assert record["plan"].get(key) == run.spec.get(key), (path.name, key)
+        stored, planned = resolved_spec(record["plan"]), resolved_spec(run.spec)  # the settings they resolve to
+        for key in ("settings", "mode", "kind"):
+            assert stored.get(key) == planned.get(key), (path.name, key)
         if run.spec.get("init"):
-            assert record["plan"]["init"]["config"] == run.spec["init"]["config"], path.name
+            assert stored["init"]["settings"] == planned["init"]["settings"], path.name
         checked += 1
     assert checked >= 20
     assert "repeat_bias" not in runs["finetune-sasrec-seed-1"].spec["config"]["model"]

@@ -101,7 +101,7 @@ class PlannedRun:
 
     def status(self) -> Literal["cached", "resume", "new", "stale"]:
         stored = read_json(self.spec_file) if self.spec_file.exists() else None
-        if stored == self.spec:
+        if stored is not None and same_plan(stored, self.spec):
             return "cached" if self.done_file.exists() else "resume"
         return "stale" if self.out.exists() else "new"
 
@@ -197,6 +197,31 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
             run = PlannedRun(e.command, e.name, seed, out / "runs" / e.name / f"seed-{seed}", _plain(spec), args)
             by_experiment[(e.name, seed)] = add(run)
     return runs
+
+
+def resolved_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A run's spec with its base config and overrides replaced by the settings they resolve to (``"settings"``),
+    its ``init`` (the run it starts from) likewise: two spellings of one run resolve alike, e.g. a pre-training
+    planned on the 2-epoch recipe and the same one planned as ``train.epochs=2`` on a later recipe."""
+    resolved = dict(spec)
+    if isinstance(spec.get("init"), dict):
+        resolved["init"] = resolved_spec(spec["init"])
+    if isinstance(spec.get("config"), dict) and isinstance(spec.get("overrides"), list):
+        config = RunConfig.from_dict(spec["config"], source="spec").with_overrides(list(spec["overrides"]))
+        resolved["settings"] = without_later_defaults(config.to_dict())
+        del resolved["config"], resolved["overrides"]
+    return resolved
+
+
+def same_plan(stored: dict[str, Any], planned: dict[str, Any]) -> bool:
+    """Whether a stored spec (a run folder's spec file, a record's plan) is the planned run: equal, or equal once
+    both are resolved (``resolved_spec``; a stored spec that no longer reads as a config is another run)."""
+    if stored == planned:
+        return True
+    try:
+        return resolved_spec(stored) == resolved_spec(planned)
+    except (UnisrecError, TypeError, ValueError):
+        return False
 
 
 def _config_spec(config: RunConfig) -> dict[str, Any]:
@@ -531,7 +556,8 @@ def run_report(
         """Its record holds the same plan: the result is known, the run folder is not needed for it."""
         name = record_name(run, config)
         stored = read_record(results_dir / f"{name}.json") if name is not None and run.kind != "prepare" else None
-        return stored is not None and stored.get("plan") == run.spec
+        plan = stored.get("plan") if stored is not None else None
+        return isinstance(plan, dict) and same_plan(plan, run.spec)
 
     if dry_run:
         to_run = {run.out for run in runs_to_execute(runs, recorded)}
