@@ -98,7 +98,7 @@ def test_finetune_interpolates_with_the_pretrained_model(tmp_path: Path, tiny_lm
     assert code == 2 and "train.interpolate=auto" in err and "it needs --init" in err and err.count("\n") == 1, err
 
 
-def test_interpolate_and_select_start_are_refused_by_pretrain(tmp_path: Path,
+def test_fine_tuning_settings_are_refused_by_pretrain(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     domain = prepare_synthetic(tmp_path / "a", seed=1)
     for setting in ("--train.interpolate=auto", "--train.select_start=true"):
@@ -106,3 +106,6 @@ def test_interpolate_and_select_start_are_refused_by_pretrain(tmp_path: Path,
         err = capsys.readouterr().err
         assert code == 2 and "is a fine-tuning setting (it needs --init)" in err, err
         assert err.count("\n") == 1
+    code = main(["pretrain", str(domain), "--out", str(tmp_path / "pre"), *TINY, "--train.history_negatives=offsets"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.history_negatives is a fine-tuning setting" in err and err.count("\n") == 1, err

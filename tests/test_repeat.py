@@ -154,3 +154,57 @@ def test_a_faster_offset_learning_rate_moves_the_offsets_further(tmp_path: Path,
         learned[scale] = load_file(str(out / "model.safetensors"))["repeat_weight"]
     # Adam moves each scalar by about its learning rate per step: ten times the rate, several times the distance
     assert bool((learned[10.0] < 3 * learned[1.0]).all()) and bool((learned[1.0] < 0).all())
+
+
+def test_detached_history_negatives_pass_no_gradient_but_keep_their_values() -> None:
+    from unisrec.finetune import detach_history_negatives
+
+    logits = torch.randn(2, 6, requires_grad=True)
+    history = torch.tensor([[1, 2, 0], [3, 3, 4]])  # row 0 holds 2 items (then padding), row 1 three
+    out = detach_history_negatives(logits, history, torch.tensor([2, 3]), torch.tensor([2, 5]))
+    torch.testing.assert_close(out, logits, rtol=0, atol=0)  # the same forward values
+    weights = torch.randn(2, 6)
+    (out * weights).sum().backward()
+    assert logits.grad is not None
+    expected = weights.clone()
+    expected[0, 1] = 0.0  # row 0: item 1 is a history negative; item 2 is its target; item 0 is padding
+    expected[1, [3, 4]] = 0.0
+    torch.testing.assert_close(logits.grad, expected, rtol=0, atol=0)
+
+
+def test_history_negatives_train_only_the_offsets(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    from unisrec.config import RunConfig
+    from unisrec.datasets import load_processed
+    from unisrec.finetune import FinetuneTask
+    from unisrec.text_cache import load_text
+
+    data = prepare_synthetic(tmp_path / "data")
+    settings = ["model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=1",
+                "model.repeat_bias=true", "train.batch_size=64", f"text.model={tiny_lm_dir}", "text.pooling=mean",
+                "model.hidden_dropout=0", "model.attn_dropout=0", "model.adaptor_dropout=0", "model.noisy_gating=false"]
+    dataset = load_processed(data)
+    grads = {}
+    for mode in ("full", "offsets"):
+        config = RunConfig().with_overrides([*settings, f"train.history_negatives={mode}"])
+        vectors = torch.from_numpy(load_text(dataset, config.text).matrix)
+        torch.manual_seed(0)
+        model = UniSRec(config.model, dataset.n_items, vectors)
+        with torch.no_grad():
+            model.repeat_weight.fill_(-0.5)  # type: ignore[union-attr]
+        task = FinetuneTask(model, dataset, config, torch.device("cpu"))
+        loss = task.loss(next(iter(task.batches(0))))["loss"]
+        loss.backward()
+        grads[mode] = (float(loss.detach()),
+                       {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (full_loss, full), (off_loss, off) = grads["full"], grads["offsets"]
+    assert off_loss == pytest.approx(full_loss, abs=1e-6)  # the same softmax ...
+    torch.testing.assert_close(off["repeat_weight"], full["repeat_weight"])  # ... so the same pull on the offsets
+    assert not torch.allclose(off["adaptor.weight"], full["adaptor.weight"])  # but not on the item vectors
+
+
+def test_history_negatives_need_the_offsets(tmp_path: Path) -> None:
+    data = prepare_synthetic(tmp_path / "data")
+    with pytest.raises(UnisrecError, match=r"train\.history_negatives=offsets .* needs model\.repeat_bias=true"):
+        finetune(data, "inductive", tmp_path / "run", overrides=["train.history_negatives=offsets"])
+    with pytest.raises(ConfigError, match=r"train\.history_negatives must be one of full, offsets"):
+        TrainConfig(history_negatives="none")  # type: ignore[arg-type]

@@ -123,7 +123,7 @@ class ModelConfig:
 # means its default (what every earlier run did). Read by unisrec.checkpoint (loading saved models),
 # unisrec.runs (the fingerprint that decides whether an interrupted run resumes) and unisrec.report (run specs)
 LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
-                  ("train", "interpolate"))
+                  ("train", "interpolate"), ("train", "history_negatives"))
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
 
@@ -175,6 +175,11 @@ class TrainConfig:
     # after a run from a pre-trained model (--init): auto = score start + alpha * (fine-tuned - start) on validation
     # for alpha in 1, 0.75, 0.5, 0.25, 0 and keep the best (unisrec.interpolate; WiSE-FT); off = the fine-tuned model
     interpolate: Literal["off", "auto"] = "off"
+    # what the items of a target's own history (other than the target) teach as negatives of the fine-tuning
+    # softmax: full = everything (the query learns to point away from them, and so from their near-duplicates);
+    # offsets = only the repeat offsets (model.repeat_bias): their logits stay in the softmax but pass no gradient
+    # to the query or the item vectors
+    history_negatives: Literal["full", "offsets"] = "full"
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)
     warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps
     precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast of the training step's matmuls
@@ -195,6 +200,7 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
         _check_choice("train.interpolate", self.interpolate, ("off", "auto"))
+        _check_choice("train.history_negatives", self.history_negatives, ("full", "offsets"))
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
         _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
         _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from torch import Tensor
 
 from unisrec.analysis import save_ranks
 from unisrec.atomic import atomic_write_json
@@ -152,6 +153,8 @@ class FinetuneTask:
         logits = core.logits(hidden[batch.mask], table)  # (T, N)
         if core.config.repeat_bias:
             at_row, at_pos = batch.mask.nonzero(as_tuple=True)  # (T,), (T,): row-major, the order of the targets
+            if self.config.train.history_negatives == "offsets":
+                logits = detach_history_negatives(logits, batch.inputs[at_row], at_pos + 1, batch.targets)
             offsets = core.repeat_offsets(batch.inputs[at_row], at_pos + 1)  # each target's history: its prefix
             assert offsets is not None  # a model with repeat_bias has them
             logits = add_offsets(logits, offsets)  # (T, N)
@@ -160,6 +163,17 @@ class FinetuneTask:
         total = round(self.dist.mean(float(len(batch.targets))) * self.dist.world_size)
         loss = torch.nn.functional.cross_entropy(logits, batch.targets, reduction="sum") * self.dist.world_size / total
         return {"loss": loss}
+
+
+def detach_history_negatives(logits: Tensor, history: Tensor, lengths: Tensor, targets: Tensor) -> Tensor:
+    """(T, N) logits, (T, L) right-padded history windows, (T,) lengths, (T,) targets -> the logits with those of
+    each history's items other than its target detached (``train.history_negatives=offsets``): they stay in the
+    softmax, so the repeat offsets added after learn from them, but pass no gradient to the query or the items."""
+    position = torch.arange(history.shape[1], device=history.device)
+    negative = (position[None, :] < lengths[:, None]) & (history != targets[:, None])  # (T, L)
+    rows, cols = negative.nonzero(as_tuple=True)  # (S,), (S,)
+    items = history[rows, cols]  # (S,): an item repeated in a history is set twice to the same value
+    return logits.index_put((rows, items), logits[rows, items].detach())
 
 
 def finetune(
@@ -183,6 +197,9 @@ def finetune(
     if config.train.interpolate != "off" and init_dir is None:
         raise UnisrecError(f"train.interpolate={config.train.interpolate} mixes the fine-tuned weights with the "
                            "pre-trained ones: it needs --init")
+    if config.train.history_negatives != "full" and not config.model.repeat_bias:
+        raise UnisrecError(f"train.history_negatives={config.train.history_negatives} leaves the history's items to "
+                           "the repeat offsets: it needs model.repeat_bias=true")
     dataset = load_processed(data_dir)
     settings = {
         "command": "finetune",

@@ -274,6 +274,9 @@ def pretrain(
     for name, on in (("select_start", config.train.select_start), ("interpolate", config.train.interpolate != "off")):
         if on:  # both compare with the weights a fine-tuning started from (--init); a pre-training has none
             raise UnisrecError(f"train.{name} is a fine-tuning setting (it needs --init); pre-train without it")
+    if config.train.history_negatives != "full":  # the repeat offsets it leaves the history to are refused above
+        raise UnisrecError("train.history_negatives is a fine-tuning setting (with model.repeat_bias); "
+                           "pre-train without it")
     out = Path(out)
     dirs = [Path(d) for d in data_dirs]
     settings = {
