@@ -71,6 +71,29 @@ def test_booleans_are_not_strings() -> None:
         RunConfig().with_overrides(["eval.exclude_seen=1"])
 
 
+def test_a_choice_spelled_like_a_yaml_boolean_reads_as_the_choice(tmp_path: Path) -> None:
+    assert RunConfig().with_overrides(["train.interpolate=off"]).train.interpolate == "off"  # YAML 1.1: off = False
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  interpolate: off\n")
+    assert load_config(path).train.interpolate == "off"
+    with pytest.raises(ConfigError, match=r"train\.freeze: expected one of"):  # no choice spelled so: still an error
+        RunConfig().with_overrides(["train.freeze=off"])
+
+
+def test_later_settings_read_back_as_the_runs_made_before_them() -> None:
+    from unisrec.config import with_later_absent, without_later_defaults
+
+    plain = RunConfig().to_dict()
+    assert plain["train"]["interpolate"] == "auto"  # today's default ...
+    old = {**plain, "train": {k: v for k, v in plain["train"].items() if k not in ("interpolate", "select_start")}}
+    filled = with_later_absent(old)  # ... but a config written before the setting means "off"
+    assert filled["train"]["interpolate"] == "off" and filled["train"]["select_start"] is False
+    assert RunConfig.from_dict(filled).train.interpolate == "off"
+    assert without_later_defaults(filled) == without_later_defaults(old)  # and is written back as it was
+    kept = without_later_defaults(plain)
+    assert kept["train"]["interpolate"] == "auto" and "select_start" not in kept["train"]
+
+
 def test_paper_pretraining_config_has_the_papers_settings() -> None:
     paper = load_config(Path(__file__).parent.parent / "configs" / "pretrain-paper.yaml")
     assert (paper.train.batch_size, paper.train.lr, paper.train.epochs) == (8192, 1e-3, 300)

@@ -171,8 +171,9 @@ def test_a_run_interrupted_before_a_later_setting_existed_still_resumes(tmp_path
     from unisrec.config import LATER_SETTINGS
     from unisrec.runs import fingerprint, open_run_dir
 
+    # what `finetune` records without --init: train.interpolate=off, as every earlier run (nothing to mix with)
     settings = {"command": "finetune", "data": "/d", "mode": "inductive", "init": None,
-                "config": RunConfig().to_dict()}
+                "config": RunConfig().with_overrides(["train.interpolate=off"]).to_dict()}
     old = json.loads(json.dumps(settings))
     for section, name in LATER_SETTINGS:
         del old["config"][section][name]
@@ -181,7 +182,10 @@ def test_a_run_interrupted_before_a_later_setting_existed_still_resumes(tmp_path
     (out / "run.json").write_text(json.dumps({"fingerprint": fingerprint(old), **old}))
     assert fingerprint(old) == fingerprint(settings)
     assert open_run_dir(out, settings, overwrite=False) == out
-    changed = RunConfig().with_overrides(["model.repeat_bias=true"]).to_dict()
+    transfer = {**settings, "init": "/pre"}  # from a pre-trained model the default (auto) is another run than before
+    default_now, before = {**transfer, "config": RunConfig().to_dict()}, {**transfer, "config": old["config"]}
+    assert fingerprint(default_now) != fingerprint(before)
+    changed = RunConfig().with_overrides(["model.repeat_bias=true", "train.interpolate=off"]).to_dict()
     assert fingerprint({**settings, "config": changed}) != fingerprint(settings)
     with pytest.raises(UnisrecError, match="holds an unfinished run with different settings"):
         open_run_dir(out, {**settings, "config": changed}, overwrite=False)

@@ -120,23 +120,44 @@ class ModelConfig:
 
 
 # settings added after saved models, run folders and report records were first written: a config without one
-# means its default (what every earlier run did). Read by unisrec.checkpoint (loading saved models),
-# unisrec.runs (the fingerprint that decides whether an interrupted run resumes) and unisrec.report (run specs)
+# means the value every earlier run had, its default unless ``LATER_ABSENT`` says otherwise (a default changed
+# since: train.interpolate is "auto" by default, and "off" where a config predates it). Read by unisrec.checkpoint
+# (loading saved models), unisrec.runs (the fingerprint that decides whether an interrupted run resumes) and
+# unisrec.report (run specs)
 LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
                   ("train", "interpolate"), ("train", "history_negatives"))
+LATER_ABSENT: dict[tuple[str, str], Any] = {("train", "interpolate"): "off"}
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
 
-def without_later_defaults(plain: dict[str, Any]) -> dict[str, Any]:
-    """A plain config (``RunConfig.to_dict()``, or a part of one) without the ``LATER_SETTINGS`` that hold their
-    default: what an earlier version wrote for the same run."""
+def _absent_values() -> dict[tuple[str, str], Any]:
     defaults = RunConfig().to_dict()
+    return {(section, name): LATER_ABSENT.get((section, name), defaults[section][name])
+            for section, name in LATER_SETTINGS}
+
+
+def without_later_defaults(plain: dict[str, Any]) -> dict[str, Any]:
+    """A plain config (``RunConfig.to_dict()``, or a part of one) without the ``LATER_SETTINGS`` that hold the value
+    a config without them means (their default, or ``LATER_ABSENT``): what an earlier version wrote for the same
+    run."""
+    absent = _absent_values()
     kept = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in plain.items()}
-    for section, name in LATER_SETTINGS:
+    for (section, name), value in absent.items():
         fields = kept.get(section)
-        if isinstance(fields, dict) and name in fields and fields[name] == defaults[section][name]:
+        if isinstance(fields, dict) and name in fields and fields[name] == value:
             del fields[name]
     return kept
+
+
+def with_later_absent(plain: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``without_later_defaults``: a plain config with every missing ``LATER_SETTINGS`` field set to
+    the value a config without it means, so that it reads back as the run it was (not with today's defaults)."""
+    filled = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in plain.items()}
+    for (section, name), value in _absent_values().items():
+        fields = filled.get(section)
+        if isinstance(fields, dict) and name not in fields:
+            fields[name] = value
+    return filled
 
 
 @dataclass(frozen=True)
@@ -173,8 +194,9 @@ class TrainConfig:
     # than the model it started from (data-poor targets: 5% of Scientific's users fall below zero-shot)
     select_start: bool = False
     # after a run from a pre-trained model (--init): auto = score start + alpha * (fine-tuned - start) on validation
-    # for alpha in 1, 0.75, 0.5, 0.25, 0 and keep the best (unisrec.interpolate; WiSE-FT); off = the fine-tuned model
-    interpolate: Literal["off", "auto"] = "off"
+    # for alpha in 1, 0.75, 0.5, 0.25, 0 and keep the best (unisrec.interpolate; WiSE-FT); nothing without --init;
+    # off = the fine-tuned model (the paper's protocol, and every run made before the setting: LATER_ABSENT)
+    interpolate: Literal["off", "auto"] = "auto"
     # what the items of a target's own history (other than the target) teach as negatives of the fine-tuning
     # softmax: full = everything (the query learns to point away from them, and so from their near-duplicates);
     # offsets = only the repeat offsets (model.repeat_bias): their logits stay in the softmax but pass no gradient
@@ -347,6 +369,10 @@ def to_plain(obj: Any) -> Any:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off / on / no / yes as booleans: the choice spelled so
+            words = ("on", "yes", "true") if value else ("off", "no", "false")
+            spelled = [c for c in typing.get_args(tp) if isinstance(c, str) and c.lower() in words]
+            value = spelled[0] if len(spelled) == 1 else value
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: expected one of {typing.get_args(tp)}, got {value!r}")
         return value

@@ -193,10 +193,9 @@ def finetune(
     overrides = overrides or []
     init_dir = Path(init) if init is not None else None
     config = resolve_config((config or RunConfig()).with_overrides(overrides), mode, init_dir, overrides)
+    if init_dir is None and config.train.interpolate != "off":  # nothing to mix with: recorded as what it does
+        config = replace(config, train=replace(config.train, interpolate="off"))
     out = Path(out)
-    if config.train.interpolate != "off" and init_dir is None:
-        raise UnisrecError(f"train.interpolate={config.train.interpolate} mixes the fine-tuned weights with the "
-                           "pre-trained ones: it needs --init")
     if config.train.history_negatives != "full" and not config.model.repeat_bias:
         raise UnisrecError(f"train.history_negatives={config.train.history_negatives} leaves the history's items to "
                            "the repeat offsets: it needs model.repeat_bias=true")
@@ -225,7 +224,8 @@ def finetune(
     vectors = dist.main_first(lambda: load_text(dataset, config.text)) if config.model.uses_text else None
     model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix) if vectors else None)
     transferred = load_transferable(model, init_dir) if init_dir is not None else []
-    start = snapshot(model, transferred) if config.train.interpolate == "auto" else {}  # before any step
+    # train.interpolate=auto with --init: the transferred weights before any step, to mix with the fine-tuned ones
+    start = snapshot(model, transferred) if config.train.interpolate == "auto" and transferred else {}
     trainable = set_trainable(model, config.train, freeze_encoder=config.train.freeze == "encoder")
     model.to(device)
     wrapped: torch.nn.Module = model

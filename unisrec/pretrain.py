@@ -271,9 +271,8 @@ def pretrain(
     if config.model.repeat_bias:
         raise UnisrecError("model.repeat_bias is a fine-tuning setting: the repeat offsets belong to one catalogue "
                            "and are not transferred; pre-train without it and fine-tune with it")
-    for name, on in (("select_start", config.train.select_start), ("interpolate", config.train.interpolate != "off")):
-        if on:  # both compare with the weights a fine-tuning started from (--init); a pre-training has none
-            raise UnisrecError(f"train.{name} is a fine-tuning setting (it needs --init); pre-train without it")
+    if config.train.select_start:  # it compares with the weights a fine-tuning started from; a pre-training has none
+        raise UnisrecError("train.select_start is a fine-tuning setting (it needs --init); pre-train without it")
     if config.train.history_negatives != "full":  # the repeat offsets it leaves the history to are refused above
         raise UnisrecError("train.history_negatives is a fine-tuning setting (with model.repeat_bias); "
                            "pre-train without it")

@@ -37,6 +37,7 @@ from unisrec.config import (
     load_config,
     load_config_overrides,
     override,
+    with_later_absent,
     without_later_defaults,
 )
 from unisrec.errors import UnisrecError
@@ -207,7 +208,8 @@ def resolved_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if isinstance(spec.get("init"), dict):
         resolved["init"] = resolved_spec(spec["init"])
     if isinstance(spec.get("config"), dict) and isinstance(spec.get("overrides"), list):
-        config = RunConfig.from_dict(spec["config"], source="spec").with_overrides(list(spec["overrides"]))
+        base = RunConfig.from_dict(with_later_absent(spec["config"]), source="spec")  # as it was when written
+        config = base.with_overrides(list(spec["overrides"]))
         resolved["settings"] = without_later_defaults(config.to_dict())
         del resolved["config"], resolved["overrides"]
     return resolved
