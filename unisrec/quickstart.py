@@ -89,7 +89,8 @@ def run(out: Path, *, pretrain_steps: int, epochs: int, patience: int, hidden_si
         (f"UniSRec_t fine-tuned from {SOURCE} (encoder frozen)", pre, runs["fine-tuned"]),
         ("UniSRec_t from scratch (no pre-training)", None, runs["scratch"]),
     ):
-        metrics = finetune(target, "inductive", run_dir, overrides=tune, init=init, overwrite=True)
+        frozen = ["train.freeze=encoder"] if init is not None else []  # the paper's protocol, as labelled
+        metrics = finetune(target, "inductive", run_dir, overrides=[*tune, *frozen], init=init, overwrite=True)
         rows.append({"model": label, "test": metrics["test"], "epochs": f"{metrics['best_epoch']}/{metrics['epochs']}",
                      "seconds": metrics["seconds_train"], "trainable": metrics["parameters"]["trainable"]})
     _say("5/6 full-ranking test metrics", started)
