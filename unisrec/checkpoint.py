@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from unisrec.atomic import atomic_write, atomic_write_json
 from unisrec.baselines import build_model
-from unisrec.config import LATER_MODEL_SETTINGS, ModelConfig, TextConfig, from_plain, to_plain
+from unisrec.config import LATER_ABSENT, LATER_MODEL_SETTINGS, ModelConfig, TextConfig, from_plain, to_plain
 from unisrec.errors import ConfigError, UnisrecError
 from unisrec.json_io import read_json
 from unisrec.model import SequenceModel
@@ -96,9 +96,10 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
             f"{config.get('unisrec_version')}); this unisrec {__version__} reads version {MODEL_FORMAT_VERSION}"
         )
     if isinstance(config.get("model"), dict):
-        # a setting added after the model was saved reads as its default (no format version change needed)
+        # a setting added after the model was saved reads as what earlier models had (no format version change)
         default = ModelConfig()
-        config["model"] = {**{name: getattr(default, name) for name in LATER_MODEL_SETTINGS}, **config["model"]}
+        earlier = {name: LATER_ABSENT.get(("model", name), getattr(default, name)) for name in LATER_MODEL_SETTINGS}
+        config["model"] = {**earlier, **config["model"]}
     return config
 
 
