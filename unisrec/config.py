@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -130,19 +131,21 @@ LATER_ABSENT: dict[tuple[str, str], Any] = {("train", "interpolate"): "off"}
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
 
-def _absent_values() -> dict[tuple[str, str], Any]:
+@functools.cache
+def _absent_values() -> tuple[tuple[tuple[str, str], Any], ...]:
+    """((section, name), value a config without it means) per later setting; computed once (specs are resolved
+    on every status check of a report)."""
     defaults = RunConfig().to_dict()
-    return {(section, name): LATER_ABSENT.get((section, name), defaults[section][name])
-            for section, name in LATER_SETTINGS}
+    return tuple(((section, name), LATER_ABSENT.get((section, name), defaults[section][name]))
+                 for section, name in LATER_SETTINGS)
 
 
 def without_later_defaults(plain: dict[str, Any]) -> dict[str, Any]:
     """A plain config (``RunConfig.to_dict()``, or a part of one) without the ``LATER_SETTINGS`` that hold the value
     a config without them means (their default, or ``LATER_ABSENT``): what an earlier version wrote for the same
     run."""
-    absent = _absent_values()
     kept = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in plain.items()}
-    for (section, name), value in absent.items():
+    for (section, name), value in _absent_values():
         fields = kept.get(section)
         if isinstance(fields, dict) and name in fields and fields[name] == value:
             del fields[name]
@@ -153,7 +156,7 @@ def with_later_absent(plain: dict[str, Any]) -> dict[str, Any]:
     """The inverse of ``without_later_defaults``: a plain config with every missing ``LATER_SETTINGS`` field set to
     the value a config without it means, so that it reads back as the run it was (not with today's defaults)."""
     filled = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in plain.items()}
-    for (section, name), value in _absent_values().items():
+    for (section, name), value in _absent_values():
         fields = filled.get(section)
         if isinstance(fields, dict) and name not in fields:
             fields[name] = value
