@@ -81,7 +81,7 @@ def test_a_choice_spelled_like_a_yaml_boolean_reads_as_the_choice(tmp_path: Path
 
 
 def test_later_settings_read_back_as_the_runs_made_before_them() -> None:
-    from unisrec.config import with_later_absent, without_later_defaults
+    from unisrec.config import with_later_absent, without_later_absent
 
     plain = RunConfig().to_dict()
     assert plain["train"]["interpolate"] == "auto"  # today's default ...
@@ -89,8 +89,8 @@ def test_later_settings_read_back_as_the_runs_made_before_them() -> None:
     filled = with_later_absent(old)  # ... but a config written before the setting means "off"
     assert filled["train"]["interpolate"] == "off" and filled["train"]["select_start"] is False
     assert RunConfig.from_dict(filled).train.interpolate == "off"
-    assert without_later_defaults(filled) == without_later_defaults(old)  # and is written back as it was
-    kept = without_later_defaults(plain)
+    assert without_later_absent(filled) == without_later_absent(old)  # and is written back as it was
+    kept = without_later_absent(plain)
     assert kept["train"]["interpolate"] == "auto" and "select_start" not in kept["train"]
 
 

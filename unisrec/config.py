@@ -140,10 +140,10 @@ def _absent_values() -> tuple[tuple[tuple[str, str], Any], ...]:
                  for section, name in LATER_SETTINGS)
 
 
-def without_later_defaults(plain: dict[str, Any]) -> dict[str, Any]:
-    """A plain config (``RunConfig.to_dict()``, or a part of one) without the ``LATER_SETTINGS`` that hold the value
-    a config without them means (their default, or ``LATER_ABSENT``): what an earlier version wrote for the same
-    run."""
+def without_later_absent(plain: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``with_later_absent``: a plain config (``RunConfig.to_dict()``, or a part of one) without
+    the ``LATER_SETTINGS`` that hold the value a config without them means (their default, or ``LATER_ABSENT``):
+    what an earlier version wrote for the same run."""
     kept = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in plain.items()}
     for (section, name), value in _absent_values():
         fields = kept.get(section)
@@ -153,7 +153,7 @@ def without_later_defaults(plain: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_later_absent(plain: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of ``without_later_defaults``: a plain config with every missing ``LATER_SETTINGS`` field set to
+    """The inverse of ``without_later_absent``: a plain config with every missing ``LATER_SETTINGS`` field set to
     the value a config without it means, so that it reads back as the run it was (not with today's defaults)."""
     filled = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in plain.items()}
     for (section, name), value in _absent_values():

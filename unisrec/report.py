@@ -18,6 +18,7 @@ datasets, then each experiment's seeds, each preceded by the pre-training runs i
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import shutil
@@ -38,7 +39,7 @@ from unisrec.config import (
     load_config_overrides,
     override,
     with_later_absent,
-    without_later_defaults,
+    without_later_absent,
 )
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
@@ -210,7 +211,7 @@ def resolved_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if isinstance(spec.get("config"), dict) and isinstance(spec.get("overrides"), list):
         base = RunConfig.from_dict(with_later_absent(spec["config"]), source="spec")  # as it was when written
         config = base.with_overrides(list(spec["overrides"]))
-        resolved["settings"] = without_later_defaults(config.to_dict())
+        resolved["settings"] = without_later_absent(config.to_dict())
         del resolved["config"], resolved["overrides"]
     return resolved
 
@@ -221,16 +222,28 @@ def same_plan(stored: dict[str, Any], planned: dict[str, Any]) -> bool:
     if stored == planned:
         return True
     try:
-        return resolved_spec(stored) == resolved_spec(planned)
+        # compared as values, not as text (2 == 2.0 as before the cache)
+        return bool(json.loads(_resolved_json(_canonical(stored))) == json.loads(_resolved_json(_canonical(planned))))
     except (UnisrecError, TypeError, ValueError):
         return False
+
+
+def _canonical(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_json(spec_json: str) -> str:
+    """``resolved_spec`` of a spec given as canonical JSON, as canonical JSON; cached (a report compares each planned
+    run with its folder's spec and its record's plan at every status check)."""
+    return _canonical(resolved_spec(json.loads(spec_json)))
 
 
 def _config_spec(config: RunConfig) -> dict[str, Any]:
     """A base config in a spec: without its text section while that holds the defaults (the report's own text
     settings are the spec's "text") and without the later settings at their defaults
-    (``unisrec.config.without_later_defaults``), so that specs written by earlier versions still match."""
-    plain = without_later_defaults(config.to_dict())
+    (``unisrec.config.without_later_absent``), so that specs written by earlier versions still match."""
+    plain = without_later_absent(config.to_dict())
     if config.text == TextConfig():
         plain.pop("text")
     return plain

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from unisrec.atomic import atomic_write_json
-from unisrec.config import without_later_defaults
+from unisrec.config import without_later_absent
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
@@ -22,7 +22,7 @@ def fingerprint(settings: dict[str, Any]) -> str:
     """A short digest of a run's settings; its ``config`` counts without the later settings at their defaults
     (``unisrec.config.LATER_SETTINGS``), so that a run interrupted under an earlier version still resumes."""
     if isinstance(settings.get("config"), dict):
-        settings = {**settings, "config": without_later_defaults(settings["config"])}
+        settings = {**settings, "config": without_later_absent(settings["config"])}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
