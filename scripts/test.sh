@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/mypy unisrec
+.venv/bin/mypy unisrec tests
 .venv/bin/python -m pytest -q "$@"

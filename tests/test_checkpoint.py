@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -17,7 +18,18 @@ from unisrec.errors import UnisrecError
 from unisrec.model import UniSRec
 from unisrec.recommend import Catalogue, Recommender
 
-TINY = {"hidden_size": 8, "inner_size": 8, "n_heads": 2, "max_seq_len": 5, "n_experts": 2}
+
+class _TinySizes(TypedDict):
+    """The ModelConfig keyword arguments of TINY."""
+
+    hidden_size: int
+    inner_size: int
+    n_heads: int
+    max_seq_len: int
+    n_experts: int
+
+
+TINY: _TinySizes = {"hidden_size": 8, "inner_size": 8, "n_heads": 2, "max_seq_len": 5, "n_experts": 2}
 
 
 def _model(item_repr: str = "text", n_items: int = 12, dim: int = 6) -> Recommender:

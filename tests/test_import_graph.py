@@ -49,8 +49,8 @@ def _import_nodes(tree: ast.Module, kind: Kind) -> list[ast.Import | ast.ImportF
             return
         if _is_type_checking(node) and kind != "all":
             assert isinstance(node, ast.If)
-            for child in node.orelse:  # the else branch does run
-                visit(child)
+            for statement in node.orelse:  # the else branch does run
+                visit(statement)
             return
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) and kind == "module":
             return  # runs when called, not when imported

@@ -30,6 +30,7 @@ def test_gates_sum_to_one_and_start_uniform() -> None:
     assert gates.shape == (7, 4)
     torch.testing.assert_close(gates.sum(-1), torch.ones(7))
     torch.testing.assert_close(gates, torch.full((7, 4), 0.25))  # zero-initialised W2, W3
+    assert adaptor.gate_noise is not None
     with torch.no_grad():
         adaptor.gate.normal_()
         adaptor.gate_noise.normal_()
@@ -42,6 +43,7 @@ def test_gates_sum_to_one_and_start_uniform() -> None:
 def test_adaptor_equals_explicit_expert_sum() -> None:
     torch.manual_seed(1)
     adaptor = MoEAdaptor(5, 3, 2, dropout=0.0).eval()
+    assert adaptor.bias is not None
     with torch.no_grad():
         adaptor.bias.normal_()
         adaptor.gate.normal_()
@@ -184,7 +186,9 @@ def test_skip_gate_mixes_unit_state_and_unit_item_by_a_learned_weight() -> None:
         weight = math.log1p(math.exp(0.3))  # softplus
         expected = hidden / hidden.norm(dim=-1, keepdim=True) + weight * items / items.norm(dim=-1, keepdim=True)
         torch.testing.assert_close(gated.encode(sequences, table), expected)
-    assert float(F.softplus(tiny_model(last_item_skip=True, skip_gate=True).skip_weight).detach()) == pytest.approx(1.0)
+    fresh_weight = tiny_model(last_item_skip=True, skip_gate=True).skip_weight
+    assert fresh_weight is not None
+    assert float(F.softplus(fresh_weight).detach()) == pytest.approx(1.0)
     loss = gated.train().encode(sequences, gated.item_table()).sum()
     loss.backward()
     assert gated.skip_weight is not None and gated.skip_weight.grad is not None  # it learns

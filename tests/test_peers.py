@@ -72,6 +72,8 @@ class _Net(torch.nn.Module):
     """The few members of RecTools' UniSRecNet that ranking uses: a frozen text table, a projection of every
     item, the last-position encoding of left-padded histories."""
 
+    frozen_emb: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, table: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("frozen_emb", table)

@@ -164,6 +164,7 @@ def test_center_text_centres_each_domain_then_each_catalogue_on_its_own_mean(
     from unisrec.config import RunConfig, TextConfig
     from unisrec.datasets.processed import load_processed
     from unisrec.evaluate import zero_shot_model
+    from unisrec.model import UniSRec
     from unisrec.pretrain import load_corpus
     from unisrec.recommend import Recommender
     from unisrec.text_cache import load_text, load_word_drop
@@ -193,6 +194,7 @@ def test_center_text_centres_each_domain_then_each_catalogue_on_its_own_mean(
     dataset = load_processed(target)
     target_text = torch.from_numpy(load_text(dataset, text).matrix)
     model = zero_shot_model(run, dataset).eval()
+    assert isinstance(model, UniSRec)
     torch.testing.assert_close(model.text_center, target_text.mean(0))  # the new catalogue's own mean
     assert model.adaptor is not None
     with torch.no_grad():

@@ -114,7 +114,7 @@ def test_bad_histories_are_clear_errors(trained: tuple[Path, Path]) -> None:
     with pytest.raises(UnisrecError, match="history 1 is empty"):
         recommender.recommend_lists([["i1"], []])
     with pytest.raises(UnisrecError, match="histories must be a list of lists"):
-        recommender.recommend_histories("i1")  # type: ignore[arg-type]
+        recommender.recommend_histories("i1")
     with pytest.raises(UnisrecError, match="unknown users: 'u9'"):
         recommender.recommend(["u9"])
     with pytest.raises(ItemConflictError, match="item id 'i3' is already in the catalogue"):
@@ -307,8 +307,8 @@ def test_every_model_kind_serves_through_the_recommender(mode: str, tmp_path: Pa
         return
     assert recommender.add_items(["a twin of i3"], ["twin"], vectors=twin) == n + 1
     assert model.n_items == n + 1 and tuple(model.item_text.shape) == (n + 1, 6)  # the model grew its own buffer
-    ranked = {r.item_id: r.score for r in top(recommender, ["i1", "i2"], k=n + 1, exclude_seen=False)}
-    assert ranked["twin"] == pytest.approx(ranked["i3"], abs=1e-5)  # the same text vector scores the same
+    score_of = {r.item_id: r.score for r in top(recommender, ["i1", "i2"], k=n + 1, exclude_seen=False)}
+    assert score_of["twin"] == pytest.approx(score_of["i3"], abs=1e-5)  # the same text vector scores the same
     saved = recommender.save_pretrained(tmp_path / "grown")
     assert Recommender.from_pretrained(saved).catalogue.item_ids == [*ids, "twin"]
 

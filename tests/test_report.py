@@ -142,8 +142,8 @@ def test_report_end_to_end_then_reuses_runs_then_regenerates_from_records_alone(
     # no run folders, no datasets: the report comes back byte for byte from the records alone
     shutil.rmtree(out)
     shutil.rmtree(tmp_path / "data")
-    for png in results.glob("*.png"):
-        png.unlink()
+    for png_file in results.glob("*.png"):
+        png_file.unlink()
     assert main([*args, "--report-only"]) == 0
     assert report.read_text() == text
     assert (results / "long_tail.png").stat().st_size > 1000

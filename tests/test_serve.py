@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import pytest
@@ -26,6 +26,14 @@ from unisrec.text_encoder import TextEncoder
 
 WORDS = ["red", "blue", "green", "camera", "lens", "microscope", "glass", "beaker", "tube", "lab", "kit"]
 N_ITEMS = 40
+
+
+class _RecommendBody(TypedDict):
+    """A POST /recommend request body."""
+
+    histories: list[list[str]]
+    k: int
+    exclude_seen: bool
 
 
 def _model(tiny_lm_dir: Path, item_repr: str = "text") -> Recommender:
@@ -122,8 +130,10 @@ def test_added_items_are_recommended(client: TestClient) -> None:
     assert again.status_code == 409 and again.json() == {"detail": "item id 'fresh-1' is already in the catalogue"}
     twice = client.post("/items", json={"items": [{"item_id": "z", "text": "a"}, {"item_id": "z", "text": "b"}]})
     assert twice.status_code == 409
-    for bad in ({"items": []}, {"items": [{"item_id": "", "text": "x"}]}, {"items": [{"item_id": "q"}]},
-                {"items": [{"item_id": "q", "text": 3}]}):
+    bad_bodies: tuple[dict[str, list[dict[str, object]]], ...] = (
+        {"items": []}, {"items": [{"item_id": "", "text": "x"}]}, {"items": [{"item_id": "q"}]},
+        {"items": [{"item_id": "q", "text": 3}]})
+    for bad in bad_bodies:
         assert client.post("/items", json=bad).status_code == 422, bad
 
 
@@ -137,8 +147,9 @@ def test_transductive_model_refuses_new_items(tiny_lm_dir: Path) -> None:
 
 def test_concurrent_requests_are_batched_with_the_same_answers(recommender: Recommender) -> None:
     app = create_app(recommender)
-    bodies = [{"histories": [[f"item-{i}", f"item-{(i * 3) % N_ITEMS}"]], "k": 1 + i % 7, "exclude_seen": i % 2 == 0}
-              for i in range(24)]
+    bodies: list[_RecommendBody] = [
+        {"histories": [[f"item-{i}", f"item-{(i * 3) % N_ITEMS}"]], "k": 1 + i % 7, "exclude_seen": i % 2 == 0}
+        for i in range(24)]
 
     async def send_all() -> list[Any]:
         transport = httpx.ASGITransport(app=app)
@@ -157,8 +168,9 @@ def test_valid_random_requests_succeed(data: st.DataObject, tiny_lm_dir: Path) -
     """Any well-formed request over known ids is a 200 with k or fewer results per history."""
     client = _fuzz_client(tiny_lm_dir)
     ids = st.sampled_from([f"item-{i}" for i in range(N_ITEMS)])
-    body = {"histories": data.draw(st.lists(st.lists(ids, min_size=1, max_size=60), min_size=1, max_size=5)),
-            "k": data.draw(st.integers(1, 1000)), "exclude_seen": data.draw(st.booleans())}
+    body: _RecommendBody = {
+        "histories": data.draw(st.lists(st.lists(ids, min_size=1, max_size=60), min_size=1, max_size=5)),
+        "k": data.draw(st.integers(1, 1000)), "exclude_seen": data.draw(st.booleans())}
     response = client.post("/recommend", json=body)
     assert response.status_code == 200, response.text
     assert all(len(r) <= min(body["k"], N_ITEMS) for r in response.json()["results"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from unisrec.batches import TrainBatch
 from unisrec.config import RunConfig
 from unisrec.datasets import load_processed
 from unisrec.finetune import FinetuneTask, finetune
@@ -117,7 +118,7 @@ def test_non_finite_loss_stops_training(synthetic_dataset: Path) -> None:
     model = UniSRec(config.model, dataset.n_items)
     task = FinetuneTask(model, dataset, config, torch.device("cpu"))
 
-    def bad_loss(batch: object) -> dict[str, torch.Tensor]:
+    def bad_loss(batch: TrainBatch) -> dict[str, torch.Tensor]:
         return {"loss": task.loss(batch)["loss"] * float("nan")}
 
     with pytest.raises(TrainingError, match="non-finite loss at epoch 1 step 1"):
