@@ -2,14 +2,14 @@
 series added by text to a Steam model, a history of parts 1 and 2 must retrieve part 3 in the top 10.
 
 Met by pre-training (issue 14), not by anything in serving. The test follows a user's path: the recipe's
-universal model (``unisrec pretrain``'s defaults on the ten shared domains, Steam among them; ~85 min on 2 cores
+universal model (``unisrec pretrain``'s defaults on the ten shared domains, Steam among them; about 90 min on 2 cores
 with the encoding), then the inductive fine-tuning on Steam (8 strided epochs, seed 1), then
 ``scripts/sequel_probe.py``. ``UNISREC_SEQUEL_INIT=RUN_DIR`` reuses a universal model already made by that
-command (e.g. the Scientific report's ``pretrain/all-e4/seed-0``): ~15 min. Measured (records in
+command (e.g. the Scientific report's ``pretrain/all-e4/seed-0``): 12.7 min. Measured (records in
 ``results/sequel-steam/``):
 
 - from the universal model (``all-e4``, 4 epochs): part 3 ranks 2nd / 3rd / 2nd of all 3,596 items for seeds
-  1-3, first of the list every time, 0.9-1.3 logits above the list's 10th (``sequel-e4-s*``);
+  1-3, first of the list every time, 0.6-1.3 logits above the list's 10th (``sequel-e4-s*``);
 - the pre-trained models alone (zero-shot, ten domains at 2 or 4 epochs, Steam + Amazon 2018 Games): part 3
   first of the list;
 - from the recipe on Steam + Amazon 2018 Games only (785 steps): part 3 3rd of all items on one thread
