@@ -488,3 +488,17 @@ def test_committed_scientific_records_match_the_plan_of_the_current_config(tmp_p
     assert checked >= 20
     assert "repeat_bias" not in runs["finetune-sasrec-seed-1"].spec["config"]["model"]
     assert "model.repeat_bias=true" in runs["finetune-sasrec-repeat-seed-1"].spec["overrides"]
+
+
+def test_git_commit_outside_a_repository_reads_the_named_commit(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the sources without .git (a lent GPU machine) records the commit its sender names, marked as
+    such; with no name it records nothing rather than a guess."""
+    from unisrec.records import SOURCE_COMMIT_VARIABLE, git_commit
+
+    monkeypatch.delenv(SOURCE_COMMIT_VARIABLE, raising=False)
+    assert git_commit(tmp_path) == {}
+    monkeypatch.setenv(SOURCE_COMMIT_VARIABLE, "0123abc")
+    assert git_commit(tmp_path) == {"commit": "0123abc", "source": "environment"}
+    inside = git_commit()  # the checkout itself: git's answer wins over the variable
+    assert inside.get("commit") != "0123abc" and "dirty" in inside

@@ -33,15 +33,21 @@ RECORD_VERSION = 2
 LONG_TAIL_KS = (10, 20, 50)
 
 
+SOURCE_COMMIT_VARIABLE = "UNISREC_SOURCE_COMMIT"
+
+
 def git_commit(start: Path | None = None) -> dict[str, str | bool]:
-    """{"commit": sha, "dirty": bool} of the repository holding the unisrec sources (or {} outside one)."""
+    """{"commit": sha, "dirty": bool} of the repository holding the unisrec sources; outside a repository (a copy
+    of the sources on another machine, e.g. a lent GPU) the commit named by ``$UNISREC_SOURCE_COMMIT``, marked
+    ``"source": "environment"`` (who sets it vouches that the copy is that commit); else {}."""
     where = start or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True)
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
                                 capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return {}
+        named = os.environ.get(SOURCE_COMMIT_VARIABLE, "").strip()
+        return {"commit": named, "source": "environment"} if named else {}
     return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 

