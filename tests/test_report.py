@@ -468,6 +468,36 @@ def test_compute_section_sums_recorded_training_time_and_estimates_the_rest(tmp_
     assert "| pre-training | 0 of 1 | 0.00 | 1 | 0.00 + 1 without an estimate |" in lines
 
 
+def test_compute_estimates_stay_within_a_dataset(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """A fine-tuning with no recorded seed is estimated from the recorded fine-tunings on its own dataset only:
+    on a dataset with none it has no estimate (a small domain's times say nothing about a large one's), and the
+    runner's budget guess (``estimate_seconds``) follows the same rule."""
+    from unisrec.records import RECORD_FORMAT
+    from unisrec.report import estimate_seconds
+    from unisrec.report_writer import compute_section
+
+    experiments = [{"name": "scratch", "dataset": "target", "mode": "inductive"},
+                   {"name": "unisrec", "dataset": "target", "mode": "inductive", "init": "other-pt"},
+                   {"name": "other-scratch", "dataset": "other", "mode": "inductive"}]
+    config_path = _config(tmp_path, tiny_lm_dir, experiments=experiments, long_tail=None,
+                          transfer={"baseline": "scratch", "experiments": ["unisrec"]})
+    config = load_report_config(config_path)
+    results = tmp_path / "results"
+    results.mkdir()
+    record = {"format": RECORD_FORMAT, "kind": "finetune", "seconds_train": 600.0,
+              "data": {"name": "target", "fingerprint": "x"}}
+    (results / "finetune-scratch-seed-1.json").write_text(json.dumps(record))
+    lines, summary = compute_section(config, results)
+    # scratch seed 2: its own seed 1 (600); unisrec seeds 1-2: the target's fine-tunings (600 each);
+    # other-scratch seeds 1-2: nothing recorded on "other"
+    assert summary["finetune"]["hours_estimated"] == pytest.approx(3 * 600 / 3600, abs=1e-3)
+    assert summary["finetune"]["without_estimate"] == 2
+    assert "| fine-tuning | 1 of 6 | 0.17 | 5 | 0.50 + 2 without an estimate |" in lines
+    runs = {(r.name, r.seed): r for r in plan_runs(config, tmp_path / "out")}
+    assert estimate_seconds(runs[("unisrec", 1)], results) == 600.0
+    assert estimate_seconds(runs[("other-scratch", 1)], results) is None
+
+
 def test_committed_scientific_records_match_the_plan_of_the_current_config(tmp_path: Path) -> None:
     """A new config field at its default (``LATER_SETTINGS``) or a new recipe must not make the committed records
     stale: the settings every record's plan resolves to equal those of the plan the current code makes."""

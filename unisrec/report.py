@@ -427,9 +427,12 @@ def record_name(run: PlannedRun, config: ReportConfig | None = None) -> str | No
 
 
 def estimate_seconds(run: PlannedRun, results_dir: Path | None) -> float | None:
-    """Median wall seconds of earlier records of the same experiment (else of the same kind), or None."""
+    """Median training seconds of the records of the same experiment, else of the same kind's records on the same
+    dataset (a fine-tuning) or of the recorded pre-trainings (a pre-training); None when there are none (a
+    fine-tuning on a dataset with no record: its size may differ from the others' by orders of magnitude)."""
     if results_dir is None or not results_dir.is_dir():
         return None
+    dataset = run.args.data[0].name if isinstance(run.args, TrainArgs) and run.kind == "finetune" else None
     same, kind = [], []
     for path in results_dir.glob("*.json"):
         try:
@@ -437,14 +440,20 @@ def estimate_seconds(run: PlannedRun, results_dir: Path | None) -> float | None:
         except (OSError, json.JSONDecodeError):
             continue
         seconds = record.get("seconds_train")
-        if not seconds:
+        if not seconds or not isinstance(record, dict):
             continue
         if path.stem.startswith(f"{run.kind}-{run.name}-seed-") or path.stem == f"{run.kind}-{run.name}":
             same.append(float(seconds))
-        elif path.stem.startswith(f"{run.kind}-"):
+        elif record.get("kind") == run.kind and (run.kind == "pretrain" or _record_dataset(record) == dataset):
             kind.append(float(seconds))
     values = same or kind
     return float(sorted(values)[len(values) // 2]) if values else None
+
+
+def _record_dataset(record: dict[str, Any]) -> str | None:
+    data = record.get("data")
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir: Path, *,

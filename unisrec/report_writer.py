@@ -248,17 +248,21 @@ def curves_section(config: ReportConfig, records: Records, out: Path, plots: boo
 
 def compute_section(config: ReportConfig, results_dir: Path) -> tuple[list[str], dict[str, Any]]:
     """What the report's runs cost: training seconds summed over the recorded runs, and an estimate for the
-    runs not recorded yet (the median of the same experiment's recorded seeds, else of the same kind's runs in
-    this report). Text encoding and evaluation-only (zero-shot) runs are not counted."""
-    planned: list[tuple[str, str, str | None]] = []  # (kind, group, record name): group = experiment or pre-training
+    runs not recorded yet: the median of the same experiment's recorded seeds, else of the recorded fine-tunings
+    on the same dataset (a pre-training: of the report's recorded pre-trainings). A fine-tuning on a dataset with
+    none recorded has no estimate (datasets differ in size by orders of magnitude: a median over other datasets
+    misleads). Text encoding and evaluation-only (zero-shot) runs are not counted."""
+    # (kind, group, record name, dataset): group = experiment or pre-training; dataset None for pre-trainings
+    planned: list[tuple[str, str, str | None, str | None]] = []
     for name, pre in config.pretrain.items():
         for seed in [pre.seed] if pre.seed is not None else list(config.seeds):
-            planned.append(("pretrain", name, config.record_name("pretrain", name, seed)))
+            planned.append(("pretrain", name, config.record_name("pretrain", name, seed), None))
     for e in config.experiments:
         if e.command == "finetune":
-            planned += [("finetune", e.name, config.record_name("finetune", e.name, s)) for s in config.seeds]
+            planned += [("finetune", e.name, config.record_name("finetune", e.name, s), e.dataset)
+                        for s in config.seeds]
     seconds: dict[str, float] = {}
-    for _, _, record_name in planned:
+    for _, _, record_name, _ in planned:
         record = read_record(results_dir / f"{record_name}.json") if record_name else None
         value = record.get("seconds_train") if record is not None else None
         if record_name and isinstance(value, (int, float)) and value > 0:
@@ -266,23 +270,26 @@ def compute_section(config: ReportConfig, results_dir: Path) -> tuple[list[str],
     summary: dict[str, Any] = {}
     lines = ["## Compute", "", "Training time of the runs (one torch thread each, as recorded), summed; runs not "
              "recorded yet are estimated from the median of the same experiment's recorded seeds, else of the "
-             "same kind's (rough where the datasets differ in size). Text encoding and zero-shot evaluation are "
-             "not counted.", "",
+             "recorded fine-tunings on the same dataset (a pre-training: of the recorded pre-trainings); a "
+             "fine-tuning on a dataset with none recorded is left without an estimate. Text encoding and zero-shot "
+             "evaluation are not counted.", "",
              "| runs | recorded | hours recorded | not recorded | hours estimated |", "|---|---|---|---|---|"]
     total_hours = 0.0
     complete = True
     for kind, label in (("pretrain", "pre-training"), ("finetune", "fine-tuning")):
-        runs = [(group, key) for k, group, key in planned if k == kind]
-        done = [seconds[key] for _, key in runs if key in seconds]
+        runs = [(group, key, dataset) for k, group, key, dataset in planned if k == kind]
+        done = [seconds[key] for _, key, _ in runs if key in seconds]
         by_group: dict[str, list[float]] = {}
-        for group, key in runs:
+        by_dataset: dict[str | None, list[float]] = {}
+        for group, key, dataset in runs:
             if key in seconds:
                 by_group.setdefault(group, []).append(seconds[key])
+                by_dataset.setdefault(dataset, []).append(seconds[key])
         estimated, unknown = 0.0, 0
-        for group, key in runs:
+        for group, key, dataset in runs:
             if key in seconds:
                 continue
-            pool = by_group.get(group) or done
+            pool = by_group.get(group) or by_dataset.get(dataset)
             if pool:
                 estimated += float(np.median(pool))
             else:
