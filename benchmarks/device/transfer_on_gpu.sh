@@ -17,6 +17,18 @@
 # prepare steps are recognised as done. Results go to $OUT, refreshed every 20 s so that a call stopped at its
 # limit still returns every record finished so far:
 #   log.txt, loo.tgz and gsci.tgz (records, report.md, runner logs), pre-<name>.tgz (pre-trained weights).
+#
+# How a session with a lent GPU runs it (the three calls follow each other inside the machine's 30 s warm window,
+# since a carried folder stays on a warm machine but a fresh one starts bare; about 2 min of device time before
+# the third call): commit, `bash benchmarks/device/stage_for_gpu.sh`, then with the `device` tool
+#   1. run carry [.dev1]: a CUDA check, e.g. `PYTHONPATH=$PWD timeout 200 python3 -m pytest -q -x -p no:cacheprovider
+#      tests/test_report.py tests/test_pretrain.py tests/test_interpolate.py` (train.device=auto picks the GPU)
+#   2. run carry [.dev2]: `ls -la .dev1 .dev2`
+#   3. run carry [.dev3], timeout_s = what is left: `DEV_MODEL_PARTS=".dev1/model.part .dev2/model.part"
+#      DEV_PACKAGE=.dev2/pkg DEV_DATA=.dev3/data DEV_COMMIT=.dev3/commit bash benchmarks/device/transfer_on_gpu.sh`
+# then unpack loo.tgz / gsci.tgz and copy the records into results/leave-one-out/ and
+# results/gpu-pretraining-scientific/ (`unisrec report CONFIG --report-only` regenerates the reports).
+# Not run on a GPU yet: the one session lent a machine (2026-12-04) was refused a new one at its first call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/unisrec-gpu-out}
