@@ -498,6 +498,37 @@ def test_compute_estimates_stay_within_a_dataset(tmp_path: Path, tiny_lm_dir: Pa
     assert estimate_seconds(runs[("other-scratch", 1)], results) is None
 
 
+def test_peers_section_puts_a_peers_records_beside_the_reference(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """A peer's own records (a glob relative to the config) give mean ± std, the epoch span and the median seconds
+    per epoch, beside the reference experiment and the change of ndcg@10 against it; a bad record or an unknown
+    reference is an error that names it."""
+    from unisrec.errors import ConfigError, UnisrecError
+    from unisrec.report_writer import peers_section
+
+    peers_dir = tmp_path / "peers"
+    peers_dir.mkdir()
+    for seed, (ndcg, epochs, speed) in enumerate([(0.04, 8, 150.0), (0.06, 10, 160.0), (0.05, 10, 170.0)], 1):
+        (peers_dir / f"lib-s{seed}.json").write_text(json.dumps(
+            {"test": {"recall@10": 2 * ndcg, "ndcg@10": ndcg, "recall@50": 0.3, "ndcg@50": 0.1},
+             "valid": {"ndcg@10": ndcg}, "epochs": epochs, "seconds_per_epoch": speed}))
+    peers = [{"name": "lib", "label": "Other library", "records": "peers/lib-s*.json", "reference": "scratch"}]
+    config = load_report_config(_config(tmp_path, tiny_lm_dir, peers=peers))
+    ours = {seed: {"test": {"recall@10": 0.2, "ndcg@10": 0.1, "recall@50": 0.4, "ndcg@50": 0.2},
+                   "epochs": 30, "seconds_per_epoch": 20.0} for seed in (1, 2)}
+    lines, summary = peers_section(config, {"scratch": ours})
+    assert "| Other library | 3 | 0.1000 ± 0.0200 | 0.0500 ± 0.0100 | 0.3000 ± 0.0000 | 0.1000 ± 0.0000 | 8-10 | " \
+           "160.0 | -50.0% |" in lines
+    assert "| scratch (this report) | 2 | 0.2000 ± 0.0000 | 0.1000 ± 0.0000 | 0.4000 ± 0.0000 | 0.2000 ± 0.0000 " \
+           "| 30 | 20.0 |  |" in lines
+    assert summary["lib"]["runs"] == 3 and summary["lib"]["test"]["ndcg@10"]["mean"] == pytest.approx(0.05)
+
+    (peers_dir / "lib-s4.json").write_text(json.dumps({"valid": {}}))
+    with pytest.raises(UnisrecError, match=r"lib-s4\.json: peer record 'lib' has no 'test' metrics"):
+        peers_section(config, {"scratch": ours})
+    with pytest.raises(ConfigError, match=r"peers\.lib: unknown reference 'nope'"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, peers=[{**peers[0], "reference": "nope"}]))
+
+
 def test_committed_scientific_records_match_the_plan_of_the_current_config(tmp_path: Path) -> None:
     """A new config field at its default (``LATER_SETTINGS``) or a new recipe must not make the committed records
     stale: the settings every record's plan resolves to equal those of the plan the current code makes."""

@@ -23,6 +23,9 @@ YAML schema (unknown keys are errors; relative paths are relative to the config 
       - {name: zero-shot, dataset: scientific, command: zeroshot, init: amazon}
     long_tail: {experiments: [sasrec, unisrec-t], groups: 5, metric: ndcg@10}
     transfer: {baseline: unisrec-t-scratch, experiments: [unisrec-t, ...], metric: ndcg@10}
+    peers:                                  # other libraries' runs, from their own records (test metrics)
+      - {name: rectools, label: RecTools UniSRecModel, records: ../../results/peers/rectools-s*.json,
+         reference: unisrec-t-scratch}
 
 - ``pretrain.seed``: an integer = one pre-training run shared by every seed of the experiments that use it;
   null = one pre-training run per experiment seed (seeded alike).
@@ -33,6 +36,9 @@ YAML schema (unknown keys are errors; relative paths are relative to the config 
   ``{seed}`` for the seed (default ``finetune-NAME-seed-{seed}``, ``pretrain-NAME-seed-{seed}``,
   ``zeroshot-NAME-seed-{seed}``); lets a config adopt records made by hand (``unisrec record``). A name
   without ``{seed}`` is the record of the first seed only.
+- ``peers[].records``: a glob (relative to the config file) of JSON records written by a peer's script, each
+  with ``test`` and ``valid`` metrics (and ``epochs``, ``seconds_per_epoch`` where known); the Peers table puts
+  them beside ``reference``, an experiment of this report.
 - ``tables``: the report tables that list the experiment (in order of first appearance); ``reference``: an
   experiment the table compares it with (relative change of every metric); ``paper``: the column of the
   paper's Table 2 (SASRec, UniSRec_t, UniSRec_t+ID) shown beside it when its dataset has ``paper`` set.
@@ -123,6 +129,18 @@ class TransferSpec:
 
 
 @dataclass(frozen=True)
+class PeerSpec:
+    name: str
+    records: str  # glob of the peer's record files, relative to the config file
+    label: str | None = None
+    reference: str | None = None  # an experiment of the report shown beside it
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     experiments: tuple[ExperimentSpec, ...]
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
@@ -137,6 +155,7 @@ class ReportConfig:
     metrics: tuple[str, ...] = PAPER_METRICS
     long_tail: LongTailSpec | None = None
     transfer: TransferSpec | None = None
+    peers: tuple[PeerSpec, ...] = ()
     base_dir: str = "."  # folder of the config file (set by load_report_config)
 
     def experiment(self, name: str) -> ExperimentSpec:
@@ -277,6 +296,17 @@ def check_report_config(config: ReportConfig, where: str) -> None:
                 fail(f"transfer: experiment {name!r} is not initialised from a pre-training run")
         if transfer.metric not in config.metrics:
             fail(f"transfer.metric {transfer.metric!r} is not one of metrics {list(config.metrics)}")
+
+
+    peer_names: set[str] = set()
+    for peer in config.peers:
+        if not _NAME.match(peer.name) or peer.name in peer_names:
+            fail(f"peers: name {peer.name!r} is repeated or not letters, digits and _ . + -")
+        peer_names.add(peer.name)
+        if not peer.records.strip():
+            fail(f"peers.{peer.name}.records: empty")
+        if peer.reference is not None and peer.reference not in seen:
+            fail(f"peers.{peer.name}: unknown reference {peer.reference!r}")
 
 
 def _check_record(template: str | None, at: str, fail: Any) -> None:

@@ -4,7 +4,9 @@ The report is a function of the config and of the record files in the results fo
 (``results/<report>/<run>.json``, ``unisrec.records``): no run folder, no dataset is read, so
 ``unisrec report CONFIG --report-only`` regenerates it on any checkout, and a test can require the committed
 report.md to equal its regeneration. The text is deterministic: no dates or paths of the machine, fixed float
-formats, rows in config order and seeds in config order. A run without a record shows as "not run".
+formats, rows in config order and seeds in config order. A run without a record shows as "not run". A config's
+``peers`` add other libraries' records (committed JSON files written by their scripts, e.g.
+``benchmarks/peers/rectools_unisrec.py --record``).
 
 Means and sample standard deviations (ddof = 1) are taken over seeds; relative changes are of the means.
 Plots (``*.png``) are drawn when matplotlib is installed; report.md names them either way, so that it does not
@@ -13,6 +15,8 @@ depend on what is installed.
 
 from __future__ import annotations
 
+import glob
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from unisrec.atomic import atomic_write_json, atomic_write_text
+from unisrec.errors import UnisrecError
 from unisrec.records import read_record
-from unisrec.report_config import PAPER_CITATION, PAPER_METRICS, PAPER_TABLE2, ReportConfig
+from unisrec.report_config import PAPER_CITATION, PAPER_METRICS, PAPER_TABLE2, PeerSpec, ReportConfig
 
 NOT_RUN = "not run"
 Results = dict[str, dict[int, dict[str, Any]]]  # experiment -> seed -> record
@@ -213,6 +218,57 @@ def transfer_section(config: ReportConfig, results: Results, out: Path,
     return [*lines, ""], data
 
 
+def peer_records(config: ReportConfig, peer: PeerSpec) -> list[tuple[str, dict[str, Any]]]:
+    """(file name, record) of each file matching ``peer.records`` (relative to the config file), sorted by name;
+    a file that is not a JSON object with a ``test`` mapping is an error naming it."""
+    pattern = peer.records if Path(peer.records).is_absolute() else str(Path(config.base_dir) / peer.records)
+    found: list[tuple[str, dict[str, Any]]] = []
+    for path in sorted(Path(p) for p in glob.glob(pattern)):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UnisrecError(f"{path}: peer record {peer.name!r} is not readable JSON ({exc})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("test"), dict):
+            raise UnisrecError(f"{path}: peer record {peer.name!r} has no 'test' metrics")
+        found.append((path.name, record))
+    return found
+
+
+def peers_section(config: ReportConfig, results: Results) -> tuple[list[str], dict[str, Any]]:
+    """Other libraries' runs (their own records) beside an experiment of this report: test metrics, mean ± std
+    over their records, epochs and seconds per epoch, and the change against the reference experiment."""
+    metrics = list(config.metrics)
+    key = "ndcg@10" if "ndcg@10" in metrics else metrics[0]
+    lines = ["## Peers", "", "Other libraries on the same data, text vectors and protocol, from their own records "
+             "(files matching each peer's `records`); the reference row is this report's experiment.", "",
+             "| model | runs | " + " | ".join(metrics) + f" | epochs | s / epoch | {key} vs reference |",
+             "|" + "---|" * (len(metrics) + 5)]
+    summary: dict[str, Any] = {}
+
+    def row(title: str, runs: list[dict[str, Any]], versus: str) -> str:
+        cells = [cell([float(r["test"][m]) for r in runs if m in r["test"]]) for m in metrics]
+        epochs = sorted({int(r["epochs"]) for r in runs if isinstance(r.get("epochs"), (int, float))})
+        span = "—" if not epochs else (f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}")
+        speed = [float(r["seconds_per_epoch"]) for r in runs if isinstance(r.get("seconds_per_epoch"), (int, float))]
+        per_epoch = _number(float(np.median(speed)), 1) if speed else "—"
+        return f"| {title} | {len(runs)} | " + " | ".join(cells) + f" | {span} | {per_epoch} | {versus} |"
+
+    for peer in config.peers:
+        runs = [record for _, record in peer_records(config, peer)]
+        reference = list(results.get(peer.reference, {}).values()) if peer.reference else []
+        ours = [float(r["test"][key]) for r in reference if key in r["test"]]
+        theirs = [float(r["test"][key]) for r in runs if key in r["test"]]
+        lines.append(row(peer.title, runs, _relative(theirs, ours) if peer.reference else "—"))
+        if peer.reference:
+            lines.append(row(f"{config.experiment(peer.reference).title} (this report)", reference, ""))
+        stats = {m: mean_std([float(r["test"][m]) for r in runs]) for m in metrics
+                 if runs and all(m in r["test"] for r in runs)}
+        summary[peer.name] = {"runs": len(runs), "reference": peer.reference,
+                              "test": {m: {"mean": v[0], "std": v[1]} for m, v in stats.items()}}
+    lines += ["", "s / epoch: median wall seconds per training epoch as each side recorded it.", ""]
+    return lines, summary
+
+
 def curves_section(config: ReportConfig, records: Records, out: Path, plots: bool) -> list[str]:
     lines = ["## Training curves", "", "Validation metric per epoch (first recorded seed of each experiment)."]
     metric = "ndcg@10"
@@ -340,6 +396,9 @@ def render_report(config: ReportConfig, results_dir: Path, command: str, *,
         lines += section
     if config.transfer is not None:
         section, extra["transfer"] = transfer_section(config, results, out, plots)
+        lines += section
+    if config.peers:
+        section, extra["peers"] = peers_section(config, results)
         lines += section
     lines += curves_section(config, records, out, plots)
     section, extra["compute"] = compute_section(config, results_dir)
