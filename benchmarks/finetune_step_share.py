@@ -1,0 +1,90 @@
+"""Where an inductive fine-tuning step's time goes, per dataset: the whole step vs adapting the catalogue.
+
+UniSRec_t scores every item of the catalogue at every step (full softmax), so each step passes all N items'
+text vectors through the MoE adaptor (8 experts, 768 -> 300) and back: the step's cost grows with N, while
+the number of steps per epoch grows with the interactions. For each dataset, in a fresh process on one
+torch thread, this times (median over ``--steps`` steps after one warm-up) a training step of
+``unisrec finetune --mode inductive --train.windows=strided`` (forward, loss, backward) and, separately, the
+catalogue adaptor alone (``model.item_table()`` forward + backward), and estimates an epoch as step x
+steps per epoch. It tells whether a report's runs fit a CPU session (e.g. the leave-one-out domains).
+
+    python benchmarks/finetune_step_share.py DATA_DIR... [--steps 5] [--record results/benchmarks/F.json]
+
+Each DATA_DIR is a processed dataset with its text vectors encoded (``unisrec prepare`` + ``unisrec encode``).
+The last line of stdout is one JSON object (also written to ``--record``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def child(data: Path, steps: int) -> dict[str, object]:
+    import torch
+
+    from unisrec.baselines import build_model
+    from unisrec.config import RunConfig
+    from unisrec.datasets import load_processed
+    from unisrec.finetune import FinetuneTask, resolve_config
+    from unisrec.text_cache import load_text
+
+    torch.set_num_threads(1)
+    dataset = load_processed(data)
+    config = resolve_config(RunConfig().with_overrides(["train.windows=strided"]), "inductive", None, [])
+    vectors = load_text(dataset, config.text)
+    torch.manual_seed(0)
+    model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix))
+    model.train()
+    task = FinetuneTask(model, dataset, config, torch.device("cpu"))
+    batches = task.batches(0)
+    step_seconds, adaptor_seconds = [], []
+    for _ in range(steps + 1):
+        batch = next(batches)
+        started = time.perf_counter()
+        task.loss(batch)["loss"].backward()
+        step_seconds.append(time.perf_counter() - started)
+        model.zero_grad()
+        started = time.perf_counter()
+        model.item_table().sum().backward()  # (N, H): every item through the adaptor, and back
+        adaptor_seconds.append(time.perf_counter() - started)
+        model.zero_grad()
+    step, adaptor = statistics.median(step_seconds[1:]), statistics.median(adaptor_seconds[1:])
+    return {"dataset": Path(data).name, "items": dataset.n_items, "steps_per_epoch": task.steps,
+            "step_seconds": round(step, 4), "catalogue_adaptor_seconds": round(adaptor, 4),
+            "adaptor_share": round(adaptor / step, 3), "epoch_seconds_estimate": round(step * task.steps, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="+", type=Path)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per dataset (after one warm-up)")
+    parser.add_argument("--record", type=Path, default=None)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.data[0], args.steps)))
+        return
+    rows = []
+    for data in args.data:
+        done = subprocess.run([sys.executable, __file__, str(data), "--steps", str(args.steps), "--child"],
+                              capture_output=True, text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{row['dataset']}: {row['items']} items, {row['steps_per_epoch']} steps per epoch, step "
+              f"{row['step_seconds']:.2f} s, catalogue adaptor {row['catalogue_adaptor_seconds']:.2f} s "
+              f"({100 * float(row['adaptor_share']):.0f}%), epoch ~{row['epoch_seconds_estimate']:.0f} s", flush=True)
+    result = {"benchmark": "finetune_step_share", "threads": 1, "steps": args.steps, "datasets": rows}
+    if args.record is not None:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
