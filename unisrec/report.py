@@ -439,8 +439,8 @@ def estimate_seconds(run: PlannedRun, results_dir: Path | None) -> float | None:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        seconds = record.get("seconds_train")
-        if not seconds or not isinstance(record, dict):
+        seconds = record.get("seconds_train") if isinstance(record, dict) else None
+        if not seconds:
             continue
         if path.stem.startswith(f"{run.kind}-{run.name}-seed-") or path.stem == f"{run.kind}-{run.name}":
             same.append(float(seconds))

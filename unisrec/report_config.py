@@ -296,8 +296,6 @@ def check_report_config(config: ReportConfig, where: str) -> None:
                 fail(f"transfer: experiment {name!r} is not initialised from a pre-training run")
         if transfer.metric not in config.metrics:
             fail(f"transfer.metric {transfer.metric!r} is not one of metrics {list(config.metrics)}")
-
-
     peer_names: set[str] = set()
     for peer in config.peers:
         if not _NAME.match(peer.name) or peer.name in peer_names:
