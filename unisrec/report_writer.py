@@ -16,7 +16,6 @@ depend on what is installed.
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 
 from unisrec.atomic import atomic_write_json, atomic_write_text
 from unisrec.errors import UnisrecError
+from unisrec.json_io import read_json
 from unisrec.records import read_record
 from unisrec.report_config import PAPER_CITATION, PAPER_METRICS, PAPER_TABLE2, PeerSpec, ReportConfig
 
@@ -218,20 +218,27 @@ def transfer_section(config: ReportConfig, results: Results, out: Path,
     return [*lines, ""], data
 
 
-def peer_records(config: ReportConfig, peer: PeerSpec) -> list[tuple[str, dict[str, Any]]]:
-    """(file name, record) of each file matching ``peer.records`` (relative to the config file), sorted by name;
-    a file that is not a JSON object with a ``test`` mapping is an error naming it."""
+def peer_records(config: ReportConfig, peer: PeerSpec) -> list[dict[str, Any]]:
+    """The records of each file matching ``peer.records`` (relative to the config file), in file-name order; a file
+    that is not a JSON object with a ``test`` mapping is an error naming it."""
     pattern = peer.records if Path(peer.records).is_absolute() else str(Path(config.base_dir) / peer.records)
-    found: list[tuple[str, dict[str, Any]]] = []
+    found: list[dict[str, Any]] = []
     for path in sorted(Path(p) for p in glob.glob(pattern)):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UnisrecError(f"{path}: peer record {peer.name!r} is not readable JSON ({exc})") from None
+        record = read_json(path, f"peer record {peer.name!r}")
         if not isinstance(record, dict) or not isinstance(record.get("test"), dict):
             raise UnisrecError(f"{path}: peer record {peer.name!r} has no 'test' metrics")
-        found.append((path.name, record))
+        found.append(record)
     return found
+
+
+def _peer_row(title: str, runs: list[dict[str, Any]], metrics: list[str], versus: str) -> str:
+    """One Peers table row: test metrics mean ± std, the epoch span, the median seconds per epoch."""
+    cells = [cell([float(r["test"][m]) for r in runs if m in r["test"]]) for m in metrics]
+    epochs = sorted({int(r["epochs"]) for r in runs if isinstance(r.get("epochs"), (int, float))})
+    span = "—" if not epochs else (f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}")
+    speed = [float(r["seconds_per_epoch"]) for r in runs if isinstance(r.get("seconds_per_epoch"), (int, float))]
+    per_epoch = _number(float(np.median(speed)), 1) if speed else "—"
+    return f"| {title} | {len(runs)} | " + " | ".join(cells) + f" | {span} | {per_epoch} | {versus} |"
 
 
 def peers_section(config: ReportConfig, results: Results) -> tuple[list[str], dict[str, Any]]:
@@ -244,25 +251,17 @@ def peers_section(config: ReportConfig, results: Results) -> tuple[list[str], di
              "| model | runs | " + " | ".join(metrics) + f" | epochs | s / epoch | {key} vs reference |",
              "|" + "---|" * (len(metrics) + 5)]
     summary: dict[str, Any] = {}
-
-    def row(title: str, runs: list[dict[str, Any]], versus: str) -> str:
-        cells = [cell([float(r["test"][m]) for r in runs if m in r["test"]]) for m in metrics]
-        epochs = sorted({int(r["epochs"]) for r in runs if isinstance(r.get("epochs"), (int, float))})
-        span = "—" if not epochs else (f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}")
-        speed = [float(r["seconds_per_epoch"]) for r in runs if isinstance(r.get("seconds_per_epoch"), (int, float))]
-        per_epoch = _number(float(np.median(speed)), 1) if speed else "—"
-        return f"| {title} | {len(runs)} | " + " | ".join(cells) + f" | {span} | {per_epoch} | {versus} |"
-
     for peer in config.peers:
-        runs = [record for _, record in peer_records(config, peer)]
-        reference = list(results.get(peer.reference, {}).values()) if peer.reference else []
-        ours = [float(r["test"][key]) for r in reference if key in r["test"]]
+        runs = peer_records(config, peer)
+        per_metric = {m: [float(r["test"][m]) for r in runs] for m in metrics
+                      if runs and all(m in r["test"] for r in runs)}
         theirs = [float(r["test"][key]) for r in runs if key in r["test"]]
-        lines.append(row(peer.title, runs, _relative(theirs, ours) if peer.reference else "—"))
+        versus = _relative(theirs, _test(results, peer.reference, key)) if peer.reference else "—"
+        lines.append(_peer_row(peer.title, runs, metrics, versus))
         if peer.reference:
-            lines.append(row(f"{config.experiment(peer.reference).title} (this report)", reference, ""))
-        stats = {m: mean_std([float(r["test"][m]) for r in runs]) for m in metrics
-                 if runs and all(m in r["test"] for r in runs)}
+            reference = list(results.get(peer.reference, {}).values())
+            lines.append(_peer_row(f"{config.experiment(peer.reference).title} (this report)", reference, metrics, ""))
+        stats = {m: mean_std(values) for m, values in per_metric.items()}
         summary[peer.name] = {"runs": len(runs), "reference": peer.reference,
                               "test": {m: {"mean": v[0], "std": v[1]} for m, v in stats.items()}}
     lines += ["", "s / epoch: median wall seconds per training epoch as each side recorded it.", ""]

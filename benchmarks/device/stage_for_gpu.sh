@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 data_root=${1:-/work/shared/data}
+if ! git diff --quiet HEAD; then echo "stage_for_gpu: uncommitted changes; commit first so that the records name the code" >&2; exit 1; fi
 for d in .dev1 .dev2 .dev3; do
     grep -qx "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude
     rm -rf "$d"; mkdir -p "$d"
@@ -42,5 +43,4 @@ cp -r /work/loo/data .dev3/data/loo/
 cp -r /work/gsci/data/scientific /work/gsci/data/scientific.json .dev3/data/gsci/data/
 find .dev3/data -name embeddings -type d -prune -exec rm -rf {} +  # vectors are made there, on the GPU
 git rev-parse HEAD > .dev3/commit
-if ! git diff --quiet HEAD; then echo "stage_for_gpu: uncommitted changes; commit first so that the records name the code" >&2; exit 1; fi
 du -sh .dev1 .dev2 .dev3
