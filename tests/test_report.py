@@ -563,3 +563,30 @@ def test_git_commit_outside_a_repository_reads_the_named_commit(tmp_path: Path,
     assert git_commit(tmp_path) == {"commit": "0123abc", "source": "environment"}
     inside = git_commit()  # the checkout itself: git's answer wins over the variable
     assert inside.get("commit") != "0123abc" and "dirty" in inside
+
+
+def test_pretrain_only_runs_the_pretrainings_first_and_a_rerun_goes_on(
+        tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    out, results = tmp_path / "out", tmp_path / "results"
+    run_report(config_path, out, only=["unisrec", "scratch"], dry_run=True, results_dir=results, pretrain_only=True)
+    plan = capsys.readouterr().err
+    assert re.search(r"^new +\S+other-pt", plan, re.M) and not re.search(r"^new +\S+(scratch|unisrec)", plan, re.M)
+    run_report(config_path, out, only=["unisrec", "scratch"], results_dir=results, pretrain_only=True)
+    assert (out / "pretrain" / "other-pt" / "seed-7" / "metrics.json").exists()
+    assert sorted(p.name for p in results.glob("*-seed-*.json")) == ["pretrain-other-pt-seed-7.json"]
+    assert not (out / "data" / "target").exists()  # the fine-tunings' dataset waits for them
+    pre_trained: list[str] = []
+    real_pretrain = importlib.import_module("unisrec.pretrain").pretrain
+
+    def spy(data_dirs: object, out_dir: object, **kwargs: object) -> object:
+        pre_trained.append(str(out_dir))
+        return real_pretrain(data_dirs, out_dir, **kwargs)
+
+    monkeypatch.setattr("unisrec.pretrain.pretrain", spy)
+    run_report(config_path, out, only=["unisrec", "scratch"], results_dir=results)
+    assert pre_trained == []  # the rerun goes on with the fine-tunings from the finished pre-training
+    assert sorted(p.name for p in results.glob("*-seed-*.json")) == [
+        "finetune-scratch-seed-1.json", "finetune-unisrec-seed-1.json", "pretrain-other-pt-seed-7.json"]
+    with pytest.raises(UnisrecError, match="--pretrain-only runs pre-trainings"):
+        run_report(config_path, None, results_dir=results, report_only=True, pretrain_only=True)

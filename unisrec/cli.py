@@ -432,6 +432,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                    help="regenerate RESULTS/report.md (and its plots) from the records alone; run nothing")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="start no run whose estimated time exceeds what is left of this budget; rerun to go on")
+    p.add_argument("--pretrain-only", action="store_true",
+                   help="of the missing runs, run only the pre-trainings (and record them); a rerun without it "
+                   "goes on with the rest")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each in its own process with cores/JOBS torch threads (default 1: one at a "
                    "time, in this process); a run waits for the runs it reads")
@@ -466,7 +469,7 @@ def _run_report(args: argparse.Namespace) -> int:
         command += f" --results {args.results.as_posix()}"
     path = run_report(args.config, args.out, data_root=args.data_root, only=only, dry_run=args.dry_run,
                       report_only=args.report_only, budget_minutes=args.budget_minutes, results_dir=results,
-                      command=command, jobs=args.jobs)
+                      command=command, jobs=args.jobs, pretrain_only=args.pretrain_only)
     if not args.dry_run:
         print(json.dumps({"report": str(path)}))
     return 0

@@ -213,11 +213,12 @@ class PretrainTask:
         si = si_each.sum() * dist.world_size / self._global_count(len(si_each))
         ss = ss_each.sum() * dist.world_size / self._global_count(len(ss_each))
         terms = {"loss": si + pre.lambda_ss * ss, "si": si.detach(), "ss": ss.detach()}
+        # (T,) each target's domain; presence is read on the host, so a GPU step does not wait here per domain
         domain = np.repeat(self.corpus.window_domain[plan.windows[plan.share]], batch.mask.numpy().sum(axis=1))
         for index, name in enumerate(self.corpus.names):
-            here = torch.from_numpy(domain == index).to(self.device)
-            if bool(here.any()):
-                terms[f"si@{name}"] = si_each.detach()[here].mean()
+            here = domain == index
+            if here.any():
+                terms[f"si@{name}"] = si_each.detach()[torch.from_numpy(here).to(self.device)].mean()
         return terms
 
     def _global_count(self, n: int) -> int:

@@ -537,6 +537,7 @@ def run_report(
     results_dir: Path | None = None,
     command: str | None = None,
     jobs: int = 1,
+    pretrain_only: bool = False,
 ) -> Path:
     """Run what is missing (unless ``report_only``), then write ``results_dir/report.md`` from the records;
     ``dry_run`` only prints the plan.
@@ -548,6 +549,8 @@ def run_report(
     run that lacks one; the report is made from them alone. ``report_only`` needs no ``out``: it reads only
     the records. ``command``: how the report names the command that regenerates it. ``jobs`` > 1: that many
     runs at once, each in its own process with cpu_count // jobs torch threads (``execute_in_parallel``).
+    ``pretrain_only``: of the missing runs, only the pre-trainings (and the datasets they read), e.g. alone on a
+    GPU before the fine-tunings share it; a rerun without it goes on from there.
     """
     log = log or sys.stderr
     if jobs < 1:
@@ -555,6 +558,8 @@ def run_report(
     config = load_report_config(config_path, data_root=data_root)
     if out is None and not report_only:
         raise UnisrecError("--out is needed to run experiments (only --report-only works from the records alone)")
+    if pretrain_only and report_only:
+        raise UnisrecError("--pretrain-only runs pre-trainings; --report-only runs nothing: choose one")
     if results_dir is None:
         if out is None:
             raise UnisrecError("--report-only without --out needs the results folder of the records")
@@ -583,8 +588,16 @@ def run_report(
         plan = stored.get("plan") if stored is not None else None
         return isinstance(plan, dict) and same_plan(plan, run.spec)
 
+    def missing_runs() -> list[PlannedRun]:
+        todo = runs_to_execute(runs, recorded)
+        if not pretrain_only:
+            return todo
+        pretrainings = [run for run in todo if run.kind == "pretrain"]
+        return [run for run in todo if run.kind == "pretrain"
+                or (run.kind == "prepare" and any(run.out in _needs(r) for r in pretrainings))]
+
     if dry_run:
-        to_run = {run.out for run in runs_to_execute(runs, recorded)}
+        to_run = {run.out for run in missing_runs()}
         for run in runs:
             status = run.status() if run.out in to_run or run.status() == "cached" else "recorded"
             print(f"{status:6} {run.out}\n       {run.command()}", file=log)
@@ -594,7 +607,7 @@ def run_report(
         if run.kind != "prepare" and name is not None and run.status() == "cached" \
                 and not (results_dir / f"{name}.json").exists():
             record(run)
-    todo = runs_to_execute(runs, recorded)
+    todo = missing_runs()
     to_run = {run.out for run in todo}
     known = [r for r in runs if r.kind != "prepare" and r.out not in to_run]  # finished, or known from a record
     reused, training = len(known), sum(r.kind != "prepare" for r in runs)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Leave-one-out transfer (Amazon 2014 Beauty, MovieLens-1M, Food.com) and a longer pre-training with its transfer
-# to Amazon Scientific, on one lent GPU machine (the `device` tool), as two report runners side by side:
+# Leave-one-out transfer (Amazon 2014 Beauty, MovieLens-1M, Food.com) on one lent GPU machine (the `device` tool),
+# and with GSCI=1 beside it a longer pre-training with its transfer to Amazon Scientific:
 #   configs/report/leave-one-out.yaml            --only the Beauty, MovieLens-1M and Food.com experiments
 #   configs/report/gpu-pretraining-scientific.yaml (8-epoch recipe on the ten domains; Scientific, 3 seeds)
 # Every run is the command a CPU run would be (train.device=auto picks the GPU); the records are those of any
@@ -18,17 +18,23 @@
 # limit still returns every record finished so far:
 #   log.txt, loo.tgz and gsci.tgz (records, report.md, runner logs), pre-<name>.tgz (pre-trained weights).
 #
-# How a session with a lent GPU runs it (the three calls follow each other inside the machine's 30 s warm window,
-# since a carried folder stays on a warm machine but a fresh one starts bare; about 2 min of device time before
-# the third call): commit, `bash benchmarks/device/stage_for_gpu.sh`, then with the `device` tool
-#   1. run carry [.dev1]: a CUDA check, e.g. `PYTHONPATH=$PWD timeout 200 python3 -m pytest -q -x -p no:cacheprovider
-#      tests/test_report.py tests/test_pretrain.py tests/test_interpolate.py` (train.device=auto picks the GPU)
-#   2. run carry [.dev2]: `ls -la .dev1 .dev2`
-#   3. run carry [.dev3], timeout_s = what is left: `DEV_MODEL_PARTS=".dev1/model.part .dev2/model.part"
-#      DEV_PACKAGE=.dev2/pkg DEV_DATA=.dev3/data DEV_COMMIT=.dev3/commit bash benchmarks/device/transfer_on_gpu.sh`
-# then unpack loo.tgz / gsci.tgz and copy the records into results/leave-one-out/ and
-# results/gpu-pretraining-scientific/ (`unisrec report CONFIG --report-only` regenerates the reports).
-# Not run on a GPU yet: the one session lent a machine (2026-12-04) was refused a new one at its first call.
+# How a session with a lent GPU runs it: commit, `bash benchmarks/device/stage_for_gpu.sh`, then three `device` calls
+# in a row (a warm machine keeps /tmp between calls, but NOT a carried folder of an earlier call: each call copies
+# its carried folder to /tmp; a machine idle for 30 s goes back, and a fresh one starts bare):
+#   1. run carry [.dev1]: `cp -r .dev1 /tmp/dev1 && PYTHONPATH=$PWD timeout 150 python3 -m pytest -q -x
+#      -p no:cacheprovider tests/test_report.py tests/test_pretrain.py` (a CUDA check: train.device=auto)
+#   2. run carry [.dev2]: `cp -r .dev2 /tmp/dev2`
+#   3. run carry [.dev3], timeout_s = what is left: `DEV_MODEL_PARTS="/tmp/dev1/model.part /tmp/dev2/model.part"
+#      DEV_PACKAGE=/tmp/dev2/pkg DEV_DATA=.dev3/data DEV_COMMIT=.dev3/commit timeout 575 bash
+#      benchmarks/device/transfer_on_gpu.sh 2>&1 | tee $OUT/log.txt; for r in loo gsci; do [ -d /tmp/res-$r ] &&
+#      tar czf $OUT/$r.tgz -C /tmp res-$r $r.log; done`
+# then copy the new records of loo.tgz / gsci.tgz into results/leave-one-out/ and results/gpu-pretraining-scientific/
+# (`unisrec report CONFIG --report-only` regenerates the reports).
+# First run, 2026-12-04 (H200, 15 runs at once, the pre-trainings beside 11 fine-tunings): start 2 min, call 1 100 s,
+# encoding of 200k items 33 s, then a pre-training made 3.5-3.7 steps/s (about 2.5x one CPU thread) and none of
+# the four finished within the 575 s; the fine-tunings from scratch took 1.2 s an epoch on Scientific, 4.4 s on
+# Beauty, 25 s on Food.com. Hence the order below: the leave-one-out pre-trainings first, alone on the GPU (phase 1:
+# `unisrec report --pretrain-only`), then every fine-tuning (phase 2); the 8-epoch report only with GSCI=1.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/unisrec-gpu-out}
@@ -77,25 +83,34 @@ snapshot() {  # copy what is finished to $OUT (each file replaced whole)
     done
 }
 
+# records already made (committed) are not run again: start from a copy of the committed folders
+mkdir -p /tmp/res-loo /tmp/res-gsci
+cp -r results/leave-one-out/. /tmp/res-loo/
+[ -d results/gpu-pretraining-scientific ] && cp -r results/gpu-pretraining-scientific/. /tmp/res-gsci/
 only=beauty-scratch,beauty-transfer,beauty-scratch-id,beauty-transfer-id,beauty-zero-shot
 only+=,movielens-scratch,movielens-transfer,movielens-scratch-id,movielens-transfer-id,movielens-zero-shot
 only+=,food-scratch,food-transfer,food-scratch-id,food-transfer-id,food-zero-shot
-mkdir -p /tmp/res-loo /tmp/res-gsci
-say "starting both reports"
-python3 -m unisrec report configs/report/leave-one-out.yaml --data-root /work/shared/data --out /work/loo \
-    --results /tmp/res-loo --jobs "${LOO_JOBS:-11}" --only "$only" > /tmp/loo.log 2>&1 &
+loo_report() {  # loo_report JOBS [--pretrain-only]
+    python3 -m unisrec report configs/report/leave-one-out.yaml --data-root /work/shared/data --out /work/loo \
+        --results /tmp/res-loo --only "$only" --jobs "$@" >> /tmp/loo.log 2>&1
+}
+(say "phase 1: the leave-one-out pre-trainings alone"; loo_report 3 --pretrain-only
+ say "phase 2: the fine-tunings"; loo_report "${LOO_JOBS:-12}") &
 loo=$!
-python3 -m unisrec report configs/report/gpu-pretraining-scientific.yaml --data-root /work/shared/data \
-    --out /work/gsci --results /tmp/res-gsci --jobs "${SCI_JOBS:-4}" > /tmp/gsci.log 2>&1 &
-sci=$!
-while kill -0 "$loo" 2>/dev/null || kill -0 "$sci" 2>/dev/null; do
+sci=
+if [ "${GSCI:-0}" = 1 ]; then
+    python3 -m unisrec report configs/report/gpu-pretraining-scientific.yaml --data-root /work/shared/data \
+        --out /work/gsci --results /tmp/res-gsci --jobs "${SCI_JOBS:-4}" > /tmp/gsci.log 2>&1 &
+    sci=$!
+fi
+while kill -0 "$loo" 2>/dev/null || { [ -n "$sci" ] && kill -0 "$sci" 2>/dev/null; }; do
     sleep 20
     snapshot
     say "records: loo $(ls /tmp/res-loo | grep -c '^finetune') fine-tunings, gsci $(ls /tmp/res-gsci | grep -c '^finetune')"
 done
 wait "$loo"; echo "leave-one-out report: exit $?"
-wait "$sci"; echo "gpu-pretraining-scientific report: exit $?"
+[ -n "$sci" ] && { wait "$sci"; echo "gpu-pretraining-scientific report: exit $?"; }
 snapshot
-tail -n 5 /tmp/loo.log /tmp/gsci.log
+tail -n 5 /tmp/loo.log /tmp/gsci.log 2>/dev/null
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
 say "done"
