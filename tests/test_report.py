@@ -494,8 +494,44 @@ def test_compute_estimates_stay_within_a_dataset(tmp_path: Path, tiny_lm_dir: Pa
     assert summary["finetune"]["without_estimate"] == 2
     assert "| fine-tuning | 1 of 6 | 0.17 | 5 | 0.50 + 2 without an estimate |" in lines
     runs = {(r.name, r.seed): r for r in plan_runs(config, tmp_path / "out")}
-    assert estimate_seconds(runs[("unisrec", 1)], results) == 600.0
-    assert estimate_seconds(runs[("other-scratch", 1)], results) is None
+    assert estimate_seconds(runs[("unisrec", 1)], results, config) == 600.0
+    assert estimate_seconds(runs[("other-scratch", 1)], results, config) is None
+
+
+def test_runs_recorded_on_a_gpu_are_counted_apart_and_estimate_only_gpu_runs(tmp_path: Path,
+                                                                              tiny_lm_dir: Path) -> None:
+    """A GPU epoch is 15-100x shorter than a CPU one: a run recorded on a GPU counts as not recorded in the CPU
+    hours (estimated from the CPU records like a missing run) and is listed apart; the runner's guess for a run
+    on the GPU comes from the GPU records alone."""
+    from unisrec.records import RECORD_FORMAT
+    from unisrec.report import estimate_seconds
+    from unisrec.report_writer import compute_section
+
+    experiments = [{"name": "scratch", "dataset": "target", "mode": "inductive"},
+                   {"name": "unisrec", "dataset": "target", "mode": "inductive", "init": "other-pt"}]
+    config = load_report_config(_config(tmp_path, tiny_lm_dir, experiments=experiments, long_tail=None,
+                                        transfer={"baseline": "scratch", "experiments": ["unisrec"]}))
+    results = tmp_path / "results"
+    results.mkdir()
+
+    def record(name: str, seconds: float, device: str | None) -> None:
+        body = {"format": RECORD_FORMAT, "kind": "finetune", "seconds_train": seconds}
+        (results / f"{name}.json").write_text(json.dumps(body | ({"device": device} if device else {})))
+
+    record("finetune-scratch-seed-1", 1200.0, None)  # before records named their device: the CPU
+    record("finetune-scratch-seed-2", 1800.0, "cpu")
+    record("finetune-unisrec-seed-1", 60.0, "cuda")
+    lines, summary = compute_section(config, results)
+    # CPU: scratch 1-2 recorded (3000 s); unisrec 1 (on the GPU) and 2 estimated from the target's CPU runs (1500)
+    assert summary["finetune"] == {"runs": 4, "recorded": 2, "hours_recorded": round(3000 / 3600, 3),
+                                   "hours_estimated": round(3000 / 3600, 3), "without_estimate": 0}
+    assert summary["gpu"] == {"runs": 1, "hours": round(60 / 3600, 3)}
+    assert "| fine-tuning | 2 of 4 | 0.83 | 2 | 0.83 |" in lines
+    assert any(line.startswith("1 run(s) were recorded on a GPU (0.02 hours there)") for line in lines)
+    runs = {(r.name, r.seed): r for r in plan_runs(config, tmp_path / "out")}
+    assert estimate_seconds(runs[("unisrec", 2)], results, config) == 1500.0
+    assert estimate_seconds(runs[("unisrec", 2)], results, config, "cuda") == 60.0
+    assert estimate_seconds(runs[("scratch", 1)], results, config, "cuda") == 60.0  # the target's GPU runs
 
 
 def test_peers_section_puts_a_peers_records_beside_the_reference(tmp_path: Path, tiny_lm_dir: Path) -> None:
@@ -571,7 +607,8 @@ def test_pretrain_only_runs_the_pretrainings_first_and_a_rerun_goes_on(
     out, results = tmp_path / "out", tmp_path / "results"
     run_report(config_path, out, only=["unisrec", "scratch"], dry_run=True, results_dir=results, pretrain_only=True)
     plan = capsys.readouterr().err
-    assert re.search(r"^new +\S+other-pt", plan, re.M) and not re.search(r"^new +\S+(scratch|unisrec)", plan, re.M)
+    assert re.search(r"^new +\S+other-pt", plan, re.M) and re.search(r"^later +\S+unisrec", plan, re.M)
+    assert re.search(r"^later +\S+scratch", plan, re.M) and not re.search(r"^new +\S+(scratch|unisrec)", plan, re.M)
     run_report(config_path, out, only=["unisrec", "scratch"], results_dir=results, pretrain_only=True)
     assert (out / "pretrain" / "other-pt" / "seed-7" / "metrics.json").exists()
     assert sorted(p.name for p in results.glob("*-seed-*.json")) == ["pretrain-other-pt-seed-7.json"]

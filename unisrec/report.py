@@ -47,6 +47,7 @@ from unisrec.locking import hold_folder
 from unisrec.pretrain import recipe_config
 from unisrec.records import read_record, write_record
 from unisrec.report_config import ReportConfig, load_report_config
+from unisrec.run_costs import estimate, planned_costs, recorded_costs
 
 Kind = Literal["prepare", "pretrain", "finetune", "zeroshot"]
 
@@ -426,34 +427,18 @@ def record_name(run: PlannedRun, config: ReportConfig | None = None) -> str | No
     return f"{run.kind}-{run.name}" + (f"-seed-{run.seed}" if run.seed is not None else "")
 
 
-def estimate_seconds(run: PlannedRun, results_dir: Path | None) -> float | None:
-    """Median training seconds of the records of the same experiment, else of the same kind's records on the same
-    dataset (a fine-tuning) or of the recorded pre-trainings (a pre-training); None when there are none (a
-    fine-tuning on a dataset with no record: its size may differ from the others' by orders of magnitude)."""
-    if results_dir is None or not results_dir.is_dir():
+def estimate_seconds(run: PlannedRun, results_dir: Path | None, config: ReportConfig,
+                     device: str = "cpu") -> float | None:
+    """The runner's guess of a run's training seconds on ``device``, by the rule of the report's Compute section
+    (``unisrec.run_costs.estimate``: the same experiment's recorded seeds, else the recorded fine-tunings on the
+    same dataset or the recorded pre-trainings); None when nothing recorded on that device says."""
+    if results_dir is None or run.kind not in ("pretrain", "finetune"):
         return None
-    dataset = run.args.data[0].name if isinstance(run.args, TrainArgs) and run.kind == "finetune" else None
-    same, kind = [], []
-    for path in results_dir.glob("*.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        seconds = record.get("seconds_train") if isinstance(record, dict) else None
-        if not seconds:
-            continue
-        if path.stem.startswith(f"{run.kind}-{run.name}-seed-") or path.stem == f"{run.kind}-{run.name}":
-            same.append(float(seconds))
-        elif record.get("kind") == run.kind and (run.kind == "pretrain" or _record_dataset(record) == dataset):
-            kind.append(float(seconds))
-    values = same or kind
-    return float(sorted(values)[len(values) // 2]) if values else None
-
-
-def _record_dataset(record: dict[str, Any]) -> str | None:
-    data = record.get("data")
-    name = data.get("name") if isinstance(data, dict) else None
-    return name if isinstance(name, str) else None
+    planned = planned_costs(config)
+    mine = next((c for c in planned if c.kind == run.kind and c.group == run.name and c.seed == run.seed), None)
+    if mine is None:
+        return None
+    return estimate(mine, planned, recorded_costs(planned, results_dir), device)
 
 
 def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir: Path, *,
@@ -598,8 +583,10 @@ def run_report(
 
     if dry_run:
         to_run = {run.out for run in missing_runs()}
+        missing = {run.out for run in runs_to_execute(runs, recorded)}  # with or without --pretrain-only
         for run in runs:
-            status = run.status() if run.out in to_run or run.status() == "cached" else "recorded"
+            status = run.status() if run.out in to_run or run.status() == "cached" else \
+                "later" if run.out in missing else "recorded"
             print(f"{status:6} {run.out}\n       {run.command()}", file=log)
         return results_dir / "report.md"
     for run in runs:  # finished runs without a record (e.g. made before records existed) get one now
@@ -617,12 +604,13 @@ def run_report(
              if by_record else ""), file=log)
     todo = priority_order(todo, config.seeds)
     began = time.perf_counter()
+    runs_on = "cuda" if torch.cuda.is_available() else "cpu"  # where train.device=auto puts the runs
 
     def may_start(run: PlannedRun) -> bool:
         if budget_minutes is None:
             return True
         left = budget_minutes * 60 - (time.perf_counter() - began)
-        guess = estimate_seconds(run, results_dir)
+        guess = estimate_seconds(run, results_dir, config, runs_on)
         if (guess is not None and guess > left) or left <= 0:
             print(f"budget: stopping before {run.kind} {run.out} (estimated "
                   f"{(guess or 0) / 60:.1f} min, {max(left, 0) / 60:.1f} min left); rerun to go on", file=log)

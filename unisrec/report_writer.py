@@ -27,6 +27,7 @@ from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
 from unisrec.records import read_record
 from unisrec.report_config import PAPER_CITATION, PAPER_METRICS, PAPER_TABLE2, PeerSpec, ReportConfig
+from unisrec.run_costs import estimate, planned_costs, recorded_costs
 
 NOT_RUN = "not run"
 Results = dict[str, dict[int, dict[str, Any]]]  # experiment -> seed -> record
@@ -302,26 +303,12 @@ def curves_section(config: ReportConfig, records: Records, out: Path, plots: boo
 
 
 def compute_section(config: ReportConfig, results_dir: Path) -> tuple[list[str], dict[str, Any]]:
-    """What the report's runs cost: training seconds summed over the recorded runs, and an estimate for the
-    runs not recorded yet: the median of the same experiment's recorded seeds, else of the recorded fine-tunings
-    on the same dataset (a pre-training: of the report's recorded pre-trainings). A fine-tuning on a dataset with
-    none recorded has no estimate (datasets differ in size by orders of magnitude: a median over other datasets
-    misleads). Text encoding and evaluation-only (zero-shot) runs are not counted."""
-    # (kind, group, record name, dataset): group = experiment or pre-training; dataset None for pre-trainings
-    planned: list[tuple[str, str, str | None, str | None]] = []
-    for name, pre in config.pretrain.items():
-        for seed in [pre.seed] if pre.seed is not None else list(config.seeds):
-            planned.append(("pretrain", name, config.record_name("pretrain", name, seed), None))
-    for e in config.experiments:
-        if e.command == "finetune":
-            planned += [("finetune", e.name, config.record_name("finetune", e.name, s), e.dataset)
-                        for s in config.seeds]
-    seconds: dict[str, float] = {}
-    for _, _, record_name, _ in planned:
-        record = read_record(results_dir / f"{record_name}.json") if record_name else None
-        value = record.get("seconds_train") if record is not None else None
-        if record_name and isinstance(value, (int, float)) and value > 0:
-            seconds[record_name] = float(value)
+    """What the report's runs cost on the CPU: training seconds summed over the runs recorded there, and an
+    estimate for the others (``unisrec.run_costs``: the same experiment's recorded seeds, else the recorded
+    fine-tunings on the same dataset, else none). Runs recorded on a GPU are counted apart and estimated for
+    the CPU like missing ones. Text encoding and evaluation-only (zero-shot) runs are not counted."""
+    planned = planned_costs(config)
+    recorded = recorded_costs(planned, results_dir)
     summary: dict[str, Any] = {}
     lines = ["## Compute", "", "Training time of the runs (one torch thread each, as recorded), summed; runs not "
              "recorded yet are estimated from the median of the same experiment's recorded seeds, else of the "
@@ -331,33 +318,36 @@ def compute_section(config: ReportConfig, results_dir: Path) -> tuple[list[str],
              "| runs | recorded | hours recorded | not recorded | hours estimated |", "|---|---|---|---|---|"]
     total_hours = 0.0
     complete = True
+    on_gpu: list[float] = []
     for kind, label in (("pretrain", "pre-training"), ("finetune", "fine-tuning")):
-        runs = [(group, key, dataset) for k, group, key, dataset in planned if k == kind]
-        done = [seconds[key] for _, key, _ in runs if key in seconds]
-        by_group: dict[str, list[float]] = {}
-        by_dataset: dict[str | None, list[float]] = {}
-        for group, key, dataset in runs:
-            if key in seconds:
-                by_group.setdefault(group, []).append(seconds[key])
-                by_dataset.setdefault(dataset, []).append(seconds[key])
+        runs = [r for r in planned if r.kind == kind]
+        done = [recorded[r.record].seconds for r in runs if r.record in recorded
+                and recorded[r.record].device == "cpu"]
+        on_gpu += [recorded[r.record].seconds for r in runs if r.record in recorded
+                   and recorded[r.record].device != "cpu"]
         estimated, unknown = 0.0, 0
-        for group, key, dataset in runs:
-            if key in seconds:
+        for run in runs:
+            if run.record in recorded and recorded[run.record].device == "cpu":
                 continue
-            pool = by_group.get(group) or by_dataset.get(dataset)
-            if pool:
-                estimated += float(np.median(pool))
-            else:
+            guess = estimate(run, planned, recorded)
+            if guess is None:
                 unknown += 1
+            else:
+                estimated += guess
         complete = complete and unknown == 0
-        hours, guess = sum(done) / 3600, estimated / 3600
-        total_hours += hours + guess
+        hours, guess_hours = sum(done) / 3600, estimated / 3600
+        total_hours += hours + guess_hours
         missing = len(runs) - len(done)
         lines.append(f"| {label} | {len(done)} of {len(runs)} | {hours:.2f} | {missing} | "
-                     + (f"{guess:.2f}" if unknown == 0 else f"{guess:.2f} + {unknown} without an estimate") + " |")
+                     + (f"{guess_hours:.2f}" if unknown == 0 else f"{guess_hours:.2f} + {unknown} without an estimate")
+                     + " |")
         summary[kind] = {"runs": len(runs), "recorded": len(done), "hours_recorded": round(hours, 3),
-                         "hours_estimated": round(guess, 3), "without_estimate": unknown}
+                         "hours_estimated": round(guess_hours, 3), "without_estimate": unknown}
     summary["hours_total"] = round(total_hours, 3)
+    if on_gpu:
+        summary["gpu"] = {"runs": len(on_gpu), "hours": round(sum(on_gpu) / 3600, 3)}
+        lines += ["", f"{len(on_gpu)} run(s) were recorded on a GPU ({sum(on_gpu) / 3600:.2f} hours there): they "
+                  "count above as not recorded, their CPU time estimated like a missing run's."]
     lines += ["", f"The whole report from scratch: about {total_hours:.1f} CPU-hours of training"
               + ("" if complete else " (not counting the runs without an estimate)")
               + f", about {total_hours / 2:.1f} hours of wall time as two one-thread runs at once on 2 cores "
