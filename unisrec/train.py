@@ -234,8 +234,12 @@ def fit(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
                 terms = task.loss(batch)
             loss = terms["loss"]
-            if not torch.isfinite(loss):
-                values = {k: float(v.detach()) for k, v in terms.items()}
+            # every term read in one transfer: one device synchronisation per step, not one per term (a
+            # pre-training step has a dozen: loss, si, ss and each domain's si)
+            names = list(terms)
+            read = torch.stack([terms[k].detach().float() for k in names]).tolist()  # (len(names),)
+            values: dict[str, float] = dict(zip(names, read, strict=True))
+            if not math.isfinite(values["loss"]):
                 raise TrainingError(
                     f"non-finite loss at epoch {state.epoch + 1} step {step + 1}: {values}; "
                     "lower train.lr or check the input vectors"
@@ -248,14 +252,14 @@ def fit(
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
-            for key, term in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(term.detach())
+            for key, term_value in values.items():
+                sums[key] = sums.get(key, 0.0) + term_value
                 counts[key] = counts.get(key, 0) + 1
             count += 1
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
             state.epoch_elapsed = time.perf_counter() - started
             bar.update(1)
-            value, lr = float(loss.detach()), optimizer.param_groups[0]["lr"]  # read once for both reporters
+            value, lr = values["loss"], optimizer.param_groups[0]["lr"]
             ticker.step(step + 1, value, lr)
             curves.step(state.global_step, value, lr)
             bar.set_postfix({k: f"{v / counts[k]:.4f}" for k, v in sums.items() if "@" not in k})
