@@ -627,3 +627,35 @@ def test_pretrain_only_runs_the_pretrainings_first_and_a_rerun_goes_on(
         "finetune-scratch-seed-1.json", "finetune-unisrec-seed-1.json", "pretrain-other-pt-seed-7.json"]
     with pytest.raises(UnisrecError, match="--pretrain-only runs pre-trainings"):
         run_report(config_path, None, results_dir=results, report_only=True, pretrain_only=True)
+
+
+def test_a_run_records_the_commit_it_started_from(tmp_path: Path, tiny_lm_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit made while a long run trains is not the code that run ran: the run reads the commit before it
+    trains (a pre-training of 2026-12-04 named a commit made 25 minutes into it)."""
+    from conftest import prepare_synthetic
+
+    import unisrec.train
+    from unisrec.finetune import finetune
+    from unisrec.pretrain import pretrain
+
+    events: list[str] = []
+
+    def commit() -> dict[str, str | bool]:
+        events.append("commit")
+        return {"commit": "made-later" if "train" in events else "at-start", "dirty": False}
+
+    def fit(*args: object, **kwargs: object) -> object:
+        events.append("train")
+        return unisrec.train.fit(*args, **kwargs)  # type: ignore[arg-type]
+
+    for module in ("unisrec.pretrain", "unisrec.finetune"):
+        monkeypatch.setattr(f"{module}.git_commit", commit)
+        monkeypatch.setattr(f"{module}.fit", fit)
+    data = prepare_synthetic(tmp_path / "a", seed=1)
+    small = [*SMALL, "train.epochs=1", f"text.model={tiny_lm_dir}"]
+    assert pretrain([data], tmp_path / "pre", overrides=small)["code"] == {"commit": "at-start", "dirty": False}
+    events.clear()
+    assert finetune(data, "inductive", tmp_path / "ft", overrides=small)["code"]["commit"] == "at-start"
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["code"]["commit"] == "at-start"
+    assert events[0] == "commit" and "train" in events

@@ -199,6 +199,7 @@ def finetune(
     if config.train.history_negatives != "full" and not config.model.repeat_bias:
         raise UnisrecError(f"train.history_negatives={config.train.history_negatives} leaves the history's items to "
                            "the repeat offsets: it needs model.repeat_bias=true")
+    code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
     dataset = load_processed(data_dir)
     settings = {
         "command": "finetune",
@@ -304,7 +305,7 @@ def finetune(
         "dataset": dataset.name,
         "device": str(device),
         "command": command_line(),
-        "code": git_commit(),
+        "code": code,
     }
     if dist.is_main:
         save_ranks(out, final_eval.test_ranks)

@@ -277,6 +277,7 @@ def pretrain(
     if config.train.history_negatives != "full":  # the repeat offsets it leaves the history to are refused above
         raise UnisrecError("train.history_negatives is a fine-tuning setting (with model.repeat_bias); "
                            "pre-train without it")
+    code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
     out = Path(out)
     dirs = [Path(d) for d in data_dirs]
     settings = {
@@ -340,7 +341,7 @@ def pretrain(
         "history": state.history,
         "seed": config.train.seed,
         "command": command_line(),
-        "code": git_commit(),
+        "code": code,
     }
     if dist.is_main:
         atomic_write_json(out / "metrics.json", metrics)
