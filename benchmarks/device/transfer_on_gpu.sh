@@ -29,11 +29,11 @@
 #   3. (when .dev4 holds pre-trainings made on the CPU) run carry [.dev4]: `cp -r .dev4 /tmp/dev4`
 #   4. run carry [.dev3], timeout_s = what is left: `DEV_MODEL_PARTS="/tmp/dev1/model.part /tmp/dev2/model.part"
 #      DEV_PACKAGE=/tmp/dev2/pkg DEV_PRETRAIN=/tmp/dev4/pretrain DEV_DATA=.dev3/data DEV_COMMIT=.dev3/commit timeout 575 bash
-#      benchmarks/device/transfer_on_gpu.sh 2>&1 | tee $OUT/log.txt; for r in loo gsci; do [ -d /tmp/res-$r ] &&
+#      benchmarks/device/transfer_on_gpu.sh 2>&1 | tee $OUT/log.txt; for r in loo gsci; do [ -f /tmp/$r.log ] &&
 #      tar czf $OUT/$r.tgz -C /tmp res-$r $r.log; done`
 # then copy the new records of loo.tgz / gsci.tgz into results/leave-one-out/ and results/gpu-pretraining-scientific/
 # (`unisrec report CONFIG --report-only` regenerates the reports).
-# First run, 2026-12-04 (H200, 15 runs at once, the pre-trainings beside 11 fine-tunings): start 2 min, call 1 100 s,
+# First run, 2026-12-04 (H200, 15 runs at once, the pre-trainings beside 11 fine-tunings): start ~30 s, call 1 103 s,
 # encoding of 200k items 33 s, then a pre-training made 3.5-3.7 steps/s (about 2.5x one CPU thread) and none of
 # the four finished within the 575 s; the fine-tunings from scratch took 1.2 s an epoch on Scientific, 4.4 s on
 # Beauty, 25 s on Food.com. Hence the order below: the leave-one-out pre-trainings first, alone on the GPU (phase 1:
@@ -75,7 +75,7 @@ say "encoded"
 
 snapshot() {  # copy what is finished to $OUT (each file replaced whole)
     for report in loo gsci; do
-        [ -d "/tmp/res-$report" ] || continue
+        [ -f "/tmp/$report.log" ] || continue  # a report that did not start (gsci without GSCI=1)
         tar czf "/tmp/$report.tgz" -C /tmp "res-$report" "$report.log" 2>/dev/null
         cp "/tmp/$report.tgz" "$OUT/$report.tgz.tmp" && mv "$OUT/$report.tgz.tmp" "$OUT/$report.tgz"
     done
