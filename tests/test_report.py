@@ -520,7 +520,7 @@ def test_runs_recorded_on_a_gpu_are_counted_apart_and_estimate_only_gpu_runs(tmp
 
     record("finetune-scratch-seed-1", 1200.0, None)  # before records named their device: the CPU
     record("finetune-scratch-seed-2", 1800.0, "cpu")
-    record("finetune-unisrec-seed-1", 60.0, "cuda")
+    record("finetune-unisrec-seed-1", 60.0, "cuda:1")  # one rank's device under DDP: a GPU all the same
     lines, summary = compute_section(config, results)
     # CPU: scratch 1-2 recorded (3000 s); unisrec 1 (on the GPU) and 2 estimated from the target's CPU runs (1500)
     assert summary["finetune"] == {"runs": 4, "recorded": 2, "hours_recorded": round(3000 / 3600, 3),
@@ -654,7 +654,9 @@ def test_a_run_records_the_commit_it_started_from(tmp_path: Path, tiny_lm_dir: P
         monkeypatch.setattr(f"{module}.fit", fit)
     data = prepare_synthetic(tmp_path / "a", seed=1)
     small = [*SMALL, "train.epochs=1", f"text.model={tiny_lm_dir}"]
-    assert pretrain([data], tmp_path / "pre", overrides=small)["code"] == {"commit": "at-start", "dirty": False}
+    pre = pretrain([data], tmp_path / "pre", overrides=[*small, "train.device=cpu"])
+    assert pre["code"] == {"commit": "at-start", "dirty": False}
+    assert pre["device"] == "cpu"  # a pre-training names its device, as a fine-tuning does (cost estimates read it)
     events.clear()
     assert finetune(data, "inductive", tmp_path / "ft", overrides=small)["code"]["commit"] == "at-start"
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["code"]["commit"] == "at-start"

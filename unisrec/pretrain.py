@@ -246,6 +246,7 @@ class PretrainMetrics(TypedDict):
     seconds_train: float
     sequences_per_second: float
     peak_memory_mb: float
+    device: str  # "cpu", "cuda", "cuda:1" (where it trained; records and cost estimates read it)
     world_size: int
     history: list[EpochRecord]  # one record per epoch (train.log)
     seed: int
@@ -337,6 +338,7 @@ def pretrain(
         "seconds_train": round(state.seconds, 3),
         "sequences_per_second": round(steps_timed * windows_per_step / seconds, 2),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "device": str(device),
         "world_size": dist.world_size,
         "history": state.history,
         "seed": config.train.seed,

@@ -146,7 +146,7 @@ def run_record(run_dir: str | Path, *, long_tail_groups: int = 5, plan: dict[str
         "init": Path(settings["init"]).name if settings.get("init") else None,
         "seed": settings.get("config", {}).get("train", {}).get("seed"),
         "config": settings.get("config"),
-        # the commit the run recorded when it finished; else the one at record time (marked as such)
+        # the commit the run read when it started; else the one at record time (marked as such)
         "code": metrics.get("code") or {**git_commit(), "as_of": "record"},
         "text_vectors": text,
         "valid": metrics.get("valid"),

@@ -319,15 +319,14 @@ def compute_section(config: ReportConfig, results_dir: Path) -> tuple[list[str],
     total_hours = 0.0
     complete = True
     on_gpu: list[float] = []
+    on_cpu = {name: run.seconds for name, run in recorded.items() if run.device == "cpu"}
     for kind, label in (("pretrain", "pre-training"), ("finetune", "fine-tuning")):
         runs = [r for r in planned if r.kind == kind]
-        done = [recorded[r.record].seconds for r in runs if r.record in recorded
-                and recorded[r.record].device == "cpu"]
-        on_gpu += [recorded[r.record].seconds for r in runs if r.record in recorded
-                   and recorded[r.record].device != "cpu"]
+        done = [on_cpu[r.record] for r in runs if r.record in on_cpu]
+        on_gpu += [recorded[r.record].seconds for r in runs if r.record in recorded and r.record not in on_cpu]
         estimated, unknown = 0.0, 0
         for run in runs:
-            if run.record in recorded and recorded[run.record].device == "cpu":
+            if run.record in on_cpu:
                 continue
             guess = estimate(run, planned, recorded)
             if guess is None:
