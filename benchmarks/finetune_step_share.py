@@ -8,7 +8,12 @@ torch thread, this times (median over ``--steps`` steps after one warm-up) a tra
 catalogue adaptor alone (``model.item_table()`` forward + backward), and estimates an epoch as step x
 steps per epoch. It tells whether a report's runs fit a CPU session (e.g. the leave-one-out domains).
 
-    python benchmarks/finetune_step_share.py DATA_DIR... [--steps 5] [--record results/benchmarks/F.json]
+    python benchmarks/finetune_step_share.py DATA_DIR... [--steps 5] [--precision float32,bfloat16]
+        [--record results/benchmarks/F.json]
+
+``--precision`` lists the ``train.precision`` settings to time (bfloat16: the step under the same autocast as
+``unisrec/train.py``); each runs in its own fresh process, alternating per dataset, so their ratio is measured
+under the same conditions.
 
 Each DATA_DIR is a processed dataset with its text vectors encoded (``unisrec prepare`` + ``unisrec encode``).
 The last line of stdout is one JSON object (also written to ``--record``).
@@ -25,7 +30,7 @@ import time
 from pathlib import Path
 
 
-def child(data: Path, steps: int) -> dict[str, object]:
+def child(data: Path, steps: int, precision: str) -> dict[str, object]:
     import torch
 
     from unisrec.baselines import build_model
@@ -36,7 +41,8 @@ def child(data: Path, steps: int) -> dict[str, object]:
 
     torch.set_num_threads(1)
     dataset = load_processed(data)
-    config = resolve_config(RunConfig().with_overrides(["train.windows=strided"]), "inductive", None, [])
+    overrides = ["train.windows=strided", f"train.precision={precision}"]
+    config = resolve_config(RunConfig().with_overrides(overrides), "inductive", None, [])
     vectors = load_text(dataset, config.text)
     torch.manual_seed(0)
     model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix))
@@ -44,18 +50,23 @@ def child(data: Path, steps: int) -> dict[str, object]:
     task = FinetuneTask(model, dataset, config, torch.device("cpu"))
     batches = task.batches(0)
     step_seconds, adaptor_seconds = [], []
+    bf16 = config.train.precision == "bfloat16"
     for _ in range(steps + 1):
         batch = next(batches)
         started = time.perf_counter()
-        task.loss(batch)["loss"].backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as in unisrec/train.py
+            loss = task.loss(batch)["loss"]
+        loss.backward()
         step_seconds.append(time.perf_counter() - started)
         model.zero_grad()
         started = time.perf_counter()
-        model.item_table().sum().backward()  # (N, H): every item through the adaptor, and back
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            table = model.item_table()  # (N, H): every item through the adaptor
+        table.float().sum().backward()  # and back
         adaptor_seconds.append(time.perf_counter() - started)
         model.zero_grad()
     step, adaptor = statistics.median(step_seconds[1:]), statistics.median(adaptor_seconds[1:])
-    return {"dataset": Path(data).name, "items": dataset.n_items, "steps_per_epoch": task.steps,
+    return {"dataset": Path(data).name, "precision": precision, "items": dataset.n_items, "steps_per_epoch": task.steps,
             "step_seconds": round(step, 4), "catalogue_adaptor_seconds": round(adaptor, 4),
             "adaptor_share": round(adaptor / step, 3), "epoch_seconds_estimate": round(step * task.steps, 1)}
 
@@ -64,21 +75,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", nargs="+", type=Path)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per dataset (after one warm-up)")
+    parser.add_argument("--precision", default="float32",
+                        help="comma-separated train.precision settings to time (float32, bfloat16)")
     parser.add_argument("--record", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    precisions = [p for p in args.precision.split(",") if p]
+    unknown = [p for p in precisions if p not in ("float32", "bfloat16")]
+    if unknown or not precisions:
+        parser.error(f"--precision: expected float32 and/or bfloat16, got {args.precision!r}")
     if args.child:
-        print(json.dumps(child(args.data[0], args.steps)))
+        print(json.dumps(child(args.data[0], args.steps, precisions[0])))
         return
     rows = []
     for data in args.data:
-        done = subprocess.run([sys.executable, __file__, str(data), "--steps", str(args.steps), "--child"],
-                              capture_output=True, text=True, check=True)
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(f"{row['dataset']}: {row['items']} items, {row['steps_per_epoch']} steps per epoch, step "
-              f"{row['step_seconds']:.2f} s, catalogue adaptor {row['catalogue_adaptor_seconds']:.2f} s "
-              f"({100 * float(row['adaptor_share']):.0f}%), epoch ~{row['epoch_seconds_estimate']:.0f} s", flush=True)
+        for precision in precisions:
+            done = subprocess.run([sys.executable, __file__, str(data), "--steps", str(args.steps),
+                                   "--precision", precision, "--child"], capture_output=True, text=True, check=True)
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"{row['dataset']} ({precision}): {row['items']} items, {row['steps_per_epoch']} steps per epoch, "
+                  f"step {row['step_seconds']:.2f} s, catalogue adaptor {row['catalogue_adaptor_seconds']:.2f} s "
+                  f"({100 * float(row['adaptor_share']):.0f}%), epoch ~{row['epoch_seconds_estimate']:.0f} s",
+                  flush=True)
     result = {"benchmark": "finetune_step_share", "threads": 1, "steps": args.steps, "datasets": rows}
     if args.record is not None:
         args.record.parent.mkdir(parents=True, exist_ok=True)

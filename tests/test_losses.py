@@ -66,3 +66,17 @@ def test_positives_index_other_candidates() -> None:
     c = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     loss = contrastive(q, c, 1.0, positives=torch.tensor([1]))
     assert float(loss) == pytest.approx(-(1 - math.log(math.exp(0) + math.exp(1))), rel=1e-6)
+
+
+def test_candidate_bias_is_added_to_each_candidates_logit() -> None:
+    q, c, ids = _setup()
+    tau = 0.5
+    bias = torch.tensor([0.3, -1.2, 0.7])  # one offset per candidate (e.g. -log q of its item)
+    got = contrastive(q, c, tau, query_ids=ids, candidate_ids=ids, candidate_bias=bias, reduction="none")
+    for j in range(3):
+        logits = [_cos(q[j].tolist(), c[k].tolist()) / tau + float(bias[k]) for k in range(3)]
+        kept = [k for k in range(3) if k == j or int(ids[k]) != int(ids[j])]  # false negatives removed
+        by_hand = -(logits[j] - math.log(sum(math.exp(logits[k]) for k in kept)))
+        assert float(got[j]) == pytest.approx(by_hand, rel=1e-6)
+    same = contrastive(q, c, tau, query_ids=ids, candidate_ids=ids, candidate_bias=torch.full((3,), 4.0))
+    assert float(same) == pytest.approx(_by_hand("remove", tau), rel=1e-6)  # a constant offset changes nothing

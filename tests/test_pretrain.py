@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -157,6 +158,52 @@ def test_batch_domains_cover_every_window_once(two_domains: list[Path], tiny_lm_
         assert max(domains_per_batch) == 2  # mixed batches hold both domains
     np.testing.assert_array_equal(np.concatenate(task._batches(0)), np.concatenate(batches))  # seeded
     assert not np.array_equal(np.concatenate(task._batches(1)), np.concatenate(batches))  # a new order per epoch
+
+
+@pytest.mark.parametrize("single", [True, False])
+def test_logq_is_each_items_share_of_the_training_targets(two_domains: list[Path], tiny_lm_dir: Path,
+                                                          single: bool) -> None:
+    from unisrec.batches import make_train_batch
+    from unisrec.config import RunConfig
+    from unisrec.pretrain import load_corpus, target_log_share
+
+    config = RunConfig().with_overrides([o[2:] for o in TINY] + [f"text.model={tiny_lm_dir}"])
+    corpus = load_corpus(two_domains, config)
+    targets = make_train_batch(corpus.items, corpus.windows).targets.numpy()  # every training target once
+    counts = np.maximum(np.bincount(targets, minlength=corpus.n_items), 1).astype(np.float64)
+    got = np.exp(target_log_share(corpus, per_domain=single).astype(np.float64))
+    bounds = corpus.item_offsets
+    if single:
+        for lo, hi in itertools.pairwise(bounds):
+            np.testing.assert_allclose(got[lo:hi], counts[lo:hi] / counts[lo:hi].sum(), rtol=1e-5)
+    else:
+        np.testing.assert_allclose(got, counts / counts.sum(), rtol=1e-5)
+    assert got.max() > 3 * got.min()  # popularity differs: the correction has something to correct
+
+
+def test_logq_correction_changes_the_sequence_item_loss_only(two_domains: list[Path], tiny_lm_dir: Path) -> None:
+    from unisrec.config import ConfigError, RunConfig
+    from unisrec.distributed import Distributed
+    from unisrec.model import UniSRec
+    from unisrec.pretrain import PretrainTask, load_corpus, target_log_share
+
+    base = [o[2:] for o in TINY] + [f"text.model={tiny_lm_dir}", "pretrain.batch_domains=single"]
+    terms = {}
+    for mode in ("none", "logq"):
+        config = RunConfig().with_overrides([*base, f"pretrain.popularity_correction={mode}"])
+        corpus = load_corpus(two_domains, config)
+        torch.manual_seed(0)
+        model = UniSRec.without_catalogue(config.model, corpus.text.shape[1])
+        task = PretrainTask(model, corpus, config, torch.device("cpu"), Distributed.from_env("cpu"))
+        plan = next(task.batches(0))
+        torch.manual_seed(1)
+        terms[mode] = {k: float(v.detach()) for k, v in task.loss(plan).items()}
+    assert terms["logq"]["ss"] == pytest.approx(terms["none"]["ss"], rel=1e-6)  # sequence-sequence: untouched
+    assert abs(terms["logq"]["si"] - terms["none"]["si"]) > 1e-3
+    assert task.neg_log_q is not None
+    torch.testing.assert_close(task.neg_log_q, torch.from_numpy(-target_log_share(corpus, per_domain=True)))
+    with pytest.raises(ConfigError, match=r"pretrain\.popularity_correction"):
+        RunConfig().with_overrides(["pretrain.popularity_correction=sampled"])
 
 
 def test_center_text_centres_each_domain_then_each_catalogue_on_its_own_mean(

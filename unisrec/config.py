@@ -269,6 +269,11 @@ class PretrainConfig:
     # tell apart by their text); single: every batch holds windows of one domain (in-domain negatives, as in
     # the full ranking a transferred model faces)
     batch_domains: Literal["mixed", "single"] = "mixed"
+    # logq: sampling-bias correction of the sequence-item loss (Yi et al., RecSys 2019): each in-batch candidate's
+    # logit minus log q_i, q_i = the item's share of the training targets of its domain ("single" batches) or of
+    # the corpus ("mixed"). In-batch candidates are drawn in proportion to popularity, so without it the model
+    # learns scores that under-rank popular items, while fine-tuning and evaluation rank every item (full softmax)
+    popularity_correction: Literal["none", "logq"] = "none"
 
     def __post_init__(self) -> None:
         for name in ("item_drop", "word_drop"):
@@ -280,6 +285,7 @@ class PretrainConfig:
             raise ConfigError("pretrain.word_drop_variants must be >= 0")
         _check_choice("pretrain.false_negatives", self.false_negatives, ("remove", "zero_logit", "keep"))
         _check_choice("pretrain.batch_domains", self.batch_domains, ("mixed", "single"))
+        _check_choice("pretrain.popularity_correction", self.popularity_correction, ("none", "logq"))
 
 
 @dataclass(frozen=True)

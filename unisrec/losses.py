@@ -34,16 +34,20 @@ def contrastive(
     positives: Tensor | None = None,
     false_negatives: FalseNegatives = "remove",
     reduction: Literal["mean", "sum", "none"] = "mean",
+    candidate_bias: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE: query j's positive is candidate ``positives[j]`` (default j) among all candidates.
 
-    queries (Q, H) and candidates (C, H) are L2-normalised here; logits = cos / temperature.
+    queries (Q, H) and candidates (C, H) are L2-normalised here; logits = cos / temperature, plus
+    ``candidate_bias`` (C,) if given (e.g. -log q of each candidate: the logQ sampling-bias correction).
     ``query_ids`` (Q,) / ``candidate_ids`` (C,): the target item of each query / candidate; a candidate
     other than the positive with the same id as the query is a false negative.
     """
     q = F.normalize(queries, dim=-1)
     c = F.normalize(candidates, dim=-1)
     logits = q @ c.T / temperature  # (Q, C)
+    if candidate_bias is not None:
+        logits = logits + candidate_bias.to(logits.dtype)[None, :]  # (Q, C)
     if positives is None:
         positives = torch.arange(len(q), device=q.device)
     if query_ids is not None and candidate_ids is not None and false_negatives != "keep":

@@ -129,6 +129,25 @@ def load_corpus(dirs: list[Path], config: RunConfig) -> Corpus:
     )
 
 
+def target_log_share(corpus: Corpus, *, per_domain: bool) -> np.ndarray:
+    """(N,) float32 log q_i: item i's share of the training targets, within its own domain (``per_domain``, for
+    batches of one domain) or of the whole corpus; an item that is never a target counts once (q > 0)."""
+    windows = corpus.windows
+    n = windows.n_targets  # (W,)
+    # target rows of window w: start + first_target + 1 ... start + length (the item after each target position)
+    first = windows.start + windows.first_target + 1  # (W,)
+    rows = np.repeat(first - np.cumsum(n) + n, n) + np.arange(int(n.sum()))  # (T,)
+    counts = np.bincount(corpus.items[rows], minlength=corpus.n_items).astype(np.float64)  # (N,)
+    counts = np.maximum(counts, 1.0)
+    if per_domain:
+        totals = np.add.reduceat(counts, corpus.item_offsets[:-1])  # (n_domains,)
+        sizes = np.diff(corpus.item_offsets)
+        share = counts / np.repeat(totals, sizes)
+    else:
+        share = counts / counts.sum()
+    return np.log(share).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """What one step trains on: the global batch's windows and this process's share of them."""
@@ -149,6 +168,11 @@ class PretrainTask:
         if int(corpus.windows.n_targets.sum()) == 0:
             raise UnisrecError("no training examples in the pre-training datasets")
         self.steps = len(self._batches(0))
+        # (N,) -log q_i of every item as an in-batch candidate (pretrain.popularity_correction=logq), else None
+        self.neg_log_q: Tensor | None = None
+        if config.pretrain.popularity_correction == "logq":
+            single = config.pretrain.batch_domains == "single"
+            self.neg_log_q = torch.from_numpy(-target_log_share(corpus, per_domain=single))
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.config.train.seed, epoch])
@@ -203,7 +227,7 @@ class PretrainTask:
         queries = hidden[:b][mask]  # (T, H)
         candidates = table[torch.from_numpy(np.searchsorted(unique, batch.targets.numpy())).to(self.device)]
         tau = self.config.model.temperature
-        si_each = self._contrastive(queries, candidates, targets, targets, tau)  # (T,)
+        si_each = self._contrastive(queries, candidates, targets, targets, tau, self.neg_log_q)  # (T,)
         rows = torch.arange(b, device=self.device)
         seq = hidden[rows, torch.from_numpy(lengths - 1).to(self.device)]  # (B, H)
         seq_aug = hidden[b + rows, torch.from_numpy(aug_lengths - 1).to(self.device)]  # (B, H)
@@ -225,15 +249,17 @@ class PretrainTask:
         return round(self.dist.mean(float(n)) * self.dist.world_size)
 
     def _contrastive(self, queries: Tensor, candidates: Tensor, query_ids: Tensor, candidate_ids: Tensor,
-                     tau: float) -> Tensor:
-        """Per-query InfoNCE against the candidates of every process (local positives)."""
+                     tau: float, bias: Tensor | None = None) -> Tensor:
+        """Per-query InfoNCE against the candidates of every process (local positives); ``bias`` (N,): a logit
+        offset per global item id, added to each candidate (the candidates' ids are then item ids)."""
         dist = self.dist
         all_candidates = dist.gather(candidates)
         all_ids = dist.gather_ids(candidate_ids)
         positives = dist.offset(len(candidates)) + torch.arange(len(queries), device=queries.device)
+        offsets = bias.to(all_ids.device)[all_ids] if bias is not None else None  # (C,)
         return contrastive(queries, all_candidates, tau, query_ids=query_ids, candidate_ids=all_ids,
                            positives=positives, false_negatives=self.config.pretrain.false_negatives,
-                           reduction="none")
+                           reduction="none", candidate_bias=offsets)
 
 
 class PretrainMetrics(TypedDict):
