@@ -166,3 +166,31 @@ def test_pretrained_model_without_catalogue_recommends_after_add_items(tmp_path:
     recommender.save_pretrained(tmp_path / "grown")  # it now ranks a catalogue of its own: no longer "pretrained"
     config = json.loads((tmp_path / "grown" / "config.json").read_text())
     assert config["n_items"] == 3 and "kind" not in config
+
+
+@pytest.mark.parametrize("parts", ["all", "adaptor"])
+def test_transfer_copies_the_chosen_parts_and_keeps_the_rest_as_initialised(tmp_path: Path, parts: str) -> None:
+    from unisrec.checkpoint import load_transferable
+
+    config = ModelConfig(hidden_size=16, inner_size=16, n_heads=2, n_experts=2, max_seq_len=6)
+    torch.manual_seed(0)
+    source = UniSRec(config, 5, torch.randn(5, 8))
+    (tmp_path / "src").mkdir()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "src" / "model.safetensors"))
+    torch.manual_seed(1)
+    target = UniSRec(config, 7, torch.randn(7, 8))  # another catalogue: only shared parameters can move
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    copied = load_transferable(target, tmp_path / "src", parts)
+    after, given = target.state_dict(), source.state_dict()
+    assert copied == sorted(k for k in given if parts == "all" or k.startswith("adaptor."))
+    assert any(k.startswith("encoder.") for k in given) and any(k.startswith("adaptor.") for k in given)
+    for name in after:
+        if name in copied:
+            torch.testing.assert_close(after[name], given[name], rtol=0, atol=0)
+            assert not torch.equal(after[name], before[name]) or torch.equal(given[name], before[name])
+        else:
+            torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)  # its own initial value
+    if parts == "adaptor":
+        assert not torch.equal(after["encoder.position.weight"], given["encoder.position.weight"])
+    with pytest.raises(ValueError, match="unknown transfer parts"):
+        load_transferable(target, tmp_path / "src", "encoder")

@@ -83,6 +83,10 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
     assert full["transferred_parameters"] == sorted(parameters)
     moved = load_file(str(tmp_path / "ft-all" / "model.safetensors"))
     assert any(not torch.equal(moved[n], v) for n, v in weights.items() if n.startswith("encoder."))
+    fresh = finetune(target, "inductive", tmp_path / "ft-adaptor", init=run,
+                     overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.transfer=adaptor"])
+    assert fresh["transferred_parameters"] == sorted(k for k in weights if k.startswith("adaptor."))
+    assert set(fresh["trainable_parameters"]) == parameters  # the fresh encoder trains too
     card = (run / "README.md").read_text()
     assert "2 domains: a, b" in card and str((tmp_path / "ft-all").resolve()) in card
     assert str((tmp_path / "ft").resolve()) in card  # both transfers are listed

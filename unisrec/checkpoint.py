@@ -155,19 +155,28 @@ def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
         raise UnisrecError(f"{where}: weights do not match the configuration: {'; '.join(problems)}")
 
 
-def load_transferable(model: SequenceModel, init_dir: Path) -> list[str]:
-    """Copy every parameter of a saved run except domain-specific ones into ``model``; returns the names copied.
+TRANSFER_PARTS = {"all": ("",), "adaptor": ("adaptor.",)}  # train.transfer -> prefixes of the names copied
 
-    Strict: a parameter the model has and the run lacks (other than a new ID table), or a shape that
-    differs, is an error naming it.
+
+def load_transferable(model: SequenceModel, init_dir: Path, parts: str = "all") -> list[str]:
+    """Copy the parameters of a saved run except domain-specific ones into ``model``; returns the names copied.
+
+    ``parts`` (``train.transfer``): ``all`` copies every one, ``adaptor`` only the text adaptor's (the rest keeps
+    ``model``'s own initialisation). Strict either way: a parameter the model has and the run lacks (other than a
+    new ID table), or a shape that differs, is an error naming it.
     """
+    if parts not in TRANSFER_PARTS:
+        raise ValueError(f"unknown transfer parts {parts!r}; expected one of {sorted(TRANSFER_PARTS)}")
     path = init_dir / "model.safetensors"
     if not path.exists():
         raise UnisrecError(f"{path}: missing; --init expects a run folder of `unisrec pretrain` or `finetune`")
     found = {k: v for k, v in load_file(str(path)).items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
     check_state(expected, found, str(path))
-    model.load_state_dict(found, strict=False)  # the keys were checked above; only domain-specific ones are left out
+    found = {k: v for k, v in found.items() if k.startswith(TRANSFER_PARTS[parts])}
+    if not found:
+        raise UnisrecError(f"{path}: nothing to transfer with train.transfer={parts} (a model without a text adaptor?)")
+    model.load_state_dict(found, strict=False)  # the keys were checked above; the rest keeps the model's own values
     return sorted(found)
 
 

@@ -126,7 +126,8 @@ class ModelConfig:
 # (loading saved models), unisrec.runs (the fingerprint that decides whether an interrupted run resumes) and
 # unisrec.report (run specs)
 LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
-                  ("train", "interpolate"), ("train", "history_negatives"))
+                  ("train", "interpolate"), ("train", "history_negatives"), ("train", "transfer"),
+                  ("pretrain", "popularity_correction"))
 LATER_ABSENT: dict[tuple[str, str], Any] = {("train", "interpolate"): "off"}
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
@@ -200,6 +201,11 @@ class TrainConfig:
     # for alpha in 1, 0.75, 0.5, 0.25, 0 and keep the best (unisrec.interpolate; WiSE-FT); nothing without --init;
     # off = the fine-tuned model (the paper's protocol, and every run made before the setting: LATER_ABSENT)
     interpolate: Literal["off", "auto"] = "auto"
+    # what a run from a pre-trained model (--init) copies from it: all = every transferable parameter (adaptor,
+    # input LayerNorm, sequence encoder); adaptor = the text adaptor (whitening + MoE) only, the sequence encoder
+    # and its input LayerNorm start fresh, as from scratch (on Scientific the pre-trained encoder ranks worse
+    # zero-shot than an untrained one, while the pre-trained adaptor ranks better: README "Which parts transfer")
+    transfer: Literal["all", "adaptor"] = "all"
     # what the items of a target's own history (other than the target) teach as negatives of the fine-tuning
     # softmax: full = everything (the query learns to point away from them, and so from their near-duplicates);
     # offsets = only the repeat offsets (model.repeat_bias): their logits stay in the softmax but pass no gradient
@@ -225,6 +231,7 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
         _check_choice("train.interpolate", self.interpolate, ("off", "auto"))
+        _check_choice("train.transfer", self.transfer, ("all", "adaptor"))
         _check_choice("train.history_negatives", self.history_negatives, ("full", "offsets"))
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
         _check_choice("train.precision", self.precision, ("float32", "bfloat16"))

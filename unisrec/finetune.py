@@ -224,7 +224,7 @@ def finetune(
 
     vectors = dist.main_first(lambda: load_text(dataset, config.text)) if config.model.uses_text else None
     model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix) if vectors else None)
-    transferred = load_transferable(model, init_dir) if init_dir is not None else []
+    transferred = load_transferable(model, init_dir, config.train.transfer) if init_dir is not None else []
     # train.interpolate=auto with --init: the transferred weights before any step, to mix with the fine-tuned ones
     start = snapshot(model, transferred) if config.train.interpolate == "auto" and transferred else {}
     trainable = set_trainable(model, config.train, freeze_encoder=config.train.freeze == "encoder")
