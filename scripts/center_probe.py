@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from unisrec.checkpoint import read_text_config
-from unisrec.config import EvalConfig, TextConfig
+from unisrec.config import TextConfig
 from unisrec.datasets.processed import load_processed
-from unisrec.evaluate import final_evaluation, zero_shot_model
+from unisrec.evaluate import probe_scores, zero_shot_model
 from unisrec.text_cache import load_text
 
 
@@ -54,11 +54,7 @@ def main() -> None:
     }
     for name, offset in (("as_is", torch.zeros_like(shift)), ("shifted_to_corpus_mean", shift)):
         model.item_text = original + offset
-        final = final_evaluation(model, target, EvalConfig(), torch.device("cpu"))
-        result[name] = {"valid": {k: round(v, 6) for k, v in final.valid.items()},
-                        "test": {k: round(v, 6) for k, v in final.test.items()}}
-        print(f"{name}: valid ndcg@10 {final.valid['ndcg@10']:.4f}, test ndcg@10 {final.test['ndcg@10']:.4f}",
-              file=sys.stderr, flush=True)
+        result[name] = probe_scores(model, target, name)
     if args.record is not None:
         args.record.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))

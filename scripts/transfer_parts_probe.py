@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 from unisrec.baselines import build_model
-from unisrec.config import EvalConfig
 from unisrec.datasets.processed import load_processed
-from unisrec.evaluate import final_evaluation, zero_shot_model
+from unisrec.evaluate import probe_scores, zero_shot_model
 from unisrec.model import SequenceModel
 
 SEQUENCE_PARTS = ("encoder.", "input_norm.")  # the sequence encoder and the LayerNorm on its inputs
@@ -62,11 +61,7 @@ def main() -> None:
         "command": " ".join(["python", "scripts/transfer_parts_probe.py", *sys.argv[1:]]),
     }
     for name, model in models.items():
-        final = final_evaluation(model, target, EvalConfig(), torch.device("cpu"))
-        result[name] = {"valid": {k: round(v, 6) for k, v in final.valid.items()},
-                        "test": {k: round(v, 6) for k, v in final.test.items()}}
-        print(f"{name}: valid ndcg@10 {final.valid['ndcg@10']:.4f}, test ndcg@10 {final.test['ndcg@10']:.4f}",
-              file=sys.stderr, flush=True)
+        result[name] = probe_scores(model, target, name)
     if args.record is not None:
         args.record.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))

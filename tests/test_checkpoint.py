@@ -194,3 +194,25 @@ def test_transfer_copies_the_chosen_parts_and_keeps_the_rest_as_initialised(tmp_
         assert not torch.equal(after["encoder.position.weight"], given["encoder.position.weight"])
     with pytest.raises(ValueError, match="unknown transfer parts"):
         load_transferable(target, tmp_path / "src", "encoder")
+
+
+def test_transfer_parts_probe_combines_pretrained_and_fresh_parts() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "transfer_parts_probe.py"
+    spec = importlib.util.spec_from_file_location("transfer_parts_probe", path)
+    assert spec is not None and spec.loader is not None
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    config = ModelConfig(hidden_size=16, inner_size=16, n_heads=2, n_experts=2, max_seq_len=6)
+    text = torch.randn(5, 8)
+    torch.manual_seed(0)
+    pretrained = UniSRec(config, 5, text)
+    torch.manual_seed(1)
+    fresh = UniSRec(config, 5, text)
+    for prefixes in (("adaptor.",), probe.SEQUENCE_PARTS):
+        mixed = probe.combined(pretrained, fresh, prefixes).state_dict()
+        for name, value in mixed.items():
+            source = pretrained if name.startswith(prefixes) else fresh
+            torch.testing.assert_close(value, source.state_dict()[name], rtol=0, atol=0, msg=name)
+        assert any(n.startswith(prefixes) for n in mixed) and any(not n.startswith(prefixes) for n in mixed)

@@ -9,6 +9,7 @@ as it is by ``zero_shot_model``.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -161,6 +162,16 @@ def final_evaluation(
     if cold is not None and cold.any():
         test.update(cold_metrics(ranks, dataset.items[dataset.target_rows("test")], cold, config.ks))
     return FinalEvaluation(valid, test, ranks, (time.perf_counter() - started) / 2)
+
+
+def probe_scores(model: SequenceModel, dataset: ProcessedDataset, name: str) -> dict[str, dict[str, float]]:
+    """Valid and test metrics of ``model`` (default evaluation, CPU) rounded to 6 digits, as a probe's record holds
+    them (``scripts/*_probe.py``); prints one line with both NDCG@10 to stderr under ``name``."""
+    final = final_evaluation(model, dataset, EvalConfig(), torch.device("cpu"))
+    print(f"{name}: valid ndcg@10 {final.valid['ndcg@10']:.4f}, test ndcg@10 {final.test['ndcg@10']:.4f}",
+          file=sys.stderr, flush=True)
+    return {"valid": {k: round(v, 6) for k, v in final.valid.items()},
+            "test": {k: round(v, 6) for k, v in final.test.items()}}
 
 
 def zero_shot_model(init_dir: Path, dataset: ProcessedDataset) -> SequenceModel:
