@@ -279,7 +279,8 @@ class PretrainConfig:
     # logq: sampling-bias correction of the sequence-item loss (Yi et al., RecSys 2019): each in-batch candidate's
     # logit minus log q_i, q_i = the item's share of the training targets of its domain ("single" batches) or of
     # the corpus ("mixed"). In-batch candidates are drawn in proportion to popularity, so without it the model
-    # learns scores that under-rank popular items, while fine-tuning and evaluation rank every item (full softmax)
+    # learns scores that under-rank popular items. Measured, it hurts transfer: a 400-step pilot of the recipe
+    # scores zero-shot validation NDCG@10 0.0170 on Scientific with it, 0.0435 without (README, recipe section)
     popularity_correction: Literal["none", "logq"] = "none"
 
     def __post_init__(self) -> None:

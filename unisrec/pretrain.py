@@ -172,7 +172,7 @@ class PretrainTask:
         self.neg_log_q: Tensor | None = None
         if config.pretrain.popularity_correction == "logq":
             single = config.pretrain.batch_domains == "single"
-            self.neg_log_q = torch.from_numpy(-target_log_share(corpus, per_domain=single))
+            self.neg_log_q = torch.from_numpy(-target_log_share(corpus, per_domain=single)).to(device)  # once
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.config.train.seed, epoch])
@@ -256,7 +256,7 @@ class PretrainTask:
         all_candidates = dist.gather(candidates)
         all_ids = dist.gather_ids(candidate_ids)
         positives = dist.offset(len(candidates)) + torch.arange(len(queries), device=queries.device)
-        offsets = bias.to(all_ids.device)[all_ids] if bias is not None else None  # (C,)
+        offsets = bias[all_ids] if bias is not None else None  # (C,); bias lives on the device already
         return contrastive(queries, all_candidates, tau, query_ids=query_ids, candidate_ids=all_ids,
                            positives=positives, false_negatives=self.config.pretrain.false_negatives,
                            reduction="none", candidate_bias=offsets)
