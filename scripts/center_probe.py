@@ -12,7 +12,6 @@ which ``model.center_text`` takes out. The last line of stdout is one JSON objec
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from unisrec.checkpoint import read_text_config
 from unisrec.config import TextConfig
 from unisrec.datasets.processed import load_processed
-from unisrec.evaluate import probe_scores, zero_shot_model
+from unisrec.evaluate import emit_probe, probe_scores, zero_shot_model
 from unisrec.text_cache import load_text
 
 
@@ -55,9 +54,7 @@ def main() -> None:
     for name, offset in (("as_is", torch.zeros_like(shift)), ("shifted_to_corpus_mean", shift)):
         model.item_text = original + offset
         result[name] = probe_scores(model, target, name)
-    if args.record is not None:
-        args.record.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    emit_probe(result, args.record)
 
 
 if __name__ == "__main__":

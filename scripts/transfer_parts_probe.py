@@ -14,7 +14,6 @@ is one JSON object (``--record`` writes it too).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 from unisrec.baselines import build_model
 from unisrec.datasets.processed import load_processed
-from unisrec.evaluate import probe_scores, zero_shot_model
+from unisrec.evaluate import emit_probe, probe_scores, zero_shot_model
 from unisrec.model import SequenceModel
 
 SEQUENCE_PARTS = ("encoder.", "input_norm.")  # the sequence encoder and the LayerNorm on its inputs
@@ -62,9 +61,7 @@ def main() -> None:
     }
     for name, model in models.items():
         result[name] = probe_scores(model, target, name)
-    if args.record is not None:
-        args.record.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    emit_probe(result, args.record)
 
 
 if __name__ == "__main__":

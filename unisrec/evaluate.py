@@ -9,6 +9,7 @@ as it is by ``zero_shot_model``.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unisrec.atomic import atomic_write_text
 from unisrec.baselines import build_model
 from unisrec.batches import EvalBatch, make_eval_batch
 from unisrec.checkpoint import from_pretrained, load_transferable, read_items, read_model_config, read_text_config
@@ -172,6 +174,13 @@ def probe_scores(model: SequenceModel, dataset: ProcessedDataset, name: str) -> 
           file=sys.stderr, flush=True)
     return {"valid": {k: round(v, 6) for k, v in final.valid.items()},
             "test": {k: round(v, 6) for k, v in final.test.items()}}
+
+
+def emit_probe(result: dict[str, object], record: Path | None) -> None:
+    """A probe's result: written atomically to ``record`` if given, and printed as the last line of stdout."""
+    if record is not None:
+        atomic_write_text(record, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
 
 
 def zero_shot_model(init_dir: Path, dataset: ProcessedDataset) -> SequenceModel:
