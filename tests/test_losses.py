@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from unisrec.losses import contrastive, full_softmax_ce
+from unisrec.losses import contrastive, distance_to_start, full_softmax_ce
 
 
 def test_full_softmax_ce_matches_hand_computation() -> None:
@@ -80,3 +80,17 @@ def test_candidate_bias_is_added_to_each_candidates_logit() -> None:
         assert float(got[j]) == pytest.approx(by_hand, rel=1e-6)
     same = contrastive(q, c, tau, query_ids=ids, candidate_ids=ids, candidate_bias=torch.full((3,), 4.0))
     assert float(same) == pytest.approx(_by_hand("remove", tau), rel=1e-6)  # a constant offset changes nothing
+
+
+def test_distance_to_start_is_half_the_squared_distance_and_pulls_toward_the_start() -> None:
+    param = torch.tensor([1.0, 2.0, -1.0], requires_grad=True)
+    matrix = torch.tensor([[0.5, 0.0], [0.0, 3.0]], requires_grad=True)
+    start, start_matrix = torch.tensor([0.0, 2.0, 1.0]), torch.zeros(2, 2)
+    penalty = distance_to_start([(param, start), (matrix, start_matrix)])
+    assert float(penalty.detach()) == pytest.approx(0.5 * (1.0 + 0.0 + 4.0 + 0.25 + 9.0))
+    penalty.backward()
+    assert param.grad is not None and matrix.grad is not None
+    torch.testing.assert_close(param.grad, torch.tensor([1.0, 0.0, -2.0]))  # theta - theta_0
+    torch.testing.assert_close(matrix.grad, torch.tensor([[0.5, 0.0], [0.0, 3.0]]))
+    with pytest.raises(ValueError, match="no parameter"):
+        distance_to_start([])

@@ -87,6 +87,23 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
                      overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.transfer=adaptor"])
     assert fresh["transferred_parameters"] == sorted(k for k in weights if k.startswith("adaptor."))
     assert set(fresh["trainable_parameters"]) == parameters  # the fresh encoder trains too
+
+    # train.anchor (L2-SP): the same fine-tuning with a strong pull toward the pre-trained weights ends nearer them
+    def distance(folder: str) -> float:
+        tuned = load_file(str(tmp_path / folder / "model.safetensors"))
+        return sum(float((tuned[n] - v).pow(2).sum()) for n, v in weights.items() if n in parameters)
+
+    anchored = finetune(target, "inductive", tmp_path / "ft-anchor", init=run,
+                        overrides=[o[2:] for o in TINY] + ["train.epochs=2", "train.anchor=100"])
+    assert anchored["epochs"] == full["epochs"] == 2
+    assert distance("ft-anchor") < 0.5 * distance("ft-all")
+    log = [json.loads(line) for line in (tmp_path / "ft-anchor" / "train.log").read_text().splitlines()]
+    first = log[0]
+    assert first["train_anchor"] > 0  # logged beside the cross-entropy; the loss is their weighted sum
+    assert first["train_loss"] == pytest.approx(first["train_ce"] + 100 * first["train_anchor"], rel=1e-4)
+    assert main(["finetune", str(target), "--mode", "inductive", "--out", str(tmp_path / "no-init"),
+                 "--train.anchor=1", *TINY]) == 2
+    assert "train.anchor=1 pulls toward pre-trained weights: it needs --init" in capsys.readouterr().err
     card = (run / "README.md").read_text()
     assert "2 domains: a, b" in card and str((tmp_path / "ft-all").resolve()) in card
     assert str((tmp_path / "ft").resolve()) in card  # both transfers are listed

@@ -127,7 +127,7 @@ class ModelConfig:
 # unisrec.report (run specs)
 LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
                   ("train", "interpolate"), ("train", "history_negatives"), ("train", "transfer"),
-                  ("pretrain", "popularity_correction"))
+                  ("pretrain", "popularity_correction"), ("train", "anchor"))
 LATER_ABSENT: dict[tuple[str, str], Any] = {("train", "interpolate"): "off"}
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
@@ -206,6 +206,10 @@ class TrainConfig:
     # and its input LayerNorm start fresh, as from scratch (on Scientific the pre-trained encoder ranks worse
     # zero-shot than an untrained one, while the pre-trained adaptor ranks better: README "Which parts transfer")
     transfer: Literal["all", "adaptor"] = "all"
+    # L2-SP (Li et al., ICML 2018), with --init: the fine-tuning loss plus anchor / 2 * ||theta - theta_0||^2 over
+    # the transferred parameters that train (theta_0: their pre-trained values), a pull toward what pre-training
+    # learned all through training, where train.interpolate mixes the two only afterwards; 0 = off
+    anchor: float = 0.0
     # what the items of a target's own history (other than the target) teach as negatives of the fine-tuning
     # softmax: full = everything (the query learns to point away from them, and so from their near-duplicates);
     # offsets = only the repeat offsets (model.repeat_bias): their logits stay in the softmax but pass no gradient
@@ -236,7 +240,7 @@ class TrainConfig:
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
         _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
         _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))
-        for name in ("encoder_lr_scale", "adaptor_lr_scale", "repeat_lr_scale"):
+        for name in ("encoder_lr_scale", "adaptor_lr_scale", "repeat_lr_scale", "anchor"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0:

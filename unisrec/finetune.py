@@ -40,7 +40,7 @@ from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, final_evaluation
 from unisrec.interpolate import choose_interpolation, snapshot
-from unisrec.losses import full_softmax_ce
+from unisrec.losses import distance_to_start, full_softmax_ce
 from unisrec.model import SequenceModel, add_offsets
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
 from unisrec.records import git_commit
@@ -128,8 +128,13 @@ class FinetuneTask:
         config: RunConfig,
         device: torch.device,
         dist: Distributed | None = None,
+        anchor: dict[str, Tensor] | None = None,
     ):
         self.model, self.config, self.device = model, config, device
+        # train.anchor: each transferred parameter that trains, beside its pre-trained value (on its device)
+        core = getattr(model, "module", model)
+        self.anchored = [(param, anchor[name].to(param.device)) for name, param in core.named_parameters()
+                         if anchor is not None and name in anchor and param.requires_grad]
         self.dist = dist or Distributed.single()
         sequences = training_sequences(dataset, config.train)
         self.items, self.cold = sequences.items, sequences.cold
@@ -159,10 +164,16 @@ class FinetuneTask:
             assert offsets is not None  # a model with repeat_bias has them
             logits = add_offsets(logits, offsets)  # (T, N)
         if not self.dist.enabled:
-            return {"loss": full_softmax_ce(logits, batch.targets)}
-        total = round(self.dist.mean(float(len(batch.targets))) * self.dist.world_size)
-        loss = torch.nn.functional.cross_entropy(logits, batch.targets, reduction="sum") * self.dist.world_size / total
-        return {"loss": loss}
+            loss = full_softmax_ce(logits, batch.targets)
+        else:
+            total = round(self.dist.mean(float(len(batch.targets))) * self.dist.world_size)
+            summed = torch.nn.functional.cross_entropy(logits, batch.targets, reduction="sum")
+            loss = summed * self.dist.world_size / total
+        if not self.anchored:
+            return {"loss": loss}
+        # the same penalty in every process: DDP's mean of the gradients keeps it as it is
+        penalty = distance_to_start(self.anchored)
+        return {"loss": loss + self.config.train.anchor * penalty, "ce": loss.detach(), "anchor": penalty.detach()}
 
 
 def detach_history_negatives(logits: Tensor, history: Tensor, lengths: Tensor, targets: Tensor) -> Tensor:
@@ -196,6 +207,8 @@ def finetune(
     if init_dir is None and config.train.interpolate != "off":  # nothing to mix with: recorded as what it does
         config = replace(config, train=replace(config.train, interpolate="off"))
     out = Path(out)
+    if config.train.anchor > 0 and init_dir is None:
+        raise UnisrecError(f"train.anchor={config.train.anchor:g} pulls toward pre-trained weights: it needs --init")
     if config.train.history_negatives != "full" and not config.model.repeat_bias:
         raise UnisrecError(f"train.history_negatives={config.train.history_negatives} leaves the history's items to "
                            "the repeat offsets: it needs model.repeat_bias=true")
@@ -227,6 +240,7 @@ def finetune(
     transferred = load_transferable(model, init_dir, config.train.transfer) if init_dir is not None else []
     # train.interpolate=auto with --init: the transferred weights before any step, to mix with the fine-tuned ones
     start = snapshot(model, transferred) if config.train.interpolate == "auto" and transferred else {}
+    anchor = snapshot(model, transferred) if config.train.anchor > 0 and transferred else None  # train.anchor
     trainable = set_trainable(model, config.train, freeze_encoder=config.train.freeze == "encoder")
     model.to(device)
     wrapped: torch.nn.Module = model
@@ -240,7 +254,7 @@ def finetune(
 
         task = ClozeTask(wrapped, dataset, config, device, dist)
     else:
-        task = FinetuneTask(wrapped, dataset, config, device, dist)
+        task = FinetuneTask(wrapped, dataset, config, device, dist, anchor=anchor)
     extra = {"text_encoder": vectors.record() if vectors else {},
              "dataset": {"name": dataset.name, "path": str(dataset.path)}}
 

@@ -56,3 +56,12 @@ def contrastive(
         fill = float("-inf") if false_negatives == "remove" else 0.0
         logits = logits.masked_fill(same, fill)
     return F.cross_entropy(logits, positives, reduction=reduction)
+
+
+def distance_to_start(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """0.5 * the summed squared difference of each (parameter, its starting value) pair: the L2-SP penalty
+    (Li et al., ICML 2018; ``train.anchor``), which pulls a fine-tuned model toward the weights it started from.
+    Gradient flows to the parameters only."""
+    if not pairs:
+        raise ValueError("distance_to_start: no parameter")
+    return 0.5 * torch.stack([(param - start).pow(2).sum() for param, start in pairs]).sum()
