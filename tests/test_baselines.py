@@ -231,12 +231,31 @@ def test_textknn_ranks_items_by_text_similarity_to_the_last_item(tmp_path: Path,
     text = torch.from_numpy(load_text(dataset, TextConfig(str(tiny_lm_dir), "mean")).matrix)
     unit = torch.nn.functional.normalize(text, dim=-1).numpy()  # (N, D)
     rows = dataset.target_rows("test")
+    starts = dataset.offsets[:-1][dataset.user_of_rows()[rows]]
     last = dataset.items[rows - 1]  # the item just before each test target
     scores = unit[last] @ unit.T  # (T, N)
+    in_history = np.zeros_like(scores, dtype=bool)
+    for row, (start, end) in enumerate(zip(starts, rows, strict=True)):
+        in_history[row, dataset.items[max(start, end - 6):end]] = True  # the evaluated window (max_seq_len 6)
+    scores = np.where(in_history, scores - 3.0, scores)  # the history's items after every other item
     target = scores[np.arange(len(rows)), dataset.items[rows]]
     expected = (scores >= target[:, None] - 1e-6).sum(axis=1) - 1  # pessimistic ranks
     got = np.load(tmp_path / "knn" / "ranks_test.npy")
     np.testing.assert_allclose(got, expected, atol=1)  # float ties may differ by one place
     assert (got == expected).mean() > 0.9
+    repeats = in_history[np.arange(len(rows)), dataset.items[rows]]  # targets the history already holds
+    assert (got[repeats] >= dataset.n_items - 6).all()  # ranked below every item outside the history
+    # the recommender (serving) ranks the same way: the last item is never its own first neighbour
+    from unisrec.recommend import Recommender
+
+    rec = Recommender.from_pretrained(tmp_path / "knn")
+    window = dataset.items[starts[0]:rows[0]][-3:]
+    history = [str(dataset.item_ids[i]) for i in window]
+    kept = rec.recommend_lists([history], k=dataset.n_items, exclude_seen=False)[0]  # seen items stay ranked
+    order = [r.item_id for r in kept]
+    assert len(order) == dataset.n_items and set(order[-len(set(history)):]) == set(history)
+    outside = [i for i in range(dataset.n_items) if i not in set(window.tolist())]
+    nearest = max(outside, key=lambda i: float(unit[window[-1]] @ unit[i]))
+    assert order[0] == str(dataset.item_ids[nearest])  # the last item's nearest neighbour outside the history
     with pytest.raises(UnisrecError, match="--mode textknn trains from scratch"):
         finetune(data, "textknn", tmp_path / "bad", init=tmp_path / "knn", overrides=SMALL)

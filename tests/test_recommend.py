@@ -20,7 +20,7 @@ from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig
 from unisrec.errors import UnisrecError
 from unisrec.export import faiss_search, flat_ip_index, load_faiss_index
 from unisrec.finetune import finetune
-from unisrec.model import UniSRec
+from unisrec.model import UniSRec, add_offsets
 from unisrec.recommend import ItemConflictError, Recommendation, Recommender, UnknownItemError
 
 # no dropout, one expert, hidden 32: a text-only model learns the synthetic chains i -> i+1 in ~25 epochs
@@ -287,7 +287,12 @@ def test_every_model_kind_serves_through_the_recommender(mode: str, tmp_path: Pa
     padded = torch.tensor([h + [0] * (5 - len(h)) for h in cut])  # (B, 5)
     with torch.no_grad():
         table = model.item_table()
-        expected = model.logits(model.sequence_vectors(padded, torch.tensor([len(h) for h in cut]), table), table)
+        lengths = torch.tensor([len(h) for h in cut])
+        expected = model.logits(model.sequence_vectors(padded, lengths, table), table)
+        offsets = model.repeat_offsets(padded, lengths)  # textknn: its history's items after every other item
+        assert (offsets is not None) == model.has_repeat_offsets == (mode == "textknn")
+        if offsets is not None:
+            expected = add_offsets(expected, offsets)
     best = expected.topk(4, dim=1)
     for b, ranked in enumerate(got):
         assert [r.item_id for r in ranked] == [ids[i] for i in best.indices[b].tolist()], (mode, b)

@@ -16,8 +16,9 @@ They are picked by ``--mode`` (``ModelConfig.architecture``); all train with a f
   one over item features, concatenated and projected; dot product with the ID embeddings. The features here
   are the frozen language-model vectors of the item texts through a linear layer (the paper's attribute
   embeddings and their vanilla attention collapse to this when an item has one feature vector).
-- ``textknn``: the last item's nearest neighbours by the cosine of the frozen language-model vectors (no
-  parameters, no training): the text-only floor of the cold-item protocol.
+- ``textknn``: the last item's nearest neighbours by the cosine of the frozen language-model vectors, the
+  history's own items ranked after every other item (no parameters, no training): the text-only floor of the
+  cold-item protocol.
 - ``zesrec`` (ZESRec-style, after Ding et al., 2021): text-only items, v_i = MLP(x_i) (dropout -> linear ->
   GELU -> linear) of the frozen language-model vector, a SASRec-style causal Transformer over them, dot-product
   full softmax. No ID anywhere, so a model trained on one domain scores another domain's items from their text
@@ -42,7 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unisrec.config import ModelConfig
-from unisrec.model import SequenceEncoder, SequenceModel, TransformerLayer, UniSRec, init_weights
+from unisrec.model import (
+    Offsets,
+    SequenceEncoder,
+    SequenceModel,
+    TransformerLayer,
+    UniSRec,
+    history_offsets,
+    init_weights,
+)
 
 
 class Baseline(SequenceModel):
@@ -257,11 +266,20 @@ class ZESRec(Baseline):
         return self.encoder(F.embedding(sequences, table), self.input_norm, self.input_dropout)  # (B, L, H)
 
 
+# what TextKNN adds to the score of each item its history holds: cosines lie in [-1, 1], so -3 ranks every one of
+# them after every item outside the history
+HISTORY_OFFSET = -3.0
+
+
 class TextKNN(Baseline):
-    """Text-only nearest neighbours of the last item: score(i) = cos(x_last, x_i) of the language-model vectors.
+    """Text-only nearest neighbours of the last item: score(i) = cos(x_last, x_i) of the language-model vectors,
+    minus 3 for the items of the history (so they rank after every other item, and the last item does not rank
+    itself first: a nearest-neighbour recommender does not recommend what its query holds).
 
     No parameters and no training (``finetune`` evaluates it as is): the floor any text model must beat,
-    above all on cold items, which it scores exactly like warm ones.
+    above all on cold items, which it scores exactly like warm ones. On Scientific (test NDCG@10, full ranking,
+    seen items kept in the ranking as the paper's protocol) the history's items at the bottom lift it from
+    0.0479 to 0.0667 (README "Baselines").
     """
 
     def item_table(self, items: Tensor | None = None, text: Tensor | None = None) -> Tensor:
@@ -270,6 +288,14 @@ class TextKNN(Baseline):
     def encode(self, sequences: Tensor, table: Tensor) -> Tensor:
         self._check_length(sequences, self.config.max_seq_len)
         return F.embedding(sequences, table)  # (B, L, D): each position's state is its item's vector
+
+    def repeat_offsets(self, history: Tensor, lengths: Tensor) -> Offsets | None:
+        weight = torch.tensor([0.0, HISTORY_OFFSET], device=history.device)  # [w_last, w_hist]
+        return history_offsets(weight, history, lengths)
+
+    @property
+    def has_repeat_offsets(self) -> bool:
+        return True
 
 
 BASELINES: dict[str, type[Baseline]] = {

@@ -261,6 +261,11 @@ class SequenceModel(nn.Module):
         return None
 
     @property
+    def has_repeat_offsets(self) -> bool:
+        """True where ``repeat_offsets`` gives offsets: ``model.repeat_bias``, or a baseline's fixed ones."""
+        return self.config.repeat_bias
+
+    @property
     def device(self) -> torch.device:
         """Where the model's tensors live (parameters, or the text buffer of a model without any)."""
         for tensor in (*self.parameters(), *self.buffers()):

@@ -340,7 +340,7 @@ class Recommender:
             return [[] for _ in histories]
         queries = self.queries_of_rows(histories)
         seen = [np.unique(h) if flag else h[:0] for h, flag in zip(histories, flags, strict=True)]
-        if not self.model.config.repeat_bias or all(flags):
+        if not self.model.has_repeat_offsets or all(flags):
             return [self._format(r) for r in self.top_rows(queries, k, seen)]
         return [self._format(r) for r in self._top_rows_with_repeats(queries, histories, k, seen, flags)]
 
@@ -349,9 +349,10 @@ class Recommender:
         return [h[-self.model.config.max_seq_len:] for h in histories]
 
     def repeat_offsets_of_rows(self, histories: Sequence[np.ndarray]) -> Offsets | None:
-        """The model's repeat offsets (``model.repeat_bias``) of histories given as catalogue rows, over the
-        model's input window (the last ``max_seq_len`` items), as ``unisrec.model.history_offsets`` gives them
-        (add them to a (B, N) score matrix with ``unisrec.model.add_offsets``); None for a model without them."""
+        """The model's repeat offsets (``model.repeat_bias``, or a baseline's fixed ones) of histories given as
+        catalogue rows, over the model's input window (the last ``max_seq_len`` items), as
+        ``unisrec.model.history_offsets`` gives them (add them to a (B, N) score matrix with
+        ``unisrec.model.add_offsets``); None for a model without them."""
         window = self._windows(histories)
         lengths = torch.tensor([len(w) for w in window], dtype=torch.long)  # (B,)
         padded = torch.zeros(len(window), int(lengths.max()), dtype=torch.long)  # (B, L)
