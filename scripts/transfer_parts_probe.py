@@ -1,13 +1,14 @@
 """Which parts of a pre-trained model help a new domain: zero-shot metrics of the parts combined with fresh ones.
 
-    python scripts/transfer_parts_probe.py PRETRAINED_RUN TARGET_DATA [--seed 0] [--record FILE]
+    python scripts/transfer_parts_probe.py PRETRAINED_RUN TARGET_DATA [--seed 0] [--exclude-seen] [--record FILE]
 
 Scores the target zero-shot (no training on it), with the run's own text settings, four ways:
 ``pretrained`` (the run as it is), ``untrained`` (the same architecture freshly initialised with ``--seed``: a
 random projection of the text vectors, so close to ranking by the likeness of the history's texts),
 ``pretrained_adaptor`` (the pre-trained text adaptor, fresh sequence encoder and input LayerNorm: where
 ``--train.transfer=adaptor`` starts) and ``pretrained_encoder`` (fresh adaptor, pre-trained encoder). Each
-catalogue is centred on its own mean as the run's model does (``model.center_text``). The last line of stdout
+catalogue is centred on its own mean as the run's model does (``model.center_text``). ``--exclude-seen`` leaves
+each history's own items out of the ranking (the paper's protocol keeps them). The last line of stdout
 is one JSON object (``--record`` writes it too).
 """
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh parts")
+    parser.add_argument("--exclude-seen", action="store_true", help="leave the history's items out of the ranking")
     parser.add_argument("--record", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -58,9 +60,10 @@ def main() -> None:
     result: dict[str, object] = {
         "probe": "transfer_parts", "run": str(args.run), "target": str(args.target), "seed": args.seed,
         "command": " ".join(["python", "scripts/transfer_parts_probe.py", *sys.argv[1:]]),
+        "exclude_seen": args.exclude_seen,
     }
     for name, model in models.items():
-        result[name] = probe_scores(model, target, name)
+        result[name] = probe_scores(model, target, name, exclude_seen=args.exclude_seen)
     emit_probe(result, args.record)
 
 

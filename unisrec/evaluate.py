@@ -166,10 +166,12 @@ def final_evaluation(
     return FinalEvaluation(valid, test, ranks, (time.perf_counter() - started) / 2)
 
 
-def probe_scores(model: SequenceModel, dataset: ProcessedDataset, name: str) -> dict[str, dict[str, float]]:
-    """Valid and test metrics of ``model`` (default evaluation, CPU) rounded to 6 digits, as a probe's record holds
-    them (``scripts/*_probe.py``); prints one line with both NDCG@10 to stderr under ``name``."""
-    final = final_evaluation(model, dataset, EvalConfig(), torch.device("cpu"))
+def probe_scores(model: SequenceModel, dataset: ProcessedDataset, name: str, *, exclude_seen: bool = False
+                 ) -> dict[str, dict[str, float]]:
+    """Valid and test metrics of ``model`` (default evaluation, CPU; ``exclude_seen``: the history's items left
+    out of the ranking) rounded to 6 digits, as a probe's record holds them (``scripts/*_probe.py``); prints one
+    line with both NDCG@10 to stderr under ``name``."""
+    final = final_evaluation(model, dataset, EvalConfig(exclude_seen=exclude_seen), torch.device("cpu"))
     print(f"{name}: valid ndcg@10 {final.valid['ndcg@10']:.4f}, test ndcg@10 {final.test['ndcg@10']:.4f}",
           file=sys.stderr, flush=True)
     return {"valid": {k: round(v, 6) for k, v in final.valid.items()},
