@@ -241,7 +241,7 @@ class TrainConfig:
         _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
         _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))
         for name in ("encoder_lr_scale", "adaptor_lr_scale", "repeat_lr_scale", "anchor"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # NaN too
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
