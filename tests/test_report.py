@@ -408,6 +408,37 @@ def test_planned_commands_ask_for_the_settings_the_report_runs_with(tmp_path: Pa
     assert isinstance(tune.args, TrainArgs) and tune.args.init is not None and str(tune.args.init) in tune.command()
 
 
+def test_adopt_takes_a_run_made_by_hand_with_the_planned_command(tmp_path: Path, tiny_lm_dir: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    from unisrec.report import adopt_run, execute
+
+    config_path = _config(tmp_path, tiny_lm_dir)
+    out = tmp_path / "out"
+    runs = plan_runs(load_report_config(config_path), out)
+    execute(next(r for r in runs if r.kind == "prepare" and r.name == "target"))
+    run = next(r for r in runs if (r.kind, r.name, r.seed) == ("finetune", "scratch", 1))
+    with pytest.raises(UnisrecError, match="missing; start the run with the report's command first"):
+        adopt_run(config_path, out, run.out)
+    assert main(shlex.split(run.command())[1:]) == 0  # made by hand, as on another machine
+    assert run.status() == "stale"  # without its spec file the report would train it again
+    capsys.readouterr()
+    assert main(["report", str(config_path), "--out", str(out), "--adopt", str(run.out)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"run": str(run.out), "status": "cached"}
+    assert run.status() == "cached"
+    other = next(r for r in runs if (r.kind, r.name, r.seed) == ("finetune", "scratch", 2))
+    assert main([*shlex.split(other.command())[1:], "--train.lr=0.02"]) == 0  # not the planned settings
+    with pytest.raises(UnisrecError, match="its settings differ from the planned command's"):
+        adopt_run(config_path, out, other.out)
+    assert not other.spec_file.exists() and other.status() == "stale"
+    with pytest.raises(UnisrecError, match="only fine-tuning runs are adopted"):
+        adopt_run(config_path, out, next(r for r in runs if r.kind == "pretrain").out)
+    with pytest.raises(UnisrecError, match="not a run folder that"):
+        adopt_run(config_path, out, tmp_path / "elsewhere")
+    assert main(["report", str(config_path), "--adopt", str(run.out)]) == 2  # --out is needed
+
+
 def test_there_is_a_committed_report() -> None:
     assert any(p.parent.name == "pretraining-scientific" for p in COMMITTED_REPORTS)
 

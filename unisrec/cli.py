@@ -444,6 +444,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--against", metavar="RUN_DIR", default=None, type=Path,
                    help="with --verify: compare the finished run folder RUN_DIR with the record instead of "
                    "rerunning (a rerun made elsewhere, e.g. by another session's report)")
+    p.add_argument("--adopt", metavar="RUN_DIR", default=None, type=Path,
+                   help="take a fine-tuning run started by hand with the report's command (--dry-run) into the "
+                   "report: its settings are checked and its spec file written; run nothing")
     p.add_argument("--results", type=Path, default=None,
                    help="folder of the per-run records and of report.md (default: results/<config file name>)")
     p.set_defaults(handler=_run_report)
@@ -464,6 +467,13 @@ def _run_report(args: argparse.Namespace) -> int:
         return 0
     if args.against is not None:
         raise UnisrecError("--against goes with --verify RUN (the record to compare the folder with)")
+    if args.adopt is not None:
+        from unisrec.report import adopt_run
+
+        if args.out is None:
+            raise UnisrecError("--adopt needs --out (the report folder the run belongs to)")
+        print(json.dumps(adopt_run(args.config, args.out, args.adopt, data_root=args.data_root)))
+        return 0
     command = f"unisrec report {args.config.as_posix()} --report-only"
     if args.results is not None:
         command += f" --results {args.results.as_posix()}"

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -187,6 +187,23 @@ def detach_history_negatives(logits: Tensor, history: Tensor, lengths: Tensor, t
     return logits.index_put((rows, items), logits[rows, items].detach())
 
 
+def finetune_settings(data_dir: str | Path, mode: str, config: RunConfig, overrides: list[str],
+                      init: Path | None) -> tuple[RunConfig, dict[str, Any]]:
+    """The resolved config of a fine-tuning run and the settings its ``run.json`` holds: their fingerprint decides
+    whether an interrupted run resumes, and whether ``unisrec report --adopt`` takes a run made by hand."""
+    config = resolve_config(config.with_overrides(overrides), mode, init, overrides)
+    if init is None and config.train.interpolate != "off":  # nothing to mix with: recorded as what it does
+        config = replace(config, train=replace(config.train, interpolate="off"))
+    settings = {
+        "command": "finetune",
+        "data": str(Path(data_dir).resolve()),
+        "mode": mode,
+        "init": str(init.resolve()) if init else None,
+        "config": config.to_dict(),
+    }
+    return config, settings
+
+
 def finetune(
     data_dir: str | Path,
     mode: str,
@@ -201,11 +218,8 @@ def finetune(
 
     ``overrides``: dotted settings on top of ``config`` (``"train.lr=3e-4"``, ``"text.pooling=mean"``).
     """
-    overrides = overrides or []
     init_dir = Path(init) if init is not None else None
-    config = resolve_config((config or RunConfig()).with_overrides(overrides), mode, init_dir, overrides)
-    if init_dir is None and config.train.interpolate != "off":  # nothing to mix with: recorded as what it does
-        config = replace(config, train=replace(config.train, interpolate="off"))
+    config, settings = finetune_settings(data_dir, mode, config or RunConfig(), overrides or [], init_dir)
     out = Path(out)
     if config.train.anchor > 0 and init_dir is None:
         raise UnisrecError(f"train.anchor={config.train.anchor:g} pulls toward pre-trained weights: it needs --init")
@@ -214,13 +228,6 @@ def finetune(
                            "the repeat offsets: it needs model.repeat_bias=true")
     code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
     dataset = load_processed(data_dir)
-    settings = {
-        "command": "finetune",
-        "data": str(Path(data_dir).resolve()),
-        "mode": mode,
-        "init": str(init_dir.resolve()) if init_dir else None,
-        "config": config.to_dict(),
-    }
     device = resolve_device(config.train.device)
     dist = Distributed.from_env(device.type)
     if dist.enabled and device.type == "cuda":

@@ -296,6 +296,36 @@ def execute(run: PlannedRun) -> None:
         zero_shot_run(a.init, a.data[0], run.out, config.with_overrides(overrides))
 
 
+def adopt_run(config_path: str | Path, out: str | Path, run_dir: str | Path, *,
+              data_root: str | None = None) -> dict[str, Any]:
+    """Take a fine-tuning run made by hand with the report's own command (``--dry-run`` prints it) into ``out``:
+    write its spec file, so that the report records it when it has finished (or resumes it) instead of counting it
+    stale and training it again. The folder's ``run.json`` must hold the settings the planned command makes
+    (their fingerprint); anything else is an error naming the folder. Returns {"run", "status"}."""
+    from unisrec.finetune import finetune_settings
+    from unisrec.runs import fingerprint
+
+    config = load_report_config(config_path, data_root=data_root)
+    run_dir = Path(run_dir).resolve()
+    matches = [r for r in plan_runs(config, Path(out)) if r.out.resolve() == run_dir]
+    if not matches:
+        raise UnisrecError(f"{run_dir}: not a run folder that {config_path} plans under {out}")
+    run = matches[0]
+    a = run.args
+    if run.kind != "finetune" or not isinstance(a, TrainArgs) or a.mode is None:
+        raise UnisrecError(f"{run_dir}: only fine-tuning runs are adopted (this one is a {run.kind} run)")
+    made_file = run_dir / "run.json"
+    if not made_file.exists():
+        raise UnisrecError(f"{made_file}: missing; start the run with the report's command first ({run.command()})")
+    made = read_json(made_file)
+    base, overrides = a.settings(run.kind)
+    _, settings = finetune_settings(a.data[0], a.mode, base, overrides, a.init)
+    if made.get("fingerprint") != fingerprint(settings):
+        raise UnisrecError(f"{made_file}: its settings differ from the planned command's ({run.command()})")
+    atomic_write_json(run.spec_file, run.spec)
+    return {"run": str(run.out), "status": run.status()}
+
+
 def zero_shot_run(init: Path, data_dir: Path, out: Path, config: RunConfig) -> dict[str, Any]:
     """Evaluate a text model on another dataset as is; writes metrics.json and ranks_test.npy to ``out``."""
     from unisrec.analysis import save_ranks
