@@ -306,6 +306,7 @@ def adopt_run(config_path: str | Path, out: str | Path, run_dir: str | Path, *,
     from unisrec.runs import fingerprint
 
     config = load_report_config(config_path, data_root=data_root)
+    hold_folder(Path(out))  # not while a report runner writes the same folder
     run_dir = Path(run_dir).resolve()
     matches = [r for r in plan_runs(config, Path(out)) if r.out.resolve() == run_dir]
     if not matches:
