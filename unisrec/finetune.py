@@ -247,7 +247,8 @@ def finetune(
     transferred = load_transferable(model, init_dir, config.train.transfer) if init_dir is not None else []
     # train.interpolate=auto with --init: the transferred weights before any step, to mix with the fine-tuned ones
     start = snapshot(model, transferred) if config.train.interpolate == "auto" and transferred else {}
-    anchor = snapshot(model, transferred) if config.train.anchor > 0 and transferred else None  # train.anchor
+    # train.anchor: the same pre-trained values (one copy, shared with train.interpolate's when it has one)
+    anchor = (start or snapshot(model, transferred)) if config.train.anchor > 0 and transferred else None
     trainable = set_trainable(model, config.train, freeze_encoder=config.train.freeze == "encoder")
     model.to(device)
     wrapped: torch.nn.Module = model
