@@ -82,6 +82,22 @@ def test_candidate_bias_is_added_to_each_candidates_logit() -> None:
     assert float(same) == pytest.approx(_by_hand("remove", tau), rel=1e-6)  # a constant offset changes nothing
 
 
+def test_extra_logits_join_only_their_own_querys_denominator() -> None:
+    q, c, ids = _setup()
+    tau = 0.5
+    extra = torch.tensor([[1.5, float("-inf")], [float("-inf"), float("-inf")], [0.2, -0.4]])  # (Q, E)
+    got = contrastive(q, c, tau, query_ids=ids, candidate_ids=ids, extra_logits=extra, reduction="none")
+    for j in range(3):
+        logits = [_cos(q[j].tolist(), c[k].tolist()) / tau for k in range(3)]
+        kept = [logits[k] for k in range(3) if k == j or int(ids[k]) != int(ids[j])]
+        kept += [float(x) for x in extra[j] if math.isfinite(float(x))]
+        by_hand = -(logits[j] - math.log(sum(math.exp(x) for x in kept)))
+        assert float(got[j]) == pytest.approx(by_hand, rel=1e-6)
+    plain = contrastive(q, c, tau, query_ids=ids, candidate_ids=ids, reduction="none")
+    assert float(got[1]) == pytest.approx(float(plain[1]), rel=1e-6)  # all -inf: nothing added
+    assert float(got[0]) > float(plain[0]) + 0.1  # a negative more: a larger loss
+
+
 def test_distance_to_start_is_half_the_squared_distance_and_pulls_toward_the_start() -> None:
     param = torch.tensor([1.0, 2.0, -1.0], requires_grad=True)
     matrix = torch.tensor([[0.5, 0.0], [0.0, 3.0]], requires_grad=True)

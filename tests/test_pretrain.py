@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ from safetensors.torch import load_file
 from unisrec.augment import item_drop
 from unisrec.cli import main
 from unisrec.finetune import finetune
+
+if TYPE_CHECKING:
+    from unisrec.pretrain import PretrainTask
 
 TINY = [
     "--model.hidden_size=16", "--model.inner_size=16", "--model.max_seq_len=6", "--model.n_experts=2",
@@ -202,29 +206,74 @@ def test_logq_is_each_items_share_of_the_training_targets(two_domains: list[Path
     assert got.max() > 3 * got.min()  # popularity differs: the correction has something to correct
 
 
-def test_logq_correction_changes_the_sequence_item_loss_only(two_domains: list[Path], tiny_lm_dir: Path) -> None:
-    from unisrec.config import ConfigError, RunConfig
+def _first_step_terms(two_domains: list[Path], overrides: list[str]) -> tuple[dict[str, float], PretrainTask]:
+    """The loss terms of the first pre-training step on the two tiny domains (fixed seeds), and the task."""
+    from unisrec.config import RunConfig
     from unisrec.distributed import Distributed
     from unisrec.model import UniSRec
-    from unisrec.pretrain import PretrainTask, load_corpus, target_log_share
+    from unisrec.pretrain import PretrainTask, load_corpus
 
-    base = [o[2:] for o in TINY] + [f"text.model={tiny_lm_dir}", "pretrain.batch_domains=single"]
+    config = RunConfig().with_overrides([o[2:] for o in TINY] + ["pretrain.batch_domains=single", *overrides])
+    corpus = load_corpus(two_domains, config)
+    torch.manual_seed(0)
+    model = UniSRec.without_catalogue(config.model, corpus.text.shape[1])
+    task = PretrainTask(model, corpus, config, torch.device("cpu"), Distributed.from_env("cpu"))
+    plan = next(task.batches(0))
+    torch.manual_seed(1)
+    return {k: float(v.detach()) for k, v in task.loss(plan).items()}, task
+
+
+def test_logq_correction_changes_the_sequence_item_loss_only(two_domains: list[Path], tiny_lm_dir: Path) -> None:
+    from unisrec.config import ConfigError, RunConfig
+    from unisrec.pretrain import target_log_share
+
     terms = {}
     for mode in ("none", "logq"):
-        config = RunConfig().with_overrides([*base, f"pretrain.popularity_correction={mode}"])
-        corpus = load_corpus(two_domains, config)
-        torch.manual_seed(0)
-        model = UniSRec.without_catalogue(config.model, corpus.text.shape[1])
-        task = PretrainTask(model, corpus, config, torch.device("cpu"), Distributed.from_env("cpu"))
-        plan = next(task.batches(0))
-        torch.manual_seed(1)
-        terms[mode] = {k: float(v.detach()) for k, v in task.loss(plan).items()}
+        terms[mode], task = _first_step_terms(
+            two_domains, [f"text.model={tiny_lm_dir}", f"pretrain.popularity_correction={mode}"])
     assert terms["logq"]["ss"] == pytest.approx(terms["none"]["ss"], rel=1e-6)  # sequence-sequence: untouched
     assert abs(terms["logq"]["si"] - terms["none"]["si"]) > 1e-3
     assert task.neg_log_q is not None
-    torch.testing.assert_close(task.neg_log_q, torch.from_numpy(-target_log_share(corpus, per_domain=True)))
+    torch.testing.assert_close(task.neg_log_q,
+                               torch.from_numpy(-target_log_share(task.corpus, per_domain=True)))
     with pytest.raises(ConfigError, match=r"pretrain\.popularity_correction"):
         RunConfig().with_overrides(["pretrain.popularity_correction=sampled"])
+
+
+def test_history_negative_mask_takes_each_querys_seen_items_once_and_never_a_candidate() -> None:
+    from unisrec.pretrain import history_negative_mask
+
+    inputs = np.array([[5, 6, 5, 7, 8],    # item 5 twice; targets 6, 5, 7, 8, 9 at positions 0-4 (strided: all)
+                       [3, 4, 3, 3, 3]])   # a short window padded with its first item; predicts at 0 and 1
+    mask = np.array([[True, True, True, True, False],
+                     [True, True, False, False, False]])
+    targets = np.array([6, 5, 7, 8, 4, 9])  # (T,) in mask order: row 0 positions 0-3, row 1 positions 0-1
+    got = history_negative_mask(inputs, mask, targets, candidate_ids=np.array([4, 5, 6, 7, 8, 9]))
+    expected = np.zeros((6, 5), dtype=bool)
+    # row 0: items 5, 6, 7, 8 are all in-batch candidates, so no history negative at all
+    # row 1, position 0 (target 4): sees item 3 at l=0; position 1 (target 9): sees 3 (l=0) and 4 (a candidate)
+    expected[4, 0] = True
+    expected[5, 0] = True
+    np.testing.assert_array_equal(got, expected)
+
+    got = history_negative_mask(inputs, mask, targets, candidate_ids=np.array([9]))  # only 9 is a candidate
+    expected = np.zeros((6, 5), dtype=bool)
+    expected[0, 0] = True                    # (0, 0) target 6: sees 5
+    expected[1, [1]] = True                  # (0, 1) target 5: sees 5 (its target) and 6
+    expected[2, [0, 1]] = True               # (0, 2) target 7: 5, 6, and the second 5 counts once (no l=2)
+    expected[3, [0, 1, 3]] = True            # (0, 3) target 8: 5, 6, (5 again: no), 7
+    expected[4, 0] = True                    # (1, 0) target 4: sees 3
+    expected[5, [0, 1]] = True               # (1, 1) target 9: sees 3 and 4
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_history_negatives_change_the_sequence_item_loss_only(two_domains: list[Path], tiny_lm_dir: Path) -> None:
+    # batches of 8 targets: most history items of a window are not among the batch's candidates
+    terms = {flag: _first_step_terms(two_domains, [f"text.model={tiny_lm_dir}", "train.batch_size=8",
+                                                   f"pretrain.history_negatives={flag}"])[0]
+             for flag in ("false", "true")}
+    assert terms["true"]["ss"] == pytest.approx(terms["false"]["ss"], rel=1e-6)  # sequence-sequence: untouched
+    assert terms["true"]["si"] > terms["false"]["si"] + 1e-3  # more negatives in the denominators: a larger loss
 
 
 def test_center_text_centres_each_domain_then_each_catalogue_on_its_own_mean(

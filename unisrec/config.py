@@ -127,7 +127,7 @@ class ModelConfig:
 # unisrec.report (run specs)
 LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
                   ("train", "interpolate"), ("train", "history_negatives"), ("train", "transfer"),
-                  ("pretrain", "popularity_correction"), ("train", "anchor"))
+                  ("pretrain", "popularity_correction"), ("train", "anchor"), ("pretrain", "history_negatives"))
 LATER_ABSENT: dict[tuple[str, str], Any] = {("train", "interpolate"): "off"}
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
@@ -286,6 +286,10 @@ class PretrainConfig:
     # learns scores that under-rank popular items. Measured, it hurts transfer: a 400-step pilot of the recipe
     # scores zero-shot validation NDCG@10 0.0170 on Scientific with it, 0.0435 without (README, recipe section)
     popularity_correction: Literal["none", "logq"] = "none"
+    # the items of each query's own history (other than its target, and not already among the in-batch
+    # candidates) join its sequence-item candidates as negatives, as they are in fine-tuning's softmax over every
+    # item: the query learns to point past what the user already has, not at it
+    history_negatives: bool = False
 
     def __post_init__(self) -> None:
         for name in ("item_drop", "word_drop"):

@@ -35,6 +35,7 @@ def contrastive(
     false_negatives: FalseNegatives = "remove",
     reduction: Literal["mean", "sum", "none"] = "mean",
     candidate_bias: Tensor | None = None,
+    extra_logits: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE: query j's positive is candidate ``positives[j]`` (default j) among all candidates.
 
@@ -42,6 +43,8 @@ def contrastive(
     ``candidate_bias`` (C,) if given (e.g. -log q of each candidate: the logQ sampling-bias correction).
     ``query_ids`` (Q,) / ``candidate_ids`` (C,): the target item of each query / candidate; a candidate
     other than the positive with the same id as the query is a false negative.
+    ``extra_logits`` (Q, E): logits of further negatives of each query alone (already divided by the
+    temperature; -inf where a query has fewer than E), appended to that query's denominator.
     """
     q = F.normalize(queries, dim=-1)
     c = F.normalize(candidates, dim=-1)
@@ -55,6 +58,8 @@ def contrastive(
         same[torch.arange(len(q), device=q.device), positives] = False
         fill = float("-inf") if false_negatives == "remove" else 0.0
         logits = logits.masked_fill(same, fill)
+    if extra_logits is not None:
+        logits = torch.cat([logits, extra_logits.to(logits.dtype)], dim=1)  # (Q, C + E)
     return F.cross_entropy(logits, positives, reduction=reduction)
 
 

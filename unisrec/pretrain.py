@@ -22,6 +22,7 @@ from typing import TypedDict
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unisrec.atomic import atomic_write_json
@@ -148,6 +149,27 @@ def target_log_share(corpus: Corpus, *, per_domain: bool) -> np.ndarray:
     return np.log(share).astype(np.float32)
 
 
+def history_negative_mask(inputs: np.ndarray, mask: np.ndarray, targets: np.ndarray,
+                          candidate_ids: np.ndarray) -> np.ndarray:
+    """Which history items each query of a training batch takes as extra negatives
+    (``pretrain.history_negatives``).
+
+    inputs (B, L) item ids of the windows, mask (B, L) the positions that predict a target, targets (T,) those
+    targets in ``mask`` order, candidate_ids the ids already among the in-batch candidates (this process's
+    targets). Returns (T, L): query (b, p) takes item l of its window when l <= p (what the query has seen),
+    the item is not its target, not an in-batch candidate already (it would count twice), and is the first
+    occurrence of that item in the window (a repeated item counts once).
+    """
+    positions = np.arange(inputs.shape[1])
+    seen = positions[None, :] <= positions[:, None]  # (P, L): position l visible from position p
+    earlier = (inputs[:, :, None] == inputs[:, None, :]) & (positions[None, None, :] < positions[None, :, None])
+    first = ~earlier.any(axis=2)  # (B, L): no earlier copy of the item in the window
+    usable = first & ~np.isin(inputs, candidate_ids)  # (B, L)
+    allowed = (usable[:, None, :] & seen[None])[mask]  # (T, L)
+    rows = np.nonzero(mask)[0]  # (T,) window of each query
+    return allowed & (inputs[rows] != targets[:, None])
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """What one step trains on: the global batch's windows and this process's share of them."""
@@ -227,7 +249,15 @@ class PretrainTask:
         queries = hidden[:b][mask]  # (T, H)
         candidates = table[torch.from_numpy(np.searchsorted(unique, batch.targets.numpy())).to(self.device)]
         tau = self.config.model.temperature
-        si_each = self._contrastive(queries, candidates, targets, targets, tau, self.neg_log_q)  # (T,)
+        history: Tensor | None = None  # (T, L) logits of each query's own history items as negatives
+        if pre.history_negatives:
+            target_ids = batch.targets.numpy()
+            allowed = history_negative_mask(inputs, batch.mask.numpy(), target_ids, np.unique(target_ids))  # (T, L)
+            query_all = F.normalize(hidden[:b], dim=-1)  # (B, L, H)
+            history_items = F.normalize(table[torch.from_numpy(main_local).to(self.device)], dim=-1)  # (B, L, H)
+            history = torch.einsum("bph,blh->bpl", query_all, history_items)[mask] / tau  # (T, L)
+            history = history.masked_fill(~torch.from_numpy(allowed).to(self.device), float("-inf"))
+        si_each = self._contrastive(queries, candidates, targets, targets, tau, self.neg_log_q, history)  # (T,)
         rows = torch.arange(b, device=self.device)
         seq = hidden[rows, torch.from_numpy(lengths - 1).to(self.device)]  # (B, H)
         seq_aug = hidden[b + rows, torch.from_numpy(aug_lengths - 1).to(self.device)]  # (B, H)
@@ -249,9 +279,10 @@ class PretrainTask:
         return round(self.dist.mean(float(n)) * self.dist.world_size)
 
     def _contrastive(self, queries: Tensor, candidates: Tensor, query_ids: Tensor, candidate_ids: Tensor,
-                     tau: float, bias: Tensor | None = None) -> Tensor:
+                     tau: float, bias: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
         """Per-query InfoNCE against the candidates of every process (local positives); ``bias`` (N,): a logit
-        offset per global item id, added to each candidate (the candidates' ids are then item ids)."""
+        offset per global item id, added to each candidate (the candidates' ids are then item ids); ``extra``
+        (Q, E): logits of each query's own further negatives (``history_negative_mask``)."""
         dist = self.dist
         all_candidates = dist.gather(candidates)
         all_ids = dist.gather_ids(candidate_ids)
@@ -259,7 +290,7 @@ class PretrainTask:
         offsets = bias[all_ids] if bias is not None else None  # (C,); bias lives on the device already
         return contrastive(queries, all_candidates, tau, query_ids=query_ids, candidate_ids=all_ids,
                            positives=positives, false_negatives=self.config.pretrain.false_negatives,
-                           reduction="none", candidate_bias=offsets)
+                           reduction="none", candidate_bias=offsets, extra_logits=extra)
 
 
 class PretrainMetrics(TypedDict):
