@@ -288,7 +288,10 @@ class PretrainConfig:
     popularity_correction: Literal["none", "logq"] = "none"
     # the items of each query's own history (other than its target, and not already among the in-batch
     # candidates) join its sequence-item candidates as negatives, as they are in fine-tuning's softmax over every
-    # item: the query learns to point past what the user already has, not at it
+    # item (candidates of other processes are not checked: under DDP such an item may count twice). Measured, it
+    # changes nothing that matters: the history's items add under 1% to the denominators of the Amazon corpus
+    # (pre-training queries do not point at them), zero-shot validation NDCG@10 on Scientific 0.0472 vs 0.0476,
+    # and 10% of its users fine-tune to 0.0702 vs 0.0728 (README, "History items as pre-training negatives")
     history_negatives: bool = False
 
     def __post_init__(self) -> None:
