@@ -141,3 +141,35 @@ def test_amazon_scientific_is_reproduced(tmp_path: Path) -> None:
     first = (SCIENTIFIC / "Scientific.text").read_text().splitlines()[1].split("\t")
     item = list(data.item_ids).index(first[0])
     assert data.item_texts[item] == first[1].strip()
+
+
+def test_scientific_titles_script_cuts_each_text_before_its_categories(tmp_path: Path) -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "scientific_titles.py"
+    spec = importlib.util.spec_from_file_location("scientific_titles", path)
+    assert spec is not None and spec.loader is not None
+    titles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(titles)
+    # a brand and a title may hold ". " themselves; an item without categories has ". . " after its title
+    assert titles.title_of("Mr. Heater Kit 3/8. Industrial & Scientific Fittings. Mr. Heater. ") == "Mr. Heater Kit 3/8"
+    assert titles.title_of("Tape: 2 in. x 18 yds. (Red). Industrial & Scientific Tape. J.V. Conv. ") == (
+        "Tape: 2 in. x 18 yds. (Red)")
+    assert titles.title_of("Exhaust Fan, 120 Volt. . TPI. ") == "Exhaust Fan, 120 Volt"
+    assert titles.title_of("no markers at all") == "no markers at all"
+    source = tmp_path / "src"
+    source.mkdir()
+    header = "item_id:token\ttext:token_seq\n"
+    (source / "Scientific.text").write_text(header + "A\tGlue. Industrial & Scientific Glue. G. \n")
+    (source / "Scientific.train.inter").write_text("kept as it is\n")
+    done = subprocess.run([sys.executable, str(path), str(source), str(tmp_path / "out")], capture_output=True,
+                          text=True, check=True)
+    assert '"cut_to_title": 1' in done.stdout.splitlines()[-1]
+    assert (tmp_path / "out" / "Scientific.text").read_text() == header + "A\tGlue\n"
+    assert (tmp_path / "out" / "Scientific.train.inter").read_text() == "kept as it is\n"
+    (source / "Scientific.text").write_text(header + "no tab here\n")
+    bad = subprocess.run([sys.executable, str(path), str(source), str(tmp_path / "out2")], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "Scientific.text:2: no tab" in bad.stderr and "Traceback" not in bad.stderr
