@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,9 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
         RunConfig().with_overrides(["model.n_heads=7"])
     with pytest.raises(ConfigError, match=r"expected section\.field=value"):
         RunConfig().with_overrides(["model.n_layers"])
-    for bad in ("-0.5", "nan"):  # train.anchor: a non-negative coefficient
-        with pytest.raises(ConfigError, match=r"train\.anchor must be >= 0"):
-            RunConfig().with_overrides([f"train.anchor={bad}"])
+    for bad, name in itertools.product(("-0.5", "nan"), ("anchor", "replay")):  # non-negative coefficients
+        with pytest.raises(ConfigError, match=rf"train\.{name} must be >= 0"):
+            RunConfig().with_overrides([f"train.{name}={bad}"])
     assert RunConfig().with_overrides(["train.anchor=0.01"]).train.anchor == 0.01
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  hidden: 3\n")

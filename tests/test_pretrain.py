@@ -327,3 +327,76 @@ def test_center_text_centres_each_domain_then_each_catalogue_on_its_own_mean(
     recommender.save_pretrained(tmp_path / "ft2")
     again = Recommender.from_pretrained(tmp_path / "ft2")
     torch.testing.assert_close(again.model.text_center, target_text.mean(0))
+
+
+def test_replay_adds_the_pretraining_loss_of_one_corpus_batch_per_step(two_domains: list[Path], tmp_path: Path,
+                                                                       tiny_lm_dir: Path) -> None:
+    from dataclasses import replace
+
+    from unisrec.config import RunConfig
+    from unisrec.datasets.processed import load_processed
+    from unisrec.distributed import Distributed
+    from unisrec.finetune import CorpusReplay
+    from unisrec.model import UniSRec
+    from unisrec.pretrain import PretrainTask, load_corpus, recipe_config
+    from unisrec.text_cache import load_text
+
+    overrides = [o[2:] for o in TINY] + [f"text.model={tiny_lm_dir}", "model.center_text=true"]
+    config = RunConfig().with_overrides(overrides)
+    target = prepare_synthetic(tmp_path / "target", seed=9, n_items=20)
+    text = torch.from_numpy(load_text(load_processed(target), config.text).matrix)  # (20, D)
+    torch.manual_seed(0)
+    model = UniSRec(config.model, 20, text).eval()  # eval: no dropout nor gate noise, so both sides compare
+    assert model.text_center is not None and float(model.text_center.norm()) > 0
+    replay = CorpusReplay(model, two_domains, config, torch.device("cpu"), Distributed.single(), model.text_center)
+    # the same weights without a catalogue, on the corpus as pre-training reads it (each domain on its own mean)
+    plain = UniSRec.without_catalogue(config.model, text.shape[1]).eval()
+    missing = plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "text_center"}, strict=False)
+    assert missing.missing_keys == ["text_center"] and not missing.unexpected_keys
+    pretrain = PretrainTask(plain, load_corpus(two_domains, replace(config, pretrain=recipe_config().pretrain)),
+                            replace(config, pretrain=recipe_config().pretrain), torch.device("cpu"),
+                            Distributed.single())
+    steps = replay.task.steps
+    assert steps == pretrain.steps >= 2
+    for step in (0, 1, steps, steps + 1):  # corpus epochs follow each other: step `steps` is epoch 1's first
+        plan = replay.plan(step)
+        expected = list(pretrain.batches(step // steps))[step % steps]
+        assert (plan.epoch, plan.step) == (step // steps, step % steps)
+        np.testing.assert_array_equal(plan.windows, expected.windows)
+        torch.testing.assert_close(replay.loss(plan), pretrain.loss(expected)["loss"], rtol=1e-5, atol=1e-5)
+
+    # a whole run: train_loss = ce + replay weight * replay (per-step terms, averaged per epoch), settings recorded
+    ft = finetune(target, "inductive", tmp_path / "ft", replay=two_domains,
+                  overrides=[*overrides, "train.epochs=2", "train.replay=0.5"])
+    assert ft["epochs"] == 2
+    lines = [json.loads(line) for line in (tmp_path / "ft" / "train.log").read_text().splitlines()
+             if line.startswith('{"epoch"')]
+    for line in lines:
+        assert line["train_replay"] > 1.0  # an InfoNCE over in-batch candidates, not a zero term
+        assert line["train_loss"] == pytest.approx(line["train_ce"] + 0.5 * line["train_replay"], rel=1e-5)
+    settings = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert settings["replay"] == [str(d.resolve()) for d in two_domains]
+    assert settings["config"]["train"]["replay"] == 0.5
+    from unisrec.records import data_fingerprint, run_record
+
+    record = run_record(tmp_path / "ft")
+    assert record["replay"] == [{"name": d.name, "fingerprint": data_fingerprint(d)} for d in two_domains]
+
+
+def test_replay_needs_its_folders_and_its_weight(two_domains: list[Path], tmp_path: Path, tiny_lm_dir: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from unisrec.errors import UnisrecError
+
+    target = prepare_synthetic(tmp_path / "target", seed=9, n_items=20)
+    overrides = [o[2:] for o in TINY] + [f"text.model={tiny_lm_dir}", "train.epochs=1"]
+    with pytest.raises(UnisrecError, match=r"replay needs both .* got 2 folder\(s\), train.replay=0"):
+        finetune(target, "inductive", tmp_path / "a", replay=two_domains, overrides=overrides)
+    with pytest.raises(UnisrecError, match=r"got 0 folder\(s\), train.replay=0.5"):
+        finetune(target, "inductive", tmp_path / "b", overrides=[*overrides, "train.replay=0.5"])
+    with pytest.raises(UnisrecError, match="--mode sasrec has none"):
+        finetune(target, "sasrec", tmp_path / "c", replay=two_domains, overrides=[*overrides, "train.replay=0.5"])
+    capsys.readouterr()
+    code = main(["finetune", str(target), "--mode", "inductive", "--out", str(tmp_path / "d"), "--replay",
+                 str(tmp_path / "missing"), "--train.replay=0.5", *TINY, f"--text.model={tiny_lm_dir}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

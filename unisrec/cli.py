@@ -222,6 +222,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", type=Path, default=None,
                    help="pre-trained run folder: everything fine-tunes from it (--train.freeze=encoder: the paper's "
                    "adaptor-only protocol); with --mode zesrec a zesrec run")
+    p.add_argument("--replay", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="pre-training corpus folders replayed while fine-tuning, weighted by --train.replay=W "
+                   "(every step adds W * the pre-training loss of one corpus batch)")
     _add_run_options(p)
     p.set_defaults(handler=_run_finetune)
 
@@ -243,6 +246,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         overrides=overrides,
         init=args.init,
         overwrite=args.overwrite,
+        replay=args.replay,
     )
     if not _first_process():
         return 0

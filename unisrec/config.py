@@ -127,7 +127,8 @@ class ModelConfig:
 # unisrec.report (run specs)
 LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
                   ("train", "interpolate"), ("train", "history_negatives"), ("train", "transfer"),
-                  ("pretrain", "popularity_correction"), ("train", "anchor"), ("pretrain", "history_negatives"))
+                  ("pretrain", "popularity_correction"), ("train", "anchor"), ("pretrain", "history_negatives"),
+                  ("train", "replay"))
 LATER_ABSENT: dict[tuple[str, str], Any] = {("train", "interpolate"): "off"}
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
@@ -210,6 +211,10 @@ class TrainConfig:
     # the transferred parameters that train (theta_0: their pre-trained values), a pull toward what pre-training
     # learned all through training, where train.interpolate mixes the two only afterwards; 0 = off
     anchor: float = 0.0
+    # replay of the pre-training corpus while fine-tuning (``finetune --replay DIR...``): every fine-tuning step adds
+    # replay * the pre-training loss (the recipe's: sequence-item + sequence-sequence, item drop, one domain per
+    # batch) of one corpus batch, so what pre-training learned keeps a data term all through; 0 = off
+    replay: float = 0.0
     # what the items of a target's own history (other than the target) teach as negatives of the fine-tuning
     # softmax: full = everything (the query learns to point away from them, and so from their near-duplicates);
     # offsets = only the repeat offsets (model.repeat_bias): their logits stay in the softmax but pass no gradient
@@ -240,7 +245,7 @@ class TrainConfig:
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
         _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
         _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))
-        for name in ("encoder_lr_scale", "adaptor_lr_scale", "repeat_lr_scale", "anchor"):
+        for name in ("encoder_lr_scale", "adaptor_lr_scale", "repeat_lr_scale", "anchor", "replay"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0:

@@ -13,14 +13,16 @@ With ``init`` the architecture (``model``) and the text settings (``text``) are 
 fields the caller gave: named by an override (the command line, or a ``--config`` file) or changed from the
 default in the ``config`` passed.
 Every run saves the rank of each test target (``ranks_test.npy``, see ``unisrec.analysis``).
+``replay`` (pre-training corpus folders) with ``train.replay`` > 0 adds the pre-training loss of one corpus batch
+to every step (``CorpusReplay``).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
@@ -43,6 +45,7 @@ from unisrec.interpolate import choose_interpolation, snapshot
 from unisrec.losses import distance_to_start, full_softmax_ce
 from unisrec.model import SequenceModel, add_offsets
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
+from unisrec.pretrain import PretrainTask, StepPlan, load_corpus, recipe_config
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.text_cache import load_text
@@ -114,6 +117,48 @@ def resolve_config(config: RunConfig, mode: str, init: Path | None, overrides: l
     return replace(config, model=model, text=text)
 
 
+@dataclass
+class ReplayStep:
+    """One fine-tuning step with ``train.replay``: the target's batch and the corpus batch replayed beside it."""
+
+    batch: TrainBatch
+    plan: StepPlan
+
+
+class CorpusReplay:
+    """The pre-training corpus replayed while fine-tuning: fine-tuning step g takes corpus batch g (corpus epochs
+    follow each other as in pre-training, so the batches depend on (seed, g) only and a resumed run replays the
+    same ones) and its pre-training loss with the recipe's settings (``unisrec.pretrain.RECIPE``'s ``pretrain``
+    section: sequence-item + sequence-sequence, item drop, one domain per batch).
+
+    Each corpus domain's text vectors are centred on their own mean as in pre-training (``model.center_text``);
+    the fine-tuned model subtracts its catalogue's mean (``center``, (D,)) from every text it is given, so the
+    corpus vectors are passed with that mean added back.
+    """
+
+    def __init__(self, model: torch.nn.Module, dirs: list[Path], config: RunConfig, device: torch.device,
+                 dist: Distributed, center: Tensor | None) -> None:
+        replay_config = replace(config, pretrain=recipe_config().pretrain)
+        corpus = load_corpus(dirs, replay_config)
+        if center is not None:
+            if corpus.text.shape[1] != center.shape[0]:
+                raise UnisrecError(f"replay: the corpus's text vectors have {corpus.text.shape[1]} dimensions, the "
+                                   f"target's {center.shape[0]}")
+            corpus = replace(corpus, text=corpus.text + center.detach().cpu().numpy())  # (N, D)
+        self.task = PretrainTask(model, corpus, replay_config, device, dist)
+        self._epoch, self._plans = -1, list[StepPlan]()  # the corpus epoch whose plans are held
+
+    def plan(self, step: int) -> StepPlan:
+        """The corpus batch of fine-tuning step ``step`` (counted over the whole run)."""
+        epoch, index = divmod(step, self.task.steps)
+        if epoch != self._epoch:
+            self._epoch, self._plans = epoch, list(self.task.batches(epoch))
+        return self._plans[index]
+
+    def loss(self, plan: StepPlan) -> Tensor:
+        return self.task.loss(plan)["loss"]
+
+
 class FinetuneTask:
     """Batches of training windows and the full-softmax loss over the domain's items.
 
@@ -129,8 +174,9 @@ class FinetuneTask:
         device: torch.device,
         dist: Distributed | None = None,
         anchor: dict[str, Tensor] | None = None,
+        replay: CorpusReplay | None = None,
     ):
-        self.model, self.config, self.device = model, config, device
+        self.model, self.config, self.device, self.replay = model, config, device, replay
         # train.anchor: each transferred parameter that trains, beside its pre-trained value (on its device)
         core = getattr(model, "module", model)
         self.anchored = [(param, anchor[name].to(param.device)) for name, param in core.named_parameters()
@@ -145,14 +191,20 @@ class FinetuneTask:
             raise UnisrecError(f"{dataset.path}: no training examples (every user needs >= 2 training items)")
         self.steps = len(bucketed_batches(self.windows, config.train.batch_size, np.random.default_rng(0)))
 
-    def batches(self, epoch: int) -> Iterator[TrainBatch]:
+    def batches(self, epoch: int) -> Iterator[TrainBatch | ReplayStep]:
         rng = np.random.default_rng([self.config.train.seed, epoch])
-        for index in bucketed_batches(self.windows, self.config.train.batch_size, rng):
+        for step, index in enumerate(bucketed_batches(self.windows, self.config.train.batch_size, rng)):
             share = index[shard(self.windows.n_targets[index], self.dist)]  # this process's windows
-            yield make_train_batch(self.items, self.windows.subset(share))
+            batch = make_train_batch(self.items, self.windows.subset(share))
+            yield batch if self.replay is None else ReplayStep(batch, self.replay.plan(epoch * self.steps + step))
 
-    def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        batch = batch.to(self.device)
+    def loss(self, step: TrainBatch | ReplayStep) -> dict[str, torch.Tensor]:
+        replayed: Tensor | None = None
+        if isinstance(step, ReplayStep):
+            assert self.replay is not None
+            replayed = self.replay.loss(step.plan)
+            step = step.batch
+        batch = step.to(self.device)
         hidden, table = self.model(batch.inputs)  # (B, L, H), (N, H): the table once per step
         core = cast(SequenceModel, getattr(self.model, "module", self.model))
         logits = core.logits(hidden[batch.mask], table)  # (T, N)
@@ -169,11 +221,15 @@ class FinetuneTask:
             total = round(self.dist.mean(float(len(batch.targets))) * self.dist.world_size)
             summed = torch.nn.functional.cross_entropy(logits, batch.targets, reduction="sum")
             loss = summed * self.dist.world_size / total
-        if not self.anchored:
-            return {"loss": loss}
-        # the same penalty in every process: DDP's mean of the gradients keeps it as it is
-        penalty = distance_to_start(self.anchored)
-        return {"loss": loss + self.config.train.anchor * penalty, "ce": loss.detach(), "anchor": penalty.detach()}
+        total_loss, terms = loss, {}
+        if replayed is not None:  # already scaled for the processes by PretrainTask
+            total_loss = total_loss + self.config.train.replay * replayed
+            terms["replay"] = replayed.detach()
+        if self.anchored:  # the same penalty in every process: DDP's mean of the gradients keeps it as it is
+            penalty = distance_to_start(self.anchored)
+            total_loss = total_loss + self.config.train.anchor * penalty
+            terms["anchor"] = penalty.detach()
+        return {"loss": total_loss, "ce": loss.detach(), **terms} if terms else {"loss": loss}
 
 
 def detach_history_negatives(logits: Tensor, history: Tensor, lengths: Tensor, targets: Tensor) -> Tensor:
@@ -188,19 +244,21 @@ def detach_history_negatives(logits: Tensor, history: Tensor, lengths: Tensor, t
 
 
 def finetune_settings(data_dir: str | Path, mode: str, config: RunConfig, overrides: list[str],
-                      init: Path | None) -> tuple[RunConfig, dict[str, Any]]:
+                      init: Path | None, replay: Sequence[str | Path] = ()) -> tuple[RunConfig, dict[str, Any]]:
     """The resolved config of a fine-tuning run and the settings its ``run.json`` holds: their fingerprint decides
     whether an interrupted run resumes, and whether ``unisrec report --adopt`` takes a run made by hand."""
     config = resolve_config(config.with_overrides(overrides), mode, init, overrides)
     if init is None and config.train.interpolate != "off":  # nothing to mix with: recorded as what it does
         config = replace(config, train=replace(config.train, interpolate="off"))
-    settings = {
+    settings: dict[str, Any] = {
         "command": "finetune",
         "data": str(Path(data_dir).resolve()),
         "mode": mode,
         "init": str(init.resolve()) if init else None,
         "config": config.to_dict(),
     }
+    if replay:  # only then, so the settings (and fingerprints) of runs without it stay as they were
+        settings["replay"] = [str(Path(d).resolve()) for d in replay]
     return config, settings
 
 
@@ -213,14 +271,25 @@ def finetune(
     overrides: list[str] | None = None,
     init: str | Path | None = None,
     overwrite: bool = False,
+    replay: Sequence[str | Path] = (),
 ) -> FinetuneMetrics:
     """Train on ``data_dir`` and write the run folder ``out``; returns its metrics ({"valid": ..., "test": ...}).
 
     ``overrides``: dotted settings on top of ``config`` (``"train.lr=3e-4"``, ``"text.pooling=mean"``).
+    ``replay``: pre-training corpus folders replayed with weight ``train.replay`` (``CorpusReplay``).
     """
     init_dir = Path(init) if init is not None else None
-    config, settings = finetune_settings(data_dir, mode, config or RunConfig(), overrides or [], init_dir)
+    config, settings = finetune_settings(data_dir, mode, config or RunConfig(), overrides or [], init_dir, replay)
     out = Path(out)
+    if bool(replay) != (config.train.replay > 0):
+        raise UnisrecError("replay needs both the corpus folders (--replay DIR...) and its weight (train.replay > 0, "
+                           f"e.g. --train.replay=0.5); got {len(replay)} folder(s), "
+                           f"train.replay={config.train.replay:g}")
+    if replay and (config.model.architecture != "unisrec" or not config.model.uses_text):
+        raise UnisrecError(f"replay trains the pre-training loss of a text model: --mode {mode} has none")
+    for folder in map(Path, replay):  # before anything is written or encoded
+        if not folder.is_dir():
+            raise UnisrecError(f"{folder}: no such dataset folder to replay (create one with `unisrec prepare`)")
     if config.train.anchor > 0 and init_dir is None:
         raise UnisrecError(f"train.anchor={config.train.anchor:g} pulls toward pre-trained weights: it needs --init")
     if config.train.history_negatives != "full" and not config.model.repeat_bias:
@@ -262,7 +331,9 @@ def finetune(
 
         task = ClozeTask(wrapped, dataset, config, device, dist)
     else:
-        task = FinetuneTask(wrapped, dataset, config, device, dist, anchor=anchor)
+        replayed = CorpusReplay(wrapped, [Path(d) for d in replay], config, device, dist,
+                                center=getattr(model, "text_center", None)) if replay else None
+        task = FinetuneTask(wrapped, dataset, config, device, dist, anchor=anchor, replay=replayed)
     extra = {"text_encoder": vectors.record() if vectors else {},
              "dataset": {"name": dataset.name, "path": str(dataset.path)}}
 

@@ -170,6 +170,9 @@ def run_record(run_dir: str | Path, *, long_tail_groups: int = 5, plan: dict[str
         record["long_tail"] = _long_tail(run_dir, Path(data), long_tail_groups)
     elif isinstance(data, list):
         record["data"] = [{"name": Path(d).name, "fingerprint": data_fingerprint(Path(d))} for d in data]
+    if settings.get("replay"):  # finetune --replay: the corpus replayed, as pre-training records their data
+        record["replay"] = [{"name": Path(d).name, "fingerprint": data_fingerprint(Path(d))}
+                            for d in settings["replay"]]
     if plan is not None:
         record["plan"] = plan
     return record
