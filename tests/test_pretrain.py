@@ -348,7 +348,8 @@ def test_replay_adds_the_pretraining_loss_of_one_corpus_batch_per_step(two_domai
     torch.manual_seed(0)
     model = UniSRec(config.model, 20, text).eval()  # eval: no dropout nor gate noise, so both sides compare
     assert model.text_center is not None and float(model.text_center.norm()) > 0
-    replay = CorpusReplay(model, two_domains, config, torch.device("cpu"), Distributed.single(), model.text_center)
+    replay = CorpusReplay(model, two_domains, config, torch.device("cpu"), Distributed.single(), text.shape[1],
+                          model.text_center)
     # the same weights without a catalogue, on the corpus as pre-training reads it (each domain on its own mean)
     plain = UniSRec.without_catalogue(config.model, text.shape[1]).eval()
     missing = plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "text_center"}, strict=False)
@@ -393,8 +394,9 @@ def test_replay_needs_its_folders_and_its_weight(two_domains: list[Path], tmp_pa
         finetune(target, "inductive", tmp_path / "a", replay=two_domains, overrides=overrides)
     with pytest.raises(UnisrecError, match=r"got 0 folder\(s\), train.replay=0.5"):
         finetune(target, "inductive", tmp_path / "b", overrides=[*overrides, "train.replay=0.5"])
-    with pytest.raises(UnisrecError, match="--mode sasrec has none"):
-        finetune(target, "sasrec", tmp_path / "c", replay=two_domains, overrides=[*overrides, "train.replay=0.5"])
+    for mode in ("sasrec", "transductive"):  # the corpus's items have no ID in the target's table
+        with pytest.raises(UnisrecError, match=rf"text-only model \(--mode inductive\), not --mode {mode}"):
+            finetune(target, mode, tmp_path / "c", replay=two_domains, overrides=[*overrides, "train.replay=0.5"])
     capsys.readouterr()
     code = main(["finetune", str(target), "--mode", "inductive", "--out", str(tmp_path / "d"), "--replay",
                  str(tmp_path / "missing"), "--train.replay=0.5", *TINY, f"--text.model={tiny_lm_dir}"])

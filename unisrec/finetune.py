@@ -137,13 +137,13 @@ class CorpusReplay:
     """
 
     def __init__(self, model: torch.nn.Module, dirs: list[Path], config: RunConfig, device: torch.device,
-                 dist: Distributed, center: Tensor | None) -> None:
+                 dist: Distributed, text_dim: int, center: Tensor | None) -> None:
         replay_config = replace(config, pretrain=recipe_config().pretrain)
         corpus = load_corpus(dirs, replay_config)
+        if corpus.text.shape[1] != text_dim:
+            raise UnisrecError(f"replay: the corpus's text vectors have {corpus.text.shape[1]} dimensions, the "
+                               f"target's {text_dim}")
         if center is not None:
-            if corpus.text.shape[1] != center.shape[0]:
-                raise UnisrecError(f"replay: the corpus's text vectors have {corpus.text.shape[1]} dimensions, the "
-                                   f"target's {center.shape[0]}")
             corpus = replace(corpus, text=corpus.text + center.detach().cpu().numpy())  # (N, D)
         self.task = PretrainTask(model, corpus, replay_config, device, dist)
         self._epoch, self._plans = -1, list[StepPlan]()  # the corpus epoch whose plans are held
@@ -285,8 +285,10 @@ def finetune(
         raise UnisrecError("replay needs both the corpus folders (--replay DIR...) and its weight (train.replay > 0, "
                            f"e.g. --train.replay=0.5); got {len(replay)} folder(s), "
                            f"train.replay={config.train.replay:g}")
-    if replay and (config.model.architecture != "unisrec" or not config.model.uses_text):
-        raise UnisrecError(f"replay trains the pre-training loss of a text model: --mode {mode} has none")
+    if replay and (config.model.architecture != "unisrec" or config.model.item_repr != "text"):
+        # the corpus's items have no ID in the target's table: only the text-only model scores them
+        raise UnisrecError(f"replay trains the pre-training loss of the text-only model (--mode inductive), "
+                           f"not --mode {mode}")
     for folder in map(Path, replay):  # before anything is written or encoded
         if not folder.is_dir():
             raise UnisrecError(f"{folder}: no such dataset folder to replay (create one with `unisrec prepare`)")
@@ -331,8 +333,8 @@ def finetune(
 
         task = ClozeTask(wrapped, dataset, config, device, dist)
     else:
-        replayed = CorpusReplay(wrapped, [Path(d) for d in replay], config, device, dist,
-                                center=getattr(model, "text_center", None)) if replay else None
+        replayed = CorpusReplay(wrapped, [Path(d) for d in replay], config, device, dist, text_dim=vectors.dim,
+                                center=getattr(model, "text_center", None)) if replay and vectors else None
         task = FinetuneTask(wrapped, dataset, config, device, dist, anchor=anchor, replay=replayed)
     extra = {"text_encoder": vectors.record() if vectors else {},
              "dataset": {"name": dataset.name, "path": str(dataset.path)}}
