@@ -354,9 +354,8 @@ def test_replay_adds_the_pretraining_loss_of_one_corpus_batch_per_step(two_domai
     plain = UniSRec.without_catalogue(config.model, text.shape[1]).eval()
     missing = plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "text_center"}, strict=False)
     assert missing.missing_keys == ["text_center"] and not missing.unexpected_keys
-    pretrain = PretrainTask(plain, load_corpus(two_domains, replace(config, pretrain=recipe_config().pretrain)),
-                            replace(config, pretrain=recipe_config().pretrain), torch.device("cpu"),
-                            Distributed.single())
+    recipe = replace(config, pretrain=recipe_config().pretrain)  # what replay trains: the recipe's losses
+    pretrain = PretrainTask(plain, load_corpus(two_domains, recipe), recipe, torch.device("cpu"), Distributed.single())
     steps = replay.task.steps
     assert steps == pretrain.steps >= 2
     for step in (0, 1, steps, steps + 1):  # corpus epochs follow each other: step `steps` is epoch 1's first
