@@ -1,10 +1,16 @@
 """Mean and standard deviation over seeds of finished runs' test metrics, as a Markdown table.
 
     python scripts/seed_table.py "SASRec=runs/sasrec-s*" "UniSRec_t+ID=runs/transductive-s*" [--split test]
+    python scripts/seed_table.py --long-tail ndcg@10 "scratch=results/a-s*.json" "transfer=results/b-s*.json"
 
 Each argument is LABEL=GLOB of run folders (each with the ``metrics.json`` of ``unisrec finetune``) or of
 record files (``results/NAME/RUN.json`` of ``unisrec record`` / ``unisrec report``). The standard deviation
 is the sample one (n - 1), formatted as in ``unisrec report`` (a row with one run shows the value alone).
+
+``--long-tail METRIC`` prints instead one row per popularity group of the test targets (the records'
+``long_tail`` counts, ``unisrec.analysis``): the group's training-interaction range, items and test targets,
+METRIC's mean +- std over each argument's records, and the last argument against the first. Every record must
+carry the same groups (same data and grouping), so the rows compare like with like.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ import glob
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from unisrec.report_writer import cell
+from unisrec.report_writer import cell, group_metric, mean_std
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
@@ -42,19 +49,76 @@ def row(label: str, pattern: str, split: str, metrics: tuple[str, ...] = METRICS
     return f"| {label} | {len(files)} | " + " | ".join(cell(values[m]) for m in metrics) + " |"
 
 
+def _group_shape(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(r.get("frequency_range"), r.get("items"), r.get("targets")) for r in rows]
+
+
+def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
+    """Markdown rows: METRIC per popularity group for each (label, glob), and the last label against the first."""
+    shape: list[dict[str, Any]] | None = None
+    shape_source = ""
+    columns: list[list[list[float]]] = []  # label -> group -> values over records
+    for _, pattern in specs:
+        files = [f for f in _sources(pattern) if f.name != "metrics.json"]
+        if not files:
+            sys.exit(f"seed_table: {pattern}: no record file (--long-tail reads the records' long_tail counts)")
+        per_group: list[list[float]] = []
+        for path in files:
+            rows = json.loads(path.read_text()).get("long_tail")
+            if not isinstance(rows, list) or not rows:
+                sys.exit(f"seed_table: {path}: no long_tail counts")
+            if shape is None:
+                shape, shape_source = rows, str(path)
+            elif _group_shape(rows) != _group_shape(shape):
+                sys.exit(f"seed_table: {path}: its popularity groups differ from those of {shape_source}")
+            per_group = per_group or [[] for _ in rows]
+            for g, row in enumerate(rows):
+                value = group_metric(row, metric)
+                if value is None:
+                    sys.exit(f"seed_table: {path}: group {g + 1} has no counts for {metric}")
+                per_group[g].append(value)
+        columns.append(per_group)
+    assert shape is not None
+    labels = [label for label, _ in specs]
+    header = ["group", "training interactions", "items", "test targets", *labels]
+    if len(specs) >= 2:
+        header.append(f"{labels[-1]} vs {labels[0]}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for g, group in enumerate(shape):
+        low, high = group["frequency_range"]
+        cells = [str(g + 1), f"{low}–{high}", str(group["items"]), str(group["targets"]),
+                 *(cell(column[g]) for column in columns)]
+        if len(specs) >= 2:
+            first, last = mean_std(columns[0][g])[0], mean_std(columns[-1][g])[0]
+            cells.append(f"{100 * (last / first - 1):+.1f}%" if first else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="+", help="LABEL=GLOB of run folders")
     parser.add_argument("--split", default="test", choices=["valid", "test"])
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric columns")
+    parser.add_argument("--long-tail", metavar="METRIC", default=None,
+                        help="rows by popularity group of the test targets, METRIC (e.g. ndcg@10) per argument")
     args = parser.parse_args()
-    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    print("| model | runs | " + " | ".join(metrics) + " |")
-    print("|---|---|" + "---|" * len(metrics))
+    specs = []
     for spec in args.rows:
         label, sep, pattern = spec.partition("=")
         if not sep:
             sys.exit(f"seed_table: {spec!r}: expected LABEL=GLOB")
+        specs.append((label, pattern))
+    if args.long_tail is not None:
+        name, _, k = args.long_tail.partition("@")
+        if name not in ("recall", "ndcg", "mrr") or not k.isdigit():
+            sys.exit(f"seed_table: --long-tail {args.long_tail!r}: expected recall@K, ndcg@K or mrr@K")
+        print("\n".join(long_tail_table(specs, args.long_tail)))
+        return
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    print("| model | runs | " + " | ".join(metrics) + " |")
+    print("|---|---|" + "---|" * len(metrics))
+    for label, pattern in specs:
         print(row(label, pattern, args.split, metrics))
 
 

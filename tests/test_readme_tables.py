@@ -48,3 +48,46 @@ def test_a_table_may_only_come_from_seed_table(tmp_path: Path) -> None:
     done = tables("--check", "--readme", str(readme))
     assert done.returncode != 0
     assert "a table must come from python scripts/seed_table.py" in done.stderr
+
+
+def _tail_record(path: Path, dcg: list[float], targets: list[int], ranges: list[list[int]]) -> Path:
+    groups = [{"group": g, "frequency_range": r, "items": 3 + g, "targets": t, "dcg@10": d, "hits@10": 1}
+              for g, (d, t, r) in enumerate(zip(dcg, targets, ranges, strict=True))]
+    path.write_text(json.dumps({"test": {"ndcg@10": 0.1}, "long_tail": groups}))
+    return path
+
+
+def seed_table(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "seed_table.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+
+
+def test_long_tail_rows_average_each_groups_metric_over_records(tmp_path: Path) -> None:
+    ranges = [[0, 4], [5, 90]]
+    _tail_record(tmp_path / "a-s1.json", [1.0, 6.0], [10, 20], ranges)  # ndcg@10 0.1, 0.3
+    _tail_record(tmp_path / "a-s2.json", [3.0, 10.0], [10, 20], ranges)  # 0.3, 0.5
+    _tail_record(tmp_path / "b-s1.json", [3.0, 8.0], [10, 20], ranges)  # 0.3, 0.4
+    done = seed_table("--long-tail", "ndcg@10", f"old={tmp_path}/a-s*.json", f"new={tmp_path}/b-s*.json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "| group | training interactions | items | test targets | old | new | new vs old |",
+        "|---|---|---|---|---|---|---|",
+        "| 1 | 0–4 | 3 | 10 | 0.2000 ± 0.1414 | 0.3000 | +50.0% |",
+        "| 2 | 5–90 | 4 | 20 | 0.4000 ± 0.1414 | 0.4000 | +0.0% |",
+    ]
+
+
+def test_long_tail_refuses_records_with_other_groups_or_no_counts(tmp_path: Path) -> None:
+    _tail_record(tmp_path / "a.json", [1.0, 6.0], [10, 20], [[0, 4], [5, 90]])
+    other = _tail_record(tmp_path / "b.json", [1.0, 6.0], [10, 20], [[0, 3], [4, 90]])
+    done = seed_table("--long-tail", "ndcg@10", f"a={tmp_path}/a.json", f"b={other}")
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"seed_table: {other}: its popularity groups differ from those of {tmp_path}/a.json"
+
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"test": {"ndcg@10": 0.1}}))
+    done = seed_table("--long-tail", "ndcg@10", f"a={bare}")
+    assert done.returncode == 1 and done.stderr.strip() == f"seed_table: {bare}: no long_tail counts"
+
+    done = seed_table("--long-tail", "auc", f"a={tmp_path}/a.json")
+    assert done.returncode == 1 and "expected recall@K, ndcg@K or mrr@K" in done.stderr
