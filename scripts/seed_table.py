@@ -2,6 +2,7 @@
 
     python scripts/seed_table.py "SASRec=runs/sasrec-s*" "UniSRec_t+ID=runs/transductive-s*" [--split test]
     python scripts/seed_table.py --long-tail ndcg@10 "scratch=results/a-s*.json" "transfer=results/b-s*.json"
+    python scripts/seed_table.py --versus ndcg@10 "Scientific inductive=results/a-s*.json::results/b-s*.json"
 
 Each argument is LABEL=GLOB of run folders (each with the ``metrics.json`` of ``unisrec finetune``) or of
 record files (``results/NAME/RUN.json`` of ``unisrec record`` / ``unisrec report``). The standard deviation
@@ -11,6 +12,10 @@ is the sample one (n - 1), formatted as in ``unisrec report`` (a row with one ru
 ``long_tail`` counts, ``unisrec.analysis``): the group's training-interaction range, items and test targets,
 METRIC's mean +- std over each argument's records, and the last argument against the first. Every record must
 carry the same groups (same data and grouping), so the rows compare like with like.
+
+``--versus METRIC`` takes arguments ``LABEL=REFERENCE_GLOB::CANDIDATE_GLOB`` and prints one row each: the runs
+of both sides, METRIC's mean +- std on ``--split`` for each, the candidate's change of the mean in percent, and
+whether every candidate run scores above every reference run.
 """
 
 from __future__ import annotations
@@ -34,19 +39,25 @@ def _sources(pattern: str) -> list[Path]:
                   if (p.is_dir() and (p / "metrics.json").is_file()) or (p.is_file() and p.suffix == ".json"))
 
 
-def row(label: str, pattern: str, split: str, metrics: tuple[str, ...] = METRICS) -> str:
+def _values(pattern: str, split: str, metric: str) -> list[float]:
+    """``metric`` on ``split`` of every run or record matching ``pattern``, in file order."""
     files = _sources(pattern)
     if not files:
         sys.exit(f"seed_table: {pattern}: no run folder with a metrics.json and no record file")
-    values = {m: [] for m in metrics}  # type: dict[str, list[float]]
+    values = []
     for path in files:
-        data = json.loads(path.read_text())
-        scores = data.get(split, data)
-        for m in metrics:
-            if m not in scores:
-                sys.exit(f"seed_table: {path}: no {split} {m}")
-            values[m].append(float(scores[m]))
-    return f"| {label} | {len(files)} | " + " | ".join(cell(values[m]) for m in metrics) + " |"
+        scores = json.loads(path.read_text())
+        scores = scores.get(split, scores)
+        if metric not in scores:
+            sys.exit(f"seed_table: {path}: no {split} {metric}")
+        values.append(float(scores[metric]))
+    return values
+
+
+def row(label: str, pattern: str, split: str, metrics: tuple[str, ...] = METRICS) -> str:
+    values = {m: _values(pattern, split, m) for m in metrics}
+    runs = len(values[metrics[0]])
+    return f"| {label} | {runs} | " + " | ".join(cell(values[m]) for m in metrics) + " |"
 
 
 def _group_shape(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -95,6 +106,21 @@ def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
     return lines
 
 
+def versus_table(specs: list[tuple[str, str]], split: str, metric: str) -> list[str]:
+    """Markdown rows: reference vs candidate runs of each (label, "REFERENCE_GLOB::CANDIDATE_GLOB")."""
+    lines = [f"| comparison | runs | reference {metric} | candidate {metric} | change | every run above |",
+             "|---|---|---|---|---|---|"]
+    for label, patterns in specs:
+        reference_glob, sep, candidate_glob = patterns.partition("::")
+        if not sep:
+            sys.exit(f"seed_table: {label}={patterns}: --versus expects LABEL=REFERENCE_GLOB::CANDIDATE_GLOB")
+        old, new = _values(reference_glob, split, metric), _values(candidate_glob, split, metric)
+        change = f"{100 * (mean_std(new)[0] / mean_std(old)[0] - 1):+.1f}%" if mean_std(old)[0] else "—"
+        above = "yes" if min(new) > max(old) else "no"
+        lines.append(f"| {label} | {len(old)} / {len(new)} | {cell(old)} | {cell(new)} | {change} | {above} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="+", help="LABEL=GLOB of run folders")
@@ -102,6 +128,8 @@ def main() -> None:
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric columns")
     parser.add_argument("--long-tail", metavar="METRIC", default=None,
                         help="rows by popularity group of the test targets, METRIC (e.g. ndcg@10) per argument")
+    parser.add_argument("--versus", metavar="METRIC", default=None,
+                        help="rows of LABEL=REFERENCE_GLOB::CANDIDATE_GLOB: both sides, change, every run above")
     args = parser.parse_args()
     specs = []
     for spec in args.rows:
@@ -114,6 +142,9 @@ def main() -> None:
         if name not in ("recall", "ndcg", "mrr") or not k.isdigit():
             sys.exit(f"seed_table: --long-tail {args.long_tail!r}: expected recall@K, ndcg@K or mrr@K")
         print("\n".join(long_tail_table(specs, args.long_tail)))
+        return
+    if args.versus is not None:
+        print("\n".join(versus_table(specs, args.split, args.versus)))
         return
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     print("| model | runs | " + " | ".join(metrics) + " |")

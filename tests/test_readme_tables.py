@@ -91,3 +91,22 @@ def test_long_tail_refuses_records_with_other_groups_or_no_counts(tmp_path: Path
 
     done = seed_table("--long-tail", "auc", f"a={tmp_path}/a.json")
     assert done.returncode == 1 and "expected recall@K, ndcg@K or mrr@K" in done.stderr
+
+
+def test_versus_rows_compare_the_means_and_every_run(tmp_path: Path) -> None:
+    for name, value in (("a-s1", 0.10), ("a-s2", 0.20), ("b-s1", 0.25), ("b-s2", 0.20), ("c-s1", 0.30)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"test": {"ndcg@10": value}, "valid": {"ndcg@10": 0.5}}))
+    done = seed_table("--versus", "ndcg@10", f"overlap={tmp_path}/a-s*.json::{tmp_path}/b-s*.json",
+                      f"clear={tmp_path}/a-s*.json::{tmp_path}/c-s*.json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "| comparison | runs | reference ndcg@10 | candidate ndcg@10 | change | every run above |",
+        "|---|---|---|---|---|---|",
+        "| overlap | 2 / 2 | 0.1500 ± 0.0707 | 0.2250 ± 0.0354 | +50.0% | no |",
+        "| clear | 2 / 1 | 0.1500 ± 0.0707 | 0.3000 | +100.0% | yes |",
+    ]
+    valid = seed_table("--versus", "ndcg@10", "--split", "valid", f"x={tmp_path}/a-s1.json::{tmp_path}/c-s1.json")
+    assert valid.stdout.splitlines()[-1] == "| x | 1 / 1 | 0.5000 | 0.5000 | +0.0% | no |"
+    done = seed_table("--versus", "ndcg@10", f"x={tmp_path}/a-s*.json")
+    assert done.returncode == 1
+    assert "--versus expects LABEL=REFERENCE_GLOB::CANDIDATE_GLOB" in done.stderr
