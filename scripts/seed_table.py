@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unisrec.report_writer import cell, group_metric, mean_std
+from unisrec.report_writer import cell, group_metric, relative_change
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
@@ -100,8 +100,7 @@ def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
         cells = [str(g + 1), f"{low}–{high}", str(group["items"]), str(group["targets"]),
                  *(cell(column[g]) for column in columns)]
         if len(specs) >= 2:
-            first, last = mean_std(columns[0][g])[0], mean_std(columns[-1][g])[0]
-            cells.append(f"{100 * (last / first - 1):+.1f}%" if first else "—")
+            cells.append(relative_change(columns[-1][g], columns[0][g]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -115,9 +114,9 @@ def versus_table(specs: list[tuple[str, str]], split: str, metric: str) -> list[
         if not sep:
             sys.exit(f"seed_table: {label}={patterns}: --versus expects LABEL=REFERENCE_GLOB::CANDIDATE_GLOB")
         old, new = _values(reference_glob, split, metric), _values(candidate_glob, split, metric)
-        change = f"{100 * (mean_std(new)[0] / mean_std(old)[0] - 1):+.1f}%" if mean_std(old)[0] else "—"
         above = "yes" if min(new) > max(old) else "no"
-        lines.append(f"| {label} | {len(old)} / {len(new)} | {cell(old)} | {cell(new)} | {change} | {above} |")
+        lines.append(f"| {label} | {len(old)} / {len(new)} | {cell(old)} | {cell(new)} | "
+                     f"{relative_change(new, old)} | {above} |")
     return lines
 
 
@@ -126,10 +125,11 @@ def main() -> None:
     parser.add_argument("rows", nargs="+", help="LABEL=GLOB of run folders")
     parser.add_argument("--split", default="test", choices=["valid", "test"])
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric columns")
-    parser.add_argument("--long-tail", metavar="METRIC", default=None,
-                        help="rows by popularity group of the test targets, METRIC (e.g. ndcg@10) per argument")
-    parser.add_argument("--versus", metavar="METRIC", default=None,
-                        help="rows of LABEL=REFERENCE_GLOB::CANDIDATE_GLOB: both sides, change, every run above")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--long-tail", metavar="METRIC", default=None,
+                      help="rows by popularity group of the test targets, METRIC (e.g. ndcg@10) per argument")
+    kind.add_argument("--versus", metavar="METRIC", default=None,
+                      help="rows of LABEL=REFERENCE_GLOB::CANDIDATE_GLOB: both sides, change, every run above")
     args = parser.parse_args()
     specs = []
     for spec in args.rows:

@@ -84,7 +84,8 @@ def _test(results: Results, name: str, metric: str) -> list[float]:
     return [float(m["test"][metric]) for _, m in sorted(results.get(name, {}).items()) if metric in m["test"]]
 
 
-def _relative(new: list[float], old: list[float]) -> str:
+def relative_change(new: list[float], old: list[float]) -> str:
+    """The change of the mean of ``new`` against that of ``old``, in percent ("—" when it cannot be said)."""
     if not new or not old or mean_std(old)[0] == 0:
         return "—"
     return f"{100 * (mean_std(new)[0] / mean_std(old)[0] - 1):+.1f}%"
@@ -121,7 +122,7 @@ def table_section(config: ReportConfig, table: str, results: Results) -> list[st
             row.append(" / ".join(f"{v:.4f}" for v in paper[e.name]) if e.name in paper else "")
         if any(x.reference for x in rows):
             ref = e.reference
-            row.append(f"{_relative(_test(results, e.name, key), _test(results, ref, key))} vs "
+            row.append(f"{relative_change(_test(results, e.name, key), _test(results, ref, key))} vs "
                        f"{config.experiment(ref).title}" if ref else "")
         lines.append("| " + " | ".join(row) + " |")
     if paper:
@@ -172,7 +173,7 @@ def long_tail_section(config: ReportConfig, results: Results, out: Path,
         row = [str(g + 1), f"{lo}–{hi}", str(shape[g]["items"]), str(shape[g]["targets"]),
                *(_cell(per[n][g]) for n in names)]
         if len(names) >= 2:
-            row.append(_relative(per[names[-1]][g], per[names[0]][g]))
+            row.append(relative_change(per[names[-1]][g], per[names[0]][g]))
         lines.append("| " + " | ".join(row) + " |")
     if plots:
         from unisrec.report_plots import grouped_bars
@@ -201,7 +202,7 @@ def transfer_section(config: ReportConfig, results: Results, out: Path,
         pre = config.pretrain[e.init]
         values = _test(results, name, spec.metric)
         lines.append(f"| {pre.label or e.init} | {len(pre.datasets)}: {', '.join(pre.datasets)} | {_cell(values)} | "
-                     f"{_relative(values, base)} |")
+                     f"{relative_change(values, base)} |")
         if values and base:
             base_mean = mean_std(base)[0]
             mean, std = mean_std(values)
@@ -257,7 +258,7 @@ def peers_section(config: ReportConfig, results: Results) -> tuple[list[str], di
         per_metric = {m: [float(r["test"][m]) for r in runs] for m in metrics
                       if runs and all(m in r["test"] for r in runs)}
         theirs = [float(r["test"][key]) for r in runs if key in r["test"]]
-        versus = _relative(theirs, _test(results, peer.reference, key)) if peer.reference else "—"
+        versus = relative_change(theirs, _test(results, peer.reference, key)) if peer.reference else "—"
         lines.append(_peer_row(peer.title, runs, metrics, versus))
         if peer.reference:
             reference = list(results.get(peer.reference, {}).values())
