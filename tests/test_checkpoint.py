@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 import pytest
@@ -196,14 +196,19 @@ def test_transfer_copies_the_chosen_parts_and_keeps_the_rest_as_initialised(tmp_
         load_transferable(target, tmp_path / "src", "encoder")
 
 
-def test_transfer_parts_probe_combines_pretrained_and_fresh_parts() -> None:
+def _script(name: str) -> Any:
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "transfer_parts_probe.py"
-    spec = importlib.util.spec_from_file_location("transfer_parts_probe", path)
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_transfer_parts_probe_combines_pretrained_and_fresh_parts() -> None:
+    probe = _script("transfer_parts_probe")
     config = ModelConfig(hidden_size=16, inner_size=16, n_heads=2, n_experts=2, max_seq_len=6)
     text = torch.randn(5, 8)
     torch.manual_seed(0)
@@ -216,3 +221,53 @@ def test_transfer_parts_probe_combines_pretrained_and_fresh_parts() -> None:
             source = pretrained if name.startswith(prefixes) else fresh
             torch.testing.assert_close(value, source.state_dict()[name], rtol=0, atol=0, msg=name)
         assert any(n.startswith(prefixes) for n in mixed) and any(not n.startswith(prefixes) for n in mixed)
+
+
+def test_interpolation_probe_mixes_the_transferred_parameters_at_the_alpha_validation_prefers(tmp_path: Path) -> None:
+    probe = _script("interpolation_probe")
+    config = ModelConfig(item_repr="text+id", hidden_size=16, inner_size=16, n_heads=2, n_experts=2, max_seq_len=6)
+    text = torch.randn(5, 8)
+    torch.manual_seed(0)
+    pretrained = UniSRec(config, 5, text)
+    (tmp_path / "pre").mkdir()
+    weights = {k: v.contiguous() for k, v in pretrained.state_dict().items()}
+    save_file(weights, str(tmp_path / "pre" / "model.safetensors"))
+    torch.manual_seed(1)
+    model = UniSRec(config, 5, text)  # the "fine-tuned" weights
+    tuned = {k: v.clone() for k, v in model.state_dict().items()}
+    name = "adaptor.weight"
+    wanted = torch.lerp(pretrained.state_dict()[name], tuned[name], 0.25)
+
+    def validate() -> dict[str, float]:  # best where the adaptor is a quarter of the way to the fine-tuned one
+        return {"ndcg@10": -float((model.state_dict()[name] - wanted).abs().sum())}
+
+    alpha, scores = probe.interpolate_after(model, tmp_path / "pre", "all", validate, "ndcg@10")
+    assert alpha == 0.25 and list(scores) == ["1", "0.75", "0.5", "0.25", "0"] and scores["0.25"] == 0.0
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.startswith(("item_id.", "text_center", "repeat_weight")) or not value.is_floating_point():
+            torch.testing.assert_close(value, tuned[key], rtol=0, atol=0, msg=key)  # the target's own: kept
+        else:
+            torch.testing.assert_close(value, torch.lerp(pretrained.state_dict()[key], tuned[key], 0.25), msg=key)
+    assert not torch.equal(state["item_id.weight"], pretrained.state_dict()["item_id.weight"])
+
+
+def test_interpolation_probe_refuses_runs_it_cannot_mix(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "interpolation_probe.py"
+    for init, interpolate, message in ((None, "off", "made without --init, nothing to interpolate with"),
+                                       ("pre", "auto", "made with train.interpolate=auto; its metrics.json already "
+                                                       "holds the interpolation")):
+        run = tmp_path / f"run-{interpolate}"
+        run.mkdir()
+        (run / "run.json").write_text(json.dumps({"data": "d", "init": init, "config": {
+            "train": {"interpolate": interpolate, "select_metric": "ndcg@10"}, "eval": {}}}))
+        done = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True,
+                              env={"PYTHONPATH": str(script.parent.parent), "PATH": ""})
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr == f"interpolation_probe: {run}: {message}\n"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(script.parent.parent), "PATH": ""})
+    assert done.returncode == 1 and "run.json" in done.stderr and len(done.stderr.splitlines()) == 1
