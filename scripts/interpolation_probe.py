@@ -18,6 +18,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from unisrec.checkpoint import from_pretrained, load_transferable
 from unisrec.config import EvalConfig, from_plain
@@ -26,6 +27,12 @@ from unisrec.errors import UnisrecError
 from unisrec.evaluate import emit_probe, evaluate
 from unisrec.interpolate import choose_interpolation, snapshot
 from unisrec.model import SequenceModel
+
+
+def fail(message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"interpolation_probe: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def interpolate_after(model: SequenceModel, init_dir: Path, parts: str,
@@ -65,9 +72,9 @@ def main() -> None:
                                             lambda: scores("valid"), metric)
         interpolated = {split: scores(split) for split in ("valid", "test")}
     except KeyError as exc:
-        sys.exit(f"interpolation_probe: {args.run / 'run.json'}: no {exc} (not a run folder of unisrec finetune?)")
+        fail(f"{args.run / 'run.json'}: no {exc} (not a run folder of unisrec finetune?)")
     except (UnisrecError, OSError, ValueError) as exc:
-        sys.exit(f"interpolation_probe: {exc}")
+        fail(str(exc))
     emit_probe({"run": str(args.run), "init": init, "metric": metric, "alpha": alpha, "valid_by_alpha": by_alpha,
                 "fine_tuned": fine_tuned, "interpolated": interpolated}, args.record)
 

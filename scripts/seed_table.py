@@ -25,11 +25,17 @@ import glob
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from unisrec.report_writer import cell, group_metric, relative_change
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+
+
+def fail(message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"seed_table: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _sources(pattern: str) -> list[Path]:
@@ -43,13 +49,13 @@ def _values(pattern: str, split: str, metric: str) -> list[float]:
     """``metric`` on ``split`` of every run or record matching ``pattern``, in file order."""
     files = _sources(pattern)
     if not files:
-        sys.exit(f"seed_table: {pattern}: no run folder with a metrics.json and no record file")
+        fail(f"{pattern}: no run folder with a metrics.json and no record file")
     values = []
     for path in files:
         scores = json.loads(path.read_text())
         scores = scores.get(split, scores)
         if metric not in scores:
-            sys.exit(f"seed_table: {path}: no {split} {metric}")
+            fail(f"{path}: no {split} {metric}")
         values.append(float(scores[metric]))
     return values
 
@@ -72,21 +78,21 @@ def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
     for _, pattern in specs:
         files = [f for f in _sources(pattern) if f.name != "metrics.json"]
         if not files:
-            sys.exit(f"seed_table: {pattern}: no record file (--long-tail reads the records' long_tail counts)")
+            fail(f"{pattern}: no record file (--long-tail reads the records' long_tail counts)")
         per_group: list[list[float]] = []
         for path in files:
             rows = json.loads(path.read_text()).get("long_tail")
             if not isinstance(rows, list) or not rows:
-                sys.exit(f"seed_table: {path}: no long_tail counts")
+                fail(f"{path}: no long_tail counts")
             if shape is None:
                 shape, shape_source = rows, str(path)
             elif _group_shape(rows) != _group_shape(shape):
-                sys.exit(f"seed_table: {path}: its popularity groups differ from those of {shape_source}")
+                fail(f"{path}: its popularity groups differ from those of {shape_source}")
             per_group = per_group or [[] for _ in rows]
             for g, row in enumerate(rows):
                 value = group_metric(row, metric)
                 if value is None:
-                    sys.exit(f"seed_table: {path}: group {g + 1} has no counts for {metric}")
+                    fail(f"{path}: group {g + 1} has no counts for {metric}")
                 per_group[g].append(value)
         columns.append(per_group)
     assert shape is not None
@@ -112,7 +118,7 @@ def versus_table(specs: list[tuple[str, str]], split: str, metric: str) -> list[
     for label, patterns in specs:
         reference_glob, sep, candidate_glob = patterns.partition("::")
         if not sep:
-            sys.exit(f"seed_table: {label}={patterns}: --versus expects LABEL=REFERENCE_GLOB::CANDIDATE_GLOB")
+            fail(f"{label}={patterns}: --versus expects LABEL=REFERENCE_GLOB::CANDIDATE_GLOB")
         old, new = _values(reference_glob, split, metric), _values(candidate_glob, split, metric)
         above = "yes" if min(new) > max(old) else "no"
         lines.append(f"| {label} | {len(old)} / {len(new)} | {cell(old)} | {cell(new)} | "
@@ -135,12 +141,12 @@ def main() -> None:
     for spec in args.rows:
         label, sep, pattern = spec.partition("=")
         if not sep:
-            sys.exit(f"seed_table: {spec!r}: expected LABEL=GLOB")
+            fail(f"{spec!r}: expected LABEL=GLOB")
         specs.append((label, pattern))
     if args.long_tail is not None:
         name, _, k = args.long_tail.partition("@")
         if name not in ("recall", "ndcg", "mrr") or not k.isdigit():
-            sys.exit(f"seed_table: --long-tail {args.long_tail!r}: expected recall@K, ndcg@K or mrr@K")
+            fail(f"--long-tail {args.long_tail!r}: expected recall@K, ndcg@K or mrr@K")
         print("\n".join(long_tail_table(specs, args.long_tail)))
         return
     if args.versus is not None:

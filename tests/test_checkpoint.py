@@ -266,8 +266,8 @@ def test_interpolation_probe_refuses_runs_it_cannot_mix(tmp_path: Path) -> None:
             "train": {"interpolate": interpolate, "select_metric": "ndcg@10"}, "eval": {}}}))
         done = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True,
                               env={"PYTHONPATH": str(script.parent.parent), "PATH": ""})
-        assert done.returncode == 1 and done.stdout == ""
+        assert done.returncode == 2 and done.stdout == ""
         assert done.stderr == f"interpolation_probe: {run}: {message}\n"
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
                           env={"PYTHONPATH": str(script.parent.parent), "PATH": ""})
-    assert done.returncode == 1 and "run.json" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert done.returncode == 2 and "run.json" in done.stderr and len(done.stderr.splitlines()) == 1

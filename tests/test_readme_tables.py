@@ -81,16 +81,16 @@ def test_long_tail_refuses_records_with_other_groups_or_no_counts(tmp_path: Path
     _tail_record(tmp_path / "a.json", [1.0, 6.0], [10, 20], [[0, 4], [5, 90]])
     other = _tail_record(tmp_path / "b.json", [1.0, 6.0], [10, 20], [[0, 3], [4, 90]])
     done = seed_table("--long-tail", "ndcg@10", f"a={tmp_path}/a.json", f"b={other}")
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip() == f"seed_table: {other}: its popularity groups differ from those of {tmp_path}/a.json"
 
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({"test": {"ndcg@10": 0.1}}))
     done = seed_table("--long-tail", "ndcg@10", f"a={bare}")
-    assert done.returncode == 1 and done.stderr.strip() == f"seed_table: {bare}: no long_tail counts"
+    assert done.returncode == 2 and done.stderr.strip() == f"seed_table: {bare}: no long_tail counts"
 
     done = seed_table("--long-tail", "auc", f"a={tmp_path}/a.json")
-    assert done.returncode == 1 and "expected recall@K, ndcg@K or mrr@K" in done.stderr
+    assert done.returncode == 2 and "expected recall@K, ndcg@K or mrr@K" in done.stderr
 
 
 def test_versus_rows_compare_the_means_and_every_run(tmp_path: Path) -> None:
@@ -108,5 +108,5 @@ def test_versus_rows_compare_the_means_and_every_run(tmp_path: Path) -> None:
     valid = seed_table("--versus", "ndcg@10", "--split", "valid", f"x={tmp_path}/a-s1.json::{tmp_path}/c-s1.json")
     assert valid.stdout.splitlines()[-1] == "| x | 1 / 1 | 0.5000 | 0.5000 | +0.0% | no |"
     done = seed_table("--versus", "ndcg@10", f"x={tmp_path}/a-s*.json")
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "--versus expects LABEL=REFERENCE_GLOB::CANDIDATE_GLOB" in done.stderr
