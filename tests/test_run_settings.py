@@ -189,3 +189,19 @@ def test_a_run_interrupted_before_a_later_setting_existed_still_resumes(tmp_path
     assert fingerprint({**settings, "config": changed}) != fingerprint(settings)
     with pytest.raises(UnisrecError, match="holds an unfinished run with different settings"):
         open_run_dir(out, {**settings, "config": changed}, overwrite=False)
+
+
+def test_the_model_card_says_what_finetune_init_does_with_the_given_settings() -> None:
+    from dataclasses import replace
+
+    from unisrec.config import TrainConfig
+    from unisrec.model_card import transfer_defaults
+
+    default = TrainConfig()
+    assert (default.freeze, default.encoder_lr_scale, default.interpolate) == ("auto", 1.0, "auto")
+    assert transfer_defaults() == ("everything fine-tunes; then the weights are mixed with these as validation "
+                                   "prefers, `train.interpolate=auto`")
+    slow = replace(default, encoder_lr_scale=0.1, interpolate="off")
+    assert transfer_defaults(slow) == "everything fine-tunes; the encoder at 0.1x the learning rate"
+    frozen = replace(default, freeze="encoder", encoder_lr_scale=0.1, interpolate="off")
+    assert transfer_defaults(frozen) == "the sequence encoder frozen (the paper's protocol)"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unisrec.atomic import atomic_write_json, atomic_write_text
+from unisrec.config import TrainConfig
 from unisrec.locking import waiting_for
 
 _METRIC_ORDER = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
@@ -23,6 +24,18 @@ _METRIC_ORDER = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 def command_line() -> str:
     """The command that started this process, as a shell line."""
     return " ".join(shlex.quote(a) for a in ["unisrec", *sys.argv[1:]]) if sys.argv else "unisrec"
+
+
+def transfer_defaults(train: TrainConfig | None = None) -> str:
+    """What ``finetune --init`` does with ``train`` (the default settings if None), in words."""
+    train = train or TrainConfig()
+    parts = ["the sequence encoder frozen (the paper's protocol)" if train.freeze == "encoder"
+             else "everything fine-tunes"]
+    if train.freeze != "encoder" and train.encoder_lr_scale != 1.0:
+        parts.append(f"the encoder at {train.encoder_lr_scale:g}x the learning rate")
+    if train.interpolate == "auto":
+        parts.append("then the weights are mixed with these as validation prefers, `train.interpolate=auto`")
+    return "; ".join(parts)
 
 
 def _metrics_row(metrics: dict[str, float]) -> str:
@@ -103,8 +116,8 @@ def pretrain_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], comma
         "- Last epoch's loss terms: " + ", ".join(f"{k[6:]} {v:.4f}" for k, v in last.items()
                                                if k.startswith("train_") and "@" not in k),
         "",
-        "Use: `unisrec finetune DATA --mode inductive|transductive --init THIS_FOLDER --out RUN` (everything "
-        "fine-tunes, the encoder at a lower learning rate), or `unisrec evaluate THIS_FOLDER DATA` (zero-shot).",
+        "Use: `unisrec finetune DATA --mode inductive|transductive --init THIS_FOLDER --out RUN` "
+        f"({transfer_defaults()}), or `unisrec evaluate THIS_FOLDER DATA` (zero-shot).",
         "",
         "## Transfer results",
         "",
