@@ -98,7 +98,10 @@ def main() -> None:
                   f"step {row['step_seconds']:.2f} s, catalogue adaptor {row['catalogue_adaptor_seconds']:.2f} s "
                   f"({100 * float(row['adaptor_share']):.0f}%), epoch ~{row['epoch_seconds_estimate']:.0f} s",
                   flush=True)
-    result = {"benchmark": "finetune_step_share", "threads": 1, "steps": args.steps, "datasets": rows}
+    from unisrec.precision import cpu_summary
+
+    result = {"benchmark": "finetune_step_share", "threads": 1, "steps": args.steps, "cpu": cpu_summary(),
+              "datasets": rows}
     if args.record is not None:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps(result, indent=1) + "\n")

@@ -81,11 +81,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="also write the summary to this JSON file")
     parser.add_argument("--child", choices=("float32", "bfloat16"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.data_dirs, args.steps, args.batch_size, args.threads, args.child)))
         return
+    from unisrec.precision import cpu_summary
+
     results: dict[str, dict[str, float]] = {}
     for precision in ("float32", "bfloat16"):
         runs = []
@@ -96,11 +99,17 @@ def main() -> None:
             runs.append(json.loads(out.strip().splitlines()[-1]))
         results[precision] = {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
     summary = {
+        "benchmark": "pretrain_profile", "datasets": [d.name for d in args.data_dirs], "steps": args.steps,
+        "repeats": args.repeats, "batch_size": args.batch_size, "threads": args.threads, "cpu": cpu_summary(),
         **results,
         "bf16_over_fp32_step": round(results["bfloat16"]["step_seconds"] / results["float32"]["step_seconds"], 3),
         "bf16_over_fp32_adaptor": round(
             results["bfloat16"]["adaptor_seconds"] / results["float32"]["adaptor_seconds"], 3),
     }
+    if args.out is not None:
+        from unisrec.atomic import atomic_write_json
+
+        atomic_write_json(args.out, summary)
     print(json.dumps(summary))
 
 

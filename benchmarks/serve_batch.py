@@ -6,7 +6,8 @@
 For ``--batch`` histories of 1..50 random items (as in ``load_test.py``) it times, median of ``--repeats``:
 
 - scoring: ``chunked_top_k`` over the float32 table (before) vs ``CoarseTable.top_k`` (bf16 scan, float32
-  rescoring), and checks that both return the same items;
+  rescoring), and checks that both return the same items; both are timed on any machine, while the recommender
+  takes the coarse pass only where bf16 is native (``native_bfloat16``, ``recommender_uses_coarse``);
 - encoding: ``sequence_vectors`` on length-sorted padded groups of 8 (before) vs the packed encoding of
   ``Recommender.queries_of_rows``, and the largest difference of their query vectors.
 
@@ -60,6 +61,7 @@ def padded_queries(model: Any, histories: list[np.ndarray], items: torch.Tensor)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from unisrec.precision import native_bfloat16
     from unisrec.recommend import Recommender
     from unisrec.topk import POOL_EXTRA, CoarseTable, chunked_top_k
 
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recommender = Recommender.from_pretrained(args.run)
     model = recommender.model
     items, table = recommender.tables()  # (N, H) adapted items, (N, H) scoring table
-    coarse = CoarseTable.build(table)
+    # timed on every machine; the recommender itself uses it only where bf16 is native ("recommender_uses_coarse")
+    coarse = CoarseTable.build(table, require_native=False)
     if coarse is None:
         raise SystemExit(f"{args.run}: no coarse table ({len(table)} items: under 16,384, or the bound failed)")
     rng = np.random.default_rng(args.seed)
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         needed = (approx >= approx.topk(args.k, dim=1).values[:, -1:] - margin).sum(dim=1).float()  # (Q,)
     return {
         "run": str(args.run), "n_items": n, "batch": args.batch, "k": args.k, "threads": args.threads,
-        "repeats": args.repeats, **timings,
+        "repeats": args.repeats, "native_bfloat16": native_bfloat16(table.device),
+        "recommender_uses_coarse": recommender._coarse is not None, **timings,
         "scoring_ratio": round(timings["scoring_coarse_ms"] / timings["scoring_float32_ms"], 3),
         "encoding_ratio": round(timings["encoding_packed_ms"] / timings["encoding_padded_ms"], 3),
         "same_top_k": bool(torch.equal(exact_rows, coarse_rows)),

@@ -38,6 +38,12 @@ def test_chunked_top_k_equals_full_top_k(monkeypatch: pytest.MonkeyPatch) -> Non
     assert torch.equal(rows, expected_rows)
 
 
+@pytest.fixture
+def bf16_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coarse pass as on a CPU with bf16 arithmetic (its exactness does not depend on the hardware's speed)."""
+    monkeypatch.setattr(topk, "native_bfloat16", lambda device: True)
+
+
 def test_coarse_bound_holds_on_this_machine() -> None:
     """Every bf16 score is within c ||q|| ||t|| of the float32 score (what makes the coarse pass exact)."""
     table = text_like_table(20_000, 300)
@@ -50,6 +56,7 @@ def test_coarse_bound_holds_on_this_machine() -> None:
 
 
 @pytest.mark.parametrize("k", [1, 10, 100])
+@pytest.mark.usefixtures("bf16_native")
 def test_coarse_top_k_equals_brute_force(k: int) -> None:
     table = text_like_table(40_000, 64)
     coarse = CoarseTable.build(table)
@@ -63,6 +70,7 @@ def test_coarse_top_k_equals_brute_force(k: int) -> None:
     assert scores.dtype == torch.float32
 
 
+@pytest.mark.usefixtures("bf16_native")
 def test_coarse_top_k_falls_back_when_the_pool_cannot_prove_the_top_k(monkeypatch: pytest.MonkeyPatch) -> None:
     """300 near-copies of the query's best item differ by less than bf16 resolves: the exact scan decides."""
     table = text_like_table(30_000, 64)
@@ -87,6 +95,10 @@ def test_coarse_top_k_falls_back_when_the_pool_cannot_prove_the_top_k(monkeypatc
 
 
 def test_coarse_table_is_skipped_when_unsafe_or_useless(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(topk, "native_bfloat16", lambda device: False)
+    assert CoarseTable.build(text_like_table(20_000, 16)) is None  # emulated bf16: slower than the exact scan
+    monkeypatch.setattr(topk, "native_bfloat16", lambda device: True)
+    assert CoarseTable.build(text_like_table(20_000, 16)) is not None
     assert CoarseTable.build(text_like_table(1000, 16)) is None  # small: the exact scan is as fast
     broken = text_like_table(20_000, 8)
     broken[5, 3] = float("nan")
@@ -95,6 +107,7 @@ def test_coarse_table_is_skipped_when_unsafe_or_useless(monkeypatch: pytest.Monk
     assert CoarseTable.build(text_like_table(20_000, 16)) is None
 
 
+@pytest.mark.usefixtures("bf16_native")
 def test_recommender_uses_the_coarse_pass_and_stays_exact_after_adding_items() -> None:
     torch.manual_seed(0)
     n, d = 20_000, 12

@@ -43,6 +43,8 @@ Pooling = Literal["cls", "mean", "cls+mean"]
 POOLINGS: tuple[Pooling, ...] = typing.get_args(Pooling)
 TextPrecision = Literal["float32", "bfloat16"]
 TEXT_PRECISIONS: tuple[TextPrecision, ...] = typing.get_args(TextPrecision)
+TrainPrecision = Literal["float32", "bfloat16", "auto"]
+TRAIN_PRECISIONS: tuple[TrainPrecision, ...] = typing.get_args(TrainPrecision)
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,10 @@ class TrainConfig:
     history_negatives: Literal["full", "offsets"] = "full"
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)
     warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps
-    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast of the training step's matmuls
+    # bfloat16: autocast of the training step's matmuls; auto: bfloat16 where the device computes it natively (a
+    # CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), float32 elsewhere (emulated bf16 is many times slower;
+    # unisrec.precision). A run records what it resolved to.
+    precision: TrainPrecision = "float32"
     user_fraction: float = 1.0  # train on the sequences of a seeded random fraction of the users (data-poor)
     cold_items: float = 0.0  # withhold a seeded random fraction of the items from training entirely
     threads: int = 0  # torch CPU threads (0 = torch default)
@@ -245,7 +250,7 @@ class TrainConfig:
         _check_choice("train.transfer", self.transfer, ("all", "adaptor"))
         _check_choice("train.history_negatives", self.history_negatives, ("full", "offsets"))
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
-        _check_choice("train.precision", self.precision, ("float32", "bfloat16"))
+        _check_choice("train.precision", self.precision, TRAIN_PRECISIONS)
         _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))
         for name in ("encoder_lr_scale", "adaptor_lr_scale", "repeat_lr_scale", "anchor", "replay"):
             if not getattr(self, name) >= 0:  # NaN too

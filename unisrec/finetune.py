@@ -45,6 +45,7 @@ from unisrec.interpolate import choose_interpolation, snapshot
 from unisrec.losses import distance_to_start, full_softmax_ce
 from unisrec.model import SequenceModel, add_offsets
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
+from unisrec.precision import resolve_precision, warn_if_emulated
 from unisrec.pretrain import PretrainTask, StepPlan, load_corpus, recipe_config
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
@@ -250,6 +251,9 @@ def finetune_settings(data_dir: str | Path, mode: str, config: RunConfig, overri
     config = resolve_config(config.with_overrides(overrides), mode, init, overrides)
     if init is None and config.train.interpolate != "off":  # nothing to mix with: recorded as what it does
         config = replace(config, train=replace(config.train, interpolate="off"))
+    if config.train.precision == "auto":  # recorded as what it runs at on this machine's device
+        precision = resolve_precision("auto", resolve_device(config.train.device))
+        config = replace(config, train=replace(config.train, precision=precision))
     settings: dict[str, Any] = {
         "command": "finetune",
         "data": str(Path(data_dir).resolve()),
@@ -300,6 +304,7 @@ def finetune(
     code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
     dataset = load_processed(data_dir)
     device = resolve_device(config.train.device)
+    warn_if_emulated("train.precision", config.train.precision, device)
     dist = Distributed.from_env(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

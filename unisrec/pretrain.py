@@ -36,6 +36,7 @@ from unisrec.errors import UnisrecError
 from unisrec.losses import contrastive
 from unisrec.model import UniSRec
 from unisrec.model_card import command_line, write_pretrain_card
+from unisrec.precision import with_resolved_precision
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.text_cache import TextRecord, encode_word_drop, load_text, load_word_drop
@@ -52,7 +53,7 @@ from unisrec.training_data import train_lengths
 # thread. The paper's own settings are configs/pretrain-paper.yaml.
 RECIPE: tuple[str, ...] = (
     "train.epochs=4", "train.batch_size=2048", "train.lr=0.001", "train.warmup_steps=200", "train.schedule=cosine",
-    "train.precision=bfloat16", "pretrain.word_drop_variants=0", "pretrain.batch_domains=single",
+    "train.precision=auto", "pretrain.word_drop_variants=0", "pretrain.batch_domains=single",
     "model.last_item_skip=true", "model.center_text=true",
 )
 
@@ -338,13 +339,14 @@ def pretrain(
     code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
     out = Path(out)
     dirs = [Path(d) for d in data_dirs]
+    device = resolve_device(config.train.device)
+    config = with_resolved_precision(config, device)  # the recipe's auto: bfloat16 only where it is native
     settings = {
         "command": "pretrain",
         "data": [str(d.resolve()) for d in dirs],
         "config": config.to_dict(),
         "max_steps": max_steps,
     }
-    device = resolve_device(config.train.device)
     dist = Distributed.from_env(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

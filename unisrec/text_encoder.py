@@ -123,6 +123,9 @@ class TextEncoder:
         out = np.empty((len(ids), self.dim), dtype=np.float32)  # (N, D)
         import torch
 
+        from unisrec.precision import warn_if_emulated
+
+        warn_if_emulated("text.precision", self.config.precision, self.device)
         bar = tqdm(total=len(ids), unit="item", desc="encode", file=sys.stderr, disable=not progress)
         with bar, torch.inference_mode():
             for start in range(0, len(ids), self.batch_size):

@@ -31,6 +31,7 @@ from unisrec.config import TrainConfig
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
+from unisrec.precision import resolve_precision
 
 
 class TrainingError(UnisrecError):
@@ -178,6 +179,7 @@ def fit(
     if not params:
         raise UnisrecError("no trainable parameters")
     optimizer = torch.optim.Adam(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    bfloat16 = resolve_precision(config.precision, device) == "bfloat16"  # autocast of each step (auto: if native)
     total_steps = config.epochs * task.steps_per_epoch
     if max_steps:
         total_steps = min(total_steps, max_steps)
@@ -231,7 +233,7 @@ def fit(
         for step, batch in enumerate(task.batches(state.epoch)):
             if step < state.step_in_epoch:
                 continue  # already trained before the interruption
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
                 terms = task.loss(batch)
             loss = terms["loss"]
             # every term read in one transfer: one device synchronisation per step, not one per term (a
