@@ -2,10 +2,10 @@
 
 bfloat16 pays only where the hardware has bf16 arithmetic: CUDA GPUs that support it, and CPUs with AVX512-BF16
 or AMX. Elsewhere PyTorch emulates it by converting every operand, and a bfloat16 matmul runs many times slower
-than float32: on an AVX2-only CPU (AMD EPYC, one thread) a pre-training step of the recipe took 11.5 s under
-bfloat16 autocast against 1.04 s in float32 (``python benchmarks/pretrain_profile.py``; README "Precision and the
-CPU"). So ``auto`` is bfloat16 on native hardware and float32 elsewhere, and an explicit bfloat16 on other
-hardware is honoured with a warning.
+than float32: on an AVX2-only CPU (AMD EPYC, one thread) a pre-training step of the recipe took 11.45 s under
+bfloat16 autocast against 0.985 s in float32 (medians of 3, ``results/benchmarks/pretrain_profile_avx2.json``;
+README "Precision and the CPU"). So ``auto`` is bfloat16 on native hardware and float32 elsewhere, and an explicit
+bfloat16 on other hardware is honoured with a warning.
 """
 
 from __future__ import annotations

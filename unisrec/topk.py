@@ -102,7 +102,8 @@ class CoarseTable:
         The bound is checked on ``check_queries`` random unit queries against up to ``check_items`` rows:
         a kernel that breaks it (e.g. one accumulating in bfloat16) disables the coarse pass. So does a device
         without bf16 arithmetic (``unisrec.precision.native_bfloat16``): there the coarse scan is the slower one
-        (64 queries over 100k items of 300 dims on one AVX2 thread: 0.94 s against 0.097 s in float32);
+        (16 histories over 100k items on one AVX2 thread: 140 ms against 32 ms in float32,
+        ``results/benchmarks/serve_batch_avx2.jsonl``);
         ``require_native=False`` builds it anyway (benchmarks that time both paths on any machine).
         """
         n, h = table.shape
