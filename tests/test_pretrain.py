@@ -111,9 +111,15 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
     assert main(["finetune", str(target), "--mode", "inductive", "--out", str(tmp_path / "no-init"),
                  "--train.anchor=1", *TINY]) == 2
     assert "train.anchor=1 pulls toward pre-trained weights: it needs --init" in capsys.readouterr().err
+    half = finetune(target, "inductive", tmp_path / "ft-half", init=run,
+                    overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.user_fraction=0.5"])
     card = (run / "README.md").read_text()
     assert "2 domains: a, b" in card and str((tmp_path / "ft-all").resolve()) in card
-    assert str((tmp_path / "ft").resolve()) in card  # both transfers are listed
+    assert str((tmp_path / "ft").resolve()) in card  # every transfer is listed, with what it trained on
+    rows = {line.split("`")[-2]: line for line in card.splitlines() if line.startswith("| ") and line.count("`") == 2}
+    assert rows[str((tmp_path / "ft-all").resolve())].startswith("| target | inductive | all users | ")
+    assert rows[str((tmp_path / "ft-half").resolve())].startswith(
+        f"| target | inductive | 50% of users | {half['seed']} | ")
     assert "# unisrec inductive model of" in (tmp_path / "ft-all" / "README.md").read_text()
 
     code = main(["evaluate", str(run), str(target), "--split", "test"])

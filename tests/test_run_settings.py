@@ -205,3 +205,12 @@ def test_the_model_card_says_what_finetune_init_does_with_the_given_settings() -
     assert transfer_defaults(slow) == "everything fine-tunes; the encoder at 0.1x the learning rate"
     frozen = replace(default, freeze="encoder", encoder_lr_scale=0.1, interpolate="off")
     assert transfer_defaults(frozen) == "the sequence encoder frozen (the paper's protocol)"
+
+
+def test_model_card_says_what_a_transfer_trained_on() -> None:
+    from unisrec.config import TrainConfig
+    from unisrec.model_card import training_data
+
+    assert training_data(TrainConfig()) == "all users"
+    assert training_data(TrainConfig(user_fraction=0.1)) == "10% of users"
+    assert training_data(TrainConfig(user_fraction=0.25, cold_items=0.2)) == "25% of users, 20% of items withheld"

@@ -414,7 +414,7 @@ def finetune(
         clear_checkpoint(out)
         finish_run_dir(out, final)
         if init_dir is not None:
-            record_transfer(init_dir, final, metrics)
+            record_transfer(init_dir, final, metrics, config.train)
         print(f"best epoch {state.best_epoch}: test {json.dumps(final_eval.test)}", file=sys.stderr)
     dist.barrier()
     return metrics

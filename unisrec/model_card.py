@@ -1,8 +1,9 @@
 """A README.md model card written into every run folder: what was trained, on what, how, and how well.
 
 Built from the run's own records (``run.json`` settings and ``metrics.json``), so it never disagrees with
-them. ``unisrec pretrain`` cards also list the transfer results recorded later beside the run
-(``transfer.json``, written by ``record_transfer`` when a fine-tuning run starts from it).
+them. ``unisrec pretrain`` cards also list the transfer results recorded later beside the run (``card.json``
+"transfers", written by ``record_transfer`` when a fine-tuning run from it finishes: target, mode, what it trained
+on, seed, test metrics).
 """
 
 from __future__ import annotations
@@ -123,11 +124,11 @@ def pretrain_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], comma
         "",
     ]
     if transfers:
-        lines += ["| target | mode | seed | recall@10 | ndcg@10 | recall@50 | ndcg@50 | run |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for t in transfers:
-            lines.append(f"| {t['dataset']} | {t['mode']} | {t['seed']} " + _metrics_row(t["test"])
-                         + f" `{t['run']}` |")
+        lines += ["| target | mode | trained on | seed | recall@10 | ndcg@10 | recall@50 | ndcg@50 | run |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for t in transfers:  # entries written before "training" was recorded say so
+            lines.append(f"| {t['dataset']} | {t['mode']} | {t.get('training', 'not recorded')} | {t['seed']} "
+                         + _metrics_row(t["test"]) + f" `{t['run']}` |")
     else:
         lines.append("None recorded yet (each `unisrec finetune --init` of this model adds its test metrics here).")
     lines += ["", "## Command", "", "```bash", command, "```", "", "## Recipe", "",
@@ -150,22 +151,31 @@ def write_pretrain_card(run_dir: Path, settings: Mapping[str, Any], metrics: Map
     atomic_write_text(run_dir / "README.md", pretrain_card(settings, metrics, command, transfers))
 
 
-def record_transfer(init_dir: Path, run_dir: Path, metrics: Mapping[str, Any]) -> None:
-    """Add a finished transfer's test metrics to the pre-trained run's card (best effort: read-only inits skip)."""
+def training_data(train: TrainConfig) -> str:
+    """What a fine-tuning trained on, in words: "all users", "10% of users", "... , 20% of items withheld"."""
+    parts = ["all users" if train.user_fraction >= 1.0 else f"{train.user_fraction:.0%} of users"]
+    if train.cold_items > 0:
+        parts.append(f"{train.cold_items:.0%} of items withheld")
+    return ", ".join(parts)
+
+
+def record_transfer(init_dir: Path, run_dir: Path, metrics: Mapping[str, Any], train: TrainConfig) -> None:
+    """Add a finished transfer's test metrics to the pre-trained run's card (best effort: read-only inits skip);
+    ``train``: the fine-tuning's settings (the card says what it trained on: data-poor, cold items)."""
     card_file, run_file, metrics_file = init_dir / "card.json", init_dir / "run.json", init_dir / "metrics.json"
     if not (card_file.exists() and run_file.exists() and metrics_file.exists()):
         return
     try:
         with waiting_for(init_dir / ".card.lock"):  # transfers finishing at once must not lose each other
-            _add_transfer(init_dir, run_dir, metrics)
+            _add_transfer(init_dir, run_dir, metrics, training_data(train))
     except OSError:
         return
 
 
-def _add_transfer(init_dir: Path, run_dir: Path, metrics: Mapping[str, Any]) -> None:
+def _add_transfer(init_dir: Path, run_dir: Path, metrics: Mapping[str, Any], training: str) -> None:
     card_file = init_dir / "card.json"
     saved = json.loads(card_file.read_text())
-    entry = {"dataset": metrics["dataset"], "mode": metrics["mode"], "seed": metrics["seed"],
+    entry = {"dataset": metrics["dataset"], "mode": metrics["mode"], "training": training, "seed": metrics["seed"],
              "test": {k: metrics["test"][k] for k in _METRIC_ORDER if k in metrics["test"]},
              "run": str(run_dir.resolve())}
     transfers = [t for t in saved.get("transfers", []) if t.get("run") != entry["run"]] + [entry]
