@@ -38,6 +38,21 @@ def test_auto_is_bfloat16_only_where_native(monkeypatch: pytest.MonkeyPatch, nat
     assert resolve_precision("auto", torch.device("meta")) == "float32"  # no bf16 arithmetic known there
 
 
+@pytest.mark.parametrize(("native", "expected"), [(True, "bfloat16"), (False, "float32")])
+def test_a_gpu_that_only_emulates_bfloat16_gets_float32(monkeypatch: pytest.MonkeyPatch, native: bool,
+                                                       expected: str) -> None:
+    asked: list[bool] = []
+
+    def supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return native or including_emulation  # e.g. a T4: bf16 only by emulation
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert resolve_precision("auto", torch.device("cuda")) == expected
+    assert asked == [False]
+
+
 def test_unknown_precisions_are_refused() -> None:
     with pytest.raises(ValueError, match=r"'float16'.*float32, bfloat16, auto"):
         resolve_precision("float16", CPU)

@@ -44,8 +44,8 @@ def cpu_summary() -> dict[str, object]:
 
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively (so that autocast to it saves time rather than costs it)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # compute capability 8.0+ (Ampere on); older GPUs only emulate bf16
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
     if device.type == "cpu":
         return cpu_has_native_bfloat16()
     return False
