@@ -19,6 +19,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this object joined the process group (from_env), so ``close`` may destroy it
 
     @staticmethod
     def single() -> Distributed:
@@ -30,10 +31,12 @@ class Distributed:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return Distributed()
-        if not torch_dist.is_initialized():
+        owns = not torch_dist.is_initialized()  # a group the caller set up stays the caller's to destroy
+        if owns:
             backend = "nccl" if device_type == "cuda" else "gloo"
             torch_dist.init_process_group(backend=backend)
-        return Distributed(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return Distributed(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                           owns_group=owns)
 
     @property
     def is_main(self) -> bool:
@@ -102,5 +105,8 @@ class Distributed:
         return work()
 
     def close(self) -> None:
-        if self.enabled and torch_dist.is_initialized():
+        """Destroy the process group this object joined (its communication threads end here, not in the
+        interpreter's exit, where gloo's could abort a finished run: "terminate called without an active
+        exception", seen once in a loaded CI run)."""
+        if self.enabled and self.owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()

@@ -417,4 +417,5 @@ def finetune(
             record_transfer(init_dir, final, metrics, config.train)
         print(f"best epoch {state.best_epoch}: test {json.dumps(final_eval.test)}", file=sys.stderr)
     dist.barrier()
+    dist.close()  # every rank is done: end the process group it joined
     return metrics

@@ -411,4 +411,5 @@ def pretrain(
         finish_run_dir(out, final)
         print(f"pre-trained {state.global_step} steps over {len(corpus.names)} domains", file=sys.stderr)
     dist.barrier()
+    dist.close()  # every rank is done: end the process group it joined
     return metrics
