@@ -101,3 +101,15 @@ def test_finetune_records_what_auto_resolved_to(tmp_path: Path, tiny_lm_dir: Pat
     assert code == 0
     assert json.loads((run / "run.json").read_text())["config"]["train"]["precision"] == expected
     assert "warning" not in capsys.readouterr().err  # auto never picks an emulated bfloat16
+
+
+def test_an_emulated_text_precision_warns_once_per_encoder_not_per_batch(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tiny_lm_dir: Path) -> None:
+    from unisrec.config import TextConfig
+    from unisrec.text_encoder import TextEncoder
+
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: False)
+    encoder = TextEncoder(TextConfig(model=str(tiny_lm_dir), pooling="mean", precision="bfloat16"), batch_size=2)
+    for _ in range(3):  # as the recommender encodes new items, chunk by chunk
+        assert encoder.encode(["a red pen", "blue ink", "paper"]).shape == (3, encoder.dim)
+    assert capsys.readouterr().err.count("warning: text.precision=bfloat16") == 1

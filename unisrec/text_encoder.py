@@ -62,6 +62,9 @@ class TextEncoder:
         self.config = config
         self.batch_size = batch_size
         self.device = _check_device(device)
+        from unisrec.precision import warn_if_emulated  # torch is imported lazily here
+
+        warn_if_emulated("text.precision", config.precision, self.device)  # once per encoder, not per batch
         self.path = resolve_model_dir(config.model)
         self.tokenizer, self.model = self._load()
         # padded positions are masked out, so any valid id will do for models without a pad token
@@ -123,9 +126,6 @@ class TextEncoder:
         out = np.empty((len(ids), self.dim), dtype=np.float32)  # (N, D)
         import torch
 
-        from unisrec.precision import warn_if_emulated
-
-        warn_if_emulated("text.precision", self.config.precision, self.device)
         bar = tqdm(total=len(ids), unit="item", desc="encode", file=sys.stderr, disable=not progress)
         with bar, torch.inference_mode():
             for start in range(0, len(ids), self.batch_size):
