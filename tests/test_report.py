@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from conftest import write_synthetic_source
 from unisrec.analysis import metrics_by_group, popularity_groups
 from unisrec.cli import main
 from unisrec.errors import ConfigError, UnisrecError
-from unisrec.report import plan_runs, resolved_spec, run_report
+from unisrec.report import plan_runs, resolved_spec, run_report, same_plan
 from unisrec.report_config import load_report_config
 from unisrec.report_writer import render_report
 
@@ -692,3 +693,42 @@ def test_a_run_records_the_commit_it_started_from(tmp_path: Path, tiny_lm_dir: P
     assert finetune(data, "inductive", tmp_path / "ft", overrides=small)["code"]["commit"] == "at-start"
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["code"]["commit"] == "at-start"
     assert events[0] == "commit" and "train" in events
+
+
+def test_an_interrupted_replacement_is_not_taken_for_the_old_run(tmp_path: Path, tiny_lm_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale run is replaced beside the old folder, which keeps its metrics.json until the new run ends: a
+    report stopped in between (here before the new run wrote anything, as when killed while encoding texts) must
+    go on replacing it, not count the old folder as the new plan's finished run or resume it as one."""
+    import unisrec.pretrain as pretrain_module
+
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    out = tmp_path / "out"
+    run_report(config_path, out, only=["zero-shot"])
+    data = yaml.safe_load(config_path.read_text())
+    data["pretrain"]["other-pt"]["overrides"] = ["train.epochs=2"]
+    config_path.write_text(yaml.safe_dump(data))
+    pretraining = next(r for r in plan_runs(load_report_config(config_path), out) if r.kind == "pretrain")
+    assert pretraining.status() == "stale" and (pretraining.out / "metrics.json").exists()
+    real = pretrain_module.pretrain
+    calls: list[bool] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        calls.append(kwargs["overwrite"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("unisrec.pretrain.pretrain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_report(config_path, out, only=["zero-shot"])
+    assert same_plan(json.loads(pretraining.spec_file.read_text()), pretraining.spec)  # the new spec is written
+    assert pretraining.status() == "stale"  # ... but the folder is still the old run (1 epoch), not "cached"
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["overwrite"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("unisrec.pretrain.pretrain", spy)
+    run_report(config_path, out, only=["zero-shot"])
+    assert calls == [True, True]
+    assert pretraining.status() == "cached" and not pretraining.replacing_file.exists()
+    assert json.loads((pretraining.out / "run.json").read_text())["config"]["train"]["epochs"] == 2

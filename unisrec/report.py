@@ -102,9 +102,17 @@ class PlannedRun:
     def done_file(self) -> Path:
         return self.out / ("dataset.json" if self.kind == "prepare" else "metrics.json")
 
+    @property
+    def replacing_file(self) -> Path:
+        """Present while a stale folder is being replaced: until the new run ends, ``out`` still holds the old one
+        (its ``metrics.json`` included), which the spec file already written must not vouch for."""
+        return self.out.with_name(self.out.name + ".replacing")
+
     def status(self) -> Literal["cached", "resume", "new", "stale"]:
         stored = read_json(self.spec_file) if self.spec_file.exists() else None
         if stored is not None and same_plan(stored, self.spec):
+            if self.replacing_file.exists():  # an interrupted replacement: go on replacing (it resumes in staging)
+                return "stale"
             return "cached" if self.done_file.exists() else "resume"
         return "stale" if self.out.exists() else "new"
 
@@ -271,7 +279,14 @@ def execute(run: PlannedRun) -> None:
     status = run.status()
     overwrite = status == "stale"
     run.out.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # before the new spec, so that an interruption from here on is still seen as a replacement
+        atomic_write_json(run.replacing_file, {"spec": run.spec})
     atomic_write_json(run.spec_file, run.spec)
+    _run_planned(run, overwrite)
+    run.replacing_file.unlink(missing_ok=True)
+
+
+def _run_planned(run: PlannedRun, overwrite: bool) -> None:
     a = run.args
     if isinstance(a, PrepareArgs):
         from unisrec.datasets import PrepareOptions, prepare
@@ -324,6 +339,7 @@ def adopt_run(config_path: str | Path, out: str | Path, run_dir: str | Path, *,
     if made.get("fingerprint") != fingerprint(settings):
         raise UnisrecError(f"{made_file}: its settings differ from the planned command's ({run.command()})")
     atomic_write_json(run.spec_file, run.spec)
+    run.replacing_file.unlink(missing_ok=True)  # the folder holds the planned run now, not the one being replaced
     return {"run": str(run.out), "status": run.status()}
 
 
