@@ -280,7 +280,7 @@ def execute(run: PlannedRun) -> None:
     overwrite = status == "stale"
     run.out.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:  # before the new spec, so that an interruption from here on is still seen as a replacement
-        atomic_write_json(run.replacing_file, {"spec": run.spec})
+        atomic_write_json(run.replacing_file, {"replacing": str(run.out), "plan": run.spec_file.name})
     atomic_write_json(run.spec_file, run.spec)
     _run_planned(run, overwrite)
     run.replacing_file.unlink(missing_ok=True)
