@@ -3,6 +3,7 @@
     python scripts/seed_table.py "SASRec=runs/sasrec-s*" "UniSRec_t+ID=runs/transductive-s*" [--split test]
     python scripts/seed_table.py --long-tail ndcg@10 "scratch=results/a-s*.json" "transfer=results/b-s*.json"
     python scripts/seed_table.py --versus ndcg@10 "Scientific inductive=results/a-s*.json::results/b-s*.json"
+    python scripts/seed_table.py --curve ndcg@10 "scratch=results/a-s1.json" "transfer=runs/b-s1" [--epochs 1,5,10]
 
 Each argument is LABEL=GLOB of run folders (each with the ``metrics.json`` of ``unisrec finetune``) or of
 record files (``results/NAME/RUN.json`` of ``unisrec record`` / ``unisrec report``). The standard deviation
@@ -16,6 +17,12 @@ carry the same groups (same data and grouping), so the rows compare like with li
 ``--versus METRIC`` takes arguments ``LABEL=REFERENCE_GLOB::CANDIDATE_GLOB`` and prints one row each: the runs
 of both sides, METRIC's mean +- std on ``--split`` for each, the candidate's change of the mean in percent, and
 whether every candidate run scores above every reference run.
+
+``--curve METRIC`` takes arguments ``LABEL=PATH`` of ONE run each: a record (its ``curve``), a run folder (its
+``train.log``) or an epoch log file (``train.log`` / ``*.jsonl``, one JSON object a line; other lines, such as
+resume notes, are skipped), and prints one row per epoch (``--epochs`` picks them) with each run's validation
+METRIC / training loss after that epoch ("-" where a run has not reached it): the learning curves of unfinished
+runs side by side. An epoch logged twice (a resumed run) keeps its last entry.
 """
 
 from __future__ import annotations
@@ -126,6 +133,47 @@ def versus_table(specs: list[tuple[str, str]], split: str, metric: str) -> list[
     return lines
 
 
+def _epochs(path: Path) -> dict[int, dict[str, Any]]:
+    """Epoch -> that epoch's log entry (``valid`` metrics, ``train_loss``) of one run, record or epoch log."""
+    if path.is_dir():
+        path = path / "train.log"
+    if not path.is_file():
+        fail(f"{path}: no such record, run folder or epoch log")
+    if path.suffix == ".json":
+        entries = json.loads(path.read_text()).get("curve")
+        if not isinstance(entries, list):
+            fail(f"{path}: no curve (a record of unisrec finetune carries one)")
+    else:
+        entries = []
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # progress or resume notes between the epoch lines
+            if isinstance(entry, dict) and "epoch" in entry and "valid" in entry:
+                entries.append(entry)
+    found = {int(entry["epoch"]): entry for entry in entries}
+    if not found:
+        fail(f"{path}: no epoch with validation metrics")
+    return found
+
+
+def curve_table(specs: list[tuple[str, str]], metric: str, epochs: list[int] | None) -> list[str]:
+    """Markdown rows: per epoch, each run's validation ``metric`` / training loss."""
+    runs = [(label, _epochs(Path(pattern))) for label, pattern in specs]
+    for label, run in runs:
+        for epoch, entry in run.items():
+            if metric not in entry["valid"]:
+                fail(f"{label}: epoch {epoch} has no validation {metric}")
+    wanted = epochs if epochs is not None else sorted({epoch for _, run in runs for epoch in run})
+    lines = ["| epoch | " + " | ".join(label for label, _ in runs) + " |", "|---|" + "---|" * len(runs)]
+    for epoch in wanted:
+        cells = [f"{run[epoch]['valid'][metric]:.4f} / {run[epoch]['train_loss']:.3f}" if epoch in run else "-"
+                 for _, run in runs]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="+", help="LABEL=GLOB of run folders")
@@ -136,6 +184,9 @@ def main() -> None:
                       help="rows by popularity group of the test targets, METRIC (e.g. ndcg@10) per argument")
     kind.add_argument("--versus", metavar="METRIC", default=None,
                       help="rows of LABEL=REFERENCE_GLOB::CANDIDATE_GLOB: both sides, change, every run above")
+    kind.add_argument("--curve", metavar="METRIC", default=None,
+                      help="rows by epoch: validation METRIC / training loss of each LABEL=RUN (record, folder, log)")
+    parser.add_argument("--epochs", default=None, help="with --curve: comma-separated epochs to show (default all)")
     args = parser.parse_args()
     specs = []
     for spec in args.rows:
@@ -149,6 +200,15 @@ def main() -> None:
             fail(f"--long-tail {args.long_tail!r}: expected recall@K, ndcg@K or mrr@K")
         print("\n".join(long_tail_table(specs, args.long_tail)))
         return
+    if args.curve is not None:
+        try:
+            epochs = [int(e) for e in args.epochs.split(",")] if args.epochs else None
+        except ValueError:
+            fail(f"--epochs {args.epochs!r}: expected comma-separated epoch numbers")
+        print("\n".join(curve_table(specs, args.curve, epochs)))
+        return
+    if args.epochs is not None:
+        fail("--epochs goes with --curve")
     if args.versus is not None:
         print("\n".join(versus_table(specs, args.split, args.versus)))
         return

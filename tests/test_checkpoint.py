@@ -271,3 +271,24 @@ def test_interpolation_probe_refuses_runs_it_cannot_mix(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
                           env={"PYTHONPATH": str(script.parent.parent), "PATH": ""})
     assert done.returncode == 2 and "run.json" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_weight_norms_reads_saved_runs_beside_the_library_initialisation(tmp_path: Path) -> None:
+    from unisrec.checkpoint import save_pretrained
+
+    probe = _script("weight_norms")
+    config = ModelConfig(item_repr="text+id", hidden_size=16, inner_size=16, n_heads=2, n_experts=2, max_seq_len=6)
+    text = torch.randn(5, 8)
+    torch.manual_seed(3)
+    model = UniSRec(config, 5, text)
+    with torch.no_grad():
+        model.encoder.position.weight.mul_(4.0)  # "trained": four times its initial norm
+    save_pretrained(model, tmp_path / "run")
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    norms = probe.tensor_norms(saved)
+    assert "item_text" not in norms and "text_center" not in norms  # buffers, not trained
+    assert norms["encoder.position.weight"] == round(float(saved["encoder.position.weight"].double().norm()), 4)
+    init = probe.tensor_norms(probe.fresh_tensors(tmp_path / "run", 3, saved))
+    assert set(init) == set(norms)  # the same architecture, the ID table's size taken from the saved one
+    assert norms["encoder.position.weight"] == pytest.approx(4 * init["encoder.position.weight"], rel=1e-4)
+    assert norms["adaptor.weight"] == init["adaptor.weight"]  # untouched: the seed reproduces the initialisation

@@ -110,3 +110,48 @@ def test_versus_rows_compare_the_means_and_every_run(tmp_path: Path) -> None:
     done = seed_table("--versus", "ndcg@10", f"x={tmp_path}/a-s*.json")
     assert done.returncode == 2
     assert "--versus expects LABEL=REFERENCE_GLOB::CANDIDATE_GLOB" in done.stderr
+
+
+def _epoch(epoch: int, ndcg: float, loss: float) -> dict[str, object]:
+    return {"epoch": epoch, "train_loss": loss, "valid": {"ndcg@10": ndcg}}
+
+
+def test_curve_rows_put_runs_side_by_side_by_epoch(tmp_path: Path) -> None:
+    record = tmp_path / "scratch.json"
+    record.write_text(json.dumps({"test": {}, "curve": [_epoch(1, 0.05, 7.0), _epoch(2, 0.07, 6.5)]}))
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [json.dumps(_epoch(1, 0.06, 6.9)), "resuming from epoch 1 step 0", json.dumps(_epoch(1, 0.061, 6.8))]
+    (run / "train.log").write_text("\n".join(lines) + "\n")  # epoch 1 logged twice: the last entry counts
+    done = seed_table("--curve", "ndcg@10", f"scratch={record}", f"transferred={run}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "| epoch | scratch | transferred |",
+        "|---|---|---|",
+        "| 1 | 0.0500 / 7.000 | 0.0610 / 6.800 |",
+        "| 2 | 0.0700 / 6.500 | - |",
+    ]
+    picked = seed_table("--curve", "ndcg@10", "--epochs", "2", f"scratch={record}", f"log={run / 'train.log'}")
+    assert picked.stdout.splitlines()[2:] == ["| 2 | 0.0700 / 6.500 | - |"]
+
+
+def test_curve_refuses_what_has_no_epochs(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"test": {"ndcg@10": 0.1}}))
+    done = seed_table("--curve", "ndcg@10", f"a={bare}")
+    assert done.returncode == 2
+    assert done.stderr == f"seed_table: {bare}: no curve (a record of unisrec finetune carries one)\n"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("not json\n")
+    done = seed_table("--curve", "ndcg@10", f"a={empty}")
+    assert done.returncode == 2 and done.stderr == f"seed_table: {empty}: no epoch with validation metrics\n"
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps(_epoch(1, 0.05, 7.0)) + "\n")
+    done = seed_table("--curve", "recall@10", f"a={log}")
+    assert done.returncode == 2 and done.stderr == "seed_table: a: epoch 1 has no validation recall@10\n"
+    done = seed_table("--epochs", "1", f"a={log}")
+    assert done.returncode == 2 and done.stderr == "seed_table: --epochs goes with --curve\n"
+    done = seed_table("--curve", "ndcg@10", "--epochs", "one", f"a={log}")
+    assert done.returncode == 2 and "expected comma-separated epoch numbers" in done.stderr
+    done = seed_table("--curve", "ndcg@10", f"a={tmp_path / 'missing'}")
+    assert done.returncode == 2 and "no such record, run folder or epoch log" in done.stderr
