@@ -168,7 +168,7 @@ def test_pretrained_model_without_catalogue_recommends_after_add_items(tmp_path:
     assert config["n_items"] == 3 and "kind" not in config
 
 
-@pytest.mark.parametrize("parts", ["all", "adaptor"])
+@pytest.mark.parametrize("parts", ["all", "adaptor", "encoder"])
 def test_transfer_copies_the_chosen_parts_and_keeps_the_rest_as_initialised(tmp_path: Path, parts: str) -> None:
     from unisrec.checkpoint import load_transferable
 
@@ -182,7 +182,8 @@ def test_transfer_copies_the_chosen_parts_and_keeps_the_rest_as_initialised(tmp_
     before = {k: v.clone() for k, v in target.state_dict().items()}
     copied = load_transferable(target, tmp_path / "src", parts)
     after, given = target.state_dict(), source.state_dict()
-    assert copied == sorted(k for k in given if parts == "all" or k.startswith("adaptor."))
+    prefixes = {"all": ("",), "adaptor": ("adaptor.",), "encoder": ("encoder.", "input_norm.")}[parts]
+    assert copied == sorted(k for k in given if k.startswith(prefixes))
     assert any(k.startswith("encoder.") for k in given) and any(k.startswith("adaptor.") for k in given)
     for name in after:
         if name in copied:
@@ -192,8 +193,11 @@ def test_transfer_copies_the_chosen_parts_and_keeps_the_rest_as_initialised(tmp_
             torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)  # its own initial value
     if parts == "adaptor":
         assert not torch.equal(after["encoder.position.weight"], given["encoder.position.weight"])
+    if parts == "encoder":
+        assert "input_norm.weight" in copied and not any(k.startswith("adaptor.") for k in copied)
+        assert not torch.equal(after["adaptor.weight"], given["adaptor.weight"])
     with pytest.raises(ValueError, match="unknown transfer parts"):
-        load_transferable(target, tmp_path / "src", "encoder")
+        load_transferable(target, tmp_path / "src", "position")
 
 
 def _script(name: str) -> Any:

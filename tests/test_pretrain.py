@@ -94,6 +94,10 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
                      overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.transfer=adaptor"])
     assert fresh["transferred_parameters"] == sorted(k for k in weights if k.startswith("adaptor."))
     assert set(fresh["trainable_parameters"]) == parameters  # the fresh encoder trains too
+    sequence = finetune(target, "inductive", tmp_path / "ft-encoder", init=run,
+                        overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.transfer=encoder"])
+    assert sequence["transferred_parameters"] == sorted(k for k in weights if k.startswith(("encoder.", "input_norm.")))
+    assert set(sequence["trainable_parameters"]) == parameters  # the fresh adaptor trains too
 
     # train.anchor (L2-SP): the same fine-tuning with a strong pull toward the pre-trained weights ends nearer them
     def distance(folder: str) -> float:

@@ -155,15 +155,17 @@ def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
         raise UnisrecError(f"{where}: weights do not match the configuration: {'; '.join(problems)}")
 
 
-TRANSFER_PARTS = {"all": ("",), "adaptor": ("adaptor.",)}  # train.transfer -> prefixes of the names copied
+# train.transfer -> prefixes of the names copied (encoder: the sequence encoder and the LayerNorm on its inputs)
+TRANSFER_PARTS = {"all": ("",), "adaptor": ("adaptor.",), "encoder": ("encoder.", "input_norm.")}
 
 
 def load_transferable(model: SequenceModel, init_dir: Path, parts: str = "all") -> list[str]:
     """Copy the parameters of a saved run except domain-specific ones into ``model``; returns the names copied.
 
-    ``parts`` (``train.transfer``): ``all`` copies every one, ``adaptor`` only the text adaptor's (the rest keeps
-    ``model``'s own initialisation). Strict either way: a parameter the model has and the run lacks (other than a
-    new ID table), or a shape that differs, is an error naming it.
+    ``parts`` (``train.transfer``): ``all`` copies every one, ``adaptor`` only the text adaptor's, ``encoder`` only
+    the sequence encoder's and its input LayerNorm's (the rest keeps ``model``'s own initialisation). Strict
+    either way: a parameter the model has and the run lacks (other than a new ID table), or a shape that differs,
+    is an error naming it.
     """
     if parts not in TRANSFER_PARTS:
         raise ValueError(f"unknown transfer parts {parts!r}; expected one of {sorted(TRANSFER_PARTS)}")
@@ -175,7 +177,7 @@ def load_transferable(model: SequenceModel, init_dir: Path, parts: str = "all") 
     check_state(expected, found, str(path))
     found = {k: v for k, v in found.items() if k.startswith(TRANSFER_PARTS[parts])}
     if not found:
-        raise UnisrecError(f"{path}: nothing to transfer with train.transfer={parts} (a model without a text adaptor?)")
+        raise UnisrecError(f"{path}: nothing to transfer with train.transfer={parts} (a model without that part?)")
     model.load_state_dict(found, strict=False)  # the keys were checked above; the rest keeps the model's own values
     return sorted(found)
 

@@ -207,8 +207,9 @@ class TrainConfig:
     # what a run from a pre-trained model (--init) copies from it: all = every transferable parameter (adaptor,
     # input LayerNorm, sequence encoder); adaptor = the text adaptor (whitening + MoE) only, the sequence encoder
     # and its input LayerNorm start fresh, as from scratch (on Scientific the pre-trained encoder ranks worse
-    # zero-shot than an untrained one, while the pre-trained adaptor ranks better: README "Which parts transfer")
-    transfer: Literal["all", "adaptor"] = "all"
+    # zero-shot than an untrained one, while the pre-trained adaptor ranks better: README "Which parts transfer");
+    # encoder = the sequence encoder and its input LayerNorm only, the text adaptor starts fresh
+    transfer: Literal["all", "adaptor", "encoder"] = "all"
     # L2-SP (Li et al., ICML 2018), with --init: the fine-tuning loss plus anchor / 2 * ||theta - theta_0||^2 over
     # the transferred parameters that train (theta_0: their pre-trained values), a pull toward what pre-training
     # learned all through training, where train.interpolate mixes the two only afterwards; 0 = off
@@ -247,7 +248,7 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
         _check_choice("train.interpolate", self.interpolate, ("off", "auto"))
-        _check_choice("train.transfer", self.transfer, ("all", "adaptor"))
+        _check_choice("train.transfer", self.transfer, ("all", "adaptor", "encoder"))
         _check_choice("train.history_negatives", self.history_negatives, ("full", "offsets"))
         _check_choice("train.schedule", self.schedule, ("constant", "cosine"))
         _check_choice("train.precision", self.precision, TRAIN_PRECISIONS)
