@@ -21,7 +21,8 @@ whether every candidate run scores above every reference run.
 ``--curve METRIC`` takes arguments ``LABEL=PATH`` of ONE run each: a record (its ``curve``), a run folder (its
 ``train.log``) or an epoch log file (``train.log`` / ``*.jsonl``, one JSON object a line; other lines, such as
 resume notes, are skipped), and prints one row per epoch (``--epochs`` picks them) with each run's validation
-METRIC / training loss after that epoch ("-" where a run has not reached it): the learning curves of unfinished
+METRIC / training loss after that epoch ("-" where a run has not reached it, the metric alone where an epoch
+logged no loss): the learning curves of unfinished
 runs side by side. An epoch logged twice (a resumed run) keeps its last entry.
 """
 
@@ -158,6 +159,13 @@ def _epochs(path: Path) -> dict[int, dict[str, Any]]:
     return found
 
 
+def _curve_cell(entry: dict[str, Any], metric: str) -> str:
+    """``0.0580 / 6.970``: validation metric / training loss (the metric alone where no loss was logged)."""
+    loss = entry.get("train_loss")
+    value = f"{entry['valid'][metric]:.4f}"
+    return value if loss is None else f"{value} / {loss:.3f}"
+
+
 def curve_table(specs: list[tuple[str, str]], metric: str, epochs: list[int] | None) -> list[str]:
     """Markdown rows: per epoch, each run's validation ``metric`` / training loss."""
     runs = [(label, _epochs(Path(pattern))) for label, pattern in specs]
@@ -168,8 +176,7 @@ def curve_table(specs: list[tuple[str, str]], metric: str, epochs: list[int] | N
     wanted = epochs if epochs is not None else sorted({epoch for _, run in runs for epoch in run})
     lines = ["| epoch | " + " | ".join(label for label, _ in runs) + " |", "|---|" + "---|" * len(runs)]
     for epoch in wanted:
-        cells = [f"{run[epoch]['valid'][metric]:.4f} / {run[epoch]['train_loss']:.3f}" if epoch in run else "-"
-                 for _, run in runs]
+        cells = [_curve_cell(run[epoch], metric) if epoch in run else "-" for _, run in runs]
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return lines
 

@@ -133,6 +133,8 @@ def test_curve_rows_put_runs_side_by_side_by_epoch(tmp_path: Path) -> None:
     ]
     picked = seed_table("--curve", "ndcg@10", "--epochs", "2", f"scratch={record}", f"log={run / 'train.log'}")
     assert picked.stdout.splitlines()[2:] == ["| 2 | 0.0700 / 6.500 | - |"]
+    (run / "train.log").write_text(json.dumps({"epoch": 3, "valid": {"ndcg@10": 0.08}}) + "\n")  # no loss logged
+    assert seed_table("--curve", "ndcg@10", f"a={run}").stdout.splitlines()[2:] == ["| 3 | 0.0800 |"]
 
 
 def test_curve_refuses_what_has_no_epochs(tmp_path: Path) -> None:
