@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from unisrec.records import log_curve
 from unisrec.report_writer import cell, group_metric, relative_change
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
@@ -145,14 +146,7 @@ def _epochs(path: Path) -> dict[int, dict[str, Any]]:
         if not isinstance(entries, list):
             fail(f"{path}: no curve (a record of unisrec finetune carries one)")
     else:
-        entries = []
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # progress or resume notes between the epoch lines
-            if isinstance(entry, dict) and "epoch" in entry and "valid" in entry:
-                entries.append(entry)
+        entries = [e for e in log_curve(path) if "epoch" in e and "valid" in e]  # progress lines skipped
     found = {int(entry["epoch"]): entry for entry in entries}
     if not found:
         fail(f"{path}: no epoch with validation metrics")

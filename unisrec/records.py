@@ -75,8 +75,12 @@ def data_fingerprint(data_dir: Path) -> str:
 def run_curve(run_dir: Path) -> list[dict[str, Any]]:
     """The per-epoch curve of a run folder (its ``train.log``): epoch, seconds, lr, the training losses and the
     validation recall / NDCG of each epoch."""
+    return log_curve(run_dir / "train.log")
+
+
+def log_curve(log: Path) -> list[dict[str, Any]]:
+    """``run_curve`` of an epoch log file (a run's ``train.log`` or a copy of it); empty if it does not exist."""
     curve: list[dict[str, Any]] = []
-    log = run_dir / "train.log"
     if not log.exists():
         return curve
     for line in log.read_text().splitlines():
