@@ -411,8 +411,31 @@ def _needs(run: PlannedRun) -> set[Path]:
     return {Path(p) for p in run.args.data} | ({Path(run.args.init)} if run.args.init is not None else set())
 
 
-def _set_threads(threads: int) -> None:
+def _init_worker(threads: int) -> None:
+    """A run's worker process: ``threads`` torch threads, and it ends with the report that started it."""
     torch.set_num_threads(threads)
+    stop_with_parent()
+
+
+def stop_with_parent(interval: float = 2.0) -> None:
+    """End this process (SIGTERM to itself) once the process that started it is gone.
+
+    A report killed with SIGTERM or SIGKILL gets no chance to stop its pool, and the worker would go on
+    training, orphaned, holding its run folder's lock (``unisrec.locking``) while a rerun of the report starts
+    another; a killed run resumes from its checkpoint, so stopping it loses at most the steps since then.
+    A daemon thread compares the parent's process id every ``interval`` seconds."""
+    import os
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
 def execute_in_parallel(todo: list[PlannedRun], jobs: int, may_start: Callable[[PlannedRun], bool],
@@ -432,7 +455,7 @@ def execute_in_parallel(todo: list[PlannedRun], jobs: int, may_start: Callable[[
     stopped = False
     started: dict[Path, float] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_set_threads, initargs=(threads,)) as pool:
+                             initializer=_init_worker, initargs=(threads,)) as pool:
         running: dict[Future[None], PlannedRun] = {}
         while True:
             for run in list(pending):
