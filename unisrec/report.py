@@ -421,9 +421,10 @@ def stop_with_parent(interval: float = 2.0) -> None:
     """End this process (SIGTERM to itself) once the process that started it is gone.
 
     A report killed with SIGTERM or SIGKILL gets no chance to stop its pool, and the worker would go on
-    training, orphaned, holding its run folder's lock (``unisrec.locking``) while a rerun of the report starts
-    another; a killed run resumes from its checkpoint, so stopping it loses at most the steps since then.
-    A daemon thread compares the parent's process id every ``interval`` seconds."""
+    training, orphaned, holding its run folder's lock (``unisrec.locking``), so that a rerun of the report is
+    refused ("in use by process PID") until the orphan ends, hours later; a stopped run resumes from its last
+    checkpoint when the report is run again. A daemon thread compares the parent's process id every
+    ``interval`` seconds."""
     import os
     import signal
     import threading
