@@ -132,6 +132,26 @@ def test_with_init_a_config_file_counts_like_the_command_line(tmp_path: Path, ti
     assert api["model"]["hidden_dropout"] == 0.3 and api["model"]["hidden_size"] == 16
 
 
+def test_a_transfer_keeps_the_last_item_skip_unless_told(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """The recipe pre-trains with the skip; a target where it costs (MovieLens-1M) switches it off at fine-tuning,
+    and the skip-free model loads the same weights (the skip has no parameter)."""
+    data = prepare_synthetic(tmp_path / "d", n_users=30, n_items=12)
+    src = tmp_path / "src"
+    assert main(["finetune", str(data), "--mode", "inductive", "--out", str(src), "--epochs", "1", *SMALL,
+                 "--text-model", str(tiny_lm_dir), "--pooling", "mean", "--model.last_item_skip=true"]) == 0
+    base = ["finetune", str(data), "--mode", "transductive", "--init", str(src), "--epochs", "1",
+            "--train.progress=false", "--train.log=jsonl"]
+    assert main([*base, "--out", str(tmp_path / "kept")]) == 0
+    assert main([*base, "--out", str(tmp_path / "off"), "--model.last_item_skip=false"]) == 0
+    assert _run_json(src)["model"]["last_item_skip"] is True
+    assert _run_json(tmp_path / "kept")["model"]["last_item_skip"] is True
+    assert _run_json(tmp_path / "off")["model"]["last_item_skip"] is False
+    kept, off = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("kept", "off"))
+    assert _run_json(tmp_path / "off")["model"]["hidden_size"] == 16  # otherwise the init run's model
+    assert any(name.startswith("encoder.") for name in off["transferred_parameters"])
+    assert off["transferred_parameters"] == kept["transferred_parameters"]  # the same weights carried over
+
+
 def _config_json(folder: Path, text_encoder: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "unisrec_version": "0.1.0",
