@@ -96,7 +96,9 @@ cp -r results/leave-one-out/. /tmp/res-loo/
 [ -d results/gpu-pretraining-scientific ] && cp -r results/gpu-pretraining-scientific/. /tmp/res-gsci/
 only=beauty-scratch,beauty-transfer,beauty-scratch-id,beauty-transfer-id,beauty-zero-shot
 only+=,movielens-scratch,movielens-transfer,movielens-scratch-id,movielens-transfer-id,movielens-zero-shot
+only+=,movielens-transfer-noskip,movielens-transfer-id-noskip
 only+=,food-scratch,food-transfer,food-scratch-id,food-transfer-id,food-zero-shot
+only+=,food-transfer-noskip,food-transfer-id-noskip
 loo_report() {  # loo_report JOBS [--pretrain-only]
     python3 -m unisrec report configs/report/leave-one-out.yaml --data-root /work/shared/data --out /work/loo \
         --results /tmp/res-loo --only "$only" --jobs "$@" >> /tmp/loo.log 2>&1
