@@ -121,7 +121,7 @@ def test_curve_rows_put_runs_side_by_side_by_epoch(tmp_path: Path) -> None:
     record.write_text(json.dumps({"test": {}, "curve": [_epoch(1, 0.05, 7.0), _epoch(2, 0.07, 6.5)]}))
     run = tmp_path / "run"
     run.mkdir()
-    lines = [json.dumps(_epoch(1, 0.06, 6.9)), "resuming from epoch 1 step 0", json.dumps(_epoch(1, 0.061, 6.8))]
+    lines = [json.dumps(_epoch(1, 0.06, 6.9)), "resuming from epoch 1 step 0", "42", json.dumps(_epoch(1, 0.061, 6.8))]
     (run / "train.log").write_text("\n".join(lines) + "\n")  # epoch 1 logged twice: the last entry counts
     done = seed_table("--curve", "ndcg@10", f"scratch={record}", f"transferred={run}")
     assert done.returncode == 0, done.stderr

@@ -149,7 +149,7 @@ def test_a_transfer_keeps_the_last_item_skip_unless_told(tmp_path: Path, tiny_lm
     kept, off = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("kept", "off"))
     assert _run_json(tmp_path / "off")["model"]["hidden_size"] == 16  # otherwise the init run's model
     assert any(name.startswith("encoder.") for name in off["transferred_parameters"])
-    assert off["transferred_parameters"] == kept["transferred_parameters"]  # the same weights carried over
+    assert off["transferred_parameters"] == kept["transferred_parameters"]  # the same parameters carried over
 
 
 def _config_json(folder: Path, text_encoder: object) -> Path:

@@ -87,7 +87,9 @@ def log_curve(log: Path) -> list[dict[str, Any]]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a torn last line of a killed run
+            continue  # a torn last line of a killed run, or a progress note
+        if not isinstance(entry, dict):
+            continue
         point = {k: v for k, v in entry.items() if k in ("epoch", "seconds", "lr") or k.startswith("train_")}
         if "valid" in entry:
             point["valid"] = {k: v for k, v in entry["valid"].items() if k.split("@")[0] in ("recall", "ndcg")}
