@@ -296,3 +296,47 @@ def test_weight_norms_reads_saved_runs_beside_the_library_initialisation(tmp_pat
     assert set(init) == set(norms)  # the same architecture, the ID table's size taken from the saved one
     assert norms["encoder.position.weight"] == pytest.approx(4 * init["encoder.position.weight"], rel=1e-4)
     assert norms["adaptor.weight"] == init["adaptor.weight"]  # untouched: the seed reproduces the initialisation
+
+
+def test_skip_probe_scores_the_same_weights_with_the_skip_on_and_off(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from conftest import prepare_synthetic
+
+    from unisrec.config import EvalConfig
+    from unisrec.datasets.processed import load_processed
+    from unisrec.evaluate import evaluate
+
+    probe = _script("skip_probe")
+    dataset = load_processed(prepare_synthetic(tmp_path / "data", seed=4))
+    config = ModelConfig(**TINY, last_item_skip=True)
+    text = torch.randn(dataset.n_items, 6)
+    torch.manual_seed(0)
+    model = UniSRec(config, dataset.n_items, text).eval()
+    plain = UniSRec(replace(config, last_item_skip=False), dataset.n_items, text).eval()
+    plain.load_state_dict(model.state_dict(), strict=True)  # the skip has no parameter: the same weights load
+    result = probe.skip_comparison(model, dataset)
+    assert model.config.last_item_skip is True  # put back
+    for name, reference in (("skip_on", model), ("skip_off", plain)):
+        for split in ("valid", "test"):
+            wanted = evaluate(reference, dataset, split, EvalConfig())
+            assert result[name][split] == {k: round(v, 6) for k, v in wanted.items()}, (name, split)
+    assert result["skip_on"]["valid"] != result["skip_off"]["valid"]  # the skip changes the ranking
+
+
+def test_skip_probe_refuses_a_model_without_the_skip(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from unisrec.checkpoint import save_pretrained
+
+    save_pretrained(UniSRec.without_catalogue(ModelConfig(**TINY), 6), tmp_path / "pre")  # last_item_skip off
+    script = Path(__file__).resolve().parent.parent / "scripts" / "skip_probe.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "pre"), str(tmp_path / "data")],
+                          capture_output=True, text=True, env={"PYTHONPATH": str(script.parent.parent), "PATH": ""})
+    assert done.returncode == 2 and done.stdout == ""
+    wanted = f"skip_probe: {tmp_path / 'pre'}: was pre-trained without the last-item skip; nothing to compare\n"
+    assert done.stderr == wanted
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere"), str(tmp_path / "data")],
+                          capture_output=True, text=True, env={"PYTHONPATH": str(script.parent.parent), "PATH": ""})
+    assert done.returncode == 2 and "config.json: missing" in done.stderr and len(done.stderr.splitlines()) == 1
