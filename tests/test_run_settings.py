@@ -132,17 +132,26 @@ def test_with_init_a_config_file_counts_like_the_command_line(tmp_path: Path, ti
     assert api["model"]["hidden_dropout"] == 0.3 and api["model"]["hidden_size"] == 16
 
 
-def test_a_transfer_keeps_the_last_item_skip_unless_told(tmp_path: Path, tiny_lm_dir: Path) -> None:
+def test_a_transfer_keeps_the_last_item_skip_unless_told(tmp_path: Path, tiny_lm_dir: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """The recipe pre-trains with the skip; a target where it costs (MovieLens-1M) switches it off at fine-tuning,
-    and the skip-free model loads the same weights (the skip has no parameter)."""
+    and the skip-free model loads the same weights (the skip has no parameter). The run says what it kept."""
     data = prepare_synthetic(tmp_path / "d", n_users=30, n_items=12)
     src = tmp_path / "src"
     assert main(["finetune", str(data), "--mode", "inductive", "--out", str(src), "--epochs", "1", *SMALL,
                  "--text-model", str(tiny_lm_dir), "--pooling", "mean", "--model.last_item_skip=true"]) == 0
+    assert "keeps the pre-trained model's" not in capsys.readouterr().err  # from scratch: nothing inherited
     base = ["finetune", str(data), "--mode", "transductive", "--init", str(src), "--epochs", "1",
             "--train.progress=false", "--train.log=jsonl"]
     assert main([*base, "--out", str(tmp_path / "kept")]) == 0
-    assert main([*base, "--out", str(tmp_path / "off"), "--model.last_item_skip=false"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "keeps the pre-trained model's" in line]
+    assert len(said) == 1 and said[0].startswith(f"--init {src}: ")
+    assert "model.last_item_skip=true" in said[0] and "model.hidden_size=16" in said[0]  # SMALL's, not defaults
+    assert "item_repr" not in said[0] and "architecture" not in said[0]  # the mode's, not settings
+    assert main([*base, "--out", str(tmp_path / "off"), "--model.last_item_skip=false", "--model.hidden_size=16"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "keeps the pre-trained model's" in line]
+    assert len(said) == 1 and "last_item_skip" not in said[0] and "hidden_size" not in said[0]  # given: not kept
+    assert "model.inner_size=16" in said[0]
     assert _run_json(src)["model"]["last_item_skip"] is True
     assert _run_json(tmp_path / "kept")["model"]["last_item_skip"] is True
     assert _run_json(tmp_path / "off")["model"]["last_item_skip"] is False

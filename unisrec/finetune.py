@@ -19,6 +19,7 @@ to every step (``CorpusReplay``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -244,6 +245,26 @@ def detach_history_negatives(logits: Tensor, history: Tensor, lengths: Tensor, t
     return logits.index_put((rows, items), logits[rows, items].detach())
 
 
+def inherited_model_settings(model: ModelConfig, given: set[str]) -> dict[str, Any]:
+    """The model settings a run from ``--init`` keeps from the pre-trained run although a run from scratch would
+    not have them: fields that differ from ``ModelConfig()``'s defaults and that the caller did not set
+    (``given``); the mode's ``architecture`` and ``item_repr`` are not settings. E.g. the recipe's
+    ``last_item_skip`` and ``center_text``, which a target may want off (README, "The default recipe")."""
+    default = ModelConfig()
+    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.name not in ("architecture", "item_repr") and f.name not in given
+            and getattr(model, f.name) != getattr(default, f.name)}
+
+
+def describe_inherited(init: Path, kept: dict[str, Any]) -> str:
+    """One stderr line naming the settings ``inherited_model_settings`` found, in the CLI's spelling."""
+    def spelled(value: Any) -> str:
+        return json.dumps(value) if not isinstance(value, str) else value
+
+    pairs = ", ".join(f"model.{name}={spelled(value)}" for name, value in kept.items())
+    return f"--init {init}: keeps the pre-trained model's {pairs} (change one with --model.NAME=VALUE)"
+
+
 def finetune_settings(data_dir: str | Path, mode: str, config: RunConfig, overrides: list[str],
                       init: Path | None, replay: Sequence[str | Path] = ()) -> tuple[RunConfig, dict[str, Any]]:
     """The resolved config of a fine-tuning run and the settings its ``run.json`` holds: their fingerprint decides
@@ -283,7 +304,8 @@ def finetune(
     ``replay``: pre-training corpus folders replayed with weight ``train.replay`` (``CorpusReplay``).
     """
     init_dir = Path(init) if init is not None else None
-    config, settings = finetune_settings(data_dir, mode, config or RunConfig(), overrides or [], init_dir, replay)
+    base = config or RunConfig()
+    config, settings = finetune_settings(data_dir, mode, base, overrides or [], init_dir, replay)
     out = Path(out)
     if bool(replay) != (config.train.replay > 0):
         raise UnisrecError("replay needs both the corpus folders (--replay DIR...) and its weight (train.replay > 0, "
@@ -313,6 +335,10 @@ def finetune(
     out = run_dir_for(final, overwrite=overwrite)  # with --overwrite the old run stays whole until this one ends
     if dist.is_main:
         open_run_dir(final, settings, overwrite=overwrite)
+        kept = inherited_model_settings(config.model, given_fields(
+            "model", base.with_overrides(overrides or []), overrides or [])) if init_dir is not None else {}
+        if kept:
+            print(describe_inherited(init_dir or Path(), kept), file=sys.stderr, flush=True)
     dist.barrier()
     seed_everything(config.train.seed)
     if config.train.threads:
