@@ -433,8 +433,21 @@ def test_adopt_takes_a_run_made_by_hand_with_the_planned_command(tmp_path: Path,
     with pytest.raises(UnisrecError, match="its settings differ from the planned command's"):
         adopt_run(config_path, out, other.out)
     assert not other.spec_file.exists() and other.status() == "stale"
-    with pytest.raises(UnisrecError, match="only fine-tuning runs are adopted"):
-        adopt_run(config_path, out, next(r for r in runs if r.kind == "pretrain").out)
+    pre = next(r for r in runs if r.kind == "pretrain")
+    execute(next(r for r in runs if r.kind == "prepare" and r.name == "other"))
+    assert main(shlex.split(pre.command())[1:]) == 0  # a pre-training made by hand too
+    assert pre.status() == "stale"  # else trained again, and every fine-tuning from it after it
+    made = (pre.out / "run.json").read_text()
+    altered = json.loads(made)
+    altered["fingerprint"] = "0" * 64  # as if made with other settings
+    (pre.out / "run.json").write_text(json.dumps(altered))
+    with pytest.raises(UnisrecError, match="its settings differ from the planned command's"):
+        adopt_run(config_path, out, pre.out)
+    (pre.out / "run.json").write_text(made)
+    assert adopt_run(config_path, out, pre.out) == {"run": str(pre.out), "status": "cached"}
+    assert pre.status() == "cached"
+    with pytest.raises(UnisrecError, match="only fine-tuning and pre-training runs are adopted"):
+        adopt_run(config_path, out, next(r for r in runs if r.kind == "zeroshot").out)
     with pytest.raises(UnisrecError, match="not a run folder that"):
         adopt_run(config_path, out, tmp_path / "elsewhere")
     assert main(["report", str(config_path), "--adopt", str(run.out)]) == 2  # --out is needed

@@ -449,8 +449,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                    help="with --verify: compare the finished run folder RUN_DIR with the record instead of "
                    "rerunning (a rerun made elsewhere, e.g. by another session's report)")
     p.add_argument("--adopt", metavar="RUN_DIR", default=None, type=Path,
-                   help="take a fine-tuning run started by hand with the report's command (--dry-run) into the "
-                   "report: its settings are checked and its spec file written; run nothing")
+                   help="take a fine-tuning or pre-training run started by hand with the report's command "
+                   "(--dry-run) into the report: its settings are checked and its spec file written; run nothing")
     p.add_argument("--results", type=Path, default=None,
                    help="folder of the per-run records and of report.md (default: results/<config file name>)")
     p.set_defaults(handler=_run_report)

@@ -15,10 +15,10 @@ batch, and each process's loss is scaled so that the averaged gradients equal a 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -312,6 +312,32 @@ class PretrainMetrics(TypedDict):
     code: dict[str, str | bool]
 
 
+def pretrain_settings(data_dirs: Sequence[str | Path], config: RunConfig, overrides: list[str],
+                      max_steps: int = 0) -> tuple[RunConfig, dict[str, Any]]:
+    """The resolved config of a pre-training run and the settings its ``run.json`` holds: their fingerprint
+    decides whether an interrupted run resumes, and whether ``unisrec report --adopt`` takes a run made by hand.
+    Settings that belong to fine-tuning are refused, naming the setting."""
+    config = config.with_overrides(overrides)
+    config = replace(config, model=replace(config.model, item_repr="text"))
+    if config.model.repeat_bias:
+        raise UnisrecError("model.repeat_bias is a fine-tuning setting: the repeat offsets belong to one catalogue "
+                           "and are not transferred; pre-train without it and fine-tune with it")
+    if config.train.select_start:  # it compares with the weights a fine-tuning started from; a pre-training has none
+        raise UnisrecError("train.select_start is a fine-tuning setting (it needs --init); pre-train without it")
+    if config.train.history_negatives != "full":  # the repeat offsets it leaves the history to are refused above
+        raise UnisrecError("train.history_negatives is a fine-tuning setting (with model.repeat_bias); "
+                           "pre-train without it")
+    # the recipe's train.precision=auto: recorded as what it resolves to here (bfloat16 only where it is native)
+    config = with_resolved_precision(config, resolve_device(config.train.device))
+    settings: dict[str, Any] = {
+        "command": "pretrain",
+        "data": [str(Path(d).resolve()) for d in data_dirs],
+        "config": config.to_dict(),
+        "max_steps": max_steps,
+    }
+    return config, settings
+
+
 def pretrain(
     data_dirs: list[str | Path],
     out: str | Path,
@@ -326,27 +352,11 @@ def pretrain(
     ``config`` defaults to the recipe (``recipe_config()``); ``overrides`` (``"train.epochs=2"``,
     ``"text.pooling=mean"``) apply on top.
     """
-    config = (config or recipe_config()).with_overrides(overrides or [])
-    config = replace(config, model=replace(config.model, item_repr="text"))
-    if config.model.repeat_bias:
-        raise UnisrecError("model.repeat_bias is a fine-tuning setting: the repeat offsets belong to one catalogue "
-                           "and are not transferred; pre-train without it and fine-tune with it")
-    if config.train.select_start:  # it compares with the weights a fine-tuning started from; a pre-training has none
-        raise UnisrecError("train.select_start is a fine-tuning setting (it needs --init); pre-train without it")
-    if config.train.history_negatives != "full":  # the repeat offsets it leaves the history to are refused above
-        raise UnisrecError("train.history_negatives is a fine-tuning setting (with model.repeat_bias); "
-                           "pre-train without it")
+    config, settings = pretrain_settings(data_dirs, config or recipe_config(), overrides or [], max_steps)
     code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
     out = Path(out)
     dirs = [Path(d) for d in data_dirs]
     device = resolve_device(config.train.device)
-    config = with_resolved_precision(config, device)  # the recipe's auto: bfloat16 only where it is native
-    settings = {
-        "command": "pretrain",
-        "data": [str(d.resolve()) for d in dirs],
-        "config": config.to_dict(),
-        "max_steps": max_steps,
-    }
     dist = Distributed.from_env(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

@@ -313,11 +313,13 @@ def _run_planned(run: PlannedRun, overwrite: bool) -> None:
 
 def adopt_run(config_path: str | Path, out: str | Path, run_dir: str | Path, *,
               data_root: str | None = None) -> dict[str, Any]:
-    """Take a fine-tuning run made by hand with the report's own command (``--dry-run`` prints it) into ``out``:
-    write its spec file, so that the report records it when it has finished (or resumes it) instead of counting it
-    stale and training it again. The folder's ``run.json`` must hold the settings the planned command makes
+    """Take a fine-tuning or pre-training run made by hand with the report's own command (``--dry-run`` prints it)
+    into ``out``: write its spec file, so that the report records it when it has finished (or resumes it) instead
+    of counting it stale and training it again (a pre-training counted stale would be trained again, and every
+    fine-tuning from it after it). The folder's ``run.json`` must hold the settings the planned command makes
     (their fingerprint); anything else is an error naming the folder. Returns {"run", "status"}."""
     from unisrec.finetune import finetune_settings
+    from unisrec.pretrain import pretrain_settings
     from unisrec.runs import fingerprint
 
     config = load_report_config(config_path, data_root=data_root)
@@ -328,14 +330,19 @@ def adopt_run(config_path: str | Path, out: str | Path, run_dir: str | Path, *,
         raise UnisrecError(f"{run_dir}: not a run folder that {config_path} plans under {out}")
     run = matches[0]
     a = run.args
-    if run.kind != "finetune" or not isinstance(a, TrainArgs) or a.mode is None:
-        raise UnisrecError(f"{run_dir}: only fine-tuning runs are adopted (this one is a {run.kind} run)")
+    if run.kind not in ("finetune", "pretrain") or not isinstance(a, TrainArgs):
+        raise UnisrecError(f"{run_dir}: only fine-tuning and pre-training runs are adopted "
+                           f"(this one is a {run.kind} run)")
     made_file = run_dir / "run.json"
     if not made_file.exists():
         raise UnisrecError(f"{made_file}: missing; start the run with the report's command first ({run.command()})")
     made = read_json(made_file)
     base, overrides = a.settings(run.kind)
-    _, settings = finetune_settings(a.data[0], a.mode, base, overrides, a.init)
+    if run.kind == "pretrain":
+        _, settings = pretrain_settings(list(a.data), base, overrides)
+    else:
+        assert a.mode is not None  # a planned fine-tuning always has its mode
+        _, settings = finetune_settings(a.data[0], a.mode, base, overrides, a.init)
     if made.get("fingerprint") != fingerprint(settings):
         raise UnisrecError(f"{made_file}: its settings differ from the planned command's ({run.command()})")
     atomic_write_json(run.spec_file, run.spec)
