@@ -335,10 +335,11 @@ def finetune(
     out = run_dir_for(final, overwrite=overwrite)  # with --overwrite the old run stays whole until this one ends
     if dist.is_main:
         open_run_dir(final, settings, overwrite=overwrite)
-        kept = inherited_model_settings(config.model, given_fields(
-            "model", base.with_overrides(overrides or []), overrides or [])) if init_dir is not None else {}
-        if kept:
-            print(describe_inherited(init_dir or Path(), kept), file=sys.stderr, flush=True)
+        if init_dir is not None:
+            given = given_fields("model", base.with_overrides(overrides or []), overrides or [])
+            kept = inherited_model_settings(config.model, given)
+            if kept:
+                print(describe_inherited(init_dir, kept), file=sys.stderr, flush=True)
     dist.barrier()
     seed_everything(config.train.seed)
     if config.train.threads:
