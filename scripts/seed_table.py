@@ -63,6 +63,9 @@ def _values(pattern: str, split: str, metric: str) -> list[float]:
     for path in files:
         scores = json.loads(path.read_text())
         scores = scores.get(split, scores)
+        if scores is None:  # a run made with eval.test=false
+            fail(f"{path}: its {split} split was not scored (eval.test=false; `unisrec evaluate RUN DATA --split "
+                 f"{split} --save` scores it once)")
         if metric not in scores:
             fail(f"{path}: no {split} {metric}")
         values.append(float(scores[metric]))

@@ -50,14 +50,16 @@ def test_each_baseline_beats_random_on_chains(
     out = tmp_path / mode
     text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
     metrics = finetune(synthetic_dataset, mode, out, overrides=[*SMALL, *text, "train.epochs=20", "train.patience=5"])
-    assert metrics["test"]["recall@10"] > threshold  # random: 10 / 30
-    assert metrics["test"]["ndcg@10"] > 0.2  # random: about 0.15
+    test = metrics["test"]
+    assert test is not None  # eval.test is true by default
+    assert test["recall@10"] > threshold  # random: 10 / 30
+    assert test["ndcg@10"] > 0.2  # random: about 0.15
     saved = json.loads((out / "config.json").read_text())["model"]
     assert saved["architecture"] == mode
     ranks = load_ranks(out)
-    assert ranking_metrics(ranks, (10,))["recall@10"] == pytest.approx(metrics["test"]["recall@10"])
+    assert ranking_metrics(ranks, (10,))["recall@10"] == pytest.approx(test["recall@10"])
     reloaded = evaluate_run(out, synthetic_dataset, "test", ks=(10,), device="cpu")  # from_pretrained dispatches
-    assert reloaded["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"], abs=1e-6)
+    assert reloaded["ndcg@10"] == pytest.approx(test["ndcg@10"], abs=1e-6)
 
 
 def test_cloze_batch_masks_real_tokens_and_keeps_targets() -> None:

@@ -76,13 +76,14 @@ def test_finetune_reports_cold_metrics_and_trains_without_cold_items(tmp_path: P
     text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
     metrics = finetune(data, "inductive", tmp_path / "run", overrides=[*SMALL, *text, "train.cold_items=0.3"])
     test = metrics["test"]
+    assert test is not None  # eval.test is true by default
     dataset = load_processed(data)
     cold = cold_items(dataset.n_items, 0.3, TrainConfig().seed)
     ranks = np.load(tmp_path / "run" / "ranks_test.npy")
     assert test["cold_cases"] == cold[dataset.items[dataset.target_rows("test")]].sum() > 0
     assert test == {**test, **cold_metrics(ranks, dataset.items[dataset.target_rows("test")], cold, (10, 20, 50))}
     plain = finetune(data, "inductive", tmp_path / "plain", overrides=[*SMALL, *text])
-    assert "cold_cases" not in plain["test"]
+    assert plain["test"] is not None and "cold_cases" not in plain["test"]
 
 
 def test_config_rejects_bad_fractions() -> None:

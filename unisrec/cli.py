@@ -262,12 +262,23 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ks", default="10,20,50", help="comma-separated cut-offs")
     p.add_argument("--exclude-seen", action="store_true", help="drop items already in the history")
     p.add_argument("--device", default="auto")
+    p.add_argument("--save", action="store_true",
+                   help="with --split test: score a fine-tuning run made with --eval.test=false once, with its own "
+                   "evaluation settings, and write the test metrics into its folder (metrics.json, card)")
     p.set_defaults(handler=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from unisrec.evaluate import evaluate_run
 
+    if args.save:
+        from unisrec.score_test import score_test
+
+        if args.split != "test" or args.ks != "10,20,50" or args.exclude_seen:
+            raise UnisrecError("--save scores the test split with the run's own evaluation settings: give it "
+                               "without --split valid, --ks or --exclude-seen")
+        print(json.dumps(score_test(args.run_dir, args.data_dir, device=args.device)))
+        return 0
     try:
         ks = tuple(int(k) for k in args.ks.split(","))
     except ValueError:

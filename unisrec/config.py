@@ -130,7 +130,7 @@ class ModelConfig:
 LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
                   ("train", "interpolate"), ("train", "history_negatives"), ("train", "transfer"),
                   ("pretrain", "popularity_correction"), ("train", "anchor"), ("pretrain", "history_negatives"),
-                  ("train", "replay"))
+                  ("train", "replay"), ("eval", "test"))
 LATER_ABSENT: dict[tuple[str, str], Any] = {("train", "interpolate"): "off"}
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
@@ -273,6 +273,9 @@ class EvalConfig:
     exclude_seen: bool = False  # paper protocol: items already in the history stay in the ranking
     batch_size: int = 1024  # target histories scored at once
     item_chunk: int = 65536  # items scored at once (bounds memory on large catalogues)
+    # false: a fine-tuning ends with validation metrics only, for runs that choose a setting (test "null"; score the
+    # chosen run's test split once with `unisrec evaluate RUN DATA --split test --save`)
+    test: bool = True
 
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):

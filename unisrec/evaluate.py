@@ -144,9 +144,9 @@ class FinalEvaluation:
     """A model's metrics on valid and test, and the rank of every test target."""
 
     valid: dict[str, float]
-    test: dict[str, float]  # with cold_* metrics when items were withheld from training
-    test_ranks: np.ndarray  # (T,) 0-based full-ranking ranks
-    seconds: float  # wall seconds per split (the mean of the two)
+    test: dict[str, float] | None  # with cold_* metrics when items were withheld; None: eval.test=false
+    test_ranks: np.ndarray | None  # (T,) 0-based full-ranking ranks; None: eval.test=false
+    seconds: float  # wall seconds per split (the mean of the splits scored)
 
 
 def final_evaluation(
@@ -156,9 +156,12 @@ def final_evaluation(
     device: torch.device | str = "cpu",
     cold: np.ndarray | None = None,
 ) -> FinalEvaluation:
-    """Evaluate on valid and test (what a run reports when it ends); ``cold``: (N,) bool, items never trained on."""
+    """Evaluate on valid and test (what a run reports when it ends); ``cold``: (N,) bool, items never trained on.
+    With ``config.test`` false, valid only (test and its ranks None)."""
     started = time.perf_counter()
     valid = evaluate(model, dataset, "valid", config, device)
+    if not config.test:
+        return FinalEvaluation(valid, None, None, time.perf_counter() - started)
     ranks = rank_split(model, dataset, "test", config, device)  # (T,)
     test = ranking_metrics(ranks, config.ks)
     if cold is not None and cold.any():
@@ -172,6 +175,7 @@ def probe_scores(model: SequenceModel, dataset: ProcessedDataset, name: str, *, 
     out of the ranking) rounded to 6 digits, as a probe's record holds them (``scripts/*_probe.py``); prints one
     line with both NDCG@10 to stderr under ``name``."""
     final = final_evaluation(model, dataset, EvalConfig(exclude_seen=exclude_seen), torch.device("cpu"))
+    assert final.test is not None  # EvalConfig scores test by default
     print(f"{name}: valid ndcg@10 {final.valid['ndcg@10']:.4f}, test ndcg@10 {final.test['ndcg@10']:.4f}",
           file=sys.stderr, flush=True)
     return {"valid": {k: round(v, 6) for k, v in final.valid.items()},

@@ -78,7 +78,8 @@ class FinetuneMetrics(TypedDict):
     """What ``finetune`` returns and writes to RUN/metrics.json."""
 
     valid: dict[str, float]
-    test: dict[str, float]  # with cold_recall@K / cold_ndcg@K / cold_cases when train.cold_items > 0
+    # with cold_recall@K / cold_ndcg@K / cold_cases when train.cold_items > 0; None: eval.test=false
+    test: dict[str, float] | None
     best_epoch: int  # 0: the starting weights (train.select_start), no epoch beat them on validation
     valid_start: dict[str, float] | None  # validation before the first step (train.select_start), else None
     interpolation: InterpolationRecord | None  # train.interpolate=auto, else None
@@ -435,14 +436,19 @@ def finetune(
         "code": code,
     }
     if dist.is_main:
-        save_ranks(out, final_eval.test_ranks)
+        if final_eval.test_ranks is not None:
+            save_ranks(out, final_eval.test_ranks)
         atomic_write_json(out / "metrics.json", metrics)
         write_finetune_card(out, settings, metrics)
         clear_checkpoint(out)
         finish_run_dir(out, final)
-        if init_dir is not None:
-            record_transfer(init_dir, final, metrics, config.train)
-        print(f"best epoch {state.best_epoch}: test {json.dumps(final_eval.test)}", file=sys.stderr)
+        if final_eval.test is None:  # eval.test=false: a run that chooses a setting on validation
+            print(f"best epoch {state.best_epoch}: valid {json.dumps(final_eval.valid)} (test not scored: "
+                  "eval.test=false)", file=sys.stderr)
+        else:
+            if init_dir is not None:  # the pre-trained model's card lists test results only
+                record_transfer(init_dir, final, metrics, config.train)
+            print(f"best epoch {state.best_epoch}: test {json.dumps(final_eval.test)}", file=sys.stderr)
     dist.barrier()
     dist.close()  # every rank is done: end the process group it joined
     return metrics

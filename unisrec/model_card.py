@@ -64,7 +64,7 @@ def _config_lines(config: Mapping[str, Any]) -> list[str]:
 
 def finetune_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], command: str) -> str:
     """The card of a fine-tuning (or from-scratch) run."""
-    test, valid = metrics.get("test", {}), metrics.get("valid", {})
+    test, valid = metrics.get("test") or {}, metrics.get("valid") or {}
     init = settings.get("init")
     lines = [
         f"# unisrec {metrics.get('mode', settings.get('mode'))} model of {metrics.get('dataset', '?')}",
@@ -83,7 +83,8 @@ def finetune_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], comma
         "| split | recall@10 | ndcg@10 | recall@50 | ndcg@50 |",
         "|---|---|---|---|---|",
         "| valid " + _metrics_row(valid)[1:],
-        "| test " + _metrics_row(test)[1:],
+        "| test " + (_metrics_row(test)[1:] if metrics.get("test") is not None
+                     else " not scored (`eval.test=false`: the run chose on validation) | | | |"),
     ]
     mixed = metrics.get("interpolation")
     if mixed:

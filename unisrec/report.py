@@ -361,6 +361,8 @@ def zero_shot_run(init: Path, data_dir: Path, out: Path, config: RunConfig) -> d
     dataset = load_processed(data_dir)
     model = zero_shot_model(Path(init), dataset).to(device)
     final = final_evaluation(model, dataset, config.eval, device)
+    if final.test is None or final.test_ranks is None:  # report configs refuse eval.test=false
+        raise UnisrecError(f"{out}: a zero-shot run of a report scores the test split (eval.test=false given)")
     metrics = {"valid": final.valid, "test": final.test, "epochs": 0, "best_epoch": 0,
                "seconds_eval": round(final.seconds, 3), "mode": "zeroshot",
                "seed": config.train.seed, "dataset": dataset.name, "init": str(init)}

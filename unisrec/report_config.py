@@ -51,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from unisrec.config import MODES, Pooling, from_plain, read_yaml_mapping
+from unisrec.config import MODES, Pooling, RunConfig, from_plain, read_yaml_mapping
 from unisrec.errors import ConfigError
 
 # Hou et al., KDD 2022, Table 2 (the paper's main results table): Recall@10, NDCG@10, Recall@50, NDCG@50
@@ -270,6 +270,9 @@ def check_report_config(config: ReportConfig, where: str) -> None:
         if e.reference is not None and e.reference not in {x.name for x in config.experiments}:
             fail(f"{at}: unknown reference {e.reference!r}")
         _check_record(e.record, at, fail)
+        if not RunConfig().with_overrides([*config.overrides, *e.overrides]).eval.test:
+            fail(f"{at}: eval.test=false leaves the run without test metrics, which every report table reads "
+                 "(choose settings with `unisrec finetune ... --eval.test=false` outside a report)")
         seen.add(e.name)
     records = [config.record_name(e.command, e.name, s) for e in config.experiments for s in config.seeds]
     named = [r for r in records if r is not None]
