@@ -207,6 +207,16 @@ def zero_shot_model(init_dir: Path, dataset: ProcessedDataset) -> SequenceModel:
     return model
 
 
+def check_run_items(run_dir: str | Path, dataset: ProcessedDataset, data_dir: str | Path) -> None:
+    """A run's saved item list must be ``dataset``'s (same ids in the same order), else an error naming both."""
+    item_ids, _texts = read_items(run_dir)
+    if len(item_ids) != dataset.n_items or any(a != str(b) for a, b in zip(item_ids, dataset.item_ids, strict=True)):
+        raise UnisrecError(
+            f"{data_dir}: its {dataset.n_items} items are not the {len(item_ids)} items of run {run_dir} "
+            "(same ids in the same order expected)"
+        )
+
+
 def evaluate_run(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -223,11 +233,6 @@ def evaluate_run(
         model = zero_shot_model(Path(run_dir), dataset).to(torch_device)
         return evaluate(model, dataset, split, EvalConfig(ks=ks, exclude_seen=exclude_seen), torch_device)
     model, _config = from_pretrained(run_dir, torch_device)
-    item_ids, _texts = read_items(run_dir)
-    if len(item_ids) != dataset.n_items or any(a != str(b) for a, b in zip(item_ids, dataset.item_ids, strict=True)):
-        raise UnisrecError(
-            f"{data_dir}: its {dataset.n_items} items are not the {len(item_ids)} items of run {run_dir} "
-            "(same ids in the same order expected)"
-        )
+    check_run_items(run_dir, dataset, data_dir)
     config = EvalConfig(ks=ks, exclude_seen=exclude_seen)
     return evaluate(model, dataset, split, config, torch_device)

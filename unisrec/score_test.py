@@ -11,53 +11,41 @@ whose test split is already scored is refused, so that the test figure of a run 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from unisrec.analysis import save_ranks
 from unisrec.atomic import atomic_write_json, atomic_write_text
-from unisrec.checkpoint import from_pretrained, read_items
+from unisrec.checkpoint import from_pretrained
 from unisrec.config import RunConfig, from_plain, with_later_absent
 from unisrec.datasets import load_processed
 from unisrec.errors import UnisrecError
-from unisrec.evaluate import final_evaluation
+from unisrec.evaluate import check_run_items, final_evaluation
+from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
 from unisrec.model_card import finetune_card, record_transfer
 from unisrec.train import resolve_device
 from unisrec.training_data import cold_items
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.exists():
-        raise UnisrecError(f"{path}: missing; {what}")
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UnisrecError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(value, dict):
-        raise UnisrecError(f"{path}: expected a JSON object")
-    return value
-
-
 def score_test(run_dir: str | Path, data_dir: str | Path, *, device: str = "auto") -> dict[str, float]:
     """Test metrics of the finished fine-tuning ``run_dir`` (made with ``eval.test=false``) on ``data_dir``, its
     own dataset; writes them into the run folder and returns them."""
     run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / "metrics.json", "not a finished fine-tuning run")
-    settings = _read_json(run_dir / "run.json", "not a fine-tuning run folder")
+    if not (run_dir / "metrics.json").exists():
+        raise UnisrecError(f"{run_dir / 'metrics.json'}: missing; not a finished fine-tuning run")
+    hold_folder(run_dir)  # one writer: a second --save of the same run is refused while this one runs
+    metrics = read_json(run_dir / "metrics.json", "not a finished fine-tuning run")
+    settings = read_json(run_dir / "run.json", "not a fine-tuning run folder")
+    if not isinstance(metrics, dict) or not isinstance(settings, dict):
+        raise UnisrecError(f"{run_dir}: metrics.json and run.json must hold JSON objects")
     if settings.get("command") != "finetune":
         raise UnisrecError(f"{run_dir}: a {settings.get('command')} run; --save scores fine-tuning runs")
     if metrics.get("test") is not None:
         raise UnisrecError(f"{run_dir}: its test split is already scored (metrics.json); a run's test is read once")
-    hold_folder(run_dir)  # one writer: a second --save of the same run is refused while this one runs
     config: RunConfig = from_plain(RunConfig, with_later_absent(settings["config"]), f"{run_dir / 'run.json'}")
     dataset = load_processed(data_dir)
-    item_ids, _texts = read_items(run_dir)
-    if len(item_ids) != dataset.n_items or any(a != str(b) for a, b in zip(item_ids, dataset.item_ids, strict=True)):
-        raise UnisrecError(f"{data_dir}: its {dataset.n_items} items are not the {len(item_ids)} items of run "
-                           f"{run_dir} (score the test split on the dataset the run trained on)")
+    check_run_items(run_dir, dataset, data_dir)
     torch_device = resolve_device(device)
     model, _saved = from_pretrained(run_dir, torch_device)
     train = config.train
