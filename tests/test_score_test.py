@@ -48,7 +48,11 @@ def test_validation_only_run_is_scored_once_like_a_full_run(tmp_path: Path, tiny
     assert summary["test"] is None and summary["valid"] == json.loads((full / "metrics.json").read_text())["valid"]
     assert json.loads((chosen / "metrics.json").read_text())["test"] is None
     assert not (chosen / "ranks_test.npy").exists()
-    assert "not scored" in (chosen / "README.md").read_text()
+    rows = [line for line in (chosen / "README.md").read_text().splitlines() if line.startswith("|")]
+    assert [r.count("|") for r in rows[:4]] == [6, 6, 6, 6]  # header, rule, valid, test: five cells each
+    assert rows[3].startswith("| test | not scored")
+    assert rows[2] == "| valid | " + " | ".join(f"{summary['valid'][k]:.4f}" for k in
+                                                ("recall@10", "ndcg@10", "recall@50", "ndcg@50")) + " |"
     record = run_record(chosen)
     assert record["test"] is None and record.get("long_tail") is None
 
@@ -59,7 +63,9 @@ def test_validation_only_run_is_scored_once_like_a_full_run(tmp_path: Path, tiny
     saved = json.loads((chosen / "metrics.json").read_text())
     assert saved["test"] == scored and saved["valid"] == summary["valid"]
     np.testing.assert_array_equal(np.load(chosen / "ranks_test.npy"), np.load(full / "ranks_test.npy"))
-    assert "not scored" not in (chosen / "README.md").read_text()
+    test_row = next(r for r in (chosen / "README.md").read_text().splitlines() if r.startswith("| test |"))
+    assert test_row == "| test | " + " | ".join(f"{scored[k]:.4f}" for k in
+                                               ("recall@10", "ndcg@10", "recall@50", "ndcg@50")) + " |"
 
     # read once: a second --save is refused, and the saved figures stay
     code, out, err = _run(capsys, ["evaluate", str(chosen), str(data), "--split", "test", "--save"])

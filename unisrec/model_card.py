@@ -82,9 +82,9 @@ def finetune_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], comma
         "",
         "| split | recall@10 | ndcg@10 | recall@50 | ndcg@50 |",
         "|---|---|---|---|---|",
-        "| valid " + _metrics_row(valid)[1:],
-        "| test " + (_metrics_row(test)[1:] if metrics.get("test") is not None
-                     else " not scored (`eval.test=false`: the run chose on validation) | | | |"),
+        "| valid " + _metrics_row(valid),
+        "| test " + (_metrics_row(test) if metrics.get("test") is not None
+                     else "| not scored (`eval.test=false`: the run chose on validation) | | | |"),
     ]
     mixed = metrics.get("interpolation")
     if mixed:
