@@ -384,6 +384,18 @@ def test_cli_encode_several_folders(
     assert [Path(s["path"]).parent.parent for s in summaries] == [data_dir, second]
 
 
+def test_cli_encode_takes_the_training_commands_text_flags(
+    data_dir: Path, spec: TextConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--text-model` / `--text-precision`, as `finetune` and `pretrain` spell them, set the same vectors."""
+    assert main(["encode", str(data_dir), "--model", spec.model, "--pooling", "cls"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["encode", str(data_dir), "--text-model", spec.model, "--pooling", "cls",
+                 "--text-precision", "float32"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["path"] == first["path"] and again["reused"] is True
+
+
 def test_cli_bad_model_path(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["encode", str(data_dir), "--model", str(tmp_path / "missing-lm")]) == 2
     err = capsys.readouterr().err.strip()

@@ -115,7 +115,8 @@ def _add_encode(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dataset", nargs="+", type=Path, help="processed dataset folder(s) (`unisrec prepare`)")
     p.add_argument(
-        "--model",
+        "--model", "--text-model",  # --text-model: the training commands' spelling of the same setting
+        dest="model",
         default=None,
         help=f"language model (text.model): {DEFAULT_TEXT_MODEL} (packaged, offline; the default), a local "
         "save_pretrained folder, or a Hugging Face hub name (e.g. bert-base-uncased, the paper's)",
@@ -123,7 +124,7 @@ def _add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", choices=POOLINGS, default=None, help=f"text.pooling (default {default.pooling})")
     p.add_argument("--max-length", type=int, default=None,
                    help=f"tokens per text (text.max_length, default {default.max_length})")
-    p.add_argument("--precision", choices=TEXT_PRECISIONS, default=None,
+    p.add_argument("--precision", "--text-precision", dest="precision", choices=TEXT_PRECISIONS, default=None,
                    help="text.precision; bfloat16: ~1.7x faster on CPUs with bf16 units, vectors within cosine 0.9999")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
