@@ -32,7 +32,8 @@ def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str,
 
 
 def test_validation_only_run_is_scored_once_like_a_full_run(tmp_path: Path, tiny_lm_dir: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     data = prepare_synthetic(tmp_path / "d", n_users=60, n_items=30)
     text = ["--text-model", str(tiny_lm_dir), "--pooling", "mean"]
     full, chosen = tmp_path / "full", tmp_path / "chosen"
@@ -56,6 +57,7 @@ def test_validation_only_run_is_scored_once_like_a_full_run(tmp_path: Path, tiny
     record = run_record(chosen)
     assert record["test"] is None and record.get("long_tail") is None
 
+    monkeypatch.setattr(sys, "argv", ["unisrec", "evaluate", str(chosen), str(data), "--save"])  # another process
     code, out, err = _run(capsys, ["evaluate", str(chosen), str(data), "--split", "test", "--save"])
     assert code == 0, err
     scored = json.loads(out.splitlines()[-1])
@@ -66,6 +68,9 @@ def test_validation_only_run_is_scored_once_like_a_full_run(tmp_path: Path, tiny
     test_row = next(r for r in (chosen / "README.md").read_text().splitlines() if r.startswith("| test |"))
     assert test_row == "| test | " + " | ".join(f"{scored[k]:.4f}" for k in
                                                ("recall@10", "ndcg@10", "recall@50", "ndcg@50")) + " |"
+    card = (chosen / "README.md").read_text()
+    command = card.split("## Command")[1].split("```bash\n")[1].split("\n```")[0]
+    assert command == saved["command"]  # the card keeps the training's command, not this process's
 
     # read once: a second --save is refused, and the saved figures stay
     code, out, err = _run(capsys, ["evaluate", str(chosen), str(data), "--split", "test", "--save"])

@@ -137,8 +137,10 @@ def pretrain_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], comma
     return "\n".join(lines)
 
 
-def write_finetune_card(run_dir: Path, settings: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
-    atomic_write_text(run_dir / "README.md", finetune_card(settings, metrics, command_line()))
+def write_finetune_card(run_dir: Path, settings: Mapping[str, Any], metrics: Mapping[str, Any],
+                        command: str | None = None) -> None:
+    """(Re)write a fine-tuned run's card; ``command``: the training command (default: this process's)."""
+    atomic_write_text(run_dir / "README.md", finetune_card(settings, metrics, command or command_line()))
 
 
 def write_pretrain_card(run_dir: Path, settings: Mapping[str, Any], metrics: Mapping[str, Any],

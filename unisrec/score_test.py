@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from unisrec.analysis import save_ranks
-from unisrec.atomic import atomic_write_json, atomic_write_text
+from unisrec.atomic import atomic_write_json
 from unisrec.checkpoint import from_pretrained
 from unisrec.config import RunConfig, from_plain, with_later_absent
 from unisrec.datasets import load_processed
@@ -23,7 +23,7 @@ from unisrec.errors import UnisrecError
 from unisrec.evaluate import check_run_items, final_evaluation
 from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
-from unisrec.model_card import finetune_card, record_transfer
+from unisrec.model_card import record_transfer, write_finetune_card
 from unisrec.train import resolve_device
 from unisrec.training_data import cold_items
 
@@ -56,7 +56,7 @@ def score_test(run_dir: str | Path, data_dir: str | Path, *, device: str = "auto
     save_ranks(run_dir, final.test_ranks)
     metrics = {**metrics, "test": final.test}
     atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "README.md", finetune_card(settings, metrics, metrics.get("command", "")))
+    write_finetune_card(run_dir, settings, metrics, str(metrics.get("command") or "(not recorded)"))
     if settings.get("init"):
         record_transfer(Path(settings["init"]), run_dir, metrics, train)
     print(f"{run_dir}: test scored once, written to metrics.json", file=sys.stderr)
