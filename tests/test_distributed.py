@@ -23,12 +23,19 @@ NO_NOISE = [*MODEL_NO_NOISE, "--train.batch_size=80", "--pretrain.word_drop_vari
             "--train.precision=float32"]
 
 
+LIST_THREADS = Path(__file__).with_name("cli_then_list_threads.py")
+
+
 def _run(args: list[str], nproc: int) -> dict[str, object]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "unisrec"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "unisrec"]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(LIST_THREADS)]
     done = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    if nproc > 1 and Path("/proc/self/task").is_dir():
+        # each rank ended its process group before exit: no gloo thread is left to abort the interpreter's exit
+        for rank in range(nproc):
+            assert f"gloo threads left on rank {rank}: []" in done.stderr, done.stderr[-3000:]
     reports = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(reports) == 1, done.stdout  # only the first process prints the summary
     return json.loads(reports[0])

@@ -5,13 +5,42 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor
 
 T = TypeVar("T")
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends each rank the summed gradient of its own part."""
+
+    @staticmethod
+    def forward(ctx: Any, padded: Tensor, world_size: int, rank: int) -> Tensor:  # padded: (N, ...)
+        parts = [torch.empty_like(padded) for _ in range(world_size)]
+        torch_dist.all_gather(parts, padded.contiguous())
+        ctx.rank = rank
+        return torch.stack(parts)  # (world, N, ...)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # grad: (world, N, ...)
+        grad = grad.contiguous()
+        torch_dist.all_reduce(grad)  # every rank's gradient of every part, summed
+        return grad[ctx.rank], None, None  # (N, ...)
+
+
+def _import_collectives_before_init() -> None:
+    """Import ``torch.distributed.nn.functional`` while no process group exists.
+
+    Its functions take ``group=group.WORLD`` as a default argument, evaluated at import: imported after
+    ``init_process_group`` (by ``torch._dynamo``, which DistributedDataParallel imports), they hold the
+    default group forever. ``destroy_process_group`` then cannot free it, gloo's threads outlive
+    the run, and the interpreter's exit may abort a finished run ("terminate called without an active
+    exception"). Imported first, the defaults are ``None`` (the default group, looked up at each call).
+    """
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -33,6 +62,7 @@ class Distributed:
             return Distributed()
         owns = not torch_dist.is_initialized()  # a group the caller set up stays the caller's to destroy
         if owns:
+            _import_collectives_before_init()
             backend = "nccl" if device_type == "cuda" else "gloo"
             torch_dist.init_process_group(backend=backend)
         return Distributed(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
@@ -64,14 +94,12 @@ class Distributed:
         """
         if not self.enabled:
             return tensor
-        from torch.distributed.nn.functional import all_gather
-
         sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world_size)]
         torch_dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
         counts = [int(s.item()) for s in sizes]
         largest = max(counts)
         padded = torch.cat([tensor, tensor.new_zeros((largest - len(tensor), *tensor.shape[1:]))])
-        parts = all_gather(padded)
+        parts = _GatherWithGrad.apply(padded, self.world_size, self.rank)  # (world, largest, ...)
         return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
 
     def gather_ids(self, tensor: Tensor) -> Tensor:
@@ -105,8 +133,8 @@ class Distributed:
         return work()
 
     def close(self) -> None:
-        """Destroy the process group this object joined (its communication threads end here, not in the
-        interpreter's exit, where gloo's could abort a finished run: "terminate called without an active
-        exception", seen once in a loaded CI run)."""
+        """Destroy the process group this object joined: its communication threads end here, not in the
+        interpreter's exit, where gloo's could abort a finished run ("terminate called without an active
+        exception"). Nothing else may hold the group then (see ``_import_collectives_before_init``)."""
         if self.enabled and self.owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
