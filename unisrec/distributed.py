@@ -103,17 +103,8 @@ class Distributed:
         return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
 
     def gather_ids(self, tensor: Tensor) -> Tensor:
-        """``gather`` for tensors without gradient (e.g. item ids)."""
-        if not self.enabled:
-            return tensor
-        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world_size)]
-        torch_dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
-        counts = [int(s.item()) for s in sizes]
-        largest = max(counts)
-        padded = torch.cat([tensor, tensor.new_zeros((largest - len(tensor), *tensor.shape[1:]))])
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        torch_dist.all_gather(parts, padded)
-        return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
+        """``gather`` for tensors without gradient (e.g. item ids): the same collective, no graph is built."""
+        return self.gather(tensor)
 
     def offset(self, tensor_len: int) -> int:
         """Index of this rank's first row in ``gather`` output."""
