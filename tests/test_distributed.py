@@ -74,3 +74,45 @@ def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, rep
     # two epochs of Adam at lr 0.01 move weights by ~0.1; float reduction order leaves ~1e-5
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-4, msg=name)
+
+
+def _gather_rows_on_rank(rank: int, store: str, out_dir: str) -> None:
+    from unisrec.distributed import Distributed
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        dist = Distributed(rank=rank, world_size=2)
+        rows = 3 if rank == 0 else 1  # unequal rows: padded to 3, gathered, trimmed
+        x = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 2).add(10 * rank).requires_grad_()
+        ids = torch.arange(rows) + 100 * rank
+        (xs, all_ids), first = dist.gather_rows(x, ids)
+        (xs * (rank + 1)).sum().backward()  # rank r weighs every gathered row by r + 1
+        assert x.grad is not None
+        result = {"xs": xs.tolist(), "ids": all_ids.tolist(), "first": first, "grad": x.grad.tolist(),
+                  "ids_grad": all_ids.requires_grad}
+        Path(out_dir, f"rank-{rank}.json").write_text(json.dumps(result))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gather_rows_two_processes(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_gather_rows_on_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    for got in ranks:  # every rank holds rank 0's 3 rows then rank 1's 1, ids alike
+        assert got["xs"] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [10.0, 11.0]]
+        assert got["ids"] == [0, 1, 2, 100]
+        assert got["ids_grad"] is False
+    assert [got["first"] for got in ranks] == [0, 3]
+    # each rank's rows get the gradient of both ranks' losses, 1 + 2, the padding none of it
+    assert ranks[0]["grad"] == [[3.0, 3.0]] * 3
+    assert ranks[1]["grad"] == [[3.0, 3.0]]
+
+
+def test_gather_rows_one_process() -> None:
+    from unisrec.distributed import Distributed
+
+    x, ids = torch.ones(2, 3), torch.tensor([4, 5])
+    (same_x, same_ids), first = Distributed.single().gather_rows(x, ids)
+    assert same_x is x and same_ids is ids and first == 0
+    with pytest.raises(ValueError, match=r"\[2, 3\] rows"):
+        Distributed.single().gather_rows(x, torch.arange(3))

@@ -88,31 +88,34 @@ class Distributed:
         return float(tensor.item()) / self.world_size
 
     def gather(self, tensor: Tensor) -> Tensor:
-        """Concatenate every rank's (n_r, ...) tensor along dim 0; gradients flow back to each rank's part.
+        """Concatenate every rank's (n_r, ...) tensor along dim 0; gradients flow back to each rank's part."""
+        return self.gather_rows(tensor)[0][0]
 
-        Ranks may hold different n_r: tensors are padded to the largest, gathered, then trimmed.
+    def gather_rows(self, *tensors: Tensor) -> tuple[list[Tensor], int]:
+        """``gather`` for tensors that share their first dimension (n_r rows on rank r), with one exchange of
+        the sizes for all of them; also returns the index of this rank's first row in the gathered tensors.
+
+        Ranks may hold different n_r: tensors are padded to the largest, gathered, then trimmed. Tensors
+        without gradient (e.g. item ids) build no graph.
         """
+        if not tensors:
+            raise ValueError("gather_rows needs at least one tensor")
+        rows = len(tensors[0])
+        if any(len(t) != rows for t in tensors):
+            raise ValueError(f"gather_rows: tensors of {[len(t) for t in tensors]} rows; they must share their rows")
         if not self.enabled:
-            return tensor
-        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world_size)]
-        torch_dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+            return list(tensors), 0
+        device = tensors[0].device
+        sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(self.world_size)]
+        torch_dist.all_gather(sizes, torch.tensor([rows], device=device))
         counts = [int(s.item()) for s in sizes]
         largest = max(counts)
-        padded = torch.cat([tensor, tensor.new_zeros((largest - len(tensor), *tensor.shape[1:]))])
-        parts = _GatherWithGrad.apply(padded, self.world_size, self.rank)  # (world, largest, ...)
-        return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
-
-    def gather_ids(self, tensor: Tensor) -> Tensor:
-        """``gather`` for tensors without gradient (e.g. item ids): the same collective, no graph is built."""
-        return self.gather(tensor)
-
-    def offset(self, tensor_len: int) -> int:
-        """Index of this rank's first row in ``gather`` output."""
-        if not self.enabled:
-            return 0
-        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(self.world_size)]
-        torch_dist.all_gather(sizes, torch.tensor([tensor_len]))
-        return int(sum(int(s.item()) for s in sizes[: self.rank]))
+        gathered = []
+        for tensor in tensors:
+            padded = torch.cat([tensor, tensor.new_zeros((largest - rows, *tensor.shape[1:]))])
+            parts = _GatherWithGrad.apply(padded, self.world_size, self.rank)  # (world, largest, ...)
+            gathered.append(torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)]))
+        return gathered, sum(counts[: self.rank])
 
     def main_first(self, work: Callable[[], T]) -> T:
         """Run ``work`` on rank 0 first (e.g. filling a cache), then on the other ranks."""

@@ -285,9 +285,9 @@ class PretrainTask:
         offset per global item id, added to each candidate (the candidates' ids are then item ids); ``extra``
         (Q, E): logits of each query's own further negatives (``history_negative_mask``)."""
         dist = self.dist
-        all_candidates = dist.gather(candidates)
-        all_ids = dist.gather_ids(candidate_ids)
-        positives = dist.offset(len(candidates)) + torch.arange(len(queries), device=queries.device)
+        # (C, H) and (C,): every process's candidates; this process's first row is at ``first``
+        (all_candidates, all_ids), first = dist.gather_rows(candidates, candidate_ids)
+        positives = first + torch.arange(len(queries), device=queries.device)
         offsets = bias[all_ids] if bias is not None else None  # (C,); bias lives on the device already
         return contrastive(queries, all_candidates, tau, query_ids=query_ids, candidate_ids=all_ids,
                            positives=positives, false_negatives=self.config.pretrain.false_negatives,
