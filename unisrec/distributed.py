@@ -87,13 +87,10 @@ class Distributed:
         torch_dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
 
-    def gather(self, tensor: Tensor) -> Tensor:
-        """Concatenate every rank's (n_r, ...) tensor along dim 0; gradients flow back to each rank's part."""
-        return self.gather_rows(tensor)[0][0]
-
     def gather_rows(self, *tensors: Tensor) -> tuple[list[Tensor], int]:
-        """``gather`` for tensors that share their first dimension (n_r rows on rank r), with one exchange of
-        the sizes for all of them; also returns the index of this rank's first row in the gathered tensors.
+        """Concatenate every rank's tensors along dim 0, for tensors that share their first dimension (n_r rows
+        on rank r), with one exchange of the sizes for all of them; gradients flow back to each rank's part.
+        Also returns the index of this rank's first row in the gathered tensors.
 
         Ranks may hold different n_r: tensors are padded to the largest, gathered, then trimmed. Tensors
         without gradient (e.g. item ids) build no graph.
