@@ -73,12 +73,36 @@ def _serve_missing_run(tmp: Path, lm: Path) -> tuple[list[str], str]:
     return (["serve", str(tmp / "nowhere")], f"{tmp / 'nowhere' / 'config.json'}: missing")
 
 
+def _unquoted_list_override(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")  # the shell split "--eval.ks=[10, 20]" after the comma
+    return (["finetune", str(data), "--mode", "inductive", "--out", str(tmp / "r"), "--eval.ks=[10,"],
+            "value '[10,' is not valid YAML")
+
+
+def _select_metric_not_computed(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    return (["finetune", str(data), "--mode", "inductive", "--out", str(tmp / "r"), "--eval.ks=[20,50]"],
+            "train.select_metric must be one of the validation metrics (ndcg@20, ndcg@50, recall@20")
+
+
+def _unknown_device(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    return (["finetune", str(data), "--mode", "inductive", "--out", str(tmp / "r"), "--device", "gpu",
+             "--text-model", str(lm)], "unknown device 'gpu' (use auto, cpu, cuda or cuda:N)")
+
+
+def _recommend_unknown_device(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    return (["recommend", str(tmp / "run"), "--history", "i1", "--device", "gpu"], "unknown device 'gpu'")
+
+
 CASES: dict[str, Case] = {
     "delimiter ;;": _semicolons, "delimiter empty": _empty_delimiter, "corrupt dataset.json": _corrupt_dataset_json,
     "corrupt run.json": _corrupt_run_json, "non-UTF-8 history file": _non_utf8_history,
     "output below a file": _output_under_a_file, "missing run": _missing_run,
     "serve: empty token": _empty_token, "serve: catalogue cap 0": _no_catalogue_room,
-    "serve: missing run": _serve_missing_run,
+    "serve: missing run": _serve_missing_run, "override: list split by the shell": _unquoted_list_override,
+    "select metric not computed": _select_metric_not_computed, "finetune: unknown device": _unknown_device,
+    "recommend: unknown device": _recommend_unknown_device,
 }
 
 

@@ -61,6 +61,11 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=rf"train\.{name} must be >= 0"):
             RunConfig().with_overrides([f"train.{name}={bad}"])
     assert RunConfig().with_overrides(["train.anchor=0.01"]).train.anchor == 0.01
+    with pytest.raises(ConfigError, match=r"value '\[10,' is not valid YAML .*'eval\.ks=\[10, 20\]'"):
+        RunConfig().with_overrides(["eval.ks=[10,"])  # "--eval.ks=[10, 20]" split by the shell
+    with pytest.raises(ConfigError, match=r"value '@x' is not valid YAML .*'text\.model=\"@x\"'"):
+        RunConfig().with_overrides(["text.model=@x"])
+    assert RunConfig().with_overrides(['text.model="@x"']).text.model == "@x"
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  hidden: 3\n")
     with pytest.raises(ConfigError, match=f"{path}.model: unknown key 'hidden'"):
@@ -147,3 +152,13 @@ def test_given_fields_are_named_or_changed() -> None:
     config = RunConfig(model=ModelConfig(n_layers=3))
     assert given_fields("model", config, ["model.hidden_dropout=0.3", "--train.lr=1"]) == {"hidden_dropout", "n_layers"}
     assert given_fields("text", config, ["text.pooling=cls+mean"]) == {"pooling"}  # named, though the default
+
+
+def test_the_selection_metric_is_one_that_validation_computes() -> None:
+    assert RunConfig().train.select_metric == "ndcg@10"
+    for ks, metric in (("[5]", "mrr@5"), ("[10, 20]", "recall@20")):
+        assert RunConfig().with_overrides([f"eval.ks={ks}", f"train.select_metric={metric}"]).eval.ks[-1] > 0
+    for overrides, got in ((["eval.ks=[20, 50]"], "'ndcg@10'"), (["train.select_metric=hit@10"], "'hit@10'"),
+                           (["train.select_metric=ndcg@ten"], "'ndcg@ten'"), (["train.select_metric=ndcg"], "'ndcg'")):
+        with pytest.raises(ConfigError, match=rf"train\.select_metric must be one of the validation .*got {got}"):
+            RunConfig().with_overrides(overrides)

@@ -66,6 +66,11 @@ def test_fit_recommends_dataframes_for_users_and_histories(frames: tuple[pd.Data
     with pytest.raises(UnisrecError, match=r"unknown users: 'nobody', 'u999' \(40 users known, e.g. 'u0'"):
         rec.recommend(users=["u1", "nobody", "u999"])
     assert rec.recommend(users=[], k=3).empty and list(rec.recommend(users=[], k=3).columns) == COLUMNS
+    for asked in (pd.Series(["u5", "u1"]), np.array(["u5", "u1"]), ("u5", "u1")):  # any sequence of user ids
+        pd.testing.assert_frame_equal(rec.recommend(users=asked, k=4), top)
+    for wrong in ("u5", {"u5": 1}):
+        with pytest.raises(UnisrecError, match="users must be a list of user ids"):
+            rec.recommend(users=wrong)
     metrics = (rec.run_dir / "metrics.json").read_text()
     assert '"seed": 1' in metrics
 

@@ -202,6 +202,22 @@ def test_export_vectors_and_index(trained: tuple[Path, Path], tmp_path: Path) ->
     assert [item_ids[r] for r in rows[0]] == [r.item_id for r in expected]
 
 
+def test_export_without_faiss_fails_before_writing(trained: tuple[Path, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import unisrec.export
+
+    def missing() -> None:
+        raise UnisrecError("FAISS is not installed: pip install faiss-cpu (or 'unisrec[serve]')")
+
+    monkeypatch.setattr(unisrec.export, "faiss_module", missing)
+    recommender = Recommender.from_pretrained(trained[1])
+    with pytest.raises(UnisrecError, match=r"FAISS is not installed.*; or export without the index \(--no-index"):
+        recommender.export_vectors(tmp_path / "out", data_dir=trained[0])
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+    manifest = recommender.export_vectors(tmp_path / "out", data_dir=trained[0], index=False)
+    assert "items.faiss" not in manifest["files"] and (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_cli_recommend_and_export(trained: tuple[Path, Path], tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     _, run = trained

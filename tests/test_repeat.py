@@ -83,6 +83,34 @@ def test_recommendations_add_the_offsets_exactly_unless_seen_items_are_left_out(
     assert {"i3", "i7", "i12"} & {r.item_id for r in got}  # w_hist = 2.5 lifts the history
 
 
+def test_text_histories_get_the_offsets_of_the_same_items_given_by_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    text = torch.randn(40, 6)
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2, repeat_bias=True), 40, text)
+    ids, texts = [f"i{n}" for n in range(40)], [f"item {n}" for n in range(40)]
+    texts[30] = texts[12]  # two catalogue items share a text: both take that text's offsets
+    recommender = Recommender(model, Catalogue(ids, texts))
+    by_row = {t: n for n, t in reversed(list(enumerate(texts)))}  # a text -> its (first) item's stored vector
+    monkeypatch.setattr(recommender, "encode_texts", lambda batch: text[[by_row[t] for t in batch]].numpy())
+    history = ["i3", "i7", "i3", "i12"]
+    as_texts = [texts[int(i[1:])] for i in history]
+    for weight in ([4.0, -1.0], [-30.0, -30.0], [0.0, 2.5]):
+        with torch.no_grad():
+            model.repeat_weight.copy_(torch.tensor(weight))  # type: ignore[union-attr]
+        got = recommender.recommend_lists([as_texts], k=8, exclude_seen=False, by_text=True)[0]
+        rows = np.asarray(recommender.catalogue.lookup(history))
+        query = recommender.queries_of_rows([rows])  # (1, H): the same query as by text
+        offsets = model.repeat_offsets(torch.from_numpy(rows[None]), torch.tensor([len(rows)]))
+        assert offsets is not None
+        scores = (query @ recommender.scoring_table().T + dense(offsets, 1, 40))[0]  # (N,)
+        scores[30] += weight[0] + weight[1]  # item 30 has item 12's text, the last one
+        best = scores.topk(8)
+        assert [r.item_id for r in got] == [ids[int(i)] for i in best.indices]
+        np.testing.assert_allclose([r.score for r in got], best.values.detach().numpy(), rtol=1e-5, atol=1e-5)
+        plain = (query @ recommender.scoring_table().T)[0].topk(8).indices
+        assert [r.item_id for r in got] != [ids[int(i)] for i in plain]  # the offsets change every ranking here
+
+
 def test_finetuning_learns_that_the_last_item_does_not_come_again(tmp_path: Path, tiny_lm_dir: Path) -> None:
     data = prepare_synthetic(tmp_path / "data")  # chains i -> i+1: the next item is almost never the last one
     settings = ["model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=1",

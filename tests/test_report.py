@@ -292,7 +292,11 @@ def test_dry_run_prints_the_plan_as_commands(tmp_path: Path, tiny_lm_dir: Path,
     config_path = _config(tmp_path, tiny_lm_dir)
     out = tmp_path / "out"
     assert main(["report", str(config_path), "--out", str(out), "--dry-run", "--only", "unisrec"]) == 0
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()
+    err = printed.err
+    summary = json.loads(printed.out.strip().splitlines()[-1])
+    planned = err.count("\n       unisrec ")  # one command line per planned run
+    assert summary["dry_run"] is True and summary["runs"] == planned == sum(summary["status"].values()) > 2
     assert "unisrec pretrain" in err and "--mode inductive --out" in err and "--init" in err
     assert "--train.seed=1" in err and "--train.seed=7" in err and "sasrec" not in err
     assert not out.exists()  # nothing ran

@@ -112,6 +112,18 @@ def test_bad_recommend_requests_are_422(client: TestClient, body: Any, status: i
     assert [e["loc"] for e in response.json()["detail"]] == where
 
 
+def test_an_empty_catalogue_still_names_unknown_ids(tiny_lm_dir: Path) -> None:
+    full = _model(tiny_lm_dir)
+    empty = UniSRec.without_catalogue(full.model.config, full.model.text_dim).eval()  # a pre-trained run's
+    with TestClient(create_app(Recommender(empty, Catalogue([], []), full.text_encoder_info))) as client:
+        response = client.post("/recommend", json={"histories": [["item-1", "nope"]]})
+        assert response.status_code == 422, response.text
+        assert [e["loc"] for e in response.json()["detail"]] == [["body", "histories", 0, 0],
+                                                                 ["body", "histories", 0, 1]]
+        by_text = client.post("/recommend", json={"histories": [["red lens kit"]], "by_text": True})
+        assert by_text.status_code == 200 and by_text.json() == {"results": [[]]}
+
+
 def test_malformed_json_and_bad_unicode_are_422(client: TestClient) -> None:
     for raw in (b"{not json", b'{"histories": [["\\ud800"]]}', b"\xff\xfe"):
         response = client.post("/recommend", content=raw, headers={"content-type": "application/json"})

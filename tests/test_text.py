@@ -422,3 +422,14 @@ def test_packaged_minilm_is_semantic() -> None:
         unit = part / np.linalg.norm(part, axis=1, keepdims=True)
         similar, unrelated = unit[0] @ unit[1], unit[0] @ unit[2]
         assert similar > unrelated + 0.2
+
+
+def test_word_drop_defaults_name_the_file_pretraining_reads() -> None:
+    import inspect
+
+    from unisrec.config import PretrainConfig
+
+    defaults = inspect.signature(encode_word_drop).parameters
+    config = PretrainConfig()
+    assert defaults["variants"].default == config.word_drop_variants == 3
+    assert defaults["p"].default == config.word_drop

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from unisrec.atomic import atomic_write, atomic_write_json
 from unisrec.baselines import build_model
 from unisrec.config import LATER_ABSENT, LATER_MODEL_SETTINGS, ModelConfig, TextConfig, from_plain, to_plain
+from unisrec.devices import resolve_device
 from unisrec.errors import ConfigError, UnisrecError
 from unisrec.json_io import read_json
 from unisrec.model import SequenceModel
@@ -188,6 +189,7 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     The network is the one the run trained (``build_model``: UniSRec, or a baseline), as a ``SequenceModel``.
     """
     directory = Path(directory)
+    torch_device = resolve_device(device)
     config = read_model_config(directory)
     check_saved_config(config, directory / "config.json")
     try:
@@ -215,7 +217,7 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     state = load_file(str(weights_path))
     check_state(model.state_dict(), state, str(weights_path))
     model.load_state_dict(state, strict=True)
-    return model.to(device), config
+    return model.to(torch_device), config
 
 
 def read_items(directory: str | Path) -> tuple[list[str], list[str]]:

@@ -180,8 +180,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", required=True, type=Path, help="run folder to write (resumed if interrupted)")
     p.add_argument("--config", type=Path, default=None,
-                   help="YAML run config (sections model/train/eval/pretrain/text); its settings count as given, "
-                   "like the same dotted overrides")
+                   help="YAML run config (sections model/train/eval/pretrain/text) on the paper's defaults (pretrain: "
+                   "instead of its recipe); its settings count as given, like the same dotted overrides")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (train.epochs)")
     p.add_argument("--seed", type=int, default=None, help="random seed (train.seed)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (train.device)")
@@ -493,10 +493,13 @@ def _run_report(args: argparse.Namespace) -> int:
     command = f"unisrec report {args.config.as_posix()} --report-only"
     if args.results is not None:
         command += f" --results {args.results.as_posix()}"
+    counts: dict[str, int] = {}
     path = run_report(args.config, args.out, data_root=args.data_root, only=only, dry_run=args.dry_run,
                       report_only=args.report_only, budget_minutes=args.budget_minutes, results_dir=results,
-                      command=command, jobs=args.jobs, pretrain_only=args.pretrain_only)
-    if not args.dry_run:
+                      command=command, jobs=args.jobs, pretrain_only=args.pretrain_only, plan_counts=counts)
+    if args.dry_run:  # the plan went to stderr; the summary: how many planned runs have each status
+        print(json.dumps({"dry_run": True, "report": str(path), "runs": sum(counts.values()), "status": counts}))
+    else:
         print(json.dumps({"report": str(path)}))
     return 0
 

@@ -378,6 +378,9 @@ class TextConfig:
         return config
 
 
+SELECT_METRICS = ("ndcg", "recall", "mrr")  # what train.select_metric may name, at a cut-off of eval.ks
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -385,6 +388,15 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     text: TextConfig = field(default_factory=TextConfig)  # the language model of the item texts
+
+    def __post_init__(self) -> None:
+        # the best epoch is chosen by one of the metrics validation computes: recall, ndcg or mrr at a cut-off
+        # of eval.ks (checked here, before any work, not after the first epoch)
+        name, _, cutoff = self.train.select_metric.partition("@")
+        if name not in SELECT_METRICS or not cutoff.isdigit() or int(cutoff) not in self.eval.ks:
+            choices = ", ".join(f"{m}@{k}" for m in SELECT_METRICS for k in self.eval.ks)
+            raise ConfigError(f"train.select_metric must be one of the validation metrics ({choices}); "
+                              f"got {self.train.select_metric!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -487,7 +499,15 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
                 prefix = ".".join(parts[:depth]) or "config"
                 raise ConfigError(f"override {item!r}: unknown key {part!r} in {prefix}; known: {known}")
             if depth == len(parts) - 1:
-                node[part] = yaml.safe_load(raw) if raw.strip() else ""
+                try:
+                    node[part] = yaml.safe_load(raw) if raw.strip() else ""
+                except yaml.YAMLError as exc:
+                    problem = str(getattr(exc, "problem", None) or exc)
+                    hint = (f"; pass a list as one shell argument, e.g. '{key.strip()}=[10, 20]'"
+                            if raw.lstrip().startswith(("[", "{")) else "; quote a text value, e.g. "
+                            f"'{key.strip()}=\"{raw.strip()}\"'")
+                    raise ConfigError(f"override {item!r}: value {raw!r} is not valid YAML ({problem}){hint}") \
+                        from None
             else:
                 node = node[part]
     return from_plain(type(config), plain, "config")

@@ -26,11 +26,11 @@ from unisrec.batches import EvalBatch, make_eval_batch
 from unisrec.checkpoint import from_pretrained, load_transferable, read_items, read_model_config, read_text_config
 from unisrec.config import EvalConfig, ModelConfig, TextConfig, from_plain
 from unisrec.datasets.processed import ProcessedDataset, load_processed
+from unisrec.devices import resolve_device
 from unisrec.errors import UnisrecError
 from unisrec.metrics import ranking_metrics
 from unisrec.model import Offsets, SequenceModel, add_offsets
 from unisrec.text_cache import load_text
-from unisrec.train import resolve_device
 
 
 def count_ranks(

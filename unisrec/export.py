@@ -97,6 +97,10 @@ def export_vectors(
     """Write the export folder ``out`` (see the module docstring); returns the manifest."""
     from safetensors.numpy import save_file
 
+    try:  # a missing faiss is an error before anything is written
+        faiss = faiss_module() if index else None
+    except UnisrecError as exc:
+        raise UnisrecError(f"{exc}; or export without the index (--no-index, index=False)") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     items = recommender.scoring_table().cpu().numpy().astype(np.float32)  # (N, H)
@@ -123,8 +127,7 @@ def export_vectors(
         files["users.parquet"] = {"columns": ["user_id"]}
     atomic_write(out / "vectors.safetensors", lambda tmp: save_file(tensors, str(tmp)))
     files["vectors.safetensors"] = {"tensors": sorted(tensors)}
-    if index:
-        faiss = faiss_module()
+    if faiss is not None:
         built = flat_ip_index(items)
         atomic_write(out / "items.faiss", lambda tmp: faiss.write_index(built, str(tmp)))
         files["items.faiss"] = {"type": "IndexFlatIP", "exact": True, "ntotal": int(built.ntotal)}

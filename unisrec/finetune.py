@@ -39,6 +39,7 @@ from unisrec.batches import TrainBatch, bucketed_batches, make_train_batch, shar
 from unisrec.checkpoint import load_transferable, read_model_config, read_text_config, save_pretrained, save_tensors
 from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig, RunConfig, from_plain, given_fields
 from unisrec.datasets.processed import ProcessedDataset, load_processed
+from unisrec.devices import resolve_device
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, final_evaluation
@@ -51,7 +52,7 @@ from unisrec.pretrain import PretrainTask, StepPlan, load_corpus, recipe_config
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.text_cache import load_text
-from unisrec.train import Task, TrainState, clear_checkpoint, fit, peak_memory_mb, resolve_device, set_trainable
+from unisrec.train import Task, TrainState, clear_checkpoint, fit, peak_memory_mb, set_trainable
 from unisrec.training_data import training_sequences
 
 if TYPE_CHECKING:

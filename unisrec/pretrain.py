@@ -31,6 +31,7 @@ from unisrec.batches import Windows, bucketed_batches, make_train_batch, shard, 
 from unisrec.checkpoint import save_pretrained
 from unisrec.config import RunConfig
 from unisrec.datasets.processed import load_processed
+from unisrec.devices import resolve_device
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.losses import contrastive
@@ -40,7 +41,7 @@ from unisrec.precision import with_resolved_precision
 from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.text_cache import TextRecord, encode_word_drop, load_text, load_word_drop
-from unisrec.train import EpochRecord, Task, clear_checkpoint, fit, peak_memory_mb, resolve_device, set_trainable
+from unisrec.train import EpochRecord, Task, clear_checkpoint, fit, peak_memory_mb, set_trainable
 from unisrec.training_data import train_lengths
 
 # The default recipe of `unisrec pretrain` (chosen on validation; README "Pre-training and transfer to

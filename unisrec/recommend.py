@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -342,7 +342,9 @@ class Recommender:
         seen = [np.unique(h) if flag else h[:0] for h, flag in zip(histories, flags, strict=True)]
         if not self.model.has_repeat_offsets or all(flags):
             return [self._format(r) for r in self.top_rows(queries, k, seen)]
-        return [self._format(r) for r in self._top_rows_with_repeats(queries, histories, k, seen, flags)]
+        offsets = self.repeat_offsets_of_rows(histories)
+        window = max(len(w) for w in self._windows(histories))
+        return [self._format(r) for r in self._top_rows_with_repeats(queries, offsets, window, k, seen, flags)]
 
     def _windows(self, histories: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The model's input window of each history: its last ``max_seq_len`` catalogue rows."""
@@ -361,15 +363,39 @@ class Recommender:
         with torch.no_grad():
             return self.model.repeat_offsets(padded.to(self.model.device), lengths.to(self.model.device))
 
+    def repeat_offsets_of_texts(self, histories: Sequence[Sequence[str]]) -> Offsets | None:
+        """The repeat offsets of histories given as item texts (``by_text``): each catalogue item whose text is
+        exactly one of the window's texts gets the offset that item would get in the same history given by ids
+        (the one per distinct item, and the last item's on the items with the last text), as ``exclude_seen``
+        takes those items out; None for a model without offsets."""
+        cut = [list(h)[-self.model.config.max_seq_len:] for h in histories]
+        position: dict[str, int] = {}
+        local = [[position.setdefault(t, len(position)) for t in h] for h in cut]  # a distinct text, a number
+        lengths = torch.tensor([len(h) for h in local], dtype=torch.long)  # (B,)
+        padded = torch.zeros(len(local), int(lengths.max()), dtype=torch.long)  # (B, L)
+        for b, h in enumerate(local):
+            padded[b, : len(h)] = torch.tensor(h, dtype=torch.long)
+        with torch.no_grad():
+            offsets = self.model.repeat_offsets(padded.to(self.model.device), lengths.to(self.model.device))
+        if offsets is None:
+            return None
+        with self._lock:  # the text index grows with add_items
+            matched = [self.catalogue.rows_with_texts([text]) for text in position]  # text number -> rows
+        rows, numbers, values = (t.cpu() for t in offsets)
+        counts = torch.tensor([len(m) for m in matched], dtype=torch.long)[numbers]  # (S,) rows per offset
+        items = torch.from_numpy(np.concatenate([matched[n] for n in numbers.tolist()] or [np.zeros(0, np.int64)]))
+        return rows.repeat_interleave(counts), items, values.repeat_interleave(counts)
+
     def _top_rows_with_repeats(
-        self, queries: Tensor, histories: Sequence[np.ndarray], k: int, seen: list[np.ndarray], flags: list[bool]
+        self, queries: Tensor, offsets: Offsets | None, window: int, k: int, seen: list[np.ndarray] |
+        Callable[[], Sequence[np.ndarray]], flags: list[bool]
     ) -> list[list[tuple[int, float]]]:
         """``top_rows`` with the model's repeat offsets (``model.repeat_bias``) on the items of each history
-        whose seen items stay in the ranking: only those items' scores change, so the top k + (window size)
-        without offsets holds every item of the true top k outside the window; the window's items are scored
-        exactly and merged in."""
-        ranked = self.top_rows(queries, k + max(len(w) for w in self._windows(histories)), seen)
-        offsets = self.repeat_offsets_of_rows(histories)
+        whose seen items stay in the ranking: only the items with an offset change their scores, and a history
+        of ``window`` items gives offsets to at most that many items (more by text: every catalogue item with
+        one of its texts; they are scored exactly in any case), so the top k + ``window`` without offsets holds
+        every item of the true top k that has none; the items with one are scored exactly and merged in."""
+        ranked = self.top_rows(queries, k + window, seen)
         assert offsets is not None
         with torch.no_grad():
             rows, items, values = (t.cpu() for t in offsets)
@@ -402,7 +428,13 @@ class Recommender:
         def seen() -> list[np.ndarray]:  # under the lock (the text index grows with add_items), after the table
             return [self.catalogue.rows_with_texts(h) if exclude_seen else np.zeros(0, np.int64) for h in histories]
 
-        return [self._format(r) for r in self.top_rows(queries, k, seen)]
+        if exclude_seen or not self.model.has_repeat_offsets:
+            return [self._format(r) for r in self.top_rows(queries, k, seen)]
+        offsets = self.repeat_offsets_of_texts(histories)
+        assert offsets is not None
+        window = int(torch.bincount(offsets[0], minlength=len(histories)).max()) if len(offsets[0]) else 0
+        flags = [False] * len(histories)
+        return [self._format(r) for r in self._top_rows_with_repeats(queries, offsets, window, k, seen, flags)]
 
     # -- the DataFrame API (RecTools style): always a DataFrame user_id, item_id, score, rank, text -------
 
@@ -410,11 +442,12 @@ class Recommender:
         """Known users and their histories (item ids, oldest first): what ``recommend(users=...)`` ranks for."""
         self.users = {str(u): [str(i) for i in h] for u, h in histories.items()}
 
-    def recommend(self, users: Sequence[str], k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+    def recommend(self, users: Iterable[str], k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
         """Top-k of known users (``set_users``; ``unisrec.fit`` sets the dataset's users) as a DataFrame with
-        columns user_id, item_id, score, rank (1..k), text; users in the order asked."""
+        columns user_id, item_id, score, rank (1..k), text; users in the order asked (a list, a pandas Series
+        such as ``df.user_id.unique()``, a numpy array)."""
         known = self.users
-        if isinstance(users, str) or not isinstance(users, Sequence):
+        if isinstance(users, str | bytes | Mapping) or not isinstance(users, Iterable):
             raise UnisrecError("users must be a list of user ids")
         asked = [as_item_id(u) for u in users]
         unknown = [u for u in asked if u not in known]

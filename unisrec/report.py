@@ -354,8 +354,8 @@ def zero_shot_run(init: Path, data_dir: Path, out: Path, config: RunConfig) -> d
     """Evaluate a text model on another dataset as is; writes metrics.json and ranks_test.npy to ``out``."""
     from unisrec.analysis import save_ranks
     from unisrec.datasets import load_processed
+    from unisrec.devices import resolve_device
     from unisrec.evaluate import final_evaluation, zero_shot_model
-    from unisrec.train import resolve_device
 
     device = resolve_device(config.train.device)
     dataset = load_processed(data_dir)
@@ -603,6 +603,7 @@ def run_report(
     command: str | None = None,
     jobs: int = 1,
     pretrain_only: bool = False,
+    plan_counts: dict[str, int] | None = None,
 ) -> Path:
     """Run what is missing (unless ``report_only``), then write ``results_dir/report.md`` from the records;
     ``dry_run`` only prints the plan.
@@ -615,7 +616,9 @@ def run_report(
     the records. ``command``: how the report names the command that regenerates it. ``jobs`` > 1: that many
     runs at once, each in its own process with cpu_count // jobs torch threads (``execute_in_parallel``).
     ``pretrain_only``: of the missing runs, only the pre-trainings (and the datasets they read), e.g. alone on a
-    GPU before the fine-tunings share it; a rerun without it goes on from there.
+    GPU before the fine-tunings share it; a rerun without it goes on from there. ``plan_counts``, with
+    ``dry_run``: filled with the number of planned runs of each status printed (``run``, ``cached``, ``later``,
+    ``recorded``, ...).
     """
     log = log or sys.stderr
     if jobs < 1:
@@ -668,6 +671,8 @@ def run_report(
             status = run.status() if run.out in to_run or run.status() == "cached" else \
                 "later" if run.out in missing else "recorded"
             print(f"{status:6} {run.out}\n       {run.command()}", file=log)
+            if plan_counts is not None:
+                plan_counts[status] = plan_counts.get(status, 0) + 1
         return results_dir / "report.md"
     for run in runs:  # finished runs without a record (e.g. made before records existed) get one now
         name = record_name(run, config)

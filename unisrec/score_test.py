@@ -19,12 +19,12 @@ from unisrec.atomic import atomic_write_json
 from unisrec.checkpoint import from_pretrained
 from unisrec.config import RunConfig, from_plain, with_later_absent
 from unisrec.datasets import load_processed
+from unisrec.devices import resolve_device
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import check_run_items, final_evaluation
 from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
 from unisrec.model_card import record_transfer, write_finetune_card
-from unisrec.train import resolve_device
 from unisrec.training_data import cold_items
 
 

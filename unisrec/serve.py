@@ -455,6 +455,8 @@ def create_app(source: Recommender | str | Path, *, max_batch: int = 64, token: 
         ENCODE_BATCH, one batch at a time over the service, by at most TEXT_WORKERS requests at once.
         """
         if len(recommender.catalogue) == 0:
+            if not request.by_text:  # every id is unknown to an empty catalogue: a 422 naming them, as always
+                recommender.resolve(request.histories)
             return {"results": [[] for _ in request.histories]}
         if request.by_text:
             results = await encoding(recommender.recommend_lists, request.histories, request.k,

@@ -6,7 +6,7 @@ fingerprint, pooling, max length, precision, dimension and hashes of the item-id
 matrix is reused only while all of them match, and a stale one is refused with a message saying what to re-run.
 
 Word-drop views for the sequence-sequence pre-training loss (``unisrec.word_drop``) are stored beside it as a
-(V, N, D) tensor of V independently sampled variants (``<slug>.<pooling>.worddrop-p0.2-v4-s0.safetensors``).
+(V, N, D) tensor of V independently sampled variants (``<slug>.<pooling>.worddrop-p0.2-v3-s0.safetensors``).
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ def encode_word_drop(
     text: TextConfig | None = None,
     *,
     p: float = 0.2,
-    variants: int = 4,
+    variants: int = 3,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "cpu",

@@ -42,15 +42,9 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def _check_device(device: str) -> torch.device:
-    import torch
+    from unisrec.devices import resolve_device  # torch is imported lazily here
 
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise UnisrecError(f"unknown device {device!r} ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UnisrecError(f"device {device!r}: no CUDA device is available (use --device cpu)")
-    return dev
+    return resolve_device(device)
 
 
 class TextEncoder:
