@@ -77,3 +77,26 @@ def test_eval_batch_histories_and_seen_items() -> None:
     assert batch.targets.tolist() == [9, 3]
     pairs = sorted(zip(batch.seen_rows.tolist(), batch.seen_items.tolist(), strict=True))
     assert pairs == [(0, 5), (0, 6), (0, 7), (0, 8), (1, 1), (1, 2)]
+
+
+def test_step_index_counts_steps_over_epochs_of_different_lengths() -> None:
+    from unisrec.batches import StepIndex
+
+    lengths = [3, 2, 4, 3]
+    asked: list[int] = []
+
+    def length(epoch: int) -> int:
+        asked.append(epoch)
+        return lengths[epoch]
+
+    index = StepIndex(length)
+    flat = [(epoch, step) for epoch, n in enumerate(lengths) for step in range(n)]  # every global step, in order
+    assert index.locate(4) == flat[4] == (1, 1) and asked == [0, 1]  # only as far as needed
+    assert [index.locate(g) for g in reversed(range(len(flat)))] == flat[::-1]
+    assert [index.first(e) for e in range(4)] == [0, 3, 5, 9]
+    assert asked == [0, 1, 2, 3]  # each epoch's length asked once
+    with pytest.raises(ValueError, match="step -1"):
+        index.locate(-1)
+    with pytest.raises(ValueError, match="epoch 0 has 0 steps"):
+        StepIndex(lambda epoch: 0).locate(0)
+

@@ -19,8 +19,7 @@ MODEL_NO_NOISE = [
     "--model.noisy_gating=false", "--train.lr=0.01", "--train.progress=false", "--seed", "5",
 ]
 # float32: the recipe's bfloat16 autocast rounds differently when the batch is split, far above 1e-5
-NO_NOISE = [*MODEL_NO_NOISE, "--train.batch_size=80", "--pretrain.word_drop_variants=2", "--pretrain.lambda_ss=0.5",
-            "--train.precision=float32"]
+NO_NOISE = [*MODEL_NO_NOISE, "--pretrain.word_drop_variants=2", "--pretrain.lambda_ss=0.5", "--train.precision=float32"]
 
 
 LIST_THREADS = Path(__file__).with_name("cli_then_list_threads.py")
@@ -41,11 +40,15 @@ def _run(args: list[str], nproc: int) -> dict[str, object]:
     return json.loads(reports[0])
 
 
-@pytest.mark.parametrize("false_negatives", ["remove", "zero_logit"])
-def test_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, false_negatives: str) -> None:
+@pytest.mark.parametrize(("false_negatives", "batch_size", "steps"), [
+    ("remove", 80, 3), ("zero_logit", 80, 3),
+    ("remove", 84, 4),  # the 4th global batch holds one window: one process steps with a placeholder
+])
+def test_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, false_negatives: str, batch_size: int,
+                                 steps: int) -> None:
     domains = [str(prepare_synthetic(tmp_path / "a", seed=1)), str(prepare_synthetic(tmp_path / "b", seed=2))]
-    common = [*domains, "--text-model", str(tiny_lm_dir), "--max-steps", "3", *NO_NOISE,
-              f"--pretrain.false_negatives={false_negatives}"]
+    common = [*domains, "--text-model", str(tiny_lm_dir), "--max-steps", str(steps), *NO_NOISE,
+              f"--train.batch_size={batch_size}", f"--pretrain.false_negatives={false_negatives}"]
     one = _run(["pretrain", *common, "--out", str(tmp_path / "one")], 1)
     two = _run(["pretrain", *common, "--out", str(tmp_path / "two")], 2)
     for term in ("loss", "si", "ss"):
@@ -59,11 +62,19 @@ def test_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, false_negati
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("repeat_bias", [False, True])
-def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, repeat_bias: bool) -> None:
+@pytest.mark.parametrize(("repeat_bias", "batch_size", "atol"), [
+    (False, 40, 1e-4), (True, 40, 1e-4),
+    (True, 34, 1e-4),  # two global batches of one window: one process steps with a placeholder
+    # a batch of 3 windows whose first holds over half of the targets: one window each, no empty share; twice the
+    # steps of batch 40, and Adam's near-zero denominators carry the summation order's rounding to 1.4e-4 on the
+    # attention weights (the metrics still agree to 1e-9)
+    (False, 20, 5e-4),
+])
+def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, repeat_bias: bool,
+                                          batch_size: int, atol: float) -> None:
     data = str(prepare_synthetic(tmp_path / "d", seed=4))
     common = ["finetune", data, "--mode", "transductive", "--epochs", "2", "--text-model", str(tiny_lm_dir),
-              *MODEL_NO_NOISE, "--train.batch_size=40", f"--model.repeat_bias={str(repeat_bias).lower()}"]
+              *MODEL_NO_NOISE, f"--train.batch_size={batch_size}", f"--model.repeat_bias={str(repeat_bias).lower()}"]
     one = _run([*common, "--out", str(tmp_path / "one")], 1)
     two = _run([*common, "--out", str(tmp_path / "two")], 2)
     for split in ("valid", "test"):
@@ -73,7 +84,7 @@ def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, rep
     w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
     # two epochs of Adam at lr 0.01 move weights by ~0.1; float reduction order leaves ~1e-5
     for name in w1:
-        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-4, msg=name)
+        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=atol, msg=name)
 
 
 def _gather_rows_on_rank(rank: int, store: str, out_dir: str) -> None:

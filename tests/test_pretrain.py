@@ -369,12 +369,12 @@ def test_replay_adds_the_pretraining_loss_of_one_corpus_batch_per_step(two_domai
     assert missing.missing_keys == ["text_center"] and not missing.unexpected_keys
     recipe = replace(config, pretrain=recipe_config().pretrain)  # what replay trains: the recipe's losses
     pretrain = PretrainTask(plain, load_corpus(two_domains, recipe), recipe, torch.device("cpu"), Distributed.single())
-    steps = replay.task.steps
-    assert steps == pretrain.steps >= 2
-    for step in (0, 1, steps, steps + 1):  # corpus epochs follow each other: step `steps` is epoch 1's first
-        plan = replay.plan(step)
-        expected = list(pretrain.batches(step // steps))[step % steps]
-        assert (plan.epoch, plan.step) == (step // steps, step % steps)
+    # corpus epochs follow each other: fine-tuning step g replays the g-th batch of the corpus epochs in a row
+    in_a_row = [plan for epoch in range(3) for plan in pretrain.batches(epoch)]
+    assert len(in_a_row) >= 6
+    for step in (len(in_a_row) - 1, 0, 1, pretrain.epoch_steps(0), pretrain.epoch_steps(0) + 1):  # any order
+        plan, expected = replay.plan(step), in_a_row[step]
+        assert (plan.epoch, plan.step) == (expected.epoch, expected.step)
         np.testing.assert_array_equal(plan.windows, expected.windows)
         torch.testing.assert_close(replay.loss(plan), pretrain.loss(expected)["loss"], rtol=1e-5, atol=1e-5)
 

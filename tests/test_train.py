@@ -49,6 +49,19 @@ def test_resume_after_interruption_gives_identical_weights(synthetic_dataset: Pa
     assert epochs == [1, 2, 3]  # each epoch once: the interrupted one's partial record is gone
 
 
+def test_max_steps_at_an_epochs_end_counts_the_whole_epoch(synthetic_dataset: Path) -> None:
+    config = RunConfig().with_overrides([*SMALL, "model.item_repr=id", "train.epochs=3"])
+    dataset = load_processed(synthetic_dataset)
+    model = UniSRec(config.model, dataset.n_items)
+    task = FinetuneTask(model, dataset, config, torch.device("cpu"))
+    first = len(task._epoch_batches(0))
+    for max_steps, epochs, partial in ((first, 1, False), (first + 1, 1, True), (first - 1, 0, True)):
+        state = fit(model, Task(task.batches, task.steps, task.loss), config.train, None,
+                    device=torch.device("cpu"), max_steps=max_steps)
+        assert state.global_step == max_steps and state.epoch == epochs, max_steps
+        assert [bool(r.get("partial")) for r in state.history] == [False] * epochs + [True] * partial, max_steps
+
+
 def test_a_kill_between_a_checkpoints_renames_resumes_from_the_previous_one(
     synthetic_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from conftest import prepare_synthetic
 
 from unisrec.config import ConfigError, RunConfig, TrainConfig
 from unisrec.datasets.processed import load_processed
+from unisrec.errors import UnisrecError
 from unisrec.evaluate import cold_metrics
 from unisrec.finetune import finetune
 from unisrec.metrics import ranking_metrics
@@ -41,6 +43,30 @@ def test_user_fraction_keeps_a_seeded_subset_and_every_user_is_still_evaluated(t
     other = training_sequences(data, TrainConfig(user_fraction=0.1, seed=6))
     assert not np.array_equal(other.lengths > 0, trained)
     assert training_users(7, 0.01, 0).sum() == 1  # never empty
+
+
+def test_train_lengths_need_every_users_training_rows_first(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from unisrec.datasets.processed import TEST, TRAIN, VALID
+
+    data = load_processed(prepare_synthetic(tmp_path / "d", n_users=5, n_items=30))
+    lengths = train_lengths(data)
+    np.testing.assert_array_equal(lengths, np.diff(data.offsets) - 2)  # leave-one-out: all but the last two
+    split = data.split.copy()
+    first = int(data.offsets[1])  # user 1's rows: T V T ... (the reference's order is T ... T V S)
+    split[first + 1], split[first + 2] = VALID, TRAIN
+    with pytest.raises(UnisrecError, match=f"user {data.user_ids[1]} has training interactions after valid/test"):
+        train_lengths(replace(data, split=split))
+    split = data.split.copy()
+    split[data.offsets[1] - 1] = TRAIN  # user 0's test row trains: its valid row is then before a training row
+    with pytest.raises(UnisrecError, match=f"user {data.user_ids[0]} has training"):
+        train_lengths(replace(data, split=split))
+    # a last user without rows (no interaction left) has length 0
+    empty = replace(data, user_ids=np.append(data.user_ids, "nobody"), offsets=np.append(data.offsets,
+                                                                                         data.offsets[-1]))
+    np.testing.assert_array_equal(train_lengths(empty), [*lengths, 0])
+    assert (data.split[data.offsets[1:] - 1] == TEST).all()
 
 
 def test_cold_items_leave_training_entirely_and_order_is_kept(tmp_path: Path) -> None:
@@ -84,6 +110,42 @@ def test_finetune_reports_cold_metrics_and_trains_without_cold_items(tmp_path: P
     assert test == {**test, **cold_metrics(ranks, dataset.items[dataset.target_rows("test")], cold, (10, 20, 50))}
     plain = finetune(data, "inductive", tmp_path / "plain", overrides=[*SMALL, *text])
     assert plain["test"] is not None and "cold_cases" not in plain["test"]
+    for mode in ("bert4rec", "sasrec"):  # every model kind reports them (bert4rec trains by its own task)
+        other = finetune(data, mode, tmp_path / mode, overrides=[*SMALL, *text, "train.cold_items=0.3"])
+        assert other["test"] is not None and other["test"]["cold_cases"] == test["cold_cases"]
+
+
+@pytest.mark.parametrize("mode", ["inductive", "bert4rec"])
+def test_cold_items_are_no_candidate_of_the_training_softmax(tmp_path: Path, tiny_lm_dir: Path, mode: str) -> None:
+    from unisrec.baselines import build_model
+    from unisrec.cloze import ClozeTask
+    from unisrec.finetune import FinetuneTask, resolve_config
+    from unisrec.text_cache import load_text
+
+    data = load_processed(prepare_synthetic(tmp_path / "d", n_users=60, n_items=30))
+    overrides = [*SMALL, f"text.model={tiny_lm_dir}", "text.pooling=mean", "train.cold_items=0.3"]
+    config = resolve_config(RunConfig().with_overrides(overrides), mode, None, overrides)
+    text = torch.from_numpy(load_text(data, config.text).matrix)
+    torch.manual_seed(0)
+    model = build_model(config.model, data.n_items, text).eval()
+    task: Any = (ClozeTask if mode == "bert4rec" else FinetuneTask)(model, data, config, torch.device("cpu"))
+    cold = cold_items(data.n_items, 0.3, config.train.seed)
+    assert task.withheld is not None and task.withheld.tolist() == np.flatnonzero(cold).tolist()
+    batch: Any = next(iter(task.batches(0)))
+    with torch.no_grad():
+        loss = float(task.loss(batch)["loss"])
+        task.withheld = None  # the same batch with the cold items among the candidates
+        with_cold = float(task.loss(batch)["loss"])
+    assert loss < with_cold  # fewer candidates: a lower softmax loss; equal only if the cold logits were -inf already
+    # and the loss is exactly the cross-entropy over the warm items alone
+    batch = batch.to(torch.device("cpu"))
+    inputs = batch.tokens if mode == "bert4rec" else batch.inputs
+    with torch.no_grad():
+        hidden, table = model(inputs)
+        logits = model.logits(hidden[batch.mask], table)[:, ~torch.from_numpy(cold)]  # (T, warm)
+        warm = torch.cumsum(torch.from_numpy(~cold), 0) - 1  # item id -> column among the warm items
+        expected = torch.nn.functional.cross_entropy(logits, warm[batch.targets])
+    assert loss == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_config_rejects_bad_fractions() -> None:

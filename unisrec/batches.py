@@ -9,7 +9,8 @@ prefix separately.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,10 +176,62 @@ def make_eval_batch(
 
 
 def shard(n_targets: np.ndarray, dist: Distributed) -> slice:
-    """This process's contiguous share of a global batch (windows with these target counts), balanced."""
+    """This process's contiguous share of a global batch (windows with these target counts), balanced by
+    targets, at least one window for every process where the batch has as many windows as processes. A batch
+    with fewer windows (the tail of a pool can hold one) leaves the last processes an empty share: they step
+    with ``placeholder_batch`` so that every process still takes part in the gradient exchange."""
+    n, world = len(n_targets), dist.world_size
     if not dist.enabled:
-        return slice(0, len(n_targets))
+        return slice(0, n)
+    if n < world:
+        return slice(min(dist.rank, n), min(dist.rank + 1, n))
     cum = np.cumsum(n_targets)
-    bounds = [0, *np.searchsorted(cum, cum[-1] * np.arange(1, dist.world_size) / dist.world_size, "right"),
-              len(n_targets)]
-    return slice(int(bounds[dist.rank]), int(bounds[dist.rank + 1]))
+    bounds = [0, *(int(b) for b in np.searchsorted(cum, cum[-1] * np.arange(1, world) / world, "right")), n]
+    for r in range(1, world):  # a window that holds more than a share of the targets must not leave one empty
+        bounds[r] = max(bounds[r], bounds[r - 1] + 1)
+    for r in range(world - 1, 0, -1):
+        bounds[r] = min(bounds[r], bounds[r + 1] - 1)
+    return slice(bounds[dist.rank], bounds[dist.rank + 1])
+
+
+def placeholder_batch(batch: TrainBatch) -> TrainBatch:
+    """``batch`` with no training position: a process whose share of a global batch is empty runs the forward
+    pass on another process's window(s) this way, so every parameter gets its (zero) gradient and the gradient
+    exchange of the step happens in every process, without a target counted twice."""
+    return TrainBatch(batch.inputs, torch.zeros_like(batch.mask), batch.targets[:0])
+
+
+class StepIndex:
+    """Steps counted over a whole run of epochs whose lengths differ (``bucketed_batches`` cuts pools of windows,
+    so an epoch can have a batch more or less than another): global step <-> (epoch, step inside it).
+
+    ``length(epoch)`` is the number of steps of an epoch; it is asked once per epoch, in order, only as far as a
+    question needs (``train.replay`` maps fine-tuning step g to corpus batch g this way).
+    """
+
+    def __init__(self, length: Callable[[int], int]) -> None:
+        self._length = length
+        self._starts = [0]  # global step of each known epoch's first step, then the end of the last known one
+
+    def _extend(self) -> None:
+        epoch = len(self._starts) - 1
+        steps = self._length(epoch)
+        if steps < 1:
+            raise ValueError(f"epoch {epoch} has {steps} steps")
+        self._starts.append(self._starts[-1] + steps)
+
+    def first(self, epoch: int) -> int:
+        """The global step of ``epoch``'s first step: the steps of every epoch before it."""
+        while len(self._starts) <= epoch:
+            self._extend()
+        return self._starts[epoch]
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """Global ``step`` -> (epoch, its step inside that epoch)."""
+        if step < 0:
+            raise ValueError(f"step {step} < 0")
+        while self._starts[-1] <= step:
+            self._extend()
+        epoch = bisect.bisect_right(self._starts, step) - 1
+        return epoch, step - self._starts[epoch]
+

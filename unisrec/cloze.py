@@ -23,7 +23,7 @@ from unisrec.config import RunConfig
 from unisrec.datasets.processed import ProcessedDataset
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
-from unisrec.losses import full_softmax_ce
+from unisrec.losses import full_softmax_ce, withhold_items
 from unisrec.training_data import training_sequences
 
 
@@ -70,6 +70,8 @@ class ClozeTask:
         self.model, self.config, self.device = model, config, device
         sequences = training_sequences(dataset, config.train)
         self.items = sequences.items
+        # (M,) ids of the items withheld from training (train.cold_items): no softmax candidate either
+        self.withheld = torch.from_numpy(np.flatnonzero(sequences.cold)).to(device) if sequences.cold.any() else None
         self.n_items = dataset.n_items
         windows = training_windows(sequences.starts, sequences.lengths, config.model.max_seq_len, layout="strided")
         # inputs + next item as one token sequence; n_targets = tokens, so batch_size counts tokens
@@ -89,4 +91,5 @@ class ClozeTask:
         batch = batch.to(self.device)
         hidden, table = self.model(batch.tokens)  # (B, L, H), (N, H)
         core = cast(BERT4Rec, getattr(self.model, "module", self.model))
-        return {"loss": full_softmax_ce(core.logits(hidden[batch.mask], table), batch.targets)}  # (T, N) logits
+        logits = withhold_items(core.logits(hidden[batch.mask], table), self.withheld)  # (T, N)
+        return {"loss": full_softmax_ce(logits, batch.targets)}

@@ -35,7 +35,15 @@ from torch import Tensor
 from unisrec.analysis import save_ranks
 from unisrec.atomic import atomic_write_json
 from unisrec.baselines import build_model
-from unisrec.batches import TrainBatch, bucketed_batches, make_train_batch, shard, training_windows
+from unisrec.batches import (
+    StepIndex,
+    TrainBatch,
+    bucketed_batches,
+    make_train_batch,
+    placeholder_batch,
+    shard,
+    training_windows,
+)
 from unisrec.checkpoint import load_transferable, read_model_config, read_text_config, save_pretrained, save_tensors
 from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig, RunConfig, from_plain, given_fields
 from unisrec.datasets.processed import ProcessedDataset, load_processed
@@ -44,7 +52,7 @@ from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, final_evaluation
 from unisrec.interpolate import choose_interpolation, snapshot
-from unisrec.losses import distance_to_start, full_softmax_ce
+from unisrec.losses import distance_to_start, full_softmax_ce, withhold_items
 from unisrec.model import SequenceModel, add_offsets
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
 from unisrec.precision import resolve_precision, warn_if_emulated
@@ -53,7 +61,7 @@ from unisrec.records import git_commit
 from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
 from unisrec.text_cache import load_text
 from unisrec.train import Task, TrainState, clear_checkpoint, fit, peak_memory_mb, set_trainable
-from unisrec.training_data import training_sequences
+from unisrec.training_data import cold_items, training_sequences
 
 if TYPE_CHECKING:
     from unisrec.cloze import ClozeTask
@@ -151,10 +159,11 @@ class CorpusReplay:
             corpus = replace(corpus, text=corpus.text + center.detach().cpu().numpy())  # (N, D)
         self.task = PretrainTask(model, corpus, replay_config, device, dist)
         self._epoch, self._plans = -1, list[StepPlan]()  # the corpus epoch whose plans are held
+        self._corpus_steps = StepIndex(self.task.epoch_steps)  # corpus epochs differ in length by a batch or so
 
     def plan(self, step: int) -> StepPlan:
         """The corpus batch of fine-tuning step ``step`` (counted over the whole run)."""
-        epoch, index = divmod(step, self.task.steps)
+        epoch, index = self._corpus_steps.locate(step)
         if epoch != self._epoch:
             self._epoch, self._plans = epoch, list(self.task.batches(epoch))
         return self._plans[index]
@@ -187,20 +196,30 @@ class FinetuneTask:
                          if anchor is not None and name in anchor and param.requires_grad]
         self.dist = dist or Distributed.single()
         sequences = training_sequences(dataset, config.train)
-        self.items, self.cold = sequences.items, sequences.cold
+        self.items = sequences.items
+        # (M,) ids of the items withheld from training (train.cold_items): no softmax candidate either
+        self.withheld = torch.from_numpy(np.flatnonzero(sequences.cold)).to(device) if sequences.cold.any() else None
         layout = "exact" if config.train.windows == "auto" else config.train.windows
         self.windows = training_windows(sequences.starts, sequences.lengths, config.model.max_seq_len, layout=layout)
         total = int(self.windows.n_targets.sum())
         if total == 0:
             raise UnisrecError(f"{dataset.path}: no training examples (every user needs >= 2 training items)")
         self.steps = len(bucketed_batches(self.windows, config.train.batch_size, np.random.default_rng(0)))
+        self.run_steps = StepIndex(lambda epoch: len(self._epoch_batches(epoch)))  # steps before each epoch
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.config.train.seed, epoch])
+        return bucketed_batches(self.windows, self.config.train.batch_size, rng)
 
     def batches(self, epoch: int) -> Iterator[TrainBatch | ReplayStep]:
-        rng = np.random.default_rng([self.config.train.seed, epoch])
-        for step, index in enumerate(bucketed_batches(self.windows, self.config.train.batch_size, rng)):
+        first = self.run_steps.first(epoch) if self.replay is not None else 0  # this epoch's first step in the run
+        for step, index in enumerate(self._epoch_batches(epoch)):
             share = index[shard(self.windows.n_targets[index], self.dist)]  # this process's windows
-            batch = make_train_batch(self.items, self.windows.subset(share))
-            yield batch if self.replay is None else ReplayStep(batch, self.replay.plan(epoch * self.steps + step))
+            if len(share):
+                batch = make_train_batch(self.items, self.windows.subset(share))
+            else:  # fewer windows than processes: the first one again, without its targets
+                batch = placeholder_batch(make_train_batch(self.items, self.windows.subset(index[:1])))
+            yield batch if self.replay is None else ReplayStep(batch, self.replay.plan(first + step))
 
     def loss(self, step: TrainBatch | ReplayStep) -> dict[str, torch.Tensor]:
         replayed: Tensor | None = None
@@ -211,7 +230,7 @@ class FinetuneTask:
         batch = step.to(self.device)
         hidden, table = self.model(batch.inputs)  # (B, L, H), (N, H): the table once per step
         core = cast(SequenceModel, getattr(self.model, "module", self.model))
-        logits = core.logits(hidden[batch.mask], table)  # (T, N)
+        logits = withhold_items(core.logits(hidden[batch.mask], table), self.withheld)  # (T, N)
         if core.config.repeat_bias:
             at_row, at_pos = batch.mask.nonzero(as_tuple=True)  # (T,), (T,): row-major, the order of the targets
             if self.config.train.history_negatives == "offsets":
@@ -412,7 +431,8 @@ def finetune(
             save_best()
             print(f"interpolation: alpha {alpha:g} (valid {metric} {json.dumps(scores)})", file=sys.stderr)
         dist.barrier()
-    final_eval = final_evaluation(model, dataset, config.eval, device, cold=getattr(task, "cold", None))
+    cold = cold_items(dataset.n_items, config.train.cold_items, config.train.seed)  # (N,) as training withheld them
+    final_eval = final_evaluation(model, dataset, config.eval, device, cold=cold)
     n_params = sum(p.numel() for p in model.parameters())
     metrics: FinetuneMetrics = {
         "valid": final_eval.valid,

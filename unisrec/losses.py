@@ -70,3 +70,13 @@ def distance_to_start(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
     if not pairs:
         raise ValueError("distance_to_start: no parameter")
     return 0.5 * torch.stack([(param - start).pow(2).sum() for param, start in pairs]).sum()
+
+
+def withhold_items(logits: Tensor, withheld: Tensor | None) -> Tensor:
+    """(T, N) logits with the columns ``withheld`` (M,) item ids set to -inf: items withheld from training
+    (``train.cold_items``) are no candidate of the training softmax either, as items that did not exist yet
+    would not be (they are never a target, so no row loses its positive); None: the logits unchanged."""
+    if withheld is None:
+        return logits
+    return logits.index_fill(1, withheld, float("-inf"))
+

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from unisrec.atomic import atomic_write_json
 from unisrec.augment import item_drop
-from unisrec.batches import Windows, bucketed_batches, make_train_batch, shard, training_windows
+from unisrec.batches import Windows, bucketed_batches, make_train_batch, placeholder_batch, shard, training_windows
 from unisrec.checkpoint import save_pretrained
 from unisrec.config import RunConfig
 from unisrec.datasets.processed import load_processed
@@ -210,6 +210,10 @@ class PretrainTask:
                 batches.extend(members[part] for part in bucketed_batches(windows.subset(members), size, rng))
         return [batches[i] for i in rng.permutation(len(batches))]
 
+    def epoch_steps(self, epoch: int) -> int:
+        """The number of steps (global batches) of ``epoch``: epochs differ by a batch or so."""
+        return len(self._batches(epoch))
+
     def batches(self, epoch: int) -> Iterator[StepPlan]:
         for step, index in enumerate(self._batches(epoch)):
             yield StepPlan(epoch, step, index, shard(self.corpus.windows.n_targets[index], self.dist))
@@ -219,14 +223,20 @@ class PretrainTask:
         # random draws for the whole global batch, then this process's rows: the same augmentations
         # whatever the number of processes
         rng = np.random.default_rng([self.config.train.seed, plan.epoch, plan.step, 7])
-        use_words = (rng.random(len(plan.windows)) < 0.5)[plan.share]  # (B,) word drop, else item drop
-        uniform = rng.random((len(plan.windows), self.config.model.max_seq_len))[plan.share]  # (B, L)
+        # a global batch of fewer windows than processes leaves this one none: it runs the first window with no
+        # query (``placeholder_batch``), so that it still takes part in the step's gradient exchange
+        placeholder = plan.share.stop == plan.share.start
+        share = slice(0, 1) if placeholder else plan.share
+        use_words = (rng.random(len(plan.windows)) < 0.5)[share]  # (B,) word drop, else item drop
+        uniform = rng.random((len(plan.windows), self.config.model.max_seq_len))[share]  # (B, L)
         if self.variants is None:
             use_words[:] = False
         elif pre.item_drop == 0:
             use_words[:] = True
-        windows = self.corpus.windows.subset(plan.windows[plan.share])
+        windows = self.corpus.windows.subset(plan.windows[share])
         batch = make_train_batch(self.corpus.items, windows)
+        if placeholder:
+            batch = placeholder_batch(batch)
         inputs, lengths = batch.inputs.numpy(), windows.length
         last_targets = self.corpus.items[windows.start + windows.length]  # (B,) next item of each window
         aug, aug_lengths = item_drop(inputs, lengths, pre.item_drop, uniform)
@@ -260,17 +270,18 @@ class PretrainTask:
             history = torch.einsum("bph,blh->bpl", query_all, history_items)[mask] / tau  # (T, L)
             history = history.masked_fill(~torch.from_numpy(allowed).to(self.device), float("-inf"))
         si_each = self._contrastive(queries, candidates, targets, targets, tau, self.neg_log_q, history)  # (T,)
-        rows = torch.arange(b, device=self.device)
-        seq = hidden[rows, torch.from_numpy(lengths - 1).to(self.device)]  # (B, H)
-        seq_aug = hidden[b + rows, torch.from_numpy(aug_lengths - 1).to(self.device)]  # (B, H)
-        last = torch.from_numpy(last_targets).to(self.device)
+        kept = 0 if placeholder else b  # sequences of this process in the sequence-sequence term
+        rows = torch.arange(kept, device=self.device)
+        seq = hidden[rows, torch.from_numpy(lengths[:kept] - 1).to(self.device)]  # (B, H)
+        seq_aug = hidden[b + rows, torch.from_numpy(aug_lengths[:kept] - 1).to(self.device)]  # (B, H)
+        last = torch.from_numpy(last_targets[:kept]).to(self.device)
         ss_each = self._contrastive(seq, seq_aug, last, last, tau)  # (B,)
 
         si = si_each.sum() * dist.world_size / self._global_count(len(si_each))
         ss = ss_each.sum() * dist.world_size / self._global_count(len(ss_each))
         terms = {"loss": si + pre.lambda_ss * ss, "si": si.detach(), "ss": ss.detach()}
         # (T,) each target's domain; presence is read on the host, so a GPU step does not wait here per domain
-        domain = np.repeat(self.corpus.window_domain[plan.windows[plan.share]], batch.mask.numpy().sum(axis=1))
+        domain = np.repeat(self.corpus.window_domain[plan.windows[share]], batch.mask.numpy().sum(axis=1))
         for index, name in enumerate(self.corpus.names):
             here = domain == index
             if here.any():

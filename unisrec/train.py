@@ -224,6 +224,9 @@ def fit(
         for step, batch in enumerate(task.batches(state.epoch)):
             if step < state.step_in_epoch:
                 continue  # already trained before the interruption
+            if max_steps and state.global_step >= max_steps:  # checked before a step: an epoch that ends right
+                exhausted = False  # at max_steps is a whole epoch (validated, counted), not a partial one
+                break
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
                 terms = task.loss(batch)
             loss = terms["loss"]
@@ -258,9 +261,6 @@ def fit(
             bar.set_postfix({k: f"{v / counts[k]:.4f}" for k, v in sums.items() if "@" not in k})
             if checkpoint_every and state.global_step % checkpoint_every == 0:
                 save()
-            if max_steps and state.global_step >= max_steps:
-                exhausted = False
-                break
         bar.close()
         elapsed = time.perf_counter() - started
         record: dict[str, Any] = {

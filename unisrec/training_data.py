@@ -27,13 +27,15 @@ _ITEM_SALT = 130363
 
 def train_lengths(dataset: ProcessedDataset) -> np.ndarray:
     """(U,) number of leading training interactions of each user (training rows must come first)."""
-    lengths = np.add.reduceat((dataset.split == TRAIN).astype(np.int64), dataset.offsets[:-1])
-    lengths[np.diff(dataset.offsets) == 0] = 0
-    first_eval = dataset.offsets[:-1] + lengths
-    has_eval = first_eval < dataset.offsets[1:]
-    later_train = np.add.reduceat((dataset.split != TRAIN).astype(np.int64), dataset.offsets[:-1])
-    if np.any(has_eval & (later_train != np.diff(dataset.offsets) - lengths)):
-        raise UnisrecError(f"{dataset.path}: some users have training interactions after valid/test ones")
+    train = dataset.split == TRAIN  # (I,)
+    user = dataset.user_of_rows()  # (I,)
+    lengths = np.bincount(user[train], minlength=dataset.n_users).astype(np.int64)  # (U,); users without rows: 0
+    position = np.arange(len(train)) - dataset.offsets[user]  # (I,) row's place in its user's sequence
+    misplaced = train != (position < lengths[user])  # a training row after a valid/test one, or the reverse
+    if misplaced.any():
+        row = int(np.flatnonzero(misplaced)[0])
+        raise UnisrecError(f"{dataset.path}: user {dataset.user_ids[user[row]]!s} has training interactions after "
+                           "valid/test ones; every user's training rows must come first")
     return lengths
 
 
