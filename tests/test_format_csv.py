@@ -107,9 +107,9 @@ def _error(capsys: pytest.CaptureFixture[str], source: Path, out: Path, *extra: 
 
 def test_missing_folder_and_file(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nowhere"
-    message = _error(capsys, missing, tmp_path / "out")
-    assert message == (
-        f"{missing}: expected a folder holding interactions.csv[.gz] and items.csv[.gz] "
+    assert _error(capsys, missing, tmp_path / "out") == f"{missing}: folder not found"
+    assert _error(capsys, source / "items.csv", tmp_path / "out") == (
+        f"{source / 'items.csv'}: expected a folder holding interactions.csv[.gz] and items.csv[.gz] "
         "(or give both files with --interactions and --items)"
     )
     (source / "items.csv").unlink()
@@ -247,3 +247,82 @@ def test_duplicate_header_column_is_rejected(source: Path, tmp_path: Path, capsy
     message = _error(capsys, source, tmp_path / "out")
     assert message == (f"{path}, line 1: column 'timestamp' appears 2 times in the header; which one to use "
                        "is ambiguous")
+
+
+def test_spaces_after_the_commas_are_not_part_of_names_nor_ids(tiny_csv_source: Path, tmp_path: Path) -> None:
+    spaced = tmp_path / "spaced"
+    spaced.mkdir()
+    for name in ("interactions", "items"):
+        lines = (tiny_csv_source / f"{name}.csv").read_text().splitlines()
+        head, *rows = lines
+        if name == "interactions":
+            rows = [row.replace(",", ", ") for row in rows]  # "u0, i0, 1000"
+        (spaced / f"{name}.csv").write_text("\n".join([head.replace(",", ", "), *rows]) + "\n")
+    prepare(tiny_csv_source, "csv", tmp_path / "a")
+    prepare(spaced, "csv", tmp_path / "b")
+    a, b = load_processed(tmp_path / "a"), load_processed(tmp_path / "b")
+    assert sequences(a) == sequences(b) and a.item_texts == b.item_texts and list(b.item_ids) == list(a.item_ids)
+
+
+def test_what_empties_the_data_is_named(tiny_csv_source: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    interactions = tiny_csv_source / "interactions.csv"
+    original = interactions.read_text()
+    interactions.write_text("user_id,item_id,timestamp\n")
+    assert _error(capsys, tiny_csv_source, tmp_path / "o") == "tiny: the input holds no interactions"
+    head, *rows = original.splitlines()
+    interactions.write_text("\n".join([head, *(r.replace(",i", ",x") for r in rows)]) + "\n")  # unknown items
+    assert _error(capsys, tiny_csv_source, tmp_path / "o") == (
+        "tiny: none of the 48 interactions is with an item of the items file (e.g. item 'x0'; the items file "
+        "has 7 items, e.g. 'i0', 'i1', 'i2')")
+    interactions.write_text(original)
+    assert _error(capsys, tiny_csv_source, tmp_path / "o", "--user-core", "7") == (
+        "tiny: no interactions left after the k-core filtering (users >= 7, items >= 5 interactions; before it 48 "
+        "interactions of 8 users and 6 items); lower --user-core / --item-core")
+
+
+def test_an_unclosed_quote_is_an_error_and_a_quoted_line_break_is_text(tiny_csv_source: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    items = tiny_csv_source / "items.csv"
+    lines = items.read_text().splitlines()
+    lines[4] = 'i3,"unbalanced title'  # the quote never closes: pyarrow would read the rest of the file into it
+    items.write_text("\n".join(lines) + "\n")
+    assert _error(capsys, tiny_csv_source, tmp_path / "o") == (
+        f"{items}, line 5: a quoted field opens on this line and is never closed (the rest of the file would "
+        "become one value); close the quote or remove it")
+    lines[4] = 'i3,"a title on\ntwo lines"'
+    items.write_text("\n".join(lines) + "\n")
+    prepare(tiny_csv_source, "csv", tmp_path / "ok")
+    assert load_processed(tmp_path / "ok").item_texts[3] == "a title on two lines"
+
+
+def test_one_file_per_name(tiny_csv_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tiny_csv_source / "interactions.csv.gz").write_bytes(gzip.compress(b"user_id,item_id,timestamp\n"))
+    assert _error(capsys, tiny_csv_source, tmp_path / "o") == (
+        f"{tiny_csv_source}: interactions.csv and interactions.csv.gz are both here; which one to read is "
+        "ambiguous: remove one (or pass --interactions FILE)")
+
+
+def test_sources_of_one_name_are_refused_before_anything_is_written(tiny_csv_source: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other" / "tiny"
+    other.parent.mkdir()
+    other.mkdir()
+    for name in ("interactions", "items"):
+        (other / f"{name}.csv").write_bytes((tiny_csv_source / f"{name}.csv").read_bytes())
+    capsys.readouterr()
+    assert main(["prepare", str(tiny_csv_source), str(other), "--format", "csv", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"sources {tiny_csv_source} and {other} would both be written to {tmp_path / 'o' / 'tiny'}" in err
+    assert not (tmp_path / "o" / "tiny").exists()
+
+
+def test_iso_times_with_fractions_and_offsets() -> None:
+    where = {"path": Path("unused.csv"), "column": "timestamp", "header": True}
+    cases = {
+        ("2020-01-01T00:00:00Z", "2020-01-01T00:00:01.750Z"): [1577836800, 1577836801],
+        ("2020-01-01T01:00:00+01:00", "2020-01-01T00:00:00-0030"): [1577836800, 1577838600],
+        ("2020-01-01 00:00:00.9", "2020-01-01 00:00:01,5"): [1577836800, 1577836801],
+    }
+    for values, expected in cases.items():
+        assert parse_timestamps(pa.array(values), **where).tolist() == expected  # type: ignore[arg-type]

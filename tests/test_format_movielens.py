@@ -150,6 +150,17 @@ def test_bad_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     item.write_bytes(item.read_bytes().replace(b"|01-Jan-1995|", b"|", 1))
     assert _error(capsys, source, out) == f"{item}, line 1: expected 24 fields separated by '|', found 23"
 
+    source = write_100k(tmp_path / "ml100k-genres")
+    genre = source / "u.genre"
+    good = genre.read_text()
+    for bad, line, message in (("Bogus\n", 20, "expected 'genre|index', got 'Bogus'"),
+                               ("Bogus|x\n", 20, "expected 'genre|index', got 'Bogus|x'"),
+                               ("Bogus|3\n", 20, "genre index 3 given twice")):
+        genre.write_text(good.rstrip("\n") + "\n" + bad)
+        assert _error(capsys, source, out) == f"{genre}, line {line}: {message}"
+    genre.write_text(good.replace("|18", "|19"))
+    assert _error(capsys, source, out).startswith(f"{genre}: genre indices must be 0..18, each once")
+
     source = write_latest(tmp_path / "latest")
     path = source / "ratings.csv"
     path.write_text(path.read_text().replace("\n3,", "\n,", 1))

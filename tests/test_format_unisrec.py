@@ -173,3 +173,25 @@ def test_scientific_titles_script_cuts_each_text_before_its_categories(tmp_path:
     bad = subprocess.run([sys.executable, str(path), str(source), str(tmp_path / "out2")], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "Scientific.text:2: no tab" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_byte_order_marks_blank_last_lines_and_empty_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_tiny(tmp_path / "src")
+    prepare(source, "unisrec", tmp_path / "plain")
+    for name in ("X.item2index", "X.text", "X.user2index"):  # a BOM is not part of the first id or the header
+        (source / name).write_bytes(b"\xef\xbb\xbf" + (source / name).read_bytes())
+    for split in ("train", "valid", "test"):  # a blank line at the end, as editors leave them
+        (source / f"X.{split}.inter").write_text((source / f"X.{split}.inter").read_text() + "\n")
+    prepare(source, "unisrec", tmp_path / "bom")
+    plain, bom = load_processed(tmp_path / "plain"), load_processed(tmp_path / "bom")
+    assert list(bom.item_ids) == list(plain.item_ids) and list(bom.user_ids) == list(plain.user_ids)
+    assert (bom.items == plain.items).all() and bom.item_texts == plain.item_texts
+    index = source / "X.item2index"
+    good = index.read_text()
+    index.write_text(good.replace("asin0\t0", "asin0\t\u00b2"))  # a digit to isdigit(), not to int()
+    assert _error(capsys, source, tmp_path / "out") == (
+        f"{index}, line 1: expected 'original id<TAB>index', got 'asin0\\t²'")
+    index.write_text(good)
+    users = source / "X.user2index"
+    users.write_text("")
+    assert _error(capsys, source, tmp_path / "out") == f"{users}: no ids: the dataset is empty"

@@ -86,6 +86,18 @@ def test_fit_rejects_unknown_settings_and_frames_name_bad_columns(frames: tuple[
     twice = pd.concat([items, items.head(1)])
     with pytest.raises(UnisrecError, match="items: item id 'i0' appears twice"):
         unisrec.Dataset.from_frames(interactions, twice)
+    for frame, what, column in ((interactions, "interactions", "user_id"), (interactions, "interactions", "item_id"),
+                                (items, "items", "item_id")):
+        for bad, problem in ((None, "a missing id"), ("  ", "an empty id")):
+            broken = frame.copy()
+            broken.loc[broken.index[2], column] = bad
+            args = (broken, items) if what == "interactions" else (interactions, broken)
+            with pytest.raises(UnisrecError, match=f"{what}: column '{column}' has {problem} at row 2"):
+                unisrec.Dataset.from_frames(*args)
+    blank = items.copy()
+    blank.loc[blank.index[1], "title"] = " &nbsp; "
+    with pytest.raises(UnisrecError, match=r"items: column 'title' has an empty text at row 1 \(item 'i1'\)"):
+        unisrec.Dataset.from_frames(interactions, blank)
     ds = unisrec.Dataset.from_frames(interactions, items, user_core=0, item_core=0)
     with pytest.raises(UnisrecError, match="unknown setting 'speed'"):
         unisrec.fit(ds, speed=3)

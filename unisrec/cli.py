@@ -75,9 +75,14 @@ def _run_prepare(args: argparse.Namespace) -> int:
     several = len(args.source) > 1
     if several and (args.interactions or args.items):
         raise UnisrecError("--interactions / --items go with a single source")
+    outs = [args.out / Path(source.rstrip("/")).name if several else args.out for source in args.source]
+    for index, out in enumerate(outs):  # before anything is written: two sources never share an output folder
+        if out in outs[:index]:
+            first = args.source[outs.index(out)]
+            raise UnisrecError(f"sources {first} and {args.source[index]} would both be written to {out} (one "
+                               "output folder per source name); prepare them one at a time with their own --out")
     results = []
-    for source in args.source:
-        out = args.out / Path(source.rstrip("/")).name if several else args.out
+    for source, out in zip(args.source, outs, strict=True):
         dataset = prepare(
             source,
             args.fmt,

@@ -25,6 +25,7 @@ import pyarrow as pa
 from unisrec.config import RunConfig, override
 from unisrec.datasets.pipeline import PrepareOptions, RawData, build_dataset
 from unisrec.datasets.processed import ProcessedDataset, load_processed, write_processed
+from unisrec.datasets.text_clean import join_fields
 from unisrec.errors import UnisrecError
 from unisrec.recommend import Recommender
 
@@ -44,6 +45,19 @@ def _column(frame: Any, name: str, what: str) -> Any:
         found = ", ".join(map(str, frame.columns)) or "(none)"
         raise UnisrecError(f"{what}: no column {name!r}; the frame has: {found}")
     return frame[name]
+
+
+def _ids(frame: Any, name: str, what: str) -> Any:
+    """A column of ids as strings; a missing id (None, NaN) or an empty one is an error naming its row."""
+    values = _column(frame, name, what)
+    missing = values.isna()
+    if missing.any():
+        raise UnisrecError(f"{what}: column {name!r} has a missing id at row {int(missing.to_numpy().argmax())}")
+    text = values.astype(str).str.strip()
+    empty = text == ""
+    if empty.any():
+        raise UnisrecError(f"{what}: column {name!r} has an empty id at row {int(empty.to_numpy().argmax())}")
+    return text
 
 
 def _timestamps(values: Any, column: str) -> np.ndarray:
@@ -97,13 +111,18 @@ class Dataset:
 
         ``out``: the folder to write (default: a temporary one, removed at exit).
         """
-        users = _column(interactions, user_col, "interactions").astype(str)
-        item_ids = _column(interactions, item_col, "interactions").astype(str)
+        users = _ids(interactions, user_col, "interactions")
+        item_ids = _ids(interactions, item_col, "interactions")
         times = _timestamps(_column(interactions, time_col, "interactions"), time_col)
-        catalogue = _column(items, item_col, "items").astype(str)
+        catalogue = _ids(items, item_col, "items")
         texts = _column(items, text_col, "items")
         if texts.isna().any():
             raise UnisrecError(f"items: column {text_col!r} has a missing text at row {int(texts.isna().argmax())}")
+        texts = texts.astype(str).map(lambda text: join_fields([text]))  # cleaned as the file formats clean them
+        if (texts == "").any():
+            row = int((texts == "").to_numpy().argmax())
+            raise UnisrecError(f"items: column {text_col!r} has an empty text at row {row} "
+                               f"(item {catalogue.iloc[row]!r})")
         duplicated = catalogue.duplicated()
         if duplicated.any():
             raise UnisrecError(f"items: item id {catalogue[duplicated].iloc[0]!r} appears twice in {item_col!r}")
@@ -112,7 +131,7 @@ class Dataset:
             item_id=pa.array(item_ids.tolist(), pa.string()),
             timestamp=times,
             catalogue_id=pa.array(catalogue.tolist(), pa.string()),
-            catalogue_text=pa.array(texts.astype(str).tolist(), pa.string()),
+            catalogue_text=pa.array(texts.tolist(), pa.string()),
         )
         options = PrepareOptions(user_core=user_core, item_core=item_core)
         info = {"source": "DataFrames", "source_format": "frames"}

@@ -86,6 +86,9 @@ def prepare(
     options = options or PrepareOptions()
     if fmt not in FORMATS:
         raise UnisrecError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+    files_given = fmt == "csv" and kwargs.get("interactions") is not None and kwargs.get("items") is not None
+    if fmt != "movielens" and not files_given and not Path(source).exists():  # movielens: also a release name
+        raise UnisrecError(f"{source}: file not found" if Path(source).suffix else f"{source}: folder not found")
     info = {"source": str(source), "source_format": fmt}
     if fmt == "unisrec":
         dataset = read_unisrec_source(Path(source), name)

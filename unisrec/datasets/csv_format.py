@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from unisrec.datasets.csv_io import (
     first_duplicate,
@@ -33,11 +34,14 @@ class CsvColumns:
 
 
 def find_file(folder: Path, stem: str) -> Path:
-    for suffix in (".csv", ".csv.gz", ".tsv", ".tsv.gz"):
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.exists():
-            return candidate
-    raise UnisrecError(f"{folder}: no {stem}.csv or {stem}.csv.gz in this folder (or pass --{stem} FILE)")
+    found = [folder / f"{stem}{suffix}" for suffix in (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+             if (folder / f"{stem}{suffix}").exists()]
+    if len(found) > 1:
+        raise UnisrecError(f"{folder}: {' and '.join(p.name for p in found)} are both here; which one to read is "
+                           f"ambiguous: remove one (or pass --{stem} FILE)")
+    if not found:
+        raise UnisrecError(f"{folder}: no {stem}.csv or {stem}.csv.gz in this folder (or pass --{stem} FILE)")
+    return found[0]
 
 
 def resolve_text_columns(spec: str, header: Sequence[str], path: Path) -> list[str]:
@@ -66,7 +70,7 @@ def read_items(
     """(ids, texts) of an items file; empty texts and duplicate ids are errors naming the line."""
     text_columns = resolve_text_columns(text_spec, read_header(path, encoding, delimiter), path)
     table = read_csv(path, [id_column, *text_columns], delimiter=delimiter, encoding=encoding)
-    ids = table.column(id_column).combine_chunks()
+    ids = pc.utf8_trim_whitespace(table.column(id_column).combine_chunks())  # "i1, title": the id is "i1"
     columns = [table.column(c).to_pylist() for c in text_columns]
     texts = [join_fields(fields) for fields in zip(*columns, strict=True)]
     text_array = pa.array(texts, pa.string())
@@ -117,8 +121,9 @@ def read_interactions(
     table = read_csv(
         path, [columns.user, columns.item, columns.timestamp], delimiter=delimiter, encoding=encoding
     )
-    users = table.column(columns.user).combine_chunks()
-    items = table.column(columns.item).combine_chunks()
+    # ids without the spaces around them ("u1, i1, 1000"), as in the items file
+    users = pc.utf8_trim_whitespace(table.column(columns.user).combine_chunks())
+    items = pc.utf8_trim_whitespace(table.column(columns.item).combine_chunks())
     for values, name in ((users, columns.user), (items, columns.item)):
         empty = first_empty(values)
         if empty is not None:

@@ -69,6 +69,27 @@ def _first_bad_width(path: Path, encoding: str, delimiter: str, width: int, quot
     return None
 
 
+UNCLOSED_QUOTE = ("a quoted field opens on this line and is never closed (the rest of the file would become one "
+                  "value); close the quote or remove it")
+
+
+def _unclosed_quote_line(path: Path, encoding: str, delimiter: str) -> int | None:
+    """The line where a quoted field opens that the file never closes (pyarrow reads it to the end of the file,
+    the rest of the file becoming that one value), or None."""
+    with open_text(path, encoding) as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, strict=True)
+        start = 1
+        try:
+            for _fields in reader:
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            # the file ends inside the quoted field, or its quote "closes" lines later where another field's
+            # opening quote is (the record then runs over several lines and breaks there)
+            if "unexpected end of data" in str(exc) or reader.line_num > start:
+                return start
+    return None
+
+
 def check_exists(path: Path) -> None:
     if not path.exists():
         raise DataError(path, "file not found")
@@ -93,12 +114,7 @@ def read_csv(
     MovieLens' files, where titles hold unbalanced quotes).
     """
     check_exists(path)
-    read_options = pcsv.ReadOptions(
-        encoding=encoding if encoding.lower().replace("-", "") != "utf8" else "utf8",
-        column_names=list(column_names) if column_names is not None else None,
-        autogenerate_column_names=False,
-        block_size=1 << 24,
-    )
+    names = list(column_names) if column_names is not None else None
     parse_options = pcsv.ParseOptions(
         delimiter=delimiter, newlines_in_values=quoting, quote_char='"' if quoting else False
     )
@@ -112,8 +128,16 @@ def read_csv(
         if missing:
             found = ", ".join(header_names) or "(empty)"
             raise DataError(path, f"missing column {missing[0]!r}{what}; the header has: {found}", line=1)
+        names = header_names  # as read_header cleaned them ("user_id, item_id": spaces and a BOM taken off)
     elif column_names is not None and len(column_names) < len(columns):
         raise DataError(path, f"expected {len(columns)} columns")
+    read_options = pcsv.ReadOptions(
+        encoding=encoding if encoding.lower().replace("-", "") != "utf8" else "utf8",
+        column_names=names,
+        skip_rows=1 if header else 0,
+        autogenerate_column_names=False,
+        block_size=1 << 24,
+    )
     convert = pcsv.ConvertOptions(
         column_types={c: pa.string() for c in columns},
         include_columns=list(columns),
@@ -121,7 +145,13 @@ def read_csv(
         quoted_strings_can_be_null=False,
     )
     try:
-        return pcsv.read_csv(path, read_options=read_options, parse_options=parse_options, convert_options=convert)
+        table = pcsv.read_csv(path, read_options=read_options, parse_options=parse_options, convert_options=convert)
+        if quoting and any(pc.any(pc.match_substring(table.column(c), "\n")).as_py() for c in columns):
+            # a value over several lines: legitimate in a quoted field, or a quote never closed
+            line = _unclosed_quote_line(path, encoding, delimiter)
+            if line is not None:
+                raise DataError(path, UNCLOSED_QUOTE, line=line)
+        return table
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(path, f"truncated or corrupted gzip file ({exc})") from None
     except OSError as exc:
@@ -137,6 +167,9 @@ def read_csv(
                 path, f"not valid {encoding} text; re-encode the file or pass --encoding", line=line
             ) from None
         if "Expected" in text and "columns" in text:
+            unclosed = _unclosed_quote_line(path, encoding, delimiter) if quoting else None
+            if unclosed is not None:
+                raise DataError(path, UNCLOSED_QUOTE, line=unclosed) from None
             width = (
                 len(column_names) if column_names is not None else len(read_header(path, encoding, delimiter, quoting))
             )
@@ -169,7 +202,17 @@ def read_header(path: Path, encoding: str, delimiter: str, quoting: bool = True)
     return [name.strip().lstrip("\ufeff") for name in first]
 
 
-ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d",
+               "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%dT%H:%M%z")  # with a UTC offset: converted
+
+
+def _iso_normalised(strings: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """ISO 8601 spellings strptime does not take, rewritten: fractional seconds dropped (rounded down to the
+    whole second, as decimal Unix seconds are), a final ``Z`` (UTC) as ``+0000``, an offset ``+HH:MM`` as
+    ``+HHMM``."""
+    out = pc.replace_substring_regex(strings, r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})[.,]\d+", r"\1")
+    out = pc.replace_substring_regex(out, r"Z$", "+0000")
+    return pc.replace_substring_regex(out, r"([+-]\d{2}):(\d{2})$", r"\1\2")
 
 
 def parse_timestamps(
@@ -200,8 +243,9 @@ def parse_timestamps(
                  "quoting": quoting}
         return _exact_seconds(strings, where)
     masks = [numeric.to_numpy(zero_copy_only=False)]
+    iso = _iso_normalised(strings)
     for fmt in (*formats, *ISO_FORMATS):
-        parsed = pc.strptime(strings, format=fmt, unit="s", error_is_null=True)
+        parsed = pc.strptime(strings if fmt in formats else iso, format=fmt, unit="s", error_is_null=True)
         valid = pc.is_valid(parsed).to_numpy(zero_copy_only=False)
         if valid.all():
             return pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)

@@ -245,6 +245,23 @@ def read_double_colon(path: Path, names: list[str], encoding: str) -> pa.Table:
     return pa.table({name: pc.list_element(parts, i) for i, name in enumerate(names)})
 
 
+def _read_genres(path: Path) -> list[str]:
+    """ml-100k's u.genre: ``name|index`` lines, the indices 0..G-1 (the order of u.item's genre flags)."""
+    by_index: dict[int, str] = {}
+    for number, line in enumerate(path.read_text("latin-1").splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, sep, index = line.rpartition("|")
+        if not sep or not name or not index.strip().isascii() or not index.strip().isdigit():
+            raise DataError(path, f"expected 'genre|index', got {line[:80]!r}", line=number)
+        if int(index) in by_index:
+            raise DataError(path, f"genre index {int(index)} given twice", line=number)
+        by_index[int(index)] = name
+    if sorted(by_index) != list(range(len(by_index))):
+        raise DataError(path, f"genre indices must be 0..{len(by_index) - 1}, each once; got {sorted(by_index)}")
+    return [by_index[i] for i in range(len(by_index))]
+
+
 def _read_100k(folder: Path) -> Columns:
     data, item = folder / "u.data", folder / "u.item"
     names = ["user", "item", "rating", "time"]
@@ -253,10 +270,7 @@ def _read_100k(folder: Path) -> Columns:
     timestamps = parse_timestamps(inter["time"], data, "time", header=False, delimiter="\t", quoting=False)
     genres = list(GENRES_100K)
     if (folder / "u.genre").exists():
-        pairs = [
-            line.split("|") for line in (folder / "u.genre").read_text("latin-1").splitlines() if line.strip()
-        ]
-        genres = [name for name, _index in sorted(pairs, key=lambda p: int(p[1]))]
+        genres = _read_genres(folder / "u.genre")
     flags = [f"g{i}" for i in range(len(genres))]
     columns = ["item", "title", "release", "video", "url", *flags]
     table = read_csv(

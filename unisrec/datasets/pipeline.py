@@ -111,6 +111,16 @@ def build_dataset(
     order = np.arange(n_events, dtype=np.int64)
     timestamps = raw.timestamp.astype(np.int64)
 
+    if n_events == 0:
+        dropped = "; ".join(f"{step['step']}: removed {step['removed_interactions']}" for step in raw.pre_steps
+                            if step["removed_interactions"])
+        raise UnisrecError(f"{name}: the input holds no interactions" + (f" ({n_input} read; {dropped})"
+                                                                          if n_input else ""))
+    if not has_text.any():
+        missing = raw.item_id[int(np.flatnonzero(~has_text)[0])].as_py()
+        known = ", ".join(repr(v) for v in raw.catalogue_id[:3].to_pylist()) or "none: the items file is empty"
+        raise UnisrecError(f"{name}: none of the {n_events} interactions is with an item of the items file "
+                           f"(e.g. item {missing!r}; the items file has {len(raw.catalogue_id)} items, e.g. {known})")
     state = event_counts(raw.user_id, raw.item_id)
     if not has_text.all():
         users, items = users[has_text], items[has_text]
@@ -132,8 +142,9 @@ def build_dataset(
     )
     if len(users) == 0:
         raise UnisrecError(
-            f"{name}: no interactions left after filtering (users >= {user_min}, items >= "
-            f"{options.item_core}); lower --user-core / --item-core"
+            f"{name}: no interactions left after the k-core filtering (users >= {user_min}, items >= "
+            f"{options.item_core} interactions; before it {state[0]} interactions of {state[1]} users and "
+            f"{state[2]} items); lower --user-core / --item-core"
         )
 
     sort = np.lexsort((order, timestamps, users))  # by user, then time, ties keep input order

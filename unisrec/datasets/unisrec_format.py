@@ -36,7 +36,7 @@ def find_prefix(source: Path, name: str | None) -> Path:
 def _read_lines(path: Path) -> list[str]:
     check_exists(path)
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not part of line 1
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise DataError(path, "not valid UTF-8 text", line=line) from None
@@ -50,7 +50,7 @@ def read_index(path: Path) -> dict[str, int]:
         if not line.strip():
             continue
         parts = line.split("\t")
-        if len(parts) != 2 or not parts[1].strip().isdigit():
+        if len(parts) != 2 or not parts[1].strip().isascii() or not parts[1].strip().isdigit():
             raise DataError(path, f"expected 'original id<TAB>index', got {line[:80]!r}", line=number)
         key, index = parts[0], int(parts[1])
         if key in mapping:
@@ -71,6 +71,8 @@ def _rows(path: Path, n_users: int, n_items: int) -> list[tuple[int, int, list[i
         raise DataError(path, f"expected the header {chr(9).join(INTER_HEADER)!r}", line=1)
     rows = []
     for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():  # a blank line (at the end, typically): skipped, as in the index files
+            continue
         parts = line.split("\t")
         if len(parts) != 3:
             raise DataError(path, f"expected 3 tab-separated fields, found {len(parts)}", line=number)
@@ -95,6 +97,9 @@ def read_unisrec_source(source: Path, name: str | None = None) -> ProcessedDatas
     item_index = read_index(Path(f"{prefix}.item2index"))
     user_index = read_index(Path(f"{prefix}.user2index"))
     n_items, n_users = len(item_index), len(user_index)
+    for count, what in ((n_items, "item2index"), (n_users, "user2index")):
+        if count == 0:
+            raise DataError(Path(f"{prefix}.{what}"), "no ids: the dataset is empty")
 
     text_path = Path(f"{prefix}.text")
     lines = _read_lines(text_path)
