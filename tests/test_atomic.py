@@ -89,6 +89,9 @@ def test_clean_stale_removes_leftovers_and_restores_a_swapped_out_folder(tmp_pat
     old.mkdir()
     (old / "a").write_text("previous")
     (tmp_path / ".other.jkl.tmp").write_text("not ours")
+    (tmp_path / ".out.v2.mno12345.tmp").mkdir()  # a live write of "out.v2", a dataset named with a dot: not ours
+    (tmp_path / ".out.v2.pqr67890.old").mkdir()
     removed = clean_stale(target)
     assert len(removed) == 2 and (target / "a").read_text() == "previous"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.jkl.tmp", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.jkl.tmp", ".out.v2.mno12345.tmp",
+                                                          ".out.v2.pqr67890.old", "out"]

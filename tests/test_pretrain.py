@@ -94,7 +94,7 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
                      overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.transfer=adaptor"])
     assert fresh["transferred_parameters"] == sorted(k for k in weights if k.startswith("adaptor."))
     assert set(fresh["trainable_parameters"]) == parameters  # the fresh encoder trains too
-    sequence = finetune(target, "inductive", tmp_path / "ft-encoder", init=run,
+    sequence = finetune(target, "inductive", tmp_path / "ft-encoder", init=run, card=False,  # as report --verify
                         overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.transfer=encoder"])
     assert sequence["transferred_parameters"] == sorted(k for k in weights if k.startswith(("encoder.", "input_norm.")))
     assert set(sequence["trainable_parameters"]) == parameters  # the fresh adaptor trains too
@@ -120,6 +120,7 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
     card = (run / "README.md").read_text()
     assert "2 domains: a, b" in card and str((tmp_path / "ft-all").resolve()) in card
     assert str((tmp_path / "ft").resolve()) in card  # every transfer is listed, with what it trained on
+    assert str((tmp_path / "ft-encoder").resolve()) not in card  # but one made with card=False
     rows = {line.split("`")[-2]: line for line in card.splitlines() if line.startswith("| ") and line.count("`") == 2}
     assert rows[str((tmp_path / "ft-all").resolve())].startswith("| target | inductive | all users | ")
     assert rows[str((tmp_path / "ft-half").resolve())].startswith(

@@ -273,7 +273,7 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key 'seed'"):
         load_report_config(_config(tmp_path, tiny_lm_dir, seed=[1]))
     same = [{"name": "a", "dataset": "target", "record": "mine"}, {"name": "b", "dataset": "target", "record": "mine"}]
-    with pytest.raises(ConfigError, match="two runs share a record name"):
+    with pytest.raises(ConfigError, match="two runs share the record name 'mine'"):
         load_report_config(_config(tmp_path, tiny_lm_dir, experiments=same, long_tail=None, transfer=None))
     with pytest.raises(ConfigError, match=r"record 'runs/a-\{seed\}': use letters"):
         load_report_config(_config(tmp_path, tiny_lm_dir, experiments=[{"name": "a", "dataset": "target",
@@ -285,6 +285,25 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
     assert [one.record_name("finetune", "a", s) for s in (1, 2)] == ["a-s1", "a-s2"]
     assert [one.record_name("zeroshot", "z", s) for s in (1, 2)] == ["z", None]  # no {seed}: the first seed's
     assert one.record_name("pretrain", "other-pt", 7) == "pretrain-other-pt-seed-7"
+    # a pre-training per seed (seed null) with a record name without {seed}: the first seed's run has it
+    per_seed = {"other-pt": {"datasets": ["other"], "seed": None, "record": "pre-other"}}
+    each = load_report_config(_config(tmp_path, tiny_lm_dir, pretrain=per_seed))
+    assert [each.record_name("pretrain", "other-pt", s) for s in (1, 2)] == ["pre-other", None]
+    clash = {"other-pt": {"datasets": ["other"], "seed": 7, "record": "mine-s1"}}
+    with pytest.raises(ConfigError, match="two runs share the record name 'mine-s1'"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, pretrain=clash, long_tail=None, transfer=None,
+                                   experiments=[{"name": "a", "dataset": "target", "record": "mine-s{seed}"}]))
+    base = tmp_path / "base.yaml"  # the base run config counts as much as the overrides
+    base.write_text("eval:\n  test: false\n")
+    with pytest.raises(ConfigError, match=r"eval\.test=false leaves the run without test metrics"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, config=str(base)))
+
+
+def test_report_json_gives_no_deviation_for_one_value() -> None:
+    from unisrec.report_writer import summary_stats
+
+    assert summary_stats([0.5]) == {"mean": 0.5, "std": None}
+    assert summary_stats([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2 ** 0.5)}  # sample deviation
 
 
 def test_dry_run_prints_the_plan_as_commands(tmp_path: Path, tiny_lm_dir: Path,
@@ -354,6 +373,10 @@ def test_verify_reruns_a_recorded_run_and_prints_the_differences(tmp_path: Path,
     assert again["diff"]["test"]["ndcg@10"] == pytest.approx(-0.5)
     assert main([*args, "--verify", "nope"]) == 2
     assert "no such record (records there: finetune-scratch-seed-1)" in capsys.readouterr().err
+    tampered["plan"]["overrides"] = [*tampered["plan"]["overrides"], "train.lr=0.5"]  # a record of other settings
+    record.write_text(json.dumps(tampered))
+    assert main([*args, "--verify", "finetune-scratch-seed-1"]) == 2
+    assert "recorded with other settings than" in capsys.readouterr().err
 
 
 def test_verify_against_a_finished_folder_compares_a_pretraining_epoch_by_epoch(

@@ -243,3 +243,26 @@ def test_model_card_says_what_a_transfer_trained_on() -> None:
     assert training_data(TrainConfig()) == "all users"
     assert training_data(TrainConfig(user_fraction=0.1)) == "10% of users"
     assert training_data(TrainConfig(user_fraction=0.25, cold_items=0.2)) == "25% of users, 20% of items withheld"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_kill_between_the_renames_of_finish_run_dir_loses_no_run(tmp_path: Path, finished: bool) -> None:
+    from unisrec.runs import finish_run_dir, open_run_dir, staging_dir
+
+    out = tmp_path / "run"
+    settings = {"kind": "finetune", "config": {"train": {"lr": 0.001}}}
+    open_run_dir(out, settings, overwrite=False)
+    (out / "metrics.json").write_text('{"old": true}')
+    work = open_run_dir(out, settings, overwrite=True)  # the replacement trains beside the finished run
+    assert work == staging_dir(out)
+    if finished:
+        (work / "metrics.json").write_text('{"new": true}')
+    out.rename(tmp_path / ".run.replaced")  # finish_run_dir killed after its first rename: no run at ``out``
+    open_run_dir(out, settings, overwrite=True)  # the next command on ``out`` puts one back first
+    assert (out / "metrics.json").read_text() == ('{"new": true}' if finished else '{"old": true}')
+    assert not (tmp_path / ".run.replaced").exists()
+    if not finished:  # an unfinished replacement stays staged, to resume and move in when it ends
+        assert (work / "run.json").exists()
+        (work / "metrics.json").write_text('{"new": true}')
+        finish_run_dir(work, out)
+        assert (out / "metrics.json").read_text() == '{"new": true}' and not work.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -107,7 +108,10 @@ def clean_stale(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    leftovers = sorted(path.parent.glob(f".{path.name}.*.tmp")) + sorted(path.parent.glob(f".{path.name}.*.old"))
+    # ".NAME.<random>.tmp" exactly: the random part has no dot, so the leftovers of "NAME.v2" are not NAME's
+    own = re.compile(rf"\.{re.escape(path.name)}\.[^.]+\.(tmp|old)")
+    leftovers = [p for suffix in ("tmp", "old") for p in sorted(path.parent.glob(f".{path.name}.*.{suffix}"))
+                 if own.fullmatch(p.name)]
     olds = [p for p in leftovers if p.name.endswith(".old")]
     if olds and not path.exists():
         os.replace(olds[0], path)

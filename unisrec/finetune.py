@@ -318,11 +318,14 @@ def finetune(
     init: str | Path | None = None,
     overwrite: bool = False,
     replay: Sequence[str | Path] = (),
+    card: bool = True,
 ) -> FinetuneMetrics:
     """Train on ``data_dir`` and write the run folder ``out``; returns its metrics ({"valid": ..., "test": ...}).
 
     ``overrides``: dotted settings on top of ``config`` (``"train.lr=3e-4"``, ``"text.pooling=mean"``).
     ``replay``: pre-training corpus folders replayed with weight ``train.replay`` (``CorpusReplay``).
+    ``card``: with ``init``, add the test result to the pre-trained run's card (``unisrec report --verify``
+    reruns into a temporary folder without).
     """
     init_dir = Path(init) if init is not None else None
     base = config or RunConfig()
@@ -467,7 +470,7 @@ def finetune(
             print(f"best epoch {state.best_epoch}: valid {json.dumps(final_eval.valid)} (test not scored: "
                   "eval.test=false)", file=sys.stderr)
         else:
-            if init_dir is not None:  # the pre-trained model's card lists test results only
+            if init_dir is not None and card:  # the pre-trained model's card lists test results only
                 record_transfer(init_dir, final, metrics, config.train)
             print(f"best epoch {state.best_epoch}: test {json.dumps(final_eval.test)}", file=sys.stderr)
     dist.barrier()

@@ -8,7 +8,6 @@ on, seed, test metrics).
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from collections.abc import Mapping
@@ -17,6 +16,8 @@ from typing import Any
 
 from unisrec.atomic import atomic_write_json, atomic_write_text
 from unisrec.config import TrainConfig
+from unisrec.errors import UnisrecError
+from unisrec.json_io import read_json
 from unisrec.locking import waiting_for
 
 _METRIC_ORDER = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
@@ -147,7 +148,7 @@ def write_pretrain_card(run_dir: Path, settings: Mapping[str, Any], metrics: Map
                         command: str | None = None) -> None:
     """(Re)write the pre-trained run's card; the command is kept in ``card.json`` for later rewrites."""
     card_file = run_dir / "card.json"
-    saved = json.loads(card_file.read_text()) if card_file.exists() else {}
+    saved = read_json(card_file, "delete it to start the card again") if card_file.exists() else {}
     command = command or saved.get("command") or command_line()
     transfers = saved.get("transfers", [])
     atomic_write_json(card_file, {"command": command, "transfers": transfers})
@@ -171,18 +172,18 @@ def record_transfer(init_dir: Path, run_dir: Path, metrics: Mapping[str, Any], t
     try:
         with waiting_for(init_dir / ".card.lock"):  # transfers finishing at once must not lose each other
             _add_transfer(init_dir, run_dir, metrics, training_data(train))
-    except OSError:
+    except (OSError, UnisrecError):  # a damaged card of another run: this run's results stand without it
         return
 
 
 def _add_transfer(init_dir: Path, run_dir: Path, metrics: Mapping[str, Any], training: str) -> None:
     card_file = init_dir / "card.json"
-    saved = json.loads(card_file.read_text())
+    saved = read_json(card_file)
     entry = {"dataset": metrics["dataset"], "mode": metrics["mode"], "training": training, "seed": metrics["seed"],
              "test": {k: metrics["test"][k] for k in _METRIC_ORDER if k in metrics["test"]},
              "run": str(run_dir.resolve())}
     transfers = [t for t in saved.get("transfers", []) if t.get("run") != entry["run"]] + [entry]
     atomic_write_json(card_file, {**saved, "transfers": transfers})
-    settings = json.loads((init_dir / "run.json").read_text())
-    pretrained = json.loads((init_dir / "metrics.json").read_text())
+    settings = read_json(init_dir / "run.json")
+    pretrained = read_json(init_dir / "metrics.json")
     atomic_write_text(init_dir / "README.md", pretrain_card(settings, pretrained, saved.get("command", ""), transfers))

@@ -274,19 +274,20 @@ def _with_dependencies(config: ReportConfig, only: list[str]) -> set[str]:
     return wanted
 
 
-def execute(run: PlannedRun) -> None:
-    """Run one planned run (a stale folder is replaced, an interrupted one resumed)."""
+def execute(run: PlannedRun, card: bool = True) -> None:
+    """Run one planned run (a stale folder is replaced, an interrupted one resumed); ``card``: a transfer adds its
+    result to its pre-trained run's card (not a ``--verify`` rerun)."""
     status = run.status()
     overwrite = status == "stale"
     run.out.parent.mkdir(parents=True, exist_ok=True)
     if overwrite:  # before the new spec, so that an interruption from here on is still seen as a replacement
         atomic_write_json(run.replacing_file, {"replacing": str(run.out), "plan": run.spec_file.name})
     atomic_write_json(run.spec_file, run.spec)
-    _run_planned(run, overwrite)
+    _run_planned(run, overwrite, card)
     run.replacing_file.unlink(missing_ok=True)
 
 
-def _run_planned(run: PlannedRun, overwrite: bool) -> None:
+def _run_planned(run: PlannedRun, overwrite: bool, card: bool = True) -> None:
     a = run.args
     if isinstance(a, PrepareArgs):
         from unisrec.datasets import PrepareOptions, prepare
@@ -303,7 +304,8 @@ def _run_planned(run: PlannedRun, overwrite: bool) -> None:
         from unisrec.finetune import finetune
 
         assert a.mode is not None
-        finetune(a.data[0], a.mode, run.out, config=config, overrides=overrides, init=a.init, overwrite=overwrite)
+        finetune(a.data[0], a.mode, run.out, config=config, overrides=overrides, init=a.init, overwrite=overwrite,
+                 card=card)
     else:
         assert a.init is not None
         if run.out.exists():
@@ -545,22 +547,26 @@ def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir:
         names = sorted(p.stem for p in results_dir.glob("*.json") if read_record(p) is not None)
         known = ", ".join(names[:5]) or "none"
         raise UnisrecError(f"{record_file}: no such record (records there: {known})")
-    record = json.loads(record_file.read_text())
+    record = read_json(record_file)
     config = load_report_config(config_path, data_root=data_root)
     matches = [r for r in plan_runs(config, Path(out)) if record_name(r, config) == name]
     if not matches or matches[0].kind == "prepare":
         raise UnisrecError(f"{name}: not a training run of {config_path}")
     run = matches[0]
+    if isinstance(record.get("plan"), dict) and not same_plan(record["plan"], run.spec):
+        raise UnisrecError(f"{record_file}: recorded with other settings than {config_path} plans for it now; a "
+                           "rerun would not test the record (restore the config, or rerun the report to replace "
+                           "the record)")
     with tempfile.TemporaryDirectory(prefix="unisrec-verify-") as tmp:
         if against is None:
             again = dc_replace(run, out=Path(tmp) / "run")
             print(f"verify: rerunning {run.kind} {run.name} seed {run.seed} in {again.out}", file=log)
-            execute(again)
+            execute(again, card=False)
         else:
             again = dc_replace(run, out=Path(against))
             if not again.done_file.exists():
                 raise UnisrecError(f"{again.out}: not a finished run (no {again.done_file.name})")
-        fresh = json.loads(again.done_file.read_text())
+        fresh = read_json(again.done_file)
         curve = run_curve(again.out)
     diff: dict[str, dict[str, float]] = {}
     for split in ("valid", "test"):
@@ -674,10 +680,16 @@ def run_report(
             if plan_counts is not None:
                 plan_counts[status] = plan_counts.get(status, 0) + 1
         return results_dir / "report.md"
-    for run in runs:  # finished runs without a record (e.g. made before records existed) get one now
+    def outdated(name: str, run: PlannedRun) -> bool:
+        """No record, or one of another plan (a record restored from git, a kill before the record was made);
+        a record of a version without plans stays."""
+        stored = read_record(results_dir / f"{name}.json")
+        plan = stored.get("plan") if stored is not None else None
+        return stored is None or (isinstance(plan, dict) and not same_plan(plan, run.spec))
+
+    for run in runs:  # finished runs without their record (e.g. made before records existed) get one now
         name = record_name(run, config)
-        if run.kind != "prepare" and name is not None and run.status() == "cached" \
-                and not (results_dir / f"{name}.json").exists():
+        if run.kind != "prepare" and name is not None and run.status() == "cached" and outdated(name, run):
             record(run)
     todo = missing_runs()
     to_run = {run.out for run in todo}

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from unisrec.config import MODES, Pooling, RunConfig, from_plain, read_yaml_mapping
+from unisrec.config import MODES, Pooling, RunConfig, from_plain, load_config, read_yaml_mapping
 from unisrec.errors import ConfigError
 
 # Hou et al., KDD 2022, Table 2 (the paper's main results table): Recall@10, NDCG@10, Recall@50, NDCG@50
@@ -195,7 +195,8 @@ class ReportConfig:
             return f"{kind}-{name}" + (f"-seed-{seed}" if seed is not None else "")
         if "{seed}" in template:
             return template.replace("{seed}", str(seed))
-        first = self.pretrain[name].seed if kind == "pretrain" and name in self.pretrain else self.seeds[0]
+        shared = self.pretrain[name].seed if kind == "pretrain" and name in self.pretrain else None
+        first = shared if shared is not None else self.seeds[0]  # one run per seed (seed null): the first
         return template if seed in (None, first) else None
 
 
@@ -232,6 +233,7 @@ def check_report_config(config: ReportConfig, where: str) -> None:
     def fail(message: str) -> None:
         raise ConfigError(f"{where}: {message}")
 
+    base = load_config(config.resolve(config.config)) if config.config else RunConfig()  # what every run starts from
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
         fail(f"seeds must be distinct and at least one, got {list(config.seeds)}")
     for name, dataset in config.datasets.items():
@@ -270,14 +272,18 @@ def check_report_config(config: ReportConfig, where: str) -> None:
         if e.reference is not None and e.reference not in {x.name for x in config.experiments}:
             fail(f"{at}: unknown reference {e.reference!r}")
         _check_record(e.record, at, fail)
-        if not RunConfig().with_overrides([*config.overrides, *e.overrides]).eval.test:
+        if not base.with_overrides([*config.overrides, *e.overrides]).eval.test:
             fail(f"{at}: eval.test=false leaves the run without test metrics, which every report table reads "
                  "(choose settings with `unisrec finetune ... --eval.test=false` outside a report)")
         seen.add(e.name)
     records = [config.record_name(e.command, e.name, s) for e in config.experiments for s in config.seeds]
+    records += [config.record_name("pretrain", name, s) for name, pre in config.pretrain.items()
+                for s in ([pre.seed] if pre.seed is not None else config.seeds)]
     named = [r for r in records if r is not None]
     if len(set(named)) != len(named):
-        fail("two runs share a record name (record templates need {seed} to tell seeds apart)")
+        twice = sorted({r for r in named if named.count(r) > 1})[0]
+        fail(f"two runs share the record name {twice!r} (record templates need {{seed}} to tell seeds apart; "
+             "pre-trainings and experiments need names of their own)")
     if config.long_tail is not None:
         tail = config.long_tail
         for name in tail.experiments:

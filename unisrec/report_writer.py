@@ -69,6 +69,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
+def summary_stats(values: list[float]) -> dict[str, float | None]:
+    """Mean and sample standard deviation for report.json; the deviation of one value is undefined: null."""
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std if len(values) > 1 else None}
+
+
 def cell(values: list[float]) -> str:
     if not values:
         return "—"
@@ -263,9 +269,8 @@ def peers_section(config: ReportConfig, results: Results) -> tuple[list[str], di
         if peer.reference:
             reference = list(results.get(peer.reference, {}).values())
             lines.append(_peer_row(f"{config.experiment(peer.reference).title} (this report)", reference, metrics, ""))
-        stats = {m: mean_std(values) for m, values in per_metric.items()}
         summary[peer.name] = {"runs": len(runs), "reference": peer.reference,
-                              "test": {m: {"mean": v[0], "std": v[1]} for m, v in stats.items()}}
+                              "test": {m: summary_stats(values) for m, values in per_metric.items()}}
     lines += ["", "s / epoch: median wall seconds per training epoch as each side recorded it.", ""]
     return lines, summary
 
@@ -408,8 +413,8 @@ def render_report(config: ReportConfig, results_dir: Path, command: str, *,
                          f"{r.get('steps') or '—'} | {_number(r.get('seconds_train'), 0)} |")
     summary = {}
     for name, seeds in results.items():
-        stats = {m: mean_std(_test(results, name, m)) for m in config.metrics if _test(results, name, m)}
-        summary[name] = {"seeds": sorted(seeds), "test": {m: {"mean": v[0], "std": v[1]} for m, v in stats.items()},
+        test = {m: summary_stats(_test(results, name, m)) for m in config.metrics if _test(results, name, m)}
+        summary[name] = {"seeds": sorted(seeds), "test": test,
                          "per_seed": {str(s): v["test"] for s, v in sorted(seeds.items())}}
     return "\n".join(lines) + "\n", {"experiments": summary, **extra}
 

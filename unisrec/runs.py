@@ -45,6 +45,7 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
     A finished run, or a folder holding something else, is never replaced without ``overwrite``.
     """
     hold_folder(out)  # a second writer of ``out`` stops here: "... in use by process PID"
+    recover_finish(out)
     if out.exists() and any(out.iterdir()) and not (out / "run.json").exists():
         verb = "refusing to overwrite it" if overwrite else "choose another --out"
         raise UnisrecError(f"{out}: folder exists and is not a unisrec run; {verb}")
@@ -76,6 +77,24 @@ def _resumable(folder: Path, settings: dict[str, Any]) -> bool:
         return False
     previous = read_json(folder / "run.json", "pass --overwrite to start the run again")
     return bool(previous.get("fingerprint") == fingerprint(settings))
+
+
+def recover_finish(out: Path) -> None:
+    """Complete a ``finish_run_dir`` that a kill interrupted (call it holding ``out``'s lock): killed between its
+    renames, ``out`` is missing and the old run waits aside; the finished replacement, still in the staging
+    folder, is moved in (an unfinished one cannot be there: ``finish_run_dir`` runs after the run ended), or else
+    the old run goes back. Killed after them, the old run aside is deleted."""
+    old = out.parent / f".{out.name}.replaced"
+    if not old.exists():
+        return
+    if not out.exists():
+        staged = staging_dir(out)
+        if (staged / "metrics.json").exists():
+            staged.rename(out)
+        else:
+            old.rename(out)
+            return
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def finish_run_dir(work: Path, out: Path) -> None:
