@@ -266,3 +266,19 @@ def test_a_kill_between_the_renames_of_finish_run_dir_loses_no_run(tmp_path: Pat
         (work / "metrics.json").write_text('{"new": true}')
         finish_run_dir(work, out)
         assert (out / "metrics.json").read_text() == '{"new": true}' and not work.exists()
+
+
+def test_an_unfinished_run_resumes_only_from_the_inputs_it_started_from(tmp_path: Path) -> None:
+    from unisrec.runs import fingerprint, open_run_dir
+
+    settings = {"kind": "finetune", "init": "/pre", "config": {"train": {"lr": 0.001}}}
+    out = tmp_path / "run"
+    open_run_dir(out, settings, overwrite=False, origin={"init_fingerprint": "aaaa"})
+    made = json.loads((out / "run.json").read_text())
+    assert made["origin"] == {"init_fingerprint": "aaaa"} and made["fingerprint"] == fingerprint(settings)
+    assert open_run_dir(out, settings, overwrite=False, origin={"init_fingerprint": "aaaa"}) == out  # resumes
+    with pytest.raises(UnisrecError, match=r"started from other inputs \(init_fingerprint changed since"):
+        open_run_dir(out, settings, overwrite=False, origin={"init_fingerprint": "bbbb"})
+    del made["origin"]  # a run started before origins were kept: resumed as before
+    (out / "run.json").write_text(json.dumps(made))
+    assert open_run_dir(out, settings, overwrite=False, origin={"init_fingerprint": "bbbb"}) == out

@@ -52,6 +52,7 @@ from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, final_evaluation
 from unisrec.interpolate import choose_interpolation, snapshot
+from unisrec.json_io import read_json
 from unisrec.losses import distance_to_start, full_softmax_ce, withhold_items
 from unisrec.model import SequenceModel, add_offsets
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
@@ -358,7 +359,9 @@ def finetune(
     final = out
     out = run_dir_for(final, overwrite=overwrite)  # with --overwrite the old run stays whole until this one ends
     if dist.is_main:
-        open_run_dir(final, settings, overwrite=overwrite)
+        made = init_dir / "run.json" if init_dir is not None else None  # a saved model may come without one
+        origin = {"init_fingerprint": read_json(made).get("fingerprint")} if made and made.exists() else None
+        open_run_dir(final, settings, overwrite=overwrite, origin=origin)
         if init_dir is not None:
             given = given_fields("model", base.with_overrides(overrides or []), overrides or [])
             kept = inherited_model_settings(config.model, given)

@@ -36,13 +36,18 @@ def run_dir_for(out: Path, *, overwrite: bool) -> Path:
     return staging_dir(out) if overwrite and out.exists() and any(out.iterdir()) else out
 
 
-def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create: bool = True) -> Path:
+def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create: bool = True,
+                 origin: dict[str, Any] | None = None) -> Path:
     """Prepare the folder a run writes and return it: ``out`` itself, or with ``overwrite`` over an existing
     run its staging folder (``staging_dir(out)``), so that the old run stays whole and usable until the new one
     is moved in by ``finish_run_dir``. An interrupted run with the same settings (in ``out``, or in the staging
     folder with ``overwrite``) is resumed from its checkpoint.
 
     A finished run, or a folder holding something else, is never replaced without ``overwrite``.
+
+    ``origin``: what the run's inputs were when it started beyond their paths (the fingerprint of the pre-trained
+    run it starts from), kept in ``run.json`` apart from the settings: a run is resumed only from the same (an
+    input trained again with other settings since is an error); runs written before it are not checked.
     """
     hold_folder(out)  # a second writer of ``out`` stops here: "... in use by process PID"
     recover_finish(out)
@@ -64,11 +69,26 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
                 raise UnisrecError(
                     f"{out}: holds an unfinished run with different settings; pass --overwrite or choose another --out"
                 )
+            _check_origin(out, origin)
             return work
     if create and not (work / "run.json").exists():
         work.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(work / "run.json", {"fingerprint": fingerprint(settings), **settings})
+        made = {"fingerprint": fingerprint(settings), **settings, **({"origin": origin} if origin else {})}
+        atomic_write_json(work / "run.json", made)
+    elif (work / "run.json").exists():
+        _check_origin(work, origin)
     return work
+
+
+def _check_origin(folder: Path, origin: dict[str, Any] | None) -> None:
+    """An unfinished run resumes only from the inputs it started from (``open_run_dir``'s ``origin``)."""
+    started = read_json(folder / "run.json").get("origin")
+    if origin is None or not isinstance(started, dict):
+        return
+    changed = sorted(k for k in set(started) | set(origin) if started.get(k) != origin.get(k))
+    if changed:
+        raise UnisrecError(f"{folder}: its unfinished run started from other inputs ({', '.join(changed)} changed "
+                           "since: trained again with other settings); pass --overwrite to start it again")
 
 
 def _resumable(folder: Path, settings: dict[str, Any]) -> bool:
