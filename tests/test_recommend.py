@@ -365,3 +365,58 @@ def test_readme_recommendation_example_runs(trained: tuple[Path, Path], tmp_path
     assert Recommender.from_pretrained(tmp_path / "runs" / "transfer-plus").catalogue.item_ids[-1] == "ts4"
     manifest = json.loads((tmp_path / "vectors" / "manifest.json").read_text())
     assert manifest["n_items"] == 31 and "sequences.npy" in manifest["files"]
+
+
+def _persisting(tmp_path: Path) -> tuple[Recommender, Path]:
+    """A tiny text model saved as a run, loaded back with its additions persisted (as ``unisrec serve`` does)."""
+    from unisrec.recommend import ADDED_DIR
+
+    torch.manual_seed(0)
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2), 5, torch.randn(5, 6))
+    Recommender(model, Catalogue([f"i{n}" for n in range(5)], [f"text {n}" for n in range(5)])).save_pretrained(
+        tmp_path / "run")
+    loaded = Recommender.from_pretrained(tmp_path / "run")
+    loaded.persist_dir = tmp_path / "run" / ADDED_DIR
+    return loaded, tmp_path / "run"
+
+
+def test_adding_items_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recommender, run = _persisting(tmp_path)
+    with pytest.raises(UnisrecError, match=r"the text vector of item 'bad' is not finite"):
+        recommender.add_items(["nan item"], ["bad"], np.full((1, 6), np.nan, dtype=np.float32))
+    with pytest.raises(UnisrecError, match="must not contain the NUL character"):
+        recommender.add_items(["x"], ["a\0b"], np.ones((1, 6), dtype=np.float32))
+
+    def out_of_memory(vectors: torch.Tensor) -> int:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(recommender.model, "extend_items", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        recommender.add_items(["new text"], ["n1"], np.ones((1, 6), dtype=np.float32))
+    assert len(recommender.catalogue) == recommender.model.n_items == len(recommender.scoring_table()) == 5
+    assert not list((run / "catalogue").glob("*.safetensors"))  # not on disk either
+    assert [r.item_id for r in recommender.recommend_lists([["i1"]], k=10)[0]] != []  # still serves
+    monkeypatch.undo()
+    assert recommender.add_items(["new text"], ["n1"], np.ones((1, 6), dtype=np.float32)) == 6  # the retry
+    again = Recommender.from_pretrained(run)
+    assert again.catalogue.item_ids == [*(f"i{n}" for n in range(5)), "n1"]
+
+
+def test_two_servers_of_a_run_never_persist_one_id_twice(tmp_path: Path) -> None:
+    first, run = _persisting(tmp_path)
+    second = Recommender.from_pretrained(run)
+    second.persist_dir = first.persist_dir
+    first.add_items(["a text"], ["x"], np.ones((1, 6), dtype=np.float32))
+    with pytest.raises(ItemConflictError, match="'x' is already in the catalogue \\(added by another server\\)"):
+        second.add_items(["another text"], ["x"], np.ones((1, 6), dtype=np.float32))
+    assert len(second.catalogue) == 5 and len(list((run / "catalogue").glob("*.safetensors"))) == 1
+    assert Recommender.from_pretrained(run).catalogue.item_ids[-1] == "x"  # the run restarts
+
+
+def test_a_run_saved_with_its_added_items_loads_again(tmp_path: Path) -> None:
+    recommender, run = _persisting(tmp_path)
+    recommender.add_items(["new text"], ["n1"], np.ones((1, 6), dtype=np.float32))
+    recommender.save_pretrained(run)  # the added item is now part of the saved catalogue, and still in catalogue/
+    again = Recommender.from_pretrained(run)
+    assert again.catalogue.item_ids == [*(f"i{n}" for n in range(5)), "n1"]  # once
+    torch.testing.assert_close(again.scoring_table(), recommender.scoring_table())

@@ -62,6 +62,8 @@ class Catalogue:
                 raise UnisrecError(f"every {what} must be a string, got {value!r}")
         if any(not i for i in ids):
             raise UnisrecError("item ids must be non-empty strings")
+        if any("\0" in i for i in ids):  # the NUL character marks what is not an id (``as_item_id``)
+            raise UnisrecError("item ids must not contain the NUL character")
         existing = [i for i in ids if i in self._index]
         if existing:
             raise ItemConflictError(f"item id {existing[0]!r} is already in the catalogue")

@@ -543,17 +543,26 @@ class Recommender:
         new = torch.as_tensor(np.asarray(vectors, dtype=np.float32))  # (M, D)
         if new.ndim != 2 or new.shape != (len(ids), self.model.text_dim):
             raise UnisrecError(f"vectors must be ({len(ids)}, {self.model.text_dim}), got {tuple(new.shape)}")
+        if not torch.isfinite(new).all():  # a NaN row would take a top-k place and be dropped from every list
+            row = int((~torch.isfinite(new)).any(dim=1).nonzero()[0])
+            raise UnisrecError(f"the text vector of item {ids[row]!r} is not finite (NaN or inf)")
         with self._lock:
             self.catalogue.check_new(ids, texts)  # again: another writer may have added them meanwhile
             self._check_room(len(ids))
-            if self.persist_dir is not None:  # durable before anything changes: a kill -9 after the answer
-                persist_addition(self.persist_dir, ids, texts, new)  # cannot lose it
             model = self.model
             items, table = self.tables()  # current ones, before the model changes
-            model.extend_items(new)  # (N + M, D) text buffer, n_items + M: the model owns them
-            added = adapted_items(model, text=new)  # (M, H): only the new items are adapted
+            # everything that can fail first, nothing changed yet: only the new items are adapted, (M, H)
+            added = adapted_items(model, text=new)
             with eval_mode(model):
                 added_scoring = model.scoring_table(added)  # (M, H)
+            # durable before anything changes: a kill -9 after the answer cannot lose it
+            persisted = persist_addition(self.persist_dir, ids, texts, new) if self.persist_dir is not None else None
+            try:
+                model.extend_items(new)  # (N + M, D) text buffer, n_items + M: the model owns them (one assignment)
+            except BaseException:
+                if persisted is not None:  # not added after all: not on disk either (a retry would add it twice)
+                    persisted.unlink(missing_ok=True)
+                raise
             self.catalogue.append(ids, texts)  # before the tables grow: a ranked row always has an id
             # new tensors: readers holding the old ones are unaffected
             self._items, self._table = torch.cat([items, added]), torch.cat([table, added_scoring])
@@ -573,6 +582,10 @@ def persist_addition(folder: str | Path, ids: Sequence[str], texts: Sequence[str
     with waiting_for(folder / ".lock"):  # two servers of one run never take the same number
         for stale in folder.glob(".*.safetensors.*.tmp"):  # a writer killed midway (none is live: we hold the lock)
             stale.unlink(missing_ok=True)
+        stored = set(persisted_ids(folder))  # another server of the run may have added one of them meanwhile
+        taken = [i for i in ids if i in stored]
+        if taken:
+            raise ItemConflictError(f"item id {taken[0]!r} is already in the catalogue (added by another server)")
         numbers = [int(p.stem) for p in folder.glob("*.safetensors") if p.stem.isdigit()]
         path = folder / f"{max(numbers, default=0) + 1:08d}.safetensors"
         save_tensors(path, {"text_vectors": vectors.float()}, {"ids": json.dumps(list(ids)),
@@ -580,20 +593,39 @@ def persist_addition(folder: str | Path, ids: Sequence[str], texts: Sequence[str
     return path
 
 
+def _addition_files(folder: str | Path) -> list[Path]:
+    return sorted((p for p in Path(folder).glob("*.safetensors") if p.stem.isdigit()), key=lambda p: int(p.stem))
+
+
+def _read_addition(path: Path, vectors: bool = True) -> tuple[list[str], list[str], Tensor | None]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensor = handle.get_tensor("text_vectors") if vectors else None
+        return json.loads(meta["ids"]), json.loads(meta["texts"]), tensor
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise UnisrecError(f"{path}: unreadable added-items file ({exc})") from None
+
+
+def persisted_ids(folder: str | Path) -> list[str]:
+    """The item ids of every persisted addition in ``folder``, in order."""
+    return [i for path in _addition_files(folder) for i in _read_addition(path, vectors=False)[0]]
+
+
 def replay_additions(recommender: Recommender, folder: str | Path) -> int:
-    """Add the items of every persisted addition in ``folder`` (in order, by their stored vectors)."""
-    files = sorted((p for p in Path(folder).glob("*.safetensors") if p.stem.isdigit()), key=lambda p: int(p.stem))
+    """Add the items of every persisted addition in ``folder`` (in order, by their stored vectors). An item the
+    catalogue holds already with the same text is skipped (a run saved with its added items, ``save_pretrained``
+    into its own folder); the same id with another text is an error."""
     added = 0
-    for path in files:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                vectors = handle.get_tensor("text_vectors")
-            ids, texts = json.loads(meta["ids"]), json.loads(meta["texts"])
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-            raise UnisrecError(f"{path}: unreadable added-items file ({exc})") from None
-        recommender.add_items(texts, ids, vectors)
-        added += len(ids)
+    for path in _addition_files(folder):
+        ids, texts, vectors = _read_addition(path)
+        assert vectors is not None
+        rows = recommender.catalogue.lookup(ids)  # (M,) -1: not in the catalogue
+        known = [row >= 0 and recommender.catalogue.texts[row] == text for row, text in zip(rows, texts, strict=True)]
+        keep = [n for n, k in enumerate(known) if not k]
+        if keep:
+            recommender.add_items([texts[n] for n in keep], [ids[n] for n in keep], vectors[keep])
+        added += len(keep)
     return added
 
 
