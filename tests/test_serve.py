@@ -344,3 +344,33 @@ def test_create_app_takes_a_run_folder_and_persists_to_it(recommender: Recommend
         assert added.status_code == 200 and added.json() == {"added": 1, "n_items": N_ITEMS + 1}
     assert [p.name for p in (tmp_path / "run" / "catalogue").glob("*.safetensors")] == ["00000001.safetensors"]
     assert Recommender.from_pretrained(tmp_path / "run").catalogue.item_ids[-1] == "new-1"
+
+
+def test_search_waits_for_the_catalogue_off_the_event_loop(recommender: Recommender) -> None:
+    """While items are being added (the catalogue's lock held), /search waits in a worker thread: /health and
+    every other request still answer."""
+    import threading
+
+    with TestClient(create_app(recommender)) as test_client:
+        release = threading.Event()
+        holding = threading.Event()
+
+        def writer() -> None:  # stands for a long add_items
+            with recommender._lock:
+                holding.set()
+                release.wait(30)
+
+        searched: list[int] = []
+        threading.Thread(target=writer).start()
+        assert holding.wait(10)
+        searcher = threading.Thread(target=lambda: searched.append(test_client.get("/search?q=lens").status_code))
+        searcher.start()
+        answered: list[int] = []
+        health = threading.Thread(target=lambda: answered.append(test_client.get("/health").status_code))
+        health.start()
+        health.join(10)  # a search holding the event loop would keep /health waiting until the release
+        health_answered, still_waiting = list(answered), searcher.is_alive()
+        release.set()
+        searcher.join(10)
+        health.join(10)
+        assert health_answered == [200] and still_waiting and searched == [200]

@@ -427,9 +427,11 @@ def create_app(source: Recommender | str | Path, *, max_batch: int = 64, token: 
         return (resources.files("unisrec") / "web" / "index.html").read_text(encoding="utf-8")
 
     @app.get("/search", response_model=SearchResponse)
-    async def search(q: Annotated[str, Query(max_length=MAX_TEXT_CHARS)] = "",
-                     limit: Annotated[int, Query(ge=1, le=MAX_SEARCH)] = 20) -> dict[str, Any]:
-        """Catalogue items whose text or id contains ``q`` (case-insensitive), in catalogue order."""
+    def search(q: Annotated[str, Query(max_length=MAX_TEXT_CHARS)] = "",
+               limit: Annotated[int, Query(ge=1, le=MAX_SEARCH)] = 20) -> dict[str, Any]:
+        """Catalogue items whose text or id contains ``q`` (case-insensitive), in catalogue order. Not async:
+        the scan and the wait for the catalogue's lock (held while items are added) run in a worker thread,
+        not on the event loop that serves every other request."""
         with recommender._lock:
             catalogue = recommender.catalogue
             rows = catalogue.search(q, limit)
