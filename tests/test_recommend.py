@@ -420,3 +420,24 @@ def test_a_run_saved_with_its_added_items_loads_again(tmp_path: Path) -> None:
     again = Recommender.from_pretrained(run)
     assert again.catalogue.item_ids == [*(f"i{n}" for n in range(5)), "n1"]  # once
     torch.testing.assert_close(again.scoring_table(), recommender.scoring_table())
+
+
+def test_export_rows_match_while_items_are_added(tmp_path: Path) -> None:
+    from unisrec.export import export_vectors
+
+    recommender, _ = _persisting(tmp_path)
+
+    class AddedMeanwhile:  # an item is added between reading the table and the catalogue
+        catalogue, model, text_encoder_info = recommender.catalogue, recommender.model, recommender.text_encoder_info
+
+        def scoring_table(self) -> torch.Tensor:
+            table = recommender.scoring_table()
+            recommender.add_items(["late text"], ["late"], np.ones((1, 6), dtype=np.float32))
+            return table
+
+        def queries_of_rows(self, histories: list[np.ndarray]) -> torch.Tensor:
+            return recommender.queries_of_rows(histories)
+
+    export_vectors(AddedMeanwhile(), tmp_path / "out", index=False)  # type: ignore[arg-type]
+    rows = pd.read_parquet(tmp_path / "out" / "items.parquet").item_id.tolist()
+    assert len(np.load(tmp_path / "out" / "items.npy")) == len(rows) == 5 and "late" not in rows

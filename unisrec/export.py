@@ -105,8 +105,9 @@ def export_vectors(
     out.mkdir(parents=True, exist_ok=True)
     items = recommender.scoring_table().cpu().numpy().astype(np.float32)  # (N, H)
     catalogue = recommender.catalogue
+    n = len(items)  # the catalogue only grows (items added while serving): its first N rows are the table's
     atomic_write(out / "items.npy", lambda tmp: _save_npy(tmp, items))
-    item_table = pa.table({"item_id": catalogue.item_ids, "text": catalogue.texts})
+    item_table = pa.table({"item_id": catalogue.item_ids[:n], "text": catalogue.texts[:n]})
     atomic_write(out / "items.parquet", lambda tmp: pq.write_table(item_table, tmp))
     tensors = {"items": items}
     files: dict[str, dict[str, object]] = {
