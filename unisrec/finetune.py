@@ -24,6 +24,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
@@ -38,6 +39,7 @@ from unisrec.baselines import build_model
 from unisrec.batches import (
     StepIndex,
     TrainBatch,
+    Windows,
     bucketed_batches,
     make_train_batch,
     placeholder_batch,
@@ -173,6 +175,15 @@ class CorpusReplay:
         return self.task.loss(plan)["loss"]
 
 
+def epoch_batches(windows: Windows, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The batches (window indices) of a fine-tuning epoch: a pure function of (seed, epoch)."""
+    return bucketed_batches(windows, batch_size, np.random.default_rng([seed, epoch]))
+
+
+def _epoch_steps(windows: Windows, batch_size: int, seed: int, epoch: int) -> int:
+    return len(epoch_batches(windows, batch_size, seed, epoch))
+
+
 class FinetuneTask:
     """Batches of training windows and the full-softmax loss over the domain's items.
 
@@ -206,11 +217,12 @@ class FinetuneTask:
         if total == 0:
             raise UnisrecError(f"{dataset.path}: no training examples (every user needs >= 2 training items)")
         self.steps = len(bucketed_batches(self.windows, config.train.batch_size, np.random.default_rng(0)))
-        self.run_steps = StepIndex(lambda epoch: len(self._epoch_batches(epoch)))  # steps before each epoch
+        # steps before each epoch; the function holds the windows, not the task: a cycle through the task would
+        # keep the DistributedDataParallel model, and its process group's threads, alive past the run
+        self.run_steps = StepIndex(partial(_epoch_steps, self.windows, config.train.batch_size, config.train.seed))
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.config.train.seed, epoch])
-        return bucketed_batches(self.windows, self.config.train.batch_size, rng)
+        return epoch_batches(self.windows, self.config.train.batch_size, self.config.train.seed, epoch)
 
     def batches(self, epoch: int) -> Iterator[TrainBatch | ReplayStep]:
         first = self.run_steps.first(epoch) if self.replay is not None else 0  # this epoch's first step in the run
