@@ -110,8 +110,7 @@ def clean_stale(path: str | Path) -> list[Path]:
         return []
     # ".NAME.<random>.tmp" exactly: the random part has no dot, so the leftovers of "NAME.v2" are not NAME's
     own = re.compile(rf"\.{re.escape(path.name)}\.[^.]+\.(tmp|old)")
-    leftovers = [p for suffix in ("tmp", "old") for p in sorted(path.parent.glob(f".{path.name}.*.{suffix}"))
-                 if own.fullmatch(p.name)]
+    leftovers = [p for p in sorted(path.parent.glob(f".{path.name}.*")) if own.fullmatch(p.name)]
     olds = [p for p in leftovers if p.name.endswith(".old")]
     if olds and not path.exists():
         os.replace(olds[0], path)

@@ -355,11 +355,14 @@ class Recommender:
         catalogue rows, over the model's input window (the last ``max_seq_len`` items), as
         ``unisrec.model.history_offsets`` gives them (add them to a (B, N) score matrix with
         ``unisrec.model.add_offsets``); None for a model without them."""
-        window = self._windows(histories)
-        lengths = torch.tensor([len(w) for w in window], dtype=torch.long)  # (B,)
-        padded = torch.zeros(len(window), int(lengths.max()), dtype=torch.long)  # (B, L)
-        for b, w in enumerate(window):
-            padded[b, : len(w)] = torch.from_numpy(w.astype(np.int64))
+        return self._offsets_of_windows([w.astype(np.int64) for w in self._windows(histories)])
+
+    def _offsets_of_windows(self, windows: Sequence[Sequence[int] | np.ndarray]) -> Offsets | None:
+        """The model's repeat offsets of B input windows of item numbers (right-padded into (B, L) here)."""
+        lengths = torch.tensor([len(w) for w in windows], dtype=torch.long)  # (B,)
+        padded = torch.zeros(len(windows), int(lengths.max()), dtype=torch.long)  # (B, L)
+        for b, w in enumerate(windows):
+            padded[b, : len(w)] = torch.as_tensor(w, dtype=torch.long)
         with torch.no_grad():
             return self.model.repeat_offsets(padded.to(self.model.device), lengths.to(self.model.device))
 
@@ -371,12 +374,7 @@ class Recommender:
         cut = [list(h)[-self.model.config.max_seq_len:] for h in histories]
         position: dict[str, int] = {}
         local = [[position.setdefault(t, len(position)) for t in h] for h in cut]  # a distinct text, a number
-        lengths = torch.tensor([len(h) for h in local], dtype=torch.long)  # (B,)
-        padded = torch.zeros(len(local), int(lengths.max()), dtype=torch.long)  # (B, L)
-        for b, h in enumerate(local):
-            padded[b, : len(h)] = torch.tensor(h, dtype=torch.long)
-        with torch.no_grad():
-            offsets = self.model.repeat_offsets(padded.to(self.model.device), lengths.to(self.model.device))
+        offsets = self._offsets_of_windows(local)
         if offsets is None:
             return None
         with self._lock:  # the text index grows with add_items
@@ -582,12 +580,12 @@ def persist_addition(folder: str | Path, ids: Sequence[str], texts: Sequence[str
     with waiting_for(folder / ".lock"):  # two servers of one run never take the same number
         for stale in folder.glob(".*.safetensors.*.tmp"):  # a writer killed midway (none is live: we hold the lock)
             stale.unlink(missing_ok=True)
-        stored = set(persisted_ids(folder))  # another server of the run may have added one of them meanwhile
+        files = _addition_files(folder)  # one listing for the ids on disk and the next number
+        stored = {i for file in files for i in _read_addition(file, vectors=False)[0]}  # another server's too
         taken = [i for i in ids if i in stored]
         if taken:
             raise ItemConflictError(f"item id {taken[0]!r} is already in the catalogue (added by another server)")
-        numbers = [int(p.stem) for p in folder.glob("*.safetensors") if p.stem.isdigit()]
-        path = folder / f"{max(numbers, default=0) + 1:08d}.safetensors"
+        path = folder / f"{int(files[-1].stem) + 1 if files else 1:08d}.safetensors"
         save_tensors(path, {"text_vectors": vectors.float()}, {"ids": json.dumps(list(ids)),
                                                                 "texts": json.dumps(list(texts))})
     return path
@@ -605,11 +603,6 @@ def _read_addition(path: Path, vectors: bool = True) -> tuple[list[str], list[st
         return json.loads(meta["ids"]), json.loads(meta["texts"]), tensor
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
         raise UnisrecError(f"{path}: unreadable added-items file ({exc})") from None
-
-
-def persisted_ids(folder: str | Path) -> list[str]:
-    """The item ids of every persisted addition in ``folder``, in order."""
-    return [i for path in _addition_files(folder) for i in _read_addition(path, vectors=False)[0]]
 
 
 def replay_additions(recommender: Recommender, folder: str | Path) -> int:
