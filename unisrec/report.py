@@ -655,11 +655,15 @@ def run_report(
         if run.kind != "prepare" and name is not None:
             write_record(run.out, results_dir / f"{name}.json", long_tail_groups=groups, plan=run.spec)
 
-    def recorded(run: PlannedRun) -> bool:
-        """Its record holds the same plan: the result is known, the run folder is not needed for it."""
+    def stored_plan(run: PlannedRun) -> tuple[bool, object]:
+        """Whether ``run`` has a record, and the plan that record holds (None for a version without plans)."""
         name = record_name(run, config)
         stored = read_record(results_dir / f"{name}.json") if name is not None and run.kind != "prepare" else None
-        plan = stored.get("plan") if stored is not None else None
+        return stored is not None, stored.get("plan") if stored is not None else None
+
+    def recorded(run: PlannedRun) -> bool:
+        """Its record holds the same plan: the result is known, the run folder is not needed for it."""
+        plan = stored_plan(run)[1]
         return isinstance(plan, dict) and same_plan(plan, run.spec)
 
     def missing_runs() -> list[PlannedRun]:
@@ -680,16 +684,15 @@ def run_report(
             if plan_counts is not None:
                 plan_counts[status] = plan_counts.get(status, 0) + 1
         return results_dir / "report.md"
-    def outdated(name: str, run: PlannedRun) -> bool:
+    def outdated(run: PlannedRun) -> bool:
         """No record, or one of another plan (a record restored from git, a kill before the record was made);
         a record of a version without plans stays."""
-        stored = read_record(results_dir / f"{name}.json")
-        plan = stored.get("plan") if stored is not None else None
-        return stored is None or (isinstance(plan, dict) and not same_plan(plan, run.spec))
+        exists, plan = stored_plan(run)
+        return not exists or (isinstance(plan, dict) and not same_plan(plan, run.spec))
 
     for run in runs:  # finished runs without their record (e.g. made before records existed) get one now
         name = record_name(run, config)
-        if run.kind != "prepare" and name is not None and run.status() == "cached" and outdated(name, run):
+        if run.kind != "prepare" and name is not None and run.status() == "cached" and outdated(run):
             record(run)
     todo = missing_runs()
     to_run = {run.out for run in todo}

@@ -55,48 +55,51 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
         verb = "refusing to overwrite it" if overwrite else "choose another --out"
         raise UnisrecError(f"{out}: folder exists and is not a unisrec run; {verb}")
     work = run_dir_for(out, overwrite=overwrite)
+    started: dict[str, Any] | None = None  # the run.json of the unfinished run that resumes
     if work != out:
-        if work.exists() and not _resumable(work, settings):
+        started = _resumable(work, settings) if work.exists() else None
+        if work.exists() and started is None:
             shutil.rmtree(work)  # a replacement with other settings, or one that finished but was not moved in
     else:
         if overwrite:  # nothing to keep: a leftover staging folder of an earlier overwrite is stale
             shutil.rmtree(staging_dir(out), ignore_errors=True)
         if out.exists() and any(out.iterdir()):
-            read_json(out / "run.json", "pass --overwrite to start the run again")
+            previous = read_json(out / "run.json", "pass --overwrite to start the run again")
             if (out / "metrics.json").exists():
                 raise UnisrecError(f"{out}: run already finished; pass --overwrite to train it again")
-            if not _resumable(out, settings):
+            if previous.get("fingerprint") != fingerprint(settings):
                 raise UnisrecError(
                     f"{out}: holds an unfinished run with different settings; pass --overwrite or choose another --out"
                 )
-            _check_origin(out, origin)
+            _check_origin(out, previous, origin)
             return work
-    if create and not (work / "run.json").exists():
+    if started is not None:
+        _check_origin(work, started, origin)
+    elif create:
         work.mkdir(parents=True, exist_ok=True)
         made = {"fingerprint": fingerprint(settings), **settings, **({"origin": origin} if origin else {})}
         atomic_write_json(work / "run.json", made)
-    elif (work / "run.json").exists():
-        _check_origin(work, origin)
     return work
 
 
-def _check_origin(folder: Path, origin: dict[str, Any] | None) -> None:
-    """An unfinished run resumes only from the inputs it started from (``open_run_dir``'s ``origin``)."""
-    started = read_json(folder / "run.json").get("origin")
-    if origin is None or not isinstance(started, dict):
+def _check_origin(folder: Path, started: dict[str, Any], origin: dict[str, Any] | None) -> None:
+    """An unfinished run resumes only from the inputs it started from (``open_run_dir``'s ``origin``);
+    ``started``: the run's run.json."""
+    before = started.get("origin")
+    if origin is None or not isinstance(before, dict):
         return
-    changed = sorted(k for k in set(started) | set(origin) if started.get(k) != origin.get(k))
+    changed = sorted(k for k in set(before) | set(origin) if before.get(k) != origin.get(k))
     if changed:
         raise UnisrecError(f"{folder}: its unfinished run started from other inputs ({', '.join(changed)} changed "
                            "since: trained again with other settings); pass --overwrite to start it again")
 
 
-def _resumable(folder: Path, settings: dict[str, Any]) -> bool:
-    """``folder`` holds an unfinished run with these settings."""
+def _resumable(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The run.json of the unfinished run with these settings that ``folder`` holds, else None."""
     if (folder / "metrics.json").exists() or not (folder / "run.json").exists():
-        return False
+        return None
     previous = read_json(folder / "run.json", "pass --overwrite to start the run again")
-    return bool(previous.get("fingerprint") == fingerprint(settings))
+    return previous if previous.get("fingerprint") == fingerprint(settings) else None
 
 
 def recover_finish(out: Path) -> None:
