@@ -13,7 +13,7 @@ from format_checks import check_leave_one_out, cli_error, cli_ok, sequences, ste
 
 from unisrec.cli import main
 from unisrec.datasets import CsvColumns, PrepareOptions, load_processed, prepare
-from unisrec.datasets.csv_io import parse_timestamps
+from unisrec.datasets.csv_io import _may_hold_line_break, parse_timestamps
 
 TINY_STEPS = [
     ("drop interactions whose item has no text", 0, 0, 0),
@@ -294,6 +294,17 @@ def test_an_unclosed_quote_is_an_error_and_a_quoted_line_break_is_text(tiny_csv_
     items.write_text("\n".join(lines) + "\n")
     prepare(tiny_csv_source, "csv", tmp_path / "ok")
     assert load_processed(tmp_path / "ok").item_texts[3] == "a title on two lines"
+
+
+def test_the_line_break_search_finds_a_break_in_any_chunk_and_none_where_there_is_none() -> None:
+    clean = pa.chunked_array([pa.array(["a", "", "b c"]), pa.array(["d"])])
+    assert not _may_hold_line_break(clean)
+    assert not _may_hold_line_break(pa.chunked_array([pa.array(["", ""])]))  # no characters at all
+    assert not _may_hold_line_break(pa.chunked_array([], type=pa.string()))
+    assert _may_hold_line_break(pa.chunked_array([pa.array(["a"]), pa.array(["x", "two\nlines"])]))
+    assert _may_hold_line_break(pa.chunked_array([pa.array(["a", "b\r\nc"])]))
+    # a slice keeps the whole character buffer: a break outside it is a false alarm, never a miss
+    assert _may_hold_line_break(pa.chunked_array([pa.array(["x\ny", "z"]).slice(1)]))
 
 
 def test_one_file_per_name(tiny_csv_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
