@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -411,6 +412,21 @@ def test_two_servers_of_a_run_never_persist_one_id_twice(tmp_path: Path) -> None
         second.add_items(["another text"], ["x"], np.ones((1, 6), dtype=np.float32))
     assert len(second.catalogue) == 5 and len(list((run / "catalogue").glob("*.safetensors"))) == 1
     assert Recommender.from_pretrained(run).catalogue.item_ids[-1] == "x"  # the run restarts
+
+
+def test_the_ids_on_disk_follow_the_folder_when_its_files_are_replaced(tmp_path: Path) -> None:
+    from unisrec.recommend import persist_addition
+
+    folder = tmp_path / "added"
+    for n in range(3):
+        persist_addition(folder, [f"a{n}"], ["t"], torch.zeros(1, 4))
+    with pytest.raises(ItemConflictError, match="'a0' is already in the catalogue"):  # in the first of three files
+        persist_addition(folder, ["new", "a0"], ["t", "t"], torch.zeros(2, 4))
+    shutil.rmtree(folder)  # the folder cleared and written anew: 00000001 now holds other ids
+    assert persist_addition(folder, ["b0"], ["t"], torch.zeros(1, 4)).name == "00000001.safetensors"
+    assert persist_addition(folder, ["a0"], ["t"], torch.zeros(1, 4)).name == "00000002.safetensors"  # free again
+    with pytest.raises(ItemConflictError, match="'b0' is already in the catalogue"):
+        persist_addition(folder, ["b0"], ["t"], torch.zeros(1, 4))
 
 
 def test_a_run_saved_with_its_added_items_loads_again(tmp_path: Path) -> None:
