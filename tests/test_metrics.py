@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from unisrec.config import EvalConfig
+from unisrec.errors import ConfigError, UnisrecError
 from unisrec.evaluate import count_ranks
 from unisrec.metrics import ranking_metrics
 
@@ -63,3 +65,40 @@ def test_exclude_seen_never_removes_the_target() -> None:
 def test_empty_ranks_are_an_error() -> None:
     with pytest.raises(ValueError, match="no targets"):
         ranking_metrics(np.zeros(0), (10,))
+
+
+def test_ranks_that_cannot_be_are_an_error() -> None:
+    for bad in ([-1, 0], [0.0, math.nan]):
+        with pytest.raises(ValueError, match="ranks must be finite and >= 0"):
+            ranking_metrics(np.array(bad), (10,))
+
+
+def test_not_finite_scores_stop_the_evaluation_instead_of_ranking_first_or_last() -> None:
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    table = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [2.0, 0.0]])
+    targets = torch.tensor([0, 2, 1])
+    assert count_ranks(queries, table, targets, 2).tolist() == [1, 0, 3]  # ties count against the target
+    broken = queries.clone()
+    broken[1, 0] = math.nan  # a diverged query: every comparison with its NaN target score would be false
+    with pytest.raises(UnisrecError, match=r"the targets' scores are not finite for 1 of 3 histories"):
+        count_ranks(broken, table, targets, 2)
+    nan_item = table.clone()
+    nan_item[3] = math.nan  # one broken item, not a target: it would silently rank last for everyone
+    for chunk in (1, 3, 100):
+        with pytest.raises(UnisrecError, match=r"the scores of some items are not finite for 3 of 3 histories"):
+            count_ranks(queries, nan_item, targets, chunk)
+
+
+def test_targets_outside_the_table_and_empty_chunks_are_errors() -> None:
+    queries, table = torch.ones(2, 2), torch.ones(4, 2)
+    with pytest.raises(UnisrecError, match="target item row 4 is outside the scoring table of 4 items"):
+        count_ranks(queries, table, torch.tensor([1, 4]), 2)
+    with pytest.raises(UnisrecError, match="target item row -1 is outside"):
+        count_ranks(queries, table, torch.tensor([-1, 0]), 2)
+    with pytest.raises(UnisrecError, match="item_chunk must be >= 1, got 0"):
+        count_ranks(queries, table, torch.tensor([1, 0]), 0)
+    for value in (0, -1):
+        with pytest.raises(ConfigError, match=f"eval.batch_size must be >= 1, got {value}"):
+            EvalConfig(batch_size=value)
+        with pytest.raises(ConfigError, match=f"eval.item_chunk must be >= 1, got {value}"):
+            EvalConfig(item_chunk=value)

@@ -280,6 +280,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
             raise ConfigError(f"eval.ks must be positive cut-offs, got {self.ks}")
+        for name in ("batch_size", "item_chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

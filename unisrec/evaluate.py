@@ -44,6 +44,11 @@ def count_ranks(
     ``offsets``: the model's repeat offsets (``unisrec.model.history_offsets``), added to the scores before ranking.
     """
     n = table.shape[0]
+    if item_chunk < 1:
+        raise UnisrecError(f"item_chunk must be >= 1, got {item_chunk}")
+    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= n):
+        bad = int(targets.min()) if int(targets.min()) < 0 else int(targets.max())
+        raise UnisrecError(f"target item row {bad} is outside the scoring table of {n} items")
     chunks = [(s, min(n, s + item_chunk)) for s in range(0, n, item_chunk)]
     target_score = torch.empty(len(targets), dtype=queries.dtype, device=queries.device)
 
@@ -57,16 +62,29 @@ def count_ranks(
         inside = (targets >= lo) & (targets < hi)
         target_score[inside] = scores[inside, targets[inside] - lo]
         cached = scores if len(chunks) == 1 else None
+    _refuse_broken(~torch.isfinite(target_score), "the targets' scores")
     ranks = torch.zeros(len(targets), dtype=torch.long, device=queries.device)
+    nan_rows = torch.zeros(len(targets), dtype=torch.bool, device=queries.device)  # (B,) one check at the end
     for lo, hi in chunks:  # pass 2: count items scored >= the target
         scores = cached if cached is not None else chunk_scores(lo, hi)  # (B, C)
+        nan_rows |= torch.isnan(scores).any(dim=1)  # NaN >= x is false: a broken item would rank last unseen
         if seen is not None and len(seen[0]):
             rows, items = seen
             inside = (items >= lo) & (items < hi) & (items != targets[rows])
             scores = scores.clone()
             scores[rows[inside], items[inside] - lo] = float("-inf")
         ranks += (scores >= target_score[:, None]).sum(dim=1)
+    _refuse_broken(nan_rows, "the scores of some items")
     return ranks - 1  # the target itself is counted once
+
+
+def _refuse_broken(bad: Tensor, what: str) -> None:
+    """``bad``: (B,) histories with a NaN (or infinite) score. Comparisons with NaN are false, so a NaN target
+    would rank first (recall 1.0) and a NaN item last, silently: stop with an error instead."""
+    if bool(bad.any()):
+        rows = int(bad.sum())
+        raise UnisrecError(f"evaluation: {what} are not finite for {rows} of {len(bad)} histories (NaN or inf "
+                           "in the weights or the text vectors: did the training diverge?)")
 
 
 @torch.no_grad()

@@ -16,6 +16,8 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         raise ValueError("no targets to evaluate")
+    if not np.isfinite(ranks).all() or (ranks < 0).any():
+        raise ValueError("ranks must be finite and >= 0 (0 = the target ranked first)")
     gain = 1.0 / np.log2(ranks + 2.0)  # (T,) one relevant item per target: IDCG = 1
     reciprocal = 1.0 / (ranks + 1.0)
     out: dict[str, float] = {}
