@@ -433,3 +433,34 @@ def test_word_drop_defaults_name_the_file_pretraining_reads() -> None:
     config = PretrainConfig()
     assert defaults["variants"].default == config.word_drop_variants == 3
     assert defaults["p"].default == config.word_drop
+    loads = inspect.signature(load_word_drop).parameters  # what encode writes on its defaults, load reads
+    assert all(loads[name].default == defaults[name].default for name in ("p", "variants", "seed"))
+
+
+def test_word_drop_files_of_close_probabilities_are_apart_and_checked(data_dir: Path, spec: TextConfig) -> None:
+    encode_word_drop(data_dir, spec, progress=False)
+    assert load_word_drop(data_dir, spec).meta["word_drop_p"] == "0.2"  # both on their defaults
+    near = encode_word_drop(data_dir, spec, p=0.2000001, progress=False).path
+    assert near.name == "tiny-lm.mean.worddrop-p0.2000001-v3-s0.safetensors"
+    assert encode_word_drop(data_dir, spec, p=0.2, progress=False).reused  # not overwritten by the other p
+    # a file whose header says another p than its name (renamed by hand) is refused, not read as p=0.2
+    shutil.copyfile(near, near.with_name("tiny-lm.mean.worddrop-p0.2-v3-s0.safetensors"))
+    with pytest.raises(UnisrecError, match=r"made with word_drop_p=0.2000001, not word_drop_p=0.2; run .*--force"):
+        load_word_drop(data_dir, spec)
+
+
+def test_max_length_counts_the_positions_roberta_style_models_reserve(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+
+    folder = tmp_path / "tiny-roberta"
+    shutil.copytree(tiny_lm_dir, folder)  # its word-level tokenizer; the model numbers positions from pad + 1
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=37, max_position_embeddings=34, pad_token_id=1)
+    RobertaModel(config).save_pretrained(folder)
+    long_text = " ".join(["red"] * 60)
+    assert TextEncoder(TextConfig(str(folder), "mean", max_length=32)).encode([long_text]).shape == (1, 32)
+    with pytest.raises(UnisrecError, match="max_length 33 exceeds the 32 tokens that language model .* can take "
+                                           r"\(34 positions\)"):
+        TextEncoder(TextConfig(str(folder), "mean", max_length=33))

@@ -65,7 +65,8 @@ def vectors_file_name(text: TextConfig) -> str:
 
 
 def word_drop_file_name(text: TextConfig, p: float, variants: int, seed: int) -> str:
-    return f"{_stem(text)}.worddrop-p{p:g}-v{variants}-s{seed}.safetensors"
+    # repr: every distinct p its own file (":g" gave 0.2 and 0.2000001 one name); "0.2" for the usual values
+    return f"{_stem(text)}.worddrop-p{float(p)!r}-v{variants}-s{seed}.safetensors"
 
 
 def encode_command(text: TextConfig, dataset_dir: str | Path) -> str:
@@ -433,19 +434,24 @@ def load_word_drop(
     dataset: str | Path | ProcessedDataset,
     text: TextConfig | None = None,
     p: float = 0.2,
-    variants: int = 4,
+    variants: int = 3,
     seed: int = 0,
 ) -> ItemEmbeddings:
     """The (V, N, D) vectors written by ``encode_word_drop``, checked like ``load_item_embeddings``."""
     text = text or TextConfig()
     data = _as_dataset(dataset)
     path = _word_drop_path(data, text, p, variants, seed)
-    command = f"{encode_command(text, _dataset_dir(data))} --word-drop {p:g} --variants {variants} --seed {seed}"
+    command = f"{encode_command(text, _dataset_dir(data))} --word-drop {float(p)!r} --variants {variants} --seed {seed}"
     if not path.exists():
         raise UnisrecError(f"{path}: no such word-drop embeddings; run `{command}` first")
     emb = _read(path, text)
     _check_against(emb, data, command)
     if emb.matrix.ndim != 3 or emb.matrix.shape[0] != variants:
         raise UnisrecError(f"{path}: expected {variants} word-drop variants, found shape {emb.matrix.shape}")
+    wanted = {"kind": "word_drop", "word_drop_p": repr(float(p)), "variants": str(variants), "seed": str(seed)}
+    other = {key: emb.meta.get(key) for key, value in wanted.items() if emb.meta.get(key) != value}
+    if other:
+        raise UnisrecError(f"{path}: made with {', '.join(f'{k}={v}' for k, v in other.items())}, not "
+                           f"{', '.join(f'{k}={wanted[k]}' for k in other)}; run `{command} --force`")
     _check_settings(emb, text, command)
     return emb

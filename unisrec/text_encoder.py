@@ -64,9 +64,13 @@ class TextEncoder:
         # padded positions are masked out, so any valid id will do for models without a pad token
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
-        if isinstance(max_positions, int) and config.max_length > max_positions:
-            raise UnisrecError(f"max_length {config.max_length} exceeds the {max_positions} positions of "
-                               f"language model '{config.model}'")
+        # RoBERTa-style embeddings (RoBERTa, MPNet, ...) number positions from padding_idx + 1: fewer tokens fit
+        offset = getattr(getattr(self.model, "embeddings", None), "padding_idx", None)
+        if isinstance(max_positions, int):
+            usable = max_positions - (offset + 1 if isinstance(offset, int) else 0)
+            if config.max_length > usable:
+                raise UnisrecError(f"max_length {config.max_length} exceeds the {usable} tokens that language model "
+                                   f"'{config.model}' can take ({max_positions} positions)")
         self._fingerprint: dict[str, str] | None = None
 
     def _load(self) -> tuple[Any, Any]:
