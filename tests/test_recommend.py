@@ -23,6 +23,7 @@ from unisrec.export import faiss_search, flat_ip_index, load_faiss_index
 from unisrec.finetune import finetune
 from unisrec.model import UniSRec, add_offsets
 from unisrec.recommend import ItemConflictError, Recommendation, Recommender, UnknownItemError
+from unisrec.topk import chunked_top_k
 
 # no dropout, one expert, hidden 32: a text-only model learns the synthetic chains i -> i+1 in ~25 epochs
 TRAIN = [
@@ -156,6 +157,23 @@ def test_faiss_top_k_equals_brute_force() -> None:
     seen = [expected_rows[b, :3].numpy() for b in range(64)]  # leaving out each query's best 3
     _, rows_unseen = faiss_search(index, queries, 7, seen)
     assert np.array_equal(rows_unseen, expected_rows[:, 3:].numpy())
+
+
+def test_faiss_orders_equal_scores_as_the_torch_scan() -> None:
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((5000, 8)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)  # unit rows: a query's own vector scores best
+    copies = [17, 250, 999, 1200, 2500, 3000, 3001, 4200, 4999]  # nine items of one vector: a tie across k = 3
+    items[copies] = items[100]
+    queries = np.concatenate([items[100:101], rng.standard_normal((3, 8)).astype(np.float32)])
+    index = flat_ip_index(items)
+    for k, seen in ((3, None), (5, [np.array([17, 999]), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                    np.zeros(0, np.int64)])):
+        scores, rows = faiss_search(index, queries, k, seen)
+        expected_scores, expected_rows = chunked_top_k(torch.from_numpy(queries), torch.from_numpy(items), k, seen)
+        assert np.array_equal(rows, expected_rows.numpy()), k
+        np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-5, atol=1e-5)
+    assert faiss_search(index, queries, 3)[1][0].tolist() == [17, 100, 250]
 
 
 def test_faiss_backend_recommends_like_torch(trained: tuple[Path, Path]) -> None:

@@ -44,9 +44,10 @@ def chunked_top_k(
     """(B, H) queries x (N, H) table -> (B, k') float32 scores and rows of the k' = min(k, N) best items.
 
     ``seen[b]`` rows are excluded for query b (score -inf: callers drop those). Items are scored in chunks
-    of about ``SCORE_BUDGET / B``; a running top-k is merged with each chunk's, so the result equals a full
-    ``torch.topk`` of ``queries @ table.T`` (up to the order of exact ties). Queries and table may be
-    bfloat16 (the coarse pass); scores are returned as float32 either way.
+    of about ``SCORE_BUDGET / B``; a running top-k is merged with each chunk's, so the result is the top k of
+    ``queries @ table.T``, best first, items of equal score in row order (the lower row first: the same answer
+    whatever the chunking, and items with one vector, e.g. one text, always come in the same order). Queries
+    and table may be bfloat16 (the coarse pass); scores are returned as float32 either way.
     """
     b, n = queries.shape[0], table.shape[0]
     k = min(k, n)
@@ -60,12 +61,36 @@ def chunked_top_k(
         if seen_b is not None and seen_i is not None:
             inside = (seen_i >= lo) & (seen_i < hi)
             scores[seen_b[inside], seen_i[inside] - lo] = float("-inf")
-        chunk_scores, chunk_rows = scores.topk(min(k, hi - lo), dim=1)  # (B, k)
+        chunk_scores, chunk_rows = top_k_lower_first(scores, min(k, hi - lo))  # (B, k)
+        # the running best holds lower rows than the chunk, each in row order among equal scores: so is the merge
         merged = torch.cat([best_scores, chunk_scores], dim=1)  # (B, <= 2k)
         merged_rows = torch.cat([best_rows, chunk_rows + lo], dim=1)
-        best_scores, order = merged.topk(min(k, merged.shape[1]), dim=1)  # (B, k)
+        best_scores, order = top_k_lower_first(merged, min(k, merged.shape[1]))  # (B, k)
         best_rows = merged_rows.gather(1, order)
     return best_scores, best_rows
+
+
+def top_k_lower_first(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(B, C) scores -> (B, k) the k best, best first, and their columns; equal scores: the lower column first.
+
+    ``torch.topk`` leaves ties unordered and, at the k-th place, picks any of the tied columns; rows where a
+    tie straddles the k-th place (rare but for duplicate vectors or excluded items at -inf) are sorted in full
+    with a stable sort instead.
+    """
+    if k == 0:
+        return scores.topk(0, dim=1)
+    extra = int(scores.shape[1] > k)  # one more than asked: a tie across the cut shows as the (k+1)-th = the k-th
+    values, cols = scores.topk(k + extra, dim=1)  # (B, k + extra)
+    straddle = (values[:, k - 1] == values[:, k]) if extra else torch.zeros_like(values[:, 0], dtype=torch.bool)
+    values, cols = values[:, :k], cols[:, :k]
+    if bool(straddle.any()):
+        rows = torch.nonzero(straddle).flatten()  # (R,)
+        full, order = torch.sort(scores[rows], dim=1, descending=True, stable=True)  # (R, C)
+        values[rows], cols[rows] = full[:, :k], order[:, :k]
+    by_col = cols.argsort(dim=1)  # (B, k) the chosen columns in column order...
+    cols = cols.gather(1, by_col)
+    values, by_value = values.gather(1, by_col).sort(dim=1, descending=True, stable=True)  # ...then by score
+    return values, cols.gather(1, by_value)
 
 
 def _seen_pairs(
@@ -126,17 +151,20 @@ class CoarseTable:
         return made if bool(((approx - exact).abs() <= bound).all()) else None
 
     def top_k(self, queries: Tensor, k: int, seen: Sequence[np.ndarray] | None = None) -> tuple[Tensor, Tensor]:
-        """(B, H) float32 queries -> (B, k') scores and rows: the same as ``chunked_top_k(queries, table)``."""
+        """(B, H) float32 queries -> (B, k') scores and rows: the items of ``chunked_top_k(queries, table)``
+        in its order (equal scores: the lower row first), the scores equal up to float32 summation order."""
         n = self.table.shape[0]
         k = min(k, n)
         pool = min(n, k + POOL_EXTRA)
         approx, rows = chunked_top_k(queries.to(torch.bfloat16), self.coarse, pool, seen)  # (B, P)
-        exact = torch.einsum("bh,bph->bp", queries, self.table[rows])  # (B, P) float32 rescoring
-        exact = exact.masked_fill(~torch.isfinite(approx), float("-inf"))  # seen items stay out
         margin = 2 * self.coefficient * self.max_norm * queries.norm(dim=1)  # (B,) = 2E
         kth, last = approx[:, k - 1], approx[:, -1]
         certain = ~torch.isfinite(last) | (last < kth - margin) | (pool == n)  # (B,)
-        scores, order = exact.topk(k, dim=1)  # (B, k)
+        by_row = rows.argsort(dim=1)  # (B, P) the pool in row order, for the tie rule of the rescoring's top k
+        rows, approx = rows.gather(1, by_row), approx.gather(1, by_row)
+        exact = torch.einsum("bh,bph->bp", queries, self.table[rows])  # (B, P) float32 rescoring
+        exact = exact.masked_fill(~torch.isfinite(approx), float("-inf"))  # seen items stay out
+        scores, order = top_k_lower_first(exact, k)  # (B, k)
         rows = rows.gather(1, order)
         if not bool(certain.all()):  # these queries' pools may miss an item of the true top k
             redo = torch.nonzero(~certain).flatten()  # (R,)
@@ -182,23 +210,34 @@ def faiss_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(B, H) queries -> (B, k) scores and rows, best first; ``seen[b]`` rows left out (row -1, score -inf).
 
-    FAISS has no per-query exclusion list, so it is asked for k + the longest seen list and the seen rows
-    are then dropped; every query still gets its exact top k of the remaining items.
+    FAISS has no per-query exclusion list, so it is asked for k + the longest seen list (+ 1) and the seen rows
+    are then dropped; every query still gets its exact top k of the remaining items. Equal scores come lower
+    row first, as from ``chunked_top_k``: FAISS breaks ties its own way, so a query whose last result ties with
+    its k-th is asked again for twice as many until the tie is whole.
     """
     q = np.ascontiguousarray(_numpy(queries), dtype=np.float32)  # (B, H)
     extra = max((len(s) for s in seen), default=0) if seen is not None else 0
-    wanted = min(k + extra, index.ntotal)
     scores = np.full((len(q), k), -np.inf, dtype=np.float32)
     rows = np.full((len(q), k), -1, dtype=np.int64)
-    if wanted == 0:
+    wanted = min(k + extra + 1, index.ntotal)
+    if wanted == 0 or k == 0:
         return scores, rows
-    found_scores, found_rows = index.search(q, wanted)  # (B, k + extra)
-    for b in range(len(q)):
-        keep = found_rows[b] >= 0
-        if seen is not None and len(seen[b]):
-            keep &= ~np.isin(found_rows[b], seen[b])
-        top = np.flatnonzero(keep)[:k]
-        scores[b, : len(top)], rows[b, : len(top)] = found_scores[b, top], found_rows[b, top]
+    todo = np.arange(len(q))  # queries still to answer
+    while len(todo):
+        found_scores, found_rows = index.search(q[todo], wanted)  # (T, wanted)
+        again: list[int] = []
+        for n, b in enumerate(todo.tolist()):
+            keep = found_rows[n] >= 0
+            if seen is not None and len(seen[b]):
+                keep &= ~np.isin(found_rows[n], seen[b])
+            kept = np.flatnonzero(keep)
+            if len(kept) > k and found_scores[n, kept[-1]] == found_scores[n, kept[k - 1]] and wanted < index.ntotal:
+                again.append(b)  # the tie at the k-th place may go on beyond what was asked
+                continue
+            order = np.lexsort((found_rows[n, kept], -found_scores[n, kept]))[:k]  # by score, then row
+            top = kept[order]
+            scores[b, : len(top)], rows[b, : len(top)] = found_scores[n, top], found_rows[n, top]
+        todo, wanted = np.array(again, dtype=np.int64), min(2 * wanted, index.ntotal)
     return scores, rows
 
 
