@@ -46,9 +46,9 @@ def count_ranks(
     n = table.shape[0]
     if item_chunk < 1:
         raise UnisrecError(f"item_chunk must be >= 1, got {item_chunk}")
-    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= n):
-        bad = int(targets.min()) if int(targets.min()) < 0 else int(targets.max())
-        raise UnisrecError(f"target item row {bad} is outside the scoring table of {n} items")
+    low, high = (int(targets.min()), int(targets.max())) if len(targets) else (0, 0)
+    if low < 0 or high >= n:
+        raise UnisrecError(f"target item row {low if low < 0 else high} is outside the scoring table of {n} items")
     chunks = [(s, min(n, s + item_chunk)) for s in range(0, n, item_chunk)]
     target_score = torch.empty(len(targets), dtype=queries.dtype, device=queries.device)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -594,15 +593,7 @@ def persist_addition(folder: str | Path, ids: Sequence[str], texts: Sequence[str
 
 
 def _addition_files(folder: str | Path) -> list[Path]:
-    """The numbered addition files of ``folder``, in order (none when it does not exist)."""
-    folder = Path(folder)
-    try:
-        with os.scandir(folder) as entries:
-            numbered = [(int(stem), name) for name in (e.name for e in entries)
-                        if name.endswith(".safetensors") and (stem := name[: -len(".safetensors")]).isdigit()]
-    except FileNotFoundError:
-        return []
-    return [folder / name for _, name in sorted(numbered)]
+    return sorted((p for p in Path(folder).glob("*.safetensors") if p.stem.isdigit()), key=lambda p: int(p.stem))
 
 
 def _addition_ids(path: Path) -> tuple[str, ...]:

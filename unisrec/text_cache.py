@@ -418,16 +418,16 @@ def encode_word_drop(
     data = _as_dataset(dataset)
     path = _word_drop_path(data, text, p, variants, seed)
     source = _EncoderSource(text, device, batch_size, encoder)
-    expected = {
-        **_expected_header(data, source, "word_drop"),
-        "word_drop_p": repr(float(p)),
-        "variants": str(variants),
-        "seed": str(seed),
-    }
+    expected = {**_expected_header(data, source, "word_drop"), **_word_drop_header(p, variants, seed)}
     # the views are drawn only when the file has to be (re)written, not when a cached one is reused
     return _cached(path, expected, source,
                    lambda enc: _encode_variants(enc, word_drop_texts(data.item_texts, p, variants, seed), progress),
                    force, start)
+
+
+def _word_drop_header(p: float, variants: int, seed: int) -> dict[str, str]:
+    """What a word-drop file's header records of its views (written by encode, checked by load)."""
+    return {"word_drop_p": repr(float(p)), "variants": str(variants), "seed": str(seed)}
 
 
 def load_word_drop(
@@ -448,7 +448,7 @@ def load_word_drop(
     _check_against(emb, data, command)
     if emb.matrix.ndim != 3 or emb.matrix.shape[0] != variants:
         raise UnisrecError(f"{path}: expected {variants} word-drop variants, found shape {emb.matrix.shape}")
-    wanted = {"kind": "word_drop", "word_drop_p": repr(float(p)), "variants": str(variants), "seed": str(seed)}
+    wanted = {"kind": "word_drop", **_word_drop_header(p, variants, seed)}
     other = {key: emb.meta.get(key) for key, value in wanted.items() if emb.meta.get(key) != value}
     if other:
         raise UnisrecError(f"{path}: made with {', '.join(f'{k}={v}' for k, v in other.items())}, not "
