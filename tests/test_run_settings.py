@@ -282,3 +282,13 @@ def test_an_unfinished_run_resumes_only_from_the_inputs_it_started_from(tmp_path
     del made["origin"]  # a run started before origins were kept: resumed as before
     (out / "run.json").write_text(json.dumps(made))
     assert open_run_dir(out, settings, overwrite=False, origin={"init_fingerprint": "bbbb"}) == out
+
+
+def test_the_model_card_states_cold_metrics_as_computed_and_says_when_there_are_none() -> None:
+    settings: dict[str, object] = {"command": "finetune", "data": "/d", "mode": "inductive", "init": None, "config": {}}
+    scored = {"recall@10": 0.1, "cold_recall@20": 0.25, "cold_ndcg@20": 0.125, "cold_cases": 8.0}
+    card = finetune_card(settings, {"valid": {}, "test": scored}, "unisrec finetune ...")
+    assert "Cold items (never trained on): 8 test cases, cold_recall@20 0.2500, cold_ndcg@20 0.1250" in card
+    assert "cold_recall@10" not in card  # not computed (ks without 10): not printed as 0
+    card = finetune_card(settings, {"valid": {}, "test": {"recall@10": 0.1, "cold_cases": 0.0}}, "unisrec ...")
+    assert "no test target is a cold item, so there are no cold metrics" in card and "cold_ndcg" not in card

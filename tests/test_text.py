@@ -464,3 +464,15 @@ def test_max_length_counts_the_positions_roberta_style_models_reserve(tmp_path: 
     with pytest.raises(UnisrecError, match="max_length 33 exceeds the 32 tokens that language model .* can take "
                                            r"\(34 positions\)"):
         TextEncoder(TextConfig(str(folder), "mean", max_length=33))
+
+
+def test_a_text_that_gives_no_token_is_refused_by_its_row(spec: TextConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a tokenizer that adds no special token, an empty text has no token: the model would attend to nothing
+    (its vector undefined), so encoding stops and names the text instead of writing such a vector."""
+    fresh = TextEncoder(spec, batch_size=2)
+    real = fresh.tokenize
+    monkeypatch.setattr(fresh, "tokenize", lambda texts: [ids if text else [] for ids, text in
+                                                          zip(real(texts), texts, strict=True)])
+    with pytest.raises(UnisrecError, match=r"text 1 \(''\) gives no token \(2 of 3 texts do\)"):
+        fresh.encode([TEXTS[0], "", ""])
+    assert fresh.encode(TEXTS[:2]).shape == (2, fresh.dim)

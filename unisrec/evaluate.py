@@ -145,12 +145,14 @@ def evaluate(
 
 def cold_metrics(ranks: np.ndarray, targets: np.ndarray, cold: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
     """``cold_recall@K`` / ``cold_ndcg@K`` over the cases whose target is cold, and their count ``cold_cases``.
+    With no cold target there is nothing to average: ``cold_cases`` 0 and no ``cold_recall`` / ``cold_ndcg`` (a
+    0.0 would read as a model that ranks every cold item out of its top K).
 
     ranks (T,) 0-based full-ranking ranks, targets (T,) item ids, cold (N,) bool.
     """
     here = cold[targets]
     if not here.any():
-        return {**{f"cold_{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}, "cold_cases": 0.0}
+        return {"cold_cases": 0.0}
     scored = ranking_metrics(ranks[here], ks)
     out: dict[str, float] = {f"cold_{m}@{k}": scored[f"{m}@{k}"] for k in ks for m in ("recall", "ndcg")}
     out["cold_cases"] = float(here.sum())

@@ -45,6 +45,15 @@ def _metrics_row(metrics: dict[str, float]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _cold_line(test: Mapping[str, float]) -> str:
+    """The model card's sentence on the cold-item metrics of ``train.cold_items`` (those the run computed)."""
+    cases = int(test["cold_cases"])
+    if cases == 0:
+        return "Cold items (never trained on): no test target is a cold item, so there are no cold metrics"
+    scored = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k.startswith(("cold_recall@", "cold_ndcg@")))
+    return f"Cold items (never trained on): {cases} test cases, {scored}"
+
+
 def _text_encoder_line(settings: Mapping[str, Any]) -> str:
     # run.json of this version: the config's text section; of earlier ones: "text_encoder", the text settings
     # given on the command line (null: the defaults)
@@ -94,8 +103,7 @@ def finetune_card(settings: Mapping[str, Any], metrics: Mapping[str, Any], comma
                   f"{mixed['metric']} (`train.interpolate=auto`; alpha and valid: {tried}); the fine-tuned weights "
                   "are in `finetuned.safetensors`"]
     if "cold_cases" in test:
-        lines += ["", f"Cold items (never trained on): {int(test['cold_cases'])} test cases, "
-                  f"cold_recall@10 {test.get('cold_recall@10', 0):.4f}, cold_ndcg@10 {test.get('cold_ndcg@10', 0):.4f}"]
+        lines += ["", _cold_line(test)]
     lines += ["", "## Command", "", "```bash", command, "```", "", "## Settings", "",
               *_config_lines(settings.get("config", {})), ""]
     return "\n".join(lines)

@@ -120,6 +120,11 @@ class TextEncoder:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         ids = self.tokenize(texts)
+        empty = [i for i, x in enumerate(ids) if not x]
+        if empty:  # only a tokenizer that adds no special token gets here: the model would attend to nothing
+            raise UnisrecError(f"text encoder: text {empty[0]} ({texts[empty[0]][:80]!r}) gives no token "
+                               f"({len(empty)} of {len(ids)} texts do): nothing to encode; give every item a text "
+                               "the tokenizer keeps")
         order = np.argsort([-len(x) for x in ids], kind="stable")  # (N,) longest first
         out = np.empty((len(ids), self.dim), dtype=np.float32)  # (N, D)
         import torch
