@@ -101,3 +101,36 @@ def test_fit_rejects_unknown_settings_and_frames_name_bad_columns(frames: tuple[
     ds = unisrec.Dataset.from_frames(interactions, items, user_core=0, item_core=0)
     with pytest.raises(UnisrecError, match="unknown setting 'speed'"):
         unisrec.fit(ds, speed=3)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_datetime_times_give_unix_seconds_whatever_their_unit(unit: str) -> None:
+    """pandas reads CSV dates as microseconds: every unit (and a timezone) gives the same Unix seconds, so
+    events a minute apart keep their order instead of sharing a 'second' and falling back to row order."""
+    from unisrec.frames import _timestamps
+
+    seconds = np.array([1_577_836_800, 1_577_836_860, 1_577_836_920, -60])  # 2020-01-01 00:00, +1 min, +2, 1969
+    stamps = pd.Series(pd.to_datetime(seconds, unit="s")).dt.as_unit(unit)
+    np.testing.assert_array_equal(_timestamps(stamps, "t"), seconds)
+    np.testing.assert_array_equal(_timestamps(stamps.dt.tz_localize("Europe/Paris"), "t"), seconds - 3600)
+
+
+def test_events_read_with_parse_dates_keep_their_time_order(frames: tuple[pd.DataFrame, pd.DataFrame, Path],
+                                                           tmp_path: Path) -> None:
+    interactions, items, _ = frames
+    rows = interactions[interactions["user_id"] == "u0"].reset_index(drop=True)
+    minutes = pd.Timestamp("2020-01-01") + pd.to_timedelta(np.arange(len(rows)), unit="min")
+    newest_first = rows.assign(timestamp=minutes.astype(str)).iloc[::-1]  # listed newest first, a minute apart
+    newest_first.to_csv(tmp_path / "u0.csv", index=False)
+    read = pd.read_csv(tmp_path / "u0.csv", parse_dates=["timestamp"], dtype={"user_id": str, "item_id": str})
+    ds = unisrec.Dataset.from_frames(read, items, user_core=0, item_core=0)
+    assert ds.user_histories()["u0"] == list(rows["item_id"])  # oldest first, as the times say
+
+
+def test_a_missing_time_in_a_nullable_integer_column_names_its_row(
+        frames: tuple[pd.DataFrame, pd.DataFrame, Path]) -> None:
+    interactions, items, _ = frames
+    times = interactions["timestamp"].astype("Int64")
+    times[3] = pd.NA
+    with pytest.raises(UnisrecError, match="interactions: column 'timestamp' has a missing time at row 3"):
+        unisrec.Dataset.from_frames(interactions.assign(timestamp=times), items)

@@ -69,8 +69,13 @@ def _timestamps(values: Any, column: str) -> np.ndarray:
         if stamps.isna().any():
             row = int(stamps.isna().argmax())
             raise UnisrecError(f"interactions: column {column!r} has a missing time at row {row}")
-        return (stamps.astype("int64") // 1_000_000_000).to_numpy(dtype=np.int64)
+        # whole seconds since the epoch whatever the column's unit (pandas reads CSV dates as microseconds)
+        return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
     if pd.api.types.is_integer_dtype(values):
+        missing = values.isna()  # a nullable Int64 column can hold <NA>
+        if missing.any():
+            raise UnisrecError(f"interactions: column {column!r} has a missing time at row "
+                               f"{int(missing.to_numpy().argmax())}")
         return values.to_numpy(dtype=np.int64)
     if pd.api.types.is_float_dtype(values):
         array = values.to_numpy(dtype=np.float64)
