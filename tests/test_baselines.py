@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from unisrec.batches import Windows
 from unisrec.checkpoint import from_pretrained
 from unisrec.cli import main
 from unisrec.cloze import make_cloze_batch
-from unisrec.config import EvalConfig, ModelConfig, RunConfig, TextConfig
+from unisrec.config import MODE_ARCHITECTURE, EvalConfig, ModelConfig, RunConfig, TextConfig
 from unisrec.datasets import load_processed
 from unisrec.errors import ConfigError, UnisrecError
 from unisrec.evaluate import evaluate, evaluate_run, zero_shot_model
@@ -24,6 +25,7 @@ from unisrec.finetune import finetune
 from unisrec.metrics import ranking_metrics
 from unisrec.model import SequenceModel
 from unisrec.pretrain import pretrain
+from unisrec.report_config import load_report_config
 
 SMALL = [
     "model.hidden_size=16", "model.inner_size=16", "model.max_seq_len=6", "model.n_experts=2",
@@ -148,6 +150,39 @@ def test_cli_baseline_mode_and_init_rules(synthetic_dataset: Path, tmp_path: Pat
     code = main(["finetune", str(synthetic_dataset), "--mode", "fdsa", "--init", str(tmp_path / "g"),
                  "--out", str(tmp_path / "f"), *args])
     assert code == 2 and "--mode fdsa trains from scratch" in capsys.readouterr().err
+
+
+def test_a_setting_the_mode_s_network_does_not_read_is_refused(synthetic_dataset: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A baseline would record a UniSRec-only setting (text centring, temperature, ...) in its run and ignore it;
+    a baseline's own setting likewise for UniSRec; bert4rec trains on strided windows whatever train.windows says."""
+    from unisrec.finetune import resolve_config
+
+    refused = [("zesrec", "model.center_text=true", "model.center_text=true is implemented for the unisrec "
+                "architecture (--mode inductive, transductive, sasrec), not zesrec, which would ignore it"),
+               ("fdsa", "model.center_text=true", "not fdsa, which would ignore it"),
+               ("textknn", "model.last_item_skip=true", "not textknn"),
+               ("inductive", "model.mask_prob=0.4", "model.mask_prob=0.4 is implemented for the bert4rec "
+                "architecture (--mode bert4rec), not unisrec"),
+               ("bert4rec", "model.gru_layers=2", "for the gru4rec architecture"),
+               ("bert4rec", "train.windows=exact", "train.windows=exact is not read by bert4rec")]
+    for mode, override, message in refused:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            resolve_config(RunConfig().with_overrides([override]), mode, None, [override])
+    for mode, override in (("bert4rec", "model.mask_prob=0.4"), ("gru4rec", "model.gru_layers=2"),
+                           ("bert4rec", "train.windows=strided"), ("zesrec", "model.center_text=false"),
+                           ("inductive", "model.center_text=true"), ("zesrec", "model.n_experts=2")):
+        resolved = resolve_config(RunConfig().with_overrides([override]), mode, None, [override])
+        assert resolved.model.architecture == MODE_ARCHITECTURE[mode]
+    code = main(["finetune", str(synthetic_dataset), "--mode", "zesrec", "--out", str(tmp_path / "z"),
+                 "--model.center_text=true"])
+    assert code == 2 and "not zesrec, which would ignore it" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
+    report = tmp_path / "report.yaml"  # a report refuses such an experiment when it is planned
+    report.write_text("seeds: [1]\ndatasets:\n  d: {path: data}\nexperiments:\n"
+                      "  - {name: z, dataset: d, mode: zesrec, overrides: [model.center_text=true]}\n")
+    with pytest.raises(ConfigError, match=r"experiment.*z.*not zesrec, which would ignore it"):
+        load_report_config(report)
 
 
 def test_zesrec_transfers_zero_shot_and_by_fine_tuning(tmp_path: Path, tiny_lm_dir: Path) -> None:

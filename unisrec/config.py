@@ -167,6 +167,33 @@ def with_later_absent(plain: dict[str, Any]) -> dict[str, Any]:
     return filled
 
 
+# ModelConfig settings that change what only one architecture does with its inputs or scores, and that a user
+# could expect another to honour (the text baselines read the same text vectors); the parts of a component a
+# network lacks altogether (the MoE adaptor's n_experts / whitening / noisy_gating, the cosine temperature) are
+# left to shared configs, as hidden_size is
+_OWN_MODEL_SETTINGS: dict[str, Architecture] = {
+    **dict.fromkeys(("last_item_skip", "skip_gate", "center_text", "repeat_bias"), "unisrec"),
+    "mask_prob": "bert4rec", "gru_layers": "gru4rec",
+}
+_MODEL_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
+def check_read_settings(config: RunConfig) -> None:
+    """Refuse a setting the run's network would not read (recorded in the run and ignored otherwise): a model
+    setting of another architecture, or train.windows for bert4rec. Called once the mode has set the network."""
+    model = config.model
+    for name, owner in _OWN_MODEL_SETTINGS.items():
+        value = getattr(model, name)
+        if model.architecture != owner and value != _MODEL_DEFAULTS[name]:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            modes = ", ".join(mode for mode, arch in MODE_ARCHITECTURE.items() if arch == owner)
+            raise ConfigError(f"model.{name}={shown} is implemented for the {owner} architecture (--mode {modes}), "
+                              f"not {model.architecture}, which would ignore it")
+    if model.architecture == "bert4rec" and config.train.windows not in ("auto", "strided"):
+        raise ConfigError(f"train.windows={config.train.windows} is not read by bert4rec, whose cloze task trains "
+                          "on strided windows; leave it at auto or strided")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. Defaults: the paper's fine-tuning settings."""

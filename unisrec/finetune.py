@@ -47,7 +47,15 @@ from unisrec.batches import (
     training_windows,
 )
 from unisrec.checkpoint import load_transferable, read_model_config, read_text_config, save_pretrained, save_tensors
-from unisrec.config import MODE_ARCHITECTURE, MODES, ModelConfig, RunConfig, from_plain, given_fields
+from unisrec.config import (
+    MODE_ARCHITECTURE,
+    MODES,
+    ModelConfig,
+    RunConfig,
+    check_read_settings,
+    from_plain,
+    given_fields,
+)
 from unisrec.datasets.processed import ProcessedDataset, load_processed
 from unisrec.devices import resolve_device
 from unisrec.distributed import Distributed
@@ -129,7 +137,9 @@ def resolve_config(config: RunConfig, mode: str, init: Path | None, overrides: l
         if recorded is not None:
             text = replace(recorded, **{f: getattr(config.text, f) for f in given_fields("text", config, overrides)})
     model = replace(model, item_repr=MODES[mode], architecture=MODE_ARCHITECTURE[mode])
-    return replace(config, model=model, text=text)
+    resolved = replace(config, model=model, text=text)
+    check_read_settings(resolved)
+    return resolved
 
 
 @dataclass

@@ -51,7 +51,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from unisrec.config import MODES, Pooling, RunConfig, from_plain, load_config, read_yaml_mapping
+from unisrec.config import (
+    MODE_ARCHITECTURE,
+    MODES,
+    Pooling,
+    RunConfig,
+    check_read_settings,
+    from_plain,
+    load_config,
+    read_yaml_mapping,
+)
 from unisrec.errors import ConfigError
 
 # Hou et al., KDD 2022, Table 2 (the paper's main results table): Recall@10, NDCG@10, Recall@50, NDCG@50
@@ -272,7 +281,14 @@ def check_report_config(config: ReportConfig, where: str) -> None:
         if e.reference is not None and e.reference not in {x.name for x in config.experiments}:
             fail(f"{at}: unknown reference {e.reference!r}")
         _check_record(e.record, at, fail)
-        if not base.with_overrides([*config.overrides, *e.overrides]).eval.test:
+        run_config = base.with_overrides([*config.overrides, *e.overrides])
+        if e.command == "finetune" and e.init is None:  # with init the network is the pre-trained one's
+            try:  # what finetune's resolve_config checks, at planning rather than when the run starts
+                model = replace(run_config.model, item_repr=MODES[e.mode], architecture=MODE_ARCHITECTURE[e.mode])
+                check_read_settings(replace(run_config, model=model))
+            except ConfigError as exc:
+                fail(f"{at}: {exc}")
+        if not run_config.eval.test:
             fail(f"{at}: eval.test=false leaves the run without test metrics, which every report table reads "
                  "(choose settings with `unisrec finetune ... --eval.test=false` outside a report)")
         seen.add(e.name)
