@@ -107,6 +107,14 @@ def test_one_history_many_histories_and_options(trained: tuple[Path, Path]) -> N
     # a history longer than max_seq_len (6) is cut to its last 6 items
     long = [f"i{j}" for j in range(20)]
     assert top(recommender, long, exclude_seen=False) == top(recommender, long[-6:], exclude_seen=False)
+    # exclude_seen as numpy's bool or an int means the same as the bool (the text path took them already)
+    for flag in (np.False_, 0, np.True_, 1):
+        assert top(recommender, ["i1", "i2"], k=30, exclude_seen=flag) == top(  # type: ignore[arg-type]
+            recommender, ["i1", "i2"], k=30, exclude_seen=bool(flag))
+    per_history = recommender.recommend_rows([np.array([1, 2]), np.array([7])], 30, [np.True_, False])  # type: ignore[list-item]
+    assert len(per_history[0]) == 28 and len(per_history[1]) == 30
+    with pytest.raises(UnisrecError, match="exclude_seen: 1 flags for 2 histories"):
+        recommender.recommend_rows([np.array([1, 2]), np.array([7])], 3, [True])
 
 
 def test_bad_histories_are_clear_errors(trained: tuple[Path, Path]) -> None:
@@ -119,6 +127,14 @@ def test_bad_histories_are_clear_errors(trained: tuple[Path, Path]) -> None:
         recommender.recommend_histories("i1")
     with pytest.raises(UnisrecError, match="unknown users: 'u9'"):
         recommender.recommend(["u9"])
+    with pytest.raises(UnisrecError, match=r"unknown users: 1\.5, None \("):  # named as given
+        recommender.recommend([1.5, None])  # type: ignore[list-item]
+    texts = [f"text {n}" for n in range(7)]  # longer than the model's window of 6: every entry is checked
+    for bad in (None, 7, ["x"]):
+        with pytest.raises(UnisrecError, match="history 0 must be a non-empty list of item texts"):
+            recommender.recommend_lists([[bad, *texts]], by_text=True)  # type: ignore[list-item]
+    with pytest.raises(UnisrecError, match="history 0 must be a non-empty list of item texts"):
+        recommender.recommend_lists(["a text, not a list"], by_text=True)
     with pytest.raises(ItemConflictError, match="item id 'i3' is already in the catalogue"):
         recommender.add_items(["x"], ["i3"])
     with pytest.raises(ItemConflictError, match="item id 'n' is given twice"):

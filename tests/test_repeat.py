@@ -83,6 +83,21 @@ def test_recommendations_add_the_offsets_exactly_unless_seen_items_are_left_out(
     assert {"i3", "i7", "i12"} & {r.item_id for r in got}  # w_hist = 2.5 lifts the history
 
 
+def test_equal_scores_with_offsets_keep_the_lower_row_first_whatever_the_history_order() -> None:
+    torch.manual_seed(0)
+    text = torch.randn(40, 6)
+    text[20] = text[3]  # items 3 and 20 share a text vector: equal scores, and equal offsets in the history below
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2, repeat_bias=True), 40, text)
+    with torch.no_grad():
+        model.repeat_weight.copy_(torch.tensor([0.0, 50.0]))  # type: ignore[union-attr]  # lifts the history
+    recommender = Recommender(model, Catalogue([f"i{n}" for n in range(40)]))
+    for history in (["i20", "i3", "i7"], ["i3", "i20", "i7"]):
+        got = recommender.recommend_lists([history], k=3, exclude_seen=False)[0]
+        twins = [r for r in got if r.item_id in ("i3", "i20")]
+        assert len(twins) == 2 and twins[0].score == twins[1].score
+        assert [r.item_id for r in twins] == ["i3", "i20"]  # the lower row first, as without offsets
+
+
 def test_text_histories_get_the_offsets_of_the_same_items_given_by_id(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     text = torch.randn(40, 6)

@@ -264,10 +264,10 @@ class Recommender:
     def queries_of_texts(self, histories: Sequence[Sequence[str]]) -> Tensor:
         """Raw item texts of B histories -> (B, H) query vectors (text-only models)."""
         self._require_text_only("recommendations for histories of item texts")
-        cut = [list(h)[-self.model.config.max_seq_len:] for h in histories]
-        for number, history in enumerate(cut):
-            if not history or not all(isinstance(t, str) for t in history):
+        for number, history in enumerate(histories):  # every entry, also those before the model's window
+            if isinstance(history, str) or not history or not all(isinstance(t, str) for t in history):
                 raise UnisrecError(f"history {number} must be a non-empty list of item texts")
+        cut = [list(h)[-self.model.config.max_seq_len:] for h in histories]
         position: dict[str, int] = {}
         local = np.asarray([position.setdefault(t, len(position)) for h in cut for t in h], dtype=np.int64)
         vectors = torch.from_numpy(self.encode_texts(list(position)))  # (M, D): each distinct text once
@@ -336,7 +336,13 @@ class Recommender:
         """Top-k for histories already given as catalogue rows (what the HTTP service batches)."""
         if not histories:
             return []
-        flags = [exclude_seen] * len(histories) if isinstance(exclude_seen, bool) else list(exclude_seen)
+        if isinstance(exclude_seen, bool | int | np.bool_ | np.integer):  # one flag for all (numpy's bools too)
+            flags = [bool(exclude_seen)] * len(histories)
+        else:
+            flags = [bool(flag) for flag in exclude_seen]
+            if len(flags) != len(histories):
+                raise UnisrecError(f"exclude_seen: {len(flags)} flags for {len(histories)} histories; give one "
+                                   "flag, or one per history")
         if len(self.catalogue) == 0:
             return [[] for _ in histories]
         queries = self.queries_of_rows(histories)
@@ -411,7 +417,8 @@ class Recommender:
                 exact = (table[torch.tensor(list(bonus), device=table.device)] @ queries[b]).cpu().tolist()
                 merged = {row: score for row, score in pairs if row not in bonus}
                 merged.update({row: s + bonus[row] for row, s in zip(bonus, exact, strict=True)})
-                out.append(sorted(merged.items(), key=lambda pair: -pair[1])[:k])
+                # equal scores: the lower row first, as everywhere else (not the history's order of the offsets)
+                out.append(sorted(merged.items(), key=lambda pair: (-pair[1], pair[0]))[:k])
         return out
 
     def recommend_lists(
@@ -448,8 +455,9 @@ class Recommender:
         known = self.users
         if isinstance(users, str | bytes | Mapping) or not isinstance(users, Iterable):
             raise UnisrecError("users must be a list of user ids")
-        asked = [as_item_id(u) for u in users]
-        unknown = [u for u in asked if u not in known]
+        given = list(users)
+        asked = [as_item_id(u) for u in given]
+        unknown = [u for u, a in zip(given, asked, strict=True) if a not in known]  # as given (not as_item_id's mark)
         if unknown:
             some = ", ".join(repr(u) for u in unknown[:5])
             some += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
