@@ -104,6 +104,10 @@ def test_one_history_many_histories_and_options(trained: tuple[Path, Path]) -> N
     assert isinstance(many, pd.DataFrame) and list(many.columns) == ["user_id", "item_id", "score", "rank", "text"]
     assert many.user_id.tolist() == [0, 0, 0, 1, 1, 1] and many["rank"].tolist() == [1, 2, 3, 1, 2, 3]
     assert many[many.user_id == 0].item_id.tolist() == [r.item_id for r in one[:3]]
+    everything = [f"i{j}" for j in range(30)]  # every item seen: nothing left to recommend, so no row
+    frame = recommender.recommend_histories([["i1"], everything, ["i2"]], k=2)
+    assert frame.user_id.tolist() == [0, 0, 2, 2]
+    assert [len(r) for r in recommender.recommend_lists([["i1"], everything], k=2)] == [2, 0]
     # a history longer than max_seq_len (6) is cut to its last 6 items
     long = [f"i{j}" for j in range(20)]
     assert top(recommender, long, exclude_seen=False) == top(recommender, long[-6:], exclude_seen=False)
@@ -265,8 +269,19 @@ def test_cli_recommend_and_export(trained: tuple[Path, Path], tmp_path: Path,
     assert main(["recommend", str(run), "--history-file", str(histories), "-k", "2", "--include-seen"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["user"] for line in lines] == ["u1", "u2"] and lines[0]["results"][0]["item_id"] == "i3"
-    assert main(["recommend", str(run), "--history", "i1,zzz"]) == 2
-    assert "unisrec recommend: error: unknown item id(s) 'zzz'" in capsys.readouterr().err
+    assert main(["recommend", str(run), "--history", "i1", "--history", "i1,zzz"]) == 2
+    assert ("unisrec recommend: error: --history 2, entry 2: unknown item id 'zzz'; every history entry"
+            in capsys.readouterr().err)
+    # an unknown id far down a file: named by its line, and nothing printed before the error
+    many = [json.dumps({"history": ["i1"]})] * 300
+    many[280] = json.dumps({"history": ["i1", "i2", "nope"]})
+    many[290] = json.dumps({"history": ["gone"]})
+    histories.write_text("\n".join(many) + "\n")
+    assert main(["recommend", str(run), "--history-file", str(histories)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"{histories}, line 281, entry 3: unknown item id 'nope' (2 unknown ids in all)" in err
+    assert main(["recommend", str(run), "--history-file", str(tmp_path)]) == 2
+    assert f"{tmp_path}: a folder, not a JSON-lines file" in capsys.readouterr().err
     histories.write_text('{"user": "u1"}\n')
     assert main(["recommend", str(run), "--history-file", str(histories)]) == 2
     assert f"{histories}, line 1: expected" in capsys.readouterr().err

@@ -346,13 +346,24 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
 def _run_recommend(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from unisrec.catalogue import UnknownItemError
     from unisrec.recommend import Recommender
 
     if args.history:
         records = [{"history": [e.strip() for e in h.split(args.sep) if e.strip()]} for h in args.history]
+        places = [f"--history {n}" for n in range(1, len(records) + 1)]
     else:
-        records = _read_history_file(args.history_file)
+        records, lines = _read_history_file(args.history_file)
+        places = [f"{args.history_file}, line {n}" for n in lines]
     recommender = Recommender.from_pretrained(args.run_dir, args.device)
+    if not args.by_text:  # every id is checked before the first result is printed
+        try:
+            recommender.resolve([r["history"] for r in records])
+        except UnknownItemError as exc:
+            number, position, item = exc.unknown[0]
+            more = f" ({len(exc.unknown)} unknown ids in all)" if len(exc.unknown) > 1 else ""
+            raise UnisrecError(f"{places[number]}, entry {position + 1}: unknown item id {item!r}{more}; every "
+                               "history entry must be an item id of the catalogue") from None
     for lo in range(0, len(records), 256):
         part = records[lo : lo + 256]
         results = recommender.recommend_lists([r["history"] for r in part], args.k, not args.include_seen, args.by_text)
@@ -362,10 +373,13 @@ def _run_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_history_file(path: Path) -> list[dict[str, Any]]:
+def _read_history_file(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a JSON-lines history file and the line number of each."""
+    if path.is_dir():
+        raise UnisrecError(f"{path}: a folder, not a JSON-lines file of histories")
     if not path.is_file():
         raise UnisrecError(f"{path}: no such file")
-    records = []
+    records, lines = [], []
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -382,9 +396,10 @@ def _read_history_file(path: Path) -> list[dict[str, Any]]:
         if not isinstance(history, list) or not history or not all(isinstance(x, str) for x in history):
             raise UnisrecError(f'{path}, line {number}: expected {{"history": ["item id", ...]}} (non-empty strings)')
         records.append(record)
+        lines.append(number)
     if not records:
         raise UnisrecError(f"{path}: no histories")
-    return records
+    return records, lines
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

@@ -646,7 +646,8 @@ def replay_additions(recommender: Recommender, folder: str | Path) -> int:
 
 
 def to_frame(results: list[list[Recommendation]], users: Sequence[object]) -> pd.DataFrame:
-    """Ranked lists -> DataFrame user_id, item_id, score, rank (1 = best), text; one block per user in order."""
+    """Ranked lists -> DataFrame user_id, item_id, score, rank (1 = best), text; one block per user in order (a
+    user with an empty list, every item seen, has no row: the frame is long, one row per recommendation)."""
     import pandas as pd
 
     rows = [
