@@ -219,6 +219,24 @@ def test_scoring_table_follows_weight_updates() -> None:
     torch.testing.assert_close(recommender.scoring_table(), fresh)
 
 
+def test_an_item_added_alone_ties_with_an_older_item_of_the_same_text_as_after_a_rebuild() -> None:
+    """One row alone takes other kernels than a chunk of rows: an item added alone must still get exactly the
+    vector of an older item with its text vector, so the two tie (catalogue order) now and after a rebuild."""
+    torch.manual_seed(0)
+    model = UniSRec(ModelConfig(hidden_size=32, inner_size=32, n_experts=8), 30, torch.randn(30, 384))
+    full = recommend_module.adapted_items(model)  # (30, H)
+    for row in range(30):
+        assert torch.equal(recommend_module.adapted_items(model, text=model.item_text[[row]])[0], full[row])
+    recommender = Recommender(model, Catalogue([f"i{n}" for n in range(30)]))
+    recommender.add_items(["twin of i3"], ["twin3"], vectors=model.item_text[[3]].clone())
+    live = top(recommender, ["i5", "i7"], k=31, exclude_seen=False)
+    rebuilt = top(Recommender(model, recommender.catalogue), ["i5", "i7"], k=31, exclude_seen=False)
+    assert live == rebuilt
+    order = [r.item_id for r in live]
+    assert order.index("twin3") == order.index("i3") + 1 and live[order.index("i3")].score == live[
+        order.index("twin3")].score
+
+
 def test_export_vectors_and_index(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = trained
     recommender = Recommender.from_pretrained(run)
@@ -239,6 +257,47 @@ def test_export_vectors_and_index(trained: tuple[Path, Path], tmp_path: Path) ->
     _, rows = faiss_search(load_faiss_index(tmp_path / "out" / "items.faiss"), sequences[5:6], 5)
     expected = top(recommender, history, k=5, exclude_seen=False)
     assert [item_ids[r] for r in rows[0]] == [r.item_id for r in expected]
+    assert manifest["repeat_offsets"] is None  # no repeat_bias: the inner product is the whole logit
+    # a second export replaces the folder whole: no file of the first outlives the new manifest
+    again = recommender.export_vectors(tmp_path / "out", index=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["manifest.json", *again["files"]])
+    # an error (here an unknown --data) leaves the folder as it was
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(UnisrecError, match="no such dataset folder"):
+        recommender.export_vectors(tmp_path / "out", data_dir=tmp_path / "nodata", index=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(UnisrecError, match=r"mine: not empty and not an earlier export \(notes\.txt\)"):
+        recommender.export_vectors(tmp_path / "mine", index=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    (tmp_path / "empty").mkdir()
+    assert recommender.export_vectors(tmp_path / "empty", index=False)["n_items"] == 30
+
+
+def test_export_states_the_repeat_offsets_the_inner_product_leaves_out(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2, max_seq_len=4, repeat_bias=True), 12,
+                    torch.randn(12, 6))
+    with torch.no_grad():
+        model.repeat_weight.copy_(torch.tensor([-1.5, 0.25]))  # type: ignore[union-attr]
+    recommender = Recommender(model, Catalogue([f"i{n}" for n in range(12)]))
+    manifest = recommender.export_vectors(tmp_path / "out", index=False)
+    offsets = manifest["repeat_offsets"]
+    assert offsets is not None and offsets["last"] == -1.5 and offsets["history"] == 0.25
+    assert offsets["window"] == 4 and "repeat_offsets" in manifest["score"]
+    # the stated rule on the exported vectors gives the model's own scores
+    history = ["i3", "i7", "i3", "i9", "i1"]
+    items = np.load(tmp_path / "out" / "items.npy")
+    query = recommender.queries_of_rows([np.asarray(recommender.catalogue.lookup(history))]).numpy()[0]
+    scores = items @ query
+    window = history[-4:]
+    for item in set(window):
+        scores[int(item[1:])] += offsets["history"]
+    scores[int(window[-1][1:])] += offsets["last"]
+    got = top(recommender, history, k=12, exclude_seen=False)
+    np.testing.assert_allclose([r.score for r in got], np.sort(scores)[::-1], rtol=1e-5, atol=1e-5)
 
 
 def test_export_without_faiss_fails_before_writing(trained: tuple[Path, Path], tmp_path: Path,

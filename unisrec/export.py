@@ -14,6 +14,10 @@ An export folder holds::
     users.parquet           user_id of each row of sequences.npy
     vectors.safetensors     the same matrices: "items" and (with --data) "sequences"
 
+The folder is written beside ``out`` and replaces it in one rename once complete (``out`` may be absent, empty or
+an earlier export). With ``model.repeat_bias`` the manifest's ``repeat_offsets`` holds the two logit offsets of the
+items of a user's window, which an inner product leaves out.
+
 ``export_vectors`` reads what it writes from a ``VectorSource``: in practice a ``unisrec.recommend.Recommender``
 (``Recommender.export_vectors`` calls it), described here by what export uses so that this module needs
 nothing above the model.
@@ -30,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torch import Tensor
 
-from unisrec.atomic import atomic_write, atomic_write_json
+from unisrec.atomic import atomic_directory, atomic_write, atomic_write_json
 from unisrec.catalogue import Catalogue
 from unisrec.errors import UnisrecError
 from unisrec.model import SequenceModel
@@ -42,6 +46,8 @@ __all__ = ["ExportManifest", "VectorSource", "export_vectors", "faiss_search", "
 
 EXPORT_FORMAT = "unisrec-vectors"
 EXPORT_VERSION = 1
+EXPORT_FILES = ("manifest.json", "items.npy", "items.parquet", "items.faiss", "sequences.npy", "users.parquet",
+                "vectors.safetensors")
 
 
 class VectorSource(Protocol):
@@ -69,6 +75,8 @@ class ExportManifest(TypedDict):
     model: str  # the item representation: text, text+id, id
     text_encoder: dict[str, str | int] | None  # the run's config.json "text_encoder"
     files: dict[str, dict[str, object]]  # file name -> shape, rows, columns, ...
+    # models with model.repeat_bias: the two logit offsets the inner product leaves out; None for other models
+    repeat_offsets: dict[str, object] | None
 
 
 USER_BATCH = 256  # users whose query vectors are computed at once
@@ -95,14 +103,37 @@ def export_vectors(
     recommender: VectorSource, out: str | Path, *, data_dir: str | Path | None = None, index: bool = True
 ) -> ExportManifest:
     """Write the export folder ``out`` (see the module docstring); returns the manifest."""
-    from safetensors.numpy import save_file
-
     try:  # a missing faiss is an error before anything is written
         faiss = faiss_module() if index else None
     except UnisrecError as exc:
         raise UnisrecError(f"{exc}; or export without the index (--no-index, index=False)") from None
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_export_folder(out)
+    # the folder is written beside ``out`` and takes its place in one rename once complete: an error (an unknown
+    # --data, a full disk) leaves ``out`` as it was, and no file of an earlier export outlives the new manifest
+    with atomic_directory(out, replace=True) as folder:
+        manifest = _write_export(recommender, folder, faiss, data_dir)
+    return manifest
+
+
+def _check_export_folder(out: Path) -> None:
+    """``out`` may be absent, empty, or an earlier export (replaced whole); anything else is refused."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UnisrecError(f"{out}: a file, not an export folder")
+    held = sorted(entry.name for entry in out.iterdir())
+    if held and ("manifest.json" not in held or not set(held) <= set(EXPORT_FILES)):
+        other = next(name for name in held if name not in EXPORT_FILES) if not set(held) <= set(EXPORT_FILES) \
+            else "no manifest.json"
+        raise UnisrecError(f"{out}: not empty and not an earlier export ({other}); an export replaces its whole "
+                           "folder, so give a new or empty one")
+
+
+def _write_export(recommender: VectorSource, out: Path, faiss: Any, data_dir: str | Path | None) -> ExportManifest:
+    """Every file of an export into the (new, empty) folder ``out``; returns the manifest, written last."""
+    from safetensors.numpy import save_file
+
     items = recommender.scoring_table().cpu().numpy().astype(np.float32)  # (N, H)
     catalogue = recommender.catalogue
     n = len(items)  # the catalogue only grows (items added while serving): its first N rows are the table's
@@ -143,9 +174,25 @@ def export_vectors(
         "model": recommender.model.config.item_repr,
         "text_encoder": recommender.text_encoder_info or None,
         "files": files,
+        "repeat_offsets": _repeat_offsets(recommender.model),
     }
+    if manifest["repeat_offsets"] is not None:
+        manifest["score"] += (", plus repeat_offsets on the items of the user's window (the inner product alone, "
+                              "and the index, leave them out)")
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _repeat_offsets(model: SequenceModel) -> dict[str, object] | None:
+    """The repeat offsets of a ``model.repeat_bias`` model as the manifest states them (``unisrec.model``'s
+    ``history_offsets``), or None."""
+    weight = getattr(model, "repeat_weight", None)
+    if weight is None:
+        return None
+    last, history = (float(w) for w in weight.detach().cpu().tolist())
+    return {"last": last, "history": history, "window": model.config.max_seq_len,
+            "rule": "logit += history for each distinct item of the user's last `window` items, and += last once "
+                    "more for the last item"}
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

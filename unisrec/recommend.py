@@ -106,13 +106,28 @@ def adapted_items(model: SequenceModel, text: Tensor | None = None) -> Tensor:
     device = model.device
     with eval_mode(model):
         if text is not None:
-            return torch.cat([model.item_table(text=text[lo:lo + TABLE_CHUNK].to(device))
+            return torch.cat([_table_chunk(model, text=text[lo:lo + TABLE_CHUNK].to(device))
                               for lo in range(0, max(len(text), 1), TABLE_CHUNK)])  # (M, H)
         if not model.config.uses_text:
             return model.item_table().detach().clone()  # (N, H): an embedding table, nothing to bound
         rows = torch.arange(model.n_items, device=device)
-        return torch.cat([model.item_table(rows[lo:lo + TABLE_CHUNK])
+        return torch.cat([_table_chunk(model, rows=rows[lo:lo + TABLE_CHUNK])
                           for lo in range(0, max(len(rows), 1), TABLE_CHUNK)])  # (N, H)
+
+
+def _table_chunk(model: SequenceModel, rows: Tensor | None = None, text: Tensor | None = None) -> Tensor:
+    """(C, H) vectors of C items, given by ``rows`` or by their text vectors ``text`` (C, D).
+
+    A single item is computed as a pair of itself: one row alone takes the matrix-vector kernels, whose rounding
+    differs from the matrix-matrix ones of every other chunk, so an item added alone would not tie exactly with
+    an older item of the same text (and their order would flip once the table is rebuilt in one piece).
+    """
+    given = rows if rows is not None else text
+    assert given is not None
+    if len(given) != 1:
+        return model.item_table(rows) if rows is not None else model.item_table(text=text)
+    pair = given.repeat(2, *([1] * (given.dim() - 1)))  # (2,) rows or (2, D) text
+    return (model.item_table(pair) if rows is not None else model.item_table(text=pair))[:1]  # (1, H)
 
 
 class Recommender:
