@@ -38,6 +38,12 @@ def test_from_frames_equals_prepare_of_the_same_csv(frames: tuple[pd.DataFrame, 
         np.testing.assert_array_equal(a.split[a.offsets[ia] : a.offsets[ia + 1]],
                                       b.split[b.offsets[ib] : b.offsets[ib + 1]])
     assert ds.n_items == b.n_items and ds.n_users == b.n_users
+    with pytest.raises(UnisrecError, match=r"dataset folder exists; pass --overwrite \(overwrite=True\)"):
+        unisrec.Dataset.from_frames(interactions.head(50), items, user_core=0, item_core=0, out=tmp_path / "ds")
+    assert unisrec.Dataset(tmp_path / "ds").n_users == ds.n_users  # the earlier dataset is still there
+    again = unisrec.Dataset.from_frames(interactions.head(50), items, user_core=0, item_core=0, out=tmp_path / "ds",
+                                        overwrite=True)
+    assert again.n_users < ds.n_users
 
 
 def test_fit_recommends_dataframes_for_users_and_histories(frames: tuple[pd.DataFrame, pd.DataFrame, Path],

@@ -110,11 +110,13 @@ class Dataset:
         out: str | Path | None = None,
         user_core: int = 5,
         item_core: int = 5,
+        overwrite: bool = False,
     ) -> Dataset:
         """Interactions (user, item, time) and items (item, text) DataFrames -> a Dataset, filtered and split as
         ``unisrec prepare`` does (k-core, events ordered by time with ties in input order, leave-one-out).
 
-        ``out``: the folder to write (default: a temporary one, removed at exit).
+        ``out``: the folder to write (default: a temporary one, removed at exit); an earlier dataset there is
+        replaced only with ``overwrite`` (``unisrec prepare --overwrite``).
         """
         users = _ids(interactions, user_col, "interactions")
         item_ids = _ids(interactions, item_col, "interactions")
@@ -142,7 +144,7 @@ class Dataset:
         info = {"source": "DataFrames", "source_format": "frames"}
         dataset = build_dataset(raw, name=name, options=options, info=info)
         folder = Path(out) if out is not None else _temporary_folder("unisrec-dataset-") / name
-        write_processed(dataset, folder, overwrite=True)
+        write_processed(dataset, folder, overwrite=overwrite)
         return cls(folder)
 
     @property

@@ -116,7 +116,7 @@ def check_output_folder(out: Path, *, overwrite: bool) -> None:
             f"{out}: folder exists, is not empty and is not a unisrec dataset; choose another --out"
         )
     if (out / "dataset.json").exists() and not overwrite:
-        raise UnisrecError(f"{out}: dataset folder exists; pass --overwrite to replace it")
+        raise UnisrecError(f"{out}: dataset folder exists; pass --overwrite (overwrite=True) to replace it")
 
 
 def write_processed(dataset: ProcessedDataset, out: str | Path, *, overwrite: bool = True) -> Path:
