@@ -339,6 +339,12 @@ def test_cli_recommend_and_export(trained: tuple[Path, Path], tmp_path: Path,
     assert main(["recommend", str(run), "--history-file", str(histories)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and f"{histories}, line 281, entry 3: unknown item id 'nope' (2 unknown ids in all)" in err
+    histories.write_text('{"history": ["i1", 7]}\n')  # an integer id is an id, as in the Python API
+    assert main(["recommend", str(run), "--history-file", str(histories)]) == 2
+    assert f"{histories}, line 1, entry 2: unknown item id '7'" in capsys.readouterr().err
+    histories.write_text('{"history": ["i1", true]}\n')
+    assert main(["recommend", str(run), "--history-file", str(histories)]) == 2
+    assert "a non-empty list of string or integer ids" in capsys.readouterr().err
     assert main(["recommend", str(run), "--history-file", str(tmp_path)]) == 2
     assert f"{tmp_path}: a folder, not a JSON-lines file" in capsys.readouterr().err
     histories.write_text('{"user": "u1"}\n')

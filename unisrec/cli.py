@@ -338,7 +338,8 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="recommendations per history")
     p.add_argument("--include-seen", action="store_true", help="keep the history's own items in the ranking")
     p.add_argument("--by-text", action="store_true", help="history entries are raw item texts (inductive models)")
-    p.add_argument("--sep", default=",", help="--history: separator of the entries")
+    p.add_argument("--sep", default=",", help="--history: separator of the entries (texts with commas, as with "
+                   "--by-text: give another, e.g. --sep '|'; or use --history-file)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_run_recommend)
 
@@ -393,8 +394,11 @@ def _read_history_file(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
         except json.JSONDecodeError as exc:
             raise UnisrecError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
         history = record.get("history") if isinstance(record, dict) else None
-        if not isinstance(history, list) or not history or not all(isinstance(x, str) for x in history):
-            raise UnisrecError(f'{path}, line {number}: expected {{"history": ["item id", ...]}} (non-empty strings)')
+        # ids are strings, or integers as the Python API takes them (MovieLens ids), never booleans
+        if not isinstance(history, list) or not history or not all(
+                isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool)) for x in history):
+            raise UnisrecError(f'{path}, line {number}: expected {{"history": ["item id", ...]}} (a non-empty list '
+                               "of string or integer ids)")
         records.append(record)
         lines.append(number)
     if not records:
