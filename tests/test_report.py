@@ -772,3 +772,18 @@ def test_an_interrupted_replacement_is_not_taken_for_the_old_run(tmp_path: Path,
     assert calls == [True, True]
     assert pretraining.status() == "cached" and not pretraining.replacing_file.exists()
     assert json.loads((pretraining.out / "run.json").read_text())["config"]["train"]["epochs"] == 2
+
+
+def test_saved_ranks_load_back_and_a_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
+    from unisrec.analysis import load_ranks, save_ranks
+
+    save_ranks(tmp_path, np.array([3, 0, 41]))
+    assert load_ranks(tmp_path).tolist() == [3, 0, 41]
+    (tmp_path / "ranks_test.npy").write_bytes(b"not an array")
+    with pytest.raises(UnisrecError, match=r"ranks_test\.npy: not a saved array of ranks"):
+        load_ranks(tmp_path)
+    np.save(tmp_path / "ranks_test.npy", np.zeros((2, 2)))
+    with pytest.raises(UnisrecError, match="expected a 1-d integer array of ranks, got float64"):
+        load_ranks(tmp_path)
+    with pytest.raises(UnisrecError, match=r"missing; .*eval\.test=false"):
+        load_ranks(tmp_path / "none")

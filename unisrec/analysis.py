@@ -1,7 +1,8 @@
 """Analyses of finished runs: metrics by popularity group of the target item (the long tail).
 
-Every run of ``finetune`` saves the 0-based full-ranking rank of each test target (``ranks_test.npy``, in
-the order of ``dataset.target_rows("test")``), so groupings can change without re-running anything.
+Every run of ``finetune`` that scores its test split saves the 0-based full-ranking rank of each test target
+(``ranks_test.npy``, in the order of ``dataset.target_rows("test")``; a run made with ``eval.test=false`` gets
+it from ``unisrec evaluate RUN DATA --save``), so groupings can change without re-running anything.
 
 Grouping (``popularity_groups``): an item's popularity is its number of interactions in the training split
 (validation and test interactions are not counted). Items are ordered by (popularity, item index) and cut
@@ -39,8 +40,15 @@ def save_ranks(run_dir: str | Path, ranks: np.ndarray, name: str = RANKS_FILE) -
 def load_ranks(run_dir: str | Path, name: str = RANKS_FILE) -> np.ndarray:
     path = Path(run_dir) / name
     if not path.exists():
-        raise UnisrecError(f"{path}: missing; runs of this unisrec version save their test ranks there")
-    return np.load(path)
+        raise UnisrecError(f"{path}: missing; runs of this unisrec version save their test ranks there (a run made "
+                           "with eval.test=false once `unisrec evaluate RUN DATA --save` scored its test split)")
+    try:
+        ranks = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UnisrecError(f"{path}: not a saved array of ranks ({' '.join(str(exc).split())[:200]})") from None
+    if ranks.ndim != 1 or ranks.dtype.kind not in "iu":
+        raise UnisrecError(f"{path}: expected a 1-d integer array of ranks, got {ranks.dtype} {ranks.shape}")
+    return ranks
 
 
 def training_frequency(dataset: ProcessedDataset) -> np.ndarray:

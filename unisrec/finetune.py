@@ -12,7 +12,7 @@ further modes (``unisrec.baselines``); ``zesrec`` alone accepts ``init`` (anothe
 With ``init`` the architecture (``model``) and the text settings (``text``) are the init run's, except the
 fields the caller gave: named by an override (the command line, or a ``--config`` file) or changed from the
 default in the ``config`` passed.
-Every run saves the rank of each test target (``ranks_test.npy``, see ``unisrec.analysis``).
+Every run that scores its test split saves the rank of each test target (``ranks_test.npy``, see ``unisrec.analysis``).
 ``replay`` (pre-training corpus folders) with ``train.replay`` > 0 adds the pre-training loss of one corpus batch
 to every step (``CorpusReplay``).
 """
