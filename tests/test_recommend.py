@@ -237,6 +237,35 @@ def test_an_item_added_alone_ties_with_an_older_item_of_the_same_text_as_after_a
         order.index("twin3")].score
 
 
+def test_a_centred_pretrained_model_centres_its_first_catalogue_as_the_zero_shot_evaluation_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pre-trained model (no items, model.center_text) served with items added: centred on their own mean, as
+    `unisrec evaluate`'s zero-shot model centres a dataset, not left uncentred; later additions keep the centre."""
+    torch.manual_seed(0)
+    config = ModelConfig(hidden_size=16, inner_size=16, n_experts=2, center_text=True)
+    pretrained = UniSRec(config, 0, torch.zeros(0, 6))
+    vectors = torch.randn(12, 6) + 3.0  # a domain whose text mean is far from 0
+    zero_shot = UniSRec(config, 12, vectors)  # what evaluate builds: centred on the dataset's mean
+    zero_shot.load_state_dict({k: v for k, v in pretrained.state_dict().items() if k != "text_center"},
+                              strict=False)
+    ids = [f"i{n}" for n in range(12)]
+    recommender = Recommender(pretrained, Catalogue([]))
+    recommender.add_items([f"text {n}" for n in range(12)], ids, vectors=vectors.numpy())
+    torch.testing.assert_close(pretrained.text_center, vectors.mean(0))
+    expected = Recommender(zero_shot, Catalogue(ids, [f"text {n}" for n in range(12)]))
+    torch.testing.assert_close(recommender.scoring_table(), expected.scoring_table())
+    assert top(recommender, ["i3", "i5"], k=5) == top(expected, ["i3", "i5"], k=5)
+    recommender.add_items(["one more"], ["i12"], vectors=np.ones((1, 6), dtype=np.float32))
+    torch.testing.assert_close(pretrained.text_center, vectors.mean(0))  # kept for later additions
+    # a first addition that fails leaves the model uncentred, as it was
+    fresh = UniSRec(config, 0, torch.zeros(0, 6))
+    failing = Recommender(fresh, Catalogue([]))
+    monkeypatch.setattr(fresh, "extend_items", lambda _: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError, match="disk full"):
+        failing.add_items(["a"], ["a"], vectors=vectors[:1].numpy())
+    assert fresh.text_center is not None and torch.equal(fresh.text_center, torch.zeros(6)) and fresh.n_items == 0
+
+
 def test_export_vectors_and_index(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = trained
     recommender = Recommender.from_pretrained(run)

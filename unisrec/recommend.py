@@ -573,17 +573,30 @@ class Recommender:
             self._check_room(len(ids))
             model = self.model
             items, table = self.tables()  # current ones, before the model changes
-            # everything that can fail first, nothing changed yet: only the new items are adapted, (M, H)
-            added = adapted_items(model, text=new)
-            with eval_mode(model):
-                added_scoring = model.scoring_table(added)  # (M, H)
-            # durable before anything changes: a kill -9 after the answer cannot lose it
-            persisted = persist_addition(self.persist_dir, ids, texts, new) if self.persist_dir is not None else None
+            centre = getattr(model, "text_center", None)  # (D,) with model.center_text
+            previous = None
+            if centre is not None and model.n_items == 0:
+                # a pre-trained model's first catalogue: centred on its own mean, as pre-training centred each
+                # domain and evaluate's zero-shot model centres the dataset; later additions keep that centre
+                previous = centre.clone()
+                centre.copy_(new.mean(0).to(centre))
             try:
-                model.extend_items(new)  # (N + M, D) text buffer, n_items + M: the model owns them (one assignment)
+                # everything that can fail first, nothing else changed yet: only the new items are adapted, (M, H)
+                added = adapted_items(model, text=new)
+                with eval_mode(model):
+                    added_scoring = model.scoring_table(added)  # (M, H)
+                # durable before anything changes: a kill -9 after the answer cannot lose it
+                persisted = (persist_addition(self.persist_dir, ids, texts, new) if self.persist_dir is not None
+                             else None)
+                try:
+                    model.extend_items(new)  # (N + M, D) text buffer, n_items + M: the model owns them
+                except BaseException:
+                    if persisted is not None:  # not added after all: not on disk either (a retry would add it twice)
+                        persisted.unlink(missing_ok=True)
+                    raise
             except BaseException:
-                if persisted is not None:  # not added after all: not on disk either (a retry would add it twice)
-                    persisted.unlink(missing_ok=True)
+                if previous is not None and centre is not None:
+                    centre.copy_(previous)  # the model as it was
                 raise
             self.catalogue.append(ids, texts)  # before the tables grow: a ranked row always has an id
             # new tensors: readers holding the old ones are unaffected
