@@ -172,9 +172,12 @@ def test_pretrained_model_without_catalogue_recommends_after_add_items(tmp_path:
 def test_transfer_copies_the_chosen_parts_and_keeps_the_rest_as_initialised(tmp_path: Path, parts: str) -> None:
     from unisrec.checkpoint import load_transferable
 
-    config = ModelConfig(hidden_size=16, inner_size=16, n_heads=2, n_experts=2, max_seq_len=6)
+    config = ModelConfig(hidden_size=16, inner_size=16, n_heads=2, n_experts=2, max_seq_len=6, last_item_skip=True,
+                         skip_gate=True)
     torch.manual_seed(0)
     source = UniSRec(config, 5, torch.randn(5, 8))
+    with torch.no_grad():
+        source.skip_weight.fill_(-0.75)  # type: ignore[union-attr]  # learned: not its initial value
     (tmp_path / "src").mkdir()
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "src" / "model.safetensors"))
     torch.manual_seed(1)
@@ -182,7 +185,8 @@ def test_transfer_copies_the_chosen_parts_and_keeps_the_rest_as_initialised(tmp_
     before = {k: v.clone() for k, v in target.state_dict().items()}
     copied = load_transferable(target, tmp_path / "src", parts)
     after, given = target.state_dict(), source.state_dict()
-    prefixes = {"all": ("",), "adaptor": ("adaptor.",), "encoder": ("encoder.", "input_norm.")}[parts]
+    # the last-item skip's gate weighs the sequence's output: it goes with the encoder
+    prefixes = {"all": ("",), "adaptor": ("adaptor.",), "encoder": ("encoder.", "input_norm.", "skip_weight")}[parts]
     assert copied == sorted(k for k in given if k.startswith(prefixes))
     assert any(k.startswith("encoder.") for k in given) and any(k.startswith("adaptor.") for k in given)
     for name in after:
@@ -194,7 +198,8 @@ def test_transfer_copies_the_chosen_parts_and_keeps_the_rest_as_initialised(tmp_
     if parts == "adaptor":
         assert not torch.equal(after["encoder.position.weight"], given["encoder.position.weight"])
     if parts == "encoder":
-        assert "input_norm.weight" in copied and not any(k.startswith("adaptor.") for k in copied)
+        assert "input_norm.weight" in copied and "skip_weight" in copied
+        assert not any(k.startswith("adaptor.") for k in copied)
         assert not torch.equal(after["adaptor.weight"], given["adaptor.weight"])
     with pytest.raises(ValueError, match="unknown transfer parts"):
         load_transferable(target, tmp_path / "src", "position")

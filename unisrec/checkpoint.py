@@ -157,14 +157,16 @@ def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
 
 
 # train.transfer -> prefixes of the names copied (encoder: the sequence encoder and the LayerNorm on its inputs)
-TRANSFER_PARTS = {"all": ("",), "adaptor": ("adaptor.",), "encoder": ("encoder.", "input_norm.")}
+# skip_weight (model.skip_gate) weighs the last item in the sequence's output: the sequence side's
+TRANSFER_PARTS = {"all": ("",), "adaptor": ("adaptor.",), "encoder": ("encoder.", "input_norm.", "skip_weight")}
 
 
 def load_transferable(model: SequenceModel, init_dir: Path, parts: str = "all") -> list[str]:
     """Copy the parameters of a saved run except domain-specific ones into ``model``; returns the names copied.
 
     ``parts`` (``train.transfer``): ``all`` copies every one, ``adaptor`` only the text adaptor's, ``encoder`` only
-    the sequence encoder's and its input LayerNorm's (the rest keeps ``model``'s own initialisation). Strict
+    the sequence encoder's, its input LayerNorm's and the last-item skip's gate (the rest keeps ``model``'s own
+    initialisation). Strict
     either way: a parameter the model has and the run lacks (other than a new ID table), or a shape that differs,
     is an error naming it.
     """
