@@ -273,8 +273,9 @@ HISTORY_OFFSET = -3.0
 
 class TextKNN(Baseline):
     """Text-only nearest neighbours of the last item: score(i) = cos(x_last, x_i) of the language-model vectors,
-    minus 3 for the items of the history (so they rank after every other item, and the last item does not rank
-    itself first: a nearest-neighbour recommender does not recommend what its query holds).
+    minus 3 for the items of the history's window, its last max_seq_len (so they rank after every other item, and
+    the last item does not rank itself first: a nearest-neighbour recommender does not recommend what its query
+    holds).
 
     No parameters and no training (``finetune`` evaluates it as is): the floor any text model must beat,
     above all on cold items, which it scores exactly like warm ones. On Scientific (test NDCG@10, full ranking,
