@@ -178,6 +178,20 @@ def test_a_setting_the_mode_s_network_does_not_read_is_refused(synthetic_dataset
                  "--model.center_text=true"])
     assert code == 2 and "not zesrec, which would ignore it" in capsys.readouterr().err
     assert not (tmp_path / "z").exists()
+    with pytest.raises(ConfigError, match="model.center_text=true centres item text vectors; --mode sasrec has"):
+        resolve_config(RunConfig().with_overrides(["model.center_text=true"]), "sasrec", None, [])
+    # a zesrec run saved before such settings were refused may carry one: as --init it is reset (it was ignored)
+    (tmp_path / "old-zesrec").mkdir()
+    from unisrec.checkpoint import MODEL_FORMAT, MODEL_FORMAT_VERSION
+
+    saved = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+             "model": {**ModelConfig(architecture="zesrec", item_repr="text").__dict__, "center_text": True}}
+    (tmp_path / "old-zesrec" / "config.json").write_text(json.dumps(saved))
+    inherited = resolve_config(RunConfig(), "zesrec", tmp_path / "old-zesrec", [])
+    assert inherited.model.architecture == "zesrec" and inherited.model.center_text is False
+    with pytest.raises(ConfigError, match="not zesrec, which would ignore it"):  # given by the caller: refused
+        resolve_config(RunConfig().with_overrides(["model.center_text=true"]), "zesrec", tmp_path / "old-zesrec",
+                       ["model.center_text=true"])
     report = tmp_path / "report.yaml"  # a report refuses such an experiment when it is planned
     report.write_text("seeds: [1]\ndatasets:\n  d: {path: data}\nexperiments:\n"
                       "  - {name: z, dataset: d, mode: zesrec, overrides: [model.center_text=true]}\n")

@@ -91,6 +91,8 @@ def test_text_histories_equal_id_histories(trained: tuple[Path, Path]) -> None:
     by_id, by_text = top(recommender, history, k=8), top(recommender, as_text, k=8, by_text=True)
     assert [r.item_id for r in by_id] == [r.item_id for r in by_text]
     np.testing.assert_allclose([r.score for r in by_id], [r.score for r in by_text], rtol=1e-4)
+    for given in (np.array(as_text), pd.Series(as_text), tuple(as_text)):  # any sequence of texts
+        assert recommender.recommend_lists([given], k=8, by_text=True)[0] == by_text  # type: ignore[list-item]
 
 
 def test_one_history_many_histories_and_options(trained: tuple[Path, Path]) -> None:
@@ -287,22 +289,60 @@ def test_export_vectors_and_index(trained: tuple[Path, Path], tmp_path: Path) ->
     expected = top(recommender, history, k=5, exclude_seen=False)
     assert [item_ids[r] for r in rows[0]] == [r.item_id for r in expected]
     assert manifest["repeat_offsets"] is None  # no repeat_bias: the inner product is the whole logit
-    # a second export replaces the folder whole: no file of the first outlives the new manifest
+    # a second export replaces the first: no file of the first outlives the new manifest (beside the lock file)
     again = recommender.export_vectors(tmp_path / "out", index=False)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["manifest.json", *again["files"]])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([".export.lock", "manifest.json",
+                                                                            *again["files"]])
     # an error (here an unknown --data) leaves the folder as it was
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     with pytest.raises(UnisrecError, match="no such dataset folder"):
         recommender.export_vectors(tmp_path / "out", data_dir=tmp_path / "nodata", index=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".export-")] == []  # no staging left
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(UnisrecError, match=r"mine: not empty and not an earlier export \(notes\.txt\)"):
+    with pytest.raises(UnisrecError, match=r"mine: not empty and not a unisrec export \(notes\.txt\)"):
         recommender.export_vectors(tmp_path / "mine", index=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     (tmp_path / "empty").mkdir()
     assert recommender.export_vectors(tmp_path / "empty", index=False)["n_items"] == 30
+
+
+def test_export_into_a_link_the_working_folder_or_after_a_killed_export(trained: tuple[Path, Path], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    recommender = Recommender.from_pretrained(trained[1])
+    recommender.export_vectors(tmp_path / "v1", index=False)
+    (tmp_path / "current").symlink_to(tmp_path / "v1")  # current -> v1: the export goes into v1, the link stays
+    (tmp_path / "v1" / ".export-killed.tmp").mkdir()  # what a kill -9 midway leaves: removed by the next export
+    (tmp_path / "v1" / ".export-killed.tmp" / "items.npy").write_bytes(b"partial")
+    (tmp_path / "v1" / "manifest.json").unlink()  # killed between the moves: no manifest, export files only
+    manifest = recommender.export_vectors(tmp_path / "current", data_dir=trained[0], index=False)
+    assert (tmp_path / "current").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == sorted([".export.lock", "manifest.json",
+                                                                           *manifest["files"]])
+    monkeypatch.chdir(tmp_path / "v1")
+    assert recommender.export_vectors(".", index=False)["n_items"] == 30  # the working folder itself
+    assert "sequences.npy" not in {p.name for p in (tmp_path / "v1").iterdir()}  # not in the new manifest: gone
+    other = tmp_path / "site"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "a web app"}')
+    with pytest.raises(UnisrecError, match=r"site: not empty and not a unisrec export \(a manifest\.json of another"):
+        recommender.export_vectors(other, index=False)
+    assert sorted(p.name for p in other.iterdir()) == ["manifest.json"]
+    with pytest.raises(UnisrecError, match="no such dataset folder"):  # a new folder is not left behind
+        recommender.export_vectors(tmp_path / "new", data_dir=tmp_path / "nodata", index=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_export_states_textknn_s_fixed_offsets(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from unisrec.baselines import HISTORY_OFFSET, TextKNN
+
+    base = Recommender.from_pretrained(trained[1])
+    text = base.model.item_text
+    knn = TextKNN(ModelConfig(architecture="textknn", item_repr="text", max_seq_len=6), len(text), text)
+    manifest = Recommender(knn, base.catalogue).export_vectors(tmp_path / "knn", index=False)
+    assert manifest["repeat_offsets"] is not None
+    assert manifest["repeat_offsets"]["history"] == HISTORY_OFFSET and manifest["repeat_offsets"]["last"] == 0.0
 
 
 def test_export_states_the_repeat_offsets_the_inner_product_leaves_out(tmp_path: Path) -> None:
@@ -374,14 +414,27 @@ def test_cli_recommend_and_export(trained: tuple[Path, Path], tmp_path: Path,
     histories.write_text('{"history": ["i1", true]}\n')
     assert main(["recommend", str(run), "--history-file", str(histories)]) == 2
     assert "a non-empty list of string or integer ids" in capsys.readouterr().err
+    histories.write_text('{"history": ["a text"]}\n{"history": ["a text", 7]}\n')  # texts are strings only
+    assert main(["recommend", str(run), "--history-file", str(histories), "--by-text"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"{histories}, line 2: expected {{\"history\": [\"item text\", ...]}}" in err
     assert main(["recommend", str(run), "--history-file", str(tmp_path)]) == 2
     assert f"{tmp_path}: a folder, not a JSON-lines file" in capsys.readouterr().err
     histories.write_text('{"user": "u1"}\n')
     assert main(["recommend", str(run), "--history-file", str(histories)]) == 2
     assert f"{histories}, line 1: expected" in capsys.readouterr().err
+    pretrained = tmp_path / "pre"  # a run with no items of its own
+    Recommender(recommender_module_pretrained(), Catalogue([])).save_pretrained(pretrained)
+    assert main(["recommend", str(pretrained), "--history", "i1"]) == 2
+    assert "the catalogue is empty (a pre-training run has no items of its own)" in capsys.readouterr().err
     assert main(["export", str(run), "--out", str(tmp_path / "e")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_items"] == 30 and "items.faiss" in summary["files"]
+
+
+def recommender_module_pretrained() -> UniSRec:
+    """A text model without items, as a pre-training run is."""
+    return UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2), 0, torch.zeros(0, 6))
 
 
 def test_recommend_with_a_pretrained_run_and_a_tiny_catalogue(tmp_path: Path, tiny_lm_dir: Path) -> None:

@@ -785,5 +785,12 @@ def test_saved_ranks_load_back_and_a_damaged_file_is_a_clear_error(tmp_path: Pat
     np.save(tmp_path / "ranks_test.npy", np.zeros((2, 2)))
     with pytest.raises(UnisrecError, match="expected a 1-d integer array of ranks, got float64"):
         load_ranks(tmp_path)
+    (tmp_path / "ranks_test.npy").write_bytes(b"")
+    with pytest.raises(UnisrecError, match=r"not a saved array of ranks"):
+        load_ranks(tmp_path)
+    with open(tmp_path / "ranks_test.npy", "wb") as handle:  # an archive under the array's name
+        np.savez(handle, a=np.arange(3), b=np.arange(2))
+    with pytest.raises(UnisrecError, match=r"not a saved array of ranks \(an archive of several arrays\)"):
+        load_ranks(tmp_path)
     with pytest.raises(UnisrecError, match=r"missing; .*eval\.test=false"):
         load_ranks(tmp_path / "none")

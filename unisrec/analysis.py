@@ -44,8 +44,11 @@ def load_ranks(run_dir: str | Path, name: str = RANKS_FILE) -> np.ndarray:
                            "with eval.test=false once `unisrec evaluate RUN DATA --save` scored its test split)")
     try:
         ranks = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UnisrecError(f"{path}: not a saved array of ranks ({' '.join(str(exc).split())[:200]})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise UnisrecError(f"{path}: not a saved array of ranks ({' '.join(str(exc).split())[:200] or 'empty'})"
+                           ) from None
+    if not isinstance(ranks, np.ndarray):  # an .npz archive under the .npy name
+        raise UnisrecError(f"{path}: not a saved array of ranks (an archive of several arrays)")
     if ranks.ndim != 1 or ranks.dtype.kind not in "iu":
         raise UnisrecError(f"{path}: expected a 1-d integer array of ranks, got {ranks.dtype} {ranks.shape}")
     return ranks

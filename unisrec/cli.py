@@ -354,9 +354,12 @@ def _run_recommend(args: argparse.Namespace) -> int:
         records = [{"history": [e.strip() for e in h.split(args.sep) if e.strip()]} for h in args.history]
         places = [f"--history {n}" for n in range(1, len(records) + 1)]
     else:
-        records, lines = _read_history_file(args.history_file)
+        records, lines = _read_history_file(args.history_file, texts=args.by_text)
         places = [f"{args.history_file}, line {n}" for n in lines]
     recommender = Recommender.from_pretrained(args.run_dir, args.device)
+    if len(recommender.catalogue) == 0:
+        raise UnisrecError(f"{args.run_dir}: the catalogue is empty (a pre-training run has no items of its own); "
+                           "serve it and add items first, or recommend with a fine-tuned run")
     if not args.by_text:  # every id is checked before the first result is printed
         try:
             recommender.resolve([r["history"] for r in records])
@@ -374,8 +377,9 @@ def _run_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_history_file(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """The records of a JSON-lines history file and the line number of each."""
+def _read_history_file(path: Path, texts: bool = False) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a JSON-lines history file and the line number of each; ``texts``: entries are item texts
+    (strings only), else ids (strings, or integers as the Python API takes them)."""
     if path.is_dir():
         raise UnisrecError(f"{path}: a folder, not a JSON-lines file of histories")
     if not path.is_file():
@@ -396,9 +400,10 @@ def _read_history_file(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
         history = record.get("history") if isinstance(record, dict) else None
         # ids are strings, or integers as the Python API takes them (MovieLens ids), never booleans
         if not isinstance(history, list) or not history or not all(
-                isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool)) for x in history):
-            raise UnisrecError(f'{path}, line {number}: expected {{"history": ["item id", ...]}} (a non-empty list '
-                               "of string or integer ids)")
+                isinstance(x, str) or (not texts and isinstance(x, int) and not isinstance(x, bool)) for x in history):
+            expected = ('{"history": ["item text", ...]} (a non-empty list of texts)' if texts else
+                        '{"history": ["item id", ...]} (a non-empty list of string or integer ids)')
+            raise UnisrecError(f"{path}, line {number}: expected {expected}")
         records.append(record)
         lines.append(number)
     if not records:

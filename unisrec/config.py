@@ -178,6 +178,15 @@ _OWN_MODEL_SETTINGS: dict[str, Architecture] = {
 _MODEL_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 
+def reset_unread_settings(model: ModelConfig, given: set[str]) -> ModelConfig:
+    """``model`` with the settings its architecture does not read back at their defaults, except those in
+    ``given`` (the caller named them: ``check_read_settings`` refuses those). For settings inherited from an
+    ``--init`` run saved before such settings were refused: ignored then, at their defaults now."""
+    unread = {name: _MODEL_DEFAULTS[name] for name, owner in _OWN_MODEL_SETTINGS.items()
+              if model.architecture != owner and name not in given}
+    return dataclasses.replace(model, **unread)
+
+
 def check_read_settings(config: RunConfig) -> None:
     """Refuse a setting the run's network would not read (recorded in the run and ignored otherwise): a model
     setting of another architecture, or train.windows for bert4rec. Called once the mode has set the network."""
@@ -189,6 +198,9 @@ def check_read_settings(config: RunConfig) -> None:
             modes = ", ".join(mode for mode, arch in MODE_ARCHITECTURE.items() if arch == owner)
             raise ConfigError(f"model.{name}={shown} is implemented for the {owner} architecture (--mode {modes}), "
                               f"not {model.architecture}, which would ignore it")
+    if model.architecture == "unisrec" and model.item_repr == "id" and model.center_text:
+        raise ConfigError("model.center_text=true centres item text vectors; --mode sasrec has none (modes "
+                          "inductive, transductive)")
     if model.architecture == "bert4rec" and config.train.windows not in ("auto", "strided"):
         raise ConfigError(f"train.windows={config.train.windows} is not read by bert4rec, whose cloze task trains "
                           "on strided windows; leave it at auto or strided")

@@ -14,9 +14,11 @@ An export folder holds::
     users.parquet           user_id of each row of sequences.npy
     vectors.safetensors     the same matrices: "items" and (with --data) "sequences"
 
-The folder is written beside ``out`` and replaces it in one rename once complete (``out`` may be absent, empty or
-an earlier export). With ``model.repeat_bias`` the manifest's ``repeat_offsets`` holds the two logit offsets of the
-items of a user's window, which an inner product leaves out.
+The files are written into a staging folder inside ``out`` and moved into place once all are complete, the
+manifest last (``out`` may be absent, empty or an earlier export; a folder without a manifest is an interrupted
+export, which the next one completes). With repeat offsets (``model.repeat_bias``, textknn's fixed ones) the
+manifest's ``repeat_offsets`` holds the two logit offsets of the items of a user's window, which an inner product
+leaves out.
 
 ``export_vectors`` reads what it writes from a ``VectorSource``: in practice a ``unisrec.recommend.Recommender``
 (``Recommender.export_vectors`` calls it), described here by what export uses so that this module needs
@@ -25,6 +27,10 @@ nothing above the model.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
@@ -32,11 +38,13 @@ from typing import Any, Protocol, TypedDict
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from torch import Tensor
 
-from unisrec.atomic import atomic_directory, atomic_write, atomic_write_json
+from unisrec.atomic import atomic_write, atomic_write_json, fsync_dir
 from unisrec.catalogue import Catalogue
 from unisrec.errors import UnisrecError
+from unisrec.locking import waiting_for
 from unisrec.model import SequenceModel
 from unisrec.topk import FlatIndex, faiss_module, faiss_search, flat_ip_index
 from unisrec.version import __version__
@@ -46,6 +54,8 @@ __all__ = ["ExportManifest", "VectorSource", "export_vectors", "faiss_search", "
 
 EXPORT_FORMAT = "unisrec-vectors"
 EXPORT_VERSION = 1
+EXPORT_LOCK = ".export.lock"  # held while an export writes the folder (kept there, like any lock file)
+EXPORT_TEMP_PREFIX = ".export-"  # the staging folder inside the export folder, moved from file by file
 EXPORT_FILES = ("manifest.json", "items.npy", "items.parquet", "items.faiss", "sequences.npy", "users.parquet",
                 "vectors.safetensors")
 
@@ -107,27 +117,63 @@ def export_vectors(
         faiss = faiss_module() if index else None
     except UnisrecError as exc:
         raise UnisrecError(f"{exc}; or export without the index (--no-index, index=False)") from None
-    out = Path(out)
+    out = Path(out).resolve()  # "." and a link to a folder: the folder itself
+    created = not out.exists()
     _check_export_folder(out)
-    # the folder is written beside ``out`` and takes its place in one rename once complete: an error (an unknown
-    # --data, a full disk) leaves ``out`` as it was, and no file of an earlier export outlives the new manifest
-    with atomic_directory(out, replace=True) as folder:
-        manifest = _write_export(recommender, folder, faiss, data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with waiting_for(out / EXPORT_LOCK):  # one export of a folder at a time
+            for stale in out.glob(f"{EXPORT_TEMP_PREFIX}*"):  # what a killed export left (no live one: we hold it)
+                shutil.rmtree(stale, ignore_errors=True)
+            _check_export_folder(out)  # again, under the lock
+            staging = Path(tempfile.mkdtemp(prefix=EXPORT_TEMP_PREFIX, suffix=".tmp", dir=out))
+            try:
+                manifest = _write_export(recommender, staging, faiss, data_dir)
+                _commit_export(staging, out, manifest)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {EXPORT_LOCK}:  # made here and nothing else in it
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return manifest
 
 
+def _commit_export(staging: Path, out: Path, manifest: ExportManifest) -> None:
+    """Move a complete export from ``staging`` into ``out``, the manifest last: while the files change ``out``
+    has no manifest (an interrupted export is recognisable, and the next one completes it), then the new
+    manifest names exactly the files there (those of an earlier export that it lacks are removed)."""
+    (out / "manifest.json").unlink(missing_ok=True)
+    new = set(manifest["files"])
+    for name in sorted(new):
+        os.replace(staging / name, out / name)
+    for name in EXPORT_FILES:
+        if name != "manifest.json" and name not in new:
+            (out / name).unlink(missing_ok=True)
+    os.replace(staging / "manifest.json", out / "manifest.json")
+    fsync_dir(out)
+
+
 def _check_export_folder(out: Path) -> None:
-    """``out`` may be absent, empty, or an earlier export (replaced whole); anything else is refused."""
+    """``out`` may be absent, empty, or an export (an earlier or an interrupted one: export files only, and a
+    manifest, if any, of this format); anything else is refused rather than mixed with an export's files."""
     if not out.exists():
         return
     if not out.is_dir():
         raise UnisrecError(f"{out}: a file, not an export folder")
-    held = sorted(entry.name for entry in out.iterdir())
-    if held and ("manifest.json" not in held or not set(held) <= set(EXPORT_FILES)):
-        other = next(name for name in held if name not in EXPORT_FILES) if not set(held) <= set(EXPORT_FILES) \
-            else "no manifest.json"
-        raise UnisrecError(f"{out}: not empty and not an earlier export ({other}); an export replaces its whole "
-                           "folder, so give a new or empty one")
+    held = sorted(entry.name for entry in out.iterdir()
+                  if entry.name != EXPORT_LOCK and not entry.name.startswith(EXPORT_TEMP_PREFIX))
+    other = next((name for name in held if name not in EXPORT_FILES), None)
+    if other is None and "manifest.json" in held:
+        try:
+            kind = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("format")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind != EXPORT_FORMAT:
+            other = "a manifest.json of another kind"
+    if other is not None:
+        raise UnisrecError(f"{out}: not empty and not a unisrec export ({other}); give a new or empty folder, or "
+                           "an earlier export's")
 
 
 def _write_export(recommender: VectorSource, out: Path, faiss: Any, data_dir: str | Path | None) -> ExportManifest:
@@ -184,12 +230,21 @@ def _write_export(recommender: VectorSource, out: Path, faiss: Any, data_dir: st
 
 
 def _repeat_offsets(model: SequenceModel) -> dict[str, object] | None:
-    """The repeat offsets of a ``model.repeat_bias`` model as the manifest states them (``unisrec.model``'s
-    ``history_offsets``), or None."""
-    weight = getattr(model, "repeat_weight", None)
-    if weight is None:
+    """The repeat offsets of a model that has them (``model.repeat_bias``, textknn's fixed ones) as the manifest
+    states them (``unisrec.model.history_offsets``'s rule), or None. Read off the model's own offsets of a
+    two-item probe history [0, 1]: item 0 gets ``history``, item 1 (the last) ``history + last``."""
+    if not model.has_repeat_offsets:
         return None
-    last, history = (float(w) for w in weight.detach().cpu().tolist())
+    device = model.device
+    with torch.no_grad():
+        offsets = model.repeat_offsets(torch.tensor([[0, 1]], device=device), torch.tensor([2], device=device))
+    assert offsets is not None
+    _, items, values = (t.cpu() for t in offsets)
+    by_item: dict[int, float] = {}
+    for item, value in zip(items.tolist(), values.tolist(), strict=True):
+        by_item[item] = by_item.get(item, 0.0) + value
+    history = by_item.get(0, 0.0)
+    last = by_item.get(1, 0.0) - history
     return {"last": last, "history": history, "window": model.config.max_seq_len,
             "rule": "logit += history for each distinct item of the user's last `window` items, and += last once "
                     "more for the last item"}

@@ -279,10 +279,11 @@ class Recommender:
     def queries_of_texts(self, histories: Sequence[Sequence[str]]) -> Tensor:
         """Raw item texts of B histories -> (B, H) query vectors (text-only models)."""
         self._require_text_only("recommendations for histories of item texts")
-        for number, history in enumerate(histories):  # every entry, also those before the model's window
-            if isinstance(history, str) or not history or not all(isinstance(t, str) for t in history):
+        given = [None if isinstance(h, str) else list(h) for h in histories]  # lists, arrays, Series alike
+        for number, history in enumerate(given):  # every entry, also those before the model's window
+            if not history or not all(isinstance(t, str) for t in history):
                 raise UnisrecError(f"history {number} must be a non-empty list of item texts")
-        cut = [list(h)[-self.model.config.max_seq_len:] for h in histories]
+        cut = [h[-self.model.config.max_seq_len:] for h in given if h is not None]
         position: dict[str, int] = {}
         local = np.asarray([position.setdefault(t, len(position)) for h in cut for t in h], dtype=np.int64)
         vectors = torch.from_numpy(self.encode_texts(list(position)))  # (M, D): each distinct text once
