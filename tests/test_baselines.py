@@ -178,7 +178,7 @@ def test_a_setting_the_mode_s_network_does_not_read_is_refused(synthetic_dataset
                  "--model.center_text=true"])
     assert code == 2 and "not zesrec, which would ignore it" in capsys.readouterr().err
     assert not (tmp_path / "z").exists()
-    with pytest.raises(ConfigError, match="model.center_text=true centres item text vectors; --mode sasrec has"):
+    with pytest.raises(ConfigError, match=r"model\.center_text=true centres item text vectors; --mode sasrec has"):
         resolve_config(RunConfig().with_overrides(["model.center_text=true"]), "sasrec", None, [])
     # a zesrec run saved before such settings were refused may carry one: as --init it is reset (it was ignored)
     (tmp_path / "old-zesrec").mkdir()
