@@ -197,6 +197,10 @@ def test_a_setting_the_mode_s_network_does_not_read_is_refused(synthetic_dataset
                       "  - {name: z, dataset: d, mode: zesrec, overrides: [model.center_text=true]}\n")
     with pytest.raises(ConfigError, match=r"experiment.*z.*not zesrec, which would ignore it"):
         load_report_config(report)
+    report.write_text("seeds: [1]\ndatasets:\n  d: {path: data}\npretrain:\n  p: {datasets: [d]}\nexperiments:\n"
+                      "  - {name: t, dataset: d, mode: inductive, init: p, overrides: [model.mask_prob=0.4]}\n")
+    with pytest.raises(ConfigError, match=r"experiment 't'.*mask_prob=0.4 is implemented for the bert4rec"):
+        load_report_config(report)  # with init too: what the experiment gives is checked
 
 
 def test_zesrec_transfers_zero_shot_and_by_fine_tuning(tmp_path: Path, tiny_lm_dir: Path) -> None:

@@ -60,6 +60,7 @@ from unisrec.config import (
     from_plain,
     load_config,
     read_yaml_mapping,
+    reset_unread_settings,
 )
 from unisrec.errors import ConfigError
 
@@ -282,9 +283,13 @@ def check_report_config(config: ReportConfig, where: str) -> None:
             fail(f"{at}: unknown reference {e.reference!r}")
         _check_record(e.record, at, fail)
         run_config = base.with_overrides([*config.overrides, *e.overrides])
-        if e.command == "finetune" and e.init is None:  # with init the network is the pre-trained one's
+        if e.command == "finetune":
             try:  # what finetune's resolve_config checks, at planning rather than when the run starts
                 model = replace(run_config.model, item_repr=MODES[e.mode], architecture=MODE_ARCHITECTURE[e.mode])
+                if e.init is not None:  # the rest is the pre-trained run's: only the overrides given are checked
+                    given = {o.split("=", 1)[0][len("model."):] for o in [*config.overrides, *e.overrides]
+                             if o.startswith("model.")}
+                    model = reset_unread_settings(model, given)
                 check_read_settings(replace(run_config, model=model))
             except ConfigError as exc:
                 fail(f"{at}: {exc}")
