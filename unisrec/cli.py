@@ -360,9 +360,10 @@ def _run_recommend(args: argparse.Namespace) -> int:
     if len(recommender.catalogue) == 0:
         raise UnisrecError(f"{args.run_dir}: the catalogue is empty (a pre-training run has no items of its own); "
                            "serve it and add items first, or recommend with a fine-tuned run")
-    if not args.by_text:  # every id is checked before the first result is printed
+    rows = None
+    if not args.by_text:  # every id is resolved once, before the first result is printed
         try:
-            recommender.resolve([r["history"] for r in records])
+            rows = recommender.resolve([r["history"] for r in records])
         except UnknownItemError as exc:
             number, position, item = exc.unknown[0]
             more = f" ({len(exc.unknown)} unknown ids in all)" if len(exc.unknown) > 1 else ""
@@ -370,7 +371,8 @@ def _run_recommend(args: argparse.Namespace) -> int:
                                "history entry must be an item id of the catalogue") from None
     for lo in range(0, len(records), 256):
         part = records[lo : lo + 256]
-        results = recommender.recommend_lists([r["history"] for r in part], args.k, not args.include_seen, args.by_text)
+        results = (recommender.recommend_rows(rows[lo : lo + 256], args.k, not args.include_seen) if rows is not None
+                   else recommender.recommend_lists([r["history"] for r in part], args.k, not args.include_seen, True))
         for record, ranked in zip(part, results, strict=True):
             out = {**record, "results": [asdict(r) for r in ranked]}
             print(json.dumps(out, ensure_ascii=False))

@@ -187,6 +187,18 @@ def reset_unread_settings(model: ModelConfig, given: set[str]) -> ModelConfig:
     return dataclasses.replace(model, **unread)
 
 
+def with_mode_network(config: RunConfig, model: ModelConfig, mode: str, given: set[str] | None = None) -> RunConfig:
+    """``config`` with ``model`` set to ``mode``'s network and item representation, checked by
+    ``check_read_settings``. ``given``: for a model inherited from an ``--init`` run, the model settings the
+    caller named (the other unread ones are reset, ``reset_unread_settings``); None without ``--init``."""
+    model = dataclasses.replace(model, item_repr=MODES[mode], architecture=MODE_ARCHITECTURE[mode])
+    if given is not None:
+        model = reset_unread_settings(model, given)
+    resolved = dataclasses.replace(config, model=model)
+    check_read_settings(resolved)
+    return resolved
+
+
 def check_read_settings(config: RunConfig) -> None:
     """Refuse a setting the run's network would not read (recorded in the run and ignored otherwise): a model
     setting of another architecture, or train.windows for bert4rec. Called once the mode has set the network."""

@@ -52,10 +52,9 @@ from unisrec.config import (
     MODES,
     ModelConfig,
     RunConfig,
-    check_read_settings,
     from_plain,
     given_fields,
-    reset_unread_settings,
+    with_mode_network,
 )
 from unisrec.datasets.processed import ProcessedDataset, load_processed
 from unisrec.devices import resolve_device
@@ -137,12 +136,9 @@ def resolve_config(config: RunConfig, mode: str, init: Path | None, overrides: l
         recorded = read_text_config(init)
         if recorded is not None:
             text = replace(recorded, **{f: getattr(config.text, f) for f in given_fields("text", config, overrides)})
-    model = replace(model, item_repr=MODES[mode], architecture=MODE_ARCHITECTURE[mode])
-    if init is not None:  # an init run saved before unread settings were refused may carry some: ignored, as then
-        model = reset_unread_settings(model, set(given_fields("model", config, overrides)))
-    resolved = replace(config, model=model, text=text)
-    check_read_settings(resolved)
-    return resolved
+    # an init run saved before unread settings were refused may carry some: reset (ignored, as then)
+    given = set(given_fields("model", config, overrides)) if init is not None else None
+    return with_mode_network(replace(config, text=text), model, mode, given)
 
 
 @dataclass

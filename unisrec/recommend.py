@@ -106,28 +106,27 @@ def adapted_items(model: SequenceModel, text: Tensor | None = None) -> Tensor:
     device = model.device
     with eval_mode(model):
         if text is not None:
-            return torch.cat([_table_chunk(model, text=text[lo:lo + TABLE_CHUNK].to(device))
+            return torch.cat([_table_chunk(model, text[lo:lo + TABLE_CHUNK].to(device), by_text=True)
                               for lo in range(0, max(len(text), 1), TABLE_CHUNK)])  # (M, H)
         if not model.config.uses_text:
             return model.item_table().detach().clone()  # (N, H): an embedding table, nothing to bound
         rows = torch.arange(model.n_items, device=device)
-        return torch.cat([_table_chunk(model, rows=rows[lo:lo + TABLE_CHUNK])
+        return torch.cat([_table_chunk(model, rows[lo:lo + TABLE_CHUNK], by_text=False)
                           for lo in range(0, max(len(rows), 1), TABLE_CHUNK)])  # (N, H)
 
 
-def _table_chunk(model: SequenceModel, rows: Tensor | None = None, text: Tensor | None = None) -> Tensor:
-    """(C, H) vectors of C items, given by ``rows`` or by their text vectors ``text`` (C, D).
+def _table_chunk(model: SequenceModel, chunk: Tensor, by_text: bool) -> Tensor:
+    """(C, H) vectors of C items, given by their (C,) rows or, ``by_text``, their (C, D) text vectors.
 
     A single item is computed as a pair of itself: one row alone takes the matrix-vector kernels, whose rounding
     differs from the matrix-matrix ones of every other chunk, so an item added alone would not tie exactly with
     an older item of the same text (and their order would flip once the table is rebuilt in one piece).
     """
-    given = rows if rows is not None else text
-    assert given is not None
-    if len(given) != 1:
-        return model.item_table(rows) if rows is not None else model.item_table(text=text)
-    pair = given.repeat(2, *([1] * (given.dim() - 1)))  # (2,) rows or (2, D) text
-    return (model.item_table(pair) if rows is not None else model.item_table(text=pair))[:1]  # (1, H)
+    alone = len(chunk) == 1
+    if alone:
+        chunk = torch.cat([chunk, chunk])  # (2,) or (2, D)
+    table = model.item_table(text=chunk) if by_text else model.item_table(chunk)  # (C, H)
+    return table[:1] if alone else table
 
 
 class Recommender:
@@ -279,11 +278,12 @@ class Recommender:
     def queries_of_texts(self, histories: Sequence[Sequence[str]]) -> Tensor:
         """Raw item texts of B histories -> (B, H) query vectors (text-only models)."""
         self._require_text_only("recommendations for histories of item texts")
-        given = [None if isinstance(h, str) else list(h) for h in histories]  # lists, arrays, Series alike
-        for number, history in enumerate(given):  # every entry, also those before the model's window
-            if not history or not all(isinstance(t, str) for t in history):
+        cut = []
+        for number, history in enumerate(histories):  # lists, arrays, Series alike; every entry is checked
+            entries = [] if isinstance(history, str) else list(history)
+            if not entries or not all(isinstance(t, str) for t in entries):
                 raise UnisrecError(f"history {number} must be a non-empty list of item texts")
-        cut = [h[-self.model.config.max_seq_len:] for h in given if h is not None]
+            cut.append(entries[-self.model.config.max_seq_len:])
         position: dict[str, int] = {}
         local = np.asarray([position.setdefault(t, len(position)) for h in cut for t in h], dtype=np.int64)
         vectors = torch.from_numpy(self.encode_texts(list(position)))  # (M, D): each distinct text once
@@ -581,23 +581,21 @@ class Recommender:
                 # domain and evaluate's zero-shot model centres the dataset; later additions keep that centre
                 previous = centre.clone()
                 centre.copy_(new.mean(0).to(centre))
+            persisted = None
             try:
                 # everything that can fail first, nothing else changed yet: only the new items are adapted, (M, H)
                 added = adapted_items(model, text=new)
                 with eval_mode(model):
                     added_scoring = model.scoring_table(added)  # (M, H)
                 # durable before anything changes: a kill -9 after the answer cannot lose it
-                persisted = (persist_addition(self.persist_dir, ids, texts, new) if self.persist_dir is not None
-                             else None)
-                try:
-                    model.extend_items(new)  # (N + M, D) text buffer, n_items + M: the model owns them
-                except BaseException:
-                    if persisted is not None:  # not added after all: not on disk either (a retry would add it twice)
-                        persisted.unlink(missing_ok=True)
-                    raise
-            except BaseException:
+                if self.persist_dir is not None:
+                    persisted = persist_addition(self.persist_dir, ids, texts, new)
+                model.extend_items(new)  # (N + M, D) text buffer, n_items + M: the model owns them
+            except BaseException:  # the model and the disk as they were (a retry would add a persisted item twice)
+                if persisted is not None:
+                    persisted.unlink(missing_ok=True)
                 if previous is not None and centre is not None:
-                    centre.copy_(previous)  # the model as it was
+                    centre.copy_(previous)
                 raise
             self.catalogue.append(ids, texts)  # before the tables grow: a ranked row always has an id
             # new tensors: readers holding the old ones are unaffected

@@ -52,15 +52,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unisrec.config import (
-    MODE_ARCHITECTURE,
     MODES,
     Pooling,
     RunConfig,
-    check_read_settings,
     from_plain,
     load_config,
     read_yaml_mapping,
-    reset_unread_settings,
+    with_mode_network,
 )
 from unisrec.errors import ConfigError
 
@@ -284,13 +282,11 @@ def check_report_config(config: ReportConfig, where: str) -> None:
         _check_record(e.record, at, fail)
         run_config = base.with_overrides([*config.overrides, *e.overrides])
         if e.command == "finetune":
+            # with init the rest is the pre-trained run's: only the model overrides given are checked
+            given = {o.split("=", 1)[0][len("model."):] for o in [*config.overrides, *e.overrides]
+                     if o.startswith("model.")} if e.init is not None else None
             try:  # what finetune's resolve_config checks, at planning rather than when the run starts
-                model = replace(run_config.model, item_repr=MODES[e.mode], architecture=MODE_ARCHITECTURE[e.mode])
-                if e.init is not None:  # the rest is the pre-trained run's: only the overrides given are checked
-                    given = {o.split("=", 1)[0][len("model."):] for o in [*config.overrides, *e.overrides]
-                             if o.startswith("model.")}
-                    model = reset_unread_settings(model, given)
-                check_read_settings(replace(run_config, model=model))
+                with_mode_network(run_config, run_config.model, e.mode, given)
             except ConfigError as exc:
                 fail(f"{at}: {exc}")
         if not run_config.eval.test:
