@@ -415,3 +415,31 @@ def test_replay_needs_its_folders_and_its_weight(two_domains: list[Path], tmp_pa
                  str(tmp_path / "missing"), "--train.replay=0.5", *TINY, f"--text.model={tiny_lm_dir}"])
     err = capsys.readouterr().err
     assert code == 2 and "missing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("setting", ["train.freeze=encoder", "train.transfer=adaptor", "train.anchor=0.1",
+                                     "train.replay=0.5", "train.user_fraction=0.5", "train.cold_items=0.2"])
+def test_pretrain_refuses_the_settings_only_finetuning_reads(two_domains: list[Path], tmp_path: Path,
+                                                             setting: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pre-training read none of them and ran as if they were not given (train.freeze=encoder trained the
+    encoder anyway; train.user_fraction=0.5 trained on every user)."""
+    code = main(["pretrain", *map(str, two_domains), "--out", str(tmp_path / "run"), *TINY, f"--{setting}"])
+    err = capsys.readouterr().err
+    name, value = setting.split("=")
+    assert code == 2 and f"{name}={value} is a fine-tuning setting" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_domains_of_the_same_name_keep_apart_keys(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """Two folders holding datasets of one name (or one folder given twice) log each domain's loss apart."""
+    from unisrec.config import RunConfig
+    from unisrec.datasets.processed import load_processed
+    from unisrec.pretrain import load_corpus
+
+    first = prepare_synthetic(tmp_path / "a" / "shop", seed=1)
+    second = prepare_synthetic(tmp_path / "b" / "shop", seed=2, n_items=25)
+    config = RunConfig().with_overrides([o[2:] for o in TINY] + [f"text.model={tiny_lm_dir}"])
+    names = [load_processed(d).name for d in (first, second)]
+    assert names[0] == names[1]  # the premise: one name
+    corpus = load_corpus([first, second, first], config)
+    assert corpus.names == [names[0], f"{names[0]}-2", f"{names[0]}-3"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from unisrec.evaluate import cold_metrics
 from unisrec.finetune import finetune
 from unisrec.metrics import ranking_metrics
 from unisrec.model import UniSRec
-from unisrec.train import lr_factor, param_groups, set_trainable
+from unisrec.train import Task, fit, lr_factor, param_groups, schedule_steps, set_trainable
 from unisrec.training_data import cold_items, train_lengths, training_sequences, training_users
 
 SMALL = [
@@ -164,6 +165,40 @@ def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
     assert factors[109] == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
     assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert lr_factor(500, 110, TrainConfig()) == 1.0  # constant, no warm-up: the paper's setting
+
+
+@pytest.mark.parametrize("lengths", [(6, 7, 8), (8, 7, 6)])
+def test_cosine_schedule_ends_on_the_last_step_when_epochs_differ_in_length(lengths: tuple[int, ...]) -> None:
+    """Epochs of bucketed batches differ by a batch or so: the cosine falls over the steps the run really takes
+    (it took epoch 0's count times the epochs, so it stopped short of 0 or sat at 0 for the last steps)."""
+    model = torch.nn.Linear(1, 1)
+    seen: list[float] = []  # the learning rate of every step, read from the optimiser through the loss's grad hook
+
+    def batches(epoch: int) -> Iterator[int]:
+        return iter(range(lengths[epoch]))
+
+    def loss(_: int) -> dict[str, torch.Tensor]:
+        return {"loss": model(torch.ones(1, 1)).sum()}
+
+    config = TrainConfig(epochs=len(lengths), schedule="cosine", warmup_steps=2, lr=1.0, progress=False, log="jsonl")
+    task = Task(batches, lengths[0], loss, epoch_steps=lambda epoch: lengths[epoch])
+    assert schedule_steps(task, config) == sum(lengths)
+    assert schedule_steps(Task(batches, lengths[0], loss), config) == 3 * lengths[0]  # no lengths told: as before
+    assert schedule_steps(task, TrainConfig(epochs=3)) == 3 * lengths[0]  # constant: the total is not read
+    original = torch.optim.Adam.step
+
+    def step(self: torch.optim.Adam, *args: Any, **kwargs: Any) -> Any:
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.Adam, "step", step)
+        fit(model, task, config, None, device=torch.device("cpu"))
+    total = sum(lengths)
+    assert len(seen) == total
+    assert seen == pytest.approx([lr_factor(s, total, config) for s in range(total)])
+    last = 0.5 * (1 + math.cos(math.pi * (total - 3) / (total - 2)))  # step total - 1, after 2 warm-up steps
+    assert 0 < seen[-1] < seen[-2] and seen[-1] == pytest.approx(last)
 
 
 def test_encoder_learning_rate_is_scaled(tmp_path: Path) -> None:

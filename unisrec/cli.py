@@ -351,8 +351,9 @@ def _run_recommend(args: argparse.Namespace) -> int:
     from unisrec.recommend import Recommender
 
     if args.history:
-        records = [{"history": [e.strip() for e in h.split(args.sep) if e.strip()]} for h in args.history]
-        places = [f"--history {n}" for n in range(1, len(records) + 1)]
+        places = [f"--history {n}" for n in range(1, len(args.history) + 1)]
+        records = [{"history": _split_history(h, args.sep, place)}
+                   for h, place in zip(args.history, places, strict=True)]
     else:
         records, lines = _read_history_file(args.history_file, texts=args.by_text)
         places = [f"{args.history_file}, line {n}" for n in lines]
@@ -377,6 +378,19 @@ def _run_recommend(args: argparse.Namespace) -> int:
             out = {**record, "results": [asdict(r) for r in ranked]}
             print(json.dumps(out, ensure_ascii=False))
     return 0
+
+
+def _split_history(text: str, sep: str, place: str) -> list[str]:
+    """The entries of one ``--history`` value, stripped; an empty one (``"i1,,i2"``, a trailing separator, a blank
+    value) is refused with its position rather than dropped."""
+    entries = [entry.strip() for entry in text.split(sep)]
+    if not any(entries):
+        raise UnisrecError(f"{place} is empty: give at least one item id, separated by {sep!r}")
+    blank = next((n for n, entry in enumerate(entries, 1) if not entry), None)
+    if blank is not None:
+        raise UnisrecError(f"{place}, entry {blank} of {len(entries)} is empty ({text!r} split at {sep!r}); "
+                           "give each item id once, with no separator doubled or left at an end")
+    return entries
 
 
 def _read_history_file(path: Path, texts: bool = False) -> tuple[list[dict[str, Any]], list[int]]:

@@ -80,6 +80,11 @@ class ClozeTask:
             raise UnisrecError(f"{dataset.path}: no training examples (every user needs >= 2 training items)")
         self.steps = len(bucketed_batches(self.sequences, config.train.batch_size, np.random.default_rng(0)))
 
+    def epoch_steps(self, epoch: int) -> int:
+        """The number of steps of ``epoch`` (epochs differ by a batch or so)."""
+        rng = np.random.default_rng([self.config.train.seed, epoch])
+        return len(bucketed_batches(self.sequences, self.config.train.batch_size, rng))
+
     def batches(self, epoch: int) -> Iterator[ClozeBatch]:
         rng = np.random.default_rng([self.config.train.seed, epoch])
         mask_rng = np.random.default_rng([self.config.train.seed, epoch, 1])

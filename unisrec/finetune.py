@@ -233,6 +233,10 @@ class FinetuneTask:
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_batches(self.windows, self.config.train.batch_size, self.config.train.seed, epoch)
 
+    def epoch_steps(self, epoch: int) -> int:
+        """The number of steps of ``epoch`` (epochs differ by a batch or so)."""
+        return len(self._epoch_batches(epoch))
+
     def batches(self, epoch: int) -> Iterator[TrainBatch | ReplayStep]:
         first = self.run_steps.first(epoch) if self.replay is not None else 0  # this epoch's first step in the run
         for step, index in enumerate(self._epoch_batches(epoch)):
@@ -435,6 +439,7 @@ def finetune(
                 task.loss,
                 validate=lambda: evaluate(model, dataset, "valid", config.eval, device),
                 save_best=save_best,
+                epoch_steps=task.epoch_steps,
             ),
             config.train,
             out,

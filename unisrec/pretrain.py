@@ -89,7 +89,8 @@ def load_corpus(dirs: list[Path], config: RunConfig) -> Corpus:
         raise UnisrecError("pretrain needs at least one dataset folder")
     pre, spec = config.pretrain, config.text
     want_variants = pre.lambda_ss > 0 and pre.word_drop > 0 and pre.word_drop_variants > 0
-    names, items, windows, domains, texts, variants, starts = [], [], [], [], [], [], []
+    names: list[str] = []
+    items, windows, domains, texts, variants, starts = [], [], [], [], [], []
     item_offset, row_offset = 0, 0
     record: TextRecord = {}
     offsets = [0]
@@ -108,7 +109,7 @@ def load_corpus(dirs: list[Path], config: RunConfig) -> Corpus:
         lengths = train_lengths(dataset)
         part = training_windows(dataset.offsets[:-1] + row_offset, lengths, config.model.max_seq_len,
                                 layout="strided" if config.train.windows == "auto" else config.train.windows)
-        names.append(dataset.name)
+        names.append(_unique_name(dataset.name, names))
         items.append(dataset.items.astype(np.int64) + item_offset)
         starts.append(dataset.offsets[:-1] + row_offset)
         windows.append(part)
@@ -130,6 +131,16 @@ def load_corpus(dirs: list[Path], config: RunConfig) -> Corpus:
         variants=np.concatenate(variants, axis=1) if variants else None,
         text_record=record,
     )
+
+
+def _unique_name(name: str, taken: list[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... when a dataset of that name is already in the corpus: each domain's
+    loss is logged under its name (``si@NAME``), and two folders may hold datasets of the same name."""
+    unique, copy = name, 1
+    while unique in taken:
+        copy += 1
+        unique = f"{name}-{copy}"
+    return unique
 
 
 def target_log_share(corpus: Corpus, *, per_domain: bool) -> np.ndarray:
@@ -339,6 +350,16 @@ def pretrain_settings(data_dirs: Sequence[str | Path], config: RunConfig, overri
     if config.train.history_negatives != "full":  # the repeat offsets it leaves the history to are refused above
         raise UnisrecError("train.history_negatives is a fine-tuning setting (with model.repeat_bias); "
                            "pre-train without it")
+    train = config.train
+    for name, value, default, what in (
+            ("freeze", train.freeze, ("auto", "none"), "it freezes the encoder of a model from --init"),
+            ("transfer", train.transfer, ("all",), "it chooses what a run copies from --init"),
+            ("anchor", train.anchor, (0.0,), "it pulls toward the weights of --init"),
+            ("replay", train.replay, (0.0,), "it replays a corpus while fine-tuning"),
+            ("user_fraction", train.user_fraction, (1.0,), "it samples the users of one target"),
+            ("cold_items", train.cold_items, (0.0,), "it withholds items of one target")):
+        if value not in default:  # read by fine-tuning only: a pre-training would run as if it were not given
+            raise UnisrecError(f"train.{name}={value} is a fine-tuning setting ({what}); pre-train without it")
     # the recipe's train.precision=auto: recorded as what it resolves to here (bfloat16 only where it is native)
     config = with_resolved_precision(config, resolve_device(config.train.device))
     settings: dict[str, Any] = {
@@ -397,7 +418,7 @@ def pretrain(
 
     state = fit(
         model,
-        Task(task.batches, task.steps, task.loss, save_best=save_best),
+        Task(task.batches, task.steps, task.loss, save_best=save_best, epoch_steps=task.epoch_steps),
         config.train,
         out,
         device=device,

@@ -67,6 +67,9 @@ __all__ = [
 
 Backend = Literal["torch", "faiss"]
 TABLE_CHUNK = 8192  # items adapted at once when building the scoring table
+# the fewest rows a chunk is computed with (padded): as many rows as a thread of a many-core BLAS needs for
+# the kernels of a large matrix (see _table_chunk)
+TABLE_MIN_ROWS = 256
 PACK_TOKENS = 256  # history items encoded together (one attention block)
 ENCODE_BATCH = 64  # texts per language-model pass in ``Recommender.encode_texts`` (one pass at a time)
 ADDED_DIR = "catalogue"  # RUN/catalogue/NNNNNNNN.safetensors: one file per addition, replayed in order
@@ -118,15 +121,17 @@ def adapted_items(model: SequenceModel, text: Tensor | None = None) -> Tensor:
 def _table_chunk(model: SequenceModel, chunk: Tensor, by_text: bool) -> Tensor:
     """(C, H) vectors of C items, given by their (C,) rows or, ``by_text``, their (C, D) text vectors.
 
-    A single item is computed as a pair of itself: one row alone takes the matrix-vector kernels, whose rounding
-    differs from the matrix-matrix ones of every other chunk, so an item added alone would not tie exactly with
-    an older item of the same text (and their order would flip once the table is rebuilt in one piece).
+    A chunk of fewer than ``TABLE_MIN_ROWS`` items is computed padded to that many rows (its first row repeated):
+    the BLAS takes other kernels for a matrix of few rows (or few rows per thread), whose rounding differs from a
+    large chunk's, so an item added alone would not tie exactly with an older item of the same text, and their
+    order would change once the table is rebuilt in one piece. Measured with MKL on an AVX2 CPU: up to 3 rows per
+    thread round otherwise, 4 or more as in any larger chunk (a pair, enough on an AVX-512 CPU, is not here).
     """
-    alone = len(chunk) == 1
-    if alone:
-        chunk = torch.cat([chunk, chunk])  # (2,) or (2, D)
-    table = model.item_table(text=chunk) if by_text else model.item_table(chunk)  # (C, H)
-    return table[:1] if alone else table
+    size = len(chunk)
+    if 0 < size < TABLE_MIN_ROWS:
+        chunk = torch.cat([chunk, chunk[:1].expand(TABLE_MIN_ROWS - size, *chunk.shape[1:])])  # (MIN,) or (MIN, D)
+    table = model.item_table(text=chunk) if by_text else model.item_table(chunk)  # (C or MIN, H)
+    return table[:size]
 
 
 class Recommender:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from unisrec.atomic import atomic_directory, atomic_write_text, clean_stale
+from unisrec.batches import StepIndex
 from unisrec.checkpoint import save_tensors
 from unisrec.config import TrainConfig
 from unisrec.distributed import Distributed
@@ -47,6 +48,9 @@ class Task:
     loss: Callable[[Any], dict[str, Tensor]]  # batch -> {"loss": total, other terms...}
     validate: Callable[[], dict[str, float]] | None = None  # metrics of the current weights
     save_best: Callable[[], None] = lambda: None  # called when validation improves (main process)
+    # epoch -> its number of steps, when epochs differ in length (a batch or so): the cosine schedule then ends
+    # at 0 on the run's real last step; None = every epoch has steps_per_epoch
+    epoch_steps: Callable[[int], int] | None = None
 
 
 # one epoch's line of train.log (and of ``TrainState.history``): epoch, steps, seconds, lr, train_<loss term>,
@@ -171,7 +175,7 @@ def fit(
         raise UnisrecError("no trainable parameters")
     optimizer = torch.optim.Adam(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     bfloat16 = resolve_precision(config.precision, device) == "bfloat16"  # autocast of each step (auto: if native)
-    total_steps = config.epochs * task.steps_per_epoch
+    total_steps = schedule_steps(task, config)
     if max_steps:
         total_steps = min(total_steps, max_steps)
     checkpoint = run_dir / "checkpoint" if run_dir is not None else None
@@ -412,6 +416,14 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     groups = [{"params": members[prefix], "lr": config.lr * scale, "base_lr": config.lr * scale}
               for prefix, scale in scales.items()]
     return [g for g in groups if g["params"]]
+
+
+def schedule_steps(task: Task, config: TrainConfig) -> int:
+    """The steps of all ``config.epochs`` epochs, over which the cosine schedule falls to 0: counted epoch by
+    epoch where ``task.epoch_steps`` tells them (only for the cosine schedule, the one that reads the total)."""
+    if task.epoch_steps is None or config.schedule != "cosine":
+        return config.epochs * task.steps_per_epoch
+    return StepIndex(task.epoch_steps).first(config.epochs)
 
 
 def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
