@@ -19,7 +19,7 @@ import platform
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     run = json.loads((work / args.run / "run.json").read_text())
     record: dict[str, Any] = {
         "benchmark": "recipe_end_to_end",
-        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "steps": measured,
         "total_wall_seconds": round(sum(m["wall_seconds"] for m in measured.values()), 2),
         "peak_rss_mib": max(m["peak_rss_mib"] for m in measured.values()),

@@ -434,7 +434,7 @@ def test_domains_of_the_same_name_keep_apart_keys(tmp_path: Path, tiny_lm_dir: P
     """Two folders holding datasets of one name (or one folder given twice) log each domain's loss apart."""
     from unisrec.config import RunConfig
     from unisrec.datasets.processed import load_processed
-    from unisrec.pretrain import load_corpus
+    from unisrec.pretrain import load_corpus, unique_names
 
     first = prepare_synthetic(tmp_path / "a" / "shop", seed=1)
     second = prepare_synthetic(tmp_path / "b" / "shop", seed=2, n_items=25)
@@ -443,3 +443,5 @@ def test_domains_of_the_same_name_keep_apart_keys(tmp_path: Path, tiny_lm_dir: P
     assert names[0] == names[1]  # the premise: one name
     corpus = load_corpus([first, second, first], config)
     assert corpus.names == [names[0], f"{names[0]}-2", f"{names[0]}-3"]
+    assert unique_names(["shop", "shop", "shop-2"]) == ["shop", "shop-3", "shop-2"]  # never another's name
+    assert unique_names(["a", "b"]) == ["a", "b"]

@@ -226,23 +226,23 @@ def test_an_item_added_alone_gets_the_vector_of_an_older_item_of_its_text_as_aft
     vector of an older item with its text vector, so that it ranks the same now and after a rebuild; with one
     thread and with two (a pair of rows, the earlier remedy, rounded otherwise on an AVX2 CPU with MKL)."""
     torch.manual_seed(0)
-    model = UniSRec(ModelConfig(hidden_size=32, inner_size=32, n_experts=8), 30, torch.randn(30, 384))
+    model = UniSRec(ModelConfig(hidden_size=32, inner_size=32, n_experts=8), 300, torch.randn(300, 384))
     threads = torch.get_num_threads()
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            full = recommend_module.adapted_items(model)  # (30, H)
-            for row in range(30):
+            full = recommend_module.adapted_items(model)  # (300, H): one chunk of more than TABLE_MIN_ROWS
+            for row in range(0, 300, 7):
                 alone = recommend_module.adapted_items(model, text=model.item_text[[row]])[0]
                 assert torch.equal(alone, full[row]), (count, row)
             few = recommend_module.adapted_items(model, text=model.item_text[[5, 6, 7]])  # (3, H)
             assert torch.equal(few, full[5:8]), count
     finally:
         torch.set_num_threads(threads)
-    recommender = Recommender(model, Catalogue([f"i{n}" for n in range(30)]))
+    recommender = Recommender(model, Catalogue([f"i{n}" for n in range(300)]))
     recommender.add_items(["twin of i3"], ["twin3"], vectors=model.item_text[[3]].clone())
-    live = top(recommender, ["i5", "i7"], k=31, exclude_seen=False)
-    rebuilt = top(Recommender(model, recommender.catalogue), ["i5", "i7"], k=31, exclude_seen=False)
+    live = top(recommender, ["i5", "i7"], k=301, exclude_seen=False)
+    rebuilt = top(Recommender(model, recommender.catalogue), ["i5", "i7"], k=301, exclude_seen=False)
     assert live == rebuilt
     order = [r.item_id for r in live]
     # the scoring matmul may round a column by its place (the last one here, on MKL with AVX2): the twin's score is
@@ -420,6 +420,8 @@ def test_cli_recommend_and_export(trained: tuple[Path, Path], tmp_path: Path,
     assert "--history 1, entry 3 of 3 is empty" in capsys.readouterr().err
     assert main(["recommend", str(run), "--history", " , "]) == 2
     assert "--history 1 is empty: give at least one item id" in capsys.readouterr().err
+    assert main(["recommend", str(run), "--history", "i1", "--sep", ""]) == 2
+    assert "--sep is empty" in capsys.readouterr().err
     # an unknown id far down a file: named by its line, and nothing printed before the error
     many = [json.dumps({"history": ["i1"]})] * 300
     many[280] = json.dumps({"history": ["i1", "i2", "nope"]})

@@ -383,6 +383,8 @@ def _run_recommend(args: argparse.Namespace) -> int:
 def _split_history(text: str, sep: str, place: str) -> list[str]:
     """The entries of one ``--history`` value, stripped; an empty one (``"i1,,i2"``, a trailing separator, a blank
     value) is refused with its position rather than dropped."""
+    if not sep:
+        raise UnisrecError("--sep is empty: give the character(s) that separate the --history entries")
     entries = [entry.strip() for entry in text.split(sep)]
     if not any(entries):
         raise UnisrecError(f"{place} is empty: give at least one item id, separated by {sep!r}")

@@ -109,7 +109,7 @@ def load_corpus(dirs: list[Path], config: RunConfig) -> Corpus:
         lengths = train_lengths(dataset)
         part = training_windows(dataset.offsets[:-1] + row_offset, lengths, config.model.max_seq_len,
                                 layout="strided" if config.train.windows == "auto" else config.train.windows)
-        names.append(_unique_name(dataset.name, names))
+        names.append(dataset.name)
         items.append(dataset.items.astype(np.int64) + item_offset)
         starts.append(dataset.offsets[:-1] + row_offset)
         windows.append(part)
@@ -121,7 +121,7 @@ def load_corpus(dirs: list[Path], config: RunConfig) -> Corpus:
     if len(dims) != 1:
         raise UnisrecError(f"item vectors of the datasets have different dimensions {sorted(dims)}")
     return Corpus(
-        names=names,
+        names=unique_names(names),
         items=np.concatenate(items),
         windows=Windows.concat(windows),
         window_domain=np.concatenate(domains),
@@ -133,14 +133,17 @@ def load_corpus(dirs: list[Path], config: RunConfig) -> Corpus:
     )
 
 
-def _unique_name(name: str, taken: list[str]) -> str:
-    """``name``, or ``name-2``, ``name-3``... when a dataset of that name is already in the corpus: each domain's
-    loss is logged under its name (``si@NAME``), and two folders may hold datasets of the same name."""
-    unique, copy = name, 1
-    while unique in taken:
-        copy += 1
-        unique = f"{name}-{copy}"
-    return unique
+def unique_names(names: list[str]) -> list[str]:
+    """The datasets' names, each repeated one suffixed ``-2``, ``-3``... (skipping any name a dataset has):
+    each domain's loss is logged under its name (``si@NAME``), and two folders may hold datasets of one name."""
+    taken, out = set(names), []
+    for name in names:
+        unique, copy = name, 1
+        while unique in out or (unique != name and unique in taken):
+            copy += 1
+            unique = f"{name}-{copy}"
+        out.append(unique)
+    return out
 
 
 def target_log_share(corpus: Corpus, *, per_domain: bool) -> np.ndarray:

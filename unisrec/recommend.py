@@ -67,8 +67,7 @@ __all__ = [
 
 Backend = Literal["torch", "faiss"]
 TABLE_CHUNK = 8192  # items adapted at once when building the scoring table
-# the fewest rows a chunk is computed with (padded): as many rows as a thread of a many-core BLAS needs for
-# the kernels of a large matrix (see _table_chunk)
+# the fewest rows a chunk is computed with (padded), so that it takes the kernels of a large matrix (_table_chunk)
 TABLE_MIN_ROWS = 256
 PACK_TOKENS = 256  # history items encoded together (one attention block)
 ENCODE_BATCH = 64  # texts per language-model pass in ``Recommender.encode_texts`` (one pass at a time)
@@ -122,10 +121,11 @@ def _table_chunk(model: SequenceModel, chunk: Tensor, by_text: bool) -> Tensor:
     """(C, H) vectors of C items, given by their (C,) rows or, ``by_text``, their (C, D) text vectors.
 
     A chunk of fewer than ``TABLE_MIN_ROWS`` items is computed padded to that many rows (its first row repeated):
-    the BLAS takes other kernels for a matrix of few rows (or few rows per thread), whose rounding differs from a
-    large chunk's, so an item added alone would not tie exactly with an older item of the same text, and their
-    order would change once the table is rebuilt in one piece. Measured with MKL on an AVX2 CPU: up to 3 rows per
-    thread round otherwise, 4 or more as in any larger chunk (a pair, enough on an AVX-512 CPU, is not here).
+    the BLAS takes other kernels for a matrix of few rows, whose rounding differs from a large chunk's, so an item
+    added alone would get another vector than the rebuilt table gives it, and could rank otherwise before and
+    after a rebuild. Measured with MKL on an AVX2 CPU: matrices of 1-3 rows (and, with two threads, 5-7 in one of
+    two measurements) round otherwise, larger ones as any chunk up to 9,000 rows; a pair, enough on an AVX-512 CPU,
+    is not here. Checked on CPUs only: a GPU library may choose its kernels by row count too.
     """
     size = len(chunk)
     if 0 < size < TABLE_MIN_ROWS:
@@ -292,9 +292,8 @@ class Recommender:
         position: dict[str, int] = {}
         local = np.asarray([position.setdefault(t, len(position)) for h in cut for t in h], dtype=np.int64)
         vectors = torch.from_numpy(self.encode_texts(list(position)))  # (M, D): each distinct text once
-        device = self.model.device
         with eval_mode(self.model):
-            table = self.model.item_table(text=vectors.to(device))  # (M, H)
+            table = adapted_items(self.model, text=vectors)  # (M, H): as the catalogue's vectors of these texts
             return self._queries([len(h) for h in cut], local, table)
 
     def _queries(self, history_lengths: list[int], local: np.ndarray, table: Tensor) -> Tensor:
