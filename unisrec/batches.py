@@ -133,6 +133,16 @@ def bucketed_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def epoch_batches(windows: Windows, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The batches (window indices) of one training epoch: ``bucketed_batches`` seeded by (seed, epoch)."""
+    return bucketed_batches(windows, batch_size, np.random.default_rng([seed, epoch]))
+
+
+def epoch_steps(windows: Windows, batch_size: int, seed: int, epoch: int) -> int:
+    """The number of batches of ``epoch_batches(windows, batch_size, seed, epoch)`` (epochs differ by one or so)."""
+    return len(epoch_batches(windows, batch_size, seed, epoch))
+
+
 def iterate_train_batches(
     items: np.ndarray, windows: Windows, batch_size: int, rng: np.random.Generator
 ) -> Iterator[TrainBatch]:

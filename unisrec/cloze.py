@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from unisrec.baselines import BERT4Rec
-from unisrec.batches import Windows, bucketed_batches, training_windows
+from unisrec.batches import Windows, bucketed_batches, epoch_batches, epoch_steps, training_windows
 from unisrec.config import RunConfig
 from unisrec.datasets.processed import ProcessedDataset
 from unisrec.distributed import Distributed
@@ -82,13 +82,11 @@ class ClozeTask:
 
     def epoch_steps(self, epoch: int) -> int:
         """The number of steps of ``epoch`` (epochs differ by a batch or so)."""
-        rng = np.random.default_rng([self.config.train.seed, epoch])
-        return len(bucketed_batches(self.sequences, self.config.train.batch_size, rng))
+        return epoch_steps(self.sequences, self.config.train.batch_size, self.config.train.seed, epoch)
 
     def batches(self, epoch: int) -> Iterator[ClozeBatch]:
-        rng = np.random.default_rng([self.config.train.seed, epoch])
         mask_rng = np.random.default_rng([self.config.train.seed, epoch, 1])
-        for index in bucketed_batches(self.sequences, self.config.train.batch_size, rng):
+        for index in epoch_batches(self.sequences, self.config.train.batch_size, self.config.train.seed, epoch):
             yield make_cloze_batch(self.items, self.sequences.subset(index), self.n_items,
                                    self.config.model.mask_prob, mask_rng)
 

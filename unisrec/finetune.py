@@ -39,8 +39,9 @@ from unisrec.baselines import build_model
 from unisrec.batches import (
     StepIndex,
     TrainBatch,
-    Windows,
     bucketed_batches,
+    epoch_batches,
+    epoch_steps,
     make_train_batch,
     placeholder_batch,
     shard,
@@ -184,15 +185,6 @@ class CorpusReplay:
         return self.task.loss(plan)["loss"]
 
 
-def epoch_batches(windows: Windows, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The batches (window indices) of a fine-tuning epoch: a pure function of (seed, epoch)."""
-    return bucketed_batches(windows, batch_size, np.random.default_rng([seed, epoch]))
-
-
-def _epoch_steps(windows: Windows, batch_size: int, seed: int, epoch: int) -> int:
-    return len(epoch_batches(windows, batch_size, seed, epoch))
-
-
 class FinetuneTask:
     """Batches of training windows and the full-softmax loss over the domain's items.
 
@@ -228,14 +220,14 @@ class FinetuneTask:
         self.steps = len(bucketed_batches(self.windows, config.train.batch_size, np.random.default_rng(0)))
         # steps before each epoch; the function holds the windows, not the task: a cycle through the task would
         # keep the DistributedDataParallel model, and its process group's threads, alive past the run
-        self.run_steps = StepIndex(partial(_epoch_steps, self.windows, config.train.batch_size, config.train.seed))
+        self.run_steps = StepIndex(partial(epoch_steps, self.windows, config.train.batch_size, config.train.seed))
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_batches(self.windows, self.config.train.batch_size, self.config.train.seed, epoch)
 
     def epoch_steps(self, epoch: int) -> int:
         """The number of steps of ``epoch`` (epochs differ by a batch or so)."""
-        return len(self._epoch_batches(epoch))
+        return epoch_steps(self.windows, self.config.train.batch_size, self.config.train.seed, epoch)
 
     def batches(self, epoch: int) -> Iterator[TrainBatch | ReplayStep]:
         first = self.run_steps.first(epoch) if self.replay is not None else 0  # this epoch's first step in the run
