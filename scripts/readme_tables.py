@@ -1,7 +1,8 @@
-"""Regenerate (or check) the README's result tables from the committed records.
+"""Regenerate (or check) the result tables of README.md and docs/*.md from the committed records.
 
-    python scripts/readme_tables.py            # rewrite every generated table of README.md in place
-    python scripts/readme_tables.py --check    # exit 1, naming the tables, when one differs from its command
+    python scripts/readme_tables.py            # rewrite every generated table of README.md and docs/*.md in place
+    python scripts/readme_tables.py --check    # exit 1, naming the file and table, when one differs from its command
+    python scripts/readme_tables.py --readme F # only the Markdown file F (may be repeated)
 
 A generated table is the block of ``|`` lines right after a ``<!-- table: python scripts/seed_table.py ... -->``
 comment; the comment's command (run from the repository root) prints the table. tests/test_readme_tables.py
@@ -23,6 +24,13 @@ README = ROOT / "README.md"
 MARK = "<!-- table: "
 END = "-->"
 ALLOWED = ["python", "scripts/seed_table.py"]  # the only command a table may name
+DOCS = ROOT / "docs"
+
+
+def default_files() -> list[Path]:
+    """README.md and every docs/*.md that holds a generated table."""
+    docs = [p for p in sorted(DOCS.glob("*.md")) if MARK in p.read_text()]
+    return [README, *docs]
 
 
 @dataclass(frozen=True)
@@ -46,11 +54,11 @@ def find_tables(lines: list[str]) -> list[Table]:
     return tables
 
 
-def generate(command: str) -> list[str]:
+def generate(command: str, source: str = "README.md") -> list[str]:
     """The table printed by ``command`` (a seed_table.py call) run from the repository root."""
     words = shlex.split(command)
     if words[:2] != ALLOWED:
-        raise SystemExit(f"readme_tables: README.md: a table must come from {' '.join(ALLOWED)}, not {command!r}")
+        raise SystemExit(f"readme_tables: {source}: a table must come from {' '.join(ALLOWED)}, not {command!r}")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode:
@@ -58,13 +66,13 @@ def generate(command: str) -> list[str]:
     return done.stdout.splitlines()
 
 
-def regenerated(lines: list[str], tables: list[Table]) -> tuple[list[str], list[str]]:
-    """README lines with every table replaced by its command's output, and the commands whose table changed."""
+def regenerated(lines: list[str], tables: list[Table], source: str = "README.md") -> tuple[list[str], list[str]]:
+    """The file's lines with every table replaced by its command's output, and the commands whose table changed."""
     out: list[str] = []
     changed: list[str] = []
     done_to = 0
     for table in tables:
-        new_rows = generate(table.command)
+        new_rows = generate(table.command, source)
         if new_rows != table.rows:
             changed.append(table.command)
         out += lines[done_to : table.line + 1] + new_rows
@@ -75,23 +83,31 @@ def regenerated(lines: list[str], tables: list[Table]) -> tuple[list[str], list[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a table differs")
-    parser.add_argument("--readme", type=Path, default=README, help="the Markdown file (default: README.md)")
+    parser.add_argument("--readme", type=Path, action="append",
+                        help="a Markdown file (repeatable; default: README.md and docs/*.md with tables)")
     args = parser.parse_args(argv)
-    lines = args.readme.read_text().splitlines()
-    tables = find_tables(lines)
-    if not tables:
-        print(f"readme_tables: {args.readme}: no generated table", file=sys.stderr)
-        return 2
-    new_lines, changed = regenerated(lines, tables)
-    if args.check:
-        for command in changed:
-            print(f"readme_tables: differs from its command's output: {command}", file=sys.stderr)
-        return 1 if changed else 0
-    if changed:
-        from unisrec.atomic import atomic_write_text
+    files: list[Path] = args.readme or default_files()
+    differ = 0
+    rewritten = 0
+    for path in files:
+        lines = path.read_text().splitlines()
+        tables = find_tables(lines)
+        if not tables:
+            print(f"readme_tables: {path}: no generated table", file=sys.stderr)
+            return 2
+        new_lines, changed = regenerated(lines, tables, str(path))
+        if args.check:
+            for command in changed:
+                print(f"readme_tables: {path}: differs from its command's output: {command}", file=sys.stderr)
+            differ += len(changed)
+        elif changed:
+            from unisrec.atomic import atomic_write_text
 
-        atomic_write_text(args.readme, "\n".join(new_lines) + "\n")
-    print(f"readme_tables: {len(changed)} table(s) rewritten")
+            atomic_write_text(path, "\n".join(new_lines) + "\n")
+            rewritten += len(changed)
+    if args.check:
+        return 1 if differ else 0
+    print(f"readme_tables: {rewritten} table(s) rewritten")
     return 0
 
 

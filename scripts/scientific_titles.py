@@ -4,7 +4,7 @@
 
 The paper's texts are "title. categories. brand. ", the pre-training corpus's are titles only. Cutting the
 target's texts to the title makes both formats alike, which tells whether the format gap limits what a
-pre-trained model carries over (README, "Pre-training and transfer to Scientific"). Every category path of
+pre-trained model carries over (docs/transfer.md, "The text format gap"). Every category path of
 this set starts with "Industrial & Scientific"; an item without categories has ". . " after its title; the
 title ends before the first of the two (a brand or a title may itself hold ". ", so splitting on it would not
 do). Every other file is copied as it is; the last line of stdout is one JSON object.

@@ -1,10 +1,11 @@
-"""README result tables generated from committed records: each table that follows a
+"""Result tables of README.md and docs/*.md generated from committed records: each table that follows a
 ``<!-- table: python scripts/seed_table.py ... -->`` comment must equal that command's output today
 (``python scripts/readme_tables.py`` rewrites them, ``--check`` only compares)."""
 
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,30 @@ def test_a_stale_table_is_found_and_rewritten_from_its_record(tmp_path: Path) ->
         "", "text after",
     ]
     assert tables("--check", "--readme", str(readme)).returncode == 0
+
+
+def test_every_named_file_is_checked_and_the_stale_one_named(tmp_path: Path) -> None:
+    record = tmp_path / "run-s1.json"
+    record.write_text(json.dumps({"test": {"ndcg@10": 0.0625}}))
+    marker = f'<!-- table: python scripts/seed_table.py --metrics ndcg@10 "ours={record}" -->'
+    fresh, stale = tmp_path / "README.md", tmp_path / "detail.md"
+    fresh.write_text(f"{marker}\n| model | runs | ndcg@10 |\n|---|---|---|\n| ours | 1 | 0.0625 |\n")
+    stale.write_text(f"{marker}\n| model | runs | ndcg@10 |\n|---|---|---|\n| ours | 1 | 0.0600 |\n")
+
+    check = tables("--check", "--readme", str(fresh), "--readme", str(stale))
+    assert check.returncode == 1
+    assert f"{stale}: differs" in check.stderr and f"{fresh}:" not in check.stderr
+
+    assert tables("--readme", str(fresh), "--readme", str(stale)).returncode == 0
+    assert stale.read_text() == fresh.read_text()
+
+
+def test_the_default_check_covers_the_docs_with_tables() -> None:
+    default_files = runpy.run_path(str(SCRIPT))["default_files"]
+    files = [path.relative_to(ROOT).as_posix() for path in default_files()]
+    assert files[0] == "README.md"
+    assert {"docs/transfer.md", "docs/scientific.md"} <= set(files)
+    assert "docs/ARCHITECTURE.md" not in files  # no generated table there
 
 
 def test_a_table_may_only_come_from_seed_table(tmp_path: Path) -> None:

@@ -258,7 +258,7 @@ class TrainConfig:
     # what a run from a pre-trained model (--init) copies from it: all = every transferable parameter (adaptor,
     # input LayerNorm, sequence encoder); adaptor = the text adaptor (whitening + MoE) only, the sequence encoder
     # and its input LayerNorm start fresh, as from scratch (on Scientific the pre-trained encoder ranks worse
-    # zero-shot than an untrained one, while the pre-trained adaptor ranks better: README "Which parts transfer");
+    # zero-shot than an untrained one, while the pre-trained adaptor ranks better: docs/transfer.md "Which parts");
     # encoder = the sequence encoder and its input LayerNorm only, the text adaptor starts fresh
     transfer: Literal["all", "adaptor", "encoder"] = "all"
     # L2-SP (Li et al., ICML 2018), with --init: the fine-tuning loss plus anchor / 2 * ||theta - theta_0||^2 over
@@ -269,7 +269,8 @@ class TrainConfig:
     # replay * the pre-training loss (the recipe's: sequence-item + sequence-sequence, item drop, one domain per
     # batch) of one corpus batch, so what pre-training learned keeps a data term all through; --mode inductive
     # only (the corpus's items have no ID in the target's table); 0 = off. Measured at 10% of Scientific's users
-    # (README "Why the inductive transfer gains little"): W 0.5 and 2 validate no higher than the interpolation alone
+    # (docs/transfer.md "Why the inductive transfer gains little"): W 0.5 and 2 validate no higher than the
+    # interpolation alone
     replay: float = 0.0
     # what the items of a target's own history (other than the target) teach as negatives of the fine-tuning
     # softmax: full = everything (the query learns to point away from them, and so from their near-duplicates);
@@ -354,14 +355,14 @@ class PretrainConfig:
     # logit minus log q_i, q_i = the item's share of the training targets of its domain ("single" batches) or of
     # the corpus ("mixed"). In-batch candidates are drawn in proportion to popularity, so without it the model
     # learns scores that under-rank popular items. Measured, it hurts transfer: a 400-step pilot of the recipe
-    # scores zero-shot validation NDCG@10 0.0170 on Scientific with it, 0.0435 without (README, recipe section)
+    # scores zero-shot validation NDCG@10 0.0170 on Scientific with it, 0.0435 without (docs/transfer.md, recipe)
     popularity_correction: Literal["none", "logq"] = "none"
     # the items of each query's own history (other than its target, and not already among the in-batch
     # candidates) join its sequence-item candidates as negatives, as they are in fine-tuning's softmax over every
     # item (candidates of other processes are not checked: under DDP such an item may count twice). Measured, it
     # changes nothing that matters: the history's items add under 1% to the denominators of the Amazon corpus
     # (pre-training queries do not point at them), zero-shot validation NDCG@10 on Scientific 0.0472 vs 0.0476,
-    # and 10% of its users fine-tune to 0.0702 vs 0.0728 (README, "History items as pre-training negatives")
+    # and 10% of its users fine-tune to 0.0702 vs 0.0728 (docs/transfer.md, "History items as pre-training negatives")
     history_negatives: bool = False
 
     def __post_init__(self) -> None:
