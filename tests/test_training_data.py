@@ -201,6 +201,23 @@ def test_cosine_schedule_ends_on_the_last_step_when_epochs_differ_in_length(leng
     assert 0 < seen[-1] < seen[-2] and seen[-1] == pytest.approx(last)
 
 
+def test_progress_lines_count_each_epochs_own_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    """The progress line of an epoch longer than the first said "step 4/3", "step 5/3", with a negative ETA."""
+    model = torch.nn.Linear(1, 1)
+    lengths = (3, 5)
+
+    def batches(epoch: int) -> Iterator[int]:
+        return iter(range(lengths[epoch]))
+
+    def loss(_: int) -> dict[str, torch.Tensor]:
+        return {"loss": model(torch.ones(1, 1)).sum()}
+
+    task = Task(batches, lengths[0], loss, epoch_steps=lambda epoch: lengths[epoch])
+    fit(model, task, TrainConfig(epochs=2, progress=True, log="jsonl"), None, device=torch.device("cpu"))
+    lines = [line.split(" steps/s")[0] for line in capsys.readouterr().err.splitlines() if "steps/s" in line]
+    assert [line.rsplit(" ", 1)[0] for line in lines] == ["epoch 1 step 3/3", "epoch 2 step 5/5"]
+
+
 def test_encoder_learning_rate_is_scaled(tmp_path: Path) -> None:
     config = RunConfig().with_overrides(["model.hidden_size=16", "model.inner_size=16", "model.n_experts=2"])
     model = UniSRec(config.model, 5, torch.randn(5, 8))

@@ -213,8 +213,9 @@ def fit(
         model.train()
         sums, counts = state.epoch_sums, state.epoch_counts  # the steps taken before an interruption, if any
         count = state.step_in_epoch
+        epoch_total = epoch_length(task, state.epoch)  # this epoch's steps (epochs differ by a batch or so)
         bar = tqdm(
-            total=task.steps_per_epoch,
+            total=epoch_total,
             initial=state.step_in_epoch,
             desc=f"epoch {state.epoch + 1}",
             disable=not (config.progress and dist.is_main and sys.stderr.isatty()),
@@ -222,7 +223,7 @@ def fit(
         )
         exhausted = True
         ticker = ProgressLines(
-            task.steps_per_epoch, state.epoch + 1,
+            epoch_total, state.epoch + 1,
             enabled=config.progress and dist.is_main and not sys.stderr.isatty(),
         )
         for step, batch in enumerate(task.batches(state.epoch)):
@@ -416,6 +417,11 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     groups = [{"params": members[prefix], "lr": config.lr * scale, "base_lr": config.lr * scale}
               for prefix, scale in scales.items()]
     return [g for g in groups if g["params"]]
+
+
+def epoch_length(task: Task, epoch: int) -> int:
+    """The steps of 0-based ``epoch``: ``task.epoch_steps`` where the task tells them, else ``steps_per_epoch``."""
+    return task.epoch_steps(epoch) if task.epoch_steps is not None else task.steps_per_epoch
 
 
 def schedule_steps(task: Task, config: TrainConfig) -> int:
