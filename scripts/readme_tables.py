@@ -87,14 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="a Markdown file (repeatable; default: README.md and docs/*.md with tables)")
     args = parser.parse_args(argv)
     files: list[Path] = args.readme or default_files()
+    found = {path: find_tables(path.read_text().splitlines()) for path in files}
+    empty = [str(path) for path, tables in found.items() if not tables]
+    if empty:  # before any file is rewritten
+        print(f"readme_tables: {', '.join(empty)}: no generated table", file=sys.stderr)
+        return 2
     differ = 0
     rewritten = 0
-    for path in files:
+    for path, tables in found.items():
         lines = path.read_text().splitlines()
-        tables = find_tables(lines)
-        if not tables:
-            print(f"readme_tables: {path}: no generated table", file=sys.stderr)
-            return 2
         new_lines, changed = regenerated(lines, tables, str(path))
         if args.check:
             for command in changed:

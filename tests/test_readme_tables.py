@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "readme_tables.py"
 
 
@@ -51,11 +51,17 @@ def test_every_named_file_is_checked_and_the_stale_one_named(tmp_path: Path) -> 
     fresh.write_text(f"{marker}\n| model | runs | ndcg@10 |\n|---|---|---|\n| ours | 1 | 0.0625 |\n")
     stale.write_text(f"{marker}\n| model | runs | ndcg@10 |\n|---|---|---|\n| ours | 1 | 0.0600 |\n")
 
-    check = tables("--check", "--readme", str(fresh), "--readme", str(stale))
-    assert check.returncode == 1
-    assert f"{stale}: differs" in check.stderr and f"{fresh}:" not in check.stderr
+    for order in ([stale, fresh], [fresh, stale]):  # every file named is read, not only the first or the last
+        check = tables("--check", *(f"--readme={path}" for path in order))
+        assert check.returncode == 1
+        assert f"{stale}: differs" in check.stderr and f"{fresh}:" not in check.stderr
+    bare = tmp_path / "notes.md"
+    bare.write_text("no table here\n")
+    refused = tables("--readme", str(stale), "--readme", str(bare))
+    assert refused.returncode == 2 and f"{bare}: no generated table" in refused.stderr
+    assert "0.0600" in stale.read_text()  # nothing rewritten when a named file has no table
 
-    assert tables("--readme", str(fresh), "--readme", str(stale)).returncode == 0
+    assert tables("--readme", str(stale), "--readme", str(fresh)).returncode == 0
     assert stale.read_text() == fresh.read_text()
 
 

@@ -239,6 +239,47 @@ def test_runs_known_from_their_records_are_not_run_again_without_their_folders(
     assert json.loads((results / "finetune-unisrec-seed-1.json").read_text())["plan"] != record["plan"]
 
 
+def test_a_remade_pretraining_keeps_its_record_and_says_how_it_compares(
+        tmp_path: Path, tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pre-training whose folder is gone is made again when a new transfer needs it: its committed record,
+    from which the earlier transfers' records came, stays as it is (it was silently replaced by the remake's,
+    with the remake's times and code), and NAME.remade.json beside it holds the differences."""
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    out, results = tmp_path / "out", tmp_path / "results"
+    run_report(config_path, out, only=["unisrec"], results_dir=results)
+    pre_record = results / "pretrain-other-pt-seed-7.json"
+    original = pre_record.read_text()
+    remade = results / "pretrain-other-pt-seed-7.remade.json"
+    assert not remade.exists()
+
+    def rerun_transfer() -> str:  # a new session: records only; the transfer's plan changed, so it runs again
+        shutil.rmtree(out)
+        transfer = json.loads((results / "finetune-unisrec-seed-1.json").read_text())
+        transfer["plan"]["overrides"] = [*transfer["plan"]["overrides"], "train.lr=0.002"]
+        (results / "finetune-unisrec-seed-1.json").write_text(json.dumps(transfer))
+        capsys.readouterr()
+        run_report(config_path, out, only=["unisrec"], results_dir=results)
+        return capsys.readouterr().err
+
+    err = rerun_transfer()
+    assert (out / "pretrain" / "other-pt" / "seed-7" / "metrics.json").exists()  # remade: the transfer reads it
+    assert pre_record.read_text() == original
+    compared = json.loads(remade.read_text())
+    assert compared["run"] == "pretrain-other-pt-seed-7" and compared["max_abs_diff"] <= 1e-6
+    assert set(compared["diff"]["curve"]) == {"train_loss@1", "train_si@1", "train_ss@1", "train_si@other@1"}
+    assert compared["record"]["seconds_train"] == json.loads(original)["seconds_train"]
+    assert compared["remade"]["run_dir"] == str(out / "pretrain" / "other-pt" / "seed-7")
+    assert f"its record {pre_record} is kept; largest difference from it" in err and "WARNING" not in err
+
+    tampered = json.loads(original)  # a record the remake does not reproduce: kept, and the log says so
+    tampered["curve"][0]["train_loss"] += 0.5
+    pre_record.write_text(json.dumps(tampered))
+    err = rerun_transfer()
+    assert json.loads(pre_record.read_text()) == tampered
+    assert json.loads(remade.read_text())["diff"]["curve"]["train_loss@1"] == pytest.approx(-0.5)
+    assert "WARNING: beyond rounding" in err
+
+
 def test_parallel_jobs_give_the_records_of_one_at_a_time(tmp_path: Path, tiny_lm_dir: Path) -> None:
     config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
     data = yaml.safe_load(config_path.read_text())

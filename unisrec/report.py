@@ -539,8 +539,6 @@ def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir:
     import tempfile
     from dataclasses import replace as dc_replace
 
-    from unisrec.records import run_curve
-
     log = log or sys.stderr
     record_file = results_dir / f"{name}.json"
     if not record_file.exists():
@@ -566,17 +564,53 @@ def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir:
             again = dc_replace(run, out=Path(against))
             if not again.done_file.exists():
                 raise UnisrecError(f"{again.out}: not a finished run (no {again.done_file.name})")
-        fresh = read_json(again.done_file)
-        curve = run_curve(again.out)
+        result = differences_from_record(name, record, again.out, again.done_file)
+    return result
+
+
+def differences_from_record(name: str, record: dict[str, Any], run_dir: Path, done_file: Path) -> dict[str, Any]:
+    """The finished run ``run_dir`` against the ``record`` of the same plan: {"run", "max_abs_diff", "diff":
+    {split: {metric: d}, "curve": {"train_loss@1": d, ...}}} (new minus recorded), plus "epochs_only_in" when
+    one side has epochs the other lacks (``verify_run``)."""
+    from unisrec.records import run_curve
+
+    fresh = read_json(done_file)
     diff: dict[str, dict[str, float]] = {}
     for split in ("valid", "test"):
         old, new = record.get(split) or {}, fresh.get(split) or {}
         diff[split] = {m: float(new[m]) - float(old[m]) for m in sorted(old) if m in new}
-    diff["curve"], unmatched = _curve_differences(record.get("curve") or [], curve)
+    diff["curve"], unmatched = _curve_differences(record.get("curve") or [], run_curve(run_dir))
     worst = max((abs(d) for part in diff.values() for d in part.values()), default=0.0)
     result: dict[str, Any] = {"run": name, "max_abs_diff": worst, "diff": diff}
     if unmatched["record"] or unmatched["rerun"]:
         result["epochs_only_in"] = unmatched
+    return result
+
+
+REMADE_SUFFIX = ".remade.json"  # beside a kept record: how its remade run compares with it
+REMADE_TOLERANCE = 1e-4  # largest difference from the record that is still the same run remade (float rounding)
+
+
+def keep_record_of_remade_run(run: PlannedRun, name: str, record: dict[str, Any], results_dir: Path,
+                              log: TextIO) -> dict[str, Any]:
+    """A run whose record holds its plan was made again (its folder was gone and a later run reads it, e.g. a
+    pre-training that seeds more transfers): the record stays, since the runs recorded earlier came from the run
+    it describes, and ``NAME.remade.json`` beside it says how the new one compares (``differences_from_record``,
+    with both runs' code, training time and peak memory). A difference beyond ``REMADE_TOLERANCE`` is said on
+    ``log``: the runs made from the new folder may not match those recorded from the old one."""
+    fresh = read_json(run.done_file)
+    result = differences_from_record(name, record, run.out, run.done_file)
+    result["record"] = {key: record.get(key) for key in ("code", "seconds_train", "peak_memory_mb", "command")}
+    result["remade"] = {"code": fresh.get("code"), "seconds_train": fresh.get("seconds_train"),
+                        "peak_memory_mb": fresh.get("peak_memory_mb"), "run_dir": str(run.out)}
+    out_file = results_dir / f"{name}{REMADE_SUFFIX}"
+    atomic_write_json(out_file, result)
+    worst = result["max_abs_diff"]
+    same = worst <= REMADE_TOLERANCE and "epochs_only_in" not in result
+    print(f"remade {run.kind} {run.out}: its record {results_dir / (name + '.json')} is kept; largest difference "
+          f"from it {worst:.3g} ({out_file.name})" + ("" if same else
+          "; WARNING: beyond rounding, so the runs recorded from the earlier run may differ from those made "
+          "from this one"), file=log)
     return result
 
 
@@ -652,8 +686,14 @@ def run_report(
 
     def record(run: PlannedRun) -> None:
         name = record_name(run, config)
-        if run.kind != "prepare" and name is not None:
-            write_record(run.out, results_dir / f"{name}.json", long_tail_groups=groups, plan=run.spec)
+        if run.kind == "prepare" or name is None:
+            return
+        target = results_dir / f"{name}.json"
+        held = read_record(target)
+        if held is not None and isinstance(held.get("plan"), dict) and same_plan(held["plan"], run.spec):
+            keep_record_of_remade_run(run, name, held, results_dir, log)
+            return
+        write_record(run.out, target, long_tail_groups=groups, plan=run.spec)
 
     def stored_plan(run: PlannedRun) -> tuple[bool, object]:
         """Whether ``run`` has a record, and the plan that record holds (None for a version without plans)."""
