@@ -280,6 +280,28 @@ def test_a_remade_pretraining_keeps_its_record_and_says_how_it_compares(
     assert "WARNING: beyond rounding" in err
 
 
+def test_dry_run_says_how_far_an_interrupted_run_got(tmp_path: Path, tiny_lm_dir: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
+    out, results = tmp_path / "out", tmp_path / "results"
+    run_report(config_path, out, only=["unisrec"], results_dir=results)
+    run_dir = out / "runs" / "unisrec" / "seed-1"
+    log = [json.loads(line) for line in (run_dir / "train.log").read_text().splitlines()]
+    scores = [entry["valid"]["ndcg@10"] for entry in log]
+    best = max(scores)
+    at = scores.index(best) + 1
+    (run_dir / "metrics.json").unlink()  # as if stopped after its epochs: resumed, not finished
+    (results / "finetune-unisrec-seed-1.json").unlink()
+    capsys.readouterr()
+    run_report(config_path, out, only=["unisrec"], results_dir=results, dry_run=True)
+    plan = capsys.readouterr().err
+    assert re.search(rf"^resume +{re.escape(str(run_dir))}$", plan, re.M)
+    median = sorted(entry["seconds"] for entry in log)[len(log) // 2]
+    assert (f"so far: {len(log)} epochs, best valid ndcg@10 {best:.4f} at epoch {at} (patience 10: ends by "
+            f"epoch {at + 10} unless it improves), {median:.0f} s an epoch") in plan
+    assert plan.count("so far:") == 1  # finished and recorded runs say nothing
+
+
 def test_parallel_jobs_give_the_records_of_one_at_a_time(tmp_path: Path, tiny_lm_dir: Path) -> None:
     config_path = _config(tmp_path, tiny_lm_dir, seeds=[1])
     data = yaml.safe_load(config_path.read_text())

@@ -587,6 +587,32 @@ def differences_from_record(name: str, record: dict[str, Any], run_dir: Path, do
     return result
 
 
+def progress_note(run_dir: Path) -> str:
+    """What an interrupted run has done, from its ``train.log`` and ``run.json``: "7 epochs, best valid
+    ndcg@10 0.1236 at epoch 6 (patience 10: ends by epoch 16 unless it improves), 455 s an epoch"; a
+    pre-training: "1 of 2 epochs, last train_loss 7.4908, 1306 s an epoch"; "" before its first epoch ends."""
+    from unisrec.records import run_curve
+
+    curve = run_curve(run_dir)
+    if not curve:
+        return ""
+    settings = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    train = (settings.get("config") or {}).get("train") or {}
+    seconds = sorted(float(p["seconds"]) for p in curve if isinstance(p.get("seconds"), (int, float)))
+    per_epoch = f", {seconds[len(seconds) // 2]:.0f} s an epoch" if seconds else ""
+    metric = str(train.get("select_metric", "ndcg@10"))
+    scored = [(float(p["valid"][metric]), int(p["epoch"])) for p in curve if metric in (p.get("valid") or {})]
+    if not scored:
+        of = f" of {train['epochs']}" if "epochs" in train else ""
+        loss = curve[-1].get("train_loss")
+        last = f", last train_loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+        return f"{len(curve)}{of} epochs{last}{per_epoch}"
+    best, at = max(scored, key=lambda s: (s[0], -s[1]))  # the first epoch of the best score, as training keeps it
+    patience = train.get("patience")
+    ends = f" (patience {patience}: ends by epoch {at + int(patience)} unless it improves)" if patience else ""
+    return f"{len(curve)} epochs, best valid {metric} {best:.4f} at epoch {at}{ends}{per_epoch}"
+
+
 REMADE_SUFFIX = ".remade.json"  # beside a kept record: how its remade run compares with it
 REMADE_TOLERANCE = 1e-4  # largest difference from the record that is still the same run remade (float rounding)
 
@@ -721,6 +747,9 @@ def run_report(
             status = run.status() if run.out in to_run or run.status() == "cached" else \
                 "later" if run.out in missing else "recorded"
             print(f"{status:6} {run.out}\n       {run.command()}", file=log)
+            note = progress_note(run.out) if status == "resume" else ""
+            if note:
+                print(f"       so far: {note}", file=log)
             if plan_counts is not None:
                 plan_counts[status] = plan_counts.get(status, 0) + 1
         return results_dir / "report.md"
