@@ -12,8 +12,12 @@ steps per epoch. It tells whether a report's runs fit a CPU session (e.g. the le
         [--record results/benchmarks/F.json]
 
 ``--precision`` lists the ``train.precision`` settings to time (bfloat16: the step under the same autocast as
-``unisrec/train.py``); each runs in its own fresh process, alternating per dataset, so their ratio is measured
-under the same conditions.
+``unisrec/train.py``); ``--negatives`` the ``train.negatives`` settings (0 = the full softmax; N > 0 = each target
+against N drawn items, the adaptor over the step's items only), each row then with its step time relative to
+the full softmax's of the same dataset and precision (``vs_full``). Every setting runs in its own fresh process,
+alternating per dataset, so their ratios are measured under the same conditions.
+
+    python benchmarks/finetune_step_share.py DATA_DIR --negatives 0,1024,4096 --steps 5
 
 Each DATA_DIR is a processed dataset with its text vectors encoded (``unisrec prepare`` + ``unisrec encode``).
 The last line of stdout is one JSON object (also written to ``--record``).
@@ -30,7 +34,7 @@ import time
 from pathlib import Path
 
 
-def child(data: Path, steps: int, precision: str) -> dict[str, object]:
+def child(data: Path, steps: int, precision: str, negatives: int = 0) -> dict[str, object]:
     import torch
 
     from unisrec.baselines import build_model
@@ -41,7 +45,7 @@ def child(data: Path, steps: int, precision: str) -> dict[str, object]:
 
     torch.set_num_threads(1)
     dataset = load_processed(data)
-    overrides = ["train.windows=strided", f"train.precision={precision}"]
+    overrides = ["train.windows=strided", f"train.precision={precision}", f"train.negatives={negatives}"]
     config = resolve_config(RunConfig().with_overrides(overrides), "inductive", None, [])
     vectors = load_text(dataset, config.text)
     torch.manual_seed(0)
@@ -66,7 +70,8 @@ def child(data: Path, steps: int, precision: str) -> dict[str, object]:
         adaptor_seconds.append(time.perf_counter() - started)
         model.zero_grad()
     step, adaptor = statistics.median(step_seconds[1:]), statistics.median(adaptor_seconds[1:])
-    return {"dataset": Path(data).name, "precision": precision, "items": dataset.n_items, "steps_per_epoch": task.steps,
+    return {"dataset": Path(data).name, "precision": precision, "negatives": negatives, "items": dataset.n_items,
+            "steps_per_epoch": task.steps,
             "step_seconds": round(step, 4), "catalogue_adaptor_seconds": round(adaptor, 4),
             "adaptor_share": round(adaptor / step, 3), "epoch_seconds_estimate": round(step * task.steps, 1)}
 
@@ -77,6 +82,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per dataset (after one warm-up)")
     parser.add_argument("--precision", default="float32",
                         help="comma-separated train.precision settings to time (float32, bfloat16)")
+    parser.add_argument("--negatives", default="0",
+                        help="comma-separated train.negatives settings to time (0 = the full softmax)")
     parser.add_argument("--record", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -84,20 +91,35 @@ def main() -> None:
     unknown = [p for p in precisions if p not in ("float32", "bfloat16")]
     if unknown or not precisions:
         parser.error(f"--precision: expected float32 and/or bfloat16, got {args.precision!r}")
+    try:
+        negatives = [int(n) for n in args.negatives.split(",") if n]
+    except ValueError:
+        negatives = []
+    if not negatives or min(negatives) < 0:
+        parser.error(f"--negatives: expected integers >= 0 (0 = the full softmax), got {args.negatives!r}")
     if args.child:
-        print(json.dumps(child(args.data[0], args.steps, precisions[0])))
+        print(json.dumps(child(args.data[0], args.steps, precisions[0], negatives[0])))
         return
     rows = []
     for data in args.data:
         for precision in precisions:
-            done = subprocess.run([sys.executable, __file__, str(data), "--steps", str(args.steps),
-                                   "--precision", precision, "--child"], capture_output=True, text=True, check=True)
-            row = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(f"{row['dataset']} ({precision}): {row['items']} items, {row['steps_per_epoch']} steps per epoch, "
-                  f"step {row['step_seconds']:.2f} s, catalogue adaptor {row['catalogue_adaptor_seconds']:.2f} s "
-                  f"({100 * float(row['adaptor_share']):.0f}%), epoch ~{row['epoch_seconds_estimate']:.0f} s",
-                  flush=True)
+            full: float | None = None
+            for n in negatives:
+                done = subprocess.run([sys.executable, __file__, str(data), "--steps", str(args.steps),
+                                       "--precision", precision, "--negatives", str(n), "--child"],
+                                      capture_output=True, text=True, check=True)
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                if n == 0:
+                    full = float(row["step_seconds"])
+                if full is not None:
+                    row["vs_full"] = round(float(row["step_seconds"]) / full, 3)
+                rows.append(row)
+                sampled = f", {n} negatives" if n else ", full softmax"
+                ratio = f", {row['vs_full']:.3f} of the full softmax's step" if n and "vs_full" in row else ""
+                print(f"{row['dataset']} ({precision}{sampled}): {row['items']} items, {row['steps_per_epoch']} steps "
+                      f"per epoch, step {row['step_seconds']:.2f} s{ratio}, catalogue adaptor "
+                      f"{row['catalogue_adaptor_seconds']:.2f} s ({100 * float(row['adaptor_share']):.0f}%), "
+                      f"epoch ~{row['epoch_seconds_estimate']:.0f} s", flush=True)
     from unisrec.precision import cpu_summary
 
     result = {"benchmark": "finetune_step_share", "threads": 1, "steps": args.steps, "cpu": cpu_summary(),

@@ -62,19 +62,22 @@ def test_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, false_negati
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize(("repeat_bias", "batch_size", "atol"), [
-    (False, 40, 1e-4), (True, 40, 1e-4),
-    (True, 34, 1e-4),  # two global batches of one window: one process steps with a placeholder
+@pytest.mark.parametrize(("repeat_bias", "batch_size", "atol", "negatives"), [
+    (False, 40, 1e-4, 0), (True, 40, 1e-4, 0),
+    (True, 34, 1e-4, 0),  # two global batches of one window: one process steps with a placeholder
     # a batch of 3 windows whose first holds over half of the targets: one window each, no empty share; twice the
     # steps of batch 40, and Adam's near-zero denominators carry the summation order's rounding to 1.4e-4 on the
     # attention weights (the metrics still agree to 1e-9)
-    (False, 20, 5e-4),
+    (False, 20, 5e-4, 0),
+    # train.negatives: each process adapts its own share's items, both draw the same negatives
+    (False, 40, 1e-4, 8), (False, 34, 1e-4, 8),
 ])
 def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, repeat_bias: bool,
-                                          batch_size: int, atol: float) -> None:
+                                          batch_size: int, atol: float, negatives: int) -> None:
     data = str(prepare_synthetic(tmp_path / "d", seed=4))
     common = ["finetune", data, "--mode", "transductive", "--epochs", "2", "--text-model", str(tiny_lm_dir),
-              *MODEL_NO_NOISE, f"--train.batch_size={batch_size}", f"--model.repeat_bias={str(repeat_bias).lower()}"]
+              *MODEL_NO_NOISE, f"--train.batch_size={batch_size}", f"--model.repeat_bias={str(repeat_bias).lower()}",
+              f"--train.negatives={negatives}"]
     one = _run([*common, "--out", str(tmp_path / "one")], 1)
     two = _run([*common, "--out", str(tmp_path / "two")], 2)
     for split in ("valid", "test"):

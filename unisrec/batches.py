@@ -90,9 +90,11 @@ class TrainBatch:
     inputs: Tensor  # (B, L) long item ids, right-padded
     mask: Tensor  # (B, L) bool: positions that are training examples
     targets: Tensor  # (T,) long: next item of each True position of ``mask`` (row-major order)
+    negatives: Tensor | None = None  # (S,) long: the step's sampled negatives (train.negatives), None = every item
 
     def to(self, device: torch.device | str) -> TrainBatch:
-        return TrainBatch(self.inputs.to(device), self.mask.to(device), self.targets.to(device))
+        negatives = self.negatives.to(device) if self.negatives is not None else None
+        return TrainBatch(self.inputs.to(device), self.mask.to(device), self.targets.to(device), negatives)
 
 
 def make_train_batch(items: np.ndarray, windows: Windows) -> TrainBatch:

@@ -130,7 +130,7 @@ class ModelConfig:
 LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
                   ("train", "interpolate"), ("train", "history_negatives"), ("train", "transfer"),
                   ("pretrain", "popularity_correction"), ("train", "anchor"), ("pretrain", "history_negatives"),
-                  ("train", "replay"), ("eval", "test"))
+                  ("train", "replay"), ("eval", "test"), ("train", "negatives"))
 LATER_ABSENT: dict[tuple[str, str], Any] = {("train", "interpolate"): "off"}
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
@@ -277,6 +277,12 @@ class TrainConfig:
     # offsets = only the repeat offsets (model.repeat_bias): their logits stay in the softmax but pass no gradient
     # to the query or the item vectors
     history_negatives: Literal["full", "offsets"] = "full"
+    # the negatives of the fine-tuning softmax: 0 = every item of the catalogue (the paper's full softmax); N > 0 =
+    # a sampled softmax, each target against N items drawn uniformly without replacement at every step (shared by
+    # the step's targets, a draw equal to a target's own item left out of its row): the adaptor then runs over the
+    # step's items and the N drawn only, not the whole catalogue, which is what a step costs on a large one.
+    # Evaluation ranks every item as always. Not with model.repeat_bias (the offsets need the history's items)
+    negatives: int = 0
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)
     warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps
     # bfloat16: autocast of the training step's matmuls; auto: bfloat16 where the device computes it natively (a
@@ -308,6 +314,8 @@ class TrainConfig:
         for name in ("encoder_lr_scale", "adaptor_lr_scale", "repeat_lr_scale", "anchor", "replay"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.negatives < 0:
+            raise ConfigError(f"train.negatives must be >= 0 (0 = the full softmax), got {self.negatives}")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 < self.user_fraction <= 1.0:
@@ -452,6 +460,9 @@ class RunConfig:
             choices = ", ".join(f"{m}@{k}" for m in SELECT_METRICS for k in self.eval.ks)
             raise ConfigError(f"train.select_metric must be one of the validation metrics ({choices}); "
                               f"got {self.train.select_metric!r}")
+        if self.train.negatives and self.model.repeat_bias:
+            raise ConfigError("train.negatives samples the softmax's items, and model.repeat_bias needs every item "
+                              "of the history among them: use one of the two (train.negatives=0: the full softmax)")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

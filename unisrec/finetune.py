@@ -212,6 +212,12 @@ class FinetuneTask:
         self.items = sequences.items
         # (M,) ids of the items withheld from training (train.cold_items): no softmax candidate either
         self.withheld = torch.from_numpy(np.flatnonzero(sequences.cold)).to(device) if sequences.cold.any() else None
+        # train.negatives: the items a step may draw as negatives (every item but the withheld ones)
+        self.negatives = config.train.negatives
+        self.negative_pool = np.flatnonzero(~sequences.cold) if self.negatives else np.zeros(0, dtype=np.int64)
+        if self.negatives > len(self.negative_pool):
+            raise UnisrecError(f"train.negatives={self.negatives}: {dataset.path} has {len(self.negative_pool)} items "
+                               "to draw from; use fewer, or 0 for the full softmax")
         layout = "exact" if config.train.windows == "auto" else config.train.windows
         self.windows = training_windows(sequences.starts, sequences.lengths, config.model.max_seq_len, layout=layout)
         total = int(self.windows.n_targets.sum())
@@ -237,6 +243,10 @@ class FinetuneTask:
                 batch = make_train_batch(self.items, self.windows.subset(share))
             else:  # fewer windows than processes: the first one again, without its targets
                 batch = placeholder_batch(make_train_batch(self.items, self.windows.subset(index[:1])))
+            if self.negatives:  # the same draw in every process (and after a resume): seeded by epoch and step
+                rng = np.random.default_rng([self.config.train.seed, epoch, step, 13])
+                drawn = rng.choice(self.negative_pool, size=self.negatives, replace=False)  # (S,)
+                batch = replace(batch, negatives=torch.from_numpy(np.sort(drawn).astype(np.int64)))
             yield batch if self.replay is None else ReplayStep(batch, self.replay.plan(first + step))
 
     def loss(self, step: TrainBatch | ReplayStep) -> dict[str, torch.Tensor]:
@@ -246,9 +256,13 @@ class FinetuneTask:
             replayed = self.replay.loss(step.plan)
             step = step.batch
         batch = step.to(self.device)
-        hidden, table = self.model(batch.inputs)  # (B, L, H), (N, H): the table once per step
         core = cast(SequenceModel, getattr(self.model, "module", self.model))
-        logits = withhold_items(core.logits(hidden[batch.mask], table), self.withheld)  # (T, N)
+        if batch.negatives is not None:
+            logits, labels = self._sampled_logits(batch, core)  # (T, 1 + S), (T,)
+        else:
+            hidden, table = self.model(batch.inputs)  # (B, L, H), (N, H): the table once per step
+            logits = withhold_items(core.logits(hidden[batch.mask], table), self.withheld)  # (T, N)
+            labels = batch.targets
         if core.config.repeat_bias:
             at_row, at_pos = batch.mask.nonzero(as_tuple=True)  # (T,), (T,): row-major, the order of the targets
             if self.config.train.history_negatives == "offsets":
@@ -257,10 +271,10 @@ class FinetuneTask:
             assert offsets is not None  # a model with repeat_bias has them
             logits = add_offsets(logits, offsets)  # (T, N)
         if not self.dist.enabled:
-            loss = full_softmax_ce(logits, batch.targets)
+            loss = full_softmax_ce(logits, labels)
         else:
             total = round(self.dist.mean(float(len(batch.targets))) * self.dist.world_size)
-            summed = torch.nn.functional.cross_entropy(logits, batch.targets, reduction="sum")
+            summed = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             loss = summed * self.dist.world_size / total
         total_loss, terms = loss, {}
         if replayed is not None:  # already scaled for the processes by PretrainTask
@@ -271,6 +285,21 @@ class FinetuneTask:
             total_loss = total_loss + self.config.train.anchor * penalty
             terms["anchor"] = penalty.detach()
         return {"loss": total_loss, "ce": loss.detach(), **terms} if terms else {"loss": loss}
+
+
+    def _sampled_logits(self, batch: TrainBatch, core: SequenceModel) -> tuple[Tensor, Tensor]:
+        """``train.negatives``: each target's logit beside those of the step's S drawn items, (T, 1 + S), and the
+        labels (T,) (all 0: the target comes first). The adaptor runs over the items of the step's windows,
+        targets and draws only; a draw equal to a row's own target is left out of that row (-inf)."""
+        assert batch.negatives is not None
+        items = torch.unique(torch.cat([batch.inputs.flatten(), batch.targets, batch.negatives]))  # (M,) sorted
+        hidden, table = self.model(torch.searchsorted(items, batch.inputs), items)  # (B, L, H), (M, H)
+        target_at = torch.searchsorted(items, batch.targets)  # (T,) rows of the table
+        scores = core.logits(hidden[batch.mask], table)  # (T, M)
+        drawn = scores[:, torch.searchsorted(items, batch.negatives)]  # (T, S)
+        drawn = drawn.masked_fill(batch.negatives[None, :] == batch.targets[:, None], float("-inf"))
+        logits = torch.cat([scores.gather(1, target_at[:, None]), drawn], dim=1)  # (T, 1 + S)
+        return logits, torch.zeros(len(batch.targets), dtype=torch.long, device=logits.device)
 
 
 def detach_history_negatives(logits: Tensor, history: Tensor, lengths: Tensor, targets: Tensor) -> Tensor:
@@ -406,6 +435,10 @@ def finetune(
     task: FinetuneTask | ClozeTask
     if config.model.architecture == "bert4rec":
         from unisrec.cloze import ClozeTask
+
+        if config.train.negatives:
+            raise UnisrecError("train.negatives samples the next-item softmax; --mode bert4rec trains its cloze "
+                               "task over every item: use train.negatives=0")
 
         task = ClozeTask(wrapped, dataset, config, device, dist)
     else:

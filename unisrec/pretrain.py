@@ -360,7 +360,9 @@ def pretrain_settings(data_dirs: Sequence[str | Path], config: RunConfig, overri
             ("anchor", train.anchor, (0.0,), "it pulls toward the weights of --init"),
             ("replay", train.replay, (0.0,), "it replays a corpus while fine-tuning"),
             ("user_fraction", train.user_fraction, (1.0,), "it samples the users of one target"),
-            ("cold_items", train.cold_items, (0.0,), "it withholds items of one target")):
+            ("cold_items", train.cold_items, (0.0,), "it withholds items of one target"),
+            ("negatives", train.negatives, (0,), "it samples the fine-tuning softmax; pre-training's candidates "
+                                                 "are the batch's targets")):
         if value not in default:  # read by fine-tuning only: a pre-training would run as if it were not given
             raise UnisrecError(f"train.{name}={value} is a fine-tuning setting ({what}); pre-train without it")
     # the recipe's train.precision=auto: recorded as what it resolves to here (bfloat16 only where it is native)
