@@ -83,6 +83,8 @@ def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, rep
     for split in ("valid", "test"):
         for metric, value in one[split].items():  # type: ignore[attr-defined]
             assert two[split][metric] == pytest.approx(value, abs=1e-9), (split, metric)  # type: ignore[index]
+    for run in ("one", "two"):  # the setting was in force, not ignored
+        assert json.loads((tmp_path / run / "run.json").read_text())["config"]["train"]["negatives"] == negatives
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
     # two epochs of Adam at lr 0.01 move weights by ~0.1; float reduction order leaves ~1e-5

@@ -49,13 +49,15 @@ def test_every_item_drawn_is_the_full_softmax(tmp_path: Path, tiny_lm_dir: Path)
 
 
 def test_a_sampled_step_by_hand(tmp_path: Path, tiny_lm_dir: Path) -> None:
-    data = prepare_synthetic(tmp_path / "data")
-    model, task = _task(data, tiny_lm_dir, ["train.negatives=5"])
+    data = prepare_synthetic(tmp_path / "data", n_items=200)
+    model, task = _task(data, tiny_lm_dir, ["train.negatives=60", "train.batch_size=16"])
     batch = next(iter(task.batches(0)))
     assert isinstance(batch, TrainBatch) and batch.negatives is not None
+    used = torch.unique(torch.cat([batch.inputs.flatten(), batch.targets, batch.negatives]))
+    assert len(used) < 200 and int(used.max()) >= len(used)  # a subset: its table rows are not the item ids
     drawn = batch.negatives
     targets = batch.targets
-    assert len(drawn) == 5 and bool((drawn[1:] > drawn[:-1]).all())  # five distinct items
+    assert len(drawn) == 60 and bool((drawn[1:] > drawn[:-1]).all())  # distinct items
     hidden, table = model(batch.inputs)  # (B, L, H), (N, H): the whole catalogue
     scores = model.logits(hidden[batch.mask], table)  # (T, N)
     expected = []
@@ -112,6 +114,10 @@ def test_what_sampling_is_refused_with(tmp_path: Path, tiny_lm_dir: Path) -> Non
     n_items = load_processed(data).n_items
     with pytest.raises(UnisrecError, match=rf"train.negatives={n_items + 1}: .* has {n_items} items to draw from"):
         _task(data, tiny_lm_dir, [f"train.negatives={n_items + 1}"])
+    withheld = ["train.cold_items=0.5", f"train.negatives={n_items - 1}", f"text.model={tiny_lm_dir}"]
+    with pytest.raises(UnisrecError, match=rf"has {n_items - n_items // 2} items to draw from"):
+        finetune(data, "inductive", tmp_path / "too-many", overrides=[*SMALL, *withheld])
+    assert not (tmp_path / "too-many").exists()  # refused before the run folder: a retry may change anything
     with pytest.raises(ConfigError, match=r"model\.repeat_bias needs every item of the history"):
         RunConfig().with_overrides(["train.negatives=8", "model.repeat_bias=true"])
     with pytest.raises(ConfigError, match=r"train\.negatives must be >= 0"):
@@ -120,4 +126,5 @@ def test_what_sampling_is_refused_with(tmp_path: Path, tiny_lm_dir: Path) -> Non
         pretrain_settings([data], RunConfig(), ["train.negatives=8"])
     with pytest.raises(UnisrecError, match="--mode bert4rec trains its cloze task over every item"):
         finetune(data, "bert4rec", tmp_path / "cloze", overrides=[*SMALL, "train.negatives=4", "train.epochs=1"])
+    assert not (tmp_path / "cloze").exists()
     assert RunConfig().train.negatives == 0  # the paper's full softmax by default

@@ -18,7 +18,7 @@ from conftest import write_synthetic_source
 from unisrec.analysis import metrics_by_group, popularity_groups
 from unisrec.cli import main
 from unisrec.errors import ConfigError, UnisrecError
-from unisrec.report import plan_runs, resolved_spec, run_report, same_plan
+from unisrec.report import plan_runs, progress_note, resolved_spec, run_report, same_plan
 from unisrec.report_config import load_report_config
 from unisrec.report_writer import render_report
 
@@ -298,8 +298,14 @@ def test_dry_run_says_how_far_an_interrupted_run_got(tmp_path: Path, tiny_lm_dir
     assert re.search(rf"^resume +{re.escape(str(run_dir))}$", plan, re.M)
     median = sorted(entry["seconds"] for entry in log)[len(log) // 2]
     assert (f"so far: {len(log)} epochs, best valid ndcg@10 {best:.4f} at epoch {at} (patience 10: ends by "
-            f"epoch {at + 10} unless it improves), {median:.0f} s an epoch") in plan
+            f"epoch {min(at + 10, 2)} unless it improves), {median:.0f} s an epoch") in plan  # train.epochs=2
     assert plan.count("so far:") == 1  # finished and recorded runs say nothing
+    (run_dir / "run.json").write_text("{damaged")  # the settings unreadable: the log still tells the epochs
+    with (run_dir / "train.log").open("a") as log_file:
+        log_file.write('{"epoch": 3, "partial": true, "seconds": 1.0}\n{"epoch": 4, "seco')  # partial, then torn
+    assert progress_note(run_dir) == (f"{len(log)} epochs, best valid ndcg@10 {best:.4f} at epoch {at}, "
+                                      f"{median:.0f} s an epoch")
+    assert progress_note(tmp_path / "nothing-yet") == ""
 
 
 def test_parallel_jobs_give_the_records_of_one_at_a_time(tmp_path: Path, tiny_lm_dir: Path) -> None:

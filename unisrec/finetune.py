@@ -396,6 +396,14 @@ def finetune(
                            "the repeat offsets: it needs model.repeat_bias=true")
     code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
     dataset = load_processed(data_dir)
+    if config.train.negatives:  # before the run folder is written: a retry with other settings must not be refused
+        if config.model.architecture == "bert4rec":
+            raise UnisrecError("train.negatives samples the next-item softmax; --mode bert4rec trains its cloze "
+                               "task over every item: use train.negatives=0")
+        drawable = dataset.n_items - int(cold_items(dataset.n_items, config.train.cold_items, config.train.seed).sum())
+        if config.train.negatives > drawable:
+            raise UnisrecError(f"train.negatives={config.train.negatives}: {dataset.path} has {drawable} items to "
+                               "draw from; use fewer, or 0 for the full softmax")
     device = resolve_device(config.train.device)
     warn_if_emulated("train.precision", config.train.precision, device)
     dist = Distributed.from_env(device.type)
@@ -435,10 +443,6 @@ def finetune(
     task: FinetuneTask | ClozeTask
     if config.model.architecture == "bert4rec":
         from unisrec.cloze import ClozeTask
-
-        if config.train.negatives:
-            raise UnisrecError("train.negatives samples the next-item softmax; --mode bert4rec trains its cloze "
-                               "task over every item: use train.negatives=0")
 
         task = ClozeTask(wrapped, dataset, config, device, dist)
     else:

@@ -590,27 +590,43 @@ def differences_from_record(name: str, record: dict[str, Any], run_dir: Path, do
 def progress_note(run_dir: Path) -> str:
     """What an interrupted run has done, from its ``train.log`` and ``run.json``: "7 epochs, best valid
     ndcg@10 0.1236 at epoch 6 (patience 10: ends by epoch 16 unless it improves), 455 s an epoch"; a
-    pre-training: "1 of 2 epochs, last train_loss 7.4908, 1306 s an epoch"; "" before its first epoch ends."""
-    from unisrec.records import run_curve
-
-    curve = run_curve(run_dir)
-    if not curve:
+    pre-training: "1 of 2 epochs, last train_loss 7.4908, 1306 s an epoch"; "" before its first epoch ends.
+    Partial epochs (``max_steps``) do not count; an unreadable ``run.json`` leaves the settings out."""
+    log = run_dir / "train.log"
+    entries: list[dict[str, Any]] = []
+    for line in (log.read_text(errors="replace").splitlines() if log.is_file() else []):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed run
+        if isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and not entry.get("partial"):
+            entries.append(entry)
+    if not entries:
         return ""
-    settings = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
-    train = (settings.get("config") or {}).get("train") or {}
-    seconds = sorted(float(p["seconds"]) for p in curve if isinstance(p.get("seconds"), (int, float)))
+    try:
+        settings = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    except UnisrecError:
+        settings = {}
+    config = settings.get("config") if isinstance(settings, dict) else None
+    train = (config.get("train") if isinstance(config, dict) else None) or {}
+    seconds = sorted(float(e["seconds"]) for e in entries if isinstance(e.get("seconds"), (int, float)))
     per_epoch = f", {seconds[len(seconds) // 2]:.0f} s an epoch" if seconds else ""
     metric = str(train.get("select_metric", "ndcg@10"))
-    scored = [(float(p["valid"][metric]), int(p["epoch"])) for p in curve if metric in (p.get("valid") or {})]
+    scored = [(float(e["valid"][metric]), int(e["epoch"])) for e in entries
+              if isinstance(e.get("valid"), dict) and isinstance(e["valid"].get(metric), (int, float))]
+    epochs = train.get("epochs")
     if not scored:
-        of = f" of {train['epochs']}" if "epochs" in train else ""
-        loss = curve[-1].get("train_loss")
+        of = f" of {epochs}" if isinstance(epochs, int) else ""
+        loss = entries[-1].get("train_loss")
         last = f", last train_loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
-        return f"{len(curve)}{of} epochs{last}{per_epoch}"
+        return f"{len(entries)}{of} epochs{last}{per_epoch}"
     best, at = max(scored, key=lambda s: (s[0], -s[1]))  # the first epoch of the best score, as training keeps it
     patience = train.get("patience")
-    ends = f" (patience {patience}: ends by epoch {at + int(patience)} unless it improves)" if patience else ""
-    return f"{len(curve)} epochs, best valid {metric} {best:.4f} at epoch {at}{ends}{per_epoch}"
+    ends = ""
+    if isinstance(patience, int) and patience > 0:
+        stop = at + patience if not isinstance(epochs, int) else min(at + patience, epochs)
+        ends = f" (patience {patience}: ends by epoch {stop} unless it improves)"
+    return f"{len(entries)} epochs, best valid {metric} {best:.4f} at epoch {at}{ends}{per_epoch}"
 
 
 REMADE_SUFFIX = ".remade.json"  # beside a kept record: how its remade run compares with it
