@@ -53,6 +53,7 @@ from unisrec.config import (
     MODES,
     ModelConfig,
     RunConfig,
+    TrainConfig,
     from_plain,
     given_fields,
     with_mode_network,
@@ -214,10 +215,7 @@ class FinetuneTask:
         self.withheld = torch.from_numpy(np.flatnonzero(sequences.cold)).to(device) if sequences.cold.any() else None
         # train.negatives: the items a step may draw as negatives (every item but the withheld ones)
         self.negatives = config.train.negatives
-        self.negative_pool = np.flatnonzero(~sequences.cold) if self.negatives else np.zeros(0, dtype=np.int64)
-        if self.negatives > len(self.negative_pool):
-            raise UnisrecError(f"train.negatives={self.negatives}: {dataset.path} has {len(self.negative_pool)} items "
-                               "to draw from; use fewer, or 0 for the full softmax")
+        self.negative_pool = negative_pool(dataset, config.train)
         layout = "exact" if config.train.windows == "auto" else config.train.windows
         self.windows = training_windows(sequences.starts, sequences.lengths, config.model.max_seq_len, layout=layout)
         total = int(self.windows.n_targets.sum())
@@ -226,14 +224,15 @@ class FinetuneTask:
         self.steps = len(bucketed_batches(self.windows, config.train.batch_size, np.random.default_rng(0)))
         # steps before each epoch; the function holds the windows, not the task: a cycle through the task would
         # keep the DistributedDataParallel model, and its process group's threads, alive past the run
-        self.run_steps = StepIndex(partial(epoch_steps, self.windows, config.train.batch_size, config.train.seed))
+        self._epoch_length = partial(epoch_steps, self.windows, config.train.batch_size, config.train.seed)
+        self.run_steps = StepIndex(self._epoch_length)
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_batches(self.windows, self.config.train.batch_size, self.config.train.seed, epoch)
 
     def epoch_steps(self, epoch: int) -> int:
         """The number of steps of ``epoch`` (epochs differ by a batch or so)."""
-        return epoch_steps(self.windows, self.config.train.batch_size, self.config.train.seed, epoch)
+        return self._epoch_length(epoch)
 
     def batches(self, epoch: int) -> Iterator[TrainBatch | ReplayStep]:
         first = self.run_steps.first(epoch) if self.replay is not None else 0  # this epoch's first step in the run
@@ -300,6 +299,18 @@ class FinetuneTask:
         drawn = drawn.masked_fill(batch.negatives[None, :] == batch.targets[:, None], float("-inf"))
         logits = torch.cat([scores.gather(1, target_at[:, None]), drawn], dim=1)  # (T, 1 + S)
         return logits, torch.zeros(len(batch.targets), dtype=torch.long, device=logits.device)
+
+
+def negative_pool(dataset: ProcessedDataset, train: TrainConfig) -> np.ndarray:
+    """(P,) the items ``train.negatives`` may draw from: every item but those ``train.cold_items`` withholds; more
+    negatives than that is an error (checked by ``finetune`` before the run folder is written)."""
+    if not train.negatives:
+        return np.zeros(0, dtype=np.int64)
+    pool = np.flatnonzero(~cold_items(dataset.n_items, train.cold_items, train.seed))
+    if train.negatives > len(pool):
+        raise UnisrecError(f"train.negatives={train.negatives}: {dataset.path} has {len(pool)} items to draw from; "
+                           "use fewer, or 0 for the full softmax")
+    return pool
 
 
 def detach_history_negatives(logits: Tensor, history: Tensor, lengths: Tensor, targets: Tensor) -> Tensor:
@@ -400,10 +411,7 @@ def finetune(
         if config.model.architecture == "bert4rec":
             raise UnisrecError("train.negatives samples the next-item softmax; --mode bert4rec trains its cloze "
                                "task over every item: use train.negatives=0")
-        drawable = dataset.n_items - int(cold_items(dataset.n_items, config.train.cold_items, config.train.seed).sum())
-        if config.train.negatives > drawable:
-            raise UnisrecError(f"train.negatives={config.train.negatives}: {dataset.path} has {drawable} items to "
-                               "draw from; use fewer, or 0 for the full softmax")
+        negative_pool(dataset, config.train)
     device = resolve_device(config.train.device)
     warn_if_emulated("train.precision", config.train.precision, device)
     dist = Distributed.from_env(device.type)
