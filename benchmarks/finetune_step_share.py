@@ -13,11 +13,12 @@ steps per epoch. It tells whether a report's runs fit a CPU session (e.g. the le
 
 ``--precision`` lists the ``train.precision`` settings to time (bfloat16: the step under the same autocast as
 ``unisrec/train.py``); ``--negatives`` the ``train.negatives`` settings (0 = the full softmax; N > 0 = each target
-against N drawn items, the adaptor over the step's items only), each row then with its step time relative to
+against N drawn items, the adaptor over the step's items only; ``N+batch`` = the same with
+``train.batch_negatives``, the step's items as negatives too), each row then with its step time relative to
 the full softmax's of the same dataset and precision (``vs_full``). Every setting runs in its own fresh process,
 alternating per dataset, so their ratios are measured under the same conditions.
 
-    python benchmarks/finetune_step_share.py DATA_DIR --negatives 0,1024,4096 --steps 5
+    python benchmarks/finetune_step_share.py DATA_DIR --negatives 0,1024,1024+batch,4096 --steps 5
 
 Each DATA_DIR is a processed dataset with its text vectors encoded (``unisrec prepare`` + ``unisrec encode``).
 The last line of stdout is one JSON object (also written to ``--record``).
@@ -34,7 +35,21 @@ import time
 from pathlib import Path
 
 
-def child(data: Path, steps: int, precision: str, negatives: int = 0) -> dict[str, object]:
+def parse_negatives(text: str) -> list[tuple[int, bool]]:
+    """``--negatives``: comma-separated N (train.negatives) or N+batch (with train.batch_negatives)."""
+    settings = []
+    for part in filter(None, text.split(",")):
+        count, plus, what = part.partition("+")
+        if not count.isdigit() or (plus and (what != "batch" or int(count) == 0)):
+            raise ValueError(part)
+        settings.append((int(count), bool(plus)))
+    if not settings:
+        raise ValueError(text)
+    return settings
+
+
+def child(data: Path, steps: int, precision: str, negatives: int = 0, batch_negatives: bool = False
+          ) -> dict[str, object]:
     import torch
 
     from unisrec.baselines import build_model
@@ -45,7 +60,8 @@ def child(data: Path, steps: int, precision: str, negatives: int = 0) -> dict[st
 
     torch.set_num_threads(1)
     dataset = load_processed(data)
-    overrides = ["train.windows=strided", f"train.precision={precision}", f"train.negatives={negatives}"]
+    overrides = ["train.windows=strided", f"train.precision={precision}", f"train.negatives={negatives}",
+                 f"train.batch_negatives={str(batch_negatives).lower()}"]
     config = resolve_config(RunConfig().with_overrides(overrides), "inductive", None, [])
     vectors = load_text(dataset, config.text)
     torch.manual_seed(0)
@@ -71,7 +87,8 @@ def child(data: Path, steps: int, precision: str, negatives: int = 0) -> dict[st
         model.zero_grad()
     step, adaptor = statistics.median(step_seconds[1:]), statistics.median(adaptor_seconds[1:])
     # a sampled step never adapts the whole catalogue: a share of it would say nothing
-    return {"dataset": Path(data).name, "precision": precision, "negatives": negatives, "items": dataset.n_items,
+    return {"dataset": Path(data).name, "precision": precision, "negatives": negatives,
+            "batch_negatives": batch_negatives, "items": dataset.n_items,
             "steps_per_epoch": task.steps,
             "step_seconds": round(step, 4), "catalogue_adaptor_seconds": round(adaptor, 4),
             "adaptor_share": round(adaptor / step, 3) if negatives == 0 else None,
@@ -85,7 +102,8 @@ def main() -> None:
     parser.add_argument("--precision", default="float32",
                         help="comma-separated train.precision settings to time (float32, bfloat16)")
     parser.add_argument("--negatives", default="0",
-                        help="comma-separated train.negatives settings to time (0 = the full softmax)")
+                        help="comma-separated train.negatives settings to time (0 = the full softmax; "
+                             "N+batch: with train.batch_negatives)")
     parser.add_argument("--record", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -94,21 +112,21 @@ def main() -> None:
     if unknown or not precisions:
         parser.error(f"--precision: expected float32 and/or bfloat16, got {args.precision!r}")
     try:
-        negatives = [int(n) for n in args.negatives.split(",") if n]
+        negatives = parse_negatives(args.negatives)
     except ValueError:
-        negatives = []
-    if not negatives or min(negatives) < 0:
-        parser.error(f"--negatives: expected integers >= 0 (0 = the full softmax), got {args.negatives!r}")
+        parser.error(f"--negatives: expected integers >= 0 (0 = the full softmax) or N+batch with N > 0, "
+                     f"got {args.negatives!r}")
     if args.child:
-        print(json.dumps(child(args.data[0], args.steps, precisions[0], negatives[0])))
+        print(json.dumps(child(args.data[0], args.steps, precisions[0], *negatives[0])))
         return
     rows = []
     for data in args.data:
         for precision in precisions:
             group = []
-            for n in negatives:
+            for n, mixed in negatives:
+                setting = f"{n}+batch" if mixed else str(n)
                 done = subprocess.run([sys.executable, __file__, str(data), "--steps", str(args.steps),
-                                       "--precision", precision, "--negatives", str(n), "--child"],
+                                       "--precision", precision, "--negatives", setting, "--child"],
                                       capture_output=True, text=True, check=True)
                 group.append(json.loads(done.stdout.strip().splitlines()[-1]))
             full = next((float(r["step_seconds"]) for r in group if r["negatives"] == 0), None)
@@ -118,6 +136,7 @@ def main() -> None:
                 rows.append(row)
                 n = int(row["negatives"])
                 setting = f", {n} negatives" if n else ", full softmax"
+                setting += " + the step's items" if row["batch_negatives"] else ""
                 ratio = f", {row['vs_full']:.3f} of the full softmax's step" if n and "vs_full" in row else ""
                 share = f" ({100 * float(row['adaptor_share']):.0f}% of the step)" if n == 0 else ""
                 print(f"{row['dataset']} ({precision}{setting}): {row['items']} items, {row['steps_per_epoch']} steps "

@@ -71,20 +71,25 @@ def test_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, false_negati
     (False, 20, 5e-4, 0),
     # train.negatives: each process adapts its own share's items, both draw the same negatives
     (False, 40, 1e-4, 8), (False, 34, 1e-4, 8),
+    # train.batch_negatives: the whole step's items join the draws in each process, whatever its share
+    (False, 40, 1e-4, "8+batch"), (False, 34, 1e-4, "8+batch"),
 ])
 def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, repeat_bias: bool,
-                                          batch_size: int, atol: float, negatives: int) -> None:
+                                          batch_size: int, atol: float, negatives: int | str) -> None:
     data = str(prepare_synthetic(tmp_path / "d", seed=4))
+    mixed = isinstance(negatives, str)
+    negatives = int(str(negatives).removesuffix("+batch"))
     common = ["finetune", data, "--mode", "transductive", "--epochs", "2", "--text-model", str(tiny_lm_dir),
               *MODEL_NO_NOISE, f"--train.batch_size={batch_size}", f"--model.repeat_bias={str(repeat_bias).lower()}",
-              f"--train.negatives={negatives}"]
+              f"--train.negatives={negatives}", f"--train.batch_negatives={str(mixed).lower()}"]
     one = _run([*common, "--out", str(tmp_path / "one")], 1)
     two = _run([*common, "--out", str(tmp_path / "two")], 2)
     for split in ("valid", "test"):
         for metric, value in one[split].items():  # type: ignore[attr-defined]
             assert two[split][metric] == pytest.approx(value, abs=1e-9), (split, metric)  # type: ignore[index]
     for run in ("one", "two"):  # the setting was in force, not ignored
-        assert json.loads((tmp_path / run / "run.json").read_text())["config"]["train"]["negatives"] == negatives
+        train = json.loads((tmp_path / run / "run.json").read_text())["config"]["train"]
+        assert (train["negatives"], train["batch_negatives"]) == (negatives, mixed)
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
     # two epochs of Adam at lr 0.01 move weights by ~0.1; float reduction order leaves ~1e-5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,53 @@ def test_what_sampling_is_refused_with(tmp_path: Path, tiny_lm_dir: Path) -> Non
         finetune(data, "bert4rec", tmp_path / "cloze", overrides=[*SMALL, "train.negatives=4", "train.epochs=1"])
     assert not (tmp_path / "cloze").exists()
     assert RunConfig().train.negatives == 0  # the paper's full softmax by default
+
+
+def test_batch_negatives_with_every_item_drawn_is_the_full_softmax(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    data = prepare_synthetic(tmp_path / "data")
+    n_items = load_processed(data).n_items
+    _, full = _task(data, tiny_lm_dir, [])
+    _, mixed = _task(data, tiny_lm_dir, [f"train.negatives={n_items}", "train.batch_negatives=true"])
+    assert mixed.log_inclusion is not None
+    assert float(mixed.log_inclusion.abs().max()) == 0.0  # every item is a candidate of every step: no correction
+    for drawn, plain in zip(mixed.batches(0), full.batches(0), strict=True):
+        assert isinstance(drawn, TrainBatch) and isinstance(plain, TrainBatch)
+        loss, expected = mixed.loss(drawn)["loss"].detach(), full.loss(plain)["loss"].detach()
+        assert float(loss) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_a_batch_negatives_step_by_hand(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """The step's items join the uniform draws, and every logit is less log P(a step's candidates hold the item):
+    computed here from the batches of a plain sampled run (the same seed, so the same steps) and the catalogue."""
+    data = prepare_synthetic(tmp_path / "data", n_items=200)
+    settings = ["train.negatives=30", "train.batch_size=16", "train.seed=3"]
+    model, task = _task(data, tiny_lm_dir, [*settings, "train.batch_negatives=true"])
+    _, plain = _task(data, tiny_lm_dir, settings)
+    n_items = load_processed(data).n_items
+    steps = [b for b in plain.batches(0) if isinstance(b, TrainBatch)]
+    held = torch.zeros(n_items)
+    for step in steps:
+        held[torch.unique(torch.cat([step.inputs.flatten(), step.targets]))] += 1
+    inclusion = 1 - (1 - 30 / n_items) * (1 - held / len(steps))  # (N,)
+    assert bool((inclusion < 1).any()) and bool((inclusion > 30 / n_items + 1e-6).any())  # a correction that varies
+    first, uniform = next(iter(task.batches(0))), steps[0]
+    assert isinstance(first, TrainBatch) and first.negatives is not None and uniform.negatives is not None
+    own = torch.unique(torch.cat([first.inputs.flatten(), first.targets]))
+    assert first.negatives.tolist() == sorted(set(uniform.negatives.tolist()) | set(own.tolist()))
+    assert len(first.negatives) < n_items  # a subset of the catalogue, not all of it
+    hidden, table = model(first.inputs)  # (B, L, H), (N, H)
+    scores = model.logits(hidden[first.mask], table) - torch.log(inclusion)[None, :]  # (T, N)
+    expected = []
+    for row, target in enumerate(first.targets.tolist()):
+        others = [i for i in first.negatives.tolist() if i != target]
+        expected.append(-torch.log_softmax(scores[row, [target, *others]], dim=0)[0])
+    loss = task.loss(first)["loss"].detach()
+    assert float(loss) == pytest.approx(float(torch.stack(expected).detach().mean()), abs=1e-5)
+    uncorrected = plain.loss(replace(first, negatives=first.negatives))["loss"].detach()
+    assert abs(float(uncorrected) - float(loss)) > 1e-3  # the correction changes the loss
+
+
+def test_batch_negatives_needs_draws(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train\.batch_negatives .* needs train\.negatives > 0"):
+        RunConfig().with_overrides(["train.batch_negatives=true"])
+    assert RunConfig().train.batch_negatives is False

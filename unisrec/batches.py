@@ -109,6 +109,11 @@ def make_train_batch(items: np.ndarray, windows: Windows) -> TrainBatch:
                       torch.from_numpy(targets.astype(np.int64)))
 
 
+def step_items(batch: TrainBatch) -> np.ndarray:
+    """(M,) sorted ids of the items a batch holds: its windows' inputs and targets."""
+    return np.unique(np.concatenate([batch.inputs.numpy().ravel(), batch.targets.numpy()]))
+
+
 def batch_slices(windows: Windows, batch_size: int, order: np.ndarray) -> list[np.ndarray]:
     """Split ``order`` (a permutation of windows) into batches of about ``batch_size`` targets each."""
     counts = np.cumsum(windows.n_targets[order])

@@ -130,7 +130,8 @@ class ModelConfig:
 LATER_SETTINGS = (("model", "repeat_bias"), ("train", "repeat_lr_scale"), ("train", "select_start"),
                   ("train", "interpolate"), ("train", "history_negatives"), ("train", "transfer"),
                   ("pretrain", "popularity_correction"), ("train", "anchor"), ("pretrain", "history_negatives"),
-                  ("train", "replay"), ("eval", "test"), ("train", "negatives"))
+                  ("train", "replay"), ("eval", "test"), ("train", "negatives"),
+                  ("train", "batch_negatives"))
 LATER_ABSENT: dict[tuple[str, str], Any] = {("train", "interpolate"): "off"}
 LATER_MODEL_SETTINGS = tuple(name for section, name in LATER_SETTINGS if section == "model")
 
@@ -283,6 +284,13 @@ class TrainConfig:
     # step's items and the N drawn only, not the whole catalogue, which is what a step costs on a large one.
     # Evaluation ranks every item as always. Not with model.repeat_bias (the offsets need the history's items)
     negatives: int = 0
+    # with train.negatives: every item of the step's windows (their histories and targets) joins the N uniform
+    # draws as a negative ("mixed negative sampling"): a step holds items in proportion to their popularity, so
+    # these are the hard negatives that uniform draws rarely reach. Every logit, the target's too, is corrected by
+    # the log of how likely a step's candidates hold the item (logQ: the share of an epoch's steps that hold it,
+    # or a uniform draw), so the sampled softmax estimates the full one. No extra adaptor rows: the step's items
+    # pass through it anyway
+    batch_negatives: bool = False
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)
     warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps
     # bfloat16: autocast of the training step's matmuls; auto: bfloat16 where the device computes it natively (a
@@ -316,6 +324,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.negatives < 0:
             raise ConfigError(f"train.negatives must be >= 0 (0 = the full softmax), got {self.negatives}")
+        if self.batch_negatives and not self.negatives:
+            raise ConfigError("train.batch_negatives adds the step's items to the uniform draws of train.negatives: "
+                              "it needs train.negatives > 0 (0 is the full softmax, which has every item already)")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 < self.user_fraction <= 1.0:

@@ -45,6 +45,7 @@ from unisrec.batches import (
     make_train_batch,
     placeholder_batch,
     shard,
+    step_items,
     training_windows,
 )
 from unisrec.checkpoint import load_transferable, read_model_config, read_text_config, save_pretrained, save_tensors
@@ -187,7 +188,8 @@ class CorpusReplay:
 
 
 class FinetuneTask:
-    """Batches of training windows and the full-softmax loss over the domain's items.
+    """Batches of training windows and the full-softmax loss over the domain's items (or the sampled softmax of
+    ``train.negatives``, with ``train.batch_negatives`` the step's own items among the negatives).
 
     Under torchrun every process takes its share of each global batch, and its loss is scaled so that
     the gradients averaged over processes equal the one-process gradient of the global batch.
@@ -222,6 +224,9 @@ class FinetuneTask:
         if total == 0:
             raise UnisrecError(f"{dataset.path}: no training examples (every user needs >= 2 training items)")
         self.steps = len(bucketed_batches(self.windows, config.train.batch_size, np.random.default_rng(0)))
+        # train.batch_negatives: (N,) log of how likely a step's candidates hold each item, the logQ correction
+        self.log_inclusion = (torch.from_numpy(self._log_inclusion(dataset.n_items)).to(device)
+                              if config.train.batch_negatives else None)
         # steps before each epoch; the function holds the windows, not the task: a cycle through the task would
         # keep the DistributedDataParallel model, and its process group's threads, alive past the run
         self._epoch_length = partial(epoch_steps, self.windows, config.train.batch_size, config.train.seed)
@@ -229,6 +234,17 @@ class FinetuneTask:
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_batches(self.windows, self.config.train.batch_size, self.config.train.seed, epoch)
+
+    def _log_inclusion(self, n_items: int) -> np.ndarray:
+        """(N,) log of the probability that a step's candidates hold each item under ``train.batch_negatives``:
+        one of the S uniform draws out of the P drawable items, or one of the step's own items, whose chance is
+        the share of epoch 0's steps that hold it (every process counts the whole steps, so all agree)."""
+        held = np.zeros(n_items)  # (N,) steps holding each item
+        batches = self._epoch_batches(0)
+        for index in batches:
+            held[step_items(make_train_batch(self.items, self.windows.subset(index)))] += 1
+        drawn = self.negatives / len(self.negative_pool)
+        return np.log1p(-(1.0 - drawn) * (1.0 - held / len(batches)))  # log(1 - (1 - u)(1 - b)) >= log u
 
     def epoch_steps(self, epoch: int) -> int:
         """The number of steps of ``epoch`` (epochs differ by a batch or so)."""
@@ -245,6 +261,10 @@ class FinetuneTask:
             if self.negatives:  # the same draw in every process (and after a resume): seeded by epoch and step
                 rng = np.random.default_rng([self.config.train.seed, epoch, step, 13])
                 drawn = rng.choice(self.negative_pool, size=self.negatives, replace=False)  # (S,)
+                if self.log_inclusion is not None:  # and the whole step's items, whatever this process's share
+                    whole = (batch if len(share) == len(index)
+                             else make_train_batch(self.items, self.windows.subset(index)))
+                    drawn = np.union1d(drawn, step_items(whole))  # (S',) sorted
                 batch = replace(batch, negatives=torch.from_numpy(np.sort(drawn).astype(np.int64)))
             yield batch if self.replay is None else ReplayStep(batch, self.replay.plan(first + step))
 
@@ -289,12 +309,16 @@ class FinetuneTask:
     def _sampled_logits(self, batch: TrainBatch, core: SequenceModel) -> tuple[Tensor, Tensor]:
         """``train.negatives``: each target's logit beside those of the step's S drawn items, (T, 1 + S), and the
         labels (T,) (all 0: the target comes first). The adaptor runs over the items of the step's windows,
-        targets and draws only; a draw equal to a row's own target is left out of that row (-inf)."""
+        targets and draws only; a draw equal to a row's own target is left out of that row (-inf). With
+        ``train.batch_negatives`` the draws hold the step's items too, and every logit is less the log of its
+        item's inclusion probability (logQ)."""
         assert batch.negatives is not None
         items = torch.unique(torch.cat([batch.inputs.flatten(), batch.targets, batch.negatives]))  # (M,) sorted
         hidden, table = self.model(torch.searchsorted(items, batch.inputs), items)  # (B, L, H), (M, H)
         target_at = torch.searchsorted(items, batch.targets)  # (T,) rows of the table
         scores = core.logits(hidden[batch.mask], table)  # (T, M)
+        if self.log_inclusion is not None:
+            scores = scores - self.log_inclusion[items][None, :]  # (T, M): logQ-corrected
         drawn = scores[:, torch.searchsorted(items, batch.negatives)]  # (T, S)
         drawn = drawn.masked_fill(batch.negatives[None, :] == batch.targets[:, None], float("-inf"))
         logits = torch.cat([scores.gather(1, target_at[:, None]), drawn], dim=1)  # (T, 1 + S)
