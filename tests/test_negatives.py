@@ -164,11 +164,13 @@ def test_a_batch_negatives_step_by_hand(tmp_path: Path, tiny_lm_dir: Path) -> No
     assert first.negatives.tolist() == sorted(set(uniform.negatives.tolist()) | set(own.tolist()))
     assert len(first.negatives) < n_items  # a subset of the catalogue, not all of it
     hidden, table = model(first.inputs)  # (B, L, H), (N, H)
-    scores = model.logits(hidden[first.mask], table) - torch.log(inclusion)[None, :]  # (T, N)
+    scores = model.logits(hidden[first.mask], table)  # (T, N)
+    corrected = scores - torch.log(inclusion)[None, :]  # (T, N): the negatives' logits
     expected = []
     for row, target in enumerate(first.targets.tolist()):
         others = [i for i in first.negatives.tolist() if i != target]
-        expected.append(-torch.log_softmax(scores[row, [target, *others]], dim=0)[0])
+        logits = torch.cat([scores[row, [target]], corrected[row, others]])  # the target's own logit as it is
+        expected.append(-torch.log_softmax(logits, dim=0)[0])
     loss = task.loss(first)["loss"].detach()
     assert float(loss) == pytest.approx(float(torch.stack(expected).detach().mean()), abs=1e-5)
     uncorrected = plain.loss(replace(first, negatives=first.negatives))["loss"].detach()

@@ -286,10 +286,11 @@ class TrainConfig:
     negatives: int = 0
     # with train.negatives: every item of the step's windows (their histories and targets) joins the N uniform
     # draws as a negative ("mixed negative sampling"): a step holds items in proportion to their popularity, so
-    # these are the hard negatives that uniform draws rarely reach. Every logit, the target's too, is corrected by
-    # the log of how likely a step's candidates hold the item (logQ: the share of an epoch's steps that hold it,
-    # or a uniform draw), so the sampled softmax estimates the full one. No extra adaptor rows: the step's items
-    # pass through it anyway
+    # these are the hard negatives that uniform draws rarely reach. Each negative's logit is less the log of how
+    # likely a step's candidates hold its item (logQ: the share of epoch 0's steps that hold it, or a uniform
+    # draw); the target's own logit is not corrected (always a candidate of its row), so the loss estimates the
+    # full softmax's (Horvitz-Thompson). On one process no extra adaptor rows (the step's items pass through it
+    # anyway); under torchrun each process adds the whole step's items, not only its share's
     batch_negatives: bool = False
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)
     warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps

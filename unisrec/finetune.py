@@ -225,7 +225,7 @@ class FinetuneTask:
             raise UnisrecError(f"{dataset.path}: no training examples (every user needs >= 2 training items)")
         self.steps = len(bucketed_batches(self.windows, config.train.batch_size, np.random.default_rng(0)))
         # train.batch_negatives: (N,) log of how likely a step's candidates hold each item, the logQ correction
-        self.log_inclusion = (torch.from_numpy(self._log_inclusion(dataset.n_items)).to(device)
+        self.log_inclusion = (torch.from_numpy(self._log_inclusion(dataset.n_items)).float().to(device)
                               if config.train.batch_negatives else None)
         # steps before each epoch; the function holds the windows, not the task: a cycle through the task would
         # keep the DistributedDataParallel model, and its process group's threads, alive past the run
@@ -310,18 +310,20 @@ class FinetuneTask:
         """``train.negatives``: each target's logit beside those of the step's S drawn items, (T, 1 + S), and the
         labels (T,) (all 0: the target comes first). The adaptor runs over the items of the step's windows,
         targets and draws only; a draw equal to a row's own target is left out of that row (-inf). With
-        ``train.batch_negatives`` the draws hold the step's items too, and every logit is less the log of its
-        item's inclusion probability (logQ)."""
+        ``train.batch_negatives`` the draws hold the step's items too, and each negative's logit is less the log
+        of its item's inclusion probability (logQ); the target's is not: it is a candidate of its row with
+        probability 1, so the softmax's denominator is the Horvitz-Thompson estimate of the full one's."""
         assert batch.negatives is not None
         items = torch.unique(torch.cat([batch.inputs.flatten(), batch.targets, batch.negatives]))  # (M,) sorted
         hidden, table = self.model(torch.searchsorted(items, batch.inputs), items)  # (B, L, H), (M, H)
         target_at = torch.searchsorted(items, batch.targets)  # (T,) rows of the table
         scores = core.logits(hidden[batch.mask], table)  # (T, M)
+        target = scores.gather(1, target_at[:, None])  # (T, 1): a row's target is always its candidate: as it is
         if self.log_inclusion is not None:
             scores = scores - self.log_inclusion[items][None, :]  # (T, M): logQ-corrected
         drawn = scores[:, torch.searchsorted(items, batch.negatives)]  # (T, S)
         drawn = drawn.masked_fill(batch.negatives[None, :] == batch.targets[:, None], float("-inf"))
-        logits = torch.cat([scores.gather(1, target_at[:, None]), drawn], dim=1)  # (T, 1 + S)
+        logits = torch.cat([target, drawn], dim=1)  # (T, 1 + S)
         return logits, torch.zeros(len(batch.targets), dtype=torch.long, device=logits.device)
 
 
