@@ -17,8 +17,9 @@ every trainable parameter under each estimator:
 
 pi is the probability that a step's candidates hold the item: 1 - (1 - S/P)(1 - b), b the share of epoch 0's
 steps holding it (``FinetuneTask._log_inclusion``). Each estimator's gradient is compared with the full
-softmax's: cosine similarity and norm ratio over all parameters, medians over the steps. The model is in eval
-mode (no dropout), so every estimator sees the same forward pass.
+softmax's: cosine similarity and norm ratio over all parameters, and the cosine per part of the model (the first
+component of a parameter's name: ``adaptor``, ``item_id``, ``input_norm``, ``encoder``), medians over the steps.
+The model is in eval mode (no dropout), so every estimator sees the same forward pass.
 
     python benchmarks/sampled_softmax_fidelity.py RUN_DIR DATA_DIR --negatives 1024 --steps 3 \
         [--record results/benchmarks/F.json]
@@ -103,7 +104,14 @@ def main() -> None:
         [f"train.negatives={args.negatives}", "train.batch_negatives=true"]), torch.device("cpu"))
     assert mixed.log_inclusion is not None
     log_pi = mixed.log_inclusion.float()  # (N,)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    parts = sorted({name.split(".")[0] for name, _ in named})
+    bounds: dict[str, list[tuple[int, int]]] = {part: [] for part in parts}  # slices of the flat gradient
+    at = 0
+    for name, p in named:
+        bounds[name.split(".")[0]].append((at, at + p.numel()))
+        at += p.numel()
     per_step: list[dict[str, dict[str, float]]] = []
     for step, (plain, both) in enumerate(zip(uniform.batches(0), mixed.batches(0), strict=True)):
         if step == args.steps:
@@ -113,18 +121,27 @@ def main() -> None:
         losses = step_losses(model, plain, plain.negatives, both.negatives, log_pi)
         grads = {}
         for name in ESTIMATORS:
-            parts = torch.autograd.grad(losses[name], params, retain_graph=True, allow_unused=True)
+            pieces = torch.autograd.grad(losses[name], params, retain_graph=True, allow_unused=True)
             grads[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                                     for g, p in zip(parts, params, strict=True)]).double()  # (P,)
+                                     for g, p in zip(pieces, params, strict=True)]).double()  # (P,)
         full = grads["full"]
-        per_step.append({name: {"loss": float(losses[name].detach()),
-                                "cosine": float(torch.nn.functional.cosine_similarity(grads[name], full, dim=0)),
-                                "norm_ratio": float(grads[name].norm() / full.norm())}
+
+        def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+            return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+        def part_of(flat: torch.Tensor, part: str) -> torch.Tensor:
+            return torch.cat([flat[start:end] for start, end in bounds[part]])
+
+        per_step.append({name: {"loss": float(losses[name].detach()), "cosine": cosine(grads[name], full),
+                                "norm_ratio": float(grads[name].norm() / full.norm()),
+                                **{f"cosine_{part}": cosine(part_of(grads[name], part), part_of(full, part))
+                                   for part in parts}}
                          for name in ESTIMATORS})
-        print(f"step {step}: " + ", ".join(f"{name} cos {row['cosine']:.3f} norm {row['norm_ratio']:.2f}"
-                                          for name, row in per_step[-1].items()), flush=True)
+        print(f"step {step}: " + ", ".join(
+            f"{name} cos {row['cosine']:.3f} (" + " ".join(f"{part} {row['cosine_' + part]:.3f}" for part in parts)
+            + f") norm {row['norm_ratio']:.2f}" for name, row in per_step[-1].items()), flush=True)
     summary = {name: {key: round(statistics.median(s[name][key] for s in per_step), 4)
-                      for key in ("loss", "cosine", "norm_ratio")} for name in ESTIMATORS}
+                      for key in per_step[0][name]} for name in ESTIMATORS}
     result = {"benchmark": "sampled_softmax_fidelity", "run": str(args.run), "dataset": args.data.name,
               "items": dataset.n_items, "negatives": args.negatives, "steps": len(per_step),
               "median": summary, "per_step": per_step}
