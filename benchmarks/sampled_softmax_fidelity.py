@@ -8,8 +8,7 @@ every trainable parameter under each estimator:
 - ``full``: the paper's full softmax (what the others estimate);
 - ``uniform``: the target against ``--negatives`` uniform draws (``train.negatives=N``);
 - ``batch``: the draws plus the step's own items, each negative's logit less log(pi) of its item, the target's
-  as it is (``train.batch_negatives``: the target is always a candidate of its row, so the denominator is the
-  Horvitz-Thompson estimate of the full softmax's);
+  as it is (``train.batch_negatives``: the target is always a candidate of its row);
 - ``batch-target-corrected``: the same with the target's logit corrected too (the convention of TensorFlow's
   sampled softmax and of Yi et al. 2019);
 - ``batch-window-exact``: the same as ``batch``, also the items of the row's own window (always among its
@@ -96,6 +95,9 @@ def main() -> None:
     torch.set_num_threads(1)
     dataset = load_processed(args.data)
     config = RunConfig.from_dict(read_json(args.run / "run.json", "")["config"], source=str(args.run / "run.json"))
+    if config.train.cold_items > 0:  # the full softmax here ranks every item; the run's withheld items are not
+        parser.error(f"{args.run}: a run with train.cold_items > 0 (its full softmax leaves the withheld items out); "
+                     "use a run without it")
     model, _ = from_pretrained(args.run)
     model.eval()  # no dropout: every estimator sees the same forward pass
     uniform = FinetuneTask(model, dataset, config.with_overrides(

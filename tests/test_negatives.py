@@ -145,7 +145,8 @@ def test_batch_negatives_with_every_item_drawn_is_the_full_softmax(tmp_path: Pat
 
 
 def test_a_batch_negatives_step_by_hand(tmp_path: Path, tiny_lm_dir: Path) -> None:
-    """The step's items join the uniform draws, and every logit is less log P(a step's candidates hold the item):
+    """The step's items join the uniform draws, and every negative's logit (not the target's) is less log P(a
+    step's candidates hold the item):
     computed here from the batches of a plain sampled run (the same seed, so the same steps) and the catalogue."""
     data = prepare_synthetic(tmp_path / "data", n_items=200)
     settings = ["train.negatives=30", "train.batch_size=16", "train.seed=3"]
@@ -171,6 +172,9 @@ def test_a_batch_negatives_step_by_hand(tmp_path: Path, tiny_lm_dir: Path) -> No
         others = [i for i in first.negatives.tolist() if i != target]
         logits = torch.cat([scores[row, [target]], corrected[row, others]])  # the target's own logit as it is
         expected.append(-torch.log_softmax(logits, dim=0)[0])
+        target_corrected = torch.cat([corrected[row, [target]], corrected[row, others]])
+        shift = torch.log_softmax(target_corrected, dim=0)[0] - torch.log_softmax(logits, dim=0)[0]
+        assert abs(float(shift.detach())) > 1e-3  # correcting the target too would change this row's loss
     loss = task.loss(first)["loss"].detach()
     assert float(loss) == pytest.approx(float(torch.stack(expected).detach().mean()), abs=1e-5)
     uncorrected = plain.loss(replace(first, negatives=first.negatives))["loss"].detach()

@@ -288,8 +288,9 @@ class TrainConfig:
     # draws as a negative ("mixed negative sampling"): a step holds items in proportion to their popularity, so
     # these are the hard negatives that uniform draws rarely reach. Each negative's logit is less the log of how
     # likely a step's candidates hold its item (logQ: the share of epoch 0's steps that hold it, or a uniform
-    # draw); the target's own logit is not corrected (always a candidate of its row), so the loss estimates the
-    # full softmax's (Horvitz-Thompson). On one process no extra adaptor rows (the step's items pass through it
+    # draw); the target's own logit is not corrected (always a candidate of its row), so the loss approximates the
+    # full softmax's (Horvitz-Thompson for the target; the row's own history items are corrected like any other
+    # negative). On one process no extra adaptor rows (the step's items pass through it
     # anyway); under torchrun each process adds the whole step's items, not only its share's
     batch_negatives: bool = False
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate after warm-up (cosine: to 0 at the end)

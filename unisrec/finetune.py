@@ -312,7 +312,8 @@ class FinetuneTask:
         targets and draws only; a draw equal to a row's own target is left out of that row (-inf). With
         ``train.batch_negatives`` the draws hold the step's items too, and each negative's logit is less the log
         of its item's inclusion probability (logQ); the target's is not: it is a candidate of its row with
-        probability 1, so the softmax's denominator is the Horvitz-Thompson estimate of the full one's."""
+        probability 1 (so for the target the denominator is a Horvitz-Thompson estimate of the full one's; the
+        row's own history items, also certain candidates, are corrected like the other negatives)."""
         assert batch.negatives is not None
         items = torch.unique(torch.cat([batch.inputs.flatten(), batch.targets, batch.negatives]))  # (M,) sorted
         hidden, table = self.model(torch.searchsorted(items, batch.inputs), items)  # (B, L, H), (M, H)
