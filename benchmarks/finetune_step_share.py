@@ -143,13 +143,13 @@ def main() -> None:
                       f"per epoch, step {row['step_seconds']:.2f} s{ratio}, catalogue adaptor "
                       f"{row['catalogue_adaptor_seconds']:.2f} s{share}, epoch ~{row['epoch_seconds_estimate']:.0f} s",
                       flush=True)
+    from unisrec.atomic import atomic_write_json
     from unisrec.precision import cpu_summary
 
     result = {"benchmark": "finetune_step_share", "threads": 1, "steps": args.steps, "cpu": cpu_summary(),
               "datasets": rows}
     if args.record is not None:
-        args.record.parent.mkdir(parents=True, exist_ok=True)
-        args.record.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_json(args.record, result)
     print(json.dumps(result))
 
 

@@ -85,6 +85,7 @@ def main() -> None:
     if args.negatives < 1 or args.steps < 1:
         parser.error("--negatives and --steps must be >= 1")
 
+    from unisrec.atomic import atomic_write_json
     from unisrec.batches import TrainBatch
     from unisrec.checkpoint import from_pretrained
     from unisrec.config import RunConfig
@@ -148,8 +149,7 @@ def main() -> None:
               "items": dataset.n_items, "negatives": args.negatives, "steps": len(per_step),
               "median": summary, "per_step": per_step}
     if args.record is not None:
-        args.record.parent.mkdir(parents=True, exist_ok=True)
-        args.record.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_json(args.record, result)
     print(json.dumps(result))
 
 

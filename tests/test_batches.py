@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unisrec.batches import bucketed_batches, make_eval_batch, make_train_batch, training_windows
+from unisrec.batches import (
+    Windows,
+    bucketed_batches,
+    make_eval_batch,
+    make_train_batch,
+    training_windows,
+    window_items,
+)
 
 
 def reference_examples(sequences: list[list[int]], max_len: int) -> list[tuple[tuple[int, ...], int]]:
@@ -53,6 +60,25 @@ def test_strided_windows_cover_each_target_once() -> None:
     batch = make_train_batch(items, windows)
     assert sorted(batch.targets.tolist()) == sorted([*range(101, 112), 8, 9])
     assert windows.length.tolist() == [4, 2, 4, 3]
+
+
+@pytest.mark.parametrize("layout", ["exact", "strided", "prefix"])
+def test_window_items_are_the_batch_ids(layout: str) -> None:
+    """The step's items under train.batch_negatives: every id the batch's inputs and targets hold, no other
+    (the padding repeats a window's first item, so it adds none), for any subset of windows."""
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 30, size=40)
+    items = rng.integers(0, 500, size=int(lengths.sum())).astype(np.int64)
+    seq_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    windows = training_windows(seq_start, lengths, 6, layout=layout)
+    for _ in range(5):
+        part = windows.subset(rng.choice(len(windows), size=rng.integers(1, len(windows) + 1), replace=False))
+        batch = make_train_batch(items, part)
+        expected = np.unique(np.concatenate([batch.inputs.numpy().ravel(), batch.targets.numpy()]))
+        np.testing.assert_array_equal(window_items(items, part), expected)
+    # a window without targets holds its inputs only, not the item after them
+    lone = Windows(np.array([2]), np.array([3]), np.array([3]))
+    np.testing.assert_array_equal(window_items(np.array([9, 8, 1, 2, 3, 7]), lone), [1, 2, 3])
 
 
 def test_bucketed_batches_partition_windows_and_respect_size() -> None:

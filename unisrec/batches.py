@@ -109,9 +109,14 @@ def make_train_batch(items: np.ndarray, windows: Windows) -> TrainBatch:
                       torch.from_numpy(targets.astype(np.int64)))
 
 
-def step_items(batch: TrainBatch) -> np.ndarray:
-    """(M,) sorted ids of the items a batch holds: its windows' inputs and targets."""
-    return np.unique(np.concatenate([batch.inputs.numpy().ravel(), batch.targets.numpy()]))
+def window_items(items: np.ndarray, windows: Windows) -> np.ndarray:
+    """(M,) sorted ids of the items the windows hold, their inputs and targets: the ids of
+    ``make_train_batch(items, windows)`` without building it."""
+    ends = windows.start + windows.length + (windows.n_targets > 0)  # (W,) past each window's last item
+    sizes = ends - windows.start  # (W,)
+    first = np.cumsum(sizes) - sizes  # (W,) where each window's run begins in the flat index below
+    rows = np.repeat(windows.start - first, sizes) + np.arange(int(sizes.sum()))  # (sum sizes,) rows of items
+    return np.unique(items[rows])
 
 
 def batch_slices(windows: Windows, batch_size: int, order: np.ndarray) -> list[np.ndarray]:

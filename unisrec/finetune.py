@@ -45,8 +45,8 @@ from unisrec.batches import (
     make_train_batch,
     placeholder_batch,
     shard,
-    step_items,
     training_windows,
+    window_items,
 )
 from unisrec.checkpoint import load_transferable, read_model_config, read_text_config, save_pretrained, save_tensors
 from unisrec.config import (
@@ -242,7 +242,7 @@ class FinetuneTask:
         held = np.zeros(n_items)  # (N,) steps holding each item
         batches = self._epoch_batches(0)
         for index in batches:
-            held[step_items(make_train_batch(self.items, self.windows.subset(index)))] += 1
+            held[window_items(self.items, self.windows.subset(index))] += 1
         drawn = self.negatives / len(self.negative_pool)
         return np.log1p(-(1.0 - drawn) * (1.0 - held / len(batches)))  # log(1 - (1 - u)(1 - b)) >= log u
 
@@ -262,10 +262,10 @@ class FinetuneTask:
                 rng = np.random.default_rng([self.config.train.seed, epoch, step, 13])
                 drawn = rng.choice(self.negative_pool, size=self.negatives, replace=False)  # (S,)
                 if self.log_inclusion is not None:  # and the whole step's items, whatever this process's share
-                    whole = (batch if len(share) == len(index)
-                             else make_train_batch(self.items, self.windows.subset(index)))
-                    drawn = np.union1d(drawn, step_items(whole))  # (S',) sorted
-                batch = replace(batch, negatives=torch.from_numpy(np.sort(drawn).astype(np.int64)))
+                    drawn = np.union1d(drawn, window_items(self.items, self.windows.subset(index)))  # (S',) sorted
+                else:
+                    drawn = np.sort(drawn)  # (S,)
+                batch = replace(batch, negatives=torch.from_numpy(drawn.astype(np.int64)))
             yield batch if self.replay is None else ReplayStep(batch, self.replay.plan(first + step))
 
     def loss(self, step: TrainBatch | ReplayStep) -> dict[str, torch.Tensor]:
