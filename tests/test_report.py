@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import write_synthetic_source
 
 from unisrec.analysis import metrics_by_group, popularity_groups
 from unisrec.cli import main
 from unisrec.errors import ConfigError, UnisrecError
-from unisrec.report import plan_runs, progress_note, resolved_spec, run_report, same_plan
+from unisrec.report import _duration, plan_runs, progress_note, resolved_spec, run_report, same_plan
 from unisrec.report_config import load_report_config
 from unisrec.report_writer import render_report
 
@@ -300,6 +301,21 @@ def test_dry_run_says_how_far_an_interrupted_run_got(tmp_path: Path, tiny_lm_dir
     assert (f"so far: {len(log)} epochs, best valid ndcg@10 {best:.4f} at epoch {at} (patience 10: ends by "
             f"epoch {min(at + 10, 2)} unless it improves), {median:.0f} s an epoch") in plan  # train.epochs=2
     assert plan.count("so far:") == 1  # finished and recorded runs say nothing
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the runs would go
+    assert plan.rstrip().endswith("training left: 1 run(s) to train, 1 without an estimate (nothing like them "
+                                  f"recorded on {device})")  # no record of this experiment's or this dataset's runs
+    # a record of another experiment on the same dataset: the estimate is its training time less the epochs done
+    from unisrec.records import RECORD_FORMAT
+
+    held = {"format": RECORD_FORMAT, "seconds_train": 5000.0, "device": device}
+    (results / "finetune-scratch-seed-1.json").write_text(json.dumps(held))
+    seconds = [float(entry["seconds"]) for entry in log]
+    run_report(config_path, out, only=["unisrec"], results_dir=results, dry_run=True, jobs=2)
+    last = capsys.readouterr().err.rstrip().splitlines()[-1]
+    assert last == (f"training left: about {_duration(5000.0 - sum(seconds))} over 1 of the 1 run(s) to train (each "
+                    f"as long as the median of its experiment's records on {device}, else of its dataset's, less the "
+                    f"epochs it has done); about {_duration((5000.0 - sum(seconds)) / 2)} with --jobs 2")
+    assert _duration(5400) == "1.5 h" and _duration(150) == "2 min" and _duration(12.4) == "12 s"
     (run_dir / "run.json").write_text("{damaged")  # the settings unreadable: the log still tells the epochs
     with (run_dir / "train.log").open("a") as log_file:
         log_file.write('{"epoch": 3, "partial": true, "seconds": 1.0}\n{"epoch": 4, "seco')  # partial, then torn

@@ -587,11 +587,8 @@ def differences_from_record(name: str, record: dict[str, Any], run_dir: Path, do
     return result
 
 
-def progress_note(run_dir: Path) -> str:
-    """What an interrupted run has done, from its ``train.log`` and ``run.json``: "7 epochs, best valid
-    ndcg@10 0.1236 at epoch 6 (patience 10: ends by epoch 16 unless it improves), 455 s an epoch"; a
-    pre-training: "1 of 2 epochs, last train_loss 7.4908, 1306 s an epoch"; "" before its first epoch ends.
-    Partial epochs (``max_steps``) do not count; an unreadable ``run.json`` leaves the settings out."""
+def epoch_entries(run_dir: Path) -> list[dict[str, Any]]:
+    """The whole epochs a run's ``train.log`` holds (partial epochs of ``max_steps`` and torn lines skipped)."""
     log = run_dir / "train.log"
     entries: list[dict[str, Any]] = []
     for line in (log.read_text(errors="replace").splitlines() if log.is_file() else []):
@@ -601,6 +598,50 @@ def progress_note(run_dir: Path) -> str:
             continue  # a torn last line of a killed run
         if isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and not entry.get("partial"):
             entries.append(entry)
+    return entries
+
+
+def seconds_left(run: PlannedRun, estimate: float | None) -> float | None:
+    """Training seconds a run still needs: its estimate (``estimate_seconds``) less the seconds of the epochs its
+    folder already holds (a resumed run), but at least one of its epochs while it is unfinished; None without an
+    estimate."""
+    if estimate is None:
+        return None
+    done = [float(e["seconds"]) for e in epoch_entries(run.out) if isinstance(e.get("seconds"), (int, float))]
+    if not done:
+        return estimate
+    return max(estimate - sum(done), sorted(done)[len(done) // 2])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 \
+        else f"{seconds:.0f} s"
+
+
+def training_left_line(left: list[float | None], device: str, jobs: int) -> str:
+    """The dry run's last line: the training seconds the runs to train still need (``seconds_left`` of each; None
+    where nothing recorded says), in all and spread over ``jobs`` runs at once."""
+    known = [s for s in left if s is not None]
+    unknown = len(left) - len(known)
+    without = f"{unknown} without an estimate (nothing like them recorded on {device})"
+    if not known:
+        return f"training left: {len(left)} run(s) to train, {without}"
+    line = (f"training left: about {_duration(sum(known))} over {len(known)} of the {len(left)} run(s) to train "
+            f"(each as long as the median of its experiment's records on {device}, else of its dataset's, less the "
+            f"epochs it has done)")
+    if unknown:
+        line += f"; {without}"
+    if jobs > 1:
+        line += f"; about {_duration(sum(known) / jobs)} with --jobs {jobs}"
+    return line
+
+
+def progress_note(run_dir: Path) -> str:
+    """What an interrupted run has done, from its ``train.log`` and ``run.json``: "7 epochs, best valid
+    ndcg@10 0.1236 at epoch 6 (patience 10: ends by epoch 16 unless it improves), 455 s an epoch"; a
+    pre-training: "1 of 2 epochs, last train_loss 7.4908, 1306 s an epoch"; "" before its first epoch ends.
+    Partial epochs (``max_steps``) do not count; an unreadable ``run.json`` leaves the settings out."""
+    entries = epoch_entries(run_dir)
     if not entries:
         return ""
     try:
@@ -759,6 +800,8 @@ def run_report(
     if dry_run:
         to_run = {run.out for run in missing_runs()}
         missing = {run.out for run in runs_to_execute(runs, recorded)}  # with or without --pretrain-only
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # where train.device=auto would put the runs
+        left: list[float | None] = []
         for run in runs:
             status = run.status() if run.out in to_run or run.status() == "cached" else \
                 "later" if run.out in missing else "recorded"
@@ -766,8 +809,13 @@ def run_report(
             note = progress_note(run.out) if status == "resume" else ""
             if note:
                 print(f"       so far: {note}", file=log)
+            if status in ("new", "resume", "stale") and run.kind in ("pretrain", "finetune"):
+                guess = estimate_seconds(run, results_dir, config, device)
+                left.append(seconds_left(run, guess) if status == "resume" else guess)  # stale: from scratch
             if plan_counts is not None:
                 plan_counts[status] = plan_counts.get(status, 0) + 1
+        if left:
+            print(training_left_line(left, device, jobs), file=log)
         return results_dir / "report.md"
     def outdated(run: PlannedRun) -> bool:
         """No record, or one of another plan (a record restored from git, a kill before the record was made);
