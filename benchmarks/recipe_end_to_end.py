@@ -24,8 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from unisrec.atomic import atomic_write_json
-
 DOMAINS = ("amazon2014-beauty", "amazon2014-book", "amazon2014-clothing", "amazon2014-electronic", "amazon2014-health",
            "amazon2018-electronic", "amazon2018-game", "food", "movielens-1m", "steam")
 
@@ -104,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": run["config"]["train"]["threads"],
         "machine": {"cpu": cpu_model(), "cpu_count": _cpu_count(), "platform": platform.platform()},
     }
+    from unisrec.atomic import atomic_write_json  # here: --help and the steps need only the `unisrec` command
+
     atomic_write_json(args.record, record)
     print(json.dumps({k: record[k] for k in ("total_wall_seconds", "peak_rss_mib", "precision")}))
     return 0

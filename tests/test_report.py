@@ -310,18 +310,29 @@ def test_dry_run_says_how_far_an_interrupted_run_got(tmp_path: Path, tiny_lm_dir
     held = {"format": RECORD_FORMAT, "seconds_train": 5000.0, "device": device}
     (results / "finetune-scratch-seed-1.json").write_text(json.dumps(held))
     seconds = [float(entry["seconds"]) for entry in log]
-    run_report(config_path, out, only=["unisrec"], results_dir=results, dry_run=True, jobs=2)
-    last = capsys.readouterr().err.rstrip().splitlines()[-1]
-    assert last == (f"training left: about {_duration(5000.0 - sum(seconds))} over 1 of the 1 run(s) to train (each "
-                    f"as long as the median of its experiment's records on {device}, else of its dataset's, less the "
-                    f"epochs it has done); about {_duration((5000.0 - sum(seconds)) / 2)} with --jobs 2")
-    assert _duration(5400) == "1.5 h" and _duration(150) == "2 min" and _duration(12.4) == "12 s"
+    rule = (f"(each as long as the median of its experiment's records on {device}, else of its dataset's "
+            "fine-tunings or of every pre-training, less the epochs it has done)")
+
+    def last_line(**kwargs: Any) -> str:
+        run_report(config_path, out, only=["unisrec"], results_dir=results, dry_run=True, **kwargs)
+        return capsys.readouterr().err.rstrip().splitlines()[-1]
+
+    left = 5000.0 - sum(seconds)  # one run: --jobs cannot make it shorter
+    assert last_line(jobs=2) == (f"training left: about {_duration(left)} over 1 of the 1 run(s) to train {rule}; "
+                                 f"at least {_duration(left)} with --jobs 2")
+    held["seconds_train"] = sum(seconds) / 2  # already past its estimate: still one epoch (the median) to go
+    (results / "finetune-scratch-seed-1.json").write_text(json.dumps(held))
+    median_epoch = _duration(sorted(seconds)[len(seconds) // 2])
+    assert last_line() == f"training left: about {median_epoch} over 1 of the 1 run(s) to train {rule}"
     (run_dir / "run.json").write_text("{damaged")  # the settings unreadable: the log still tells the epochs
     with (run_dir / "train.log").open("a") as log_file:
         log_file.write('{"epoch": 3, "partial": true, "seconds": 1.0}\n{"epoch": 4, "seco')  # partial, then torn
     assert progress_note(run_dir) == (f"{len(log)} epochs, best valid ndcg@10 {best:.4f} at epoch {at}, "
                                       f"{median:.0f} s an epoch")
     assert progress_note(tmp_path / "nothing-yet") == ""
+    shutil.rmtree(run_dir)  # not begun: the whole estimate
+    assert last_line() == f"training left: about {_duration(sum(seconds) / 2)} over 1 of the 1 run(s) to train {rule}"
+    assert _duration(5400) == "1.5 h" and _duration(150) == "2 min" and _duration(12.4) == "12 s"
 
 
 def test_parallel_jobs_give_the_records_of_one_at_a_time(tmp_path: Path, tiny_lm_dir: Path) -> None:
@@ -382,6 +393,27 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
     base.write_text("eval:\n  test: false\n")
     with pytest.raises(ConfigError, match=r"eval\.test=false leaves the run without test metrics"):
         load_report_config(_config(tmp_path, tiny_lm_dir, config=str(base)))
+
+
+def test_training_left_counts_what_runs_have_done_and_the_longest_run(tmp_path: Path) -> None:
+    from unisrec.report import seconds_left, training_left_line
+
+    run = tmp_path / "run"
+    run.mkdir()
+    epochs = [{"epoch": 1, "seconds": 100.0}, {"epoch": 2, "seconds": 300.0}, {"epoch": 3, "seconds": 200.0},
+              {"epoch": 4, "seconds": 50.0, "partial": True}]  # a max_steps epoch does not count
+    (run / "train.log").write_text("\n".join(json.dumps(e) for e in epochs) + "\n{\"epoch\": 5, \"sec")  # torn
+    assert seconds_left(run, 1000.0) == 400.0  # 1000 less 600 done
+    assert seconds_left(run, 500.0) == 200.0  # past its estimate: one more (median) epoch
+    assert seconds_left(run, None) is None
+    assert seconds_left(tmp_path / "not-begun", 1000.0) == 1000.0
+    line = training_left_line([3600.0, 7200.0, None], "cpu", jobs=2)
+    assert line.startswith("training left: about 3.0 h over 2 of the 3 run(s) to train (each as long as")
+    assert line.endswith("; 1 without an estimate (nothing like them recorded on cpu); at least 2.0 h with --jobs 2")
+    assert training_left_line([3600.0, 3600.0, 3600.0, 3600.0], "cpu", jobs=2).endswith(
+        "at least 2.0 h with --jobs 2")  # four equal runs on two jobs: half the total
+    assert training_left_line([None], "cuda", jobs=1) == (
+        "training left: 1 run(s) to train, 1 without an estimate (nothing like them recorded on cuda)")
 
 
 def test_report_json_gives_no_deviation_for_one_value() -> None:

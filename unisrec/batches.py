@@ -111,7 +111,8 @@ def make_train_batch(items: np.ndarray, windows: Windows) -> TrainBatch:
 
 def window_items(items: np.ndarray, windows: Windows) -> np.ndarray:
     """(M,) sorted ids of the items the windows hold, their inputs and targets: the ids of
-    ``make_train_batch(items, windows)`` without building it."""
+    ``make_train_batch(items, windows)`` without building it, for windows of at least one input item (as
+    ``training_windows`` makes them; an empty window's padding would add its start item)."""
     ends = windows.start + windows.length + (windows.n_targets > 0)  # (W,) past each window's last item
     sizes = ends - windows.start  # (W,)
     first = np.cumsum(sizes) - sizes  # (W,) where each window's run begins in the flat index below

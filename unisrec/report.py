@@ -47,7 +47,8 @@ from unisrec.locking import hold_folder
 from unisrec.pretrain import recipe_config
 from unisrec.records import read_record, write_record
 from unisrec.report_config import ReportConfig, load_report_config
-from unisrec.run_costs import estimate, planned_costs, recorded_costs
+from unisrec.run_costs import PlannedCost, Recorded, estimate, planned_costs, recorded_costs
+from unisrec.runs import staging_dir
 
 Kind = Literal["prepare", "pretrain", "finetune", "zeroshot"]
 
@@ -510,17 +511,20 @@ def record_name(run: PlannedRun, config: ReportConfig | None = None) -> str | No
 
 
 def estimate_seconds(run: PlannedRun, results_dir: Path | None, config: ReportConfig,
-                     device: str = "cpu") -> float | None:
+                     device: str = "cpu", *, costs: tuple[list[PlannedCost], dict[str, Recorded]] | None = None
+                     ) -> float | None:
     """The runner's guess of a run's training seconds on ``device``, by the rule of the report's Compute section
     (``unisrec.run_costs.estimate``: the same experiment's recorded seeds, else the recorded fine-tunings on the
-    same dataset or the recorded pre-trainings); None when nothing recorded on that device says."""
+    same dataset or the recorded pre-trainings); None when nothing recorded on that device says. ``costs``: the
+    config's planned and recorded costs, read once by a caller that estimates many runs."""
     if results_dir is None or run.kind not in ("pretrain", "finetune"):
         return None
-    planned = planned_costs(config)
+    planned, recorded = costs if costs is not None else (planned := planned_costs(config),
+                                                          recorded_costs(planned, results_dir))
     mine = next((c for c in planned if c.kind == run.kind and c.group == run.name and c.seed == run.seed), None)
     if mine is None:
         return None
-    return estimate(mine, planned, recorded_costs(planned, results_dir), device)
+    return estimate(mine, planned, recorded, device)
 
 
 def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir: Path, *,
@@ -601,13 +605,13 @@ def epoch_entries(run_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def seconds_left(run: PlannedRun, estimate: float | None) -> float | None:
-    """Training seconds a run still needs: its estimate (``estimate_seconds``) less the seconds of the epochs its
-    folder already holds (a resumed run), but at least one of its epochs while it is unfinished; None without an
+def seconds_left(folder: Path, estimate: float | None) -> float | None:
+    """Training seconds an unfinished run still needs: its estimate (``estimate_seconds``) less the seconds of the
+    epochs its ``folder`` already holds, but at least one of those epochs (the median); None without an
     estimate."""
     if estimate is None:
         return None
-    done = [float(e["seconds"]) for e in epoch_entries(run.out) if isinstance(e.get("seconds"), (int, float))]
+    done = [float(e["seconds"]) for e in epoch_entries(folder) if isinstance(e.get("seconds"), (int, float))]
     if not done:
         return estimate
     return max(estimate - sum(done), sorted(done)[len(done) // 2])
@@ -627,12 +631,12 @@ def training_left_line(left: list[float | None], device: str, jobs: int) -> str:
     if not known:
         return f"training left: {len(left)} run(s) to train, {without}"
     line = (f"training left: about {_duration(sum(known))} over {len(known)} of the {len(left)} run(s) to train "
-            f"(each as long as the median of its experiment's records on {device}, else of its dataset's, less the "
-            f"epochs it has done)")
+            f"(each as long as the median of its experiment's records on {device}, else of its dataset's "
+            f"fine-tunings or of every pre-training, less the epochs it has done)")
     if unknown:
         line += f"; {without}"
-    if jobs > 1:
-        line += f"; about {_duration(sum(known) / jobs)} with --jobs {jobs}"
+    if jobs > 1:  # no sooner than the longest run, which one job trains alone
+        line += f"; at least {_duration(max(sum(known) / jobs, max(known)))} with --jobs {jobs}"
     return line
 
 
@@ -801,6 +805,8 @@ def run_report(
         to_run = {run.out for run in missing_runs()}
         missing = {run.out for run in runs_to_execute(runs, recorded)}  # with or without --pretrain-only
         device = "cuda" if torch.cuda.is_available() else "cpu"  # where train.device=auto would put the runs
+        planned = planned_costs(config)
+        costs = (planned, recorded_costs(planned, results_dir))  # read once for every run below
         left: list[float | None] = []
         for run in runs:
             status = run.status() if run.out in to_run or run.status() == "cached" else \
@@ -810,8 +816,9 @@ def run_report(
             if note:
                 print(f"       so far: {note}", file=log)
             if status in ("new", "resume", "stale") and run.kind in ("pretrain", "finetune"):
-                guess = estimate_seconds(run, results_dir, config, device)
-                left.append(seconds_left(run, guess) if status == "resume" else guess)  # stale: from scratch
+                guess = estimate_seconds(run, results_dir, config, device, costs=costs)
+                # a replacement under way resumes in its staging folder; a new one, or one not begun, from scratch
+                left.append(seconds_left(staging_dir(run.out) if status == "stale" else run.out, guess))
             if plan_counts is not None:
                 plan_counts[status] = plan_counts.get(status, 0) + 1
         if left:
