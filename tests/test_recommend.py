@@ -148,6 +148,47 @@ def test_bad_histories_are_clear_errors(trained: tuple[Path, Path]) -> None:
     assert recommender.model.n_items == len(recommender.catalogue) == 30  # refused additions change nothing
 
 
+def test_bad_k_and_flags_are_clear_errors(trained: tuple[Path, Path]) -> None:
+    recommender = Recommender.from_pretrained(trained[1])
+    for bad in (0, -1, 2.0, "3", True, None):
+        with pytest.raises(UnisrecError, match=r"k must be (a whole number )?>= 1"):
+            recommender.recommend_lists([["i1"]], k=bad)  # type: ignore[arg-type]
+    assert len(recommender.recommend_lists([["i1"]], k=np.int64(4))[0]) == 4  # type: ignore[arg-type]
+    with pytest.raises(UnisrecError, match="history 0 is a string, not a list of item ids: 'i1'"):
+        recommender.recommend_lists(["i1"])
+    with pytest.raises(UnisrecError, match="histories must be a list of histories"):
+        recommender.recommend_lists("i1")
+    with pytest.raises(UnisrecError, match="exclude_seen must be true/false, or one true/false per history"):
+        recommender.recommend_rows([np.array([1, 2])], 3, "no")  # type: ignore[arg-type]
+    assert recommender.recommend_lists([], by_text=True) == [] == recommender.recommend_lists([])
+
+
+def test_histories_of_new_texts_keep_their_seen_items_with_fixed_offsets(trained: tuple[Path, Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """TextKNN has repeat offsets; by text, a history whose texts no catalogue item has gets none (and once
+    failed on the empty set of items with an offset), one whose text an item has pushes that item down."""
+    from unisrec.baselines import TextKNN
+
+    base = Recommender.from_pretrained(trained[1])
+    text = base.model.item_text
+    knn = Recommender(TextKNN(ModelConfig(architecture="textknn", item_repr="text", max_seq_len=6), len(text), text),
+                      base.catalogue)
+    known = list(base.catalogue.texts)
+    fresh = torch.randn(text.shape[1], generator=torch.Generator().manual_seed(0))
+
+    def encode(texts: list[str]) -> np.ndarray:  # the catalogue's vectors for its texts, one new vector otherwise
+        return torch.stack([text[known.index(t)] if t in known else fresh for t in texts]).float().numpy()
+
+    monkeypatch.setattr(knn, "encode_texts", encode)
+    histories = [["a text no item has"], [known[3]]]
+    kept = knn.recommend_lists(histories, k=30, exclude_seen=False, by_text=True)
+    left = knn.recommend_lists(histories, k=30, exclude_seen=True, by_text=True)
+    assert len(kept[0]) == len(left[0]) == 30 and kept[0] == left[0]  # nothing of the new text to keep or leave out
+    assert [r.item_id for r in kept[1]][-1] == "i3" and kept[1][:29] == left[1]  # kept, after every other item
+    mixed = knn.recommend_lists(histories, k=30, exclude_seen=[False, True], by_text=True)
+    assert mixed == [kept[0], left[1]]
+
+
 def test_changed_language_model_is_refused(trained: tuple[Path, Path]) -> None:
     recommender = Recommender.from_pretrained(trained[1])
     recommender.text_encoder_info["fingerprint"] = "0" * 64

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -309,6 +310,40 @@ def test_token_guards_items_and_the_body_cap_gives_413(tiny_lm_dir: Path) -> Non
         assert {"401", "413"} <= set(items["responses"]) and items["security"] == [{"HTTPBearer": []}]
 
 
+def test_a_chunked_body_is_cut_at_the_cap_and_passed_on_below_it(tiny_lm_dir: Path) -> None:
+    app = create_app(_model(tiny_lm_dir), max_body_bytes=2000)
+    consumed = 0
+
+    async def receive() -> dict[str, Any]:  # a chunked upload of 1,000 messages of 100 bytes
+        nonlocal consumed
+        consumed += 1
+        return {"type": "http.request", "body": b" " * 100, "more_body": consumed < 1000}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/recommend", "raw_path": b"/recommend", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=30))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    assert consumed == 21  # 2,000 bytes, then the chunk that goes past them: nothing more is read
+    assert b"over 2000 bytes" in b"".join(m.get("body", b"") for m in sent[1:])
+
+    def pieces(payload: bytes) -> Any:  # no Content-Length: httpx sends it chunked
+        yield from (payload[i : i + 7] for i in range(0, len(payload), 7))
+
+    with TestClient(app) as chunked:
+        body = json.dumps({"histories": [["item-1"]], "k": 2}).encode()
+        response = chunked.post("/recommend", content=pieces(body), headers={"content-type": "application/json"})
+        assert response.status_code == 200 and len(response.json()["results"][0]) == 2
+        big = json.dumps({"histories": [["item-1"] * 900], "k": 3}).encode()
+        assert chunked.post("/recommend", content=pieces(big)).status_code == 413
+
+
 def test_search_and_the_explorer_page(client: TestClient) -> None:
     found = client.get("/search", params={"q": "MICROSCOPE", "limit": 5}).json()["items"]
     assert 0 < len(found) <= 5 and all("microscope" in item["text"] for item in found)
@@ -319,6 +354,36 @@ def test_search_and_the_explorer_page(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert all(f'id="{part}"' in page.text for part in ("query", "history", "results", "exclude", "add"))
+
+
+def test_search_scans_without_the_catalogue_lock(recommender: Recommender, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/search takes the lock that every ranking needs only to read the catalogue's length; its scan (a full one
+    for a query that matches nothing) runs without it, over that many rows."""
+    import threading
+
+    catalogue = recommender.catalogue
+    scan = catalogue.search
+    free: list[bool] = []
+
+    def watched(query: str, limit: int, upto: int | None = None) -> list[int]:
+        def probe() -> None:  # another thread, as a ranking would: the lock must be free during the scan
+            got = recommender._lock.acquire(timeout=5)
+            free.append(got)
+            if got:
+                recommender._lock.release()
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join(10)
+        assert upto == len(catalogue)
+        return scan(query, limit, upto)
+
+    monkeypatch.setattr(catalogue, "search", watched)
+    with TestClient(create_app(recommender)) as test_client:
+        assert test_client.get("/search", params={"q": "no item has this"}).json() == {"items": []}
+        assert test_client.get("/search", params={"q": "item-3", "limit": 1}).json()["items"][0]["item_id"] == "item-3"
+    assert free == [True, True]
+    assert scan("item-", 100, upto=3) == [0, 1, 2] and scan("item-", 2) == [0, 1]
 
 
 def test_metrics_count_requests_and_the_access_log(tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -97,11 +97,15 @@ class Catalogue:
             raise UnknownItemError(unknown)
         return np.asarray(rows, dtype=np.int64)
 
-    def search(self, query: str, limit: int) -> list[int]:
-        """Rows of the first ``limit`` items whose text or id contains ``query`` (case-insensitive), in order."""
+    def search(self, query: str, limit: int, upto: int | None = None) -> list[int]:
+        """Rows of the first ``limit`` items whose text or id contains ``query`` (case-insensitive), in order,
+        among the first ``upto`` rows (default all). Items are only ever appended, so a reader that took the
+        length under a writer's lock may scan that many rows without it while more are added."""
         needle = query.casefold()
         rows = []
-        for row, (item, text) in enumerate(zip(self.item_ids, self.texts, strict=True)):
+        ids, texts = self.item_ids, self.texts
+        for row in range(len(ids) if upto is None else upto):
+            item, text = ids[row], texts[row]
             if needle in text.casefold() or needle in item.casefold():
                 rows.append(row)
                 if len(rows) >= limit:

@@ -82,6 +82,28 @@ class Recommendation:
     text: str
 
 
+def checked_k(k: object) -> int:
+    """``k`` as an int: a whole number >= 1 (numpy's integers too, not bools, floats or strings)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise UnisrecError(f"k must be a whole number >= 1, got {k!r}")
+    if k < 1:
+        raise UnisrecError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
+def exclude_flags(exclude_seen: object, n: int) -> list[bool]:
+    """``exclude_seen`` -> one flag per history: one bool for all, or a sequence of one bool per history."""
+    if isinstance(exclude_seen, bool | int | np.bool_ | np.integer):  # one flag for all (numpy's bools too)
+        return [bool(exclude_seen)] * n
+    if isinstance(exclude_seen, str | bytes) or not isinstance(exclude_seen, Sequence | np.ndarray) or not all(
+            isinstance(flag, bool | int | np.bool_ | np.integer) for flag in exclude_seen):
+        raise UnisrecError(f"exclude_seen must be true/false, or one true/false per history; got {exclude_seen!r}")
+    if len(exclude_seen) != n:
+        raise UnisrecError(f"exclude_seen: {len(exclude_seen)} flags for {n} histories; give one flag, or one per "
+                           "history")
+    return [bool(flag) for flag in exclude_seen]
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """No dropout, no gate noise, no autograd; the previous training flag is restored."""
@@ -259,6 +281,8 @@ class Recommender:
         """Item ids -> catalogue rows, for every history; all unknown ids are named in one error."""
         rows, unknown = [], []
         for number, history in enumerate(histories):
+            if isinstance(history, str | bytes):  # not a history of one-character ids
+                raise UnisrecError(f"history {number} is a string, not a list of item ids: {history!r}")
             if len(history) == 0:
                 raise UnisrecError(f"history {number} is empty; give at least one item")
             try:
@@ -328,8 +352,7 @@ class Recommender:
         ``seen`` may be a function, called under the lock right after the table is taken: rows it reads from
         the catalogue then cover every row of that table, even while items are being added.
         """
-        if k < 1:
-            raise UnisrecError(f"k must be >= 1, got {k}")
+        k = checked_k(k)
         if self.backend == "faiss":
             with self._lock:  # a FAISS index is not safe to search while items are being added
                 index = self.faiss_index()
@@ -354,15 +377,10 @@ class Recommender:
         self, histories: Sequence[np.ndarray], k: int, exclude_seen: bool | Sequence[bool] = True
     ) -> list[list[Recommendation]]:
         """Top-k for histories already given as catalogue rows (what the HTTP service batches)."""
+        k = checked_k(k)
         if not histories:
             return []
-        if isinstance(exclude_seen, bool | int | np.bool_ | np.integer):  # one flag for all (numpy's bools too)
-            flags = [bool(exclude_seen)] * len(histories)
-        else:
-            flags = [bool(flag) for flag in exclude_seen]
-            if len(flags) != len(histories):
-                raise UnisrecError(f"exclude_seen: {len(flags)} flags for {len(histories)} histories; give one "
-                                   "flag, or one per history")
+        flags = exclude_flags(exclude_seen, len(histories))
         if len(self.catalogue) == 0:
             return [[] for _ in histories]
         queries = self.queries_of_rows(histories)
@@ -434,7 +452,11 @@ class Recommender:
                 bonus: dict[int, float] = {}
                 for item, value in zip(items[mine].tolist(), values[mine].tolist(), strict=True):
                     bonus[item] = bonus.get(item, 0.0) + value
-                exact = (table[torch.tensor(list(bonus), device=table.device)] @ queries[b]).cpu().tolist()
+                if not bonus:  # by text: no catalogue item has one of the history's texts
+                    out.append(pairs[:k])
+                    continue
+                exact = (table[torch.tensor(list(bonus), dtype=torch.long, device=table.device)]
+                         @ queries[b]).cpu().tolist()
                 merged = {row: score for row, score in pairs if row not in bonus}
                 merged.update({row: s + bonus[row] for row, s in zip(bonus, exact, strict=True)})
                 # equal scores: the lower row first, as everywhere else (not the history's order of the offsets)
@@ -442,24 +464,32 @@ class Recommender:
         return out
 
     def recommend_lists(
-        self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True, by_text: bool = False
+        self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool | Sequence[bool] = True,
+        by_text: bool = False
     ) -> list[list[Recommendation]]:
-        """Top-k recommendations of each history (item ids, or raw texts with ``by_text``), as lists."""
+        """Top-k recommendations of each history (item ids, or raw texts with ``by_text``), as lists;
+        ``exclude_seen``: one flag for all histories, or one per history."""
         if len(self.catalogue) == 0:
             raise UnisrecError("the catalogue is empty; add items first (add_items)")
+        k = checked_k(k)
+        if isinstance(histories, str | bytes):
+            raise UnisrecError("histories must be a list of histories, each a list of item ids (or texts)")
         if not by_text:
             return self.recommend_rows(self.resolve(histories), k, exclude_seen)
+        if len(histories) == 0:
+            return []
+        flags = exclude_flags(exclude_seen, len(histories))
         queries = self.queries_of_texts(histories)
 
         def seen() -> list[np.ndarray]:  # under the lock (the text index grows with add_items), after the table
-            return [self.catalogue.rows_with_texts(h) if exclude_seen else np.zeros(0, np.int64) for h in histories]
+            return [self.catalogue.rows_with_texts(h) if flag else np.zeros(0, np.int64)
+                    for h, flag in zip(histories, flags, strict=True)]
 
-        if exclude_seen or not self.model.has_repeat_offsets:
+        if all(flags) or not self.model.has_repeat_offsets:
             return [self._format(r) for r in self.top_rows(queries, k, seen)]
         offsets = self.repeat_offsets_of_texts(histories)
         assert offsets is not None
         window = int(torch.bincount(offsets[0], minlength=len(histories)).max()) if len(offsets[0]) else 0
-        flags = [False] * len(histories)
         return [self._format(r) for r in self._top_rows_with_repeats(queries, offsets, window, k, seen, flags)]
 
     # -- the DataFrame API (RecTools style): always a DataFrame user_id, item_id, score, rank, text -------
@@ -519,7 +549,9 @@ class Recommender:
         """The run's language model, loaded once; its files must match the fingerprint recorded in the run."""
         from unisrec.text_encoder import TextEncoder  # the language-model stack, loaded on first use
 
-        with self._lock:
+        # not under self._lock, which every ranking takes: loading the language model and hashing its files may
+        # take seconds; the encoding lock (texts wait for the encoder anyway) makes it load once
+        with self._encode_lock:
             if self._encoder is None:
                 info = self.text_encoder_info
                 if "model" not in info:

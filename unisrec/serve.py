@@ -387,10 +387,15 @@ def create_app(source: Recommender | str | Path, *, max_batch: int = 64, token: 
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             return AsciiJSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
-        if request.method == "POST" and declared is None:  # chunked: count what arrives
-            body = await request.body()
-            if len(body) > max_body_bytes:
-                return AsciiJSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
+        if request.method == "POST" and declared is None:  # chunked: count what arrives, stop past the limit
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:  # never more than the limit plus one chunk in memory
+                    return AsciiJSONResponse({"detail": f"request body over {max_body_bytes} bytes"},
+                                             status_code=413)
+                chunks.append(chunk)
+            request._body = b"".join(chunks)  # as request.body() keeps it: the route below is handed this body
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -430,12 +435,13 @@ def create_app(source: Recommender | str | Path, *, max_batch: int = 64, token: 
     def search(q: Annotated[str, Query(max_length=MAX_TEXT_CHARS)] = "",
                limit: Annotated[int, Query(ge=1, le=MAX_SEARCH)] = 20) -> dict[str, Any]:
         """Catalogue items whose text or id contains ``q`` (case-insensitive), in catalogue order. Not async:
-        the scan and the wait for the catalogue's lock (held while items are added) run in a worker thread,
-        not on the event loop that serves every other request."""
-        with recommender._lock:
+        the scan and the wait for the catalogue's lock (held while items are added, taken here only to read the
+        catalogue's length) run in a worker thread, not on the event loop that serves every other request."""
+        with recommender._lock:  # only for the length: the scan must not stall the rankings that take the lock
             catalogue = recommender.catalogue
-            rows = catalogue.search(q, limit)
-            return {"items": [{"item_id": catalogue.item_ids[r], "text": catalogue.texts[r]} for r in rows]}
+            length = len(catalogue)
+        rows = catalogue.search(q, limit, upto=length)  # rows < length stay as they are (items are only appended)
+        return {"items": [{"item_id": catalogue.item_ids[r], "text": catalogue.texts[r]} for r in rows]}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> str:
