@@ -158,8 +158,12 @@ def test_bad_k_and_flags_are_clear_errors(trained: tuple[Path, Path]) -> None:
         recommender.recommend_lists(["i1"])
     with pytest.raises(UnisrecError, match="histories must be a list of histories"):
         recommender.recommend_lists("i1")
-    with pytest.raises(UnisrecError, match="exclude_seen must be true/false, or one true/false per history"):
-        recommender.recommend_rows([np.array([1, 2])], 3, "no")  # type: ignore[arg-type]
+    for wrong in ("no", None, 0.5, [1.0], {"a": 1}):
+        with pytest.raises(UnisrecError, match="exclude_seen must be true/false, or one true/false per history"):
+            recommender.recommend_rows([np.array([1, 2])], 3, wrong)  # type: ignore[arg-type]
+    two = [np.array([1, 2]), np.array([7])]
+    for flags in (pd.Series([True, False]), np.array([True, False]), (1, 0)):  # a column, an array, a tuple
+        assert [len(r) for r in recommender.recommend_rows(two, 30, flags)] == [28, 30]  # type: ignore[arg-type]
     assert recommender.recommend_lists([], by_text=True) == [] == recommender.recommend_lists([])
 
 
@@ -185,8 +189,11 @@ def test_histories_of_new_texts_keep_their_seen_items_with_fixed_offsets(trained
     left = knn.recommend_lists(histories, k=30, exclude_seen=True, by_text=True)
     assert len(kept[0]) == len(left[0]) == 30 and kept[0] == left[0]  # nothing of the new text to keep or leave out
     assert [r.item_id for r in kept[1]][-1] == "i3" and kept[1][:29] == left[1]  # kept, after every other item
-    mixed = knn.recommend_lists(histories, k=30, exclude_seen=[False, True], by_text=True)
-    assert mixed == [kept[0], left[1]]
+    assert kept[1] != left[1]
+    mixed = knn.recommend_lists(histories, k=30, exclude_seen=[True, False], by_text=True)  # one flag per history
+    assert mixed == [left[0], kept[1]]
+    flags = pd.Series([True, False])  # a DataFrame column of flags, as by id
+    assert knn.recommend_lists(histories, k=30, exclude_seen=flags, by_text=True) == mixed
 
 
 def test_changed_language_model_is_refused(trained: tuple[Path, Path]) -> None:

@@ -37,13 +37,13 @@ class _RecommendBody(TypedDict):
     exclude_seen: bool
 
 
-def _model(tiny_lm_dir: Path, item_repr: str = "text") -> Recommender:
+def _model(tiny_lm_dir: Path, item_repr: str = "text", repeat_bias: bool = False) -> Recommender:
     spec = TextConfig(model=str(tiny_lm_dir), pooling="mean")
     encoder = TextEncoder(spec)
     texts = [f"{WORDS[i % 11]} {WORDS[i // 11]} {WORDS[(i * 5 + 1) % 11]}" for i in range(N_ITEMS)]  # all different
     torch.manual_seed(0)
     config = ModelConfig(item_repr=item_repr, hidden_size=16, inner_size=16, max_seq_len=8,  # type: ignore[arg-type]
-                         n_experts=2)
+                         n_experts=2, repeat_bias=repeat_bias)
     model = UniSRec(config, N_ITEMS, torch.from_numpy(encoder.encode(texts))).eval()
     recorded = {"model": spec.model, "pooling": spec.pooling, "max_length": spec.max_length,
                 "fingerprint": encoder.fingerprint()["digest"]}
@@ -344,6 +344,16 @@ def test_a_chunked_body_is_cut_at_the_cap_and_passed_on_below_it(tiny_lm_dir: Pa
         assert chunked.post("/recommend", content=pieces(big)).status_code == 413
 
 
+def test_new_texts_with_seen_items_kept_by_a_model_with_repeat_offsets(tiny_lm_dir: Path) -> None:
+    """Once an HTTP 500: no catalogue item has the history's text, so no item gets a repeat offset."""
+    with TestClient(create_app(_model(tiny_lm_dir, repeat_bias=True))) as test_client:
+        asked = {"histories": [["violet prism nowhere in the catalogue"], ["item-3"]], "k": 4, "by_text": True}
+        kept = test_client.post("/recommend", json={**asked, "exclude_seen": False})
+        left = test_client.post("/recommend", json={**asked, "exclude_seen": True})
+        assert kept.status_code == left.status_code == 200
+        assert len(kept.json()["results"][0]) == 4 and kept.json()["results"][0] == left.json()["results"][0]
+
+
 def test_search_and_the_explorer_page(client: TestClient) -> None:
     found = client.get("/search", params={"q": "MICROSCOPE", "limit": 5}).json()["items"]
     assert 0 < len(found) <= 5 and all("microscope" in item["text"] for item in found)
@@ -387,20 +397,23 @@ def test_search_scans_without_the_catalogue_lock(recommender: Recommender, monke
 
 
 def test_metrics_count_requests_and_the_access_log(tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with TestClient(create_app(_model(tiny_lm_dir), access_log=True)) as logged:
+    with TestClient(create_app(_model(tiny_lm_dir), access_log=True, max_body_bytes=2000)) as logged:
         for _ in range(3):
             assert logged.post("/recommend", json={"histories": [["item-1"]], "k": 2}).status_code == 200
         assert logged.post("/recommend", json={"histories": [["nope"]], "k": 2}).status_code == 422
+        big = {"histories": [["item-1"] * 900], "k": 3}
+        assert logged.post("/recommend", json=big).status_code == 413  # refused bodies are counted too
         assert logged.get("/no/such/path").status_code == 404
         text = logged.get("/metrics").text
     assert 'unisrec_requests_total{method="POST",path="/recommend",status="200"} 3' in text
     assert 'unisrec_requests_total{method="POST",path="/recommend",status="422"} 1' in text
     assert 'unisrec_requests_total{method="GET",path="other",status="404"} 1' in text  # bounded labels
-    assert 'unisrec_request_seconds_count{path="/recommend"} 4' in text
-    assert 'unisrec_request_seconds_bucket{path="/recommend",le="+Inf"} 4' in text
+    assert 'unisrec_requests_total{method="POST",path="/recommend",status="413"} 1' in text
+    assert 'unisrec_request_seconds_count{path="/recommend"} 5' in text
+    assert 'unisrec_request_seconds_bucket{path="/recommend",le="+Inf"} 5' in text
     assert f"unisrec_catalogue_items {N_ITEMS}" in text
     log = [line for line in capsys.readouterr().err.splitlines() if '"POST /recommend"' in line]
-    assert len(log) == 4 and " 200 " in log[0] and log[0].endswith("ms")
+    assert len(log) == 5 and " 200 " in log[0] and log[0].endswith("ms") and " 413 " in log[-1]
 
 
 def test_create_app_takes_a_run_folder_and_persists_to_it(recommender: Recommender, tmp_path: Path) -> None:

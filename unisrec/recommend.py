@@ -92,16 +92,20 @@ def checked_k(k: object) -> int:
 
 
 def exclude_flags(exclude_seen: object, n: int) -> list[bool]:
-    """``exclude_seen`` -> one flag per history: one bool for all, or a sequence of one bool per history."""
-    if isinstance(exclude_seen, bool | int | np.bool_ | np.integer):  # one flag for all (numpy's bools too)
+    """``exclude_seen`` -> one flag per history: one bool for all, or one bool per history (a list, a numpy
+    array, a pandas Series)."""
+    if isinstance(exclude_seen, np.ndarray) and exclude_seen.ndim == 0:  # np.array(True): one flag
+        exclude_seen = exclude_seen.item()
+    if isinstance(exclude_seen, bool | int | np.bool_ | np.integer):  # one flag for all
         return [bool(exclude_seen)] * n
-    if isinstance(exclude_seen, str | bytes) or not isinstance(exclude_seen, Sequence | np.ndarray) or not all(
-            isinstance(flag, bool | int | np.bool_ | np.integer) for flag in exclude_seen):
+    if isinstance(exclude_seen, str | bytes | Mapping) or not isinstance(exclude_seen, Iterable):
         raise UnisrecError(f"exclude_seen must be true/false, or one true/false per history; got {exclude_seen!r}")
-    if len(exclude_seen) != n:
-        raise UnisrecError(f"exclude_seen: {len(exclude_seen)} flags for {n} histories; give one flag, or one per "
-                           "history")
-    return [bool(flag) for flag in exclude_seen]
+    flags = list(exclude_seen)
+    if not all(isinstance(flag, bool | int | np.bool_ | np.integer) for flag in flags):
+        raise UnisrecError(f"exclude_seen must be true/false, or one true/false per history; got {exclude_seen!r}")
+    if len(flags) != n:
+        raise UnisrecError(f"exclude_seen: {len(flags)} flags for {n} histories; give one flag, or one per history")
+    return [bool(flag) for flag in flags]
 
 
 @contextlib.contextmanager
@@ -498,7 +502,8 @@ class Recommender:
         """Known users and their histories (item ids, oldest first): what ``recommend(users=...)`` ranks for."""
         self.users = {str(u): [str(i) for i in h] for u, h in histories.items()}
 
-    def recommend(self, users: Iterable[str], k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+    def recommend(self, users: Iterable[str], k: int = 10, exclude_seen: bool | Sequence[bool] = True
+                  ) -> pd.DataFrame:
         """Top-k of known users (``set_users``; ``unisrec.fit`` sets the dataset's users) as a DataFrame with
         columns user_id, item_id, score, rank (1..k), text; users in the order asked (a list, a pandas Series
         such as ``df.user_id.unique()``, a numpy array)."""
@@ -518,7 +523,8 @@ class Recommender:
         return to_frame(results, asked)
 
     def recommend_histories(
-        self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True, by_text: bool = False
+        self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool | Sequence[bool] = True,
+        by_text: bool = False
     ) -> pd.DataFrame:
         """Top-k of ad-hoc histories (item ids, or texts with ``by_text``) as a DataFrame like ``recommend``;
         user_id is the history's position in ``histories``."""

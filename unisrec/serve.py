@@ -369,19 +369,7 @@ def create_app(source: Recommender | str | Path, *, max_batch: int = 64, token: 
 
     metrics = RequestMetrics()
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Any:
-        started = time.perf_counter()
-        response = await call_next(request)
-        seconds = time.perf_counter() - started
-        path = request.url.path if request.url.path in KNOWN_PATHS else "other"  # bounded label set
-        metrics.observe(request.method, path, response.status_code, seconds)
-        if access_log:
-            client = request.client.host if request.client else "-"
-            print(f'{client} "{request.method} {request.url.path}" {response.status_code} {seconds * 1000:.1f}ms',
-                  file=sys.stderr, flush=True)
-        return response
-
+    # registered before measure, so inside it: a refused body (413) is counted and logged like every answer
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         declared = request.headers.get("content-length")
@@ -397,6 +385,19 @@ def create_app(source: Recommender | str | Path, *, max_batch: int = 64, token: 
                 chunks.append(chunk)
             request._body = b"".join(chunks)  # as request.body() keeps it: the route below is handed this body
         return await call_next(request)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        seconds = time.perf_counter() - started
+        path = request.url.path if request.url.path in KNOWN_PATHS else "other"  # bounded label set
+        metrics.observe(request.method, path, response.status_code, seconds)
+        if access_log:
+            client = request.client.host if request.client else "-"
+            print(f'{client} "{request.method} {request.url.path}" {response.status_code} {seconds * 1000:.1f}ms',
+                  file=sys.stderr, flush=True)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
