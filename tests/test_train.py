@@ -12,6 +12,7 @@ import torch
 from unisrec.batches import TrainBatch
 from unisrec.config import RunConfig
 from unisrec.datasets import load_processed
+from unisrec.errors import UnisrecError
 from unisrec.finetune import FinetuneTask, finetune
 from unisrec.model import UniSRec
 from unisrec.train import Task, TrainingError, TrainState, fit
@@ -164,6 +165,50 @@ def test_resume_trims_the_log_to_the_checkpoint(tmp_path: Path) -> None:
     log.write_text("\n".join(lines))  # epoch 3 logged, then killed before its checkpoint; a torn last line
     trim_log(log, 2)
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_each_epoch_once(synthetic_dataset: Path,
+                                                                       tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").write_text(json.dumps({"epoch": 1, "steps": 2, "train_loss": 9.0}) + '\n{"epo')  # then killed
+    _fit(synthetic_dataset, run)  # no checkpoint: from the start
+    assert [json.loads(line)["epoch"] for line in (run / "train.log").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(synthetic_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    _fit(synthetic_dataset, run, max_steps=2, checkpoint_every=1)
+    weights = run / "checkpoint" / "state.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    with pytest.raises(UnisrecError, match=r"checkpoint: damaged checkpoint \(\w+: .+\); delete the checkpoint "
+                                           r"folder or pass --overwrite$"):
+        _fit(synthetic_dataset, run)
+
+
+def test_a_run_left_aside_by_a_kill_is_replaced_in_staging(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """Killed between finish_run_dir's renames (the old run aside, nothing at --out), then run again with
+    --overwrite: the old run comes back, and the new one trains beside it, not into it."""
+    out = tmp_path / "run"
+    finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=2"])
+    out.rename(tmp_path / ".run.replaced")
+    metrics = finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=2", "train.seed=2"],
+                       overwrite=True)
+    assert json.loads((out / "run.json").read_text())["config"]["train"]["seed"] == 2 == metrics["seed"]
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 2
+    assert [json.loads(line)["epoch"] for line in (out / "train.log").read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run")) == [".run.lock"]
+
+
+def test_a_kill_while_run_json_was_written_does_not_block_the_folder(tmp_path: Path) -> None:
+    from unisrec.runs import open_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run.json.k1ll3d.tmp").write_text('{"fingerp')  # what atomic_write leaves when killed
+    assert open_run_dir(out, {"config": {"a": 1}}, overwrite=False) == out
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(

@@ -83,9 +83,16 @@ class Distributed:
     def mean(self, value: float) -> float:
         if not self.enabled:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+        on = "cuda" if torch_dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+        tensor = torch.tensor([value], dtype=torch.float64, device=on)
         torch_dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
+
+    def from_main(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank (e.g. a choice only rank 0 can make, after writing files)."""
+        if not self.enabled:
+            return value
+        return round(self.mean(float(value if self.is_main else 0)) * self.world_size)
 
     def gather_rows(self, *tensors: Tensor) -> tuple[list[Tensor], int]:
         """Concatenate every rank's tensors along dim 0, for tensors that share their first dimension (n_r rows

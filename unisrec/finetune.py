@@ -72,7 +72,7 @@ from unisrec.model_card import command_line, record_transfer, write_finetune_car
 from unisrec.precision import resolve_precision, warn_if_emulated
 from unisrec.pretrain import PretrainTask, StepPlan, load_corpus, recipe_config
 from unisrec.records import git_commit
-from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
+from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, seed_everything, staging_dir
 from unisrec.text_cache import load_text
 from unisrec.train import Task, TrainState, clear_checkpoint, fit, peak_memory_mb, set_trainable
 from unisrec.training_data import cold_items, training_sequences
@@ -446,17 +446,18 @@ def finetune(
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     final = out
-    out = run_dir_for(final, overwrite=overwrite)  # with --overwrite the old run stays whole until this one ends
+    staged = 0  # with --overwrite the old run stays whole until this one ends: this one goes to staging_dir
     if dist.is_main:
         made = init_dir / "run.json" if init_dir is not None else None  # a saved model may come without one
         origin = {"init_fingerprint": read_json(made).get("fingerprint")} if made and made.exists() else None
-        open_run_dir(final, settings, overwrite=overwrite, origin=origin)
+        # the folder it chose: a run that a kill left aside is moved back first, so no one guesses it before
+        staged = int(open_run_dir(final, settings, overwrite=overwrite, origin=origin) != final)
         if init_dir is not None:
             given = given_fields("model", base.with_overrides(overrides or []), overrides or [])
             kept = inherited_model_settings(config.model, given)
             if kept:
                 print(describe_inherited(init_dir, kept), file=sys.stderr, flush=True)
-    dist.barrier()
+    out = staging_dir(final) if dist.from_main(staged) else final
     seed_everything(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)

@@ -39,7 +39,7 @@ from unisrec.model import UniSRec
 from unisrec.model_card import command_line, write_pretrain_card
 from unisrec.precision import with_resolved_precision
 from unisrec.records import git_commit
-from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, run_dir_for, seed_everything
+from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, seed_everything, staging_dir
 from unisrec.text_cache import TextRecord, encode_word_drop, load_text, load_word_drop
 from unisrec.train import EpochRecord, Task, clear_checkpoint, fit, peak_memory_mb, set_trainable
 from unisrec.training_data import train_lengths
@@ -400,10 +400,10 @@ def pretrain(
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     final = out
-    out = run_dir_for(final, overwrite=overwrite)  # with --overwrite the old run stays whole until this one ends
-    if dist.is_main:
-        open_run_dir(final, settings, overwrite=overwrite)
-    dist.barrier()
+    staged = 0  # with --overwrite the old run stays whole until this one ends: this one goes to staging_dir
+    if dist.is_main:  # the folder it chose: a run that a kill left aside is moved back first
+        staged = int(open_run_dir(final, settings, overwrite=overwrite) != final)
+    out = staging_dir(final) if dist.from_main(staged) else final
     seed_everything(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)

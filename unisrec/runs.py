@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unisrec.atomic import atomic_write_json
+from unisrec.atomic import atomic_write_json, clean_stale
 from unisrec.config import without_later_absent
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
@@ -51,6 +51,7 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
     """
     hold_folder(out)  # a second writer of ``out`` stops here: "... in use by process PID"
     recover_finish(out)
+    clean_stale(out / "run.json")  # a kill while run.json was written leaves its temporary file (we hold the lock)
     if out.exists() and any(out.iterdir()) and not (out / "run.json").exists():
         verb = "refusing to overwrite it" if overwrite else "choose another --out"
         raise UnisrecError(f"{out}: folder exists and is not a unisrec run; {verb}")

@@ -113,19 +113,32 @@ def _load_checkpoint(
         raise UnisrecError(
             f"{path}: checkpoint of a run with different settings; use another --out or --overwrite"
         )
-    tensors = load_file(str(path / "state.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
-    optim_state: dict[int, dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim/"):
-            _, index, name = key.split("/", 2)
-            optim_state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng/torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-    return TrainState(**meta["state"])
+    try:
+        tensors = load_file(str(path / "state.safetensors"))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
+        optim_state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim/"):
+                _, index, name = key.split("/", 2)
+                optim_state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng/torch"])
+        cuda_states = [tensors[k] for k in sorted(tensors, key=_cuda_number) if k.startswith("rng/cuda")]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+        return TrainState(**meta["state"])
+    except UnisrecError:
+        raise
+    except Exception as exc:  # a truncated or edited file: safetensors, key, shape or field errors alike
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnisrecError(f"{path}: damaged checkpoint ({type(exc).__name__}: {first}); delete the checkpoint "
+                           "folder or pass --overwrite") from exc
+
+
+def _cuda_number(key: str) -> tuple[int, str]:
+    """Sort key of checkpoint tensor names: ``rng/cuda10`` after ``rng/cuda2``."""
+    tail = key.removeprefix("rng/cuda")
+    return (int(tail), "") if key.startswith("rng/cuda") and tail.isdigit() else (-1, key)
 
 
 def trim_log(path: Path, epochs_done: int) -> None:
@@ -189,6 +202,8 @@ def fit(
             print(f"resuming from epoch {state.epoch} step {state.step_in_epoch}", file=sys.stderr)
             if run_dir is not None:
                 trim_log(run_dir / "train.log", state.epoch)
+    elif run_dir is not None and dist.is_main:  # from the start: what a run killed before its first checkpoint
+        trim_log(run_dir / "train.log", 0)  # logged (its first epoch) is logged again
     write = dist.is_main and run_dir is not None
     curves = CurveWriter(run_dir, config.log, enabled=write)
 
