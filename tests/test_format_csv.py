@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 from pathlib import Path
 
@@ -337,3 +338,60 @@ def test_iso_times_with_fractions_and_offsets() -> None:
     }
     for values, expected in cases.items():
         assert parse_timestamps(pa.array(values), **where).tolist() == expected  # type: ignore[arg-type]
+
+
+def test_a_column_named_for_two_roles_is_read_once(tiny_csv_source: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cli_ok(capsys, [str(tiny_csv_source), "--format", "csv", "--text-columns", "item_id"], tmp_path / "ids")
+    assert load_processed(tmp_path / "ids").item_texts == [f"i{i}" for i in range(6)]  # the id is the text
+    cli_ok(capsys, [str(tiny_csv_source), "--format", "csv", "--text-columns", "title,title"], tmp_path / "twice")
+    assert load_processed(tmp_path / "twice").item_texts[0] == 'Item 0, "quoted" title'  # joined once
+    assert _error(capsys, tiny_csv_source, tmp_path / "o", "--user-column", "item_id") == (
+        f"{tiny_csv_source / 'interactions.csv'}, line 1: --user-column and --item-column name the same column "
+        "'item_id'")
+
+
+def test_text_columns_naming_no_column_are_refused(tiny_csv_source: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    for spec in (",", ""):
+        assert _error(capsys, tiny_csv_source, tmp_path / "o", "--text-columns", spec) == (
+            f"--text-columns {spec!r} names no column: expected a name ('title'), alternatives ('title|text') or "
+            "names to join ('title,brand')")
+
+
+def test_bare_cr_line_breaks_are_named(tiny_csv_source: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny_csv_source / "interactions.csv"
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r"))  # old Mac line breaks
+    assert _error(capsys, tiny_csv_source, tmp_path / "o") == (
+        f"{path}, line 1: the line breaks are bare CR (carriage return only); convert the file to LF or CRLF "
+        "line breaks")
+    path.write_bytes(path.read_bytes().replace(b"\r", b"\r\n"))  # CRLF is read
+    assert prepare(tiny_csv_source, "csv", tmp_path / "crlf").n_interactions == 48
+
+
+def test_iso_forms_mixed_in_one_column_are_each_read(tiny_csv_source: Path, tmp_path: Path) -> None:
+    path = tiny_csv_source / "interactions.csv"
+    prepare(tiny_csv_source, "csv", tmp_path / "unix")
+    head, *rows = path.read_text().splitlines()
+    forms = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d %H:%M:%S+00:00", "%Y-%m-%dT%H:%M:%S.250")
+    mixed = []
+    for number, row in enumerate(rows):
+        user, item, seconds = row.split(",")
+        when = dt.datetime.fromtimestamp(int(seconds), dt.UTC).strftime(forms[number % len(forms)])
+        mixed.append(f"{user},{item},{when}")
+    mixed[2] = mixed[2].replace("+00:00", "+01:00").replace(" 00:", " 01:")  # an offset: converted to UTC
+    path.write_text("\n".join([head, *mixed]) + "\n")
+    prepare(tiny_csv_source, "csv", tmp_path / "iso")
+    unix, iso = load_processed(tmp_path / "unix"), load_processed(tmp_path / "iso")
+    assert iso.timestamps.tolist() == unix.timestamps.tolist() and sequences(iso) == sequences(unix)
+
+
+def test_a_header_without_a_final_line_break_holds_no_interactions(tiny_csv_source: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny_csv_source / "interactions.csv"
+    path.write_text("user_id,item_id,timestamp")
+    assert _error(capsys, tiny_csv_source, tmp_path / "o") == "tiny: the input holds no interactions"
+    path.unlink()
+    (tiny_csv_source / "interactions.csv.gz").write_bytes(gzip.compress(b"user_id,item_id,timestamp"))
+    assert _error(capsys, tiny_csv_source, tmp_path / "o") == "tiny: the input holds no interactions"

@@ -145,6 +145,11 @@ def test_bad_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     movies.write_bytes(movies.read_bytes() + b"2::Again (1999)::Drama\n")
     assert _error(capsys, source, out) == f"{movies}, line 6: duplicate movie id '2' (first on line 2)"
 
+    source = write_latest(tmp_path / "spaced")
+    movies = source / "movies.csv"
+    movies.write_text(movies.read_text() + " 2,Spaced (1999),Drama\n")  # movie 2 again, a space before its id
+    assert _error(capsys, source, out) == f"{movies}, line 7: duplicate movie id '2' (first on line 3)"
+
     source = write_100k(tmp_path / "ml100k")
     item = source / "u.item"
     item.write_bytes(item.read_bytes().replace(b"|01-Jan-1995|", b"|", 1))

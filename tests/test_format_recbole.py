@@ -151,3 +151,12 @@ def test_bad_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _error(capsys, source, out) == (
         f"{item}, line 2: not valid utf-8 text; re-encode the file or pass --encoding"
     )
+
+
+def test_bare_cr_line_breaks_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_source(tmp_path / "rb")
+    item = source / "tiny.item"
+    item.write_bytes(item.read_bytes().replace(b"\n", b"\r"))  # old Mac line breaks
+    assert _error(capsys, source, tmp_path / "out") == (
+        f"{item}, line 1: the line breaks are bare CR (carriage return only); convert the file to LF or CRLF "
+        "line breaks")

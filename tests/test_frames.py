@@ -140,3 +140,17 @@ def test_a_missing_time_in_a_nullable_integer_column_names_its_row(
     times[3] = pd.NA
     with pytest.raises(UnisrecError, match="interactions: column 'timestamp' has a missing time at row 3"):
         unisrec.Dataset.from_frames(interactions.assign(timestamp=times), items)
+
+
+def test_out_of_range_times_are_refused_naming_their_row(frames: tuple[pd.DataFrame, pd.DataFrame, Path]) -> None:
+    interactions, items, _ = frames
+    unsigned = interactions["timestamp"].astype("uint64")
+    unsigned[3] = 2**63 + 5  # would wrap to a negative int64
+    with pytest.raises(UnisrecError, match=r"interactions: column 'timestamp' row 3: timestamp 9223372036854775813 "
+                                           r"is out of range \(64-bit integer seconds\)"):
+        unisrec.Dataset.from_frames(interactions.assign(timestamp=unsigned), items)
+    huge = interactions["timestamp"].astype("float64")
+    huge[3] = 1e20  # would become int64's minimum
+    with pytest.raises(UnisrecError, match=r"interactions: column 'timestamp' row 3: timestamp 1e\+20 is out of "
+                                           r"range \(64-bit integer seconds\)"):
+        unisrec.Dataset.from_frames(interactions.assign(timestamp=huge), items)

@@ -60,6 +60,11 @@ def _ids(frame: Any, name: str, what: str) -> Any:
     return text
 
 
+def _out_of_range(column: str, row: int, value: int | float) -> UnisrecError:
+    return UnisrecError(f"interactions: column {column!r} row {row}: timestamp {value!r} is out of range "
+                       "(64-bit integer seconds)")
+
+
 def _timestamps(values: Any, column: str) -> np.ndarray:
     """(E,) int64 Unix seconds from integers, datetimes (naive = UTC) or whole-second floats."""
     import pandas as pd
@@ -76,6 +81,11 @@ def _timestamps(values: Any, column: str) -> np.ndarray:
         if missing.any():
             raise UnisrecError(f"interactions: column {column!r} has a missing time at row "
                                f"{int(missing.to_numpy().argmax())}")
+        if pd.api.types.is_unsigned_integer_dtype(values):  # uint64 above int64's range would wrap to negative
+            unsigned = values.to_numpy(dtype=np.uint64)
+            big = np.flatnonzero(unsigned > np.iinfo(np.int64).max)
+            if len(big):
+                raise _out_of_range(column, int(big[0]), int(unsigned[big[0]]))
         return values.to_numpy(dtype=np.int64)
     if pd.api.types.is_float_dtype(values):
         array = values.to_numpy(dtype=np.float64)
@@ -84,6 +94,9 @@ def _timestamps(values: Any, column: str) -> np.ndarray:
             row = int(np.flatnonzero(bad)[0])
             raise UnisrecError(f"interactions: column {column!r} row {row}: {array[row]!r} is not a whole number "
                                "of seconds; pass integers or datetimes")
+        outside = np.flatnonzero((array < -(2.0**63)) | (array >= 2.0**63))  # the cast would give int64's minimum
+        if len(outside):
+            raise _out_of_range(column, int(outside[0]), float(array[outside[0]]))
         return array.astype(np.int64)
     raise UnisrecError(f"interactions: column {column!r} must hold integers (Unix seconds) or datetimes, "
                        f"got dtype {values.dtype}")

@@ -130,6 +130,9 @@ def _parse_line(path: Path, number: int, raw: bytes) -> dict[str, Any]:
         raise DataError(path, "not valid UTF-8 text", line=number) from None
     try:
         record = json.loads(text)
+    except (RecursionError, MemoryError) as exc:  # e.g. 100,000 '[': too deep or too large for the parser
+        what = "nested too deeply" if isinstance(exc, RecursionError) else "too large"
+        raise DataError(path, f"not a JSON object ({what} to parse)", line=number) from None
     except json.JSONDecodeError as exc:
         try:
             record = ast.literal_eval(text.strip())  # older dumps: one Python dict literal per line

@@ -55,7 +55,10 @@ def resolve_text_columns(spec: str, header: Sequence[str], path: Path) -> list[s
             f"no text column: expected one of {spec.split('|')}; the header has: {', '.join(header)}",
             line=1,
         )
-    names = [n for n in spec.split(",") if n]
+    names = list(dict.fromkeys(n for n in spec.split(",") if n))  # a column listed twice is joined once
+    if not names:
+        raise UnisrecError(f"--text-columns {spec!r} names no column: expected a name ('title'), alternatives "
+                           "('title|text') or names to join ('title,brand')")
     for name in names:
         if name not in header:
             raise DataError(
@@ -118,6 +121,8 @@ def _check_items(
 def read_interactions(
     path: Path, columns: CsvColumns, *, delimiter: str, encoding: str
 ) -> tuple[pa.Array, pa.Array, pa.Array]:
+    if columns.user == columns.item:
+        raise DataError(path, f"--user-column and --item-column name the same column {columns.user!r}", line=1)
     table = read_csv(
         path, [columns.user, columns.item, columns.timestamp], delimiter=delimiter, encoding=encoding
     )

@@ -114,6 +114,7 @@ def read_csv(
     MovieLens' files, where titles hold unbalanced quotes).
     """
     check_exists(path)
+    columns = list(dict.fromkeys(columns))  # a column named for two roles (id and text) is read once
     names = list(column_names) if column_names is not None else None
     parse_options = pcsv.ParseOptions(
         delimiter=delimiter, newlines_in_values=quoting, quote_char='"' if quoting else False
@@ -160,6 +161,8 @@ def read_csv(
             raise DataError(path, f"truncated or corrupted gzip file ({text})") from None
         raise DataError(path, f"cannot read ({text})") from None
     except pa.ArrowInvalid as exc:
+        if header and _only_one_line(path):  # a header without a final line break: pyarrow cannot skip it
+            return pa.table({c: pa.array([], pa.string()) for c in columns})
         text = str(exc)
         if "UTF8" in text or "utf8" in text or "decode" in text.lower():
             line = _first_bad_utf8_line(path, encoding)
@@ -179,6 +182,16 @@ def read_csv(
                     path, f"expected {width} fields separated by {delimiter!r}, found {bad[1]}", line=bad[0]
                 ) from None
         raise DataError(path, f"cannot parse as CSV ({text})") from None
+
+
+def _only_one_line(path: Path) -> bool:
+    """Whether the file holds a single line (no line break, or only a final one)."""
+    try:
+        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as handle:
+            handle.readline()
+            return handle.read(1) == b""
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError):
+        return False
 
 
 def _may_hold_line_break(column: pa.ChunkedArray) -> bool:
@@ -209,7 +222,14 @@ def read_header(path: Path, encoding: str, delimiter: str, quoting: bool = True)
     except UnicodeDecodeError:
         raise DataError(path, f"not valid {encoding} text; re-encode the file or pass --encoding", line=1) from None
     style: Literal[0, 3] = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
-    first = next(csv.reader([text], delimiter=delimiter, quoting=style), [])
+    try:
+        first = next(csv.reader([text], delimiter=delimiter, quoting=style), [])
+    except csv.Error as exc:
+        # ``raw`` runs to the first LF: in a file with bare CR line breaks (old Mac) that is the whole file
+        if "\r" in text.replace("\r\n", ""):
+            raise DataError(path, "the line breaks are bare CR (carriage return only); convert the file to LF or "
+                            "CRLF line breaks", line=1) from None
+        raise DataError(path, f"cannot parse the header as CSV ({exc})", line=1) from None
     return [name.strip().lstrip("\ufeff") for name in first]
 
 
@@ -242,8 +262,10 @@ def parse_timestamps(
     Integers are read exactly as int64 (no float rounding: nanosecond-scale values keep their order); a value
     outside int64 is an error naming its line. Decimal seconds are rounded down to the whole second, exactly
     (the integer part is read as int64), and a note on stderr says how many were rounded; events of the same
-    user in the same second keep their file order. The whole column must follow one of these forms;
-    otherwise the error names the first value that does not follow the form most values follow.
+    user in the same second keep their file order. ISO 8601 values are read each in its own form (with or
+    without 'T', seconds, fractions, an offset; no offset = UTC); otherwise the whole column must be Unix
+    seconds or follow one of ``formats`` (two such formats could read a value differently: 01/02 as January or
+    February). An error names the first value that does not follow the form most values follow.
     """
     strings = pc.utf8_trim_whitespace(values)
     if len(strings) == 0:
@@ -254,13 +276,25 @@ def parse_timestamps(
                  "quoting": quoting}
         return _exact_seconds(strings, where)
     masks = [numeric.to_numpy(zero_copy_only=False)]
-    iso = _iso_normalised(strings)
-    for fmt in (*formats, *ISO_FORMATS):
-        parsed = pc.strptime(strings if fmt in formats else iso, format=fmt, unit="s", error_is_null=True)
+    for fmt in formats:
+        parsed = pc.strptime(strings, format=fmt, unit="s", error_is_null=True)
         valid = pc.is_valid(parsed).to_numpy(zero_copy_only=False)
         if valid.all():
             return pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)
         masks.append(valid)
+    # (E,) int64 seconds, null where no ISO form reads the value: the forms are disjoint (strptime matches the
+    # whole value), so the first form that reads a value is the only one
+    iso = _iso_normalised(strings)
+    seconds = pa.nulls(len(iso), pa.int64())
+    for fmt in ISO_FORMATS:
+        parsed = pc.cast(pc.strptime(iso, format=fmt, unit="s", error_is_null=True), pa.int64())
+        seconds = pc.coalesce(seconds, parsed)
+        if seconds.null_count == 0:  # every value read (a column of one form: after that form)
+            break
+    valid = pc.is_valid(seconds).to_numpy(zero_copy_only=False)
+    if valid.all():
+        return seconds.to_numpy(zero_copy_only=False)
+    masks.append(valid)
     best = max(masks, key=lambda mask: int(mask.sum()))  # the form most values follow (first on ties)
     index = int(np.flatnonzero(~best)[0])
     line = record_line(path, index, header=header, encoding=encoding, delimiter=delimiter, quoting=quoting)

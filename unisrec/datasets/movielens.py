@@ -206,7 +206,8 @@ def _check_ids(path: Path, table: pa.Table, columns: list[str], line_of: Callabl
 def _catalogue(
     path: Path, ids: pa.Array, texts: list[str], line_of: Callable[[int], int | None]
 ) -> tuple[pa.Array, pa.Array]:
-    """(ids, texts) of the movies that have a text; duplicate ids are an error."""
+    """(ids, texts) of the movies that have a text; duplicate ids (spaces around them not counted) are an error."""
+    ids = pc.utf8_trim_whitespace(ids)  # " 10" is movie 10: a repeat of it is a duplicate, not a second movie
     duplicate = first_duplicate(ids)
     if duplicate is not None:
         raise DataError(
