@@ -97,6 +97,22 @@ def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, rep
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=atol, msg=name)
 
 
+def test_two_processes_replace_a_run_a_kill_left_aside_in_staging(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """Killed between --overwrite's renames (the old run aside, nothing at --out), then run again with --overwrite
+    under torchrun: rank 0 restores the old run and picks the staging folder; every rank must train there
+    (``Distributed.from_main``), not into the restored run."""
+    data = str(prepare_synthetic(tmp_path / "d", seed=4))
+    out = tmp_path / "run"
+    common = ["finetune", data, "--mode", "transductive", "--text-model", str(tiny_lm_dir), *MODEL_NO_NOISE,
+              "--train.batch_size=40", "--out", str(out)]
+    _run([*common, "--epochs", "1"], 1)
+    out.rename(tmp_path / ".run.replaced")
+    _run([*common, "--epochs", "2", "--overwrite"], 2)
+    assert json.loads((out / "run.json").read_text())["config"]["train"]["epochs"] == 2
+    assert [json.loads(line)["epoch"] for line in (out / "train.log").read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run")) == [".run.lock"]
+
+
 def _gather_rows_on_rank(rank: int, store: str, out_dir: str) -> None:
     from unisrec.distributed import Distributed
 

@@ -185,6 +185,9 @@ def test_a_damaged_checkpoint_is_a_one_line_error(synthetic_dataset: Path, tmp_p
     with pytest.raises(UnisrecError, match=r"checkpoint: damaged checkpoint \(\w+: .+\); delete the checkpoint "
                                            r"folder or pass --overwrite$"):
         _fit(synthetic_dataset, run)
+    (run / "checkpoint" / "state.json").write_text("[]")
+    with pytest.raises(UnisrecError, match=r"damaged checkpoint \(state.json holds no object\)"):
+        _fit(synthetic_dataset, run)
 
 
 def test_a_run_left_aside_by_a_kill_is_replaced_in_staging(synthetic_dataset: Path, tmp_path: Path) -> None:

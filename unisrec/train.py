@@ -109,6 +109,9 @@ def _load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str
 ) -> TrainState:
     meta = read_json(path / "state.json", "delete the checkpoint folder or pass --overwrite")
+    if not isinstance(meta, dict):
+        raise UnisrecError(f"{path}: damaged checkpoint (state.json holds no object); delete the checkpoint folder "
+                           "or pass --overwrite")
     if meta.get("fingerprint") != fingerprint:
         raise UnisrecError(
             f"{path}: checkpoint of a run with different settings; use another --out or --overwrite"
@@ -127,8 +130,8 @@ def _load_checkpoint(
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
         return TrainState(**meta["state"])
-    except UnisrecError:
-        raise
+    except (UnisrecError, MemoryError, torch.cuda.OutOfMemoryError):
+        raise  # out of memory is not a damaged file: the checkpoint must not be deleted on our word
     except Exception as exc:  # a truncated or edited file: safetensors, key, shape or field errors alike
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnisrecError(f"{path}: damaged checkpoint ({type(exc).__name__}: {first}); delete the checkpoint "
