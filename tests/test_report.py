@@ -330,8 +330,10 @@ def test_dry_run_says_how_far_an_interrupted_run_got(tmp_path: Path, tiny_lm_dir
     assert progress_note(run_dir) == (f"{len(log)} epochs, best valid ndcg@10 {best:.4f} at epoch {at}, "
                                       f"{median:.0f} s an epoch")
     assert progress_note(tmp_path / "nothing-yet") == ""
-    shutil.rmtree(run_dir)  # not begun: the whole estimate
-    assert last_line() == f"training left: about {_duration(sum(seconds) / 2)} over 1 of the 1 run(s) to train {rule}"
+    held["seconds_train"] = 9000.0
+    (results / "finetune-scratch-seed-1.json").write_text(json.dumps(held))
+    shutil.rmtree(run_dir)  # not begun: the whole estimate, nothing taken off
+    assert last_line() == f"training left: about 2.5 h over 1 of the 1 run(s) to train {rule}"
     assert _duration(5400) == "1.5 h" and _duration(150) == "2 min" and _duration(12.4) == "12 s"
 
 

@@ -96,12 +96,12 @@ def exclude_flags(exclude_seen: object, n: int) -> list[bool]:
     array, a pandas Series)."""
     if isinstance(exclude_seen, np.ndarray) and exclude_seen.ndim == 0:  # np.array(True): one flag
         exclude_seen = exclude_seen.item()
-    if isinstance(exclude_seen, bool | int | np.bool_ | np.integer):  # one flag for all
+    flag_types = bool | int | np.bool_ | np.integer
+    if isinstance(exclude_seen, flag_types):  # one flag for all
         return [bool(exclude_seen)] * n
-    if isinstance(exclude_seen, str | bytes | Mapping) or not isinstance(exclude_seen, Iterable):
-        raise UnisrecError(f"exclude_seen must be true/false, or one true/false per history; got {exclude_seen!r}")
-    flags = list(exclude_seen)
-    if not all(isinstance(flag, bool | int | np.bool_ | np.integer) for flag in flags):
+    is_sequence = isinstance(exclude_seen, Iterable) and not isinstance(exclude_seen, str | bytes | Mapping)
+    flags = list(exclude_seen) if is_sequence else []  # type: ignore[call-overload]
+    if not is_sequence or not all(isinstance(flag, flag_types) for flag in flags):
         raise UnisrecError(f"exclude_seen must be true/false, or one true/false per history; got {exclude_seen!r}")
     if len(flags) != n:
         raise UnisrecError(f"exclude_seen: {len(flags)} flags for {n} histories; give one flag, or one per history")
@@ -456,9 +456,7 @@ class Recommender:
                 bonus: dict[int, float] = {}
                 for item, value in zip(items[mine].tolist(), values[mine].tolist(), strict=True):
                     bonus[item] = bonus.get(item, 0.0) + value
-                if not bonus:  # by text: no catalogue item has one of the history's texts
-                    out.append(pairs[:k])
-                    continue
+                # long even when empty (by text, no catalogue item may have one of the history's texts)
                 exact = (table[torch.tensor(list(bonus), dtype=torch.long, device=table.device)]
                          @ queries[b]).cpu().tolist()
                 merged = {row: score for row, score in pairs if row not in bonus}

@@ -519,8 +519,10 @@ def estimate_seconds(run: PlannedRun, results_dir: Path | None, config: ReportCo
     config's planned and recorded costs, read once by a caller that estimates many runs."""
     if results_dir is None or run.kind not in ("pretrain", "finetune"):
         return None
-    planned, recorded = costs if costs is not None else (planned := planned_costs(config),
-                                                          recorded_costs(planned, results_dir))
+    if costs is None:
+        every = planned_costs(config)
+        costs = (every, recorded_costs(every, results_dir))
+    planned, recorded = costs
     mine = next((c for c in planned if c.kind == run.kind and c.group == run.name and c.seed == run.seed), None)
     if mine is None:
         return None
@@ -801,10 +803,10 @@ def run_report(
         return [run for run in todo if run.kind == "pretrain"
                 or (run.kind == "prepare" and any(run.out in _needs(r) for r in pretrainings))]
 
+    runs_on = "cuda" if torch.cuda.is_available() else "cpu"  # where train.device=auto puts the runs
     if dry_run:
         to_run = {run.out for run in missing_runs()}
         missing = {run.out for run in runs_to_execute(runs, recorded)}  # with or without --pretrain-only
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # where train.device=auto would put the runs
         planned = planned_costs(config)
         costs = (planned, recorded_costs(planned, results_dir))  # read once for every run below
         left: list[float | None] = []
@@ -816,13 +818,13 @@ def run_report(
             if note:
                 print(f"       so far: {note}", file=log)
             if status in ("new", "resume", "stale") and run.kind in ("pretrain", "finetune"):
-                guess = estimate_seconds(run, results_dir, config, device, costs=costs)
+                guess = estimate_seconds(run, results_dir, config, runs_on, costs=costs)
                 # a replacement under way resumes in its staging folder; a new one, or one not begun, from scratch
                 left.append(seconds_left(staging_dir(run.out) if status == "stale" else run.out, guess))
             if plan_counts is not None:
                 plan_counts[status] = plan_counts.get(status, 0) + 1
         if left:
-            print(training_left_line(left, device, jobs), file=log)
+            print(training_left_line(left, runs_on, jobs), file=log)
         return results_dir / "report.md"
     def outdated(run: PlannedRun) -> bool:
         """No record, or one of another plan (a record restored from git, a kill before the record was made);
@@ -844,7 +846,6 @@ def run_report(
              if by_record else ""), file=log)
     todo = priority_order(todo, config.seeds)
     began = time.perf_counter()
-    runs_on = "cuda" if torch.cuda.is_available() else "cpu"  # where train.device=auto puts the runs
 
     def may_start(run: PlannedRun) -> bool:
         if budget_minutes is None:

@@ -372,16 +372,16 @@ def create_app(source: Recommender | str | Path, *, max_batch: int = 64, token: 
     # registered before measure, so inside it: a refused body (413) is counted and logged like every answer
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
+        too_big = {"detail": f"request body over {max_body_bytes} bytes"}
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            return AsciiJSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
+            return AsciiJSONResponse(too_big, status_code=413)
         if request.method == "POST" and declared is None:  # chunked: count what arrives, stop past the limit
             chunks, size = [], 0
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > max_body_bytes:  # never more than the limit plus one chunk in memory
-                    return AsciiJSONResponse({"detail": f"request body over {max_body_bytes} bytes"},
-                                             status_code=413)
+                    return AsciiJSONResponse(too_big, status_code=413)
                 chunks.append(chunk)
             request._body = b"".join(chunks)  # as request.body() keeps it: the route below is handed this body
         return await call_next(request)

@@ -126,7 +126,8 @@ def _load_checkpoint(
                 optim_state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
         torch.set_rng_state(tensors["rng/torch"])
-        cuda_states = [tensors[k] for k in sorted(tensors, key=_cuda_number) if k.startswith("rng/cuda")]
+        cuda_keys = sorted((k for k in tensors if k.startswith("rng/cuda")), key=lambda k: int(k[8:]))  # 2 < 10
+        cuda_states = [tensors[k] for k in cuda_keys]
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
         return TrainState(**meta["state"])
@@ -136,12 +137,6 @@ def _load_checkpoint(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnisrecError(f"{path}: damaged checkpoint ({type(exc).__name__}: {first}); delete the checkpoint "
                            "folder or pass --overwrite") from exc
-
-
-def _cuda_number(key: str) -> tuple[int, str]:
-    """Sort key of checkpoint tensor names: ``rng/cuda10`` after ``rng/cuda2``."""
-    tail = key.removeprefix("rng/cuda")
-    return (int(tail), "") if key.startswith("rng/cuda") and tail.isdigit() else (-1, key)
 
 
 def trim_log(path: Path, epochs_done: int) -> None:
