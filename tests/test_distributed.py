@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,71 @@ def test_gather_rows_one_process() -> None:
     assert same_x is x and same_ids is ids and first == 0
     with pytest.raises(ValueError, match=r"\[2, 3\] rows"):
         Distributed.single().gather_rows(x, torch.arange(3))
+
+
+def _resume_on_rank(rank: int, store: str, out_dir: str) -> None:
+    """Train 6 steps at once, then 3 steps, a checkpoint and 3 more from it: with dropout, rank 1 draws its own
+    masks (its share of each batch is larger), so the resumed run equals the uninterrupted one only if every rank
+    takes back its own random state."""
+    import numpy as np
+
+    from unisrec.config import TrainConfig
+    from unisrec.distributed import Distributed
+    from unisrec.train import Task, fit
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        dist = Distributed(rank=rank, world_size=2)
+        config = TrainConfig(epochs=2, lr=0.05, warmup_steps=0, schedule="constant", progress=False)
+
+        def run(max_steps: int, run_dir: Path | None, checkpoint_every: int) -> dict[str, torch.Tensor]:
+            torch.manual_seed(0)  # the same initial weights on both ranks
+            model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 1))
+            wrapped = torch.nn.parallel.DistributedDataParallel(model)
+            torch.manual_seed(100 + rank)  # what a fresh process would hold: a resumed run must not keep it
+
+            def batches(epoch: int) -> Iterator[torch.Tensor]:
+                for step in range(4):
+                    rows = np.random.default_rng([epoch, step, rank]).normal(size=(3 + 5 * rank, 4))  # (B_r, 4)
+                    yield torch.tensor(rows, dtype=torch.float32)
+
+            def loss(x: torch.Tensor) -> dict[str, torch.Tensor]:
+                return {"loss": wrapped(x).sub(1.0).pow(2).mean()}
+
+            fit(model, Task(batches, 4, loss), config, run_dir, device=torch.device("cpu"), max_steps=max_steps,
+                checkpoint_every=checkpoint_every, dist=dist)
+            return {k: v.clone() for k, v in model.state_dict().items()}
+
+        reference = run(6, None, 0)
+        run_dir = Path(out_dir, "run")
+        run_dir.mkdir(exist_ok=True)
+        run(3, run_dir, 1)  # stops inside epoch 1 after its checkpoint
+        resumed = run(6, run_dir, 1)
+        gaps = {k: float((resumed[k] - reference[k]).abs().max()) for k in reference}
+        Path(out_dir, f"rank-{rank}.json").write_text(json.dumps(gaps))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_resume_with_each_ranks_own_random_state(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_resume_on_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        gaps = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        assert gaps and all(gap == 0.0 for gap in gaps.values()), (rank, gaps)
+    saved = load_file(str(tmp_path / "run" / "checkpoint" / "state.safetensors"))
+    assert {k for k in saved if k.startswith("rng/rank")} == {"rng/rank0/torch", "rng/rank1/torch"}
+    assert not torch.equal(saved["rng/rank0/torch"], saved["rng/rank1/torch"])  # the ranks' draws did differ
+
+
+def test_a_checkpoint_of_another_number_of_ranks_restores_the_saving_process_state() -> None:
+    from unisrec.distributed import Distributed
+    from unisrec.train import _restore_random_states, random_states
+
+    torch.manual_seed(1)
+    saved = random_states(Distributed.single(), torch.device("cpu"))
+    assert not any(k.startswith("rng/rank") for k in saved)  # one process: its own state only
+    expected = torch.rand(3)
+    torch.manual_seed(2)  # the rank states below belong to a two-process run: this process takes rng/torch
+    saved |= {"rng/rank0/torch": torch.get_rng_state(), "rng/rank1/torch": torch.get_rng_state()}
+    _restore_random_states(saved, Distributed.single(), torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)

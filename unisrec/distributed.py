@@ -94,6 +94,17 @@ class Distributed:
             return value
         return round(self.mean(float(value if self.is_main else 0)) * self.world_size)
 
+    def gather_equal(self, tensor: Tensor) -> list[Tensor]:
+        """Every rank's ``tensor`` (the same shape and dtype on each rank, e.g. a random generator's state), in
+        rank order, on every rank, on the CPU; no gradient."""
+        if not self.enabled:
+            return [tensor.detach().cpu()]
+        on = "cuda" if torch_dist.get_backend() == "nccl" else "cpu"  # NCCL gathers GPU tensors only
+        local = tensor.detach().to(on)
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, local)
+        return [part.cpu() for part in parts]
+
     def gather_rows(self, *tensors: Tensor) -> tuple[list[Tensor], int]:
         """Concatenate every rank's tensors along dim 0, for tensors that share their first dimension (n_r rows
         on rank r), with one exchange of the sizes for all of them; gradients flow back to each rank's part.

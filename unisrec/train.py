@@ -87,18 +87,52 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
+def random_states(dist: Distributed, device: torch.device) -> dict[str, Tensor]:
+    """The random generators' states a checkpoint keeps: this process's (``rng/torch``, ``rng/cuda<i>``) and,
+    under torchrun, every rank's own (``rng/rank<r>/torch``, and ``rng/rank<r>/cuda`` for its GPU): ranks draw
+    different dropout masks (their shares of a batch differ in size), so each resumes from its own state.
+    Collective under torchrun: every rank calls it, rank 0 writes what it returns."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda{i}"] = rng
+    if dist.enabled:
+        for rank, rng in enumerate(dist.gather_equal(torch.get_rng_state())):
+            tensors[f"rng/rank{rank}/torch"] = rng
+        if device.type == "cuda":
+            for rank, rng in enumerate(dist.gather_equal(torch.cuda.get_rng_state(device))):
+                tensors[f"rng/rank{rank}/cuda"] = rng
+    return tensors
+
+
+def _restore_random_states(tensors: dict[str, Tensor], dist: Distributed, device: torch.device) -> None:
+    """Set the generators from a checkpoint's states: each rank its own where the checkpoint holds one per rank
+    of the same number of ranks, else (one process, or a run resumed with another number of them) the saving
+    process's."""
+    saved_ranks = sum(1 for key in tensors if key.startswith("rng/rank") and key.endswith("/torch"))
+    if dist.enabled and saved_ranks == dist.world_size:
+        torch.set_rng_state(tensors[f"rng/rank{dist.rank}/torch"])
+        own_cuda = tensors.get(f"rng/rank{dist.rank}/cuda")
+        if own_cuda is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(own_cuda, device)
+        return
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng/cuda")), key=lambda k: int(k[8:]))  # 2 < 10
+    cuda_states = [tensors[k] for k in cuda_keys]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+
+
 def _save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, fingerprint: str
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, fingerprint: str,
+    rng_states: dict[str, Tensor],
 ) -> None:
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     optim = optimizer.state_dict()
     for index, values in optim["state"].items():
         for key, value in values.items():
             tensors[f"optim/{index}/{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    tensors["rng/torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda{i}"] = rng
+    tensors.update(rng_states)
     meta = {"state": asdict(state), "param_groups": optim["param_groups"], "fingerprint": fingerprint}
     with atomic_directory(path, replace=True) as tmp:
         save_tensors(tmp / "state.safetensors", tensors)
@@ -106,7 +140,8 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str, dist: Distributed,
+    device: torch.device,
 ) -> TrainState:
     meta = read_json(path / "state.json", "delete the checkpoint folder or pass --overwrite")
     if not isinstance(meta, dict):
@@ -125,11 +160,7 @@ def _load_checkpoint(
                 _, index, name = key.split("/", 2)
                 optim_state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
-        torch.set_rng_state(tensors["rng/torch"])
-        cuda_keys = sorted((k for k in tensors if k.startswith("rng/cuda")), key=lambda k: int(k[8:]))  # 2 < 10
-        cuda_states = [tensors[k] for k in cuda_keys]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+        _restore_random_states(tensors, dist, device)
         return TrainState(**meta["state"])
     except (UnisrecError, MemoryError, torch.cuda.OutOfMemoryError):
         raise  # out of memory is not a damaged file: the checkpoint must not be deleted on our word
@@ -195,7 +226,7 @@ def fit(
         remove_partial_writes(run_dir)
     state = TrainState()
     if checkpoint is not None and (checkpoint / "state.json").exists():
-        state = _load_checkpoint(checkpoint, model, optimizer, fingerprint)
+        state = _load_checkpoint(checkpoint, model, optimizer, fingerprint, dist, device)
         if dist.is_main:
             print(f"resuming from epoch {state.epoch} step {state.step_in_epoch}", file=sys.stderr)
             if run_dir is not None:
@@ -206,8 +237,10 @@ def fit(
     curves = CurveWriter(run_dir, config.log, enabled=write)
 
     def save() -> None:
-        if write and checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, state, fingerprint)
+        if checkpoint is not None:
+            rng_states = random_states(dist, device)  # every rank's, gathered on every rank
+            if write:
+                _save_checkpoint(checkpoint, model, optimizer, state, fingerprint, rng_states)
         dist.barrier()
 
     if config.select_start and task.validate is not None and state.global_step == 0:
