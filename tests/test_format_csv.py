@@ -349,6 +349,10 @@ def test_a_column_named_for_two_roles_is_read_once(tiny_csv_source: Path, tmp_pa
     assert _error(capsys, tiny_csv_source, tmp_path / "o", "--user-column", "item_id") == (
         f"{tiny_csv_source / 'interactions.csv'}, line 1: --user-column and --item-column name the same column "
         "'item_id'")
+    for flag, column in (("--user-column", "user_id"), ("--item-column", "item_id")):
+        assert _error(capsys, tiny_csv_source, tmp_path / "o", "--time-column", column) == (
+            f"{tiny_csv_source / 'interactions.csv'}, line 1: --time-column and {flag} name the same column "
+            f"{column!r}")
 
 
 def test_text_columns_naming_no_column_are_refused(tiny_csv_source: Path, tmp_path: Path,

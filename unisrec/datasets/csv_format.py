@@ -123,6 +123,9 @@ def read_interactions(
 ) -> tuple[pa.Array, pa.Array, pa.Array]:
     if columns.user == columns.item:
         raise DataError(path, f"--user-column and --item-column name the same column {columns.user!r}", line=1)
+    for flag, name in (("--user-column", columns.user), ("--item-column", columns.item)):
+        if columns.timestamp == name:  # read as times, the ids would only be "unparsable timestamp"
+            raise DataError(path, f"--time-column and {flag} name the same column {name!r}", line=1)
     table = read_csv(
         path, [columns.user, columns.item, columns.timestamp], delimiter=delimiter, encoding=encoding
     )
