@@ -50,6 +50,36 @@ def test_resume_after_interruption_gives_identical_weights(synthetic_dataset: Pa
     assert epochs == [1, 2, 3]  # each epoch once: the interrupted one's partial record is gone
 
 
+def test_a_max_steps_run_rerun_after_its_last_checkpoint_keeps_its_partial_epoch(synthetic_dataset: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Killed after the checkpoint that ends a --max-steps run inside an epoch (before metrics.json): the same
+    command again resumes there and ends at once; the partial epoch's record stays in train.log and the history.
+    A resumed run that goes on past it logs that epoch whole, once."""
+    config = RunConfig().with_overrides([*SMALL, "model.item_repr=id", "train.epochs=3"])
+    dataset = load_processed(synthetic_dataset)
+
+    def run(run_dir: Path, max_steps: int) -> TrainState:
+        torch.manual_seed(0)
+        model = UniSRec(config.model, dataset.n_items)
+        task = FinetuneTask(model, dataset, config, torch.device("cpu"))
+        return fit(model, Task(task.batches, task.steps, task.loss), config.train, run_dir,
+                   device=torch.device("cpu"), max_steps=max_steps)
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first = run(run_dir, 4)
+    assert first.history[-1].get("partial") and first.epoch == 0  # 4 steps end inside epoch 1
+    log = (run_dir / "train.log").read_text()
+    for torn in (log, ""):  # killed after the log line, or between the checkpoint and the log line
+        (run_dir / "train.log").write_text(torn)
+        again = run(run_dir, 4)
+        assert again.history == first.history
+        assert (run_dir / "train.log").read_text() == log
+    longer = run(run_dir, 0)  # the same checkpoint, trained on to the end
+    assert [r["epoch"] for r in longer.history] == [1, 2, 3] and not any(r.get("partial") for r in longer.history)
+    assert [json.loads(line) for line in (run_dir / "train.log").read_text().splitlines()] == longer.history
+
+
 def test_max_steps_at_an_epochs_end_counts_the_whole_epoch(synthetic_dataset: Path) -> None:
     config = RunConfig().with_overrides([*SMALL, "model.item_repr=id", "train.epochs=3"])
     dataset = load_processed(synthetic_dataset)

@@ -170,19 +170,22 @@ def _load_checkpoint(
                            "folder or pass --overwrite") from exc
 
 
-def trim_log(path: Path, epochs_done: int) -> None:
+def trim_log(path: Path, epochs_done: int, partial: dict[str, Any] | None = None) -> None:
     """Keep the records of the ``epochs_done`` epochs a checkpoint holds (drops what a resumed run will log
-    again, partial records and a torn last line), atomically."""
-    if not path.exists():
+    again, partial records and a torn last line), atomically; then ``partial``, the checkpoint's record of an
+    epoch that ``max_steps`` ended, where the resumed run ends there too (it will not log it again)."""
+    if not path.exists() and partial is None:
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text().splitlines() if path.exists() else []:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # torn by a kill mid-write
         if isinstance(record, dict) and int(record.get("epoch", 0)) <= epochs_done and not record.get("partial"):
             kept.append(line)
+    if partial is not None:
+        kept.append(json.dumps(partial))
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
@@ -227,10 +230,16 @@ def fit(
     state = TrainState()
     if checkpoint is not None and (checkpoint / "state.json").exists():
         state = _load_checkpoint(checkpoint, model, optimizer, fingerprint, dist, device)
+        # the record of an epoch that max_steps ended: kept where this run ends there too; where the epoch goes on
+        # (a later max_steps, or none), dropped from the history as from the log: it is recorded whole when it ends
+        ended = state.history[-1] if state.history and state.history[-1].get("partial") else None
+        if ended is not None and not (max_steps and state.global_step >= max_steps):
+            state.history.pop()
+            ended = None
         if dist.is_main:
             print(f"resuming from epoch {state.epoch} step {state.step_in_epoch}", file=sys.stderr)
             if run_dir is not None:
-                trim_log(run_dir / "train.log", state.epoch)
+                trim_log(run_dir / "train.log", state.epoch, ended)
     elif run_dir is not None and dist.is_main:  # from the start: what a run killed before its first checkpoint
         trim_log(run_dir / "train.log", 0)  # logged (its first epoch) is logged again
     write = dist.is_main and run_dir is not None
