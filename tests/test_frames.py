@@ -89,6 +89,13 @@ def test_fit_rejects_unknown_settings_and_frames_name_bad_columns(frames: tuple[
     half = interactions.assign(timestamp=interactions["timestamp"] + 0.5)
     with pytest.raises(UnisrecError, match=r"column 'timestamp' row 0: .* not a whole number of seconds"):
         unisrec.Dataset.from_frames(half, items)
+    # numeric user ids as times: read as a time column, silently, by the earlier code
+    numeric = interactions.assign(user_id=pd.factorize(interactions["user_id"])[0])
+    for kwargs, message in (({"time_col": "user_id"}, "time_col and user_col name the same column 'user_id'"),
+                            ({"time_col": "item_id"}, "time_col and item_col name the same column 'item_id'"),
+                            ({"user_col": "item_id"}, "user_col and item_col name the same column 'item_id'")):
+        with pytest.raises(UnisrecError, match=f"^interactions: {message}$"):
+            unisrec.Dataset.from_frames(numeric, items, **kwargs)
     twice = pd.concat([items, items.head(1)])
     with pytest.raises(UnisrecError, match="items: item id 'i0' appears twice"):
         unisrec.Dataset.from_frames(interactions, twice)

@@ -50,34 +50,57 @@ def test_resume_after_interruption_gives_identical_weights(synthetic_dataset: Pa
     assert epochs == [1, 2, 3]  # each epoch once: the interrupted one's partial record is gone
 
 
-def test_a_max_steps_run_rerun_after_its_last_checkpoint_keeps_its_partial_epoch(synthetic_dataset: Path,
-                                                                                 tmp_path: Path) -> None:
+@pytest.mark.parametrize("whole_epochs", [0, 1])
+def test_a_max_steps_run_rerun_after_its_last_checkpoint_keeps_its_partial_epoch(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole_epochs: int
+) -> None:
     """Killed after the checkpoint that ends a --max-steps run inside an epoch (before metrics.json): the same
     command again resumes there and ends at once; the partial epoch's record stays in train.log and the history.
-    A resumed run that goes on past it logs that epoch whole, once."""
+    A resumed run that goes on past it (``fit`` with a later max_steps) logs that epoch whole, once, with the
+    seconds of both parts."""
+    import unisrec.train as train_module
+
     config = RunConfig().with_overrides([*SMALL, "model.item_repr=id", "train.epochs=3"])
     dataset = load_processed(synthetic_dataset)
+    saved: list[tuple[int, bool]] = []  # (global step, the history ends with a partial record) of each checkpoint
+    save = train_module._save_checkpoint
+
+    def recording_save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+                       *args: object) -> None:
+        saved.append((state.global_step, bool(state.history and state.history[-1].get("partial"))))
+        save(path, model, optimizer, state, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", recording_save)
 
     def run(run_dir: Path, max_steps: int) -> TrainState:
         torch.manual_seed(0)
         model = UniSRec(config.model, dataset.n_items)
         task = FinetuneTask(model, dataset, config, torch.device("cpu"))
         return fit(model, Task(task.batches, task.steps, task.loss), config.train, run_dir,
-                   device=torch.device("cpu"), max_steps=max_steps)
+                   device=torch.device("cpu"), max_steps=max_steps, checkpoint_every=2)
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    first = run(run_dir, 4)
-    assert first.history[-1].get("partial") and first.epoch == 0  # 4 steps end inside epoch 1
+    steps = whole_epochs * len(FinetuneTask(UniSRec(config.model, dataset.n_items), dataset, config,
+                                            torch.device("cpu"))._epoch_batches(0)) + 4
+    first = run(run_dir, steps)
+    assert first.history[-1].get("partial") and first.epoch == whole_epochs  # 4 steps into the next epoch
+    # the last step's checkpoint is the partial one: a kill between two checkpoints at that step cannot leave a
+    # checkpoint at max_steps without the partial record
+    assert [partial for step, partial in saved if step == steps] == [True]
     log = (run_dir / "train.log").read_text()
-    for torn in (log, ""):  # killed after the log line, or between the checkpoint and the log line
+    assert len(log.splitlines()) == whole_epochs + 1
+    for torn in (log, "".join(log.splitlines(keepends=True)[:-1])):  # killed after the partial line, or before it
         (run_dir / "train.log").write_text(torn)
-        again = run(run_dir, 4)
+        again = run(run_dir, steps)
         assert again.history == first.history
         assert (run_dir / "train.log").read_text() == log
     longer = run(run_dir, 0)  # the same checkpoint, trained on to the end
     assert [r["epoch"] for r in longer.history] == [1, 2, 3] and not any(r.get("partial") for r in longer.history)
     assert [json.loads(line) for line in (run_dir / "train.log").read_text().splitlines()] == longer.history
+    interrupted = longer.history[whole_epochs]
+    assert interrupted["seconds"] >= first.history[-1]["seconds"]  # both parts of the interrupted epoch
+    assert sum(r["seconds"] for r in longer.history) == pytest.approx(longer.seconds, abs=0.002)
 
 
 def test_max_steps_at_an_epochs_end_counts_the_whole_epoch(synthetic_dataset: Path) -> None:

@@ -131,6 +131,11 @@ class Dataset:
         ``out``: the folder to write (default: a temporary one, removed at exit); an earlier dataset there is
         replaced only with ``overwrite`` (``unisrec prepare --overwrite``).
         """
+        for first, second, a, b in (("user_col", "item_col", user_col, item_col),
+                                    ("time_col", "user_col", time_col, user_col),
+                                    ("time_col", "item_col", time_col, item_col)):
+            if a == b:  # one column in two roles: ids read as times (numeric ones silently), or users as items
+                raise UnisrecError(f"interactions: {first} and {second} name the same column {a!r}")
         users = _ids(interactions, user_col, "interactions")
         item_ids = _ids(interactions, item_col, "interactions")
         times = _timestamps(_column(interactions, time_col, "interactions"), time_col)

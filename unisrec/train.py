@@ -91,11 +91,14 @@ def random_states(dist: Distributed, device: torch.device) -> dict[str, Tensor]:
     """The random generators' states a checkpoint keeps: this process's (``rng/torch``, ``rng/cuda<i>``) and,
     under torchrun, every rank's own (``rng/rank<r>/torch``, and ``rng/rank<r>/cuda`` for its GPU): ranks draw
     different dropout masks (their shares of a batch differ in size), so each resumes from its own state.
-    Collective under torchrun: every rank calls it, rank 0 writes what it returns."""
-    tensors = {"rng/torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda{i}"] = rng
+    Collective under torchrun: every rank calls it, rank 0 writes what it returns (the process's own keys are
+    read there only: a CPU run on a GPU host starts no CUDA context in the other ranks)."""
+    tensors: dict[str, Tensor] = {}
+    if dist.is_main:
+        tensors["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng/cuda{i}"] = rng
     if dist.enabled:
         for rank, rng in enumerate(dist.gather_equal(torch.get_rng_state())):
             tensors[f"rng/rank{rank}/torch"] = rng
@@ -212,7 +215,8 @@ def fit(
 
     ``checkpoint_every`` > 0 also checkpoints every that many steps inside an epoch; ``max_steps`` > 0
     stops after that many steps in all. With ``dist``, gradients are averaged over processes (the model
-    must then be wrapped by the caller in DistributedDataParallel) and only rank 0 writes files.
+    must then be wrapped by the caller in DistributedDataParallel) and only rank 0 writes files; every rank
+    gets the same ``run_dir`` (its checkpoints gather every rank's random state).
     """
     dist = dist or Distributed.single()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -227,15 +231,20 @@ def fit(
     if run_dir is not None and dist.is_main:
         clean_stale(run_dir / "checkpoint")  # killed between a checkpoint's two renames: the previous one comes back
         remove_partial_writes(run_dir)
+    dist.barrier()  # the other ranks look for the checkpoint once rank 0 has put back one that a kill left aside
     state = TrainState()
     if checkpoint is not None and (checkpoint / "state.json").exists():
         state = _load_checkpoint(checkpoint, model, optimizer, fingerprint, dist, device)
         # the record of an epoch that max_steps ended: kept where this run ends there too; where the epoch goes on
-        # (a later max_steps, or none), dropped from the history as from the log: it is recorded whole when it ends
+        # (train.fit called with a later max_steps, or none; the CLI refuses to resume with another --max-steps),
+        # dropped from the history as from the log, its seconds back in the epoch's: it is recorded whole when it ends
         ended = state.history[-1] if state.history and state.history[-1].get("partial") else None
         if ended is not None and not (max_steps and state.global_step >= max_steps):
-            state.history.pop()
+            state.seconds -= ended["seconds"]
+            state.epoch_elapsed = ended["seconds"]
             ended = None
+        # (a checkpoint of the earlier code, resumed past a partial epoch, kept its record before the whole one)
+        state.history = [r for r in state.history if not r.get("partial")] + ([ended] if ended else [])
         if dist.is_main:
             print(f"resuming from epoch {state.epoch} step {state.step_in_epoch}", file=sys.stderr)
             if run_dir is not None:
@@ -319,8 +328,9 @@ def fit(
             ticker.step(step + 1, value, lr)
             curves.step(state.global_step, value, lr)
             bar.set_postfix({k: f"{v / counts[k]:.4f}" for k, v in sums.items() if "@" not in k})
-            if checkpoint_every and state.global_step % checkpoint_every == 0:
-                save()
+            if checkpoint_every and state.global_step % checkpoint_every == 0 and not (
+                    max_steps and state.global_step >= max_steps):
+                save()  # not at the last step: the partial or end-of-epoch checkpoint follows, with its record
         bar.close()
         elapsed = time.perf_counter() - started
         record: dict[str, Any] = {

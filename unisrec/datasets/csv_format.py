@@ -124,7 +124,7 @@ def read_interactions(
     if columns.user == columns.item:
         raise DataError(path, f"--user-column and --item-column name the same column {columns.user!r}", line=1)
     for flag, name in (("--user-column", columns.user), ("--item-column", columns.item)):
-        if columns.timestamp == name:  # read as times, the ids would only be "unparsable timestamp"
+        if columns.timestamp == name:  # numeric ids would be read as times, silently; others "unparsable timestamp"
             raise DataError(path, f"--time-column and {flag} name the same column {name!r}", line=1)
     table = read_csv(
         path, [columns.user, columns.item, columns.timestamp], delimiter=delimiter, encoding=encoding
