@@ -53,6 +53,39 @@ def test_ranks_are_pessimistic_on_ties_and_chunk_independent() -> None:
         assert ranks.tolist() == [2, 0]
 
 
+@pytest.mark.parametrize("chunk", [64, 4096])
+def test_copies_of_the_target_count_against_it_whatever_the_batch_size(chunk: int) -> None:
+    """Items of one text have one vector in a text-only model. Matrix products of a few queries (or the tail of a
+    chunk) sum in another order on this CPU and scored such copies apart by a rounding error (the earlier code
+    ranked them differently in 159 of these cases): each copy, as the target, must get the same pessimistic rank,
+    whatever the batch it is ranked in."""
+    from unisrec.evaluate import duplicate_rows
+
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(997, 300, generator=generator)  # (N, H)
+    copies = [3, 250, 251, 600, 996]
+    table[copies] = table[3].clone()
+    table[[10, 11]] = table[500].clone()  # a second group
+    queries = torch.randn(40, 300, generator=generator)
+    found = duplicate_rows(table)
+    assert found is not None
+    assert sorted(found.items.tolist()) == sorted([*copies, 10, 11, 500]) and len(found.representatives) == 2
+    groups = dict(zip(found.items.tolist(), found.groups.tolist(), strict=True))
+    assert len({groups[i] for i in copies}) == 1 and groups[10] == groups[11] == groups[500] != groups[3]
+    assert duplicate_rows(torch.randn(50, 8, generator=generator)) is None
+    reference = count_ranks(queries, table, torch.full((40,), copies[0]), chunk)  # (40,) one batch of 40
+    for size in (1, 2, 3, 5, 7, 11, 16):
+        for lo in range(0, 40, size):
+            for target in copies:
+                ranks = count_ranks(queries[lo:lo + size], table, torch.full((len(queries[lo:lo + size]),), target),
+                                    chunk)
+                assert torch.equal(ranks, reference[lo:lo + size]), (size, lo, target)
+    # and through the float64 scores: every copy is at or above the rank of the items scored strictly higher
+    exact = queries.double() @ table.double().T  # (40, N)
+    strictly_higher = (exact > exact[:, [3]] + 1e-9).sum(dim=1)  # (40,)
+    assert torch.equal(reference, strictly_higher + len(copies) - 1)
+
+
 def test_exclude_seen_never_removes_the_target() -> None:
     queries = torch.tensor([[1.0, 0.0]])
     table = torch.tensor([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0]])

@@ -33,15 +33,64 @@ from unisrec.model import Offsets, SequenceModel, add_offsets
 from unisrec.text_cache import load_text
 
 
+@dataclass(frozen=True)
+class DuplicateRows:
+    """The rows of a scoring table that equal another row bit for bit (items of the same text, in a text-only
+    model): ``items`` (M,) their rows, ``groups`` (M,) the index of their group, ``representatives`` (R,) one row
+    per group."""
+
+    items: Tensor
+    groups: Tensor
+    representatives: Tensor
+
+
+_HASH_ROWS = 8192  # rows hashed at a time: (8192, H) values' bits as int64, 20 MB at H = 300
+
+
+def duplicate_rows(table: Tensor) -> DuplicateRows | None:
+    """The groups of identical rows of ``table`` (N, H), or None when every row is unique.
+
+    A matrix product does not give identical rows identical scores everywhere: kernels for few queries (or the
+    tail of a chunk) sum in another order, so copies of the target's vector could land on either side of it by a
+    rounding error, and a tie would not count against the target as the protocol says. ``count_ranks`` scores
+    each group once and gives every member that score. Rows are hashed exactly (integer arithmetic on their
+    values' bits, so no rounding), candidates then compared bit for bit.
+    """
+    n = table.shape[0]
+    if n < 2:
+        return None
+    word = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[table.element_size()]
+    raw = table.detach().contiguous().view(word).reshape(n, -1)  # (N, H) each value's bits as an integer
+    weights = torch.randint(1, 2**31 - 1, (raw.shape[1],), generator=torch.Generator().manual_seed(0),
+                            dtype=torch.int64).to(raw.device)  # (H,)
+    hashes = torch.cat([(raw[lo : lo + _HASH_ROWS].to(torch.int64) * weights).sum(dim=1)  # wraps: exact, any order
+                        for lo in range(0, n, _HASH_ROWS)]).cpu().numpy()  # (N,)
+    _, first, inverse, counts = np.unique(hashes, return_index=True, return_inverse=True, return_counts=True)
+    shared = np.flatnonzero(counts[inverse] > 1)  # (M',) rows whose hash another row has
+    if not len(shared):
+        return None
+    candidates = torch.from_numpy(shared).to(table.device)
+    heads = torch.from_numpy(first[inverse[shared]]).to(table.device)  # (M',) the first row of each hash
+    equal = (raw[candidates] == raw[heads]).all(dim=1)  # (M',) a hash collision is no duplicate
+    items, heads = candidates[equal], heads[equal]
+    if not len(items) or bool((items == heads).all()):  # only the first rows left: no copies
+        return None
+    representatives, groups = torch.unique(heads, return_inverse=True)  # (R,), (M,)
+    return DuplicateRows(items, groups, representatives)
+
+
 def count_ranks(
     queries: Tensor, table: Tensor, targets: Tensor, item_chunk: int, seen: tuple[Tensor, Tensor] | None = None,
-    offsets: Offsets | None = None,
+    offsets: Offsets | None = None, duplicates: DuplicateRows | bool | None = True,
 ) -> Tensor:
     """(B, H) queries, (N, H) scoring table, (B,) targets -> (B,) 0-based pessimistic ranks.
 
     Scores come from one matmul per chunk; the target's own score is read from the same matmul, so it
-    equals its column bit for bit. ``seen`` = (rows, items) pairs excluded from the ranking (never the target);
-    ``offsets``: the model's repeat offsets (``unisrec.model.history_offsets``), added to the scores before ranking.
+    equals its column bit for bit, and rows of the table that are copies of one another get one score (their
+    group's, ``duplicate_rows``), so a copy of the target counts against it. ``seen`` = (rows, items) pairs excluded
+    from the ranking (never the target); ``offsets``: the model's repeat offsets (``unisrec.model.history_offsets``),
+    added to the scores before ranking. ``duplicates``: ``duplicate_rows(table)`` computed once by a caller that
+    ranks many batches against one table; True (the default) computes it here.
     """
     n = table.shape[0]
     if item_chunk < 1:
@@ -51,9 +100,14 @@ def count_ranks(
         raise UnisrecError(f"target item row {low if low < 0 else high} is outside the scoring table of {n} items")
     chunks = [(s, min(n, s + item_chunk)) for s in range(0, n, item_chunk)]
     target_score = torch.empty(len(targets), dtype=queries.dtype, device=queries.device)
+    copies = duplicate_rows(table) if duplicates is True else duplicates or None
+    group_scores = queries @ table[copies.representatives].T if copies is not None else None  # (B, R)
 
     def chunk_scores(lo: int, hi: int) -> Tensor:
         scores = queries @ table[lo:hi].T  # (B, C)
+        if copies is not None and group_scores is not None:
+            inside = (copies.items >= lo) & (copies.items < hi)  # (M,)
+            scores[:, copies.items[inside] - lo] = group_scores[:, copies.groups[inside]]
         return scores if offsets is None else add_offsets(scores, offsets, lo)
 
     cached: Tensor | None = None
@@ -103,6 +157,7 @@ def rank_split(
         if table is None:
             table = model.item_table()  # (N, H): once per pass
         scoring = model.scoring_table(table)
+        copies = duplicate_rows(scoring)  # once per pass, not per batch
         rows = dataset.target_rows(split)
         seq_start = dataset.offsets[:-1][dataset.user_of_rows()[rows]]
         lengths = np.minimum(rows - seq_start, model.config.max_seq_len)
@@ -114,20 +169,21 @@ def rank_split(
                 dataset.items, rows[part], seq_start[part], model.config.max_seq_len,
                 with_seen=config.exclude_seen,
             )
-            ranks[part] = _rank_batch(model, batch, table, scoring, config, device).cpu().numpy()
+            ranks[part] = _rank_batch(model, batch, table, scoring, config, device, copies).cpu().numpy()
         return ranks
     finally:
         model.train(was_training)
 
 
 def _rank_batch(
-    model: SequenceModel, batch: EvalBatch, table: Tensor, scoring: Tensor, config: EvalConfig, device: Any
+    model: SequenceModel, batch: EvalBatch, table: Tensor, scoring: Tensor, config: EvalConfig, device: Any,
+    copies: DuplicateRows | None,
 ) -> Tensor:
     inputs, lengths = batch.inputs.to(device), batch.lengths.to(device)
     queries = model.query_vectors(model.sequence_vectors(inputs, lengths, table))  # (B, H)
     seen = (batch.seen_rows.to(device), batch.seen_items.to(device)) if config.exclude_seen else None
     offsets = model.repeat_offsets(inputs, lengths)
-    return count_ranks(queries, scoring, batch.targets.to(device), config.item_chunk, seen, offsets)
+    return count_ranks(queries, scoring, batch.targets.to(device), config.item_chunk, seen, offsets, copies)
 
 
 def evaluate(
