@@ -95,7 +95,52 @@ def _recommend_unknown_device(tmp: Path, lm: Path) -> tuple[list[str], str]:
     return (["recommend", str(tmp / "run"), "--history", "i1", "--device", "gpu"], "unknown device 'gpu'")
 
 
+def _negative_max_steps(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")  # trained 0 steps and ended "finished" without a model
+    return (["pretrain", str(data), "--out", str(tmp / "p"), "--max-steps", "-1", "--text-model", str(lm)],
+            "--max-steps must be >= 0 (0: every epoch's steps), got -1")
+
+
+def _nan_learning_rate(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")  # failed inside torch after run.json was written
+    return (["finetune", str(data), "--mode", "sasrec", "--out", str(tmp / "r"), "--train.lr=.nan"],
+            "train.lr must be a number > 0, got nan")
+
+
+def _old_name_bad_value(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    return (["pretrain", str(data), "--out", str(tmp / "p"), "--pretrain.strided_windows=maybe"],
+            "pretrain.strided_windows (now train.windows) takes true or false")
+
+
+def _only_commas(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    return (["report", str(tmp / "r.yaml"), "--only", " , "], "--only ' , ' names no run")  # was: every run
+
+
+def _nan_budget(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    return (["report", str(tmp / "r.yaml"), "--budget-minutes", "nan"], "--budget-minutes must be a number > 0")
+
+
+def _records_of_one_name(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    return (["record", str(tmp / "a" / "run"), str(tmp / "b" / "run"), "--out-dir", str(tmp / "records")],
+            f"{tmp / 'a' / 'run'} and {tmp / 'b' / 'run'} would both be recorded as {tmp / 'records' / 'run.json'}")
+
+
+def _history_with_results(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    history = tmp / "h.jsonl"
+    history.write_text('{"history": ["i1"]}\n{"history": ["i1"], "results": 5}\n')  # was replaced by the answer
+    run = tmp / "run"
+    run.mkdir()
+    return (["recommend", str(run), "--history-file", str(history)],
+            f'{history}, line 2: holds a "results" field, the name the answer is written under; rename it')
+
+
 CASES: dict[str, Case] = {
+    "recommend: a record with results": _history_with_results,
+    "record: two runs of one name": _records_of_one_name,
+    "report: --only of commas": _only_commas, "report: NaN budget": _nan_budget,
+    "pretrain: negative max steps": _negative_max_steps, "finetune: NaN lr": _nan_learning_rate,
+    "renamed setting, bad value": _old_name_bad_value,
     "delimiter ;;": _semicolons, "delimiter empty": _empty_delimiter, "corrupt dataset.json": _corrupt_dataset_json,
     "corrupt run.json": _corrupt_run_json, "non-UTF-8 history file": _non_utf8_history,
     "output below a file": _output_under_a_file, "missing run": _missing_run,
@@ -104,6 +149,10 @@ CASES: dict[str, Case] = {
     "select metric not computed": _select_metric_not_computed, "finetune: unknown device": _unknown_device,
     "recommend: unknown device": _recommend_unknown_device,
 }
+
+
+REFUSED_BEFORE_THE_RUN_FOLDER = {"pretrain: negative max steps", "finetune: NaN lr", "renamed setting, bad value",
+                                 "select metric not computed"}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -116,3 +165,19 @@ def test_bad_input_exits_2_with_one_line(name: str, tmp_path: Path, tiny_lm_dir:
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith(f"unisrec {argv[0]}: error: ") and expected in err[0], err
     assert "Traceback" not in err[0]
+    if name in REFUSED_BEFORE_THE_RUN_FOLDER:  # a corrected command then runs (no run.json of other settings)
+        assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`unisrec recommend ... | head`: the reader goes, the next write raises BrokenPipeError; that is no error
+    of the command (it printed "error: Broken pipe" and exited 2)."""
+    import unisrec.cli as cli
+
+    def closed(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_run_evaluate", closed)
+    assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "data")]) == 141
+    assert capsys.readouterr().err == ""

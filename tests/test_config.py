@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"expected section\.field=value"):
         RunConfig().with_overrides(["model.n_layers"])
     for bad, name in itertools.product(("-0.5", "nan"), ("anchor", "replay")):  # non-negative coefficients
-        with pytest.raises(ConfigError, match=rf"train\.{name} must be >= 0"):
+        with pytest.raises(ConfigError, match=rf"train\.{name} must be a number >= 0"):
             RunConfig().with_overrides([f"train.{name}={bad}"])
     assert RunConfig().with_overrides(["train.anchor=0.01"]).train.anchor == 0.01
     with pytest.raises(ConfigError, match=r"value '\[10,' is not valid YAML .*'eval\.ks=\[10, 20\]'"):
@@ -162,3 +163,60 @@ def test_the_selection_metric_is_one_that_validation_computes() -> None:
                            (["train.select_metric=ndcg@ten"], "'ndcg@ten'"), (["train.select_metric=ndcg"], "'ndcg'")):
         with pytest.raises(ConfigError, match=rf"train\.select_metric must be one of the validation .*got {got}"):
             RunConfig().with_overrides(overrides)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.lr=.nan", r"train\.lr must be a number > 0, got nan"),
+    ("train.lr=.inf", r"train\.lr must be a number > 0, got inf"),
+    ("train.weight_decay=-1", r"train\.weight_decay must be a number >= 0, got -1"),
+    ("train.max_grad_norm=-1", r"train\.max_grad_norm must be a number >= 0"),
+    ("train.threads=-3", r"train\.threads must be >= 0, got -3"),
+    ("train.seed=-1", r"train\.seed must be >= 0, got -1"),
+    ("train.repeat_lr_scale=.inf", r"train\.repeat_lr_scale must be a number >= 0, got inf"),
+    ("model.initializer_range=-1", r"model\.initializer_range must be a number >= 0"),
+    ("model.layer_norm_eps=-1", r"model\.layer_norm_eps must be a number > 0"),
+    ("model.temperature=.nan", r"model\.temperature must be a number > 0, got nan"),
+    ("model.temperature=.inf", r"model\.temperature must be a number > 0, got inf"),
+    ("pretrain.lambda_ss=.nan", r"pretrain\.lambda_ss must be a number >= 0, got nan"),
+    ("pretrain.checkpoint_every=-5", r"pretrain\.checkpoint_every must be >= 0, got -5"),
+    # looked up by its name after the first epoch: only validation's own spelling is accepted
+    ("train.select_metric=ndcg@010", r"train\.select_metric must be one of .*got 'ndcg@010'"),
+])
+def test_out_of_range_numbers_are_refused_before_any_work(override: str, message: str) -> None:
+    """Each of these was accepted and failed inside torch or numpy once the run had started (its run.json then
+    refused the corrected command), or trained a broken model (an infinite temperature scores every item 0)."""
+    with pytest.raises(ConfigError, match=message):
+        RunConfig().with_overrides([override])
+
+
+def test_a_config_file_names_itself_in_range_errors_and_missing_keys(tmp_path: Path) -> None:
+    from unisrec.config import from_plain
+    from unisrec.report_config import ExperimentSpec
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: -1}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: train\.epochs must be >= 1, got -1$"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"^experiments\[0\]: missing key 'name'$"):
+        from_plain(ExperimentSpec, {"dataset": "tiny", "mode": "sasrec"}, "experiments[0]")
+
+
+def test_a_renamed_setting_keeps_its_old_name(tmp_path: Path) -> None:
+    """pretrain.strided_windows (true: consecutive windows) became train.windows (strided / exact)."""
+    from unisrec.cli import parse_overrides
+    from unisrec.config import load_config_overrides
+
+    for old, new in (("true", "strided"), ("false", "exact")):
+        assert RunConfig().with_overrides([f"pretrain.strided_windows={old}"]).train.windows == new
+        assert parse_overrides([f"--pretrain.strided_windows={old}"]) == [f"train.windows={new}"]
+        assert parse_overrides(["--pretrain.strided_windows", old]) == [f"train.windows={new}"]
+        path = tmp_path / f"{old}.yaml"
+        path.write_text(f"pretrain: {{strided_windows: {old}, lambda_ss: 0.01}}\n")
+        assert load_config(path).train.windows == new and load_config(path).pretrain.lambda_ss == 0.01
+        assert f"train.windows={new}" in load_config_overrides(path)
+    with pytest.raises(ConfigError, match=r"pretrain\.strided_windows \(now train\.windows\) takes true or false"):
+        RunConfig().with_overrides(["pretrain.strided_windows=sometimes"])
+    both = tmp_path / "both.yaml"
+    both.write_text("pretrain: {strided_windows: true}\ntrain: {windows: exact}\n")
+    with pytest.raises(ConfigError, match=r"pretrain\.strided_windows and its new name train\.windows disagree"):
+        load_config(both)

@@ -391,6 +391,21 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
     with pytest.raises(ConfigError, match="two runs share the record name 'mine-s1'"):
         load_report_config(_config(tmp_path, tiny_lm_dir, pretrain=clash, long_tail=None, transfer=None,
                                    experiments=[{"name": "a", "dataset": "target", "record": "mine-s{seed}"}]))
+    # the tables' columns: written only after every run has trained, so checked when the config is read
+    for metrics, message in (([], r"metrics: name at least one"),
+                             (["foo@10"], r"metrics: 'foo@10' is not recall@K"),
+                             (["ndcg@1000"], r"metrics: 'ndcg@1000' is not .* one of eval\.ks \[10, 20, 50\]"),
+                             (["ndcg@010"], r"metrics: 'ndcg@010' is not")):
+        with pytest.raises(ConfigError, match=message):
+            load_report_config(_config(tmp_path, tiny_lm_dir, metrics=metrics, transfer=None))
+    assert load_report_config(_config(tmp_path, tiny_lm_dir, metrics=["ndcg@10", "cold_ndcg@50"],
+                                      transfer=None)).metrics == ("ndcg@10", "cold_ndcg@50")
+    with pytest.raises(ConfigError, match=r"long_tail\.metric: 'ndcg@5' is not .* one of \[10, 20, 50\]"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, long_tail={"experiments": ["sasrec"], "metric": "ndcg@5"}))
+    with pytest.raises(ConfigError, match=r"seeds must be >= 0, got \[-1\]"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, seeds=[-1]))
+    with pytest.raises(ConfigError, match=r"report\.yaml\.experiments\[0\]: missing key 'name'"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, experiments=[{"dataset": "target"}]))
     base = tmp_path / "base.yaml"  # the base run config counts as much as the overrides
     base.write_text("eval:\n  test: false\n")
     with pytest.raises(ConfigError, match=r"eval\.test=false leaves the run without test metrics"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -422,6 +423,9 @@ def _read_history_file(path: Path, texts: bool = False) -> tuple[list[dict[str, 
             expected = ('{"history": ["item text", ...]} (a non-empty list of texts)' if texts else
                         '{"history": ["item id", ...]} (a non-empty list of string or integer ids)')
             raise UnisrecError(f"{path}, line {number}: expected {expected}")
+        if "results" in record:  # each record comes back whole with the answer under "results": it would be lost
+            raise UnisrecError(f"{path}, line {number}: holds a \"results\" field, the name the answer is written "
+                               "under; rename it")
         records.append(record)
         lines.append(number)
     if not records:
@@ -518,7 +522,11 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from unisrec.report import run_report
 
-    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only is not None else None
+    if only == []:  # "--only ," would otherwise mean every run
+        raise UnisrecError(f"--only {args.only!r} names no run: give comma-separated experiment or pre-training names")
+    if args.budget_minutes is not None and not 0 < args.budget_minutes < float("inf"):
+        raise UnisrecError(f"--budget-minutes must be a number > 0, got {args.budget_minutes}")
     results = args.results if args.results is not None else Path("results") / args.config.stem
     if args.verify:
         from unisrec.report import verify_run
@@ -597,6 +605,8 @@ OVERRIDE_COMMANDS = (*TRAINING_COMMANDS, "encode")  # commands that take dotted 
 
 def parse_overrides(extra: list[str]) -> list[str]:
     """``--model.n_layers=3`` / ``--model.n_layers 3`` -> ``["model.n_layers=3"]``."""
+    from unisrec.config import renamed_override
+
     out: list[str] = []
     i = 0
     while i < len(extra):
@@ -611,7 +621,7 @@ def parse_overrides(extra: list[str]) -> list[str]:
             i += 2
         else:
             raise UnisrecError(f"override {token!r} has no value")
-    return out
+    return [renamed_override(item) for item in out]  # an old name (--pretrain.strided_windows) as its new one
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -628,6 +638,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"unisrec {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader closed the pipe (`unisrec recommend ... | head`): stop quietly, as shell
+        with contextlib.suppress(OSError, ValueError):  # tools do; stdout to /dev/null, so the exit flush is quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     except OSError as exc:  # disk full, permissions, ...: one line naming the file, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"unisrec {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -105,8 +106,11 @@ class ModelConfig:
         for name in ("hidden_dropout", "attn_dropout", "adaptor_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"model.temperature must be > 0, got {self.temperature}")
+        for name in ("temperature", "layer_norm_eps"):
+            if not 0.0 < getattr(self, name) < math.inf:  # NaN too
+                raise ConfigError(f"model.{name} must be a number > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.initializer_range < math.inf:
+            raise ConfigError(f"model.initializer_range must be a number >= 0, got {self.initializer_range}")
         if self.skip_gate and not self.last_item_skip:
             raise ConfigError("model.skip_gate=true needs model.last_item_skip=true")
         if self.repeat_bias and self.architecture != "unisrec":
@@ -312,8 +316,14 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0.0 < self.lr < math.inf:  # NaN too
+            raise ConfigError(f"train.lr must be a number > 0, got {self.lr}")
+        for name in ("weight_decay", "max_grad_norm"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"train.{name} must be a number >= 0, got {getattr(self, name)}")
+        for name in ("seed", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
         _check_choice("train.interpolate", self.interpolate, ("off", "auto"))
         _check_choice("train.transfer", self.transfer, ("all", "adaptor", "encoder"))
@@ -322,8 +332,8 @@ class TrainConfig:
         _check_choice("train.precision", self.precision, TRAIN_PRECISIONS)
         _check_choice("train.log", self.log, ("auto", "tensorboard", "jsonl"))
         for name in ("encoder_lr_scale", "adaptor_lr_scale", "repeat_lr_scale", "anchor", "replay"):
-            if not getattr(self, name) >= 0:  # NaN too
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+            if not 0.0 <= getattr(self, name) < math.inf:  # NaN too
+                raise ConfigError(f"train.{name} must be a number >= 0, got {getattr(self, name)}")
         if self.negatives < 0:
             raise ConfigError(f"train.negatives must be >= 0 (0 = the full softmax), got {self.negatives}")
         if self.batch_negatives and not self.negatives:
@@ -390,10 +400,11 @@ class PretrainConfig:
         for name in ("item_drop", "word_drop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"pretrain.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.lambda_ss < 0:
-            raise ConfigError(f"pretrain.lambda_ss must be >= 0, got {self.lambda_ss}")
-        if self.word_drop_variants < 0:
-            raise ConfigError("pretrain.word_drop_variants must be >= 0")
+        if not 0.0 <= self.lambda_ss < math.inf:  # NaN too
+            raise ConfigError(f"pretrain.lambda_ss must be a number >= 0, got {self.lambda_ss}")
+        for name in ("word_drop_variants", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"pretrain.{name} must be >= 0, got {getattr(self, name)}")
         _check_choice("pretrain.false_negatives", self.false_negatives, ("remove", "zero_logit", "keep"))
         _check_choice("pretrain.batch_domains", self.batch_domains, ("mixed", "single"))
         _check_choice("pretrain.popularity_correction", self.popularity_correction, ("none", "logq"))
@@ -469,7 +480,9 @@ class RunConfig:
         # the best epoch is chosen by one of the metrics validation computes: recall, ndcg or mrr at a cut-off
         # of eval.ks (checked here, before any work, not after the first epoch)
         name, _, cutoff = self.train.select_metric.partition("@")
-        if name not in SELECT_METRICS or not cutoff.isdigit() or int(cutoff) not in self.eval.ks:
+        # spelled as validation names its metrics ("ndcg@10", not "ndcg@010"): the best epoch is looked up by name
+        if name not in SELECT_METRICS or not cutoff.isdigit() or f"{int(cutoff)}" != cutoff \
+                or int(cutoff) not in self.eval.ks:
             choices = ", ".join(f"{m}@{k}" for m in SELECT_METRICS for k in self.eval.ks)
             raise ConfigError(f"train.select_metric must be one of the validation metrics ({choices}); "
                               f"got {self.train.select_metric!r}")
@@ -482,7 +495,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
-        return from_plain(cls, data, source)
+        """The config a mapping describes; errors name ``source`` (a file: also range errors of a field)."""
+        try:
+            config: RunConfig = from_plain(cls, data, source)
+        except ConfigError as exc:
+            if source == "config" or str(exc).startswith(source):
+                raise
+            raise ConfigError(f"{source}: {exc}") from None
+        return config
 
     def with_overrides(self, overrides: list[str]) -> RunConfig:
         return apply_overrides(self, overrides)
@@ -522,7 +542,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list | tuple):
             value = [value]
         inner = typing.get_args(tp)[0]
-        return tuple(_coerce(v, inner, where) for v in value)
+        return tuple(_coerce(v, inner, f"{where}[{i}]" if dataclasses.is_dataclass(inner) else where)
+                     for i, v in enumerate(value))  # a list of mappings: errors name the entry
     if tp is type(None):
         if value is not None:
             raise ConfigError(f"{where}: expected null, got {value!r}")
@@ -559,6 +580,10 @@ def from_plain(cls: Any, data: dict[str, Any], source: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{source}: missing key {missing[0]!r}")
     kwargs = {key: _coerce(value, hints[key], f"{source}.{key}") for key, value in data.items()}
     return cls(**kwargs)
 
@@ -566,7 +591,7 @@ def from_plain(cls: Any, data: dict[str, Any], source: str) -> Any:
 def apply_overrides(config: Any, overrides: list[str]) -> Any:
     """``["model.n_layers=3", "train.lr=1e-4"]`` -> a new config; unknown keys and bad values are errors."""
     plain = to_plain(config)
-    for item in overrides:
+    for item in map(renamed_override, overrides):
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r}: expected section.field=value")
@@ -605,10 +630,58 @@ def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
     return data
 
 
+# settings renamed since they were first released: the old dotted name -> the new one and each old value's new
+# value (the old spelling keeps working on the command line, in overrides and in config files)
+RENAMED_SETTINGS: dict[str, tuple[str, dict[Any, Any]]] = {
+    "pretrain.strided_windows": ("train.windows", {True: "strided", False: "exact"}),
+}
+
+
+def _renamed_value(old: str, value: Any, where: str) -> tuple[str, Any]:
+    new, values = RENAMED_SETTINGS[old]
+    if isinstance(value, bool | str) and value in values:
+        return new, values[value]
+    raise ConfigError(f"{where}: {old} (now {new}) takes {' or '.join(str(v).lower() for v in values)}, "
+                      f"got {value!r}")
+
+
+def renamed_override(item: str) -> str:
+    """A dotted override with a renamed setting's old name (``pretrain.strided_windows=true``) in its new form
+    (``train.windows=strided``); any other override as it is."""
+    key, sep, raw = item.partition("=")
+    name = key.strip().lstrip("-")
+    if not sep or name not in RENAMED_SETTINGS:
+        return item
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    new, translated = _renamed_value(name, value, f"override {item!r}")
+    return f"{new}={translated}"
+
+
+def renamed_sections(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A config mapping (``--config`` file) with renamed settings under their new names."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for old in RENAMED_SETTINGS:
+        section, name = old.split(".")
+        values = data.get(section)
+        if isinstance(values, dict) and name in values:
+            new, value = _renamed_value(old, values.pop(name), f"{source}: {old}")
+            new_section, new_name = new.split(".")
+            target = data.setdefault(new_section, {})
+            if isinstance(target, dict):
+                if new_name in target and target[new_name] != value:
+                    raise ConfigError(f"{source}: {old} and its new name {new} disagree ({value!r} against "
+                                      f"{target[new_name]!r}); give {new} only")
+                target[new_name] = value
+    return data
+
+
 def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     data = read_yaml_mapping(path, "config file", "sections model / train / eval / pretrain / text")
-    return RunConfig.from_dict(data, source=str(path))
+    return RunConfig.from_dict(renamed_sections(data, str(path)), source=str(path))
 
 
 def override(key: str, value: Any) -> str:
@@ -629,7 +702,8 @@ def load_config_overrides(path: str | Path) -> list[str]:
     like the same setting on the command line (with ``--init``, both win over the pre-trained run's).
     """
     path = Path(path)
-    data = read_yaml_mapping(path, "config file", "sections model / train / eval / pretrain / text")
+    data = renamed_sections(read_yaml_mapping(path, "config file", "sections model / train / eval / pretrain / text"),
+                            str(path))
     plain = RunConfig.from_dict(data, source=str(path)).to_dict()  # checked; values in their typed form
     return [override(f"{section}.{key}", plain[section][key]) for section, values in data.items() for key in values]
 

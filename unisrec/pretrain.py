@@ -343,6 +343,8 @@ def pretrain_settings(data_dirs: Sequence[str | Path], config: RunConfig, overri
     """The resolved config of a pre-training run and the settings its ``run.json`` holds: their fingerprint
     decides whether an interrupted run resumes, and whether ``unisrec report --adopt`` takes a run made by hand.
     Settings that belong to fine-tuning are refused, naming the setting."""
+    if max_steps < 0:
+        raise UnisrecError(f"--max-steps must be >= 0 (0: every epoch's steps), got {max_steps}")
     config = config.with_overrides(overrides)
     config = replace(config, model=replace(config.model, item_repr="text"))
     if config.model.repeat_bias:

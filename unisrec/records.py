@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from unisrec.atomic import atomic_write_json
+from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
 
 RECORD_FORMAT = "unisrec-run-record"
@@ -200,5 +201,12 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def write_records(run_dirs: list[Path], out_dir: Path) -> list[Path]:
-    """Write ``out_dir/<run folder name>.json`` for each run; returns the files written."""
+    """Write ``out_dir/<run folder name>.json`` for each run; returns the files written. Two runs whose folders
+    share a name would write one file, the first record lost: refused before anything is written."""
+    names: dict[str, Path] = {}
+    for run_dir in run_dirs:
+        other = names.setdefault(run_dir.name, run_dir)
+        if other is not run_dir:
+            raise UnisrecError(f"{other} and {run_dir} would both be recorded as {out_dir / (run_dir.name + '.json')}; "
+                               "record them into different --out-dir folders (or rename one run folder)")
     return [write_record(run_dir, out_dir / f"{run_dir.name}.json") for run_dir in run_dirs]

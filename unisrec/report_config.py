@@ -61,6 +61,7 @@ from unisrec.config import (
     with_mode_network,
 )
 from unisrec.errors import ConfigError
+from unisrec.records import LONG_TAIL_KS
 
 # Hou et al., KDD 2022, Table 2 (the paper's main results table): Recall@10, NDCG@10, Recall@50, NDCG@50
 PAPER_CITATION = "Hou et al., Towards Universal Sequence Representation Learning for Recommender Systems, KDD 2022"
@@ -244,6 +245,17 @@ def check_report_config(config: ReportConfig, where: str) -> None:
     base = load_config(config.resolve(config.config)) if config.config else RunConfig()  # what every run starts from
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
         fail(f"seeds must be distinct and at least one, got {list(config.seeds)}")
+    if any(seed < 0 for seed in config.seeds):
+        fail(f"seeds must be >= 0, got {list(config.seeds)}")
+    ks = base.with_overrides(list(config.overrides)).eval.ks  # the cut-offs every run's records hold
+    if not config.metrics:
+        fail("metrics: name at least one (the tables' columns), e.g. [recall@10, ndcg@10]")
+    for metric in config.metrics:
+        name, _, cutoff = metric.removeprefix("cold_").partition("@")  # cold_*: over the cold items' targets
+        if name not in ("recall", "ndcg", "mrr") or not cutoff.isdigit() or f"{int(cutoff)}" != cutoff \
+                or int(cutoff) not in ks:
+            fail(f"metrics: {metric!r} is not recall@K, ndcg@K or mrr@K (or cold_ of one) with K one of eval.ks "
+                 f"{list(ks)} (the records hold no other)")
     for name, dataset in config.datasets.items():
         if not _NAME.match(name):
             fail(f"dataset name {name!r}: use letters, digits and _ . + -")
@@ -308,8 +320,10 @@ def check_report_config(config: ReportConfig, where: str) -> None:
                 fail(f"long_tail: unknown experiment {name!r}")
         if tail.groups < 1:
             fail("long_tail.groups must be >= 1")
-        if not re.match(r"^(recall|ndcg|mrr)@[1-9][0-9]*$", tail.metric):
-            fail(f"long_tail.metric: {tail.metric!r} is not recall@K, ndcg@K or mrr@K")
+        if not re.match(r"^(recall|ndcg|mrr)@[1-9][0-9]*$", tail.metric) \
+                or int(tail.metric.partition("@")[2]) not in LONG_TAIL_KS:
+            fail(f"long_tail.metric: {tail.metric!r} is not recall@K, ndcg@K or mrr@K with K one of "
+                 f"{list(LONG_TAIL_KS)} (the cut-offs whose hits the records count per item group)")
         if len({config.experiment(n).dataset for n in tail.experiments}) > 1:
             fail("long_tail: the experiments must share one dataset")
     if config.transfer is not None:
