@@ -135,7 +135,21 @@ def _history_with_results(tmp: Path, lm: Path) -> tuple[list[str], str]:
             f'{history}, line 2: holds a "results" field, the name the answer is written under; rename it')
 
 
+def _pretrain_a_baseline(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")  # trained UniSRec and recorded zesrec: no --init could load it
+    return (["pretrain", str(data), "--out", str(tmp / "p"), "--model.architecture=zesrec"],
+            "model.architecture=zesrec: pre-training trains UniSRec's text model")
+
+
+def _pretrain_a_baseline_setting(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    return (["pretrain", str(data), "--out", str(tmp / "p"), "--model.mask_prob=0.5"],
+            "model.mask_prob=0.5 is implemented for the bert4rec architecture")
+
+
 CASES: dict[str, Case] = {
+    "pretrain: a baseline's architecture": _pretrain_a_baseline,
+    "pretrain: a baseline's setting": _pretrain_a_baseline_setting,
     "recommend: a record with results": _history_with_results,
     "record: two runs of one name": _records_of_one_name,
     "report: --only of commas": _only_commas, "report: NaN budget": _nan_budget,
@@ -151,7 +165,8 @@ CASES: dict[str, Case] = {
 }
 
 
-REFUSED_BEFORE_THE_RUN_FOLDER = {"pretrain: negative max steps", "finetune: NaN lr", "renamed setting, bad value",
+REFUSED_BEFORE_THE_RUN_FOLDER = {"pretrain: a baseline's architecture", "pretrain: a baseline's setting",
+                                 "pretrain: negative max steps", "finetune: NaN lr", "renamed setting, bad value",
                                  "select metric not computed"}
 
 

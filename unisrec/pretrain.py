@@ -29,7 +29,7 @@ from unisrec.atomic import atomic_write_json
 from unisrec.augment import item_drop
 from unisrec.batches import Windows, bucketed_batches, make_train_batch, placeholder_batch, shard, training_windows
 from unisrec.checkpoint import save_pretrained
-from unisrec.config import RunConfig
+from unisrec.config import RunConfig, check_read_settings
 from unisrec.datasets.processed import load_processed
 from unisrec.devices import resolve_device
 from unisrec.distributed import Distributed
@@ -347,6 +347,10 @@ def pretrain_settings(data_dirs: Sequence[str | Path], config: RunConfig, overri
         raise UnisrecError(f"--max-steps must be >= 0 (0: every epoch's steps), got {max_steps}")
     config = config.with_overrides(overrides)
     config = replace(config, model=replace(config.model, item_repr="text"))
+    if config.model.architecture != "unisrec":  # recorded, then no --init of any mode could load the run
+        raise UnisrecError(f"model.architecture={config.model.architecture}: pre-training trains UniSRec's text model "
+                           "(the baselines are fine-tuned with unisrec finetune --mode ...); pre-train without it")
+    check_read_settings(config)  # a baseline's own setting (model.mask_prob, model.gru_layers) would be ignored
     if config.model.repeat_bias:
         raise UnisrecError("model.repeat_bias is a fine-tuning setting: the repeat offsets belong to one catalogue "
                            "and are not transferred; pre-train without it and fine-tune with it")
