@@ -455,3 +455,46 @@ def test_search_waits_for_the_catalogue_off_the_event_loop(recommender: Recommen
         searcher.join(10)
         health.join(10)
         assert health_answered == [200] and still_waiting and searched == [200]
+
+
+def test_serve_on_a_taken_port_or_a_small_cap_is_a_one_line_error(recommender: Recommender, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The port is taken before the run loads (it printed its address, then uvicorn's error, exit 3); a cap
+    below the catalogue's size is refused rather than served with every addition refused."""
+    from unisrec.cli import main
+
+    recommender.save_pretrained(tmp_path / "run")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        capsys.readouterr()
+        assert main(["serve", str(tmp_path / "run"), "--port", str(port)]) == 2  # before the model loads
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"unisrec serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert main(["serve", str(tmp_path / "run"), "--port", "0", "--max-catalogue", str(N_ITEMS - 1)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"unisrec serve: error: --max-catalogue {N_ITEMS - 1} is below the {N_ITEMS} items the catalogue holds "
+        "already; give a larger cap")
+
+
+def test_serve_on_port_0_says_the_port_it_listens_on(recommender: Recommender, tmp_path: Path) -> None:
+    recommender.save_pretrained(tmp_path / "run")
+    command = [sys.executable, "-m", "unisrec", "serve", str(tmp_path / "run"), "--port", "0", "--threads", "1"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()  # "unisrec serve: http://127.0.0.1:PORT (docs at /docs)"
+        port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        assert port > 0
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["n_items"] == N_ITEMS
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

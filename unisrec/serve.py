@@ -39,6 +39,7 @@ import functools
 import hmac
 import json
 import queue
+import socket
 import sys
 import threading
 import time
@@ -57,6 +58,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from unisrec.checkpoint import read_model_config
 from unisrec.errors import UnisrecError
 from unisrec.recommend import (
     ADDED_DIR,
@@ -515,10 +517,36 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, bac
               "the catalogue (POST /items)", file=sys.stderr)
     if threads:
         torch.set_num_threads(threads)
-    recommender = Recommender.from_pretrained(run_dir, backend=backend)
-    recommender.scoring_table()  # build it before the first request
-    app = create_app(recommender, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes,
-                     access_log=access_log, max_catalogue=max_catalogue, run_dir=run_dir)
-    print(f"unisrec serve: http://{host}:{port} (docs at /docs)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning",
-                access_log=False)
+    read_model_config(run_dir)  # a missing or foreign run folder: its own error, before any port is taken
+    listener = listen_on(host, port)  # then the port: taken, a one-line error before minutes of loading
+    try:
+        recommender = Recommender.from_pretrained(run_dir, backend=backend)
+        if len(recommender.catalogue) > max_catalogue:
+            raise UnisrecError(f"--max-catalogue {max_catalogue} is below the {len(recommender.catalogue)} items the "
+                               "catalogue holds already; give a larger cap")
+        recommender.scoring_table()  # build it before the first request
+        app = create_app(recommender, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes,
+                         access_log=access_log, max_catalogue=max_catalogue, run_dir=run_dir)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"unisrec serve: http://{shown}:{listener.getsockname()[1]} (docs at /docs)", file=sys.stderr,
+              flush=True)  # the port the system chose for --port 0
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
+    finally:
+        listener.close()
+
+
+def listen_on(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (0: a free port), or a one-line error naming both (in use, no such
+    address, not permitted)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UnisrecError(f"--host {host!r}: {exc.strerror or exc}") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a stop may bind
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise UnisrecError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return listener
