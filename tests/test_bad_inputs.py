@@ -147,7 +147,21 @@ def _pretrain_a_baseline_setting(tmp: Path, lm: Path) -> tuple[list[str], str]:
             "model.mask_prob=0.5 is implemented for the bert4rec architecture")
 
 
+def _shortcut_and_dotted_disagree(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")  # the shortcut won here, the dotted form in encode
+    return (["finetune", str(data), "--mode", "sasrec", "--out", str(tmp / "r"), "--epochs", "1", "--train.epochs=3"],
+            "--train.epochs=3 and the shortcut flag for train.epochs (1) disagree; give one")
+
+
+def _encode_flags_disagree(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    return (["encode", str(data), "--pooling", "cls", "--text.pooling=mean"],
+            "--text.pooling=mean and the shortcut flag for text.pooling (cls) disagree; give one")
+
+
 CASES: dict[str, Case] = {
+    "finetune: --epochs and --train.epochs": _shortcut_and_dotted_disagree,
+    "encode: --pooling and --text.pooling": _encode_flags_disagree,
     "pretrain: a baseline's architecture": _pretrain_a_baseline,
     "pretrain: a baseline's setting": _pretrain_a_baseline_setting,
     "recommend: a record with results": _history_with_results,
@@ -165,7 +179,8 @@ CASES: dict[str, Case] = {
 }
 
 
-REFUSED_BEFORE_THE_RUN_FOLDER = {"pretrain: a baseline's architecture", "pretrain: a baseline's setting",
+REFUSED_BEFORE_THE_RUN_FOLDER = {"finetune: --epochs and --train.epochs",
+                                 "pretrain: a baseline's architecture", "pretrain: a baseline's setting",
                                  "pretrain: negative max steps", "finetune: NaN lr", "renamed setting, bad value",
                                  "select metric not computed"}
 

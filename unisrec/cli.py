@@ -148,6 +148,7 @@ def _run_encode(args: argparse.Namespace) -> int:
 
     flags = (("model", args.model), ("pooling", args.pooling), ("max_length", args.max_length),
              ("precision", args.precision))
+    _refuse_disagreements(_text_overrides(flags), args.overrides)
     text = RunConfig().with_overrides(_text_overrides(flags) + _only_text(args.overrides)).text
     options = {"batch_size": args.batch_size, "device": args.device, "force": args.force}
     encoder = None
@@ -171,6 +172,25 @@ def _text_overrides(flags: Sequence[tuple[str, object]]) -> list[str]:
     from unisrec.config import override
 
     return [override(f"text.{name}", value) for name, value in flags if value is not None]
+
+
+def _refuse_disagreements(shortcuts: list[str], overrides: list[str]) -> None:
+    """A shortcut flag (``--epochs 1``, ``--pooling cls``, as its dotted form) and a dotted override of the same
+    setting (``--train.epochs=3``) with different values: refused, naming both (encode and the training commands
+    had resolved such a pair in opposite ways)."""
+    import yaml
+
+    def value(raw: str) -> object:
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return raw
+
+    given = {item.partition("=")[0]: item.partition("=")[2] for item in overrides}
+    for item in shortcuts:
+        key, _, raw = item.partition("=")
+        if key in given and value(given[key]) != value(raw):
+            raise UnisrecError(f"--{key}={given[key]} and the shortcut flag for {key} ({raw}) disagree; give one")
 
 
 def _only_text(overrides: list[str]) -> list[str]:
@@ -207,11 +227,13 @@ def _run_config(args: argparse.Namespace, default: RunConfig | None = None) -> t
 
     config = RunConfig() if args.config else (default or RunConfig())
     overrides = [*(load_config_overrides(args.config) if args.config else []), *args.overrides]
-    for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"), ("device", "train.device")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+    shortcuts = [f"{key}={getattr(args, flag)}" for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"),
+                                                                    ("device", "train.device"))
+                 if getattr(args, flag) is not None]
     text_flags = (("model", args.text_model), ("pooling", args.pooling), ("precision", args.text_precision))
-    return config, overrides + _text_overrides(text_flags)
+    shortcuts += _text_overrides(text_flags)
+    _refuse_disagreements(shortcuts, args.overrides)  # a --config file's settings the shortcuts do override
+    return config, overrides + shortcuts
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
