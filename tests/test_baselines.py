@@ -62,6 +62,9 @@ def test_each_baseline_beats_random_on_chains(
     assert ranking_metrics(ranks, (10,))["recall@10"] == pytest.approx(test["recall@10"])
     reloaded = evaluate_run(out, synthetic_dataset, "test", ks=(10,), device="cpu")  # from_pretrained dispatches
     assert reloaded["ndcg@10"] == pytest.approx(test["ndcg@10"], abs=1e-6)
+    for split in ("train", "TEST"):  # the CLI's --split choices: a bare KeyError, or train targets, before
+        with pytest.raises(UnisrecError, match=f"split must be 'valid' or 'test', got '{split}'"):
+            evaluate_run(out, synthetic_dataset, split, device="cpu")
 
 
 def test_cloze_batch_masks_real_tokens_and_keeps_targets() -> None:

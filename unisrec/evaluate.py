@@ -302,7 +302,9 @@ def evaluate_run(
     exclude_seen: bool = False,
     device: str = "auto",
 ) -> dict[str, float]:
-    """Metrics of a saved run on ``split`` of a processed dataset with the same item list."""
+    """Metrics of a saved run on ``split`` ("valid" or "test") of a processed dataset with the same item list."""
+    if split not in ("valid", "test"):  # as `unisrec evaluate --split` (a bare KeyError for "TEST" before)
+        raise UnisrecError(f"split must be 'valid' or 'test', got {split!r}")
     torch_device = resolve_device(device)
     dataset = load_processed(data_dir)
     if read_model_config(run_dir)["n_items"] == 0:  # a pre-trained model: zero-shot, items by their text
