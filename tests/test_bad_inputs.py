@@ -159,7 +159,21 @@ def _encode_flags_disagree(tmp: Path, lm: Path) -> tuple[list[str], str]:
             "--text.pooling=mean and the shortcut flag for text.pooling (cls) disagree; give one")
 
 
+def _transfer_without_init(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")  # recorded and ignored before
+    return (["finetune", str(data), "--mode", "inductive", "--out", str(tmp / "r"), "--train.transfer=adaptor"],
+            "train.transfer=adaptor chooses what a run copies from --init: it needs --init")
+
+
+def _offsets_lr_without_offsets(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    return (["finetune", str(data), "--mode", "sasrec", "--out", str(tmp / "r"), "--train.repeat_lr_scale=10"],
+            "train.repeat_lr_scale=10 is the learning rate of the repeat offsets: it needs model.repeat_bias=true")
+
+
 CASES: dict[str, Case] = {
+    "finetune: transfer without init": _transfer_without_init,
+    "finetune: offsets' lr without offsets": _offsets_lr_without_offsets,
     "finetune: --epochs and --train.epochs": _shortcut_and_dotted_disagree,
     "encode: --pooling and --text.pooling": _encode_flags_disagree,
     "pretrain: a baseline's architecture": _pretrain_a_baseline,
@@ -179,7 +193,8 @@ CASES: dict[str, Case] = {
 }
 
 
-REFUSED_BEFORE_THE_RUN_FOLDER = {"finetune: --epochs and --train.epochs",
+REFUSED_BEFORE_THE_RUN_FOLDER = {"finetune: --epochs and --train.epochs", "finetune: transfer without init",
+                                 "finetune: offsets' lr without offsets",
                                  "pretrain: a baseline's architecture", "pretrain: a baseline's setting",
                                  "pretrain: negative max steps", "finetune: NaN lr", "renamed setting, bad value",
                                  "select metric not computed"}

@@ -181,7 +181,7 @@ def test_repeat_lr_scale_gives_the_offsets_their_own_learning_rate() -> None:
     assert [id(p) for p in groups[2]["params"]] == [id(model.repeat_weight)]
     default = param_groups(model, TrainConfig(lr=0.01))  # scale 1: in the first group (checkpoint layout as before)
     assert len(default) == 2 and any(p is model.repeat_weight for p in default[0]["params"])
-    with pytest.raises(ConfigError, match=r"train\.repeat_lr_scale must be >= 0"):
+    with pytest.raises(ConfigError, match=r"train\.repeat_lr_scale must be a number >= 0"):
         TrainConfig(repeat_lr_scale=-1.0)
 
 

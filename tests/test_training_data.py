@@ -247,7 +247,7 @@ def test_adaptor_learning_rate_is_scaled_and_zero_freezes_it() -> None:
     set_trainable(model, TrainConfig(encoder_lr_scale=0.0))  # a zero scale freezes the encoder the same way
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == {
         n for n, _ in model.named_parameters() if n.startswith("encoder.")}
-    with pytest.raises(ConfigError, match=r"train\.adaptor_lr_scale must be >= 0"):
+    with pytest.raises(ConfigError, match=r"train\.adaptor_lr_scale must be a number >= 0"):
         TrainConfig(adaptor_lr_scale=-0.1)
 
 

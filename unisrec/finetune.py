@@ -429,6 +429,12 @@ def finetune(
             raise UnisrecError(f"{folder}: no such dataset folder to replay (create one with `unisrec prepare`)")
     if config.train.anchor > 0 and init_dir is None:
         raise UnisrecError(f"train.anchor={config.train.anchor:g} pulls toward pre-trained weights: it needs --init")
+    if config.train.transfer != "all" and init_dir is None:  # recorded, and nothing to copy from
+        raise UnisrecError(f"train.transfer={config.train.transfer} chooses what a run copies from --init: it needs "
+                           "--init")
+    if config.train.repeat_lr_scale != 1.0 and not config.model.repeat_bias:  # no offsets to train
+        raise UnisrecError(f"train.repeat_lr_scale={config.train.repeat_lr_scale:g} is the learning rate of the "
+                           "repeat offsets: it needs model.repeat_bias=true")
     if config.train.history_negatives != "full" and not config.model.repeat_bias:
         raise UnisrecError(f"train.history_negatives={config.train.history_negatives} leaves the history's items to "
                            "the repeat offsets: it needs model.repeat_bias=true")
