@@ -171,7 +171,19 @@ def _offsets_lr_without_offsets(tmp: Path, lm: Path) -> tuple[list[str], str]:
             "train.repeat_lr_scale=10 is the learning rate of the repeat offsets: it needs model.repeat_bias=true")
 
 
+def _verify_with_dry_run(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    return (["report", str(tmp / "r.yaml"), "--verify", "run-1", "--dry-run", "--only", "x"],  # it trained anyway
+            "--verify does not go with --only, --dry-run (it would ignore them): give it alone")
+
+
+def _report_only_with_dry_run(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    return (["report", str(tmp / "r.yaml"), "--report-only", "--dry-run"],  # it wrote report.md
+            "--report-only does not go with --dry-run (it would ignore them): give it alone")
+
+
 CASES: dict[str, Case] = {
+    "report: --verify with --dry-run": _verify_with_dry_run,
+    "report: --report-only with --dry-run": _report_only_with_dry_run,
     "finetune: transfer without init": _transfer_without_init,
     "finetune: offsets' lr without offsets": _offsets_lr_without_offsets,
     "finetune: --epochs and --train.epochs": _shortcut_and_dotted_disagree,

@@ -544,6 +544,16 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from unisrec.report import run_report
 
+    # each mode (--verify, --adopt, --report-only, or running) reads only some flags: the others would be ignored
+    given = {"--only": args.only is not None, "--dry-run": args.dry_run, "--report-only": args.report_only,
+             "--budget-minutes": args.budget_minutes is not None, "--pretrain-only": args.pretrain_only,
+             "--jobs": args.jobs != 1, "--adopt": args.adopt is not None, "--verify": args.verify is not None}
+    for mode in ("--verify", "--adopt", "--report-only"):
+        if given[mode]:
+            ignored = [flag for flag, on in given.items() if on and flag != mode]
+            if ignored:
+                raise UnisrecError(f"{mode} does not go with {', '.join(ignored)} (it would ignore them): give it "
+                                   "alone")
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only is not None else None
     if only == []:  # "--only ," would otherwise mean every run
         raise UnisrecError(f"--only {args.only!r} names no run: give comma-separated experiment or pre-training names")
