@@ -402,6 +402,16 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
                                       transfer=None)).metrics == ("ndcg@10", "cold_ndcg@50")
     with pytest.raises(ConfigError, match=r"long_tail\.metric: 'ndcg@5' is not .* one of \[10, 20, 50\]"):
         load_report_config(_config(tmp_path, tiny_lm_dir, long_tail={"experiments": ["sasrec"], "metric": "ndcg@5"}))
+    bad_pretrain = {"other-pt": {"datasets": ["other"], "overrides": ["train.bogus=1"]}}
+    with pytest.raises(ConfigError, match=r"pretrain\.other-pt: override 'train\.bogus=1': unknown key 'bogus'"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, pretrain=bad_pretrain))
+    other = {"source": "other", "format": "csv"}
+    with pytest.raises(ConfigError, match=r"datasets\.target\.format: 'bogus' is not one of unisrec, csv"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, datasets={"target": {"source": "target", "format": "bogus"},
+                                                                    "other": other}))
+    with pytest.raises(ConfigError, match=r"datasets\.target\.user_core must be >= 0, got -3"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, datasets={"target": {"source": "target", "user_core": -3},
+                                                                    "other": other}))
     with pytest.raises(ConfigError, match=r"seeds must be >= 0, got \[-1\]"):
         load_report_config(_config(tmp_path, tiny_lm_dir, seeds=[-1]))
     with pytest.raises(ConfigError, match=r"report\.yaml\.experiments\[0\]: missing key 'name'"):

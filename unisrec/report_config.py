@@ -239,6 +239,8 @@ def _entry(cls: Any, value: Any, where: str) -> Any:
 def check_report_config(config: ReportConfig, where: str) -> None:
     """Every name defined once and every reference defined (earlier, for experiment inits)."""
 
+    from unisrec.datasets import FORMATS  # here: reading a report config needs no data code otherwise
+
     def fail(message: str) -> None:
         raise ConfigError(f"{where}: {message}")
 
@@ -261,6 +263,11 @@ def check_report_config(config: ReportConfig, where: str) -> None:
             fail(f"dataset name {name!r}: use letters, digits and _ . + -")
         if (dataset.source is None) == (dataset.path is None):
             fail(f"datasets.{name}: give exactly one of source (to prepare) or path (a processed folder)")
+        if dataset.source is not None and dataset.format not in FORMATS:  # else found when it is prepared, mid-report
+            fail(f"datasets.{name}.format: {dataset.format!r} is not one of {', '.join(FORMATS)}")
+        for core in ("user_core", "item_core"):
+            if getattr(dataset, core) < 0:
+                fail(f"datasets.{name}.{core} must be >= 0, got {getattr(dataset, core)}")
         if dataset.paper is not None and dataset.paper not in PAPER_TABLE2:
             fail(f"datasets.{name}.paper: {dataset.paper!r} is not in the paper's Table 2 ({', '.join(PAPER_TABLE2)})")
     for name, pre in config.pretrain.items():
@@ -271,6 +278,10 @@ def check_report_config(config: ReportConfig, where: str) -> None:
                 fail(f"pretrain.{name}: unknown dataset {d!r}")
         if not pre.datasets:
             fail(f"pretrain.{name}: no datasets")
+        try:  # unknown keys and bad values, at planning rather than when the pre-training starts
+            base.with_overrides([*config.overrides, *pre.overrides])
+        except ConfigError as exc:
+            fail(f"pretrain.{name}: {exc}")
         _check_record(pre.record, f"pretrain.{name}", fail)
     seen: set[str] = set()
     for e in config.experiments:
