@@ -457,6 +457,14 @@ def test_cli_recommend_and_export(trained: tuple[Path, Path], tmp_path: Path,
     assert main(["recommend", str(run), "--history-file", str(histories), "-k", "2", "--include-seen"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["user"] for line in lines] == ["u1", "u2"] and lines[0]["results"][0]["item_id"] == "i3"
+    histories.write_text('{"history": [" i1", "i2 "]}\n')  # ids read as --history reads them, echoed as given
+    assert main(["recommend", str(run), "--history-file", str(histories), "-k", "2", "--include-seen"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["history"] == [" i1", "i2 "] and line["results"][0]["item_id"] == "i3"
+    for by_text in ([], ["--by-text"]):
+        histories.write_text('{"history": ["i1", "  "]}\n')
+        assert main(["recommend", str(run), "--history-file", str(histories), *by_text]) == 2
+        assert f"{histories}, line 1: history entry 2 is blank" in capsys.readouterr().err
     assert main(["recommend", str(run), "--history", "i1", "--history", "i1,zzz"]) == 2
     assert ("unisrec recommend: error: --history 2, entry 2: unknown item id 'zzz'; every history entry"
             in capsys.readouterr().err)

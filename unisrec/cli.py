@@ -387,7 +387,10 @@ def _run_recommend(args: argparse.Namespace) -> int:
     rows = None
     if not args.by_text:  # every id is resolved once, before the first result is printed
         try:
-            rows = recommender.resolve([r["history"] for r in records])
+            # ids without the spaces around them, as --history and every input format read them (a catalogue's
+            # ids have none); each record is echoed as it was given
+            rows = recommender.resolve([[x.strip() if isinstance(x, str) else x for x in r["history"]]
+                                        for r in records])
         except UnknownItemError as exc:
             number, position, item = exc.unknown[0]
             more = f" ({len(exc.unknown)} unknown ids in all)" if len(exc.unknown) > 1 else ""
@@ -445,6 +448,9 @@ def _read_history_file(path: Path, texts: bool = False) -> tuple[list[dict[str, 
             expected = ('{"history": ["item text", ...]} (a non-empty list of texts)' if texts else
                         '{"history": ["item id", ...]} (a non-empty list of string or integer ids)')
             raise UnisrecError(f"{path}, line {number}: expected {expected}")
+        blank = next((n for n, x in enumerate(history, 1) if isinstance(x, str) and not x.strip()), None)
+        if blank is not None:  # as --history refuses an empty entry
+            raise UnisrecError(f"{path}, line {number}: history entry {blank} is blank")
         if "results" in record:  # each record comes back whole with the answer under "results": it would be lost
             raise UnisrecError(f"{path}, line {number}: holds a \"results\" field, the name the answer is written "
                                "under; rename it")
