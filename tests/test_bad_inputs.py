@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -235,6 +236,18 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path, monkeypatch: pyt
     def closed(args: object) -> int:
         raise BrokenPipeError(32, "Broken pipe")
 
+    class ClosedStdout:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
     monkeypatch.setattr(cli, "_run_evaluate", closed)
-    assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "data")]) == 141
+    with monkeypatch.context() as patched:
+        patched.setattr(sys, "stdout", ClosedStdout())
+        assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "data")]) == 141
     assert capsys.readouterr().err == ""
+    # another pipe than stdout (a socket, a subprocess) is an error like any other
+    assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "data")]) == 2
+    assert capsys.readouterr().err.strip() == "unisrec evaluate: error: Broken pipe"

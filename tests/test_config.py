@@ -202,11 +202,12 @@ def test_a_config_file_names_itself_in_range_errors_and_missing_keys(tmp_path: P
 
 
 def test_a_renamed_setting_keeps_its_old_name(tmp_path: Path) -> None:
-    """pretrain.strided_windows (true: consecutive windows) became train.windows (strided / exact)."""
+    """pretrain.strided_windows (true: consecutive windows in pre-training; fine-tuning's were exact whatever it
+    said) became train.windows: true is auto (strided for pre-training, exact for fine-tuning), false exact."""
     from unisrec.cli import parse_overrides
     from unisrec.config import load_config_overrides
 
-    for old, new in (("true", "strided"), ("false", "exact")):
+    for old, new in (("true", "auto"), ("false", "exact")):
         assert RunConfig().with_overrides([f"pretrain.strided_windows={old}"]).train.windows == new
         assert parse_overrides([f"--pretrain.strided_windows={old}"]) == [f"train.windows={new}"]
         assert parse_overrides(["--pretrain.strided_windows", old]) == [f"train.windows={new}"]
@@ -216,6 +217,8 @@ def test_a_renamed_setting_keeps_its_old_name(tmp_path: Path) -> None:
         assert f"train.windows={new}" in load_config_overrides(path)
     with pytest.raises(ConfigError, match=r"pretrain\.strided_windows \(now train\.windows\) takes true or false"):
         RunConfig().with_overrides(["pretrain.strided_windows=sometimes"])
+    saved = RunConfig.from_dict({"pretrain": {"strided_windows": False}}, source="run.json")  # a run of then
+    assert saved.train.windows == "exact"
     both = tmp_path / "both.yaml"
     both.write_text("pretrain: {strided_windows: true}\ntrain: {windows: exact}\n")
     with pytest.raises(ConfigError, match=r"pretrain\.strided_windows and its new name train\.windows disagree"):

@@ -402,6 +402,14 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
                                       transfer=None)).metrics == ("ndcg@10", "cold_ndcg@50")
     with pytest.raises(ConfigError, match=r"long_tail\.metric: 'ndcg@5' is not .* one of \[10, 20, 50\]"):
         load_report_config(_config(tmp_path, tiny_lm_dir, long_tail={"experiments": ["sasrec"], "metric": "ndcg@5"}))
+    with pytest.raises(ConfigError, match=r"metrics: 'cold_mrr@10' is not"):  # the records hold no cold MRR
+        load_report_config(_config(tmp_path, tiny_lm_dir, metrics=["cold_mrr@10"], transfer=None))
+    # what fine-tuning refuses is refused when the report is planned, not hours into it
+    for overrides, message in ((["train.transfer=adaptor"], r"train\.transfer=adaptor .* it needs --init"),
+                               (["train.repeat_lr_scale=10"], r"train\.repeat_lr_scale=10 .* model\.repeat_bias")):
+        with pytest.raises(ConfigError, match=rf"experiment 'a': {message}"):
+            load_report_config(_config(tmp_path, tiny_lm_dir, long_tail=None, transfer=None, experiments=[
+                {"name": "a", "dataset": "target", "mode": "inductive", "overrides": overrides}]))
     bad_pretrain = {"other-pt": {"datasets": ["other"], "overrides": ["train.bogus=1"]}}
     with pytest.raises(ConfigError, match=r"pretrain\.other-pt: override 'train\.bogus=1': unknown key 'bogus'"):
         load_report_config(_config(tmp_path, tiny_lm_dir, pretrain=bad_pretrain))

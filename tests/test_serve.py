@@ -472,6 +472,16 @@ def test_serve_on_a_taken_port_or_a_small_cap_is_a_one_line_error(recommender: R
         assert main(["serve", str(tmp_path / "run"), "--port", str(port)]) == 2  # before the model loads
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"unisrec serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    from unisrec.errors import UnisrecError
+    from unisrec.serve import listen_on
+
+    first = listen_on("127.0.0.1", 0)  # a second server while the first one loads its model: refused at once
+    try:
+        with pytest.raises(UnisrecError, match="Address already in use"):
+            listen_on("127.0.0.1", first[0].getsockname()[1])
+    finally:
+        for listener in first:
+            listener.close()
     assert main(["serve", str(tmp_path / "run"), "--port", "0", "--max-catalogue", str(N_ITEMS - 1)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"unisrec serve: error: --max-catalogue {N_ITEMS - 1} is below the {N_ITEMS} items the catalogue holds "

@@ -676,10 +676,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"unisrec {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader closed the pipe (`unisrec recommend ... | head`): stop quietly, as shell
-        with contextlib.suppress(OSError, ValueError):  # tools do; stdout to /dev/null, so the exit flush is quiet
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE
+    except BrokenPipeError as exc:  # the reader of stdout went (`unisrec recommend ... | head`): stop quietly, as
+        try:  # shell tools do; another pipe (a socket, a subprocess) is an error like any other
+            sys.stdout.flush()
+        except BrokenPipeError:
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout to /dev/null: a quiet exit too
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE
+        print(f"unisrec {args.command}: error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # disk full, permissions, ...: one line naming the file, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"unisrec {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)

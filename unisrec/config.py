@@ -204,6 +204,22 @@ def with_mode_network(config: RunConfig, model: ModelConfig, mode: str, given: s
     return resolved
 
 
+def check_finetune_needs(config: RunConfig, with_init: bool) -> None:
+    """Refuse fine-tuning settings that need something the run lacks (they would be recorded and ignored): a
+    pre-trained run (``--init``) or the repeat offsets. Called by fine-tuning and when a report is planned."""
+    train = config.train
+    if train.transfer != "all" and not with_init:
+        raise ConfigError(f"train.transfer={train.transfer} chooses what a run copies from --init: it needs --init")
+    if train.anchor > 0 and not with_init:
+        raise ConfigError(f"train.anchor={train.anchor:g} pulls toward pre-trained weights: it needs --init")
+    if train.repeat_lr_scale != 1.0 and not config.model.repeat_bias:
+        raise ConfigError(f"train.repeat_lr_scale={train.repeat_lr_scale:g} is the learning rate of the repeat "
+                          "offsets: it needs model.repeat_bias=true")
+    if train.history_negatives != "full" and not config.model.repeat_bias:
+        raise ConfigError(f"train.history_negatives={train.history_negatives} leaves the history's items to the "
+                          "repeat offsets: it needs model.repeat_bias=true")
+
+
 def check_read_settings(config: RunConfig) -> None:
     """Refuse a setting the run's network would not read (recorded in the run and ignored otherwise): a model
     setting of another architecture, or train.windows for bert4rec. Called once the mode has set the network."""
@@ -495,9 +511,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
-        """The config a mapping describes; errors name ``source`` (a file: also range errors of a field)."""
+        """The config a mapping describes (renamed settings under their old names too); errors name ``source`` (a
+        file: also range errors of a field)."""
         try:
-            config: RunConfig = from_plain(cls, data, source)
+            config: RunConfig = from_plain(cls, renamed_sections(data, source), source)
         except ConfigError as exc:
             if source == "config" or str(exc).startswith(source):
                 raise
@@ -633,7 +650,9 @@ def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
 # settings renamed since they were first released: the old dotted name -> the new one and each old value's new
 # value (the old spelling keeps working on the command line, in overrides and in config files)
 RENAMED_SETTINGS: dict[str, tuple[str, dict[Any, Any]]] = {
-    "pretrain.strided_windows": ("train.windows", {True: "strided", False: "exact"}),
+    # it set pre-training's windows only (fine-tuning's were exact): true is train.windows=auto (strided for
+    # pre-training, exact for fine-tuning), false is exact for both
+    "pretrain.strided_windows": ("train.windows", {True: "auto", False: "exact"}),
 }
 
 

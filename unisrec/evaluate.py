@@ -71,7 +71,8 @@ def duplicate_rows(table: Tensor) -> DuplicateRows | None:
         return None
     candidates = torch.from_numpy(shared).to(table.device)
     heads = torch.from_numpy(first[inverse[shared]]).to(table.device)  # (M',) the first row of each hash
-    equal = (raw[candidates] == raw[heads]).all(dim=1)  # (M',) a hash collision is no duplicate
+    equal = torch.cat([(raw[candidates[lo : lo + _HASH_ROWS]] == raw[heads[lo : lo + _HASH_ROWS]]).all(dim=1)
+                       for lo in range(0, len(candidates), _HASH_ROWS)])  # (M',) a hash collision is no duplicate
     items, heads = candidates[equal], heads[equal]
     if not len(items) or bool((items == heads).all()):  # only the first rows left: no copies
         return None

@@ -55,6 +55,7 @@ from unisrec.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    check_finetune_needs,
     from_plain,
     given_fields,
     with_mode_network,
@@ -376,6 +377,7 @@ def finetune_settings(data_dir: str | Path, mode: str, config: RunConfig, overri
     """The resolved config of a fine-tuning run and the settings its ``run.json`` holds: their fingerprint decides
     whether an interrupted run resumes, and whether ``unisrec report --adopt`` takes a run made by hand."""
     config = resolve_config(config.with_overrides(overrides), mode, init, overrides)
+    check_finetune_needs(config, init is not None)  # (also when a report is planned, and for --adopt)
     if init is None and config.train.interpolate != "off":  # nothing to mix with: recorded as what it does
         config = replace(config, train=replace(config.train, interpolate="off"))
     if config.train.precision == "auto":  # recorded as what it runs at on this machine's device
@@ -427,17 +429,6 @@ def finetune(
     for folder in map(Path, replay):  # before anything is written or encoded
         if not folder.is_dir():
             raise UnisrecError(f"{folder}: no such dataset folder to replay (create one with `unisrec prepare`)")
-    if config.train.anchor > 0 and init_dir is None:
-        raise UnisrecError(f"train.anchor={config.train.anchor:g} pulls toward pre-trained weights: it needs --init")
-    if config.train.transfer != "all" and init_dir is None:  # recorded, and nothing to copy from
-        raise UnisrecError(f"train.transfer={config.train.transfer} chooses what a run copies from --init: it needs "
-                           "--init")
-    if config.train.repeat_lr_scale != 1.0 and not config.model.repeat_bias:  # no offsets to train
-        raise UnisrecError(f"train.repeat_lr_scale={config.train.repeat_lr_scale:g} is the learning rate of the "
-                           "repeat offsets: it needs model.repeat_bias=true")
-    if config.train.history_negatives != "full" and not config.model.repeat_bias:
-        raise UnisrecError(f"train.history_negatives={config.train.history_negatives} leaves the history's items to "
-                           "the repeat offsets: it needs model.repeat_bias=true")
     code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
     dataset = load_processed(data_dir)
     if config.train.negatives:  # before the run folder is written: a retry with other settings must not be refused

@@ -55,6 +55,7 @@ from unisrec.config import (
     MODES,
     Pooling,
     RunConfig,
+    check_finetune_needs,
     from_plain,
     load_config,
     read_yaml_mapping,
@@ -253,11 +254,11 @@ def check_report_config(config: ReportConfig, where: str) -> None:
     if not config.metrics:
         fail("metrics: name at least one (the tables' columns), e.g. [recall@10, ndcg@10]")
     for metric in config.metrics:
-        name, _, cutoff = metric.removeprefix("cold_").partition("@")  # cold_*: over the cold items' targets
-        if name not in ("recall", "ndcg", "mrr") or not cutoff.isdigit() or f"{int(cutoff)}" != cutoff \
-                or int(cutoff) not in ks:
-            fail(f"metrics: {metric!r} is not recall@K, ndcg@K or mrr@K (or cold_ of one) with K one of eval.ks "
-                 f"{list(ks)} (the records hold no other)")
+        name, _, cutoff = metric.partition("@")  # cold_recall / cold_ndcg: over the cold items' targets
+        if name not in ("recall", "ndcg", "mrr", "cold_recall", "cold_ndcg") or not cutoff.isdigit() \
+                or f"{int(cutoff)}" != cutoff or int(cutoff) not in ks:
+            fail(f"metrics: {metric!r} is not recall@K, ndcg@K, mrr@K, cold_recall@K or cold_ndcg@K with K one of "
+                 f"eval.ks {list(ks)} (the records hold no other)")
     for name, dataset in config.datasets.items():
         if not _NAME.match(name):
             fail(f"dataset name {name!r}: use letters, digits and _ . + -")
@@ -309,7 +310,8 @@ def check_report_config(config: ReportConfig, where: str) -> None:
             given = {o.split("=", 1)[0][len("model."):] for o in [*config.overrides, *e.overrides]
                      if o.startswith("model.")} if e.init is not None else None
             try:  # what finetune's resolve_config checks, at planning rather than when the run starts
-                with_mode_network(run_config, run_config.model, e.mode, given)
+                network = with_mode_network(run_config, run_config.model, e.mode, given)
+                check_finetune_needs(network, e.init is not None)
             except ConfigError as exc:
                 fail(f"{at}: {exc}")
         if not run_config.eval.test:

@@ -35,6 +35,7 @@ restarted ``unisrec serve RUN`` serves them again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import json
@@ -518,7 +519,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, bac
     if threads:
         torch.set_num_threads(threads)
     read_model_config(run_dir)  # a missing or foreign run folder: its own error, before any port is taken
-    listener = listen_on(host, port)  # then the port: taken, a one-line error before minutes of loading
+    listeners = listen_on(host, port)  # then the port: taken, a one-line error before minutes of loading
     try:
         recommender = Recommender.from_pretrained(run_dir, backend=backend)
         if len(recommender.catalogue) > max_catalogue:
@@ -527,26 +528,38 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, bac
         recommender.scoring_table()  # build it before the first request
         app = create_app(recommender, max_batch=max_batch, token=token, max_body_bytes=max_body_bytes,
                          access_log=access_log, max_catalogue=max_catalogue, run_dir=run_dir)
-        shown = f"[{host}]" if ":" in host else host
-        print(f"unisrec serve: http://{shown}:{listener.getsockname()[1]} (docs at /docs)", file=sys.stderr,
+        shown = f"[{host}]" if ":" in host else host or "0.0.0.0"
+        print(f"unisrec serve: http://{shown}:{listeners[0].getsockname()[1]} (docs at /docs)", file=sys.stderr,
               flush=True)  # the port the system chose for --port 0
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn stops gracefully, then re-raises it
+            uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=listeners)
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
 
 
-def listen_on(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host``:``port`` (0: a free port), or a one-line error naming both (in use, no such
-    address, not permitted)."""
+def listen_on(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host`` (``""``: every interface) at ``port`` (0: a free port, the
+    same for all), as uvicorn would open them; a one-line error naming host and port where one is taken, no such
+    address exists or it is not permitted. Listening at once, not only bound: a second server on the same port is
+    refused here, before it loads its model (two sockets may bind one port while neither listens)."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise UnisrecError(f"--host {host!r}: {exc.strerror or exc}") from None
-    listener = socket.socket(family, kind, proto)
+    listeners: list[socket.socket] = []
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a stop may bind
-        listener.bind(address)
+        for family, kind, proto, _, address in dict.fromkeys(found):  # each address once
+            listener = socket.socket(family, kind, proto)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a stop binds
+            if family == socket.AF_INET6:  # as asyncio: the IPv4 addresses have sockets of their own
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            chosen = listeners[0].getsockname()[1] if len(listeners) > 1 else 0
+            listener.bind((*address[:1], chosen or address[1], *address[2:]))  # port 0: the first one's port
+            listener.listen(2048)  # uvicorn's backlog; connections made while the model loads wait
     except OSError as exc:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         raise UnisrecError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return listener
+    return listeners
