@@ -731,3 +731,17 @@ def test_export_rows_match_while_items_are_added(tmp_path: Path) -> None:
     export_vectors(AddedMeanwhile(), tmp_path / "out", index=False)  # type: ignore[arg-type]
     rows = pd.read_parquet(tmp_path / "out" / "items.parquet").item_id.tolist()
     assert len(np.load(tmp_path / "out" / "items.npy")) == len(rows) == 5 and "late" not in rows
+
+
+def test_cli_evaluate_says_its_protocol_and_where_it_is_not_the_runs(
+        trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    data, run = trained  # evaluated by the paper's protocol when it was trained (history items kept)
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    assert main(["evaluate", str(run), str(data)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["ndcg@10"] == pytest.approx(saved["ndcg@10"], abs=1e-9)
+    assert err.strip() == "unisrec evaluate: test split, full ranking, each history's items kept in the ranking"
+    assert main(["evaluate", str(run), str(data), "--exclude-seen", "--split", "valid"]) == 0
+    assert capsys.readouterr().err.strip() == (
+        "unisrec evaluate: valid split, full ranking, each history's items left out of the ranking (the run's own "
+        "figures have them kept: without --exclude-seen)")

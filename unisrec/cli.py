@@ -315,6 +315,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_run(
         args.run_dir, args.data_dir, args.split, ks=ks, exclude_seen=args.exclude_seen, device=args.device
     )
+    # the protocol of these figures, and where it is not the run's own (its metrics.json), which differs
+    kept = "left out of" if args.exclude_seen else "kept in"
+    note = f"unisrec evaluate: {args.split} split, full ranking, each history's items {kept} the ranking"
+    made = args.run_dir / "run.json"
+    run = json.loads(made.read_text()) if made.is_file() else {}
+    own = bool(run.get("config", {}).get("eval", {}).get("exclude_seen", False))
+    if run.get("command") == "finetune" and own != args.exclude_seen:
+        note += (f" (the run's own figures have them {'left out' if own else 'kept'}: "
+                 f"{'with' if own else 'without'} --exclude-seen)")
+    print(note, file=sys.stderr)
     print(json.dumps(metrics))
     return 0
 
