@@ -20,6 +20,7 @@ to every step (``CorpusReplay``).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -474,6 +475,7 @@ def finetune(
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     task: FinetuneTask | ClozeTask
+    replayed: CorpusReplay | None = None
     if config.model.architecture == "bert4rec":
         from unisrec.cloze import ClozeTask
 
@@ -564,6 +566,10 @@ def finetune(
             if init_dir is not None and card:  # the pre-trained model's card lists test results only
                 record_transfer(init_dir, final, metrics, config.train)
             print(f"best epoch {state.best_epoch}: test {json.dumps(final_eval.test)}", file=sys.stderr)
+    # DistributedDataParallel's reducer holds the process group: released here, while every rank is still alive
+    # (released at the function's end instead, a rank whose peer had exited hung joining gloo's threads)
+    del task, wrapped, replayed
+    gc.collect()
     dist.barrier()
     dist.close()  # every rank is done: end the process group it joined
     return metrics

@@ -14,6 +14,7 @@ batch, and each process's loss is scaled so that the averaged gradients equal a 
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -464,6 +465,10 @@ def pretrain(
         clear_checkpoint(out)
         finish_run_dir(out, final)
         print(f"pre-trained {state.global_step} steps over {len(corpus.names)} domains", file=sys.stderr)
+    # DistributedDataParallel's reducer holds the process group: released here, while every rank is still alive
+    # (released at the function's end instead, a rank whose peer had exited hung joining gloo's threads)
+    del task, wrapped
+    gc.collect()
     dist.barrier()
     dist.close()  # every rank is done: end the process group it joined
     return metrics
