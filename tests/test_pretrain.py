@@ -445,3 +445,37 @@ def test_domains_of_the_same_name_keep_apart_keys(tmp_path: Path, tiny_lm_dir: P
     assert corpus.names == [names[0], f"{names[0]}-2", f"{names[0]}-3"]
     assert unique_names(["shop", "shop", "shop-2"]) == ["shop", "shop-3", "shop-2"]  # never another's name
     assert unique_names(["a", "b"]) == ["a", "b"]
+
+
+def test_a_replacement_killed_after_its_metrics_is_moved_in_not_trained_again(
+        two_domains: list[Path], tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pretrain --overwrite killed between the replacement's metrics.json and its move into place: run again,
+    it is moved in (its card written) and not trained again."""
+    import unisrec.pretrain as pretrain_module
+
+    out = tmp_path / "pre"
+    overrides = [flag.removeprefix("--") for flag in TINY] + ["train.epochs=1", f"text.model={tiny_lm_dir}"]
+    pretrain_module.pretrain(two_domains, out, overrides=overrides)
+    old_metrics = (out / "metrics.json").read_bytes()
+    again = [*overrides, "train.seed=5"]
+
+    def killed(work: Path, final: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_module, "finish_run_dir", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_module.pretrain(two_domains, out, overrides=again, overwrite=True)
+    staged = json.loads((tmp_path / ".pre.overwrite" / "metrics.json").read_text())
+    card = (tmp_path / ".pre.overwrite" / "README.md").read_text()
+    (tmp_path / ".pre.overwrite" / "README.md").unlink()  # as if killed before its card, too
+    assert (out / "metrics.json").read_bytes() == old_metrics
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained again")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(pretrain_module, "fit", no_training)
+    assert pretrain_module.pretrain(two_domains, out, overrides=again, overwrite=True) == staged
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 5 == staged["seed"]
+    assert (out / "README.md").read_text() == card  # written again, the same
+    assert not (tmp_path / ".pre.overwrite").exists() and not (tmp_path / ".pre.replaced").exists()

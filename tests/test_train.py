@@ -299,3 +299,47 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(
     epochs = [json.loads(line)["epoch"] for line in (out / "train.log").read_text().splitlines()]
     assert epochs == [1, 2, 3]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run")) == [".run.lock"]
+
+
+def test_a_replacement_killed_after_its_metrics_is_moved_in_not_trained_again(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overwrite killed after the replacement wrote metrics.json in staging but before it was moved in: the
+    same command again moves the finished replacement in and returns its metrics, without training it again."""
+    import unisrec.finetune as finetune_module
+
+    out = tmp_path / "run"
+    finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=2"])
+    old_metrics = (out / "metrics.json").read_bytes()
+    replacement = [*SMALL, "train.epochs=2", "train.seed=2"]
+
+    def killed(work: Path, final: Path) -> None:
+        raise KeyboardInterrupt  # metrics.json, the card and the ranks are written in staging; not moved in
+
+    monkeypatch.setattr(finetune_module, "finish_run_dir", killed)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(synthetic_dataset, "sasrec", out, overrides=replacement, overwrite=True)
+    staging = tmp_path / ".run.overwrite"
+    staged = json.loads((staging / "metrics.json").read_text())
+    assert (out / "metrics.json").read_bytes() == old_metrics
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained again")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(finetune_module, "fit", no_training)
+    metrics = finetune(synthetic_dataset, "sasrec", out, overrides=replacement, overwrite=True)
+    assert metrics == staged and metrics["seed"] == 2
+    assert json.loads((out / "metrics.json").read_text()) == staged
+    assert json.loads((out / "run.json").read_text())["config"]["train"]["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run")) == [".run.lock"]
+    # other settings than the staged run's: it is not theirs; they train (into staging, replacing it)
+    monkeypatch.undo()
+    staging.mkdir()
+    (staging / "metrics.json").write_text(json.dumps(staged))
+    (staging / "run.json").write_text((out / "run.json").read_text())
+    metrics = finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=1", "train.seed=3"],
+                       overwrite=True)
+    assert metrics["seed"] == 3 and metrics["epochs"] == 1
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 3
+    assert not staging.exists()

@@ -74,7 +74,15 @@ from unisrec.model_card import command_line, record_transfer, write_finetune_car
 from unisrec.precision import resolve_precision, warn_if_emulated
 from unisrec.pretrain import PretrainTask, StepPlan, load_corpus, recipe_config
 from unisrec.records import git_commit
-from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, seed_everything, staging_dir
+from unisrec.runs import (
+    ADOPTED,
+    adopt_finished_replacement,
+    fingerprint,
+    finish_run_dir,
+    open_run_dir,
+    seed_everything,
+    staging_dir,
+)
 from unisrec.text_cache import load_text
 from unisrec.train import Task, TrainState, clear_checkpoint, fit, peak_memory_mb, set_trainable
 from unisrec.training_data import cold_items, training_sequences
@@ -396,6 +404,27 @@ def finetune_settings(data_dir: str | Path, mode: str, config: RunConfig, overri
     return config, settings
 
 
+def _adopted(final: Path, settings: dict[str, Any], init_dir: Path | None, train: TrainConfig,
+             dist: Distributed) -> FinetuneMetrics:
+    """The metrics of a replacement run that had finished before a kill and has been moved into ``final``
+    (``adopt_finished_replacement``): its card written again, and the pre-trained run's card told (``init_dir``)."""
+    metrics = cast(FinetuneMetrics, read_json(final / "metrics.json"))
+    if dist.is_main:
+        write_finetune_card(final, settings, metrics)
+        print(f"{final}: the replacement trained by an interrupted --overwrite had finished; moved in, not trained "
+              "again", file=sys.stderr)
+        if metrics.get("test") is None:
+            print(f"best epoch {metrics['best_epoch']}: valid {json.dumps(metrics['valid'])} (test not scored: "
+                  "eval.test=false)", file=sys.stderr)
+        else:
+            if init_dir is not None:
+                record_transfer(init_dir, final, metrics, train)
+            print(f"best epoch {metrics['best_epoch']}: test {json.dumps(metrics['test'])}", file=sys.stderr)
+    dist.barrier()
+    dist.close()
+    return metrics
+
+
 def finetune(
     data_dir: str | Path,
     mode: str,
@@ -449,13 +478,19 @@ def finetune(
         made = init_dir / "run.json" if init_dir is not None else None  # a saved model may come without one
         origin = {"init_fingerprint": read_json(made).get("fingerprint")} if made and made.exists() else None
         # the folder it chose: a run that a kill left aside is moved back first, so no one guesses it before
-        staged = int(open_run_dir(final, settings, overwrite=overwrite, origin=origin) != final)
-        if init_dir is not None:
+        if overwrite and adopt_finished_replacement(final, settings, origin):
+            staged = ADOPTED
+        else:
+            staged = int(open_run_dir(final, settings, overwrite=overwrite, origin=origin) != final)
+        if init_dir is not None and staged != ADOPTED:
             given = given_fields("model", base.with_overrides(overrides or []), overrides or [])
             kept = inherited_model_settings(config.model, given)
             if kept:
                 print(describe_inherited(init_dir, kept), file=sys.stderr, flush=True)
-    out = staging_dir(final) if dist.from_main(staged) else final
+    staged = dist.from_main(staged)
+    if staged == ADOPTED:
+        return _adopted(final, settings, init_dir if card else None, config.train, dist)
+    out = staging_dir(final) if staged else final
     seed_everything(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -35,12 +35,21 @@ from unisrec.datasets.processed import load_processed
 from unisrec.devices import resolve_device
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
+from unisrec.json_io import read_json
 from unisrec.losses import contrastive
 from unisrec.model import UniSRec
 from unisrec.model_card import command_line, write_pretrain_card
 from unisrec.precision import with_resolved_precision
 from unisrec.records import git_commit
-from unisrec.runs import fingerprint, finish_run_dir, open_run_dir, seed_everything, staging_dir
+from unisrec.runs import (
+    ADOPTED,
+    adopt_finished_replacement,
+    fingerprint,
+    finish_run_dir,
+    open_run_dir,
+    seed_everything,
+    staging_dir,
+)
 from unisrec.text_cache import TextRecord, encode_word_drop, load_text, load_word_drop
 from unisrec.train import EpochRecord, Task, clear_checkpoint, fit, peak_memory_mb, set_trainable
 from unisrec.training_data import train_lengths
@@ -384,7 +393,7 @@ def pretrain_settings(data_dirs: Sequence[str | Path], config: RunConfig, overri
 
 
 def pretrain(
-    data_dirs: list[str | Path],
+    data_dirs: Sequence[str | Path],
     out: str | Path,
     *,
     config: RunConfig | None = None,
@@ -409,8 +418,21 @@ def pretrain(
     final = out
     staged = 0  # with --overwrite the old run stays whole until this one ends: this one goes to staging_dir
     if dist.is_main:  # the folder it chose: a run that a kill left aside is moved back first
-        staged = int(open_run_dir(final, settings, overwrite=overwrite) != final)
-    out = staging_dir(final) if dist.from_main(staged) else final
+        if overwrite and adopt_finished_replacement(final, settings):
+            staged = ADOPTED
+        else:
+            staged = int(open_run_dir(final, settings, overwrite=overwrite) != final)
+    staged = dist.from_main(staged)
+    if staged == ADOPTED:  # finished before a kill stopped its move into place: moved in now, not trained again
+        adopted = cast(PretrainMetrics, read_json(final / "metrics.json"))
+        if dist.is_main:
+            write_pretrain_card(final, settings, adopted)
+            print(f"{final}: the replacement trained by an interrupted --overwrite had finished; moved in, not "
+                  f"trained again ({adopted['steps']} steps over {len(adopted['domains'])} domains)", file=sys.stderr)
+        dist.barrier()
+        dist.close()
+        return adopted
+    out = staging_dir(final) if staged else final
     seed_everything(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)

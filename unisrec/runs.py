@@ -16,6 +16,7 @@ from unisrec.config import without_later_absent
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
 from unisrec.locking import hold_folder
+from unisrec.train import clear_checkpoint
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -81,6 +82,33 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
         made = {"fingerprint": fingerprint(settings), **settings, **({"origin": origin} if origin else {})}
         atomic_write_json(work / "run.json", made)
     return work
+
+
+ADOPTED = 2  # a run's folder choice beside 0 (in place) and 1 (staging): a finished replacement moved in
+
+
+def adopt_finished_replacement(out: Path, settings: dict[str, Any], origin: dict[str, Any] | None = None) -> bool:
+    """Move in a replacement of ``out`` with these settings that finished (its ``metrics.json`` written in the
+    staging folder) but was killed before ``finish_run_dir`` moved it in; True when one was. ``--overwrite``
+    calls it first, so that the same command run again completes the replacement instead of training it again.
+    Its checkpoint, if the kill left one, is deleted; the caller writes what comes after ``metrics.json`` again
+    (the card). A staged run with other settings or inputs is left to ``open_run_dir`` (which deletes it)."""
+    hold_folder(out)
+    recover_finish(out)
+    work = staging_dir(out)
+    if not ((work / "metrics.json").exists() and (work / "run.json").exists()):
+        return False
+    made = read_json(work / "run.json", "pass --overwrite to start the run again")
+    before = made.get("origin")
+    if made.get("fingerprint") != fingerprint(settings) or (
+            origin is not None and isinstance(before, dict) and before != origin):
+        return False
+    clear_checkpoint(work)
+    if out.exists():
+        finish_run_dir(work, out)
+    else:
+        work.rename(out)
+    return True
 
 
 def _check_origin(folder: Path, started: dict[str, Any], origin: dict[str, Any] | None) -> None:
