@@ -172,6 +172,13 @@ def _offsets_lr_without_offsets(tmp: Path, lm: Path) -> tuple[list[str], str]:
             "train.repeat_lr_scale=10 is the learning rate of the repeat offsets: it needs model.repeat_bias=true")
 
 
+def _pretraining_setting_to_finetune(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")  # recorded in the run's settings and read by nothing before
+    return (["finetune", str(data), "--mode", "inductive", "--out", str(tmp / "r"), "--pretrain.lambda_ss=0"],
+            "pretrain.lambda_ss=0: a pre-training setting, which fine-tuning does not read (give it to `unisrec "
+            "pretrain`)")
+
+
 def _verify_with_dry_run(tmp: Path, lm: Path) -> tuple[list[str], str]:
     return (["report", str(tmp / "r.yaml"), "--verify", "run-1", "--dry-run", "--only", "x"],  # it trained anyway
             "--verify does not go with --only, --dry-run (it would ignore them): give it alone")
@@ -187,6 +194,7 @@ CASES: dict[str, Case] = {
     "report: --report-only with --dry-run": _report_only_with_dry_run,
     "finetune: transfer without init": _transfer_without_init,
     "finetune: offsets' lr without offsets": _offsets_lr_without_offsets,
+    "finetune: a pre-training setting": _pretraining_setting_to_finetune,
     "finetune: --epochs and --train.epochs": _shortcut_and_dotted_disagree,
     "encode: --pooling and --text.pooling": _encode_flags_disagree,
     "pretrain: a baseline's architecture": _pretrain_a_baseline,
@@ -207,7 +215,7 @@ CASES: dict[str, Case] = {
 
 
 REFUSED_BEFORE_THE_RUN_FOLDER = {"finetune: --epochs and --train.epochs", "finetune: transfer without init",
-                                 "finetune: offsets' lr without offsets",
+                                 "finetune: offsets' lr without offsets", "finetune: a pre-training setting",
                                  "pretrain: a baseline's architecture", "pretrain: a baseline's setting",
                                  "pretrain: negative max steps", "finetune: NaN lr", "renamed setting, bad value",
                                  "select metric not computed"}

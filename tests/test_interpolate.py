@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import prepare_synthetic
 from safetensors.torch import load_file
-from test_pretrain import TINY
+from test_pretrain import TINY, TUNE
 from torch import nn
 
 from unisrec.cli import main
@@ -65,7 +65,7 @@ def test_finetune_interpolates_with_the_pretrained_model(tmp_path: Path, tiny_lm
     assert main(["pretrain", *map(str, domains), "--out", str(pre), "--epochs", "1", "--seed", "3",
                  "--text-model", str(tiny_lm_dir), *TINY, *on_cpu]) == 0
     target = prepare_synthetic(tmp_path / "target", seed=9, n_items=20)
-    common = [o[2:] for o in [*TINY, *on_cpu]] + ["train.epochs=3", "model.repeat_bias=true"]
+    common = [*TUNE, *(o[2:] for o in on_cpu), "train.epochs=3", "model.repeat_bias=true"]
     plain = finetune(target, "transductive", tmp_path / "plain", init=pre,
                      overrides=[*common, "train.interpolate=off"])
     mixed = finetune(target, "transductive", tmp_path / "mixed", init=pre, overrides=common)  # auto: the default

@@ -25,6 +25,7 @@ TINY = [
     "--model.hidden_size=16", "--model.inner_size=16", "--model.max_seq_len=6", "--model.n_experts=2",
     "--train.batch_size=64", "--train.lr=0.005", "--train.progress=false", "--pretrain.word_drop_variants=2",
 ]
+TUNE = [o[2:] for o in TINY if not o.startswith("--pretrain.")]  # fine-tuning refuses pre-training settings
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
 
     target = prepare_synthetic(tmp_path / "target", seed=9, n_items=20)
     ft = finetune(target, "inductive", tmp_path / "ft", init=run,
-                  overrides=[o[2:] for o in TINY] + ["train.epochs=2", "train.freeze=encoder"])
+                  overrides=[*TUNE, "train.epochs=2", "train.freeze=encoder"])
     assert set(ft["trainable_parameters"]) == {
         "adaptor.weight", "adaptor.bias", "adaptor.gate", "adaptor.gate_noise", "input_norm.weight", "input_norm.bias"}
     tuned = load_file(str(tmp_path / "ft" / "model.safetensors"))
@@ -84,18 +85,18 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
 
     # the default protocol fine-tunes everything from the pre-trained weights; the run is added to the model card
     full = finetune(target, "inductive", tmp_path / "ft-all", init=run,
-                    overrides=[o[2:] for o in TINY] + ["train.epochs=2"])
+                    overrides=[*TUNE, "train.epochs=2"])
     parameters = set(weights) - {"text_center"}  # the mean text vector is the catalogue's own (a buffer)
     assert set(full["trainable_parameters"]) == parameters
     assert full["transferred_parameters"] == sorted(parameters)
     moved = load_file(str(tmp_path / "ft-all" / "model.safetensors"))
     assert any(not torch.equal(moved[n], v) for n, v in weights.items() if n.startswith("encoder."))
     fresh = finetune(target, "inductive", tmp_path / "ft-adaptor", init=run,
-                     overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.transfer=adaptor"])
+                     overrides=[*TUNE, "train.epochs=1", "train.transfer=adaptor"])
     assert fresh["transferred_parameters"] == sorted(k for k in weights if k.startswith("adaptor."))
     assert set(fresh["trainable_parameters"]) == parameters  # the fresh encoder trains too
     sequence = finetune(target, "inductive", tmp_path / "ft-encoder", init=run, card=False,  # as report --verify
-                        overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.transfer=encoder"])
+                        overrides=[*TUNE, "train.epochs=1", "train.transfer=encoder"])
     assert sequence["transferred_parameters"] == sorted(k for k in weights if k.startswith(("encoder.", "input_norm.")))
     assert set(sequence["trainable_parameters"]) == parameters  # the fresh adaptor trains too
 
@@ -105,7 +106,7 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
         return sum(float((tuned[n] - v).pow(2).sum()) for n, v in weights.items() if n in parameters)
 
     anchored = finetune(target, "inductive", tmp_path / "ft-anchor", init=run,
-                        overrides=[o[2:] for o in TINY] + ["train.epochs=2", "train.anchor=100"])
+                        overrides=[*TUNE, "train.epochs=2", "train.anchor=100"])
     assert anchored["epochs"] == full["epochs"] == 2
     assert distance("ft-anchor") < 0.5 * distance("ft-all")
     log = [json.loads(line) for line in (tmp_path / "ft-anchor" / "train.log").read_text().splitlines()]
@@ -113,10 +114,10 @@ def test_pretrain_then_transfer(two_domains: list[Path], tmp_path: Path, tiny_lm
     assert first["train_anchor"] > 0  # logged beside the cross-entropy; the loss is their weighted sum
     assert first["train_loss"] == pytest.approx(first["train_ce"] + 100 * first["train_anchor"], rel=1e-4)
     assert main(["finetune", str(target), "--mode", "inductive", "--out", str(tmp_path / "no-init"),
-                 "--train.anchor=1", *TINY]) == 2
+                 "--train.anchor=1", *(f"--{o}" for o in TUNE)]) == 2
     assert "train.anchor=1 pulls toward pre-trained weights: it needs --init" in capsys.readouterr().err
     half = finetune(target, "inductive", tmp_path / "ft-half", init=run,
-                    overrides=[o[2:] for o in TINY] + ["train.epochs=1", "train.user_fraction=0.5"])
+                    overrides=[*TUNE, "train.epochs=1", "train.user_fraction=0.5"])
     card = (run / "README.md").read_text()
     assert "2 domains: a, b" in card and str((tmp_path / "ft-all").resolve()) in card
     assert str((tmp_path / "ft").resolve()) in card  # every transfer is listed, with what it trained on
@@ -331,7 +332,7 @@ def test_center_text_centres_each_domain_then_each_catalogue_on_its_own_mean(
     with torch.no_grad():
         torch.testing.assert_close(model.item_table(), model.adaptor(target_text - target_text.mean(0)))
 
-    ft = finetune(target, "inductive", tmp_path / "ft", init=run, overrides=[o[2:] for o in TINY] + ["train.epochs=1"])
+    ft = finetune(target, "inductive", tmp_path / "ft", init=run, overrides=[*TUNE, "train.epochs=1"])
     assert "text_center" not in ft["transferred_parameters"]
     saved = load_file(str(tmp_path / "ft" / "model.safetensors"))
     torch.testing.assert_close(saved["text_center"], target_text.mean(0))
@@ -380,8 +381,9 @@ def test_replay_adds_the_pretraining_loss_of_one_corpus_batch_per_step(two_domai
         torch.testing.assert_close(replay.loss(plan), pretrain.loss(expected)["loss"], rtol=1e-5, atol=1e-5)
 
     # a whole run: train_loss = ce + replay weight * replay (per-step terms, averaged per epoch), settings recorded
+    tune = [o for o in overrides if not o.startswith("pretrain.")]  # replay reads the recipe's pretrain settings
     ft = finetune(target, "inductive", tmp_path / "ft", replay=two_domains,
-                  overrides=[*overrides, "train.epochs=2", "train.replay=0.5"])
+                  overrides=[*tune, "train.epochs=2", "train.replay=0.5"])
     assert ft["epochs"] == 2
     lines = [json.loads(line) for line in (tmp_path / "ft" / "train.log").read_text().splitlines()
              if line.startswith('{"epoch"')]
@@ -402,7 +404,7 @@ def test_replay_needs_its_folders_and_its_weight(two_domains: list[Path], tmp_pa
     from unisrec.errors import UnisrecError
 
     target = prepare_synthetic(tmp_path / "target", seed=9, n_items=20)
-    overrides = [o[2:] for o in TINY] + [f"text.model={tiny_lm_dir}", "train.epochs=1"]
+    overrides = [*TUNE, f"text.model={tiny_lm_dir}", "train.epochs=1"]
     with pytest.raises(UnisrecError, match=r"replay needs both .* got 2 folder\(s\), train.replay=0"):
         finetune(target, "inductive", tmp_path / "a", replay=two_domains, overrides=overrides)
     with pytest.raises(UnisrecError, match=r"got 0 folder\(s\), train.replay=0.5"):
@@ -412,7 +414,8 @@ def test_replay_needs_its_folders_and_its_weight(two_domains: list[Path], tmp_pa
             finetune(target, mode, tmp_path / "c", replay=two_domains, overrides=[*overrides, "train.replay=0.5"])
     capsys.readouterr()
     code = main(["finetune", str(target), "--mode", "inductive", "--out", str(tmp_path / "d"), "--replay",
-                 str(tmp_path / "missing"), "--train.replay=0.5", *TINY, f"--text.model={tiny_lm_dir}"])
+                 str(tmp_path / "missing"), "--train.replay=0.5", *(f"--{o}" for o in TUNE),
+                 f"--text.model={tiny_lm_dir}"])
     err = capsys.readouterr().err
     assert code == 2 and "missing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 

@@ -360,6 +360,27 @@ def test_parallel_jobs_give_the_records_of_one_at_a_time(tmp_path: Path, tiny_lm
         run_report(config_path, tmp_path / "three", jobs=0)
 
 
+def test_shared_pretraining_overrides_go_to_the_pretrainings_only(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """``overrides`` apply to every run; a pre-training setting among them reaches the pre-trainings and not the
+    fine-tunings (which refuse it), so their specs and fingerprints stay what they are without it."""
+    base = plan_runs(load_report_config(_config(tmp_path, tiny_lm_dir)), tmp_path / "plan")
+    data = yaml.safe_load(_config(tmp_path, tiny_lm_dir).read_text())
+    data["overrides"] = [*data["overrides"], "pretrain.lambda_ss=0"]
+    path = tmp_path / "shared.yaml"
+    path.write_text(yaml.safe_dump(data))
+    runs = plan_runs(load_report_config(path), tmp_path / "plan")
+    before = {(r.kind, r.name, r.seed): r.spec for r in base}
+    for run in runs:
+        if run.kind == "pretrain":
+            assert "pretrain.lambda_ss=0" in run.spec["overrides"] and run.spec != before[run.kind, run.name, run.seed]
+        elif run.kind == "finetune" and run.name == "scratch":
+            assert run.spec == before[run.kind, run.name, run.seed]
+        elif run.kind == "finetune" and run.name == "unisrec":  # its init, the pre-training, differs
+            assert "pretrain.lambda_ss=0" not in run.spec["overrides"]
+            assert run.spec["overrides"] == before[run.kind, run.name, run.seed]["overrides"]
+    assert {r.kind for r in runs} >= {"pretrain", "finetune"}
+
+
 def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
     bad = {"experiments": [{"name": "a", "dataset": "target", "mode": "inductive", "init": "b"},
                            {"name": "b", "dataset": "target", "mode": "zesrec"}]}
@@ -406,7 +427,8 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
         load_report_config(_config(tmp_path, tiny_lm_dir, metrics=["cold_mrr@10"], transfer=None))
     # what fine-tuning refuses is refused when the report is planned, not hours into it
     for overrides, message in ((["train.transfer=adaptor"], r"train\.transfer=adaptor .* it needs --init"),
-                               (["train.repeat_lr_scale=10"], r"train\.repeat_lr_scale=10 .* model\.repeat_bias")):
+                               (["train.repeat_lr_scale=10"], r"train\.repeat_lr_scale=10 .* model\.repeat_bias"),
+                               (["pretrain.lambda_ss=0"], r"pretrain\.lambda_ss=0 is a pre-training setting")):
         with pytest.raises(ConfigError, match=rf"experiment 'a': {message}"):
             load_report_config(_config(tmp_path, tiny_lm_dir, long_tail=None, transfer=None, experiments=[
                 {"name": "a", "dataset": "target", "mode": "inductive", "overrides": overrides}]))
@@ -577,7 +599,8 @@ def test_planned_commands_ask_for_the_settings_the_report_runs_with(tmp_path: Pa
         assert f"--text.model={tiny_lm_dir}" in words and "--text.pooling=mean" in words
         args, extra = build_parser().parse_known_args(words[1:])
         args.overrides = parse_overrides(extra)
-        config, overrides = _run_config(args, recipe_config() if kind == "pretrain" else None)
+        config, overrides = _run_config(args, recipe_config() if kind == "pretrain" else None,
+                                        reads_pretrain=kind == "pretrain")
         base, planned = run.args.settings(run.kind)
         assert config.with_overrides(overrides) == base.with_overrides(planned)  # the command = what execute runs
         assert config.with_overrides(overrides).text.pooling == "mean"
@@ -882,7 +905,8 @@ def test_a_run_records_the_commit_it_started_from(tmp_path: Path, tiny_lm_dir: P
     assert pre["code"] == {"commit": "at-start", "dirty": False}
     assert pre["device"] == "cpu"  # a pre-training names its device, as a fine-tuning does (cost estimates read it)
     events.clear()
-    assert finetune(data, "inductive", tmp_path / "ft", overrides=small)["code"]["commit"] == "at-start"
+    tune = [o for o in small if not o.startswith("pretrain.")]  # fine-tuning refuses the settings it does not read
+    assert finetune(data, "inductive", tmp_path / "ft", overrides=tune)["code"]["commit"] == "at-start"
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["code"]["commit"] == "at-start"
     assert events[0] == "commit" and "train" in events
 

@@ -37,8 +37,25 @@ def _settings(argv: list[str]) -> RunConfig:
 
     args, extra = build_parser().parse_known_args(["finetune", "data", "--mode", "inductive", "--out", "r", *argv])
     args.overrides = parse_overrides(extra)
-    config, overrides = _run_config(args)
+    config, overrides = _run_config(args, reads_pretrain=False)
     return config.with_overrides(overrides)
+
+
+def test_a_config_files_pretrain_section_is_read_by_pretraining_only(tmp_path: Path) -> None:
+    """One --config file for both commands: fine-tuning leaves its pretrain section out (it reads none of it, and
+    refuses --pretrain.* flags), pre-training takes it."""
+    from unisrec.cli import _run_config
+    from unisrec.pretrain import recipe_config
+
+    both = tmp_path / "both.yaml"
+    both.write_text("train: {lr: 0.002}\npretrain: {lambda_ss: 0.01, strided_windows: false}\n")
+    tuned = _settings(["--config", str(both)])
+    assert tuned.train.lr == 0.002 and tuned.pretrain == RunConfig().pretrain
+    assert tuned.train.windows == "exact"  # the renamed pretrain.strided_windows is train.windows: it stays
+    args, extra = build_parser().parse_known_args(["pretrain", "d", "--out", "p", "--config", str(both)])
+    args.overrides = parse_overrides(extra)
+    config, overrides = _run_config(args, recipe_config())
+    assert config.with_overrides(overrides).pretrain.lambda_ss == 0.01
 
 
 def _run_json(run: Path) -> dict[str, Any]:

@@ -220,13 +220,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    "(other text settings: --text.max_length=N)")
 
 
-def _run_config(args: argparse.Namespace, default: RunConfig | None = None) -> tuple[RunConfig, list[str]]:
+def _run_config(args: argparse.Namespace, default: RunConfig | None = None, *,
+                reads_pretrain: bool = True) -> tuple[RunConfig, list[str]]:
     """The base config and the dotted overrides: the --config file's settings (on ``RunConfig()``; without one
-    the base is ``default``), the dotted overrides (--section.field=value), then the shortcut flags."""
-    from unisrec.config import RunConfig, load_config_overrides
+    the base is ``default``), the dotted overrides (--section.field=value), then the shortcut flags.
+    ``reads_pretrain=False`` (fine-tuning): the file's ``pretrain`` section is left out (one file may serve both
+    commands); a ``--pretrain.*`` flag stays, for the command to refuse."""
+    from unisrec.config import RunConfig, load_config_overrides, pretraining_overrides
 
     config = RunConfig() if args.config else (default or RunConfig())
-    overrides = [*(load_config_overrides(args.config) if args.config else []), *args.overrides]
+    from_file = load_config_overrides(args.config) if args.config else []
+    if not reads_pretrain:
+        from_file = [o for o in from_file if o not in pretraining_overrides(from_file)]
+    overrides = [*from_file, *args.overrides]
     shortcuts = [f"{key}={getattr(args, flag)}" for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"),
                                                                     ("device", "train.device"))
                  if getattr(args, flag) is not None]
@@ -266,7 +272,7 @@ def _first_process() -> bool:
 def _run_finetune(args: argparse.Namespace) -> int:
     from unisrec.finetune import finetune
 
-    config, overrides = _run_config(args)
+    config, overrides = _run_config(args, reads_pretrain=False)
     metrics = finetune(
         args.data_dir,
         args.mode,

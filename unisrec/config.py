@@ -14,7 +14,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -218,6 +218,21 @@ def check_finetune_needs(config: RunConfig, with_init: bool) -> None:
     if train.history_negatives != "full" and not config.model.repeat_bias:
         raise ConfigError(f"train.history_negatives={train.history_negatives} leaves the history's items to the "
                           "repeat offsets: it needs model.repeat_bias=true")
+
+
+def pretraining_overrides(overrides: Sequence[str]) -> list[str]:
+    """The dotted overrides of pre-training settings (``pretrain.*``), which fine-tuning does not read; a renamed
+    one counts under its new name (``pretrain.strided_windows`` is ``train.windows`` now)."""
+    return [o for o in overrides if renamed_override(o).partition("=")[0].strip().lstrip("-").startswith("pretrain.")]
+
+
+def refuse_pretraining_overrides(overrides: Sequence[str]) -> None:
+    """Refuse ``pretrain.*`` overrides of a fine-tuning: recorded in its settings and read by nothing (replay
+    uses the recipe's), they would only change its fingerprint."""
+    found = pretraining_overrides(overrides)
+    if found:
+        raise ConfigError(f"{found[0].lstrip('-')}: a pre-training setting, which fine-tuning does not read "
+                          "(give it to `unisrec pretrain`)")
 
 
 def check_read_settings(config: RunConfig) -> None:

@@ -59,6 +59,7 @@ from unisrec.config import (
     check_finetune_needs,
     from_plain,
     given_fields,
+    refuse_pretraining_overrides,
     with_mode_network,
 )
 from unisrec.datasets.processed import ProcessedDataset, load_processed
@@ -385,6 +386,7 @@ def finetune_settings(data_dir: str | Path, mode: str, config: RunConfig, overri
                       init: Path | None, replay: Sequence[str | Path] = ()) -> tuple[RunConfig, dict[str, Any]]:
     """The resolved config of a fine-tuning run and the settings its ``run.json`` holds: their fingerprint decides
     whether an interrupted run resumes, and whether ``unisrec report --adopt`` takes a run made by hand."""
+    refuse_pretraining_overrides(overrides)
     config = resolve_config(config.with_overrides(overrides), mode, init, overrides)
     check_finetune_needs(config, init is not None)  # (also when a report is planned, and for --adopt)
     if init is None and config.train.interpolate != "off":  # nothing to mix with: recorded as what it does

@@ -38,6 +38,7 @@ from unisrec.config import (
     load_config,
     load_config_overrides,
     override,
+    pretraining_overrides,
     with_later_absent,
     without_later_absent,
 )
@@ -81,8 +82,11 @@ class TrainArgs:
 
     def settings(self, kind: Kind) -> tuple[RunConfig, list[str]]:
         """The base config and the overrides on top of it (as ``unisrec finetune`` / ``pretrain`` make them)."""
-        if self.config_path is not None:
-            return RunConfig(), [*load_config_overrides(self.config_path), *self.overrides]
+        if self.config_path is not None:  # the file's pretrain section is the pre-trainings' (as for the CLI)
+            from_file = load_config_overrides(self.config_path)
+            if kind != "pretrain":
+                from_file = [o for o in from_file if o not in pretraining_overrides(from_file)]
+            return RunConfig(), [*from_file, *self.overrides]
         return (recipe_config() if kind == "pretrain" else RunConfig()), list(self.overrides)
 
 
@@ -200,7 +204,9 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
                 init = pretrain_run(e.init, seed)
             elif e.init is not None:
                 init = by_experiment[(e.init, seed)]
-            overrides = [*config.overrides, *e.overrides, f"train.seed={seed}"]
+            # the shared overrides of pre-training settings are the pre-trainings' (fine-tuning refuses them)
+            shared = [o for o in config.overrides if o not in pretraining_overrides(config.overrides)]
+            overrides = [*shared, *e.overrides, f"train.seed={seed}"]
             spec = {"kind": e.command, "dataset": data[e.dataset][1], "mode": e.mode if e.command == "finetune"
                     else None, "init": init.spec if init else None, "overrides": overrides, "config": base_spec,
                     "text": text_settings or None}

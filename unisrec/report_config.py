@@ -8,8 +8,10 @@ YAML schema (unknown keys are errors; relative paths are relative to the config 
     text_model: null                        # language model of the item texts (null: the packaged MiniLM;
     pooling: null                           #   a folder relative to the config file, or a hub name); other
                                             #   text settings: overrides [text.max_length=64, ...]
-    config: null                            # base run config YAML (sections model/train/eval/pretrain)
-    overrides: [train.threads=2]            # dotted overrides of every run (pre-training and fine-tuning)
+    config: null                            # base run config YAML (sections model/train/eval/pretrain;
+                                            #   its pretrain section reaches the pre-trainings only)
+    overrides: [train.threads=2]            # dotted overrides of every run (pre-training and fine-tuning;
+                                            #   pretrain.* ones reach the pre-trainings only)
     metrics: [recall@10, ndcg@10, recall@50, ndcg@50]
     datasets:                               # name -> a source to prepare (cached in OUT/data/NAME) ...
       scientific: {source: amazon-scientific, format: unisrec, name: Scientific, paper: Scientific}
@@ -58,6 +60,7 @@ from unisrec.config import (
     check_finetune_needs,
     from_plain,
     load_config,
+    pretraining_overrides,
     read_yaml_mapping,
     with_mode_network,
 )
@@ -305,6 +308,9 @@ def check_report_config(config: ReportConfig, where: str) -> None:
             fail(f"{at}: unknown reference {e.reference!r}")
         _check_record(e.record, at, fail)
         run_config = base.with_overrides([*config.overrides, *e.overrides])
+        if e.command == "finetune" and pretraining_overrides(e.overrides):
+            fail(f"{at}: {pretraining_overrides(e.overrides)[0]} is a pre-training setting, which fine-tuning does "
+                 "not read (give it to a pretrain entry)")
         if e.command == "finetune":
             # with init the rest is the pre-trained run's: only the model overrides given are checked
             given = {o.split("=", 1)[0][len("model."):] for o in [*config.overrides, *e.overrides]
