@@ -452,6 +452,13 @@ def test_cli_recommend_and_export(trained: tuple[Path, Path], tmp_path: Path,
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["history"] for line in lines] == [["i1", "i2"], ["i5"]]
     assert len(lines[0]["results"]) == 3 and set(lines[0]["results"][0]) == {"item_id", "score", "text"}
+    # the FAISS backend from the command line too (as `unisrec serve --backend faiss`): the same items, in order
+    assert main(["recommend", str(run), "--history", "i1,i2", "--history", "i5", "-k", "3", "--backend", "faiss"]) == 0
+    by_faiss = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [[r["item_id"] for r in line["results"]] for line in by_faiss] == [
+        [r["item_id"] for r in line["results"]] for line in lines]
+    for a, b in zip(by_faiss, lines, strict=True):
+        np.testing.assert_allclose([r["score"] for r in a["results"]], [r["score"] for r in b["results"]], rtol=1e-5)
     histories = tmp_path / "h.jsonl"
     histories.write_text('{"user": "u1", "history": ["i1", "i2"]}\n\n{"user": "u2", "history": ["i9"]}\n')
     assert main(["recommend", str(run), "--history-file", str(histories), "-k", "2", "--include-seen"]) == 0

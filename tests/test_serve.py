@@ -508,3 +508,22 @@ def test_serve_on_port_0_says_the_port_it_listens_on(recommender: Recommender, t
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_command_lines_defaults_are_the_python_apis() -> None:
+    """`unisrec serve` / `unisrec recommend` and serve() / Recommender.from_pretrained() mirror each other: the
+    same defaults (serve() used 0 threads, torch's choice, where the command used 1)."""
+    import inspect
+
+    from unisrec.cli import build_parser
+    from unisrec.recommend import Recommender
+    from unisrec.serve import serve
+
+    args = vars(build_parser().parse_args(["serve", "run"]))
+    for name, parameter in inspect.signature(serve).parameters.items():
+        if name not in ("run_dir", "token"):  # the token's default is $UNISREC_TOKEN on the command line
+            assert args[name] == parameter.default, name
+    args = vars(build_parser().parse_args(["recommend", "run", "--history", "a"]))
+    for name, parameter in inspect.signature(Recommender.from_pretrained).parameters.items():
+        if name != "run_dir":
+            assert args[name] == parameter.default, name

@@ -380,6 +380,8 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sep", default=",", help="--history: separator of the entries (texts with commas, as with "
                    "--by-text: give another, e.g. --sep '|'; or use --history-file)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", choices=("torch", "faiss"), default="torch",
+                   help="exact top-k by torch or FAISS (as `unisrec serve --backend`)")
     p.set_defaults(handler=_run_recommend)
 
 
@@ -396,7 +398,7 @@ def _run_recommend(args: argparse.Namespace) -> int:
     else:
         records, lines = _read_history_file(args.history_file, texts=args.by_text)
         places = [f"{args.history_file}, line {n}" for n in lines]
-    recommender = Recommender.from_pretrained(args.run_dir, args.device)
+    recommender = Recommender.from_pretrained(args.run_dir, args.device, backend=args.backend)
     if len(recommender.catalogue) == 0:
         raise UnisrecError(f"{args.run_dir}: the catalogue is empty (a pre-training run has no items of its own); "
                            "serve it and add items first, or recommend with a fine-tuned run")

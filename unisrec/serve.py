@@ -501,9 +501,10 @@ def create_app(source: Recommender | str | Path, *, max_batch: int = 64, token: 
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, backend: Backend = "torch",
-          threads: int = 0, max_batch: int = 64, token: str | None = None,
+          threads: int = 1, max_batch: int = 64, token: str | None = None,
           max_body_bytes: int = MAX_BODY_BYTES, access_log: bool = False, max_catalogue: int = MAX_CATALOGUE) -> None:
-    """Load ``run_dir`` and serve it with uvicorn until interrupted."""
+    """Load ``run_dir`` and serve it with uvicorn until interrupted (``unisrec serve``, the same defaults:
+    ``threads`` torch CPU threads, 1 by default, 0 for torch's own choice)."""
 
     import torch
     import uvicorn
