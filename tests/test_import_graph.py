@@ -189,7 +189,8 @@ def test_the_model_imports_no_serving_checkpoint_or_cli() -> None:
     graph = module_graph("all")
     for model in ("unisrec.model", "unisrec.baselines"):
         assert not graph[model] & SERVING, (model, graph[model] & SERVING)
-    assert graph["unisrec.model"] <= {"unisrec.config"}
+    assert graph["unisrec.model"] <= {"unisrec.config", "unisrec.growing_rows"}
+    assert graph["unisrec.growing_rows"] == set()  # a tensor utility (in-place row growth), below everything
 
 
 def test_export_is_below_the_recommender() -> None:

@@ -168,3 +168,70 @@ def test_recommender_uses_the_coarse_pass_and_stays_exact_after_adding_items() -
     _, expected = brute_force(queries, table, 20, [np.unique(h) for h in histories])
     for ranked, rows in zip(results, expected, strict=True):
         assert [r.item_id for r in ranked] == [recommender.catalogue.item_ids[int(i)] for i in rows]
+
+
+def test_append_rows_writes_only_the_new_rows_and_keeps_earlier_views() -> None:
+    from unisrec.growing_rows import MIN_SPARE, append_rows
+
+    start = torch.arange(12.0).reshape(4, 3)
+    store, rows = append_rows(start, torch.ones(1, 3, dtype=torch.float64), None)  # converted to float32
+    assert rows.dtype == torch.float32 and store.shape[0] == 5 + MIN_SPARE
+    torch.testing.assert_close(rows, torch.cat([start, torch.ones(1, 3)]), rtol=0, atol=0)
+    held = rows  # a reader's view of 5 rows
+    expected = rows.clone()
+    for step in range(MIN_SPARE):  # while room lasts: the same store, nothing copied
+        store_before = store
+        store, rows = append_rows(rows, torch.full((1, 3), float(step)), store)
+        assert store is store_before and rows.data_ptr() == held.data_ptr()
+        expected = torch.cat([expected, torch.full((1, 3), float(step))])
+    torch.testing.assert_close(rows, expected, rtol=0, atol=0)
+    torch.testing.assert_close(held, expected[:5], rtol=0, atol=0)  # the early view saw no change
+    grown, longer = append_rows(rows, torch.zeros(2, 3), store)  # no room left: a new store, copied once
+    assert grown is not store and longer.shape == (len(expected) + 2, 3)
+    torch.testing.assert_close(longer[: len(expected)], expected, rtol=0, atol=0)
+    copy = rows.clone()  # not a view of the store: a new one, the store left alone
+    again, after = append_rows(copy, torch.zeros(1, 3), store)
+    assert again is not store and after.data_ptr() != rows.data_ptr()
+    torch.testing.assert_close(rows, expected, rtol=0, atol=0)
+
+
+@pytest.mark.usefixtures("bf16_native")
+def test_items_added_one_by_one_give_the_tables_of_a_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Additions grow the model's text vectors, the item and scoring tables and the coarse copy in place: after
+    many of them (across the stores' reallocations, and the coarse table's minimum size) every table equals one
+    built from scratch, and a table a reader took before an addition is unchanged."""
+    monkeypatch.setattr(topk, "MIN_COARSE_ITEMS", 130)
+    monkeypatch.setattr("unisrec.recommend.MIN_COARSE_ITEMS", 130)
+    torch.manual_seed(0)
+    n, d = 100, 12
+    model = UniSRec(ModelConfig(hidden_size=16, inner_size=16, n_experts=2), n, torch.randn(n, d)).eval()
+    recommender = Recommender(model, Catalogue([f"i{j}" for j in range(n)]))
+    recommender.tables()
+    assert recommender._coarse is None  # below the minimum
+    vectors = np.random.default_rng(1).normal(size=(150, d)).astype(np.float32)
+    held: list[tuple[torch.Tensor, ...]] = []  # tables readers took between additions, and copies of them then
+    for j in range(0, 150, 3):  # 50 additions of 3 items (3 stores' reallocations at least)
+        recommender.add_items([f"t{k}" for k in range(j, j + 3)], [f"n{k}" for k in range(j, j + 3)], vectors[j:j + 3])
+        items, table = recommender.tables()
+        assert items is recommender._items  # not rebuilt: the addition kept the tables current
+        held.append((items, table, items.clone(), table.clone()))
+        if j == 60:
+            assert recommender._coarse is not None  # built when the table reached 130 rows
+    for items, table, items_then, table_then in held:  # views of the stores the later additions wrote into
+        torch.testing.assert_close(items, items_then, rtol=0, atol=0)
+        torch.testing.assert_close(table, table_then, rtol=0, atol=0)
+    assert len({t[0].data_ptr() for t in held}) < len(held)  # some additions did write into a held view's store
+    torch.testing.assert_close(model.item_text[n:], torch.from_numpy(vectors), rtol=0, atol=0)
+    assert model.n_items == len(model.item_text) == len(recommender.catalogue) == 250
+    grown_items, grown_table = recommender.tables()
+    fresh = Recommender(model, Catalogue(list(recommender.catalogue.item_ids)))
+    rebuilt_items, rebuilt_table = fresh.tables()
+    torch.testing.assert_close(grown_items, rebuilt_items, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grown_table, rebuilt_table, rtol=1e-6, atol=1e-6)
+    coarse, rebuilt_coarse = recommender._coarse, fresh._coarse
+    assert coarse is not None and rebuilt_coarse is not None
+    assert torch.equal(coarse.coarse, rebuilt_coarse.coarse)
+    assert coarse.max_norm == pytest.approx(rebuilt_coarse.max_norm, rel=1e-6)
+    histories = [np.array([5, 120, 249]), np.array([240])]
+    assert ([[r.item_id for r in ranked] for ranked in recommender.recommend_rows(histories, 20)]
+            == [[r.item_id for r in ranked] for ranked in fresh.recommend_rows(histories, 20)])

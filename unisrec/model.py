@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unisrec.config import ModelConfig
+from unisrec.growing_rows import append_rows
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -288,8 +289,9 @@ class SequenceModel(nn.Module):
                              f"{self.config.item_repr!r}")
         if text_vectors.ndim != 2 or text_vectors.shape[1] != self.text_dim:
             raise ValueError(f"text vectors must be (M, {self.text_dim}), got {tuple(text_vectors.shape)}")
-        current = self.item_text  # (N, D)
-        self.item_text = torch.cat([current, text_vectors.to(device=current.device, dtype=current.dtype)])
+        # (N + M, D), a view of a store with spare rows: many small additions copy each row about once
+        store, self.item_text = append_rows(self.item_text, text_vectors, getattr(self, "_text_store", None))
+        self._text_store: Tensor | None = store  # not a buffer: the model's state is the view above
         self.n_items += len(text_vectors)
         return self.n_items
 

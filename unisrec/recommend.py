@@ -50,9 +50,10 @@ from unisrec.checkpoint import from_pretrained, read_items, save_pretrained, sav
 from unisrec.config import TextConfig
 from unisrec.errors import UnisrecError
 from unisrec.export import ExportManifest, export_vectors
+from unisrec.growing_rows import append_rows
 from unisrec.locking import waiting_for
 from unisrec.model import Offsets, SequenceModel
-from unisrec.topk import CoarseTable, FlatIndex, chunked_top_k, faiss_search, flat_ip_index
+from unisrec.topk import MIN_COARSE_ITEMS, CoarseTable, FlatIndex, chunked_top_k, faiss_search, flat_ip_index
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -189,6 +190,8 @@ class Recommender:
         self._items: Tensor | None = None  # (N, H) adapted item vectors: what histories are made of
         self._table: Tensor | None = None  # (N, H) scoring table (the same tensor for SASRec)
         self._coarse: CoarseTable | None = None  # its bfloat16 copy for the exact coarse-to-fine top-k
+        self._items_store: Tensor | None = None  # rows _items views, with room for added items (append_rows)
+        self._table_store: Tensor | None = None  # the same for _table
         self._key: tuple[tuple[int, int], ...] = ()
         self._faiss: FlatIndex | None = None
         self.users: dict[str, list[str]] = {}  # known users' histories (``set_users``)
@@ -265,6 +268,7 @@ class Recommender:
                     self._table = self.model.scoring_table(self._items).contiguous()
                 self._coarse = CoarseTable.build(self._table)
                 self._key, self._faiss = key, None
+                self._items_store = self._table_store = None  # the old stores are not these tables' rows
             return self._items, self._table
 
     def scoring_table(self) -> Tensor:
@@ -638,13 +642,26 @@ class Recommender:
                     centre.copy_(previous)
                 raise
             self.catalogue.append(ids, texts)  # before the tables grow: a ranked row always has an id
-            # new tensors: readers holding the old ones are unaffected
-            self._items, self._table = torch.cat([items, added]), torch.cat([table, added_scoring])
-            self._coarse = CoarseTable.build(self._table)  # a fresh copy: the old one serves readers meanwhile
+            # longer views of stores with spare rows (only the new rows are written, nothing is copied while room
+            # lasts): readers holding the old views see the same rows as before
+            self._items_store, self._items = append_rows(items, added, self._items_store)
+            self._table_store, self._table = append_rows(table, added_scoring, self._table_store)
+            self._coarse = self._grown_coarse(len(table))
             self._key = _weights_key(model)
             if self._faiss is not None:
                 self._faiss.add(added_scoring.cpu().numpy())
             return len(self.catalogue)
+
+
+    def _grown_coarse(self, before: int) -> CoarseTable | None:
+        """The coarse copy of the scoring table after an addition to a table of ``before`` rows: the previous one
+        extended by the new rows, or built once the table reaches its minimum size."""
+        assert self._table is not None
+        if self._coarse is not None:
+            return self._coarse.extended(self._table, self._table[before:])
+        if before < MIN_COARSE_ITEMS <= len(self._table):  # too small until now; otherwise it was refused
+            return CoarseTable.build(self._table)
+        return None
 
 
 # -- items added while serving: persisted beside the run -------------------------------------------------

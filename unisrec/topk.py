@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from unisrec.errors import UnisrecError
+from unisrec.growing_rows import append_rows
 from unisrec.precision import native_bfloat16
 
 SCORE_BUDGET = 1 << 24  # scores (queries x items) held at once by the chunked top-k: 64 MiB of float32
@@ -118,6 +119,7 @@ class CoarseTable:
     coarse: Tensor  # (N, H) bfloat16
     max_norm: float  # max_j ||table_j||
     coefficient: float  # c of the error bound
+    store: Tensor | None = None  # (C, H) bfloat16 rows ``coarse`` views, with room for added items (``extended``)
 
     @classmethod
     def build(cls, table: Tensor, *, check_queries: int = 64, check_items: int = 8192,
@@ -149,6 +151,18 @@ class CoarseTable:
         approx = (queries.to(torch.bfloat16) @ coarse[rows].T).float()
         bound = made.coefficient * queries.norm(dim=1, keepdim=True) * sample.norm(dim=1)[None, :]
         return made if bool(((approx - exact).abs() <= bound).all()) else None
+
+    def extended(self, table: Tensor, added: Tensor) -> CoarseTable | None:
+        """The coarse copy of ``table`` (N + M, H), whose first N rows are this one's table and its last M rows
+        ``added`` (M, H): only the new rows are converted (into spare rows of the bfloat16 store, ``append_rows``);
+        the error bound's check of ``build`` is about the kernel and holds for them. None when a new row is not
+        finite in bfloat16 (the table is then scanned exactly, as ``build`` would decide)."""
+        low = added.to(torch.bfloat16)  # (M, H)
+        if not (bool(torch.isfinite(added).all()) and bool(torch.isfinite(low).all())):
+            return None
+        store, coarse = append_rows(self.coarse, low, self.store)
+        norm = float(added.norm(dim=1).max()) if len(added) else 0.0
+        return CoarseTable(table, coarse, max(self.max_norm, norm), self.coefficient, store)
 
     def top_k(self, queries: Tensor, k: int, seen: Sequence[np.ndarray] | None = None) -> tuple[Tensor, Tensor]:
         """(B, H) float32 queries -> (B, k') scores and rows: the items of ``chunked_top_k(queries, table)``
