@@ -482,6 +482,13 @@ def test_serve_on_a_taken_port_or_a_small_cap_is_a_one_line_error(recommender: R
     finally:
         for listener in first:
             listener.close()
+    every = listen_on("", 0)  # every interface (IPv4 and, where the machine has it, IPv6): one port for all
+    try:
+        assert len({listener.getsockname()[1] for listener in every}) == 1
+        assert every[0].getsockname()[1] > 0 and len(every) == len({listener.family for listener in every})
+    finally:
+        for listener in every:
+            listener.close()
     assert main(["serve", str(tmp_path / "run"), "--port", "0", "--max-catalogue", str(N_ITEMS - 1)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"unisrec serve: error: --max-catalogue {N_ITEMS - 1} is below the {N_ITEMS} items the catalogue holds "

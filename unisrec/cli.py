@@ -178,18 +178,12 @@ def _refuse_disagreements(shortcuts: list[str], overrides: list[str]) -> None:
     """A shortcut flag (``--epochs 1``, ``--pooling cls``, as its dotted form) and a dotted override of the same
     setting (``--train.epochs=3``) with different values: refused, naming both (encode and the training commands
     had resolved such a pair in opposite ways)."""
-    import yaml
-
-    def value(raw: str) -> object:
-        try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError:
-            return raw
+    from unisrec.config import override_value
 
     given = {item.partition("=")[0]: item.partition("=")[2] for item in overrides}
     for item in shortcuts:
         key, _, raw = item.partition("=")
-        if key in given and value(given[key]) != value(raw):
+        if key in given and override_value(given[key]) != override_value(raw):
             raise UnisrecError(f"--{key}={given[key]} and the shortcut flag for {key} ({raw}) disagree; give one")
 
 

@@ -679,6 +679,15 @@ def _renamed_value(old: str, value: Any, where: str) -> tuple[str, Any]:
                       f"got {value!r}")
 
 
+def override_value(raw: str) -> Any:
+    """The value an override's text reads as (YAML: ``3`` an int, ``true`` a bool), or the text itself where it
+    is not valid YAML; for comparing values (``apply_overrides`` reports such text as an error)."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def renamed_override(item: str) -> str:
     """A dotted override with a renamed setting's old name (``pretrain.strided_windows=true``) in its new form
     (``train.windows=strided``); any other override as it is."""
@@ -686,11 +695,7 @@ def renamed_override(item: str) -> str:
     name = key.strip().lstrip("-")
     if not sep or name not in RENAMED_SETTINGS:
         return item
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    new, translated = _renamed_value(name, value, f"override {item!r}")
+    new, translated = _renamed_value(name, override_value(raw), f"override {item!r}")
     return f"{new}={translated}"
 
 

@@ -549,6 +549,7 @@ def listen_on(host: str, port: int) -> list[socket.socket]:
     except socket.gaierror as exc:
         raise UnisrecError(f"--host {host!r}: {exc.strerror or exc}") from None
     listeners: list[socket.socket] = []
+    chosen = port  # with port 0 the first socket's port, then the same for the others
     try:
         for family, kind, proto, _, address in dict.fromkeys(found):  # each address once
             listener = socket.socket(family, kind, proto)
@@ -556,8 +557,8 @@ def listen_on(host: str, port: int) -> list[socket.socket]:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a stop binds
             if family == socket.AF_INET6:  # as asyncio: the IPv4 addresses have sockets of their own
                 listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            chosen = listeners[0].getsockname()[1] if len(listeners) > 1 else 0
-            listener.bind((*address[:1], chosen or address[1], *address[2:]))  # port 0: the first one's port
+            listener.bind((address[0], chosen, *address[2:]))
+            chosen = listener.getsockname()[1]
             listener.listen(2048)  # uvicorn's backlog; connections made while the model loads wait
     except OSError as exc:
         for listener in listeners:
