@@ -223,3 +223,25 @@ def test_a_renamed_setting_keeps_its_old_name(tmp_path: Path) -> None:
     both.write_text("pretrain: {strided_windows: true}\ntrain: {windows: exact}\n")
     with pytest.raises(ConfigError, match=r"pretrain\.strided_windows and its new name train\.windows disagree"):
         load_config(both)
+
+
+def test_pretraining_overrides_are_found_in_every_spelling() -> None:
+    from unisrec.config import pretraining_overrides
+
+    given = ["train.lr=1e-3", "--pretrain.lambda_ss=0", "pretrain={lambda_ss: 0}", " pretrain.item_drop=0.1",
+             "pretrain.strided_windows=true", "model.hidden_size=64"]  # the renamed one is train.windows now
+    assert pretraining_overrides(given) == ["--pretrain.lambda_ss=0", "pretrain={lambda_ss: 0}",
+                                            " pretrain.item_drop=0.1"]
+
+
+def test_a_date_like_value_is_a_one_line_config_error(tmp_path: Path) -> None:
+    """YAML reads 2024-13-45 as a date and fails with ValueError, not YAMLError: a traceback before."""
+    from unisrec.config import override_value
+
+    with pytest.raises(ConfigError, match=r"override 'train.epochs=2024-13-45': value '2024-13-45' is not valid YAML"):
+        RunConfig().with_overrides(["train.epochs=2024-13-45"])
+    assert override_value("2024-13-45") == "2024-13-45" and override_value("3") == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 2024-13-45}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(month must be in 1..12\)"):
+        load_config(bad)

@@ -299,6 +299,14 @@ def test_an_unfinished_run_resumes_only_from_the_inputs_it_started_from(tmp_path
     del made["origin"]  # a run started before origins were kept: resumed as before
     (out / "run.json").write_text(json.dumps(made))
     assert open_run_dir(out, settings, overwrite=False, origin={"init_fingerprint": "bbbb"}) == out
+    # --overwrite over a finished run, its replacement begun from other inputs: started again, not refused
+    # (the refusal told the user to pass the --overwrite they had passed)
+    (out / "metrics.json").write_text("{}")
+    work = open_run_dir(out, settings, overwrite=True, origin={"init_fingerprint": "bbbb"})
+    (work / "checkpoint").mkdir()
+    again = open_run_dir(out, settings, overwrite=True, origin={"init_fingerprint": "cccc"})
+    assert again == work and not (work / "checkpoint").exists()
+    assert json.loads((work / "run.json").read_text())["origin"] == {"init_fingerprint": "cccc"}
 
 
 def test_the_model_card_states_cold_metrics_as_computed_and_says_when_there_are_none() -> None:

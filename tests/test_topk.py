@@ -235,3 +235,18 @@ def test_items_added_one_by_one_give_the_tables_of_a_rebuild(monkeypatch: pytest
     histories = [np.array([5, 120, 249]), np.array([240])]
     assert ([[r.item_id for r in ranked] for ranked in recommender.recommend_rows(histories, 20)]
             == [[r.item_id for r in ranked] for ranked in fresh.recommend_rows(histories, 20)])
+
+
+def test_a_moved_model_lets_go_of_its_spare_rows() -> None:
+    """The spare-row store of the model's text vectors is not kept alive once ``to`` moves or converts them."""
+    model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2), 5, torch.randn(5, 6))
+    model.extend_items(torch.randn(2, 6))
+    store = model._text_store
+    assert store is not None and store.shape[0] > 7 and model.item_text.data_ptr() == store.data_ptr()
+    model.float()  # nothing moves: the store still holds the text vectors
+    assert model._text_store is store
+    model.to(torch.float64)
+    assert model._text_store is None and model.item_text.dtype == torch.float64 and model.n_items == 7
+    model.extend_items(torch.ones(1, 6))  # a new store, of the new dtype
+    assert model.item_text.shape == (8, 6) and bool((model.item_text[7] == 1).all())
+    assert model._text_store is not None and model._text_store.dtype == torch.float64

@@ -343,3 +343,100 @@ def test_a_replacement_killed_after_its_metrics_is_moved_in_not_trained_again(
     assert metrics["seed"] == 3 and metrics["epochs"] == 1
     assert json.loads((out / "metrics.json").read_text())["seed"] == 3
     assert not staging.exists()
+
+
+def test_a_replacement_killed_between_the_renames_is_adopted_not_trained_again(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed inside finish_run_dir (the old run renamed aside, the finished replacement not yet in), or while the
+    old run aside was being deleted: the same --overwrite command moves the replacement in without training."""
+    import unisrec.finetune as finetune_module
+    from unisrec.runs import finish_run_dir
+
+    out = tmp_path / "run"
+    finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=1"])
+    replacement = [*SMALL, "train.epochs=1", "train.seed=2"]
+
+    def between_renames(work: Path, final: Path) -> None:
+        final.rename(final.parent / f".{final.name}.replaced")
+        raise KeyboardInterrupt
+
+    def while_deleting(work: Path, final: Path) -> None:
+        aside = final.parent / f".{final.name}.replaced"
+        final.rename(aside)
+        work.rename(final)
+        (aside / "metrics.json").unlink()  # rmtree of the old run begun, then killed
+        raise KeyboardInterrupt
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained again")
+
+    for killed, seed in ((between_renames, 2), (while_deleting, 3)):
+        overrides = [*replacement[:-1], f"train.seed={seed}"]
+        monkeypatch.setattr(finetune_module, "finish_run_dir", killed)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(synthetic_dataset, "sasrec", out, overrides=overrides, overwrite=True)
+        monkeypatch.setattr(finetune_module, "finish_run_dir", finish_run_dir)
+        monkeypatch.setattr(finetune_module, "fit", no_training)
+        assert finetune(synthetic_dataset, "sasrec", out, overrides=overrides, overwrite=True)["seed"] == seed
+        assert json.loads((out / "metrics.json").read_text())["seed"] == seed
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run")) == [".run.lock"]
+        monkeypatch.undo()
+
+
+def test_adoption_never_replaces_a_folder_that_is_not_a_run(synthetic_dataset: Path, tmp_path: Path) -> None:
+    from unisrec.finetune import finetune_settings
+    from unisrec.runs import adopt_finished_replacement, staging_dir
+
+    out = tmp_path / "run"
+    finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=1"])
+    staged = staging_dir(out)
+    out.rename(staged)  # a finished run with these settings waits in staging ...
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # ... and --out now holds something else
+    _, settings = finetune_settings(synthetic_dataset, "sasrec", RunConfig(), [*SMALL, "train.epochs=1"], None)
+    assert not adopt_finished_replacement(out, settings)
+    assert (out / "notes.txt").read_text() == "mine" and (staged / "metrics.json").exists()
+    with pytest.raises(UnisrecError, match="folder exists and is not a unisrec run; refusing to overwrite it"):
+        finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=1"], overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_finetuning_begun_with_pretraining_settings_still_resumes(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs started before fine-tuning refused pre-training settings recorded them (a --config file's pretrain
+    section, a report's shared pretrain.* overrides): the same command now leaves them out, and the interrupted
+    run still resumes from its checkpoint (its own fingerprint), not refused as a run of other settings."""
+    import unisrec.finetune as finetune_module
+
+    out = tmp_path / "run"
+    before = RunConfig().with_overrides(["pretrain.lambda_ss=0.01"])  # as `--config` passed it then
+    real_evaluate, calls = finetune_module.evaluate, []
+
+    def dies_at_second_validation(*args: object, **kwargs: object) -> dict[str, float]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finetune_module, "evaluate", dies_at_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(synthetic_dataset, "sasrec", out, config=before, overrides=[*SMALL, "train.epochs=3"])
+    started = json.loads((out / "run.json").read_text())
+    assert started["config"]["pretrain"]["lambda_ss"] == 0.01
+    monkeypatch.setattr(finetune_module, "evaluate", real_evaluate)
+    metrics = finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=3"])
+    assert metrics["epochs"] == 3
+    assert [json.loads(line)["epoch"] for line in (out / "train.log").read_text().splitlines()] == [1, 2, 3]
+    assert json.loads((out / "run.json").read_text()) == started  # resumed as the run it was
+    with pytest.raises(UnisrecError, match="run already finished"):
+        finetune(synthetic_dataset, "sasrec", out, overrides=[*SMALL, "train.epochs=3"])
+    other = tmp_path / "other"  # a difference outside the pretrain section still counts
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(finetune_module, "evaluate", dies_at_second_validation)
+        calls.clear()
+        finetune(synthetic_dataset, "sasrec", other, config=before, overrides=[*SMALL, "train.epochs=3"])
+    monkeypatch.setattr(finetune_module, "evaluate", real_evaluate)
+    with pytest.raises(UnisrecError, match="holds an unfinished run with different settings"):
+        finetune(synthetic_dataset, "sasrec", other, overrides=[*SMALL, "train.epochs=4"])

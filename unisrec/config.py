@@ -223,7 +223,8 @@ def check_finetune_needs(config: RunConfig, with_init: bool) -> None:
 def pretraining_overrides(overrides: Sequence[str]) -> list[str]:
     """The dotted overrides of pre-training settings (``pretrain.*``), which fine-tuning does not read; a renamed
     one counts under its new name (``pretrain.strided_windows`` is ``train.windows`` now)."""
-    return [o for o in overrides if renamed_override(o).partition("=")[0].strip().lstrip("-").startswith("pretrain.")]
+    keys = ((o, renamed_override(o).partition("=")[0].strip().lstrip("-")) for o in overrides)
+    return [o for o, key in keys if key == "pretrain" or key.startswith("pretrain.")]  # the section as a whole too
 
 
 def refuse_pretraining_overrides(overrides: Sequence[str]) -> None:
@@ -637,7 +638,7 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
             if depth == len(parts) - 1:
                 try:
                     node[part] = yaml.safe_load(raw) if raw.strip() else ""
-                except yaml.YAMLError as exc:
+                except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date-like value (2024-13-45)
                     problem = str(getattr(exc, "problem", None) or exc)
                     hint = (f"; pass a list as one shell argument, e.g. '{key.strip()}=[10, 20]'"
                             if raw.lstrip().startswith(("[", "{")) else "; quote a text value, e.g. "
@@ -655,7 +656,7 @@ def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date-like value that is no date (2024-13-45)
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with {expected}")
@@ -684,7 +685,7 @@ def override_value(raw: str) -> Any:
     is not valid YAML; for comparing values (``apply_overrides`` reports such text as an error)."""
     try:
         return yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: a date-like text that is no date (2024-13-45)
         return raw
 
 
@@ -728,7 +729,7 @@ def override(key: str, value: Any) -> str:
     if isinstance(value, str):
         try:
             plain = yaml.safe_load(value) == value
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):
             plain = False
         return f"{key}={value}" if plain else f"{key}={json.dumps(value)}"
     return f"{key}={json.dumps(to_plain(value))}"

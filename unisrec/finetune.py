@@ -78,9 +78,9 @@ from unisrec.records import git_commit
 from unisrec.runs import (
     ADOPTED,
     adopt_finished_replacement,
-    fingerprint,
     finish_run_dir,
     open_run_dir,
+    recorded_fingerprint,
     seed_everything,
     staging_dir,
 )
@@ -545,7 +545,7 @@ def finetune(
             config.train,
             out,
             device=device,
-            fingerprint=fingerprint(settings),
+            fingerprint=recorded_fingerprint(out, settings),  # a resumed run's own (runs.same_settings)
             dist=dist,
         )
     dist.barrier()

@@ -8,13 +8,14 @@ dimension, H hidden size, K experts. Item tables are computed once per step / ev
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unisrec.config import ModelConfig
-from unisrec.growing_rows import append_rows
+from unisrec.growing_rows import append_rows, holds
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -294,6 +295,15 @@ class SequenceModel(nn.Module):
         self._text_store: Tensor | None = store  # not a buffer: the model's state is the view above
         self.n_items += len(text_vectors)
         return self.n_items
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> SequenceModel:
+        """``nn.Module._apply`` (``to``, ``cuda``, ``half``, ...), then the spare-row store of ``extend_items`` let
+        go once ``item_text`` is no longer a view of it (moved or converted): not kept alive beside the new one."""
+        super()._apply(fn, recurse)
+        store = getattr(self, "_text_store", None)
+        if store is not None and not holds(store, self.item_text):
+            self._text_store = None
+        return self
 
     def logits(self, queries: Tensor, table: Tensor) -> Tensor:
         raise NotImplementedError

@@ -204,14 +204,15 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
                 init = pretrain_run(e.init, seed)
             elif e.init is not None:
                 init = by_experiment[(e.init, seed)]
-            # the shared overrides of pre-training settings are the pre-trainings' (fine-tuning refuses them)
-            shared = [o for o in config.overrides if o not in pretraining_overrides(config.overrides)]
-            overrides = [*shared, *e.overrides, f"train.seed={seed}"]
+            overrides = [*config.overrides, *e.overrides, f"train.seed={seed}"]
             spec = {"kind": e.command, "dataset": data[e.dataset][1], "mode": e.mode if e.command == "finetune"
                     else None, "init": init.spec if init else None, "overrides": overrides, "config": base_spec,
                     "text": text_settings or None}
-            args = TrainArgs((data[e.dataset][0],), (*text_overrides, *overrides), config_path, e.mode,
-                             init.out if init else None)
+            # the shared overrides of pre-training settings are the pre-trainings' (fine-tuning refuses them);
+            # the spec keeps them, as it always did, so that runs planned before stay this plan's
+            shared = [o for o in config.overrides if o not in pretraining_overrides(config.overrides)]
+            args = TrainArgs((data[e.dataset][0],), (*text_overrides, *shared, *e.overrides, f"train.seed={seed}"),
+                             config_path, e.mode, init.out if init else None)
             run = PlannedRun(e.command, e.name, seed, out / "runs" / e.name / f"seed-{seed}", _plain(spec), args)
             by_experiment[(e.name, seed)] = add(run)
     return runs
@@ -329,7 +330,7 @@ def adopt_run(config_path: str | Path, out: str | Path, run_dir: str | Path, *,
     (their fingerprint); anything else is an error naming the folder. Returns {"run", "status"}."""
     from unisrec.finetune import finetune_settings
     from unisrec.pretrain import pretrain_settings
-    from unisrec.runs import fingerprint
+    from unisrec.runs import same_settings
 
     config = load_report_config(config_path, data_root=data_root)
     hold_folder(Path(out))  # not while a report runner writes the same folder
@@ -352,7 +353,7 @@ def adopt_run(config_path: str | Path, out: str | Path, run_dir: str | Path, *,
     else:
         assert a.mode is not None  # a planned fine-tuning always has its mode
         _, settings = finetune_settings(a.data[0], a.mode, base, overrides, a.init)
-    if made.get("fingerprint") != fingerprint(settings):
+    if not same_settings(made, settings):
         raise UnisrecError(f"{made_file}: its settings differ from the planned command's ({run.command()})")
     atomic_write_json(run.spec_file, run.spec)
     run.replacing_file.unlink(missing_ok=True)  # the folder holds the planned run now, not the one being replaced

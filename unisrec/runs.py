@@ -27,6 +27,28 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def same_settings(made: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether the run.json ``made`` was written for ``settings``: the same fingerprint, or for a fine-tuning one
+    that differs only in its ``pretrain`` section, which fine-tuning never reads (runs started before
+    ``--pretrain.*`` was refused there, with a ``--config`` file's or a report's pre-training settings, still
+    resume under the fingerprint they started with: ``recorded_fingerprint``)."""
+    if made.get("fingerprint") == fingerprint(settings):
+        return True
+    config, before = settings.get("config"), made.get("config")
+    if settings.get("command") != "finetune" or not isinstance(config, dict) or not isinstance(before, dict) \
+            or not isinstance(before.get("pretrain"), dict):
+        return False
+    return made.get("fingerprint") == fingerprint({**settings, "config": {**config, "pretrain": before["pretrain"]}})
+
+
+def recorded_fingerprint(folder: Path, settings: dict[str, Any]) -> str:
+    """The fingerprint a run's checkpoints carry: its run.json's (``same_settings`` chose to resume it), or that of
+    ``settings`` for a folder without one."""
+    made = folder / "run.json"
+    recorded = read_json(made).get("fingerprint") if made.exists() else None
+    return recorded if isinstance(recorded, str) else fingerprint(settings)
+
+
 def staging_dir(out: Path) -> Path:
     """Where ``--overwrite`` trains the replacement of the run ``out`` (beside it, hidden)."""
     return out.parent / f".{out.name}.overwrite"
@@ -60,6 +82,8 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
     started: dict[str, Any] | None = None  # the run.json of the unfinished run that resumes
     if work != out:
         started = _resumable(work, settings) if work.exists() else None
+        if started is not None and _changed_origin(started, origin):
+            started = None  # --overwrite: a replacement begun from other inputs starts again, not refused
         if work.exists() and started is None:
             shutil.rmtree(work)  # a replacement with other settings, or one that finished but was not moved in
     else:
@@ -69,7 +93,7 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
             previous = read_json(out / "run.json", "pass --overwrite to start the run again")
             if (out / "metrics.json").exists():
                 raise UnisrecError(f"{out}: run already finished; pass --overwrite to train it again")
-            if previous.get("fingerprint") != fingerprint(settings):
+            if not same_settings(previous, settings):
                 raise UnisrecError(
                     f"{out}: holds an unfinished run with different settings; pass --overwrite or choose another --out"
                 )
@@ -94,14 +118,16 @@ def adopt_finished_replacement(out: Path, settings: dict[str, Any], origin: dict
     Its checkpoint, if the kill left one, is deleted; the caller writes what comes after ``metrics.json`` again
     (the card). A staged run with other settings or inputs is left to ``open_run_dir`` (which deletes it)."""
     hold_folder(out)
-    recover_finish(out)
+    if recover_finish(out):  # killed between finish_run_dir's renames: the replacement is at ``out`` now
+        moved = read_json(out / "run.json", "pass --overwrite to start the run again")
+        return same_settings(moved, settings) and not _changed_origin(moved, origin)
     work = staging_dir(out)
     if not ((work / "metrics.json").exists() and (work / "run.json").exists()):
         return False
+    if out.exists() and any(out.iterdir()) and not (out / "run.json").exists():
+        return False  # not a unisrec run: open_run_dir refuses to replace it
     made = read_json(work / "run.json", "pass --overwrite to start the run again")
-    before = made.get("origin")
-    if made.get("fingerprint") != fingerprint(settings) or (
-            origin is not None and isinstance(before, dict) and before != origin):
+    if not same_settings(made, settings) or _changed_origin(made, origin):
         return False
     clear_checkpoint(work)
     if out.exists():
@@ -111,13 +137,19 @@ def adopt_finished_replacement(out: Path, settings: dict[str, Any], origin: dict
     return True
 
 
+def _changed_origin(started: dict[str, Any], origin: dict[str, Any] | None) -> list[str]:
+    """The inputs (``open_run_dir``'s ``origin``) that differ from those the run ``started`` (its run.json)
+    recorded; none for runs written before origins were kept."""
+    before = started.get("origin")
+    if origin is None or not isinstance(before, dict):
+        return []
+    return sorted(k for k in set(before) | set(origin) if before.get(k) != origin.get(k))
+
+
 def _check_origin(folder: Path, started: dict[str, Any], origin: dict[str, Any] | None) -> None:
     """An unfinished run resumes only from the inputs it started from (``open_run_dir``'s ``origin``);
     ``started``: the run's run.json."""
-    before = started.get("origin")
-    if origin is None or not isinstance(before, dict):
-        return
-    changed = sorted(k for k in set(before) | set(origin) if before.get(k) != origin.get(k))
+    changed = _changed_origin(started, origin)
     if changed:
         raise UnisrecError(f"{folder}: its unfinished run started from other inputs ({', '.join(changed)} changed "
                            "since: trained again with other settings); pass --overwrite to start it again")
@@ -128,25 +160,28 @@ def _resumable(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     if (folder / "metrics.json").exists() or not (folder / "run.json").exists():
         return None
     previous = read_json(folder / "run.json", "pass --overwrite to start the run again")
-    return previous if previous.get("fingerprint") == fingerprint(settings) else None
+    return previous if same_settings(previous, settings) else None
 
 
-def recover_finish(out: Path) -> None:
+def recover_finish(out: Path) -> bool:
     """Complete a ``finish_run_dir`` that a kill interrupted (call it holding ``out``'s lock): killed between its
     renames, ``out`` is missing and the old run waits aside; the finished replacement, still in the staging
     folder, is moved in (an unfinished one cannot be there: ``finish_run_dir`` runs after the run ended), or else
-    the old run goes back. Killed after them, the old run aside is deleted."""
+    the old run goes back. Killed after them, the old run aside is deleted. True when the replacement is at
+    ``out`` now (moved in here, or by the interrupted call), False when nothing was interrupted or the old run
+    went back."""
     old = out.parent / f".{out.name}.replaced"
     if not old.exists():
-        return
+        return False
     if not out.exists():
         staged = staging_dir(out)
         if (staged / "metrics.json").exists():
             staged.rename(out)
         else:
             old.rename(out)
-            return
+            return False
     shutil.rmtree(old, ignore_errors=True)
+    return True
 
 
 def finish_run_dir(work: Path, out: Path) -> None:
