@@ -17,13 +17,19 @@ Case = Callable[[Path, Path], tuple[list[str], str]]  # (tmp_path, tiny_lm_dir) 
 def _semicolons(tmp: Path, lm: Path) -> tuple[list[str], str]:
     source = write_synthetic_source(tmp / "src")
     return (["prepare", str(source), "--format", "csv", "--out", str(tmp / "o"), "--delimiter", ";;"],
-            "--delimiter must be one character (not a quote or a line break), got ';;'")
+            "--delimiter must be one ASCII character (not a quote or a line break), got ';;'")
+
+
+def _non_ascii_delimiter(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    source = write_synthetic_source(tmp / "src")  # pyarrow takes ASCII only: a traceback before
+    return (["prepare", str(source), "--format", "csv", "--out", str(tmp / "o"), "--delimiter", "\uff1b"],
+            "--delimiter must be one ASCII character (not a quote or a line break), got '\uff1b'")
 
 
 def _empty_delimiter(tmp: Path, lm: Path) -> tuple[list[str], str]:
     source = write_synthetic_source(tmp / "src")
     return (["prepare", str(source), "--format", "csv", "--out", str(tmp / "o"), "--delimiter", ""],
-            "--delimiter must be one character (not a quote or a line break), got ''")
+            "--delimiter must be one ASCII character (not a quote or a line break), got ''")
 
 
 def _corrupt_dataset_json(tmp: Path, lm: Path) -> tuple[list[str], str]:
@@ -204,7 +210,8 @@ CASES: dict[str, Case] = {
     "report: --only of commas": _only_commas, "report: NaN budget": _nan_budget,
     "pretrain: negative max steps": _negative_max_steps, "finetune: NaN lr": _nan_learning_rate,
     "renamed setting, bad value": _old_name_bad_value,
-    "delimiter ;;": _semicolons, "delimiter empty": _empty_delimiter, "corrupt dataset.json": _corrupt_dataset_json,
+    "delimiter ;;": _semicolons, "delimiter empty": _empty_delimiter,
+    "delimiter not ASCII": _non_ascii_delimiter, "corrupt dataset.json": _corrupt_dataset_json,
     "corrupt run.json": _corrupt_run_json, "non-UTF-8 history file": _non_utf8_history,
     "output below a file": _output_under_a_file, "missing run": _missing_run,
     "serve: empty token": _empty_token, "serve: catalogue cap 0": _no_catalogue_room,

@@ -137,6 +137,9 @@ def test_bad_metadata_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert _error(capsys, source, out) == f"{meta}, line 4: expected a JSON object with an 'asin' string"
     write_gz(meta, "\n".join(meta_lines()).encode("utf-8").replace(b'"First"', b'"F\xffirst"'))
     assert _error(capsys, source, out) == f"{meta}, line 2: not valid UTF-8 text"
+    lines[3] = "{[1]: 2, 'asin': 'A3'}"  # a Python literal that is no dict: TypeError, a traceback before
+    write_source(source, meta=lines)
+    assert _error(capsys, source, out).startswith(f"{meta}, line 4: not a JSON object (")
     lines[3] = "[" * 100_000  # deeper than the JSON parser's recursion
     write_source(source, meta=lines)
     assert _error(capsys, source, out) == f"{meta}, line 4: not a JSON object (nested too deeply to parse)"

@@ -297,6 +297,78 @@ def test_an_unclosed_quote_is_an_error_and_a_quoted_line_break_is_text(tiny_csv_
     assert load_processed(tmp_path / "ok").item_texts[3] == "a title on two lines"
 
 
+def test_an_unclosed_quote_in_a_column_not_read_is_an_error_not_lost_rows(tiny_csv_source: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the columns a format reads are parsed into values: a quote never closed in another column swallowed
+    every later row into that (unread) value, and the rows were gone without a word."""
+    interactions = tiny_csv_source / "interactions.csv"
+    head, *rows = interactions.read_text().splitlines()
+    with_review = [f"{head},review", *(f"{r},fine" for r in rows)]
+    with_review[3] = with_review[3].replace(",fine", ',"5"" screen')
+    interactions.write_text("\n".join(with_review) + "\n")
+    assert _error(capsys, tiny_csv_source, tmp_path / "o") == (
+        f"{interactions}, line 4: a quoted field opens on this line and is never closed (the rest of the file would "
+        "become one value); close the quote or remove it")
+    with_review[3] = with_review[3].replace(',"5"" screen', ',"5"" screen,\nnew line"')  # closed: a quoted break
+    interactions.write_text("\n".join(with_review) + "\n\n")  # and a blank line
+    prepare(tiny_csv_source, "csv", tmp_path / "ok", options=PrepareOptions(user_core=0, item_core=0))
+    assert load_processed(tmp_path / "ok").stats["input"]["interactions"] == len(rows)
+
+
+def test_overwrite_replaces_only_a_dataset_folder(tiny_csv_source: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """--overwrite deleted any folder holding a file named dataset.json, with everything else in it."""
+    from unisrec.datasets.processed import DATASET_ENTRIES
+    from unisrec.text_cache import EMBEDDINGS_DIR
+
+    def refused(out: Path) -> str:  # the folder stays: cli_error's "no output folder" does not apply
+        capsys.readouterr()
+        assert main(["prepare", str(tiny_csv_source), "--format", "csv", "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("unisrec prepare: error: "), err
+        return err[0].removeprefix("unisrec prepare: error: ")
+
+    assert EMBEDDINGS_DIR in DATASET_ENTRIES  # the text vectors cached in a dataset folder are its own
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "dataset.json").write_text('{"foo": 1}')
+    (project / "src" / "code.py").write_text("print(1)")
+    assert refused(project) == (
+        f"{project}: its dataset.json is not a unisrec dataset's; refusing to replace the folder (choose another "
+        "--out)")
+    assert (project / "src" / "code.py").read_text() == "print(1)"
+    out = tmp_path / "data"
+    prepare(tiny_csv_source, "csv", out)
+    (out / EMBEDDINGS_DIR).mkdir()
+    (out / ".data.lock").write_text("")  # what the library leaves inside counts as the folder's own
+    prepare(tiny_csv_source, "csv", out, overwrite=True)  # a dataset folder with its caches: replaced
+    (out / "notes.txt").write_text("mine")
+    assert refused(out) == (
+        f"{out}: holds 'notes.txt', which a unisrec dataset folder does not; refusing to replace the folder (move "
+        "it out, or choose another --out)")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "dataset.json").exists()
+
+
+def test_inputs_a_review_found_misread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BOM before a quoted header (pandas' utf-8-sig with full quoting), ISO minutes with 'T', a source named
+    '.', and the count of catalogue items that nobody rated (items the k-core removed are not among them)."""
+    source = tmp_path / "shop"
+    source.mkdir()
+    (source / "items.csv").write_bytes('\ufeff"item_id","title"\r\n"i1","One"\r\n"i2","Two"\r\n"i3","Three"\r\n'
+                                       '"i4","Four"\r\n"i5","Five"\r\n'.encode())
+    rows = ["user_id,item_id,timestamp", "u1,i1,2020-01-01T10:00", "u1,i2,2020-01-01T10:01", "u1,i3,2020-01-01T10:02",
+            "u2,i2,2020-01-01 11:00+01:00", "u2,i1,2020-01-01T11:05", "u2,i3,2020-01-01T11:06",
+            "u3,i4,2020-01-02T00:00"]
+    (source / "interactions.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(source)
+    prepare(".", "csv", tmp_path / "out", options=PrepareOptions(user_core=3, item_core=1))
+    data = load_processed(tmp_path / "out")
+    assert data.name == "shop" and list(data.item_ids) == ["i1", "i2", "i3"]
+    assert sequences(data)["u2"] == ["i2", "i1", "i3"]  # 11:00+01:00 is 10:00 UTC, before 11:05
+    assert data.timestamps[:3].tolist() == [1577872800, 1577872860, 1577872920]
+    assert data.stats["catalogue_items_without_interactions"] == 1  # i5; i4 (rated by u3, removed) is the k-core's
+
+
 def test_the_line_break_search_finds_a_break_in_any_chunk_and_none_where_there_is_none() -> None:
     clean = pa.chunked_array([pa.array(["a", "", "b c"]), pa.array(["d"])])
     assert not _may_hold_line_break(clean)

@@ -67,6 +67,19 @@ def write_tiny(folder: Path) -> Path:
     return folder
 
 
+def test_texts_may_hold_unicode_line_separators(tmp_path: Path) -> None:
+    """Lines end at LF (or CRLF) only: str.splitlines also broke them at U+2028, U+0085 and form feeds."""
+    source = write_tiny(tmp_path / "src")
+    text = source / "X.text"
+    lines = text.read_text().split("\n")
+    lines[3] = "asin2\tpart one\u2028part two\x85three\x0cfour\r"
+    text.write_text("\n".join(lines), newline="")
+    prepare(source, "unisrec", tmp_path / "out")
+    data = load_processed(tmp_path / "out")
+    # one text (its white space made single spaces, as every text's), not an error at a line that is not one
+    assert data.item_texts[list(data.item_ids).index("asin2")] == "part one part two three four"
+
+
 def test_tiny_files_are_reproduced(tmp_path: Path) -> None:
     source = write_tiny(tmp_path / "src")
     prepare(source, "unisrec", tmp_path / "out")

@@ -71,8 +71,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
         text=args.text_columns,
     )
     options = PrepareOptions(args.user_core, args.item_core, args.min_seq_len)
-    if len(args.delimiter) != 1 or args.delimiter in ('"', "\n", "\r"):
-        raise UnisrecError(f"--delimiter must be one character (not a quote or a line break), got {args.delimiter!r}")
+    if len(args.delimiter) != 1 or args.delimiter in ('"', "\n", "\r") or not args.delimiter.isascii():
+        raise UnisrecError(f"--delimiter must be one ASCII character (not a quote or a line break), got "
+                           f"{args.delimiter!r}")
     several = len(args.source) > 1
     if several and (args.interactions or args.items):
         raise UnisrecError("--interactions / --items go with a single source")

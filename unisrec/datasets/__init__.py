@@ -64,7 +64,8 @@ def read_raw(source: str, fmt: str, **kwargs: Any) -> RawData:
 
 def _source_name(source: str) -> str:
     """Default dataset name: the source's file or folder name without data-file extensions."""
-    name = Path(source.rstrip("/")).name
+    path = Path(source.rstrip("/") or "/")
+    name = path.name if path.name not in ("", "..") else path.resolve().name  # "." or "..": the folder's own name
     for suffix in (".gz", ".csv", ".tsv", ".xlsx", ".inter"):
         name = name.removesuffix(suffix)
     return name

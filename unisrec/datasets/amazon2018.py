@@ -136,7 +136,7 @@ def _parse_line(path: Path, number: int, raw: bytes) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         try:
             record = ast.literal_eval(text.strip())  # older dumps: one Python dict literal per line
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # TypeError: {[1]: 2}
             raise DataError(path, f"not a JSON object ({exc.msg} at character {exc.pos + 1})", line=number) from None
     if not isinstance(record, dict) or not isinstance(record.get("asin"), str):
         raise DataError(path, "expected a JSON object with an 'asin' string", line=number)

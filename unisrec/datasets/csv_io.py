@@ -147,8 +147,10 @@ def read_csv(
     )
     try:
         table = pcsv.read_csv(path, read_options=read_options, parse_options=parse_options, convert_options=convert)
-        if quoting and any(_may_hold_line_break(table.column(c)) for c in columns):
-            # a value over several lines: legitimate in a quoted field, or a quote never closed
+        if quoting and (any(_may_hold_line_break(table.column(c)) for c in columns)
+                        or table.num_rows + int(header) < _line_breaks(path)):
+            # a value over several lines, in a column read or in one not read (fewer records than lines): a
+            # legitimate quoted field, or a quote never closed that swallowed the rest of the file
             line = _unclosed_quote_line(path, encoding, delimiter)
             if line is not None:
                 raise DataError(path, UNCLOSED_QUOTE, line=line)
@@ -194,6 +196,17 @@ def _only_one_line(path: Path) -> bool:
         return False
 
 
+def _line_breaks(path: Path) -> int:
+    """The number of line feeds in the file (decompressed): at least its records' lines, less a last line
+    without one; blank lines count too (pyarrow skips them), so more line feeds than records is only a hint."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    count = 0
+    with opener(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            count += block.count(b"\n")
+    return count
+
+
 def _may_hold_line_break(column: pa.ChunkedArray) -> bool:
     """Whether a value of a string column may hold a line break: a byte search of each chunk's character buffer
     (about 6x faster than a per-value substring match on 4M values). A sliced chunk's buffer can hold characters
@@ -222,6 +235,7 @@ def read_header(path: Path, encoding: str, delimiter: str, quoting: bool = True)
     except UnicodeDecodeError:
         raise DataError(path, f"not valid {encoding} text; re-encode the file or pass --encoding", line=1) from None
     style: Literal[0, 3] = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
+    text = text.removeprefix("\ufeff")  # a byte-order mark before a quoted first name would keep its quotes
     try:
         first = next(csv.reader([text], delimiter=delimiter, quoting=style), [])
     except csv.Error as exc:
@@ -233,8 +247,9 @@ def read_header(path: Path, encoding: str, delimiter: str, quoting: bool = True)
     return [name.strip().lstrip("\ufeff") for name in first]
 
 
-ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d",
-               "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%dT%H:%M%z")  # with a UTC offset: converted
+ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d",
+               "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%dT%H:%M%z",
+               "%Y-%m-%d %H:%M%z")  # with a UTC offset: converted
 
 
 def _iso_normalised(strings: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:

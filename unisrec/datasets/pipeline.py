@@ -128,6 +128,7 @@ def build_dataset(
     after = _counts(users, items)
     steps.append(filter_step("drop interactions whose item has no text", state, after))
     state = after
+    n_rated = len(np.unique(items))  # catalogue items with an interaction in the input (before the k-core)
 
     user_min = max(options.user_core, options.min_seq_len)
     keep = k_core(users, items, user_min, options.item_core, len(user_values), len(raw.catalogue_id))
@@ -176,7 +177,7 @@ def build_dataset(
     dataset.stats = {
         **dataset.compute_stats(),
         "input": {"interactions": n_input, "catalogue_items": n_catalogue},
-        "catalogue_items_without_interactions": n_catalogue - len(kept_items),
+        "catalogue_items_without_interactions": n_catalogue - n_rated,  # the k-core's removals are its step's
         "filtering": steps,
     }
     return dataset

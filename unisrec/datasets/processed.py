@@ -105,18 +105,36 @@ class ProcessedDataset:
             raise UnisrecError(f"{where}: interaction columns have different lengths")
 
 
+# what a processed dataset folder holds: its files, and the text vectors cached in it (``text_cache``)
+DATASET_ENTRIES = frozenset({"dataset.json", "interactions.parquet", "items.parquet", "users.parquet", "stats.json",
+                             "embeddings"})
+
+
 def check_output_folder(out: Path, *, overwrite: bool) -> None:
-    """Refuse to replace anything but an earlier processed dataset, and that only with ``overwrite``."""
+    """Refuse to replace anything but an earlier processed dataset, and that only with ``overwrite``: a folder
+    whose dataset.json is not one this library wrote, or that holds anything else (a project folder that
+    happens to have a dataset.json), is never deleted."""
     if not out.exists():
         return
     if not out.is_dir():
         raise UnisrecError(f"{out}: exists and is not a folder; choose another --out")
-    if not (out / "dataset.json").exists() and any(out.iterdir()):
-        raise UnisrecError(
-            f"{out}: folder exists, is not empty and is not a unisrec dataset; choose another --out"
-        )
-    if (out / "dataset.json").exists() and not overwrite:
+    if not (out / "dataset.json").exists():
+        if any(out.iterdir()):
+            raise UnisrecError(f"{out}: folder exists, is not empty and is not a unisrec dataset; choose another --out")
+        return
+    if not overwrite:
         raise UnisrecError(f"{out}: dataset folder exists; pass --overwrite (overwrite=True) to replace it")
+    try:
+        info = read_json(out / "dataset.json")
+    except UnisrecError:
+        info = {}
+    if not isinstance(info.get("format_version"), int):
+        raise UnisrecError(f"{out}: its dataset.json is not a unisrec dataset's; refusing to replace the folder "
+                           "(choose another --out)")
+    others = sorted(p.name for p in out.iterdir() if p.name not in DATASET_ENTRIES and not p.name.startswith("."))
+    if others:
+        raise UnisrecError(f"{out}: holds {others[0]!r}, which a unisrec dataset folder does not; refusing to replace "
+                           "the folder (move it out, or choose another --out)")
 
 
 def write_processed(dataset: ProcessedDataset, out: str | Path, *, overwrite: bool = True) -> Path:

@@ -36,7 +36,13 @@ def find_prefix(source: Path, name: str | None) -> Path:
 def _read_lines(path: Path) -> list[str]:
     check_exists(path)
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not part of line 1
+        # a byte-order mark is not part of line 1; lines end at LF or CRLF only (str.splitlines would also break
+        # them at U+2028, U+0085 or a form feed, which item texts may hold)
+        text = path.read_text(encoding="utf-8-sig")
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return [line.removesuffix("\r") for line in lines]
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise DataError(path, "not valid UTF-8 text", line=line) from None
