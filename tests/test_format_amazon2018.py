@@ -148,6 +148,20 @@ def test_bad_metadata_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert _error(capsys, source, out).startswith(f"{meta}: truncated or corrupted gzip file (")
 
 
+def test_an_item_whose_line_names_another_asin_first_keeps_its_text(tmp_path: Path) -> None:
+    """The quick asin look-up skipped a rated item's line when another "asin" came first in it (a nested record,
+    a text quoting one) or its asin was escaped: the item was dropped as having no metadata."""
+    lines = meta_lines()
+    lines[1] = json.dumps({"related": {"asin": "zz"}, "asin": "A1", "title": "First", "category": [], "brand": ""})
+    lines[3] = json.dumps({"description": "see 'asin': 'zz' here", "asin": "A3", "title": "Three", "category": []})
+    lines[5] = '{"asin": "\\u0041\\u0034", "title": "Four", "category": [], "brand": "Four Co"}'  # "A4" escaped
+    source = write_source(tmp_path / "amazon", meta=lines)
+    prepare(source, "amazon2018", tmp_path / "out")
+    data = load_processed(tmp_path / "out")
+    texts = dict(zip(data.item_ids, data.item_texts, strict=True))
+    assert texts["A1"].startswith("First") and texts["A3"].startswith("Three") and texts["A4"].startswith("Four")
+
+
 def test_bad_ratings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     rows = rating_rows()

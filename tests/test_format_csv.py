@@ -401,6 +401,45 @@ def test_sources_of_one_name_are_refused_before_anything_is_written(tiny_csv_sou
     assert not (tmp_path / "o" / "tiny").exists()
 
 
+def test_several_sources_check_every_output_first_and_name_what_was_written(
+        tiny_csv_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    second = tmp_path / "more" / "second"
+    second.mkdir(parents=True)
+    for name in ("interactions", "items"):
+        (second / f"{name}.csv").write_bytes((tiny_csv_source / f"{name}.csv").read_bytes())
+    out = tmp_path / "o"
+    (out / "second").mkdir(parents=True)
+    (out / "second" / "dataset.json").write_text('{"format_version": 1}')  # an earlier dataset: not without
+    argv = ["prepare", str(tiny_csv_source), str(second), "--format", "csv", "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"unisrec prepare: error: {out / 'second'}: dataset folder exists; pass --overwrite (overwrite=True) to "
+        "replace it")
+    assert not (out / "tiny").exists()  # refused before the first source was written
+    (second / "items.csv").write_text("item_id,title\ni0,\n")  # an input error in the second source
+    assert main([*argv, "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"(written before it: {out / 'tiny'}; once it is mended, prepare the rest, or all again "
+                        "with --overwrite)") and (out / "tiny" / "dataset.json").exists()
+
+
+def test_each_file_takes_the_separator_of_its_own_name(tiny_csv_source: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """items.tsv beside interactions.csv was read with commas (the interactions file's name chose for both)."""
+    (tiny_csv_source / "items.csv").unlink()
+    titles = [f"Item {i}, a title with a comma" for i in range(6)]
+    (tiny_csv_source / "items.tsv").write_text("item_id\ttitle\n" + "".join(f"i{i}\t{t}\n" for i, t in
+                                                                          enumerate(titles)))
+    prepare(tiny_csv_source, "csv", tmp_path / "out", options=PrepareOptions(user_core=0, item_core=0))
+    data = load_processed(tmp_path / "out")
+    assert data.item_texts == titles
+    assert main(["prepare", str(tiny_csv_source), "--format", "csv", "--out", str(tmp_path / "comma"),
+                 "--delimiter", ","]) == 2  # given, it is used for both files: the TSV's header is one name
+    err = capsys.readouterr().err
+    assert "no text column: expected one of ['title', 'text']; the header has: item_id\ttitle" in err
+
+
 def test_iso_times_with_fractions_and_offsets() -> None:
     where = {"path": Path("unused.csv"), "column": "timestamp", "header": True}
     cases = {

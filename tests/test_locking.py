@@ -97,3 +97,21 @@ def test_a_run_that_needs_vectors_being_written_waits_for_the_writer(
     assert not result.reused and result.path == path and path.exists()
     assert f"waiting for process {proc.pid}, which writes {path}" in capsys.readouterr().err
     assert encode_dataset(data, text).reused
+
+
+def test_a_dataset_written_in_process_leaves_its_folder_free(tmp_path: Path) -> None:
+    """prepare() / Dataset.from_frames(out=...) held the dataset folder's lock for the life of the process: a
+    notebook that wrote a dataset kept every other writer of it out afterwards."""
+    out = prepare_synthetic(tmp_path / "data")  # written in this process
+    proc = _holder(out)  # another process takes the folder at once
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    hold_folder(out)  # held by this process before a write: still held after it
+    from unisrec.datasets import load_processed
+    from unisrec.datasets.processed import write_processed
+
+    write_processed(load_processed(out), out)
+    code = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(60)", ""), str(out)],
+                          capture_output=True, text=True).returncode
+    assert code == 1  # refused: "in use by process ..."
+    release(out.parent / f".{out.name}.lock")

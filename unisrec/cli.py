@@ -46,7 +46,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--items-id-column", default="item_id")
     p.add_argument("--text-columns", default="title|text",
                    help="'a|b': the first present; 'a,b': all, joined as 'a. b'")
-    p.add_argument("--delimiter", default=",")
+    p.add_argument("--delimiter", default=None,
+                   help="csv: the field separator of both files (default: a tab for .tsv[.gz] files, else a comma)")
     p.add_argument("--encoding", default="utf-8")
     p.add_argument("--user-core", type=int, default=5)
     p.add_argument("--item-core", type=int, default=5)
@@ -71,7 +72,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         text=args.text_columns,
     )
     options = PrepareOptions(args.user_core, args.item_core, args.min_seq_len)
-    if len(args.delimiter) != 1 or args.delimiter in ('"', "\n", "\r") or not args.delimiter.isascii():
+    if args.delimiter is not None and (len(args.delimiter) != 1 or args.delimiter in ('"', "\n", "\r")
+                                       or not args.delimiter.isascii()):
         raise UnisrecError(f"--delimiter must be one ASCII character (not a quote or a line break), got "
                            f"{args.delimiter!r}")
     several = len(args.source) > 1
@@ -83,22 +85,33 @@ def _run_prepare(args: argparse.Namespace) -> int:
             first = args.source[outs.index(out)]
             raise UnisrecError(f"sources {first} and {args.source[index]} would both be written to {out} (one "
                                "output folder per source name); prepare them one at a time with their own --out")
-    results = []
+    from unisrec.datasets.processed import check_output_folder
+
+    for out in outs:  # every output folder before the first is written: a refusal leaves nothing half done
+        check_output_folder(out, overwrite=args.overwrite)
+    results: list[dict[str, Any]] = []
     for source, out in zip(args.source, outs, strict=True):
-        dataset = prepare(
-            source,
-            args.fmt,
-            out,
-            options=options,
-            name=args.name,
-            overwrite=args.overwrite,
-            interactions=args.interactions,
-            items=args.items,
-            columns=columns,
-            delimiter=args.delimiter,
-            encoding=args.encoding,
-            cache_dir=args.cache_dir,
-        )
+        try:
+            dataset = prepare(
+                source,
+                args.fmt,
+                out,
+                options=options,
+                name=args.name,
+                overwrite=args.overwrite,
+                interactions=args.interactions,
+                items=args.items,
+                columns=columns,
+                delimiter=args.delimiter,
+                encoding=args.encoding,
+                cache_dir=args.cache_dir,
+            )
+        except UnisrecError as exc:
+            if not results:
+                raise
+            done = ", ".join(str(r["out"]) for r in results)
+            raise UnisrecError(f"{exc} (written before it: {done}; once it is mended, prepare the rest, or all "
+                               "again with --overwrite)") from None
         for step in dataset.stats.get("filtering", []):
             print(
                 f"{dataset.name}: {step['step']}: removed {step['removed_interactions']} interactions, "

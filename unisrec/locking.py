@@ -61,6 +61,20 @@ def hold_folder(folder: Path) -> None:
 
 
 @contextmanager
+def holding_folder(folder: Path) -> Iterator[None]:
+    """``hold_folder`` for a block: the lock is let go after it (unless this process held it already), so that a
+    long-lived process (a notebook that wrote a dataset) does not keep other writers out afterwards."""
+    lock = (folder.parent / f".{folder.name}.lock").resolve()
+    already = lock in _HELD
+    hold_folder(folder)
+    try:
+        yield
+    finally:
+        if not already:
+            release(lock)
+
+
+@contextmanager
 def waiting_for(path: Path) -> Iterator[None]:
     """Hold the lock file ``path`` for a short read-modify-write, waiting for other holders (blocking)."""
     import fcntl

@@ -40,7 +40,7 @@ def read_raw(source: str, fmt: str, **kwargs: Any) -> RawData:
             interactions=kwargs.get("interactions"),
             items=kwargs.get("items"),
             columns=kwargs.get("columns"),
-            delimiter=kwargs.get("delimiter", ","),
+            delimiter=kwargs.get("delimiter"),
             encoding=kwargs.get("encoding", "utf-8"),
         )
     if fmt == "amazon2018":

@@ -40,7 +40,7 @@ MAX_FIELD_CHARS = 1998
 TEXT_FIELDS = ("title", "category", "brand")
 REMOVED_CHARS = '"'  # the paper's clean-up deletes double quotes
 RATING_COLUMNS = ("item", "user", "rating", "time")
-# Cheap look-up of a line's asin, so that metadata of items nobody rated is never parsed.
+# Cheap look-up of a line's asins, so that metadata of items nobody rated is never parsed.
 _ASIN = re.compile(rb"""["']asin["']\s*:\s*["']([^"']*)["']""")
 
 
@@ -162,8 +162,10 @@ def read_meta(path: Path, wanted: set[str]) -> tuple[list[str], list[str], dict[
         if not raw.strip():
             continue
         counts["metadata_lines"] += 1
-        quick = _ASIN.search(raw)
-        if quick is not None and quick.group(1).decode("utf-8", "replace") not in wanted:
+        # every "asin": "..." of the line (a nested one, or one quoted inside a text, may come first): skipped
+        # unparsed only when none of them is wanted and none is escaped (\u0069... reads as another string)
+        found = _ASIN.findall(raw)
+        if found and not any(b"\\" in a or a.decode("utf-8", "replace") in wanted for a in found):
             continue
         record = _parse_line(path, number, raw)
         asin = record["asin"]

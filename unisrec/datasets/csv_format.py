@@ -146,9 +146,10 @@ def read_csv_source(
     interactions: Path | None = None,
     items: Path | None = None,
     columns: CsvColumns | None = None,
-    delimiter: str = ",",
+    delimiter: str | None = None,
     encoding: str = "utf-8",
 ) -> RawData:
+    """``delimiter``: of both files; None: each file's by its name (a tab for .tsv[.gz], else a comma)."""
     columns = columns or CsvColumns()
     if source is not None and not source.is_dir() and (interactions is None or items is None):
         raise UnisrecError(
@@ -157,13 +158,15 @@ def read_csv_source(
         )
     inter_path = interactions or find_file(source, "interactions")  # type: ignore[arg-type]
     items_path = items or find_file(source, "items")  # type: ignore[arg-type]
-    if inter_path.name.endswith((".tsv", ".tsv.gz")) and delimiter == ",":
-        delimiter = "\t"
+    def separator(path: Path) -> str:
+        return delimiter or ("\t" if path.name.endswith((".tsv", ".tsv.gz")) else ",")
+
     catalogue_id, catalogue_text = read_items(
-        items_path, columns.items_item, columns.text, delimiter=delimiter, encoding=encoding
+        items_path, columns.items_item, columns.text, delimiter=separator(items_path), encoding=encoding
     )
-    users, item_ids, raw_time = read_interactions(inter_path, columns, delimiter=delimiter, encoding=encoding)
+    users, item_ids, raw_time = read_interactions(inter_path, columns, delimiter=separator(inter_path),
+                                                  encoding=encoding)
     timestamps = parse_timestamps(
-        raw_time, inter_path, columns.timestamp, header=True, encoding=encoding, delimiter=delimiter
+        raw_time, inter_path, columns.timestamp, header=True, encoding=encoding, delimiter=separator(inter_path)
     )
     return RawData(users, item_ids, timestamps, catalogue_id, catalogue_text)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from unisrec.atomic import atomic_directory, clean_stale
 from unisrec.errors import DataError, UnisrecError
 from unisrec.json_io import read_json
-from unisrec.locking import hold_folder
+from unisrec.locking import holding_folder
 
 FORMAT_VERSION = 1
 TRAIN, VALID, TEST = 0, 1, 2
@@ -141,8 +141,12 @@ def write_processed(dataset: ProcessedDataset, out: str | Path, *, overwrite: bo
     """Write ``dataset`` as a processed folder at ``out`` atomically (all files or none)."""
     dataset.validate()
     out = Path(out)
-    hold_folder(out)  # one writer per dataset folder ...
-    clean_stale(out)  # ... so what a killed writer left beside it can go
+    with holding_folder(out):  # one writer per dataset folder, while it writes
+        return _write_held(dataset, out, overwrite)
+
+
+def _write_held(dataset: ProcessedDataset, out: Path, overwrite: bool) -> Path:
+    clean_stale(out)  # we hold the folder: what a killed writer left beside it can go
     check_output_folder(out, overwrite=overwrite)
     users = dataset.user_of_rows().astype(np.int32)
     with atomic_directory(out, replace=True) as tmp:
