@@ -166,6 +166,18 @@ def _encode_flags_disagree(tmp: Path, lm: Path) -> tuple[list[str], str]:
             "--text.pooling=mean and the shortcut flag for text.pooling (cls) disagree; give one")
 
 
+def _encode_bad_word_drop(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")  # refused only after the base vectors had been encoded and written
+    return (["encode", str(data), "--text-model", str(lm), "--word-drop", "1.5"],
+            "word-drop probability must be in [0, 1), got 1.5")
+
+
+def _encode_bad_device_with_a_cached_file(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    assert main(["encode", str(data), "--text-model", str(lm)]) == 0  # cached: the next call reused it, exit 0
+    return (["encode", str(data), "--text-model", str(lm), "--device", "bogus"], "unknown device 'bogus'")
+
+
 def _transfer_without_init(tmp: Path, lm: Path) -> tuple[list[str], str]:
     data = prepare_synthetic(tmp / "d")  # recorded and ignored before
     return (["finetune", str(data), "--mode", "inductive", "--out", str(tmp / "r"), "--train.transfer=adaptor"],
@@ -203,6 +215,8 @@ CASES: dict[str, Case] = {
     "finetune: a pre-training setting": _pretraining_setting_to_finetune,
     "finetune: --epochs and --train.epochs": _shortcut_and_dotted_disagree,
     "encode: --pooling and --text.pooling": _encode_flags_disagree,
+    "encode: word-drop p 1.5": _encode_bad_word_drop,
+    "encode: bad device, file cached": _encode_bad_device_with_a_cached_file,
     "pretrain: a baseline's architecture": _pretrain_a_baseline,
     "pretrain: a baseline's setting": _pretrain_a_baseline_setting,
     "recommend: a record with results": _history_with_results,

@@ -476,3 +476,119 @@ def test_a_text_that_gives_no_token_is_refused_by_its_row(spec: TextConfig, monk
     with pytest.raises(UnisrecError, match=r"text 1 \(''\) gives no token \(2 of 3 texts do\)"):
         fresh.encode([TEXTS[0], "", ""])
     assert fresh.encode(TEXTS[:2]).shape == (2, fresh.dim)
+
+
+def test_a_cache_file_replaced_while_it_is_read_gives_one_files_header_and_vectors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header and the matrix were read in two opens: another run replacing the file in between (two runs
+    of one dataset with other max lengths write the same file) paired one file's header with the other's
+    vectors, and the checks passed on the wrong vectors."""
+    import os
+
+    import unisrec.text_cache as text_cache
+
+    path, other = tmp_path / "lm.mean.safetensors", tmp_path / "other.safetensors"
+    first, second = np.zeros((3, 4), np.float32), np.ones((3, 4), np.float32)
+    text_cache._write(path, first, {"format": text_cache.FILE_FORMAT, "max_length": "128"})
+    text_cache._write(other, second, {"format": text_cache.FILE_FORMAT, "max_length": "4"})
+    real_open = text_cache.safe_open
+
+    class SwappedAfterTheHeader:  # another writer's os.replace lands right after the header is read
+        def __init__(self, name: str, framework: str) -> None:
+            self.handle = real_open(name, framework=framework)
+
+        def __enter__(self) -> SwappedAfterTheHeader:
+            self.inner = self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.__exit__(*exc)
+
+        def metadata(self) -> dict[str, str]:
+            meta = self.inner.metadata()
+            if other.exists():
+                os.replace(other, path)
+            return meta
+
+        def get_tensor(self, name: str) -> np.ndarray:
+            return self.inner.get_tensor(name)
+
+    monkeypatch.setattr(text_cache, "safe_open", SwappedAfterTheHeader)
+    embeddings = text_cache._read(path, TextConfig())
+    assert embeddings.meta["max_length"] == "128"
+    np.testing.assert_array_equal(embeddings.matrix, first)  # the vectors of the header read
+
+
+def test_texts_that_cannot_be_encoded_are_one_line_errors_and_never_cached(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    """A lone surrogate (bytes that were not UTF-8, decoded by Python's argv) gave the tokenizer's TypeError; a
+    language model that overflows (NaN / inf vectors) had its vectors cached and training failed later,
+    blaming its learning rate."""
+    import torch
+    from conftest import prepare_synthetic
+    from transformers import BertModel
+
+    from unisrec.text_cache import encode_dataset
+
+    encoder = TextEncoder(TextConfig(str(tiny_lm_dir)))
+    with pytest.raises(UnisrecError, match=r"text 1 \('caf\\udce9'\) is not valid Unicode \(a lone surrogate at "
+                                           r"character 4"):
+        encoder.encode(["red camera", "caf\udce9"])
+    broken = tmp_path / "broken-lm"
+    shutil.copytree(tiny_lm_dir, broken)
+    model = BertModel.from_pretrained(broken)
+    red = encoder.tokenize(["red"])[0][1]  # [CLS] red [SEP]
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight[red] = float("inf")
+    model.save_pretrained(broken)
+    with pytest.raises(UnisrecError, match=r"the vector of text 0 \('red camera'\) is not finite \(NaN or inf; 1 "
+                                           r"of 2 texts\)"):
+        TextEncoder(TextConfig(str(broken))).encode(["red camera", "blue lens"])
+    data = prepare_synthetic(tmp_path / "data")
+    with pytest.raises(UnisrecError, match="is not finite"):
+        encode_dataset(data, TextConfig(str(broken)), progress=False)
+    assert not any((data / "embeddings").glob("*.safetensors"))  # nothing cached
+
+
+def test_encode_checks_its_settings_before_it_writes_anything(tiny_lm_dir: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import prepare_synthetic
+
+    data = prepare_synthetic(tmp_path / "data")
+    assert main(["encode", str(data), "--text-model", str(tiny_lm_dir), "--word-drop", "1.5"]) == 2
+    assert "word-drop probability must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not (data / "embeddings").exists() or not any((data / "embeddings").glob("*.safetensors"))
+    assert main(["encode", str(data), "--text-model", str(tiny_lm_dir), "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_run_started_from_a_saved_run_checks_its_language_model(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    """Zero-shot evaluation and fine-tuning with --init encoded the new domain with whatever files were at the
+    recorded model path; serving refused a changed model, these went on with vectors the adaptor never saw."""
+    import torch
+    from conftest import prepare_synthetic
+    from transformers import BertModel
+
+    from unisrec.evaluate import zero_shot_model
+    from unisrec.finetune import finetune
+
+    lm = tmp_path / "lm"
+    shutil.copytree(tiny_lm_dir, lm)
+    data = prepare_synthetic(tmp_path / "data")
+    small = ["model.hidden_size=16", "model.inner_size=16", "model.n_experts=2", "train.epochs=1",
+             "train.progress=false", f"text.model={lm}"]
+    finetune(data, "inductive", tmp_path / "run", overrides=small)
+    other = prepare_synthetic(tmp_path / "other", seed=4)
+    zero_shot_model(tmp_path / "run", load_processed(other))  # the same files: fine
+    model = BertModel.from_pretrained(lm)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight.mul_(2.0)
+    model.save_pretrained(lm)  # changed in place, same path
+    with pytest.raises(UnisrecError, match=r"run: language model '.*lm' differs from the one this run was trained "
+                                           r"with \(fingerprint \w{12}, recorded \w{12}\)"):
+        zero_shot_model(tmp_path / "run", load_processed(other))
+    with pytest.raises(UnisrecError, match=r"differs from the one this run was trained with"):
+        finetune(other, "inductive", tmp_path / "again", init=tmp_path / "run", overrides=["train.epochs=1"])
+    assert not (tmp_path / "again").exists()  # refused before the run folder or any vector was written
+    # given another model on purpose (a text setting of its own), it is not the init's to check
+    finetune(other, "inductive", tmp_path / "mine", init=tmp_path / "run",
+             overrides=["train.epochs=1", "train.progress=false", f"text.model={tiny_lm_dir}"])

@@ -164,6 +164,16 @@ def _run_encode(args: argparse.Namespace) -> int:
              ("precision", args.precision))
     _refuse_disagreements(_text_overrides(flags), args.overrides)
     text = RunConfig().with_overrides(_text_overrides(flags) + _only_text(args.overrides)).text
+    # every setting checked before any work: a cached file reused, or the base vectors written, do not wait on it
+    if args.batch_size < 1:
+        raise UnisrecError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from unisrec.devices import resolve_device
+
+    resolve_device(args.device)
+    if args.word_drop is not None:
+        from unisrec.word_drop import check_word_drop
+
+        check_word_drop(args.word_drop, args.variants, args.seed)
     options = {"batch_size": args.batch_size, "device": args.device, "force": args.force}
     encoder = None
     results: list[dict[str, object]] = []

@@ -30,7 +30,7 @@ from unisrec.devices import resolve_device
 from unisrec.errors import UnisrecError
 from unisrec.metrics import ranking_metrics
 from unisrec.model import Offsets, SequenceModel, add_offsets
-from unisrec.text_cache import load_text
+from unisrec.text_cache import check_recorded_model, load_text
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,9 @@ def zero_shot_model(init_dir: Path, dataset: ProcessedDataset) -> SequenceModel:
         raise UnisrecError(f"{init_dir}: a {config.architecture} model of {config.item_repr} items cannot score "
                            "new items by their text")
     config = replace(config, item_repr="text")
-    text = load_text(dataset, read_text_config(init_dir) or TextConfig())
+    settings = read_text_config(init_dir) or TextConfig()
+    check_recorded_model(settings, saved.get("text_encoder") or {}, init_dir)
+    text = load_text(dataset, settings)
     model = build_model(config, dataset.n_items, torch.from_numpy(text.matrix))
     load_transferable(model, init_dir)
     return model

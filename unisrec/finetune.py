@@ -84,7 +84,7 @@ from unisrec.runs import (
     seed_everything,
     staging_dir,
 )
-from unisrec.text_cache import load_text
+from unisrec.text_cache import check_recorded_model, load_text
 from unisrec.train import Task, TrainState, clear_checkpoint, fit, peak_memory_mb, set_trainable
 from unisrec.training_data import cold_items, training_sequences
 
@@ -461,6 +461,8 @@ def finetune(
     for folder in map(Path, replay):  # before anything is written or encoded
         if not folder.is_dir():
             raise UnisrecError(f"{folder}: no such dataset folder to replay (create one with `unisrec prepare`)")
+    if init_dir is not None and config.model.uses_text:  # the init's language model, unchanged since it trained
+        check_recorded_model(config.text, read_model_config(init_dir).get("text_encoder") or {}, init_dir)
     code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
     dataset = load_processed(data_dir)
     if config.train.negatives:  # before the run folder is written: a retry with other settings must not be refused

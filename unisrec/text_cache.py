@@ -15,11 +15,11 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 from safetensors import safe_open
@@ -111,6 +111,23 @@ class ItemEmbeddings:
                 "max_length": self.config.max_length, "precision": self.config.precision}
 
 
+def check_recorded_model(text: TextConfig, recorded: Mapping[str, Any], source: str | Path) -> None:
+    """A run that starts from the saved run ``source`` with its text settings (``recorded``: its config.json
+    "text_encoder") must find the language model files it recorded: a model folder changed in place since gives
+    vectors its adaptor never saw (``Recommender.text_encoder`` checks the same when serving). Hashes the model's
+    files, before anything is encoded or written. A run given other text settings, or a saved run that recorded
+    no fingerprint, is not checked."""
+    before = recorded.get("fingerprint")
+    keys = ("model", "pooling", "max_length")
+    if not before or any(str(recorded.get(key)) != str(getattr(text, key)) for key in keys):
+        return
+    now = model_fingerprint(text)["digest"]
+    if now != before:
+        raise UnisrecError(f"{source}: language model '{text.model}' differs from the one this run was trained "
+                           f"with (fingerprint {now[:12]}, recorded {str(before)[:12]}); its vectors would not "
+                           "match the run's adaptor: restore the model's files or give the run's model")
+
+
 class EncodeSummary(TypedDict):
     """What ``unisrec encode`` prints for one file."""
 
@@ -191,11 +208,15 @@ def _write(path: Path, matrix: np.ndarray, meta: dict[str, str]) -> None:
 
 def _read(path: Path, text: TextConfig | None) -> ItemEmbeddings:
     """The file at ``path``; ``text`` None: the settings its header records."""
-    meta = read_header(path)
-    if meta is None:
-        raise UnisrecError(f"{path}: not a unisrec embedding file (or damaged); run `unisrec encode` again")
-    with safe_open(str(path), framework="np") as handle:
-        matrix = handle.get_tensor(TENSOR_KEY)
+    damaged = f"{path}: not a unisrec embedding file (or damaged); run `unisrec encode` again"
+    try:  # header and matrix from one open file: a writer replacing the file meanwhile cannot pair two files
+        with safe_open(str(path), framework="np") as handle:
+            meta = dict(handle.metadata() or {})
+            matrix = handle.get_tensor(TENSOR_KEY) if meta.get("format") == FILE_FORMAT else None
+    except Exception:  # a truncated or foreign file
+        raise UnisrecError(damaged) from None
+    if matrix is None:
+        raise UnisrecError(damaged)
     return ItemEmbeddings(matrix=matrix, meta=meta, path=path, config=text or TextConfig.from_saved(meta))
 
 

@@ -103,6 +103,14 @@ class TextEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of every text, special tokens added, cut to ``max_length``."""
+        for number, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise UnisrecError(f"text encoder: text {number} is not a string: {text!r}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate: the tokenizer raised a TypeError
+                raise UnisrecError(f"text encoder: text {number} ({text[:80]!r}) is not valid Unicode (a lone "
+                                   f"surrogate at character {exc.start + 1}: bytes that were not UTF-8?)") from None
         encoded = self.tokenizer(
             list(texts),
             truncation=True,
@@ -135,6 +143,13 @@ class TextEncoder:
                 rows = order[start : start + self.batch_size]  # (B,)
                 out[rows] = self._encode_batch([ids[i] for i in rows])
                 bar.update(len(rows))
+        broken = np.flatnonzero(~np.isfinite(out).all(axis=1))  # (K,) rows with NaN / inf
+        if len(broken):  # never cached nor handed to a model: training would fail later, blaming its lr
+            first = int(broken[0])
+            hint = " in bfloat16: try text.precision=float32" if self.config.precision == "bfloat16" else ""
+            raise UnisrecError(f"text encoder: the vector of text {first} ({texts[first][:80]!r}) is not finite "
+                               f"(NaN or inf; {len(broken)} of {len(out)} texts): the language model overflows on "
+                               f"them{hint}")
         return out
 
     def _encode_batch(self, batch: list[list[int]]) -> np.ndarray:

@@ -17,8 +17,12 @@ from unisrec.config import DEFAULT_TEXT_MODEL, TextConfig
 from unisrec.errors import UnisrecError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# every file a tokenizer of transformers may read (its classes' vocab_files_names): one changed in place makes
+# other tokens, so cached vectors are not reused
 _TOKENIZER_FILE = re.compile(
-    r"^(tokenizer.*|vocab.*|merges\.txt|special_tokens_map\.json|added_tokens\.json|.*\.model)$"
+    r"^(tokenizer.*|vocab.*|merges\.txt|special_tokens_map\.json|added_tokens\.json|.*\.model|.*\.spm|"
+    r"bpe\.codes|entity_vocab\.json|normalizer\.json|dict\.txt|emoji\.json|word_shape\.json|"
+    r"word_pronunciation\.json|byte_maps\.json|target_vocab\.json|prophetnet\.tokenizer)$"
 )
 
 
