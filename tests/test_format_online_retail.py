@@ -38,8 +38,8 @@ def rows() -> list[list[object]]:
         for k in range(5):
             code = CODES[(invoice + k) % 5]
             out.append([536365 + invoice, code, description(invoice, code), 6, when, 2.55, 17850.0, "UK"])
-    out.insert(3, ["C536379", "22752", "SET 7 BABUSHKA NESTING BOXES", -1, dt.datetime(2010, 12, 1, 9, 41),
-                   4.25, 14527.0, "UK"])  # fmt: skip
+    out.insert(3, ["C536379", "22752", "SET 7 BABUSHKA NESTING BOXES", -1, dt.datetime(2010, 12, 13, 9, 41),
+                   4.25, 14527.0, "UK"])  # fmt: skip  # (day 13: the column reads as month/day only)
     out.append([536380, "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", -2, dt.datetime(2010, 12, 9, 9), 0, None, "UK"])
     out.append([536381, "99999", None, 5, dt.datetime(2010, 12, 9, 10), 0, None, "UK"])
     return out
@@ -168,3 +168,22 @@ def test_bad_xlsx(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatc
     assert _error(capsys, source, out) == (
         "reading .xlsx files needs openpyxl: pip install 'unisrec[retail]' (or save the sheet as CSV)"
     )
+
+
+def test_dates_that_read_as_day_month_and_as_month_day_are_noted(capsys: pytest.CaptureFixture[str]) -> None:
+    """The first format that read every value was taken without a word, also when another read them all as
+    other dates (every day 12 or less): a UK-style 1/12/2010 (1 December) was stored as 12 January."""
+    import pyarrow as pa
+
+    from unisrec.datasets.csv_io import parse_timestamps
+    from unisrec.datasets.online_retail import DATE_FORMATS
+
+    where = {"path": Path("sales.csv"), "column": "InvoiceDate", "header": True}
+    values = pa.array(["1/12/2010 8:26", "2/12/2010 9:00"])
+    seconds = parse_timestamps(values, formats=DATE_FORMATS, **where)  # type: ignore[arg-type]
+    assert seconds.tolist() == [1263284760, 1265965200]  # month/day: 12 January and 12 February, as before
+    assert capsys.readouterr().err.strip() == (
+        "sales.csv: column 'InvoiceDate': every timestamp reads as %m/%d/%Y %H:%M and as %d/%m/%Y %H:%M, with "
+        "other times; read as %m/%d/%Y %H:%M (the first of the formats)")
+    parse_timestamps(pa.array(["12/13/2010 8:26"]), formats=DATE_FORMATS, **where)  # type: ignore[arg-type]
+    assert capsys.readouterr().err == ""  # day 13: one reading only

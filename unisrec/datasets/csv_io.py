@@ -291,11 +291,13 @@ def parse_timestamps(
                  "quoting": quoting}
         return _exact_seconds(strings, where)
     masks = [numeric.to_numpy(zero_copy_only=False)]
-    for fmt in formats:
+    for index, fmt in enumerate(formats):
         parsed = pc.strptime(strings, format=fmt, unit="s", error_is_null=True)
         valid = pc.is_valid(parsed).to_numpy(zero_copy_only=False)
         if valid.all():
-            return pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)
+            seconds = pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)
+            _note_other_reading(seconds, strings, formats[index + 1 :], fmt, path, column)
+            return seconds
         masks.append(valid)
     # (E,) int64 seconds, null where no ISO form reads the value: the forms are disjoint (strptime matches the
     # whole value), so the first form that reads a value is the only one
@@ -322,6 +324,20 @@ def parse_timestamps(
         line=line,
         column=column,
     )
+
+
+def _note_other_reading(seconds: np.ndarray, strings: pa.ChunkedArray | pa.Array, others: Sequence[str],
+                        chosen: str, path: Path, column: str) -> None:
+    """Say on stderr when a later format also reads every value, as other times (a column whose days are all 12
+    or less reads as day/month and as month/day): the first format was taken, and the user should know."""
+    for fmt in others:
+        parsed = pc.strptime(strings, format=fmt, unit="s", error_is_null=True)
+        if pc.is_valid(parsed).to_numpy(zero_copy_only=False).all():
+            other = pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)
+            if not np.array_equal(other, seconds):
+                print(f"{path}: column {column!r}: every timestamp reads as {chosen} and as {fmt}, with other "
+                      f"times; read as {chosen} (the first of the formats)", file=sys.stderr)
+                return
 
 
 def _exact_seconds(strings: pa.ChunkedArray | pa.Array, where: dict[str, Any]) -> np.ndarray:
