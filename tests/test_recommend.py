@@ -257,6 +257,28 @@ def test_faiss_backend_recommends_like_torch(trained: tuple[Path, Path]) -> None
     np.testing.assert_allclose(a.score, b.score, rtol=1e-5, atol=1e-5)
 
 
+def test_a_failed_faiss_addition_leaves_no_index_short_of_the_items(trained: tuple[Path, Path]) -> None:
+    """An addition committed (model, catalogue, tables) and then failing to reach the FAISS index left the index
+    short of the item: it is dropped and rebuilt from the table on its next use."""
+    by_faiss = Recommender.from_pretrained(trained[1], backend="faiss")
+    index = by_faiss.faiss_index()
+
+    class Failing:
+        ntotal = index.ntotal
+
+        def add(self, vectors: object) -> None:
+            raise RuntimeError("faiss: out of memory")
+
+    by_faiss._faiss = Failing()  # type: ignore[assignment]
+    assert by_faiss.add_items(["item quoted 0"], ["again"]) == len(by_faiss.catalogue)
+    assert by_faiss.faiss_index().ntotal == len(by_faiss.catalogue)  # rebuilt with the new item
+    by_torch = Recommender.from_pretrained(trained[1])
+    by_torch.add_items(["item quoted 0"], ["again"])
+    histories = [["i1", "i2", "i3"], ["i20"], ["i29", "i0"]]  # as test_faiss_backend_recommends_like_torch
+    assert (by_faiss.recommend_histories(histories, k=10).item_id.tolist()
+            == by_torch.recommend_histories(histories, k=10).item_id.tolist())
+
+
 def test_scoring_table_follows_weight_updates() -> None:
     model = UniSRec(ModelConfig(hidden_size=8, inner_size=8, n_experts=2), 5, torch.randn(5, 6))
     recommender = Recommender(model, Catalogue(list("abcde")))

@@ -649,7 +649,10 @@ class Recommender:
             self._coarse = self._grown_coarse(len(table))
             self._key = _weights_key(model)
             if self._faiss is not None:
-                self._faiss.add(added_scoring.cpu().numpy())
+                try:
+                    self._faiss.add(added_scoring.cpu().numpy())
+                except Exception:  # the items are in (model, catalogue, tables, disk): the index is rebuilt from the
+                    self._faiss = None  # table on its next use rather than left short of them
             return len(self.catalogue)
 
 
