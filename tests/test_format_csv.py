@@ -240,6 +240,27 @@ def test_fractional_timestamps_are_floored_with_a_note(tmp_path: Path, capsys: p
     assert "2 fractional timestamps rounded down to whole seconds" in capsys.readouterr().err
 
 
+def test_events_of_one_second_are_ordered_by_their_fractions(tmp_path: Path) -> None:
+    """Fractions were cut before the sort, so events of one second followed the file's order, not their times:
+    the validation item could be the later event."""
+    from unisrec.datasets.csv_io import fractions_of_seconds
+
+    values = pa.array(["2020-01-01T00:00:00.900Z", "2020-01-01 00:00:00,1+01:00", "100", "100.25", "-5.25", "7"])
+    nanos = fractions_of_seconds(values)
+    assert nanos is not None and nanos.tolist() == [900_000_000, 100_000_000, 0, 250_000_000, 750_000_000, 0]
+    assert fractions_of_seconds(pa.array(["100", "2020-01-01T00:00:00", "3.000"])) is None
+    for stamps in (["2020-01-01T00:00:00.900Z", "2020-01-01T00:00:00.100Z", "2020-01-01T00:00:01Z"],
+                   ["100.9", "100.1", "101"]):
+        folder = tmp_path / f"src-{len(stamps[0])}"
+        folder.mkdir()
+        rows = [f"u1,i{n},{t}" for n, t in enumerate(stamps, start=1)] + [f"u2,i{n},{stamps[2]}" for n in (1, 2, 3)]
+        (folder / "interactions.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+        (folder / "items.csv").write_text("item_id,title\ni1,One\ni2,Two\ni3,Three\n")
+        prepare(folder, "csv", tmp_path / f"out-{len(stamps[0])}", options=PrepareOptions(user_core=0, item_core=0))
+        data = load_processed(tmp_path / f"out-{len(stamps[0])}")
+        assert sequences(data) == {"u1": ["i2", "i1", "i3"], "u2": ["i1", "i2", "i3"]}  # u2: file order on ties
+
+
 def test_duplicate_header_column_is_rejected(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = source / "interactions.csv"
     lines = path.read_text().splitlines()

@@ -161,3 +161,14 @@ def test_out_of_range_times_are_refused_naming_their_row(frames: tuple[pd.DataFr
     with pytest.raises(UnisrecError, match=r"interactions: column 'timestamp' row 3: timestamp 1e\+20 is out of "
                                            r"range \(64-bit integer seconds\)"):
         unisrec.Dataset.from_frames(interactions.assign(timestamp=huge), items)
+
+
+def test_datetimes_of_one_second_keep_their_time_order(tmp_path: Path) -> None:
+    from unisrec.frames import Dataset
+
+    when = pd.to_datetime(["2020-01-01 00:00:00.9", "2020-01-01 00:00:00.1", "2020-01-01 00:00:01"], format="ISO8601")
+    interactions = pd.DataFrame({"user_id": ["u1"] * 3, "item_id": ["i1", "i2", "i3"], "timestamp": when})
+    items = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["One", "Two", "Three"]})
+    data = Dataset.from_frames(interactions, items, user_core=0, item_core=0, out=tmp_path / "d")
+    loaded = load_processed(tmp_path / "d")
+    assert [loaded.item_ids[i] for i in loaded.items] == ["i2", "i1", "i3"] and data is not None

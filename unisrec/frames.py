@@ -65,6 +65,18 @@ def _out_of_range(column: str, row: int, value: int | float) -> UnisrecError:
                        "(64-bit integer seconds)")
 
 
+def _within_second(values: Any) -> np.ndarray | None:
+    """(E,) int64 nanoseconds past the whole second of datetimes (None for other columns, or none past it):
+    events of one second are ordered by them, as the CSV reader orders fractional timestamps."""
+    import pandas as pd
+
+    if not pd.api.types.is_datetime64_any_dtype(values):
+        return None
+    stamps = pd.to_datetime(values, utc=True)
+    nanos = ((stamps - stamps.dt.floor("s")) // pd.Timedelta(nanoseconds=1)).to_numpy(dtype=np.int64)
+    return nanos if nanos.any() else None
+
+
 def _timestamps(values: Any, column: str) -> np.ndarray:
     """(E,) int64 Unix seconds from integers, datetimes (naive = UTC) or whole-second floats."""
     import pandas as pd
@@ -138,7 +150,8 @@ class Dataset:
                 raise UnisrecError(f"interactions: {first} and {second} name the same column {a!r}")
         users = _ids(interactions, user_col, "interactions")
         item_ids = _ids(interactions, item_col, "interactions")
-        times = _timestamps(_column(interactions, time_col, "interactions"), time_col)
+        time_values = _column(interactions, time_col, "interactions")
+        times = _timestamps(time_values, time_col)
         catalogue = _ids(items, item_col, "items")
         texts = _column(items, text_col, "items")
         if texts.isna().any():
@@ -157,6 +170,7 @@ class Dataset:
             timestamp=times,
             catalogue_id=pa.array(catalogue.tolist(), pa.string()),
             catalogue_text=pa.array(texts.tolist(), pa.string()),
+            within_second=_within_second(time_values),
         )
         options = PrepareOptions(user_core=user_core, item_core=item_core)
         info = {"source": "DataFrames", "source_format": "frames"}

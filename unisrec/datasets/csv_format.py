@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from unisrec.datasets.csv_io import (
     first_duplicate,
     first_empty,
+    fractions_of_seconds,
     parse_timestamps,
     read_csv,
     read_header,
@@ -169,4 +170,5 @@ def read_csv_source(
     timestamps = parse_timestamps(
         raw_time, inter_path, columns.timestamp, header=True, encoding=encoding, delimiter=separator(inter_path)
     )
-    return RawData(users, item_ids, timestamps, catalogue_id, catalogue_text)
+    return RawData(users, item_ids, timestamps, catalogue_id, catalogue_text,
+                   within_second=fractions_of_seconds(raw_time))

@@ -340,6 +340,23 @@ def _note_other_reading(seconds: np.ndarray, strings: pa.ChunkedArray | pa.Array
                 return
 
 
+def fractions_of_seconds(values: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """(E,) int64 nanoseconds past each value's whole second, as its text gives them (decimal Unix seconds
+    ``100.25``, ISO 8601 ``...T10:00:05.250``), 0 where it gives none; None when no value has a fraction.
+    ``parse_timestamps`` keeps whole seconds; this orders the events of one second as their times do."""
+    strings = pc.utf8_trim_whitespace(values)
+    pattern = r"^(?P<sign>-?)(?:[0-9]+\.|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}[.,])(?P<digits>[0-9]+)"
+    found = pc.extract_regex(strings, pattern)
+    if found.null_count == len(found):
+        return None
+    digits = pc.fill_null(pc.struct_field(found, "digits"), "")
+    signs = pc.fill_null(pc.struct_field(found, "sign"), "").to_pylist()
+    nanos = np.array([int((d + "000000000")[:9]) for d in digits.to_pylist()], dtype=np.int64)
+    negative = np.array([sign == "-" for sign in signs]) & (nanos > 0)  # -5.25 is 0.75 s past -6
+    nanos[negative] = 1_000_000_000 - nanos[negative]
+    return nanos if nanos.any() else None
+
+
 def _exact_seconds(strings: pa.ChunkedArray | pa.Array, where: dict[str, Any]) -> np.ndarray:
     """Integer / decimal second strings -> (E,) int64 whole seconds, exactly (see ``parse_timestamps``)."""
     dot = pc.find_substring(strings, ".").to_numpy(zero_copy_only=False)  # (E,) -1 where no fraction
@@ -367,7 +384,8 @@ def _exact_seconds(strings: pa.ChunkedArray | pa.Array, where: dict[str, Any]) -
         seconds = seconds - negative.astype(np.int64)  # floor, not truncation, below zero
         if has_fraction.any():
             print(f"{where['path']}: column {where['column']!r}: {int(has_fraction.sum())} fractional timestamps "
-                  "rounded down to whole seconds (same-second events keep their file order)", file=sys.stderr)
+                  "rounded down to whole seconds (events of one second keep the order of their fractions)",
+                  file=sys.stderr)
     return seconds
 
 

@@ -38,11 +38,14 @@ class RawData:
 
     user_id: pa.Array  # (E,) string
     item_id: pa.Array  # (E,) string
-    timestamp: np.ndarray  # (E,) int64
+    timestamp: np.ndarray  # (E,) int64 whole seconds
     catalogue_id: pa.Array  # (C,) string, unique
     catalogue_text: pa.Array  # (C,) string
     pre_steps: list[dict[str, Any]] = field(default_factory=list)  # reader's own filtering, before ours
     info: dict[str, Any] = field(default_factory=dict)  # reader's notes, added to dataset.json
+    # (E,) int64 nanoseconds past the whole second where the input gave fractions (None: none did): events of one
+    # second are ordered by them, then by input order
+    within_second: np.ndarray | None = None
 
 
 def event_counts(users: pa.Array, items: pa.Array) -> tuple[int, int, int]:
@@ -108,7 +111,11 @@ def build_dataset(
     item_idx = pc.index_in(raw.item_id, value_set=raw.catalogue_id)
     has_text = pc.is_valid(item_idx).to_numpy(zero_copy_only=False)
     items = pc.fill_null(item_idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)  # catalogue row
-    order = np.arange(n_events, dtype=np.int64)
+    order = np.arange(n_events, dtype=np.int64)  # (E,) the tie-breaker of equal seconds: input order ...
+    if raw.within_second is not None:  # ... after the fractions of the second where the input has them
+        rank = np.lexsort((order, raw.within_second))
+        order = np.empty_like(rank)
+        order[rank] = np.arange(n_events, dtype=np.int64)
     timestamps = raw.timestamp.astype(np.int64)
 
     if n_events == 0:
