@@ -244,12 +244,12 @@ def _run_config(args: argparse.Namespace, default: RunConfig | None = None, *,
     the base is ``default``), the dotted overrides (--section.field=value), then the shortcut flags.
     ``reads_pretrain=False`` (fine-tuning): the file's ``pretrain`` section is left out (one file may serve both
     commands); a ``--pretrain.*`` flag stays, for the command to refuse."""
-    from unisrec.config import RunConfig, load_config_overrides, pretraining_overrides
+    from unisrec.config import RunConfig, load_config_overrides, without_pretraining
 
     config = RunConfig() if args.config else (default or RunConfig())
     from_file = load_config_overrides(args.config) if args.config else []
     if not reads_pretrain:
-        from_file = [o for o in from_file if o not in pretraining_overrides(from_file)]
+        from_file = without_pretraining(from_file)
     overrides = [*from_file, *args.overrides]
     shortcuts = [f"{key}={getattr(args, flag)}" for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"),
                                                                     ("device", "train.device"))

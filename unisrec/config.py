@@ -220,11 +220,22 @@ def check_finetune_needs(config: RunConfig, with_init: bool) -> None:
                           "repeat offsets: it needs model.repeat_bias=true")
 
 
-def pretraining_overrides(overrides: Sequence[str]) -> list[str]:
-    """The dotted overrides of pre-training settings (``pretrain.*``), which fine-tuning does not read; a renamed
+def _sets_pretraining(item: str) -> bool:
+    """Whether a dotted override sets a pre-training setting (``pretrain.*``, or the section as a whole); a renamed
     one counts under its new name (``pretrain.strided_windows`` is ``train.windows`` now)."""
-    keys = ((o, renamed_override(o).partition("=")[0].strip().lstrip("-")) for o in overrides)
-    return [o for o, key in keys if key == "pretrain" or key.startswith("pretrain.")]  # the section as a whole too
+    key = renamed_override(item).partition("=")[0].strip().lstrip("-")
+    return key == "pretrain" or key.startswith("pretrain.")
+
+
+def pretraining_overrides(overrides: Sequence[str]) -> list[str]:
+    """The dotted overrides of pre-training settings, which fine-tuning does not read."""
+    return [o for o in overrides if _sets_pretraining(o)]
+
+
+def without_pretraining(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` less those of pre-training settings: what a fine-tuning takes of a list shared with
+    pre-training (a ``--config`` file, a report's shared overrides)."""
+    return [o for o in overrides if not _sets_pretraining(o)]
 
 
 def refuse_pretraining_overrides(overrides: Sequence[str]) -> None:

@@ -406,6 +406,18 @@ def finetune_settings(data_dir: str | Path, mode: str, config: RunConfig, overri
     return config, settings
 
 
+def _announce_finished(final: Path, metrics: FinetuneMetrics, init_dir: Path | None, train: TrainConfig) -> None:
+    """The last line of a finished fine-tuning (its best epoch and test figures, or valid ones with
+    eval.test=false), and its test result added to the card of the pre-trained run ``init_dir`` (None: none)."""
+    if metrics["test"] is None:  # eval.test=false: a run that chooses a setting on validation
+        print(f"best epoch {metrics['best_epoch']}: valid {json.dumps(metrics['valid'])} (test not scored: "
+              "eval.test=false)", file=sys.stderr)
+        return
+    if init_dir is not None:  # the pre-trained model's card lists test results only
+        record_transfer(init_dir, final, metrics, train)
+    print(f"best epoch {metrics['best_epoch']}: test {json.dumps(metrics['test'])}", file=sys.stderr)
+
+
 def _adopted(final: Path, settings: dict[str, Any], init_dir: Path | None, train: TrainConfig,
              dist: Distributed) -> FinetuneMetrics:
     """The metrics of a replacement run that had finished before a kill and has been moved into ``final``
@@ -415,13 +427,7 @@ def _adopted(final: Path, settings: dict[str, Any], init_dir: Path | None, train
         write_finetune_card(final, settings, metrics)
         print(f"{final}: the replacement trained by an interrupted --overwrite had finished; moved in, not trained "
               "again", file=sys.stderr)
-        if metrics.get("test") is None:
-            print(f"best epoch {metrics['best_epoch']}: valid {json.dumps(metrics['valid'])} (test not scored: "
-                  "eval.test=false)", file=sys.stderr)
-        else:
-            if init_dir is not None:
-                record_transfer(init_dir, final, metrics, train)
-            print(f"best epoch {metrics['best_epoch']}: test {json.dumps(metrics['test'])}", file=sys.stderr)
+        _announce_finished(final, metrics, init_dir, train)
     dist.barrier()
     dist.close()
     return metrics
@@ -598,13 +604,7 @@ def finetune(
         write_finetune_card(out, settings, metrics)
         clear_checkpoint(out)
         finish_run_dir(out, final)
-        if final_eval.test is None:  # eval.test=false: a run that chooses a setting on validation
-            print(f"best epoch {state.best_epoch}: valid {json.dumps(final_eval.valid)} (test not scored: "
-                  "eval.test=false)", file=sys.stderr)
-        else:
-            if init_dir is not None and card:  # the pre-trained model's card lists test results only
-                record_transfer(init_dir, final, metrics, config.train)
-            print(f"best epoch {state.best_epoch}: test {json.dumps(final_eval.test)}", file=sys.stderr)
+        _announce_finished(final, metrics, init_dir if card else None, config.train)
     # DistributedDataParallel's reducer holds the process group: released here, while every rank is still alive
     # (released at the function's end instead, a rank whose peer had exited hung joining gloo's threads)
     del task, wrapped, replayed

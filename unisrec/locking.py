@@ -54,17 +54,22 @@ def release(path: Path) -> None:
         handle.close()
 
 
+def folder_lock(folder: Path) -> Path:
+    """The lock file of the output folder ``folder``: ``.NAME.lock`` beside it."""
+    return folder.parent / f".{folder.name}.lock"
+
+
 def hold_folder(folder: Path) -> None:
     """Lock the output folder ``folder`` (lock file ``.NAME.lock`` beside it, so that replacing the folder
     atomically keeps the lock)."""
-    hold(folder.parent / f".{folder.name}.lock", str(folder))
+    hold(folder_lock(folder), str(folder))
 
 
 @contextmanager
 def holding_folder(folder: Path) -> Iterator[None]:
     """``hold_folder`` for a block: the lock is let go after it (unless this process held it already), so that a
     long-lived process (a notebook that wrote a dataset) does not keep other writers out afterwards."""
-    lock = (folder.parent / f".{folder.name}.lock").resolve()
+    lock = folder_lock(folder).resolve()
     already = lock in _HELD
     hold_folder(folder)
     try:

@@ -38,9 +38,9 @@ from unisrec.config import (
     load_config,
     load_config_overrides,
     override,
-    pretraining_overrides,
     with_later_absent,
     without_later_absent,
+    without_pretraining,
 )
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
@@ -85,7 +85,7 @@ class TrainArgs:
         if self.config_path is not None:  # the file's pretrain section is the pre-trainings' (as for the CLI)
             from_file = load_config_overrides(self.config_path)
             if kind != "pretrain":
-                from_file = [o for o in from_file if o not in pretraining_overrides(from_file)]
+                from_file = without_pretraining(from_file)
             return RunConfig(), [*from_file, *self.overrides]
         return (recipe_config() if kind == "pretrain" else RunConfig()), list(self.overrides)
 
@@ -210,7 +210,7 @@ def plan_runs(config: ReportConfig, out: Path, only: list[str] | None = None) ->
                     "text": text_settings or None}
             # the shared overrides of pre-training settings are the pre-trainings' (fine-tuning refuses them);
             # the spec keeps them, as it always did, so that runs planned before stay this plan's
-            shared = [o for o in config.overrides if o not in pretraining_overrides(config.overrides)]
+            shared = without_pretraining(config.overrides)
             args = TrainArgs((data[e.dataset][0],), (*text_overrides, *shared, *e.overrides, f"train.seed={seed}"),
                              config_path, e.mode, init.out if init else None)
             run = PlannedRun(e.command, e.name, seed, out / "runs" / e.name / f"seed-{seed}", _plain(spec), args)

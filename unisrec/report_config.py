@@ -308,8 +308,9 @@ def check_report_config(config: ReportConfig, where: str) -> None:
             fail(f"{at}: unknown reference {e.reference!r}")
         _check_record(e.record, at, fail)
         run_config = base.with_overrides([*config.overrides, *e.overrides])
-        if e.command == "finetune" and pretraining_overrides(e.overrides):
-            fail(f"{at}: {pretraining_overrides(e.overrides)[0]} is a pre-training setting, which fine-tuning does "
+        unread = pretraining_overrides(e.overrides) if e.command == "finetune" else []
+        if unread:
+            fail(f"{at}: {unread[0]} is a pre-training setting, which fine-tuning does "
                  "not read (give it to a pretrain entry)")
         if e.command == "finetune":
             # with init the rest is the pre-trained run's: only the model overrides given are checked
