@@ -160,3 +160,20 @@ def test_bare_cr_line_breaks_are_named(tmp_path: Path, capsys: pytest.CaptureFix
     assert _error(capsys, source, tmp_path / "out") == (
         f"{item}, line 1: the line breaks are bare CR (carriage return only); convert the file to LF or CRLF "
         "line breaks")
+
+
+def test_csv_options_are_refused_and_its_own_are_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Atomic files are tab-separated with typed headers: --delimiter and the csv column names were ignored
+    without a word; the filtering options and --encoding apply."""
+    source = write_source(tmp_path / "rb")
+    message = cli_error(capsys, [str(source), "--format", "recbole", "--delimiter", ";"], tmp_path / "out")
+    assert message == "--delimiter does not apply to format recbole; it is read by format csv only"
+    message = cli_error(capsys, [str(source), "--format", "recbole", "--user-column", "uid"], tmp_path / "out")
+    assert message == "--user-column does not apply to format recbole; it is read by format csv only"
+    message = cli_error(capsys, [str(source), "--format", "recbole", "--cache-dir", "c"], tmp_path / "out")
+    assert message == "--cache-dir does not apply to format recbole; it is read by format movielens only"
+    cli_ok(capsys, [str(source), "--format", "recbole", "--user-core", "2", "--item-core", "1", "--encoding",
+                    "utf-8"], tmp_path / "out")
+    assert steps(load_processed(tmp_path / "out"))[-1][0] == "iterative k-core: users >= 3, items >= 1 interactions"
+    message = cli_error(capsys, [str(source), "--format", "recbole", "--user-core", "6"], tmp_path / "out6")
+    assert message.startswith(f"{source.name}: no interactions left after the k-core filtering (users >= 6, items >= 5")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from format_checks import check_leave_one_out, cli_error
 
-from unisrec.datasets import ProcessedDataset, load_processed, prepare
+from unisrec.datasets import PrepareOptions, ProcessedDataset, load_processed, prepare
+from unisrec.errors import UnisrecError
 
 SCIENTIFIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-scientific"
 HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"
@@ -101,6 +102,26 @@ def test_name_picks_the_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[str
     message = cli_error(capsys, [str(source), "--format", "unisrec"], tmp_path / "out")
     assert message == f"{source}: several datasets (X, Y); choose one with --name"
     assert prepare(source, "unisrec", tmp_path / "out", name="Y").name == "Y"
+
+
+def test_options_it_does_not_read_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A unisrec folder is already filtered and split: --user-core and the csv options were ignored without a
+    word, so a user who asked for 10-core data got the 5-core files."""
+    source = write_tiny(tmp_path / "src")
+    message = cli_error(capsys, [str(source), "--format", "unisrec", "--user-core", "10"], tmp_path / "out")
+    assert message == ("--user-core does not apply to format unisrec (a unisrec folder is already filtered and "
+                       "split); it is read by format csv, amazon2018, online-retail, recbole, movielens only")
+    message = cli_error(capsys, [str(source), "--format", "unisrec", "--encoding", "latin-1"], tmp_path / "out")
+    assert message.startswith("--encoding does not apply to format unisrec")
+    assert message.endswith("read by format csv, online-retail, recbole only")
+    message = cli_error(capsys, [str(source), "--format", "unisrec", "--text-columns", "title"], tmp_path / "out")
+    assert message.startswith("--text-columns does not apply") and message.endswith("format csv only")
+    with pytest.raises(UnisrecError, match=r"^options does not apply to format unisrec"):
+        prepare(source, "unisrec", tmp_path / "out", options=PrepareOptions(user_core=10))
+    with pytest.raises(UnisrecError, match=r"^prepare\(\) got unknown option\(s\) delimeter; expected: "):
+        prepare(source, "unisrec", tmp_path / "out", delimeter=";")
+    assert not (tmp_path / "out").exists()
+    assert prepare(source, "unisrec", tmp_path / "out", options=PrepareOptions()).n_users == 3  # the defaults: fine
 
 
 def _error(capsys: pytest.CaptureFixture[str], source: Path, out: Path) -> str:

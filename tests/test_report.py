@@ -396,6 +396,10 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
                                                                         "mode": "bert"}]))
     with pytest.raises(ConfigError, match="unknown key 'seed'"):
         load_report_config(_config(tmp_path, tiny_lm_dir, seed=[1]))
+    unisrec_folder = {"target": {"source": "target", "format": "unisrec", "user_core": 10}}
+    with pytest.raises(ConfigError, match=r"datasets.target.user_core does not apply to format unisrec \(its folder "
+                                          r"is already filtered and split\): remove it"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, datasets=unisrec_folder))
     same = [{"name": "a", "dataset": "target", "record": "mine"}, {"name": "b", "dataset": "target", "record": "mine"}]
     with pytest.raises(ConfigError, match="two runs share the record name 'mine'"):
         load_report_config(_config(tmp_path, tiny_lm_dir, experiments=same, long_tail=None, transfer=None))

@@ -40,18 +40,18 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--interactions", type=Path, default=None, help="csv: interactions file")
     p.add_argument("--items", type=Path, default=None, help="csv: items file")
-    p.add_argument("--user-column", default="user_id")
-    p.add_argument("--item-column", default="item_id")
-    p.add_argument("--time-column", default="timestamp")
-    p.add_argument("--items-id-column", default="item_id")
-    p.add_argument("--text-columns", default="title|text",
-                   help="'a|b': the first present; 'a,b': all, joined as 'a. b'")
+    p.add_argument("--user-column", default=None, help="csv: user column (default user_id)")
+    p.add_argument("--item-column", default=None, help="csv: item column of the interactions (default item_id)")
+    p.add_argument("--time-column", default=None, help="csv: time column (default timestamp)")
+    p.add_argument("--items-id-column", default=None, help="csv: item column of the items file (default item_id)")
+    p.add_argument("--text-columns", default=None,
+                   help="csv: 'a|b': the first present; 'a,b': all, joined as 'a. b' (default title|text)")
     p.add_argument("--delimiter", default=None,
                    help="csv: the field separator of both files (default: a tab for .tsv[.gz] files, else a comma)")
-    p.add_argument("--encoding", default="utf-8")
-    p.add_argument("--user-core", type=int, default=5)
-    p.add_argument("--item-core", type=int, default=5)
-    p.add_argument("--min-seq-len", type=int, default=3)
+    p.add_argument("--encoding", default=None, help="csv, online-retail, recbole: text encoding (default utf-8)")
+    p.add_argument("--user-core", type=int, default=None, help="keep users with this many interactions (default 5)")
+    p.add_argument("--item-core", type=int, default=None, help="keep items with this many interactions (default 5)")
+    p.add_argument("--min-seq-len", type=int, default=None, help="shortest sequence kept (default 3)")
     p.add_argument(
         "--cache-dir",
         type=Path,
@@ -62,16 +62,23 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from unisrec.datasets import CsvColumns, PrepareOptions, prepare
+    from unisrec.datasets import CsvColumns, PrepareOptions, prepare, refuse_inapplicable_options
 
-    columns = CsvColumns(
-        user=args.user_column,
-        item=args.item_column,
-        timestamp=args.time_column,
-        items_item=args.items_id_column,
-        text=args.text_columns,
-    )
-    options = PrepareOptions(args.user_core, args.item_core, args.min_seq_len)
+    flags = {"--interactions": "interactions", "--items": "items", "--user-column": "columns",
+             "--item-column": "columns", "--time-column": "columns", "--items-id-column": "columns",
+             "--text-columns": "columns", "--delimiter": "delimiter", "--encoding": "encoding",
+             "--user-core": "filtering", "--item-core": "filtering", "--min-seq-len": "filtering",
+             "--cache-dir": "cache_dir"}
+    refuse_inapplicable_options(args.fmt, {flag: option for flag, option in flags.items()
+                                           if getattr(args, flag[2:].replace("-", "_")) is not None})
+    default_columns, default_options = CsvColumns(), PrepareOptions()
+    columns = CsvColumns(*(default if given is None else given for given, default in (
+        (args.user_column, default_columns.user), (args.item_column, default_columns.item),
+        (args.time_column, default_columns.timestamp), (args.items_id_column, default_columns.items_item),
+        (args.text_columns, default_columns.text))))
+    options = PrepareOptions(*(default if given is None else given for given, default in (
+        (args.user_core, default_options.user_core), (args.item_core, default_options.item_core),
+        (args.min_seq_len, default_options.min_seq_len))))
     if args.delimiter is not None and (len(args.delimiter) != 1 or args.delimiter in ('"', "\n", "\r")
                                        or not args.delimiter.isascii()):
         raise UnisrecError(f"--delimiter must be one ASCII character (not a quote or a line break), got "
@@ -96,12 +103,12 @@ def _run_prepare(args: argparse.Namespace) -> int:
                 source,
                 args.fmt,
                 out,
-                options=options,
+                options=options if options != default_options else None,
                 name=args.name,
                 overwrite=args.overwrite,
                 interactions=args.interactions,
                 items=args.items,
-                columns=columns,
+                columns=columns if columns != default_columns else None,
                 delimiter=args.delimiter,
                 encoding=args.encoding,
                 cache_dir=args.cache_dir,

@@ -95,7 +95,7 @@ class DatasetSpec:
     name: str | None = None  # `unisrec prepare --name` (unisrec / recbole: the file prefix)
     path: str | None = None  # an already processed folder, used as is (instead of source)
     paper: str | None = None  # the paper's name of this dataset (a row of its Table 2), if any
-    user_core: int = 5  # prepare: k-core filtering of users / items (ignored by format unisrec)
+    user_core: int = 5  # prepare: k-core filtering of users / items (refused with format unisrec)
     item_core: int = 5
 
 
@@ -243,7 +243,7 @@ def _entry(cls: Any, value: Any, where: str) -> Any:
 def check_report_config(config: ReportConfig, where: str) -> None:
     """Every name defined once and every reference defined (earlier, for experiment inits)."""
 
-    from unisrec.datasets import FORMATS  # here: reading a report config needs no data code otherwise
+    from unisrec.datasets import FORMATS, PrepareOptions  # here: reading a report config needs no data code otherwise
 
     def fail(message: str) -> None:
         raise ConfigError(f"{where}: {message}")
@@ -272,6 +272,9 @@ def check_report_config(config: ReportConfig, where: str) -> None:
         for core in ("user_core", "item_core"):
             if getattr(dataset, core) < 0:
                 fail(f"datasets.{name}.{core} must be >= 0, got {getattr(dataset, core)}")
+            if dataset.format == "unisrec" and getattr(dataset, core) != getattr(PrepareOptions(), core):
+                fail(f"datasets.{name}.{core} does not apply to format unisrec (its folder is already filtered and "
+                     "split): remove it")
         if dataset.paper is not None and dataset.paper not in PAPER_TABLE2:
             fail(f"datasets.{name}.paper: {dataset.paper!r} is not in the paper's Table 2 ({', '.join(PAPER_TABLE2)})")
     for name, pre in config.pretrain.items():
