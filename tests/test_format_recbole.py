@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from format_checks import check_leave_one_out, cli_error, cli_ok, sequences, steps
 
-from unisrec.datasets import load_processed, prepare
+from unisrec.datasets import PrepareOptions, load_processed, prepare
 
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
 ITEM_HEADER = "item_id:token\tprice:float\trelease_year:token\tmovie_title:token_seq\tclass:token_seq"
@@ -177,3 +177,13 @@ def test_csv_options_are_refused_and_its_own_are_read(tmp_path: Path, capsys: py
     assert steps(load_processed(tmp_path / "out"))[-1][0] == "iterative k-core: users >= 3, items >= 1 interactions"
     message = cli_error(capsys, [str(source), "--format", "recbole", "--user-core", "6"], tmp_path / "out6")
     assert message.startswith(f"{source.name}: no interactions left after the k-core filtering (users >= 6, items >= 5")
+
+
+def test_events_of_one_second_are_ordered_by_their_fractions(tmp_path: Path) -> None:
+    """RecBole's timestamp:float values were cut to whole seconds before the sort, so events of one second kept
+    the file's order: user 1's validation item was the later event (as csv's were before)."""
+    rows = ["1\t10\t3\t100.9", "1\t11\t3\t100.1", "1\t12\t3\t101", "2\t10\t3\t7", "2\t11\t3\t7", "2\t12\t3\t8"]
+    source = write_source(tmp_path / "rb", rows=rows)
+    prepare(source, "recbole", tmp_path / "out", options=PrepareOptions(user_core=0, item_core=0))
+    data = load_processed(tmp_path / "out")
+    assert sequences(data) == {"1": ["11", "10", "12"], "2": ["10", "11", "12"]}  # user 2: file order on ties

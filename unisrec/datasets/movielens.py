@@ -323,7 +323,9 @@ def _read_latest(folder: Path) -> Columns:
     return inter["userId"], inter["movieId"], timestamps, ids, text, info
 
 
-def _read_recbole(inter_path: Path) -> Columns:
+def _read_recbole(inter_path: Path) -> tuple[Columns, np.ndarray | None]:
+    """The columns of RecBole atomic files, and the nanoseconds within the second of each event (None: whole
+    seconds, as MovieLens's are)."""
     item = inter_path.with_suffix(".item")
     fields = typed_header(item, "utf-8")
     for required in ("item_id", "movie_title"):
@@ -347,15 +349,16 @@ def _read_recbole(inter_path: Path) -> Columns:
         texts,
         lambda i: record_line(item, i, header=True, encoding="utf-8", delimiter="\t", quoting=False),
     )
-    users, items, timestamps, _info = read_inter(inter_path, "utf-8")
+    users, items, timestamps, within_second, _info = read_inter(inter_path, "utf-8")
     info = {"layout": f"RecBole atomic files ({inter_path.name}, {item.name})"}
-    return users, items, timestamps, ids, text, info
+    return (users, items, timestamps, ids, text, info), within_second
 
 
 def read_movielens_folder(folder: Path) -> RawData:
     """RawData of a folder holding the raw files of one MovieLens layout."""
     has = {p.name for p in folder.iterdir()}
     recbole = sorted(p for p in folder.glob("*.inter") if p.with_suffix(".item").exists())
+    within_second = None
     if {"u.data", "u.item"} <= has:
         users, items, timestamps, ids, text, info = _read_100k(folder)
     elif {"ratings.dat", "movies.dat"} <= has:
@@ -363,7 +366,7 @@ def read_movielens_folder(folder: Path) -> RawData:
     elif {"ratings.csv", "movies.csv"} <= has:
         users, items, timestamps, ids, text, info = _read_latest(folder)
     elif recbole:
-        users, items, timestamps, ids, text, info = _read_recbole(recbole[0])
+        (users, items, timestamps, ids, text, info), within_second = _read_recbole(recbole[0])
     else:
         raise UnisrecError(
             f"{folder}: no MovieLens files: expected u.data and u.item (ml-100k), ratings.dat and movies.dat "
@@ -373,7 +376,8 @@ def read_movielens_folder(folder: Path) -> RawData:
         info["fetched_from"] = json.loads((folder / "SOURCE.json").read_text())
     info["text"] = "title (year). genres"
     users, items = (pc.utf8_trim_whitespace(pa.chunked_array(c).combine_chunks()) for c in (users, items))
-    return RawData(users, items, timestamps, pc.utf8_trim_whitespace(ids), text, info=info)
+    return RawData(users, items, timestamps, pc.utf8_trim_whitespace(ids), text, info=info,
+                   within_second=within_second)
 
 
 def read_movielens_source(source: str, cache_dir: Path | None) -> RawData:

@@ -24,6 +24,7 @@ from unisrec.datasets.csv_io import (
     check_exists,
     first_duplicate,
     first_empty,
+    fractions_of_seconds,
     parse_timestamps,
     read_csv,
     read_header,
@@ -95,8 +96,11 @@ def _check_ids(path: Path, values: pa.Array, column: str, encoding: str) -> None
         raise DataError(path, "empty id", line=line, column=column)
 
 
-def read_inter(path: Path, encoding: str) -> tuple[pa.Array, pa.Array, np.ndarray, dict[str, Any]]:
-    """(user, item, timestamp, info) of an .inter file; without a timestamp field, file order."""
+def read_inter(
+    path: Path, encoding: str
+) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(user, item, whole-second timestamp, nanoseconds within the second or None, info) of an .inter file;
+    without a timestamp field, file order."""
     fields = typed_header(path, encoding)
     user, item = _require(path, fields, USER_FIELDS), _require(path, fields, ("item_id",))
     time = fields.get("timestamp")
@@ -110,12 +114,13 @@ def read_inter(path: Path, encoding: str) -> tuple[pa.Array, pa.Array, np.ndarra
             users,
             items,
             np.arange(len(users), dtype=np.int64),
+            None,
             {"timestamps": "file order (no timestamp)"},
         )
     timestamps = parse_timestamps(
         table.column(time), path, time, header=True, encoding=encoding, delimiter="\t", quoting=False
     )
-    return users, items, timestamps, {}
+    return users, items, timestamps, fractions_of_seconds(table.column(time)), {}
 
 
 def text_fields(fields: dict[str, str]) -> list[str]:
@@ -160,7 +165,7 @@ def read_item(path: Path, encoding: str) -> tuple[pa.Array, pa.Array, int]:
 def read_recbole_source(path: Path, name: str | None, encoding: str) -> RawData:
     inter_path, item_path = find_files(path, name)
     catalogue_id, catalogue_text, empty = read_item(item_path, encoding)
-    users, items, timestamps, info = read_inter(inter_path, encoding)
+    users, items, timestamps, within_second, info = read_inter(inter_path, encoding)
     info = {
         **info,
         "inter_file": inter_path.name,
@@ -168,4 +173,5 @@ def read_recbole_source(path: Path, name: str | None, encoding: str) -> RawData:
         "text_fields": [c.rpartition(":")[0] for c in text_fields(typed_header(item_path, encoding))],
         "items_without_text": empty,
     }
-    return RawData(users, items, timestamps, catalogue_id, catalogue_text, info=info)
+    return RawData(users, items, timestamps, catalogue_id, catalogue_text, info=info,
+                   within_second=within_second)
