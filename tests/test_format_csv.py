@@ -531,3 +531,25 @@ def test_a_header_without_a_final_line_break_holds_no_interactions(tiny_csv_sour
     path.unlink()
     (tiny_csv_source / "interactions.csv.gz").write_bytes(gzip.compress(b"user_id,item_id,timestamp"))
     assert _error(capsys, tiny_csv_source, tmp_path / "o") == "tiny: the input holds no interactions"
+
+
+def test_utf16_files_and_encodings_are_named(tiny_csv_source: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A UTF-16 file (Excel's "Unicode text") was "not valid utf-8 text", and with --encoding utf-16 "not valid
+    utf-16 text", since lines are found by the LF byte: say what the file is and how to convert it."""
+    for name in ("interactions.csv", "items.csv"):
+        path = tiny_csv_source / name
+        path.write_bytes(path.read_text(encoding="utf-8").encode("utf-16"))
+    assert _error(capsys, tiny_csv_source, tmp_path / "o") == (
+        f"{tiny_csv_source / 'items.csv'}, line 1: the file starts with a UTF-16 or UTF-32 byte-order mark, not "
+        "utf-8 text; convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE > NEW)")
+    for encoding in ("utf-16", "UTF-32-LE"):
+        assert _error(capsys, tiny_csv_source, tmp_path / "o", "--encoding", encoding) == (
+            f"--encoding {encoding} is not read: its line feed is not the one byte LF that lines are found by; "
+            f"convert the files to UTF-8 (iconv -f {encoding} -t UTF-8 FILE > NEW)")
+    assert _error(capsys, tiny_csv_source, tmp_path / "o", "--encoding", "klingon") == (
+        "unknown encoding 'klingon' (--encoding)")
+    for name in ("interactions.csv", "items.csv"):  # converted as the message says: read
+        path = tiny_csv_source / name
+        path.write_bytes(path.read_bytes().decode("utf-16").encode("utf-8"))
+    assert cli_ok(capsys, [str(tiny_csv_source), "--format", "csv"], tmp_path / "ok")["interactions"] == 48

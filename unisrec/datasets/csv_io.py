@@ -6,6 +6,7 @@ point at the first offending line.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -49,6 +50,21 @@ def record_line(
         if i == target:
             return line
     return None
+
+
+def check_encoding(encoding: str) -> None:
+    """Refuse an unknown encoding, and one whose line feed is not the single byte LF (UTF-16, UTF-32): the
+    readers find lines and their numbers by that byte."""
+    try:
+        codecs.lookup(encoding)
+        line_feed = "\n".encode(encoding)
+    except LookupError:
+        raise UnisrecError(f"unknown encoding {encoding!r} (--encoding)") from None
+    except UnicodeError:
+        line_feed = b""
+    if line_feed != b"\n":
+        raise UnisrecError(f"--encoding {encoding} is not read: its line feed is not the one byte LF that lines are "
+                           f"found by; convert the files to UTF-8 (iconv -f {encoding} -t UTF-8 FILE > NEW)")
 
 
 def _first_bad_utf8_line(path: Path, encoding: str) -> int | None:
@@ -114,6 +130,7 @@ def read_csv(
     MovieLens' files, where titles hold unbalanced quotes).
     """
     check_exists(path)
+    check_encoding(encoding)
     columns = list(dict.fromkeys(columns))  # a column named for two roles (id and text) is read once
     names = list(column_names) if column_names is not None else None
     parse_options = pcsv.ParseOptions(
@@ -228,10 +245,12 @@ def read_header(path: Path, encoding: str, delimiter: str, quoting: bool = True)
             raw = handle.readline()
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
         raise DataError(path, f"truncated or corrupted gzip file ({exc})" if gz else f"cannot read ({exc})") from None
+    check_encoding(encoding)
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(path, f"the file starts with a UTF-16 or UTF-32 byte-order mark, not {encoding} text; convert "
+                        "it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE > NEW)", line=1)
     try:
         text = raw.decode(encoding)
-    except LookupError:
-        raise UnisrecError(f"unknown encoding {encoding!r} (--encoding)") from None
     except UnicodeDecodeError:
         raise DataError(path, f"not valid {encoding} text; re-encode the file or pass --encoding", line=1) from None
     style: Literal[0, 3] = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
