@@ -279,14 +279,20 @@ def test_bfloat16_precision_has_its_own_file_and_close_vectors(data_dir: Path, s
         TextConfig(precision="float16")  # type: ignore[arg-type]
 
 
-def test_changed_max_length_re_encodes(data_dir: Path, spec: TextConfig) -> None:
+def test_another_max_length_has_its_own_file(data_dir: Path, spec: TextConfig) -> None:
+    """Two lengths shared one file, so runs of one dataset with each re-encoded it in turn."""
     encode_dataset(data_dir, spec, progress=False)
     short = replace(spec, max_length=4)
     report = encode_dataset(data_dir, short, progress=False)
-    assert not report.reused and report.path == data_dir / "embeddings" / vectors_file_name(spec)
+    assert not report.reused and report.path.name == f"{model_slug(spec.model)}.mean.len4.safetensors"
+    assert vectors_file_name(replace(short, precision="bfloat16")).endswith(".mean.len4.bf16.safetensors")
     assert load_item_embeddings(data_dir, short).meta["max_length"] == "4"
-    with pytest.raises(UnisrecError, match="max_length=4"):
-        load_item_embeddings(data_dir, spec)
+    assert load_item_embeddings(data_dir, spec).meta["max_length"] == str(spec.max_length)  # kept
+    assert encode_dataset(data_dir, spec, progress=False).reused and encode_dataset(data_dir, short,
+                                                                                    progress=False).reused
+    (data_dir / "embeddings" / vectors_file_name(spec)).rename(report.path)  # a file of one length under another's
+    with pytest.raises(UnisrecError, match="max_length=128"):
+        load_item_embeddings(data_dir, short)
 
 
 def test_changed_model_weights_re_encode(tmp_path: Path, tiny_lm_dir: Path, data_dir: Path) -> None:

@@ -1,7 +1,7 @@
 """The on-disk cache of item text vectors, with metadata that keeps them honest.
 
 The (N, D) float32 language-model vectors of a processed dataset's items (``unisrec.text_encoder``) are stored
-as ``DIR/embeddings/<model slug>.<pooling>[.bf16].safetensors``; the safetensors header records the model
+as ``DIR/embeddings/<model slug>.<pooling>[.len<N>][.bf16].safetensors``; the safetensors header records the model
 fingerprint, pooling, max length, precision, dimension and hashes of the item-id order and of the texts, so a
 matrix is reused only while all of them match, and a stale one is refused with a message saying what to re-run.
 
@@ -56,11 +56,14 @@ def model_slug(model: str) -> str:
 
 
 def _stem(text: TextConfig) -> str:
-    return f"{model_slug(text.model)}.{text.pooling}" + (".bf16" if text.precision == "bfloat16" else "")
+    length = f".len{text.max_length}" if text.max_length != TextConfig().max_length else ""
+    return f"{model_slug(text.model)}.{text.pooling}{length}" + (".bf16" if text.precision == "bfloat16" else "")
 
 
 def vectors_file_name(text: TextConfig) -> str:
-    """``<slug>.<pooling>[.bf16].safetensors``: the file of the item vectors made with ``text``."""
+    """``<slug>.<pooling>[.len<max_length>][.bf16].safetensors``: the file of the item vectors made with ``text``
+    (the max length named only where it is not the default, so that two lengths do not replace each other's
+    vectors in turn)."""
     return f"{_stem(text)}.safetensors"
 
 
