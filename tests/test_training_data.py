@@ -99,7 +99,8 @@ def test_cold_metrics_cover_only_cold_targets() -> None:
     assert cold_metrics(ranks, targets, np.zeros(10, dtype=bool), (10,)) == {"cold_cases": 0.0}
 
 
-def test_finetune_reports_cold_metrics_and_trains_without_cold_items(tmp_path: Path, tiny_lm_dir: Path) -> None:
+def test_finetune_reports_cold_metrics_and_trains_without_cold_items(tmp_path: Path, tiny_lm_dir: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     data = prepare_synthetic(tmp_path / "d", n_users=60, n_items=30)
     text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
     metrics = finetune(data, "inductive", tmp_path / "run", overrides=[*SMALL, *text, "train.cold_items=0.3"])
@@ -112,9 +113,48 @@ def test_finetune_reports_cold_metrics_and_trains_without_cold_items(tmp_path: P
     assert test == {**test, **cold_metrics(ranks, dataset.items[dataset.target_rows("test")], cold, (10, 20, 50))}
     plain = finetune(data, "inductive", tmp_path / "plain", overrides=[*SMALL, *text])
     assert plain["test"] is not None and "cold_cases" not in plain["test"]
+    assert "cold_* metrics measure chance" not in capsys.readouterr().err
     for mode in ("bert4rec", "sasrec"):  # every model kind reports them (bert4rec trains by its own task)
         other = finetune(data, mode, tmp_path / mode, overrides=[*SMALL, *text, "train.cold_items=0.3"])
         assert other["test"] is not None and other["test"]["cold_cases"] == test["cold_cases"]
+        # ... and an ID-only model is said to rank its never-trained cold rows at chance
+        assert (f"train.cold_items: --mode {mode} scores items by their ID alone, and the {int(cold.sum())} cold "
+                "items' rows are never trained") in capsys.readouterr().err
+
+
+def test_withheld_items_steer_neither_the_text_centre_nor_the_model_selection(tmp_path: Path,
+                                                                             tiny_lm_dir: Path) -> None:
+    """With model.center_text the centre was the mean of every item's text, cold ones included, so their texts
+    changed training; and validation, which picks the epoch and the mixture, counted the cases of cold targets.
+    Both now see the warm items only; test still counts every case."""
+    from unisrec.checkpoint import from_pretrained
+    from unisrec.evaluate import evaluate, rank_split
+    from unisrec.text_cache import load_text
+
+    data = prepare_synthetic(tmp_path / "d", n_users=60, n_items=30)
+    text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    overrides = [*SMALL, *text, "train.cold_items=0.3", "model.center_text=true", "train.epochs=3"]
+    metrics = finetune(data, "inductive", tmp_path / "run", overrides=overrides)
+    dataset = load_processed(data)
+    cold = cold_items(dataset.n_items, 0.3, TrainConfig().seed)
+    model, _ = from_pretrained(tmp_path / "run")
+    matrix = load_text(dataset, RunConfig().with_overrides(text).text).matrix  # (N, D)
+    center = model.text_center
+    assert isinstance(center, torch.Tensor)
+    np.testing.assert_allclose(center.numpy(), matrix[~cold].mean(0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(center.numpy(), matrix.mean(0), atol=1e-4)
+    valid_targets = dataset.items[dataset.target_rows("valid")]
+    assert cold[valid_targets].any() and not cold[valid_targets].all()
+    ranks = rank_split(model, dataset, "valid", RunConfig().eval)  # (T,) every validation case
+    warm = ranking_metrics(ranks[~cold[valid_targets]], RunConfig().eval.ks)
+    assert metrics["valid"] == pytest.approx(warm) and evaluate(model, dataset, "valid", withheld=cold) == warm
+    assert warm != ranking_metrics(ranks, RunConfig().eval.ks)
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()
+              if line.startswith("{")]
+    best = max(epochs, key=lambda e: e["valid"]["ndcg@10"])  # the epoch chosen, on the warm cases
+    assert metrics["best_epoch"] == best["epoch"] and best["valid"] == pytest.approx(warm)
+    assert metrics["test"] is not None and metrics["test"]["cold_cases"] == cold[
+        dataset.items[dataset.target_rows("test")]].sum()
 
 
 @pytest.mark.parametrize("mode", ["inductive", "bert4rec"])

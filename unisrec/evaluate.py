@@ -194,10 +194,16 @@ def evaluate(
     config: EvalConfig | None = None,
     device: torch.device | str = "cpu",
     table: Tensor | None = None,
+    withheld: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Recall / NDCG / MRR at ``config.ks`` over all targets of ``split``, full ranking."""
+    """Recall / NDCG / MRR at ``config.ks`` over the targets of ``split``, full ranking. ``withheld``: (N,) bool,
+    the items training never saw (``train.cold_items``): the cases whose target is one of them are left out, so
+    that choosing an epoch or a mixture on validation uses nothing of the withheld items either."""
     config = config or EvalConfig()
-    return ranking_metrics(rank_split(model, dataset, split, config, device, table), config.ks)
+    ranks = rank_split(model, dataset, split, config, device, table)  # (T,)
+    if withheld is not None and withheld.any():
+        ranks = ranks[~withheld[dataset.items[dataset.target_rows(split)]]]  # (T',) the cases of warm targets
+    return ranking_metrics(ranks, config.ks)
 
 
 def cold_metrics(ranks: np.ndarray, targets: np.ndarray, cold: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
@@ -233,10 +239,11 @@ def final_evaluation(
     device: torch.device | str = "cpu",
     cold: np.ndarray | None = None,
 ) -> FinalEvaluation:
-    """Evaluate on valid and test (what a run reports when it ends); ``cold``: (N,) bool, items never trained on.
-    With ``config.test`` false, valid only (test and its ranks None)."""
+    """Evaluate on valid and test (what a run reports when it ends); ``cold``: (N,) bool, items never trained on:
+    validation counts the cases of the other items only (as the run chose on), test counts every case and adds
+    the ``cold_*`` metrics. With ``config.test`` false, valid only (test and its ranks None)."""
     started = time.perf_counter()
-    valid = evaluate(model, dataset, "valid", config, device)
+    valid = evaluate(model, dataset, "valid", config, device, withheld=cold)
     if not config.test:
         return FinalEvaluation(valid, None, None, time.perf_counter() - started)
     ranks = rank_split(model, dataset, "test", config, device)  # (T,)

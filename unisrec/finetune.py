@@ -507,6 +507,14 @@ def finetune(
 
     vectors = dist.main_first(lambda: load_text(dataset, config.text)) if config.model.uses_text else None
     model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix) if vectors else None)
+    cold = cold_items(dataset.n_items, config.train.cold_items, config.train.seed)  # (N,) items training withholds
+    if cold.any() and dist.is_main and (config.model.item_repr == "id" or config.model.architecture == "fdsa"):
+        print(f"train.cold_items: --mode {mode} scores items by their ID alone, and the {int(cold.sum())} cold items' "
+              "rows are never trained: its cold_* metrics measure chance, not a cold-start model", file=sys.stderr)
+    center = getattr(model, "text_center", None)  # (D,) with model.center_text: the catalogue's mean text vector
+    if cold.any() and vectors is not None and isinstance(center, torch.Tensor):
+        with torch.no_grad():  # the mean of the items training sees: the withheld texts steer nothing
+            center.copy_(torch.from_numpy(vectors.matrix[~cold]).float().mean(0))  # (D,)
     transferred = load_transferable(model, init_dir, config.train.transfer) if init_dir is not None else []
     # train.interpolate=auto with --init: the transferred weights before any step, to mix with the fine-tuned ones
     start = snapshot(model, transferred) if config.train.interpolate == "auto" and transferred else {}
@@ -546,7 +554,7 @@ def finetune(
                 task.batches,
                 task.steps,
                 task.loss,
-                validate=lambda: evaluate(model, dataset, "valid", config.eval, device),
+                validate=lambda: evaluate(model, dataset, "valid", config.eval, device, withheld=cold),
                 save_best=save_best,
                 epoch_steps=task.epoch_steps,
             ),
@@ -566,13 +574,12 @@ def finetune(
             save_tensors(tuned_path, best)
         metric = config.train.select_metric
         alpha, scores = choose_interpolation(
-            model, start, lambda: evaluate(model, dataset, "valid", config.eval, device), metric)
+            model, start, lambda: evaluate(model, dataset, "valid", config.eval, device, withheld=cold), metric)
         interpolation = {"alpha": alpha, "metric": metric, "valid": scores}
         if dist.is_main:
             save_best()
             print(f"interpolation: alpha {alpha:g} (valid {metric} {json.dumps(scores)})", file=sys.stderr)
         dist.barrier()
-    cold = cold_items(dataset.n_items, config.train.cold_items, config.train.seed)  # (N,) as training withheld them
     final_eval = final_evaluation(model, dataset, config.eval, device, cold=cold)
     n_params = sum(p.numel() for p in model.parameters())
     metrics: FinetuneMetrics = {

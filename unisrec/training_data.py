@@ -5,7 +5,11 @@
   training sequences; validation and test still cover every user.
 - ``train.cold_items`` (cold-item protocol): a seeded random fraction of the items is withheld from training
   entirely; their interactions are removed from training inputs and targets (each user's remaining
-  training items are compacted in order). Evaluation ranks every item, cold ones included by their text.
+  training items are compacted in order). Evaluation ranks every item, cold ones included: by their text where
+  the model scores by text (UniSRec_t, UniSRec_t+ID with an untrained ID row, ZESRec, text kNN); models that
+  score by ID alone (SASRec, GRU4Rec, BERT4Rec, FDSA) have only untrained rows for them (chance level), which
+  ``finetune`` says when it starts. Validation, which picks the epoch and the mixture, leaves out the cases of
+  cold targets, and ``model.center_text`` centres on the warm items' mean.
 
 Both selections are functions of (``train.seed``, the dataset's size) only, so a transferred run and a
 from-scratch run with the same seed see exactly the same users and the same cold items.
