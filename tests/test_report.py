@@ -22,6 +22,7 @@ from unisrec.errors import ConfigError, UnisrecError
 from unisrec.report import _duration, plan_runs, progress_note, resolved_spec, run_report, same_plan
 from unisrec.report_config import load_report_config
 from unisrec.report_writer import render_report
+from unisrec.runs import fingerprint
 
 ROOT = Path(__file__).parent.parent
 REPORT_CONFIGS = sorted((ROOT / "configs" / "report").glob("*.yaml"))
@@ -650,7 +651,8 @@ def test_adopt_takes_a_run_made_by_hand_with_the_planned_command(tmp_path: Path,
     assert pre.status() == "stale"  # else trained again, and every fine-tuning from it after it
     made = (pre.out / "run.json").read_text()
     altered = json.loads(made)
-    altered["fingerprint"] = "0" * 64  # as if made with other settings
+    altered["config"]["train"]["lr"] = 0.5  # as if made with other settings
+    altered["fingerprint"] = fingerprint({k: v for k, v in altered.items() if k != "fingerprint"})
     (pre.out / "run.json").write_text(json.dumps(altered))
     with pytest.raises(UnisrecError, match="its settings differ from the planned command's"):
         adopt_run(config_path, out, pre.out)

@@ -226,6 +226,7 @@ def test_a_run_interrupted_before_a_later_setting_existed_still_resumes(tmp_path
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"fingerprint": fingerprint(old), **old}))
+    (out / "train.log").write_text("")  # begun: a folder with its run.json alone is started afresh
     assert fingerprint(old) == fingerprint(settings)
     assert open_run_dir(out, settings, overwrite=False) == out
     transfer = {**settings, "init": "/pre"}  # from a pre-trained model the default (auto) is another run than before
@@ -235,6 +236,58 @@ def test_a_run_interrupted_before_a_later_setting_existed_still_resumes(tmp_path
     assert fingerprint({**settings, "config": changed}) != fingerprint(settings)
     with pytest.raises(UnisrecError, match="holds an unfinished run with different settings"):
         open_run_dir(out, {**settings, "config": changed}, overwrite=False)
+
+
+def test_a_run_resumes_under_other_progress_settings_and_a_refusal_names_what_changed(tmp_path: Path) -> None:
+    """A killed run rerun with --train.progress=true (or a pre-training with another eval.*, which it never reads)
+    was refused as "different settings", without saying which, and --overwrite threw its checkpoints away."""
+    from unisrec.runs import fingerprint, open_run_dir
+
+    settings = {"command": "pretrain", "data": ["/a", "/b"], "config": RunConfig().to_dict()}
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"fingerprint": fingerprint(settings), **settings}))
+    (out / "train.log").write_text("")  # begun: a folder with its run.json alone is started afresh
+    shown = RunConfig().with_overrides(["train.progress=true", "train.log=tensorboard", "eval.batch_size=7"])
+    assert open_run_dir(out, {**settings, "config": shown.to_dict()}, overwrite=False) == out  # resumed
+    assert json.loads((out / "run.json").read_text())["config"] == settings["config"]  # as the run it was
+    other = RunConfig().with_overrides(["train.epochs=40", "train.progress=true", "text.pooling=mean"]).to_dict()
+    with pytest.raises(UnisrecError) as refused:
+        open_run_dir(out, {**settings, "config": other}, overwrite=False)
+    assert str(refused.value) == (
+        f"{out}: holds an unfinished run with different settings (text.pooling: \"cls+mean\" -> \"mean\"; "
+        f"train.epochs: {RunConfig().train.epochs} -> 40); run it with its own settings to resume it, or pass "
+        "--overwrite, or choose another --out")
+    evaluated = {**settings, "command": "finetune", "mode": "inductive", "init": None}  # fine-tuning validates
+    out2 = tmp_path / "run2"
+    out2.mkdir()
+    (out2 / "run.json").write_text(json.dumps({"fingerprint": fingerprint(evaluated), **evaluated}))
+    (out2 / "train.log").write_text("")
+    with pytest.raises(UnisrecError, match=rf"\(eval.batch_size: {RunConfig().eval.batch_size} -> 7\)"):
+        open_run_dir(out2, {**evaluated, "config": shown.to_dict()}, overwrite=False)
+
+
+def test_a_start_that_failed_before_its_first_step_does_not_block_the_corrected_command(
+        tmp_path: Path, tiny_lm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A start that failed after writing run.json (here: a text model that is not there) left a folder that the
+    corrected command refused as "an unfinished run with different settings"; nothing was trained, so it
+    starts afresh. A folder where training began is still refused."""
+    data = prepare_synthetic(tmp_path / "d", n_users=30, n_items=20)
+    out = tmp_path / "run"
+    argv = ["finetune", str(data), "--mode", "inductive", "--out", str(out), *SMALL, "--train.epochs=1",
+            "--pooling", "mean"]
+    assert main([*argv, "--text-model", str(tmp_path / "no-such-model")]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    assert main([*argv, "--text-model", str(tiny_lm_dir)]) == 0
+    assert json.loads((out / "run.json").read_text())["config"]["text"]["model"] == str(tiny_lm_dir)
+    assert (out / "metrics.json").exists()
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "run.json").write_text((out / "run.json").read_text())
+    (started / "train.log").write_text("")
+    capsys.readouterr()
+    assert main([*argv[:5], str(started), *argv[6:], "--text-model", str(tiny_lm_dir), "--train.lr=0.02"]) == 2
+    assert "holds an unfinished run with different settings (train.lr: 0.01 -> 0.02)" in capsys.readouterr().err
 
 
 def test_the_model_card_says_what_finetune_init_does_with_the_given_settings() -> None:

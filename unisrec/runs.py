@@ -27,18 +27,60 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# settings that change how a run reports its progress, not what it computes: a run interrupted under other values
+# resumes (run.json keeps those it started with)
+PRESENTATION_SETTINGS = ("config.train.progress", "config.train.log")
+
+
+def setting_changes(made: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted name, value in ``made``, value in ``settings``) of every setting that differs between a run.json
+    and the settings of a run asked for now (``config`` without the later settings at their defaults); the
+    fingerprint and origin of the run.json are not settings."""
+    def plain(run: dict[str, Any]) -> dict[str, Any]:
+        kept = {k: v for k, v in run.items() if k not in ("fingerprint", "origin")}
+        if isinstance(kept.get("config"), dict):
+            kept["config"] = without_later_absent(kept["config"])
+        return kept
+
+    changes: list[tuple[str, Any, Any]] = []
+
+    def walk(before: Any, after: Any, name: str) -> None:
+        if isinstance(before, dict) and isinstance(after, dict):
+            for key in sorted(set(before) | set(after), key=str):
+                walk(before.get(key), after.get(key), f"{name}.{key}" if name else str(key))
+        elif before != after:
+            changes.append((name, before, after))
+
+    walk(plain(made), plain(settings), "")
+    return changes
+
+
+def _ignorable(name: str, command: Any) -> bool:
+    """A change that does not stop a run from resuming: how it reports progress; a fine-tuning's ``pretrain``
+    section (never read there: runs started before ``--pretrain.*`` was refused in fine-tuning, with a
+    ``--config`` file's or a report's pre-training settings, still resume); a pre-training's ``eval`` section
+    (it never validates)."""
+    return name in PRESENTATION_SETTINGS or (command == "finetune" and name.startswith("config.pretrain.")) \
+        or (command == "pretrain" and name.startswith("config.eval."))
+
+
 def same_settings(made: dict[str, Any], settings: dict[str, Any]) -> bool:
-    """Whether the run.json ``made`` was written for ``settings``: the same fingerprint, or for a fine-tuning one
-    that differs only in its ``pretrain`` section, which fine-tuning never reads (runs started before
-    ``--pretrain.*`` was refused there, with a ``--config`` file's or a report's pre-training settings, still
-    resume under the fingerprint they started with: ``recorded_fingerprint``)."""
+    """Whether the run.json ``made`` was written for ``settings``: the same fingerprint, or settings that differ
+    only where a run may resume under other values (``_ignorable``; the run's checkpoints keep the fingerprint
+    it started with: ``recorded_fingerprint``)."""
     if made.get("fingerprint") == fingerprint(settings):
         return True
-    config, before = settings.get("config"), made.get("config")
-    if settings.get("command") != "finetune" or not isinstance(config, dict) or not isinstance(before, dict) \
-            or not isinstance(before.get("pretrain"), dict):
-        return False
-    return made.get("fingerprint") == fingerprint({**settings, "config": {**config, "pretrain": before["pretrain"]}})
+    changes = setting_changes(made, settings)
+    return all(_ignorable(name, settings.get("command")) for name, _, _ in changes)
+
+
+def describe_changes(made: dict[str, Any], settings: dict[str, Any], limit: int = 4) -> str:
+    """``train.epochs: 50 -> 40; text.pooling: 'mean' -> 'cls'``: what keeps a run from resuming."""
+    changes = [c for c in setting_changes(made, settings) if not _ignorable(c[0], settings.get("command"))]
+    told = [f"{name.removeprefix('config.')}: {json.dumps(before)} -> {json.dumps(after)}"
+            for name, before, after in changes[:limit]]
+    more = f"; and {len(changes) - limit} more" if len(changes) > limit else ""
+    return "; ".join(told) + more
 
 
 def recorded_fingerprint(folder: Path, settings: dict[str, Any]) -> str:
@@ -93,9 +135,16 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
             previous = read_json(out / "run.json", "pass --overwrite to start the run again")
             if (out / "metrics.json").exists():
                 raise UnisrecError(f"{out}: run already finished; pass --overwrite to train it again")
+            if not same_settings(previous, settings) and _never_started(out):
+                # a start that failed before its first step (a bad --init, a missing text model) left only its
+                # run.json: nothing to keep, so the corrected command starts afresh instead of being refused
+                made = {"fingerprint": fingerprint(settings), **settings, **({"origin": origin} if origin else {})}
+                atomic_write_json(out / "run.json", made)
+                return work
             if not same_settings(previous, settings):
                 raise UnisrecError(
-                    f"{out}: holds an unfinished run with different settings; pass --overwrite or choose another --out"
+                    f"{out}: holds an unfinished run with different settings ({describe_changes(previous, settings)}); "
+                    "run it with its own settings to resume it, or pass --overwrite, or choose another --out"
                 )
             _check_origin(out, previous, origin)
             return work
@@ -153,6 +202,11 @@ def _check_origin(folder: Path, started: dict[str, Any], origin: dict[str, Any] 
     if changed:
         raise UnisrecError(f"{folder}: its unfinished run started from other inputs ({', '.join(changed)} changed "
                            "since: trained again with other settings); pass --overwrite to start it again")
+
+
+def _never_started(folder: Path) -> bool:
+    """Whether the run folder ``folder`` holds nothing but its run.json: no checkpoint, no epoch log, no weights."""
+    return all(path.name == "run.json" for path in folder.iterdir())
 
 
 def _resumable(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
