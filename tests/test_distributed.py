@@ -98,6 +98,16 @@ def test_finetune_two_processes_equal_one(tmp_path: Path, tiny_lm_dir: Path, rep
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=atol, msg=name)
 
 
+def test_textknn_under_two_processes_equals_one(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """Nothing trains in text kNN: torchrun wrapped it for gradient synchronisation anyway, and the wrapper refused
+    a model without trainable weights (a traceback on every rank)."""
+    data = str(prepare_synthetic(tmp_path / "d", seed=4))
+    common = ["finetune", data, "--mode", "textknn", "--text-model", str(tiny_lm_dir), *MODEL_NO_NOISE]
+    one = _run([*common, "--out", str(tmp_path / "one")], 1)
+    two = _run([*common, "--out", str(tmp_path / "two")], 2)
+    assert two["test"] == one["test"] and two["valid"] == one["valid"]
+
+
 def test_two_processes_replace_a_run_a_kill_left_aside_in_staging(tmp_path: Path, tiny_lm_dir: Path) -> None:
     """Killed between --overwrite's renames (the old run aside, nothing at --out), then run again with --overwrite
     under torchrun: rank 0 restores the old run and picks the staging folder; every rank must train there

@@ -243,6 +243,35 @@ def test_a_damaged_checkpoint_is_a_one_line_error(synthetic_dataset: Path, tmp_p
         _fit(synthetic_dataset, run)
 
 
+def test_damaged_weights_and_run_files_are_one_line_errors(synthetic_dataset: Path, tmp_path: Path, tiny_lm_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A truncated model.safetensors (of a run to evaluate, or of an --init) raised safetensors' own error with a
+    traceback, and a run.json holding a list an AttributeError."""
+    from unisrec.cli import main
+
+    run = tmp_path / "run"
+    argv = [str(synthetic_dataset), "--mode", "inductive", *[f"--{o}" for o in SMALL], "--train.epochs=1",
+            "--text-model", str(tiny_lm_dir), "--pooling", "mean"]
+    assert main(["finetune", *argv, "--out", str(run)]) == 0
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    for command in (["evaluate", str(run), str(synthetic_dataset)],
+                    ["finetune", *argv, "--out", str(tmp_path / "from"), "--init", str(run)]):
+        capsys.readouterr()
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert f"{weights}: damaged weights file (" in err and err.strip().endswith("save or train the run again")
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "run.json").write_text("[]")
+    (listed / "train.log").write_text("")
+    capsys.readouterr()
+    assert main(["finetune", *argv, "--out", str(listed)]) == 2
+    assert capsys.readouterr().err.strip() == (f"unisrec finetune: error: {listed / 'run.json'}: damaged (holds a JSON "
+                                               "list, not an object); pass --overwrite to start the run again")
+
+
 def test_a_run_left_aside_by_a_kill_is_replaced_in_staging(synthetic_dataset: Path, tmp_path: Path) -> None:
     """Killed between finish_run_dir's renames (the old run aside, nothing at --out), then run again with
     --overwrite: the old run comes back, and the new one trains beside it, not into it."""

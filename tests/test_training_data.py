@@ -307,3 +307,27 @@ def test_training_curves_are_written_as_tensorboard_events(tmp_path: Path, tiny_
     assert valid == pytest.approx(logged)  # the same numbers as train.log, one per epoch
     finetune(data, "inductive", tmp_path / "plain", overrides=[*SMALL, *text, "train.log=jsonl"])
     assert not (tmp_path / "plain" / "tensorboard").exists() and (tmp_path / "plain" / "train.log").exists()
+
+
+def test_a_resumed_run_logs_each_step_and_epoch_once_in_its_curves(tmp_path: Path) -> None:
+    """Steps a kill made the run train again were logged twice in the event files (train.log was trimmed)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from unisrec.train import CurveWriter
+
+    first = CurveWriter(tmp_path, "tensorboard", enabled=True, every=1)
+    for step in range(1, 9):  # epoch 1 is steps 1-4; killed at step 8, its last checkpoint at step 6
+        first.step(step, loss=10.0 - step, lr=1e-3)
+        if step == 4:
+            first.epoch({"epoch": 1, "lr": 1e-3, "train_loss": 7.0, "valid": {"ndcg@10": 0.1}})
+    first.close()
+    resumed = CurveWriter(tmp_path, "tensorboard", enabled=True, every=1, resume_step=6)
+    for step in range(7, 9):
+        resumed.step(step, loss=100.0 + step, lr=1e-3)
+    resumed.epoch({"epoch": 2, "lr": 1e-3, "train_loss": 5.0, "valid": {"ndcg@10": 0.2}})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    steps = [(e.step, e.value) for e in events.Scalars("step/loss")]
+    assert steps == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0), (5, 5.0), (6, 4.0), (7, 107.0), (8, 108.0)]
+    assert [(e.step, round(e.value, 3)) for e in events.Scalars("valid/ndcg@10")] == [(1, 0.1), (2, 0.2)]

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unisrec.atomic import atomic_write, atomic_write_json
@@ -34,6 +35,15 @@ MODEL_FORMAT_VERSION = 1
 # an ID table, the mean text vector (model.center_text) and the repeat offsets (model.repeat_bias) belong to one
 # catalogue: never transferred
 DOMAIN_SPECIFIC_PREFIX = ("item_id.", "text_center", "repeat_weight")
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file that unisrec saved; a truncated or edited file is an error naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnisrecError(f"{path}: damaged weights file ({first}); save or train the run again") from None
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -175,7 +185,7 @@ def load_transferable(model: SequenceModel, init_dir: Path, parts: str = "all") 
     path = init_dir / "model.safetensors"
     if not path.exists():
         raise UnisrecError(f"{path}: missing; --init expects a run folder of `unisrec pretrain` or `finetune`")
-    found = {k: v for k, v in load_file(str(path)).items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
+    found = {k: v for k, v in read_weights(path).items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(DOMAIN_SPECIFIC_PREFIX)}
     check_state(expected, found, str(path))
     found = {k: v for k, v in found.items() if k.startswith(TRANSFER_PARTS[parts])}
@@ -207,7 +217,11 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         elif not items_path.exists():
             raise UnisrecError(f"{items_path}: missing; the model needs its item text vectors")
         else:
-            text = load_file(str(items_path))["item_text"]
+            saved = read_weights(items_path)
+            if "item_text" not in saved:
+                raise UnisrecError(f"{items_path}: damaged weights file (no item_text tensor); save or train the run "
+                                   "again")
+            text = saved["item_text"]
             expected = (n_items, int(config["text_dim"]))
             if tuple(text.shape) != expected:
                 shape = tuple(text.shape)
@@ -216,7 +230,7 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     weights_path = directory / "model.safetensors"
     if not weights_path.exists():
         raise UnisrecError(f"{weights_path}: missing")
-    state = load_file(str(weights_path))
+    state = read_weights(weights_path)
     check_state(model.state_dict(), state, str(weights_path))
     model.load_state_dict(state, strict=True)
     return model.to(torch_device), config

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from unisrec.analysis import save_ranks
@@ -49,7 +48,14 @@ from unisrec.batches import (
     training_windows,
     window_items,
 )
-from unisrec.checkpoint import load_transferable, read_model_config, read_text_config, save_pretrained, save_tensors
+from unisrec.checkpoint import (
+    load_transferable,
+    read_model_config,
+    read_text_config,
+    read_weights,
+    save_pretrained,
+    save_tensors,
+)
 from unisrec.config import (
     MODE_ARCHITECTURE,
     MODES,
@@ -68,7 +74,7 @@ from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, final_evaluation
 from unisrec.interpolate import choose_interpolation, snapshot
-from unisrec.json_io import read_json
+from unisrec.json_io import read_json, read_json_object
 from unisrec.losses import distance_to_start, full_softmax_ce, withhold_items
 from unisrec.model import SequenceModel, add_offsets
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
@@ -486,7 +492,7 @@ def finetune(
     staged = 0  # with --overwrite the old run stays whole until this one ends: this one goes to staging_dir
     if dist.is_main:
         made = init_dir / "run.json" if init_dir is not None else None  # a saved model may come without one
-        origin = {"init_fingerprint": read_json(made).get("fingerprint")} if made and made.exists() else None
+        origin = {"init_fingerprint": read_json_object(made).get("fingerprint")} if made and made.exists() else None
         # the folder it chose: a run that a kill left aside is moved back first, so no one guesses it before
         if overwrite and adopt_finished_replacement(final, settings, origin):
             staged = ADOPTED
@@ -523,7 +529,7 @@ def finetune(
     trainable = set_trainable(model, config.train, freeze_encoder=config.train.freeze == "encoder")
     model.to(device)
     wrapped: torch.nn.Module = model
-    if dist.enabled:
+    if dist.enabled and trainable:  # nothing to synchronise without trainable weights (textknn): not wrapped
         device_ids = [device.index] if device.type == "cuda" else None
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
@@ -566,7 +572,7 @@ def finetune(
         )
     dist.barrier()
     tuned_path = out / FINETUNED_WEIGHTS  # with train.interpolate: the fine-tuned best, kept beside the mixture
-    best = load_file(str(tuned_path if start and tuned_path.exists() else out / "model.safetensors"))
+    best = read_weights(tuned_path if start and tuned_path.exists() else out / "model.safetensors")
     model.load_state_dict(best, strict=True)
     interpolation: InterpolationRecord | None = None
     if start:

@@ -18,3 +18,13 @@ def read_json(path: Path, hint: str = "") -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
         raise UnisrecError(f"{path}: damaged, not valid JSON ({reason})" + (f"; {hint}" if hint else "")) from None
+
+
+def read_json_object(path: Path, hint: str = "") -> dict[str, Any]:
+    """``read_json`` of a file that must hold a JSON object (run.json, metrics.json, ...): a list or a string there
+    is a damaged file, named, not an AttributeError further on."""
+    content = read_json(path, hint)
+    if not isinstance(content, dict):
+        raise UnisrecError(f"{path}: damaged (holds a JSON {type(content).__name__}, not an object)"
+                           + (f"; {hint}" if hint else ""))
+    return content

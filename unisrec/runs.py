@@ -14,7 +14,7 @@ import torch
 from unisrec.atomic import atomic_write_json, clean_stale
 from unisrec.config import without_later_absent
 from unisrec.errors import UnisrecError
-from unisrec.json_io import read_json
+from unisrec.json_io import read_json_object
 from unisrec.locking import hold_folder
 from unisrec.train import clear_checkpoint
 
@@ -87,7 +87,7 @@ def recorded_fingerprint(folder: Path, settings: dict[str, Any]) -> str:
     """The fingerprint a run's checkpoints carry: its run.json's (``same_settings`` chose to resume it), or that of
     ``settings`` for a folder without one."""
     made = folder / "run.json"
-    recorded = read_json(made).get("fingerprint") if made.exists() else None
+    recorded = read_json_object(made).get("fingerprint") if made.exists() else None
     return recorded if isinstance(recorded, str) else fingerprint(settings)
 
 
@@ -132,7 +132,7 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
         if overwrite:  # nothing to keep: a leftover staging folder of an earlier overwrite is stale
             shutil.rmtree(staging_dir(out), ignore_errors=True)
         if out.exists() and any(out.iterdir()):
-            previous = read_json(out / "run.json", "pass --overwrite to start the run again")
+            previous = read_json_object(out / "run.json", "pass --overwrite to start the run again")
             if (out / "metrics.json").exists():
                 raise UnisrecError(f"{out}: run already finished; pass --overwrite to train it again")
             if not same_settings(previous, settings) and _never_started(out):
@@ -168,14 +168,14 @@ def adopt_finished_replacement(out: Path, settings: dict[str, Any], origin: dict
     (the card). A staged run with other settings or inputs is left to ``open_run_dir`` (which deletes it)."""
     hold_folder(out)
     if recover_finish(out):  # killed between finish_run_dir's renames: the replacement is at ``out`` now
-        moved = read_json(out / "run.json", "pass --overwrite to start the run again")
+        moved = read_json_object(out / "run.json", "pass --overwrite to start the run again")
         return same_settings(moved, settings) and not _changed_origin(moved, origin)
     work = staging_dir(out)
     if not ((work / "metrics.json").exists() and (work / "run.json").exists()):
         return False
     if out.exists() and any(out.iterdir()) and not (out / "run.json").exists():
         return False  # not a unisrec run: open_run_dir refuses to replace it
-    made = read_json(work / "run.json", "pass --overwrite to start the run again")
+    made = read_json_object(work / "run.json", "pass --overwrite to start the run again")
     if not same_settings(made, settings) or _changed_origin(made, origin):
         return False
     clear_checkpoint(work)
@@ -213,7 +213,7 @@ def _resumable(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     """The run.json of the unfinished run with these settings that ``folder`` holds, else None."""
     if (folder / "metrics.json").exists() or not (folder / "run.json").exists():
         return None
-    previous = read_json(folder / "run.json", "pass --overwrite to start the run again")
+    previous = read_json_object(folder / "run.json", "pass --overwrite to start the run again")
     return previous if same_settings(previous, settings) else None
 
 

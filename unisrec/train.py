@@ -252,7 +252,7 @@ def fit(
     elif run_dir is not None and dist.is_main:  # from the start: what a run killed before its first checkpoint
         trim_log(run_dir / "train.log", 0)  # logged (its first epoch) is logged again
     write = dist.is_main and run_dir is not None
-    curves = CurveWriter(run_dir, config.log, enabled=write)
+    curves = CurveWriter(run_dir, config.log, enabled=write, resume_step=state.global_step)
 
     def save() -> None:
         if checkpoint is not None:
@@ -386,7 +386,9 @@ class CurveWriter:
     """TensorBoard event files in ``RUN/tensorboard`` (``train.log``): every loss term (per domain too), the
     learning rate and the validation metrics per epoch, and the loss every ``every`` steps."""
 
-    def __init__(self, run_dir: Path | None, mode: str, enabled: bool, every: int = 20) -> None:
+    def __init__(self, run_dir: Path | None, mode: str, enabled: bool, every: int = 20, resume_step: int = 0) -> None:
+        """``resume_step``: the global step a resumed run goes on from; the events an earlier process logged
+        after it (the steps a kill made it train again) are dropped, so that no step has two points."""
         self.writer: Any = None
         self.every = every
         if run_dir is None or not enabled or mode == "jsonl":
@@ -398,7 +400,8 @@ class CurveWriter:
                 raise UnisrecError("train.log=tensorboard needs the tensorboard package: "
                                    "pip install 'unisrec[tensorboard]'") from None
             return
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        # purge_step: events at later steps are dropped (and epoch scalars, at steps 1..epochs <= resume_step, kept)
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def step(self, global_step: int, loss: float, lr: float) -> None:
         if self.writer is not None and global_step % self.every == 0:
