@@ -117,6 +117,13 @@ def test_report_end_to_end_then_reuses_runs_then_regenerates_from_records_alone(
     assert (out / "runs" / "sasrec" / "seed-1" / "ranks_test.npy").exists()
     assert (results / "pretrain-other-pt-seed-7.json").exists()
     assert (results / "zeroshot-zero-shot-seed-2.json").exists()
+    # each record and card names the run's own command (was the whole `unisrec report ...` invocation)
+    runs = {(r.kind, r.name, r.seed): r for r in plan_runs(load_report_config(config_path), out)}
+    assert json.loads((results / "finetune-unisrec-seed-2.json").read_text())["command"] == \
+        runs[("finetune", "unisrec", 2)].command()
+    pre_command = runs[("pretrain", "other-pt", 7)].command()
+    assert json.loads((results / "pretrain-other-pt-seed-7.json").read_text())["command"] == pre_command
+    assert f"```bash\n{pre_command}\n```" in (out / "pretrain" / "other-pt" / "seed-7" / "README.md").read_text()
     # the long-tail cells are the per-group counts of the records, equal to the metrics of the ranks
     record = json.loads((results / "finetune-sasrec-seed-1.json").read_text())
     from unisrec.analysis import load_ranks, split_targets, training_frequency
@@ -387,6 +394,49 @@ def test_shared_pretraining_overrides_go_to_the_pretrainings_only(tmp_path: Path
     assert {r.kind for r in runs} >= {"pretrain", "finetune", "zeroshot"}
 
 
+def test_the_planned_prepare_command_of_a_unisrec_folder_runs(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """The planned command gave --user-core / --item-core to a unisrec-format folder, which prepare refuses."""
+    import shlex
+
+    from test_format_unisrec import write_tiny
+
+    config_path = _config(tmp_path, tiny_lm_dir, datasets={"target": {"source": "uni", "format": "unisrec"}},
+                          pretrain={}, experiments=[{"name": "scratch", "dataset": "target", "mode": "inductive"}],
+                          long_tail=None, transfer=None)
+    write_tiny(tmp_path / "data" / "uni")
+    run = next(r for r in plan_runs(load_report_config(config_path), tmp_path / "out") if r.kind == "prepare")
+    assert "--user-core" not in run.command()
+    assert main(shlex.split(run.command())[1:]) == 0 and (run.out / "dataset.json").exists()
+
+
+def test_two_runners_of_one_results_folder_are_refused(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """--out was locked, the results folder not: two runners with other --out folders trained the same runs and
+    wrote the same records."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config_path = _config(tmp_path, tiny_lm_dir)
+    results = tmp_path / "results"
+    results.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from unisrec.locking import hold_results\nhold_results(Path(sys.argv[1]))\n"
+                               "print('held', flush=True)\ntime.sleep(60)", str(results)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(UnisrecError, match=rf"^{results} \(the records of a report runner\): in use by process "
+                                               rf"{holder.pid}$"):
+            run_report(config_path, tmp_path / "other-out", results_dir=results, only=["sasrec"])
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert not (tmp_path / "other-out" / "runs").exists()  # refused before anything ran
+    assert sorted(p.name for p in results.iterdir()) == [".runner.lock"]
+    run_report(config_path, tmp_path / "other-out", results_dir=results, dry_run=True)  # a dry run takes no lock
+
+
 def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
     bad = {"experiments": [{"name": "a", "dataset": "target", "mode": "inductive", "init": "b"},
                            {"name": "b", "dataset": "target", "mode": "zesrec"}]}
@@ -397,6 +447,30 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
                                                                         "mode": "bert"}]))
     with pytest.raises(ConfigError, match="unknown key 'seed'"):
         load_report_config(_config(tmp_path, tiny_lm_dir, seed=[1]))
+    experiments = yaml.safe_load(_config(tmp_path, tiny_lm_dir).read_text())["experiments"]
+    elsewhere = [*experiments, {"name": "other-scratch", "dataset": "other", "mode": "inductive"}]
+    for bad_config, message in (
+            ({"experiments": [*elsewhere[:3], {**elsewhere[3], "reference": "other-scratch"}, *elsewhere[4:]]},
+             "experiment 'unisrec': reference 'other-scratch' is on dataset 'other', not 'target': a relative "
+             "change compares runs on one dataset"),
+            ({"experiments": elsewhere, "transfer": {"baseline": "other-scratch", "experiments": ["unisrec"]}},
+             "transfer: experiment 'unisrec' is on dataset 'target', the baseline 'other-scratch' on 'other': a "
+             "transfer is judged on one dataset"),
+            ({"transfer": {"baseline": "zero-shot", "experiments": ["unisrec"]}},
+             "transfer.baseline 'zero-shot' starts from 'other-pt': the baseline of a transfer is trained from "
+             "scratch"),
+            ({"experiments": [*experiments, {"name": "after", "dataset": "target", "mode": "inductive",
+                                             "init": "zero-shot"}]},
+             "experiment 'after': init 'zero-shot' is a zero-shot evaluation, which trains no model to start "
+             "from"),
+            ({"pretrain": {"other-pt": {"datasets": ["other"], "seed": -1}}},
+             "pretrain.other-pt.seed must be an integer >= 0, got -1"),
+            ({"pretrain": {7: {"datasets": ["other"]}}}, "pre-training name 7: use letters, digits"),
+            ({"experiments": [*experiments[:2], {**experiments[2], "record": "report"}, *experiments[3:]]},
+             "experiment 'scratch': record 'report' is the name of a file the report writes itself")):
+        with pytest.raises(ConfigError) as refused:
+            load_report_config(_config(tmp_path, tiny_lm_dir, **bad_config))
+        assert message in str(refused.value), (message, str(refused.value))
     unisrec_folder = {"target": {"source": "target", "format": "unisrec", "user_core": 10}}
     with pytest.raises(ConfigError, match=r"datasets.target.user_core does not apply to format unisrec \(its folder "
                                           r"is already filtered and split\): remove it"):
@@ -981,3 +1055,18 @@ def test_saved_ranks_load_back_and_a_damaged_file_is_a_clear_error(tmp_path: Pat
         load_ranks(tmp_path)
     with pytest.raises(UnisrecError, match=r"missing; .*eval\.test=false"):
         load_ranks(tmp_path / "none")
+
+
+def test_the_report_names_the_selection_metric_the_runs_used() -> None:
+    """It said "Model selection on validation ndcg@10" whatever train.select_metric the runs had."""
+    from unisrec.report_writer import _selection_sentence
+
+    def run(metric: str | None) -> dict[str, object]:
+        return {"config": {"train": {} if metric is None else {"select_metric": metric}}}
+
+    assert _selection_sentence({"a": {1: run(None)}, "b": {1: run("ndcg@10")}}) == \
+        "Model selection on validation ndcg@10."
+    assert _selection_sentence({"a": {1: run("recall@10"), 2: run("recall@10")}}) == \
+        "Model selection on validation recall@10."
+    assert _selection_sentence({"a": {1: run("recall@10")}, "b": {1: run(None)}, "c": {1: run("recall@10")}}) == \
+        "Model selection on validation ndcg@10 (b); recall@10 (a, c)."

@@ -430,7 +430,8 @@ def _adopted(final: Path, settings: dict[str, Any], init_dir: Path | None, train
     (``adopt_finished_replacement``): its card written again, and the pre-trained run's card told (``init_dir``)."""
     metrics = cast(FinetuneMetrics, read_json(final / "metrics.json"))
     if dist.is_main:
-        write_finetune_card(final, settings, metrics)
+        recorded = metrics.get("command")  # the command that trained it, not this one's
+        write_finetune_card(final, settings, metrics, recorded if isinstance(recorded, str) else None)
         print(f"{final}: the replacement trained by an interrupted --overwrite had finished; moved in, not trained "
               "again", file=sys.stderr)
         _announce_finished(final, metrics, init_dir, train)
@@ -450,13 +451,15 @@ def finetune(
     overwrite: bool = False,
     replay: Sequence[str | Path] = (),
     card: bool = True,
+    command: str | None = None,
 ) -> FinetuneMetrics:
     """Train on ``data_dir`` and write the run folder ``out``; returns its metrics ({"valid": ..., "test": ...}).
 
     ``overrides``: dotted settings on top of ``config`` (``"train.lr=3e-4"``, ``"text.pooling=mean"``).
     ``replay``: pre-training corpus folders replayed with weight ``train.replay`` (``CorpusReplay``).
     ``card``: with ``init``, add the test result to the pre-trained run's card (``unisrec report --verify``
-    reruns into a temporary folder without).
+    reruns into a temporary folder without). ``command``: the command line that makes this run, for its metrics
+    and card (default: this process's; ``unisrec report`` gives each run's own ``unisrec finetune ...``).
     """
     init_dir = Path(init) if init is not None else None
     base = config or RunConfig()
@@ -607,14 +610,14 @@ def finetune(
         "seed": config.train.seed,
         "dataset": dataset.name,
         "device": str(device),
-        "command": command_line(),
+        "command": command or command_line(),
         "code": code,
     }
     if dist.is_main:
         if final_eval.test_ranks is not None:
             save_ranks(out, final_eval.test_ranks)
         atomic_write_json(out / "metrics.json", metrics)
-        write_finetune_card(out, settings, metrics)
+        write_finetune_card(out, settings, metrics, command)
         clear_checkpoint(out)
         finish_run_dir(out, final)
         _announce_finished(final, metrics, init_dir if card else None, config.train)

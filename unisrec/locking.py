@@ -65,6 +65,12 @@ def hold_folder(folder: Path) -> None:
     hold(folder_lock(folder), str(folder))
 
 
+def hold_results(folder: Path) -> None:
+    """Lock a report's results folder (``.runner.lock`` in it) for one runner: two runners with other ``--out``
+    folders would otherwise train the same runs and write the same records."""
+    hold(folder / ".runner.lock", f"{folder} (the records of a report runner)")
+
+
 @contextmanager
 def holding_folder(folder: Path) -> Iterator[None]:
     """``hold_folder`` for a block: the lock is let go after it (unless this process held it already), so that a

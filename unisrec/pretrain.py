@@ -400,11 +400,13 @@ def pretrain(
     overrides: list[str] | None = None,
     max_steps: int = 0,
     overwrite: bool = False,
+    command: str | None = None,
 ) -> PretrainMetrics:
     """Pre-train a text-only UniSRec on the datasets ``data_dirs`` and write the run folder ``out``.
 
     ``config`` defaults to the recipe (``recipe_config()``); ``overrides`` (``"train.epochs=2"``,
-    ``"text.pooling=mean"``) apply on top.
+    ``"text.pooling=mean"``) apply on top. ``command``: the command line that makes this run, for its metrics and
+    card (default: this process's; ``unisrec report`` gives each run's own ``unisrec pretrain ...``).
     """
     config, settings = pretrain_settings(data_dirs, config or recipe_config(), overrides or [], max_steps)
     code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
@@ -426,7 +428,7 @@ def pretrain(
     if staged == ADOPTED:  # finished before a kill stopped its move into place: moved in now, not trained again
         adopted = cast(PretrainMetrics, read_json(final / "metrics.json"))
         if dist.is_main:
-            write_pretrain_card(final, settings, adopted)
+            write_pretrain_card(final, settings, adopted, command)
             print(f"{final}: the replacement trained by an interrupted --overwrite had finished; moved in, not "
                   f"trained again ({adopted['steps']} steps over {len(adopted['domains'])} domains)", file=sys.stderr)
         dist.barrier()
@@ -478,12 +480,12 @@ def pretrain(
         "world_size": dist.world_size,
         "history": state.history,
         "seed": config.train.seed,
-        "command": command_line(),
+        "command": command or command_line(),
         "code": code,
     }
     if dist.is_main:
         atomic_write_json(out / "metrics.json", metrics)
-        write_pretrain_card(out, settings, metrics)
+        write_pretrain_card(out, settings, metrics, command)
         clear_checkpoint(out)
         finish_run_dir(out, final)
         print(f"pre-trained {state.global_step} steps over {len(corpus.names)} domains", file=sys.stderr)

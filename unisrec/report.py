@@ -44,7 +44,7 @@ from unisrec.config import (
 )
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
-from unisrec.locking import hold_folder
+from unisrec.locking import hold_folder, hold_results
 from unisrec.pretrain import recipe_config
 from unisrec.records import read_record, write_record
 from unisrec.report_config import ReportConfig, load_report_config
@@ -127,7 +127,8 @@ class PlannedRun:
         if isinstance(a, PrepareArgs):
             words = ["unisrec", "prepare", a.source, "--format", a.format, "--out", str(self.out)]
             words += ["--name", a.name] if a.name else []
-            words += ["--user-core", str(a.user_core), "--item-core", str(a.item_core)]
+            if a.format != "unisrec":  # a unisrec folder is already filtered: prepare refuses the cores there
+                words += ["--user-core", str(a.user_core), "--item-core", str(a.item_core)]
             return shlex.join(words)
         if self.kind == "zeroshot":
             return f"# zero-shot: evaluate {a.init} on {a.data[0]} (Python: unisrec.report.zero_shot_run)"
@@ -307,13 +308,14 @@ def _run_planned(run: PlannedRun, overwrite: bool, card: bool = True) -> None:
     if run.kind == "pretrain":
         from unisrec.pretrain import pretrain
 
-        pretrain(list(a.data), run.out, config=config, overrides=overrides, overwrite=overwrite)
+        pretrain(list(a.data), run.out, config=config, overrides=overrides, overwrite=overwrite,
+                 command=run.command())
     elif run.kind == "finetune":
         from unisrec.finetune import finetune
 
         assert a.mode is not None
         finetune(a.data[0], a.mode, run.out, config=config, overrides=overrides, init=a.init, overwrite=overwrite,
-                 card=card)
+                 card=card, command=run.command())
     else:
         assert a.init is not None
         if run.out.exists():
@@ -776,7 +778,8 @@ def run_report(
     assert out is not None
     out = Path(out)
     if not dry_run:
-        hold_folder(out)  # one report runner per report folder
+        hold_folder(out)  # one report runner per report folder ...
+        hold_results(Path(results_dir))  # ... and per results folder, whatever its --out
     runs = plan_runs(config, out, only)
     groups = config.long_tail.groups if config.long_tail is not None else 5
 

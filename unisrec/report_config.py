@@ -263,7 +263,7 @@ def check_report_config(config: ReportConfig, where: str) -> None:
             fail(f"metrics: {metric!r} is not recall@K, ndcg@K, mrr@K, cold_recall@K or cold_ndcg@K with K one of "
                  f"eval.ks {list(ks)} (the records hold no other)")
     for name, dataset in config.datasets.items():
-        if not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.match(name):
             fail(f"dataset name {name!r}: use letters, digits and _ . + -")
         if (dataset.source is None) == (dataset.path is None):
             fail(f"datasets.{name}: give exactly one of source (to prepare) or path (a processed folder)")
@@ -278,8 +278,10 @@ def check_report_config(config: ReportConfig, where: str) -> None:
         if dataset.paper is not None and dataset.paper not in PAPER_TABLE2:
             fail(f"datasets.{name}.paper: {dataset.paper!r} is not in the paper's Table 2 ({', '.join(PAPER_TABLE2)})")
     for name, pre in config.pretrain.items():
-        if not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.match(name):
             fail(f"pre-training name {name!r}: use letters, digits and _ . + -")
+        if pre.seed is not None and pre.seed < 0:
+            fail(f"pretrain.{name}.seed must be an integer >= 0, got {pre.seed!r}")
         for d in pre.datasets:
             if d not in config.datasets:
                 fail(f"pretrain.{name}: unknown dataset {d!r}")
@@ -303,12 +305,17 @@ def check_report_config(config: ReportConfig, where: str) -> None:
             fail(f"{at}: unknown mode {e.mode!r} (one of {', '.join(MODES)})")
         if e.init is not None and e.init not in config.pretrain and e.init not in seen:
             fail(f"{at}: init {e.init!r} is neither a pre-training nor an earlier experiment")
+        if e.init is not None and e.init not in config.pretrain and config.experiment(e.init).command == "zeroshot":
+            fail(f"{at}: init {e.init!r} is a zero-shot evaluation, which trains no model to start from")
         if e.command == "zeroshot" and e.init is None:
             fail(f"{at}: command zeroshot needs init")
         if e.paper is not None and e.paper not in PAPER_TABLE2["Scientific"]:
             fail(f"{at}: paper must be one of {', '.join(PAPER_TABLE2['Scientific'])}")
         if e.reference is not None and e.reference not in {x.name for x in config.experiments}:
             fail(f"{at}: unknown reference {e.reference!r}")
+        if e.reference is not None and config.experiment(e.reference).dataset != e.dataset:
+            fail(f"{at}: reference {e.reference!r} is on dataset {config.experiment(e.reference).dataset!r}, not "
+                 f"{e.dataset!r}: a relative change compares runs on one dataset")
         _check_record(e.record, at, fail)
         run_config = base.with_overrides([*config.overrides, *e.overrides])
         unread = pretraining_overrides(e.overrides) if e.command == "finetune" else []
@@ -354,9 +361,16 @@ def check_report_config(config: ReportConfig, where: str) -> None:
         for name in (transfer.baseline, *transfer.experiments):
             if name not in seen:
                 fail(f"transfer: unknown experiment {name!r}")
+        baseline = config.experiment(transfer.baseline)
+        if baseline.init is not None:
+            fail(f"transfer.baseline {transfer.baseline!r} starts from {baseline.init!r}: the baseline of a transfer "
+                 "is trained from scratch")
         for name in transfer.experiments:
             if config.experiment(name).init not in config.pretrain:
                 fail(f"transfer: experiment {name!r} is not initialised from a pre-training run")
+            if config.experiment(name).dataset != baseline.dataset:
+                fail(f"transfer: experiment {name!r} is on dataset {config.experiment(name).dataset!r}, the baseline "
+                     f"{transfer.baseline!r} on {baseline.dataset!r}: a transfer is judged on one dataset")
         if transfer.metric not in config.metrics:
             fail(f"transfer.metric {transfer.metric!r} is not one of metrics {list(config.metrics)}")
     peer_names: set[str] = set()
@@ -376,3 +390,5 @@ def _check_record(template: str | None, at: str, fail: Any) -> None:
     if not _RECORD.match(template) or template.replace("{seed}", "").count("{") or \
             template.replace("{seed}", "").count("}"):
         fail(f"{at}: record {template!r}: use letters, digits, _ . + - and {{seed}}")
+    if template == "report" or template.endswith(".remade"):  # the summary report.json; a remade run's record
+        fail(f"{at}: record {template!r} is the name of a file the report writes itself: choose another")

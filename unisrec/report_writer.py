@@ -368,6 +368,22 @@ def _have_matplotlib() -> bool:
     return True
 
 
+def _selection_sentence(results: Results) -> str:
+    """"Model selection on validation ndcg@10." from the records' ``train.select_metric`` (default ndcg@10), or
+    per experiment where they differ."""
+    by_metric: dict[str, list[str]] = {}
+    for experiment, seeds in results.items():
+        for record in seeds.values():
+            train = (record.get("config") or {}).get("train") or {}
+            metric = str(train.get("select_metric") or "ndcg@10")
+            if experiment not in by_metric.setdefault(metric, []):
+                by_metric[metric].append(experiment)
+    if len(by_metric) <= 1:
+        return f"Model selection on validation {next(iter(by_metric), 'ndcg@10')}."
+    parts = [f"{metric} ({', '.join(names)})" for metric, names in sorted(by_metric.items())]
+    return f"Model selection on validation {'; '.join(parts)}."
+
+
 def render_report(config: ReportConfig, results_dir: Path, command: str, *,
                   plots_to: Path | None = None) -> tuple[str, dict[str, Any]]:
     """(report.md text, report.json content) from the records in ``results_dir``; ``command`` regenerates it
@@ -380,7 +396,7 @@ def render_report(config: ReportConfig, results_dir: Path, command: str, *,
     lines = [f"<!-- Generated from the run records beside this file by `{command}`; do not edit. -->", "",
              f"# {config.title}", "",
              f"Test metrics, full ranking over all items, mean ± sample std over seeds {list(config.seeds)} "
-             f"({finished} of {len(records.planned)} runs recorded). Model selection on validation ndcg@10. "
+             f"({finished} of {len(records.planned)} runs recorded). {_selection_sentence(results)} "
              "Plots (PNG) are drawn beside this file where matplotlib is installed.", ""]
     for table in config.tables():
         lines += table_section(config, table, results)
