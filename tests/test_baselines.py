@@ -206,14 +206,21 @@ def test_a_setting_the_mode_s_network_does_not_read_is_refused(synthetic_dataset
         load_report_config(report)  # with init too: what the experiment gives is checked
 
 
-def test_zesrec_transfers_zero_shot_and_by_fine_tuning(tmp_path: Path, tiny_lm_dir: Path) -> None:
+def test_zesrec_transfers_zero_shot_and_by_fine_tuning(tmp_path: Path, tiny_lm_dir: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     source, target = prepare_synthetic(tmp_path / "a", seed=1), prepare_synthetic(tmp_path / "b", seed=2, n_items=25)
     text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
     finetune(source, "zesrec", tmp_path / "src", overrides=[*SMALL, *text, "train.epochs=2"])
     model = zero_shot_model(tmp_path / "src", load_processed(target))  # the target's 25 items by their text
     assert isinstance(model, ZESRec) and model.n_items == 25
     zero_shot = evaluate(model, load_processed(target), "test", EvalConfig(ks=(10,)))
-    assert 0.0 <= zero_shot["recall@10"] <= 1.0
+    # the CLI scores it too (the README's "zero-shot on other domains" had no command): the same figures
+    assert main(["evaluate", str(tmp_path / "src"), str(target), "--ks", "10", "--zero-shot"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out.strip().splitlines()[-1]) == pytest.approx(zero_shot, abs=1e-12)
+    assert "(zero-shot: the run's weights as they are, the items by their text)" in printed.err
+    assert main(["evaluate", str(tmp_path / "src"), str(target)]) == 2  # without it: its own items expected
+    assert "items are not the" in capsys.readouterr().err
     metrics = finetune(target, "zesrec", tmp_path / "tuned", init=tmp_path / "src",
                        overrides=[*SMALL, "train.epochs=1", "train.freeze=encoder"])
     assert any(name.startswith("mlp.") for name in metrics["transferred_parameters"])

@@ -78,6 +78,29 @@ def test_validation_only_run_is_scored_once_like_a_full_run(tmp_path: Path, tiny
     assert json.loads((chosen / "metrics.json").read_text()) == saved
 
 
+def test_save_refuses_another_dataset_than_the_runs(tmp_path: Path, tiny_lm_dir: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A dataset with the run's item ids but other users was scored and saved, and the run's test, read once,
+    could not be scored again with the right one."""
+    import shutil
+
+    data = prepare_synthetic(tmp_path / "d", n_users=60, n_items=30)
+    other = prepare_synthetic(tmp_path / "other", n_users=40, n_items=30, seed=1)  # the same 30 item ids
+    text = ["--text-model", str(tiny_lm_dir), "--pooling", "mean"]
+    chosen = tmp_path / "chosen"
+    code, _, err = _run(capsys, ["finetune", str(data), "--mode", "inductive", "--out", str(chosen), *text, *SMALL,
+                                 "--eval.test=false"])
+    assert code == 0, err
+    code, out, err = _run(capsys, ["evaluate", str(chosen), str(other), "--save"])
+    assert code == 2 and out == "" and err.strip() == (
+        f"unisrec evaluate: error: {other}: not the dataset run {chosen} trained on ({data.resolve()}: other data "
+        "files); give that dataset, whose test split is the run's")
+    assert json.loads((chosen / "metrics.json").read_text())["test"] is None  # nothing saved
+    copy = Path(shutil.copytree(data, tmp_path / "copy"))  # the same data files elsewhere: its test split
+    code, out, err = _run(capsys, ["evaluate", str(chosen), str(copy), "--save"])
+    assert code == 0, err
+
+
 def test_save_needs_the_test_split_and_the_runs_own_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                                              ) -> None:
     data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=10)

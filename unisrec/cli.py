@@ -325,12 +325,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", action="store_true",
                    help="with --split test: score a fine-tuning run made with --eval.test=false once, with its own "
                    "evaluation settings, and write the test metrics into its folder (metrics.json, card)")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="score another domain's items by their text with the run's weights, as they are (a text "
+                   "run: inductive, zesrec, transductive without its ID table; a pre-training is always scored so)")
     p.set_defaults(handler=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from unisrec.evaluate import evaluate_run
 
+    if args.save and args.zero_shot:
+        raise UnisrecError("--save writes a run's own test split; --zero-shot scores another domain: choose one")
     if args.save:
         from unisrec.score_test import score_test
 
@@ -344,7 +349,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except ValueError:
         raise UnisrecError(f"--ks {args.ks!r}: expected comma-separated integers") from None
     metrics = evaluate_run(
-        args.run_dir, args.data_dir, args.split, ks=ks, exclude_seen=args.exclude_seen, device=args.device
+        args.run_dir, args.data_dir, args.split, ks=ks, exclude_seen=args.exclude_seen, device=args.device,
+        zero_shot=args.zero_shot,
     )
     # the protocol of these figures, and where it is not the run's own (its metrics.json), which differs
     kept = "left out of" if args.exclude_seen else "kept in"
@@ -352,7 +358,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     made = args.run_dir / "run.json"
     run = json.loads(made.read_text()) if made.is_file() else {}
     own = bool(run.get("config", {}).get("eval", {}).get("exclude_seen", False))
-    if run.get("command") == "finetune" and own != args.exclude_seen:
+    if args.zero_shot:
+        note += " (zero-shot: the run's weights as they are, the items by their text)"
+    elif run.get("command") == "finetune" and own != args.exclude_seen:
         note += (f" (the run's own figures have them {'left out' if own else 'kept'}: "
                  f"{'with' if own else 'without'} --exclude-seen)")
     print(note, file=sys.stderr)

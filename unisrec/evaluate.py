@@ -311,13 +311,16 @@ def evaluate_run(
     ks: tuple[int, ...] = (10, 20, 50),
     exclude_seen: bool = False,
     device: str = "auto",
+    zero_shot: bool = False,
 ) -> dict[str, float]:
-    """Metrics of a saved run on ``split`` ("valid" or "test") of a processed dataset with the same item list."""
+    """Metrics of a saved run on ``split`` ("valid" or "test") of a processed dataset with the same item list;
+    ``zero_shot``: of any dataset, its items scored by their text with the run's weights as they are
+    (``zero_shot_model``; always so for a pre-trained run, which has no catalogue)."""
     if split not in ("valid", "test"):  # as `unisrec evaluate --split` (a bare KeyError for "TEST" before)
         raise UnisrecError(f"split must be 'valid' or 'test', got {split!r}")
     torch_device = resolve_device(device)
     dataset = load_processed(data_dir)
-    if read_model_config(run_dir)["n_items"] == 0:  # a pre-trained model: zero-shot, items by their text
+    if zero_shot or read_model_config(run_dir)["n_items"] == 0:  # a pre-trained model: items by their text
         model = zero_shot_model(Path(run_dir), dataset).to(torch_device)
         return evaluate(model, dataset, split, EvalConfig(ks=ks, exclude_seen=exclude_seen), torch_device)
     model, _config = from_pretrained(run_dir, torch_device)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from unisrec.atomic import atomic_write_text
+
 SOURCE, TARGET = "ml-1m", "ml-latest-small"
 RELEASED_LATER = [  # real movies released after both datasets were collected: never in any training data
     ("2019:toy-story-4", "Toy Story 4 (2019). Adventure Animation Children Comedy Fantasy"),
@@ -104,7 +106,7 @@ def run(out: Path, *, pretrain_steps: int, epochs: int, patience: int, hidden_si
                                         "lr": lr},
                "cold_start": {k: v for k, v in sample.items() if k != "text"},
                "seconds": round(time.perf_counter() - started, 1)}
-    (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "quickstart.json", json.dumps(summary, indent=2) + "\n")
     _say(f"done in {summary['seconds']:.0f}s; runs in {out / 'runs'}, summary in {out / 'quickstart.json'}", started)
     return summary
 

@@ -46,6 +46,7 @@ def score_test(run_dir: str | Path, data_dir: str | Path, *, device: str = "auto
     config: RunConfig = from_plain(RunConfig, with_later_absent(settings["config"]), f"{run_dir / 'run.json'}")
     dataset = load_processed(data_dir)
     check_run_items(run_dir, dataset, data_dir)
+    _check_same_dataset(run_dir, settings, metrics, Path(data_dir), dataset.name)
     torch_device = resolve_device(device)
     model, _saved = from_pretrained(run_dir, torch_device)
     train = config.train
@@ -61,3 +62,23 @@ def score_test(run_dir: str | Path, data_dir: str | Path, *, device: str = "auto
         record_transfer(Path(settings["init"]), run_dir, metrics, train)
     print(f"{run_dir}: test scored once, written to metrics.json", file=sys.stderr)
     return final.test
+
+
+def _check_same_dataset(run_dir: Path, settings: dict[str, object], metrics: dict[str, object], data_dir: Path,
+                        name: str) -> None:
+    """The test split scored must be that of the dataset the run trained on (a run's test is read once, so a
+    wrong one could not be scored again): its folder, a copy of it (the same data files), or, where that folder
+    is gone, a dataset of its name."""
+    from unisrec.records import data_fingerprint
+
+    trained = Path(str(settings.get("data")))
+    if trained.resolve() == data_dir.resolve():
+        return
+    if trained.is_dir():
+        if data_fingerprint(trained) != data_fingerprint(data_dir):
+            raise UnisrecError(f"{data_dir}: not the dataset run {run_dir} trained on ({trained}: other data "
+                               "files); give that dataset, whose test split is the run's")
+        return
+    if name != metrics.get("dataset"):
+        raise UnisrecError(f"{data_dir}: dataset {name!r}, but run {run_dir} trained on {metrics.get('dataset')!r} "
+                           f"({trained}, gone); give that dataset, whose test split is the run's")
