@@ -116,7 +116,11 @@ def test_report_end_to_end_then_reuses_runs_then_regenerates_from_records_alone(
     assert len(list((out / "pretrain" / "other-pt").glob("seed-*/metrics.json"))) == 1  # shared seed 7
     assert (out / "runs" / "sasrec" / "seed-1" / "ranks_test.npy").exists()
     assert (results / "pretrain-other-pt-seed-7.json").exists()
-    assert (results / "zeroshot-zero-shot-seed-2.json").exists()
+    zero_shot = json.loads((results / "zeroshot-zero-shot-seed-2.json").read_text())
+    # its seed, init, data and per-group counts (None before: it has no run.json; its long-tail cells "not run")
+    assert (zero_shot["seed"], zero_shot["init"], zero_shot["data"]["name"]) == (2, "seed-7", "target")
+    assert sum(row["targets"] for row in zero_shot["long_tail"]) == len(np.load(
+        out / "runs" / "zero-shot" / "seed-2" / "ranks_test.npy"))
     # each record and card names the run's own command (was the whole `unisrec report ...` invocation)
     runs = {(r.kind, r.name, r.seed): r for r in plan_runs(load_report_config(config_path), out)}
     assert json.loads((results / "finetune-unisrec-seed-2.json").read_text())["command"] == \

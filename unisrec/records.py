@@ -139,7 +139,7 @@ def run_record(run_dir: str | Path, *, long_tail_groups: int = 5, plan: dict[str
     metrics = read_json(run_dir / "metrics.json")
     # zero-shot evaluations (``unisrec report``) write metrics only
     settings: dict[str, Any] = (read_json(run_dir / "run.json") if (run_dir / "run.json").exists()
-                                else {"command": "zeroshot"})
+                                else {"command": "zeroshot", "data": metrics.get("data"), "init": metrics.get("init")})
     config_file = run_dir / "config.json"
     text = read_json(config_file).get("text_encoder") if config_file.exists() else None
     data = settings.get("data")
@@ -151,7 +151,7 @@ def run_record(run_dir: str | Path, *, long_tail_groups: int = 5, plan: dict[str
         "command": metrics.get("command") or _card_command(run_dir),
         "mode": settings.get("mode"),
         "init": Path(settings["init"]).name if settings.get("init") else None,
-        "seed": settings.get("config", {}).get("train", {}).get("seed"),
+        "seed": settings.get("config", {}).get("train", {}).get("seed", metrics.get("seed")),
         "config": settings.get("config"),
         # the commit the run read when it started; else the one at record time (marked as such)
         "code": metrics.get("code") or {**git_commit(), "as_of": "record"},

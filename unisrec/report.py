@@ -377,7 +377,8 @@ def zero_shot_run(init: Path, data_dir: Path, out: Path, config: RunConfig) -> d
         raise UnisrecError(f"{out}: a zero-shot run of a report scores the test split (eval.test=false given)")
     metrics = {"valid": final.valid, "test": final.test, "epochs": 0, "best_epoch": 0,
                "seconds_eval": round(final.seconds, 3), "mode": "zeroshot",
-               "seed": config.train.seed, "dataset": dataset.name, "init": str(init)}
+               "seed": config.train.seed, "dataset": dataset.name, "init": str(init),
+               "data": str(Path(data_dir).resolve())}  # what run.json holds for a trained run: its record reads it
     out.mkdir(parents=True, exist_ok=True)
     save_ranks(out, final.test_ranks)
     atomic_write_json(out / "metrics.json", metrics)
