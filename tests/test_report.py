@@ -152,6 +152,15 @@ def test_report_end_to_end_then_reuses_runs_then_regenerates_from_records_alone(
     assert main([*args, "--out", str(out)]) == 0
     assert "13 of 13 runs reused, 0 to run" in capsys.readouterr().err
     text = report.read_text()  # its first line now names the CLI command (with --results)
+    # another number of long-tail groups: the records get its counts from their run folders (nothing trains);
+    # they kept the old count, and the long-tail section said "No record with per-group counts yet"
+    regrouped = tmp_path / "regrouped.yaml"
+    regrouped.write_text(config_path.read_text().replace("groups: 3", "groups: 4"))
+    assert main(["report", str(regrouped), "--results", str(results), "--out", str(out)]) == 0
+    assert len(json.loads((results / "finetune-sasrec-seed-1.json").read_text())["long_tail"]) == 4
+    assert "No record with per-group counts yet" not in report.read_text()
+    assert main([*args, "--out", str(out)]) == 0  # back to 3 groups: the report as it was
+    assert report.read_text() == text
 
     # no run folders, no datasets: the report comes back byte for byte from the records alone
     shutil.rmtree(out)

@@ -98,7 +98,7 @@ def log_curve(log: Path) -> list[dict[str, Any]]:
     return curve
 
 
-def _long_tail(run_dir: Path, data_dir: Path, n_groups: int = 5) -> list[dict[str, Any]] | None:
+def long_tail_counts(run_dir: Path, data_dir: Path, n_groups: int = 5) -> list[dict[str, Any]] | None:
     from unisrec.analysis import RANKS_FILE, popularity_groups, split_targets, training_frequency
     from unisrec.datasets.processed import load_processed
 
@@ -174,7 +174,7 @@ def run_record(run_dir: str | Path, *, long_tail_groups: int = 5, plan: dict[str
     if isinstance(data, str):
         name = metrics.get("dataset") or Path(data).name
         record["data"] = {"name": name, "fingerprint": data_fingerprint(Path(data))}
-        record["long_tail"] = _long_tail(run_dir, Path(data), long_tail_groups)
+        record["long_tail"] = long_tail_counts(run_dir, Path(data), long_tail_groups)
     elif isinstance(data, list):
         record["data"] = [{"name": Path(d).name, "fingerprint": data_fingerprint(Path(d))} for d in data]
     if settings.get("replay"):  # finetune --replay: the corpus replayed, as pre-training records their data

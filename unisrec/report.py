@@ -843,10 +843,31 @@ def run_report(
         exists, plan = stored_plan(run)
         return not exists or (isinstance(plan, dict) and not same_plan(plan, run.spec))
 
+    def regroup(run: PlannedRun) -> None:
+        """A record of another ``long_tail.groups`` gets the counts of this number of groups, from the ranks of its
+        run folder (the same run: the same test metrics), else the long-tail section would stay empty."""
+        name = record_name(run, config)
+        target = results_dir / f"{name}.json"
+        held = read_record(target) if name is not None and run.kind in ("finetune", "zeroshot") else None
+        tail = held.get("long_tail") if held is not None else None
+        if held is None or not isinstance(tail, list) or len(tail) == groups:
+            return
+        ran = read_json(run.out / "metrics.json")
+        if ran.get("test") != held.get("test") or isinstance(run.args, PrepareArgs):
+            return  # a remade run's folder: not the run the record holds
+        from unisrec.records import long_tail_counts
+
+        counts = long_tail_counts(run.out, Path(run.args.data[0]), groups)
+        if counts is not None:
+            atomic_write_json(target, {**held, "long_tail": counts})
+
     for run in runs:  # finished runs without their record (e.g. made before records existed) get one now
         name = record_name(run, config)
-        if run.kind != "prepare" and name is not None and run.status() == "cached" and outdated(run):
-            record(run)
+        if run.kind != "prepare" and name is not None and run.status() == "cached":
+            if outdated(run):
+                record(run)
+            else:
+                regroup(run)
     todo = missing_runs()
     to_run = {run.out for run in todo}
     known = [r for r in runs if r.kind != "prepare" and r.out not in to_run]  # finished, or known from a record
