@@ -161,6 +161,19 @@ def test_report_end_to_end_then_reuses_runs_then_regenerates_from_records_alone(
     assert "No record with per-group counts yet" not in report.read_text()
     assert main([*args, "--out", str(out)]) == 0  # back to 3 groups: the report as it was
     assert report.read_text() == text
+    # a config edited since the records were made: its records are named as stale (they were shown as current)
+    edited = tmp_path / "edited.yaml"
+    plain = yaml.safe_load(config_path.read_text())
+    plain["experiments"][0]["overrides"] = ["model.n_layers=1"]  # sasrec
+    edited.write_text(yaml.safe_dump(plain))
+    assert main(["report", str(edited), "--results", str(results), "--report-only"]) == 0
+    assert ("**Stale records:** 2 of the records were made with other settings than this config plans now "
+            "(finetune-sasrec-seed-1, finetune-sasrec-seed-2); their figures are shown as recorded until "
+            "`unisrec report` with `--out` remakes them.") in report.read_text()
+    assert json.loads((results / "report.json").read_text())["stale_records"] == [
+        "finetune-sasrec-seed-1", "finetune-sasrec-seed-2"]
+    assert main([*args, "--report-only"]) == 0  # the config they were made with: none
+    assert "Stale records" not in report.read_text() and "stale_records" not in (results / "report.json").read_text()
 
     # no run folders, no datasets: the report comes back byte for byte from the records alone
     shutil.rmtree(out)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from unisrec.report import plan_runs, record_name, same_plan
+from unisrec.report import plan_runs, record_name, same_plan, stale_records
 from unisrec.report_config import load_report_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +49,8 @@ def plans_against_records(config_file: Path, out: Path) -> tuple[int, list[str]]
 def test_every_planned_record_is_still_the_planned_run(config_file: Path, tmp_path: Path) -> None:
     matching, differing = plans_against_records(config_file, tmp_path)
     assert differing == []
+    # what a report says of them, under the config's own data root (another machine's paths): none stale
+    assert stale_records(load_report_config(config_file), ROOT / "results" / config_file.stem) == []
     expected = {"scientific": 168, "leave-one-out": 34, "gpu-pretraining-scientific": 6}
     if config_file.stem in expected:  # the configs whose records carry plans: all of them still match
         assert matching >= expected[config_file.stem]

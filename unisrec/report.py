@@ -246,6 +246,32 @@ def same_plan(stored: dict[str, Any], planned: dict[str, Any]) -> bool:
         return False
 
 
+def _without_folders(spec: Any) -> Any:
+    """A spec with its data sources' and folders' paths cut to their names (``/data/multi-domain/food`` ->
+    ``food``): records made under another data root or on another machine still count as the planned run."""
+    if isinstance(spec, dict):
+        return {k: Path(v).name if k in ("source", "path") and isinstance(v, str) else _without_folders(v)
+                for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_without_folders(v) for v in spec]
+    return spec
+
+
+def stale_records(config: ReportConfig, results_dir: Path) -> list[str]:
+    """The records whose plan is not the run this config plans now (a config edited since they were made, a
+    runner stopped by ``--only`` or ``--budget-minutes`` before it remade them); records without a plan (made by
+    hand) are not judged."""
+    stale: list[str] = []
+    for run in plan_runs(config, results_dir / ".plan"):  # the folder only names runs; specs do not hold it
+        name = record_name(run, config) if run.kind != "prepare" else None
+        held = read_record(results_dir / f"{name}.json") if name is not None else None
+        plan = held.get("plan") if held is not None else None
+        if name is not None and isinstance(plan, dict) and not same_plan(_without_folders(plan),
+                                                                         _without_folders(run.spec)):
+            stale.append(name)
+    return stale
+
+
 def _canonical(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True)
 
@@ -775,7 +801,7 @@ def run_report(
 
     command = command or f"unisrec report {config_path} --report-only --results {results_dir}"
     if report_only:
-        return write_report(config, results_dir, command)
+        return write_report(config, results_dir, command, stale=stale_records(config, results_dir))
     assert out is not None
     out = Path(out)
     if not dry_run:
@@ -892,7 +918,7 @@ def run_report(
 
     if jobs > 1:
         execute_in_parallel(todo, jobs, may_start, record, log)
-        return write_report(config, results_dir, command)
+        return write_report(config, results_dir, command, stale=stale_records(config, results_dir))
     for index, run in enumerate(todo, 1):
         if not may_start(run):
             break
@@ -901,4 +927,4 @@ def run_report(
         execute(run)
         record(run)
         print(f"[{index}/{len(todo)}] done in {time.perf_counter() - started:.0f}s", file=log)
-    return write_report(config, results_dir, command)
+    return write_report(config, results_dir, command, stale=stale_records(config, results_dir))

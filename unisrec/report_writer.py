@@ -16,6 +16,7 @@ depend on what is installed.
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -385,9 +386,10 @@ def _selection_sentence(results: Results) -> str:
 
 
 def render_report(config: ReportConfig, results_dir: Path, command: str, *,
-                  plots_to: Path | None = None) -> tuple[str, dict[str, Any]]:
+                  plots_to: Path | None = None, stale: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
     """(report.md text, report.json content) from the records in ``results_dir``; ``command`` regenerates it
-    (written in the report's first line). ``plots_to``: draw the PNGs there (with matplotlib)."""
+    (written in the report's first line). ``plots_to``: draw the PNGs there (with matplotlib). ``stale``: records
+    made with other settings than the config plans now: named under the title, their figures shown as recorded."""
     records = load_records(config, results_dir)
     results = records.results
     plots = plots_to is not None and _have_matplotlib()
@@ -398,6 +400,10 @@ def render_report(config: ReportConfig, results_dir: Path, command: str, *,
              f"Test metrics, full ranking over all items, mean ± sample std over seeds {list(config.seeds)} "
              f"({finished} of {len(records.planned)} runs recorded). {_selection_sentence(results)} "
              "Plots (PNG) are drawn beside this file where matplotlib is installed.", ""]
+    if stale:
+        lines += [f"**Stale records:** {len(stale)} of the records were made with other settings than this config "
+                  f"plans now ({', '.join(stale)}); their figures are shown as recorded until `unisrec report` "
+                  "with `--out` remakes them.", ""]
     for table in config.tables():
         lines += table_section(config, table, results)
     extra: dict[str, Any] = {}
@@ -432,12 +438,15 @@ def render_report(config: ReportConfig, results_dir: Path, command: str, *,
         test = {m: summary_stats(_test(results, name, m)) for m in config.metrics if _test(results, name, m)}
         summary[name] = {"seeds": sorted(seeds), "test": test,
                          "per_seed": {str(s): v["test"] for s, v in sorted(seeds.items())}}
+    if stale:
+        extra["stale_records"] = list(stale)
     return "\n".join(lines) + "\n", {"experiments": summary, **extra}
 
 
-def write_report(config: ReportConfig, results_dir: Path, command: str) -> Path:
-    """Write ``results_dir/report.md`` and ``report.json`` (and the plots, with matplotlib) from its records."""
+def write_report(config: ReportConfig, results_dir: Path, command: str, stale: Sequence[str] = ()) -> Path:
+    """Write ``results_dir/report.md`` and ``report.json`` (and the plots, with matplotlib) from its records;
+    ``stale``: the records made with other settings than the config plans now (said in both)."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    text, summary = render_report(config, results_dir, command, plots_to=results_dir)
+    text, summary = render_report(config, results_dir, command, plots_to=results_dir, stale=stale)
     atomic_write_json(results_dir / "report.json", summary)
     return atomic_write_text(results_dir / "report.md", text)
