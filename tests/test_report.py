@@ -1096,3 +1096,21 @@ def test_the_report_names_the_selection_metric_the_runs_used() -> None:
         "Model selection on validation recall@10."
     assert _selection_sentence({"a": {1: run("recall@10")}, "b": {1: run(None)}, "c": {1: run("recall@10")}}) == \
         "Model selection on validation ndcg@10 (b); recall@10 (a, c)."
+
+
+def test_a_change_between_other_seed_sets_also_says_it_on_the_seeds_both_hold() -> None:
+    """A transferred seed 1 against three scratch seeds read -7.0% where seed 1 of both gave -3.0%: the mean over
+    other seeds carries the seeds' own spread."""
+    from unisrec.report_writer import change_between
+
+    def runs(values: dict[int, float]) -> dict[int, dict[str, object]]:
+        return {seed: {"test": {"ndcg@10": v}} for seed, v in values.items()}
+
+    results = {"scratch": runs({1: 0.050, 2: 0.040, 3: 0.060}), "transfer": runs({1: 0.045}),
+               "both": runs({1: 0.055, 2: 0.044, 3: 0.066}), "other": runs({4: 0.05})}
+    assert change_between(results, "transfer", "scratch", "ndcg@10") == "-10.0% (seed 1 of both: -10.0%)"
+    results["transfer"] = runs({1: 0.048, 3: 0.060})
+    assert change_between(results, "transfer", "scratch", "ndcg@10") == "+8.0% (seeds 1, 3 of both: -1.8%)"
+    assert change_between(results, "both", "scratch", "ndcg@10") == "+10.0%"  # the same seeds: as before
+    assert change_between(results, "other", "scratch", "ndcg@10") == "+0.0% (no seed in common)"
+    assert change_between(results, "missing", "scratch", "ndcg@10") == "—"

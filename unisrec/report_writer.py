@@ -98,6 +98,26 @@ def relative_change(new: list[float], old: list[float]) -> str:
     return f"{100 * (mean_std(new)[0] / mean_std(old)[0] - 1):+.1f}%"
 
 
+def change_between(results: Results, name: str, reference: str, metric: str) -> str:
+    """``relative_change`` of experiment ``name`` against ``reference`` over their recorded seeds; where the two
+    hold other seeds, also over the seeds both hold ("-7.0% (seed 1 of both: -3.0%)"), since a mean over other
+    seeds carries the seeds' own spread into the change."""
+    change = relative_change(_test(results, name, metric), _test(results, reference, metric))
+    mine, theirs = set(results.get(name, {})), set(results.get(reference, {}))
+    if change == "—" or mine == theirs:
+        return change
+    common = sorted(mine & theirs)
+    if not common:
+        return f"{change} (no seed in common)"
+
+    def on(experiment: str) -> list[float]:
+        runs = results[experiment]
+        return [float(runs[s]["test"][metric]) for s in common if metric in runs[s]["test"]]
+
+    label = f"seed {common[0]}" if len(common) == 1 else f"seeds {', '.join(map(str, common))}"
+    return f"{change} ({label} of both: {relative_change(on(name), on(reference))})"
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "table"
 
@@ -129,8 +149,7 @@ def table_section(config: ReportConfig, table: str, results: Results) -> list[st
             row.append(" / ".join(f"{v:.4f}" for v in paper[e.name]) if e.name in paper else "")
         if any(x.reference for x in rows):
             ref = e.reference
-            row.append(f"{relative_change(_test(results, e.name, key), _test(results, ref, key))} vs "
-                       f"{config.experiment(ref).title}" if ref else "")
+            row.append(f"{change_between(results, e.name, ref, key)} vs {config.experiment(ref).title}" if ref else "")
         lines.append("| " + " | ".join(row) + " |")
     if paper:
         lines += ["", f"Paper figures: {PAPER_CITATION}, Table 2 (same dataset, same protocol; the paper "
@@ -209,7 +228,7 @@ def transfer_section(config: ReportConfig, results: Results, out: Path,
         pre = config.pretrain[e.init]
         values = _test(results, name, spec.metric)
         lines.append(f"| {pre.label or e.init} | {len(pre.datasets)}: {', '.join(pre.datasets)} | {_cell(values)} | "
-                     f"{relative_change(values, base)} |")
+                     f"{change_between(results, name, spec.baseline, spec.metric)} |")
         if values and base:
             base_mean = mean_std(base)[0]
             mean, std = mean_std(values)
