@@ -1114,3 +1114,24 @@ def test_a_change_between_other_seed_sets_also_says_it_on_the_seeds_both_hold() 
     assert change_between(results, "both", "scratch", "ndcg@10") == "+10.0%"  # the same seeds: as before
     assert change_between(results, "other", "scratch", "ndcg@10") == "+0.0% (no seed in common)"
     assert change_between(results, "missing", "scratch", "ndcg@10") == "—"
+
+
+def test_the_budget_counts_what_an_interrupted_run_still_needs(tmp_path: Path, tiny_lm_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--budget-minutes compared a run's whole estimate with the time left, so a run nearly done never resumed
+    under a budget that fits what it still needs (--dry-run already counted that); a dry run with a budget was
+    the plan unchanged, as if no budget had been given."""
+    from io import StringIO
+
+    import unisrec.report as report_module
+
+    config_path = _config(tmp_path, tiny_lm_dir)
+    monkeypatch.setattr(report_module, "estimate_seconds", lambda *args, **kwargs: 1e9)  # the whole run: too long
+    monkeypatch.setattr(report_module, "seconds_left", lambda folder, estimate: 1.0)  # what it still needs: 1 s
+    log = StringIO()
+    run_report(config_path, tmp_path / "out", only=["gru"], results_dir=tmp_path / "results", budget_minutes=5,
+               log=log)
+    assert "budget: stopping" not in log.getvalue()
+    assert (tmp_path / "out" / "runs" / "gru" / "seed-2" / "metrics.json").exists()
+    assert main(["report", str(config_path), "--out", str(tmp_path / "out"), "--dry-run",
+                 "--budget-minutes", "5"]) == 2

@@ -613,7 +613,10 @@ def _run_report(args: argparse.Namespace) -> int:
                                    "alone")
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only is not None else None
     if only == []:  # "--only ," would otherwise mean every run
-        raise UnisrecError(f"--only {args.only!r} names no run: give comma-separated experiment or pre-training names")
+        raise UnisrecError(f"--only {args.only!r} names no run: give comma-separated experiment names")
+    if args.dry_run and args.budget_minutes is not None:
+        raise UnisrecError("--budget-minutes limits a real run; --dry-run prints every planned run and the training "
+                           "they still need, whatever the budget: give one")
     if args.budget_minutes is not None and not 0 < args.budget_minutes < float("inf"):
         raise UnisrecError(f"--budget-minutes must be a number > 0, got {args.budget_minutes}")
     results = args.results if args.results is not None else Path("results") / args.config.stem

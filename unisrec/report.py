@@ -909,7 +909,9 @@ def run_report(
         if budget_minutes is None:
             return True
         left = budget_minutes * 60 - (time.perf_counter() - began)
-        guess = estimate_seconds(run, results_dir, config, runs_on)
+        # what it still needs: an interrupted run goes on from its epochs (a replacement under way, in staging)
+        guess = seconds_left(staging_dir(run.out) if run.status() == "stale" else run.out,
+                             estimate_seconds(run, results_dir, config, runs_on))
         if (guess is not None and guess > left) or left <= 0:
             print(f"budget: stopping before {run.kind} {run.out} (estimated "
                   f"{(guess or 0) / 60:.1f} min, {max(left, 0) / 60:.1f} min left); rerun to go on", file=log)
