@@ -47,11 +47,24 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def _is_result(path: Path) -> bool:
+    """A record or metrics file (it holds ``valid`` or ``test``), not a report's spec file beside a run folder
+    (``seed-1.json``) nor the record of a remade run kept aside (``NAME.remade.json``: a seed counted twice)."""
+    if path.name.endswith(".remade.json"):
+        return False
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        fail(f"{path}: not a JSON file")
+    return isinstance(content, dict) and ("valid" in content or "test" in content)
+
+
 def _sources(pattern: str) -> list[Path]:
     """Run folders with a metrics.json, or record files (``results/NAME/RUN.json``), matching ``pattern``."""
     found = [Path(p) for p in glob.glob(pattern)]
     return sorted(p / "metrics.json" if p.is_dir() else p for p in found
-                  if (p.is_dir() and (p / "metrics.json").is_file()) or (p.is_file() and p.suffix == ".json"))
+                  if (p.is_dir() and (p / "metrics.json").is_file())
+                  or (p.is_file() and p.suffix == ".json" and _is_result(p)))
 
 
 def _values(pattern: str, split: str, metric: str) -> list[float]:
@@ -148,6 +161,7 @@ def _epochs(path: Path) -> dict[int, dict[str, Any]]:
         entries = json.loads(path.read_text()).get("curve")
         if not isinstance(entries, list):
             fail(f"{path}: no curve (a record of unisrec finetune carries one)")
+        entries = [e for e in entries if isinstance(e, dict) and "epoch" in e and "valid" in e]  # pre-training: none
     else:
         entries = [e for e in log_curve(path) if "epoch" in e and "valid" in e]  # progress lines skipped
     found = {int(entry["epoch"]): entry for entry in entries}
@@ -217,6 +231,8 @@ def main() -> None:
         print("\n".join(versus_table(specs, args.split, args.versus)))
         return
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    if not metrics:
+        fail(f"--metrics {args.metrics!r} names no metric: give comma-separated metrics (e.g. ndcg@10,recall@10)")
     print("| model | runs | " + " | ".join(metrics) + " |")
     print("|---|---|" + "---|" * len(metrics))
     for label, pattern in specs:

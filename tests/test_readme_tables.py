@@ -188,3 +188,26 @@ def test_curve_refuses_what_has_no_epochs(tmp_path: Path) -> None:
     assert done.returncode == 2 and "expected comma-separated epoch numbers" in done.stderr
     done = seed_table("--curve", "ndcg@10", f"a={tmp_path / 'missing'}")
     assert done.returncode == 2 and "no such record, run folder or epoch log" in done.stderr
+
+
+def test_globs_skip_spec_files_and_remade_records_and_bad_arguments_are_one_line(tmp_path: Path) -> None:
+    """A glob over a report's run folders also matched their spec files (seed-1.json: "no test recall@10"), one over
+    records the record of a remade run kept aside (a seed counted twice); --metrics "" was an IndexError and
+    --curve over a pre-training record (epochs without validation) a KeyError."""
+    for seed, value in ((1, 0.1), (2, 0.3)):
+        run = tmp_path / "runs" / f"seed-{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"valid": {}, "test": {"ndcg@10": value}}))
+        (tmp_path / "runs" / f"seed-{seed}.json").write_text(json.dumps({"kind": "finetune", "mode": "inductive"}))
+    (tmp_path / "r-seed-1.json").write_text(json.dumps({"valid": {}, "test": {"ndcg@10": 0.1}}))
+    (tmp_path / "r-seed-1.remade.json").write_text(json.dumps({"valid": {}, "test": {"ndcg@10": 0.9}}))
+    done = seed_table("--metrics", "ndcg@10", f"runs={tmp_path}/runs/seed-*", f"records={tmp_path}/r-seed-*")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2:] == ["| runs | 2 | 0.2000 ± 0.1414 |", "| records | 1 | 0.1000 |"]
+    done = seed_table("--metrics", "", f"runs={tmp_path}/runs/seed-*")
+    assert done.returncode == 2 and done.stderr == (
+        "seed_table: --metrics '' names no metric: give comma-separated metrics (e.g. ndcg@10,recall@10)\n")
+    pre = tmp_path / "pre.json"
+    pre.write_text(json.dumps({"test": None, "curve": [{"epoch": 1, "train_loss": 7.4}]}))
+    done = seed_table("--curve", "ndcg@10", f"p={pre}")
+    assert done.returncode == 2 and done.stderr == f"seed_table: {pre}: no epoch with validation metrics\n"
