@@ -553,3 +553,17 @@ def test_utf16_files_and_encodings_are_named(tiny_csv_source: Path, tmp_path: Pa
         path = tiny_csv_source / name
         path.write_bytes(path.read_bytes().decode("utf-16").encode("utf-8"))
     assert cli_ok(capsys, [str(tiny_csv_source), "--format", "csv"], tmp_path / "ok")["interactions"] == 48
+
+
+def test_an_output_given_as_a_link_is_replaced_where_it_points(tiny_csv_source: Path, tmp_path: Path) -> None:
+    """--overwrite through a symbolic link replaced the link by a folder, left the old target as it was and the
+    renamed link dangling beside it."""
+    target = tmp_path / "store" / "tiny"
+    prepare(tiny_csv_source, "csv", target)
+    link = tmp_path / "tiny-link"
+    link.symlink_to(target)
+    prepare(tiny_csv_source, "csv", link, options=PrepareOptions(user_core=0, item_core=0), overwrite=True)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert load_processed(target).stats["filtering"][-1]["step"].endswith("users >= 3, items >= 0 interactions")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "tiny", "tiny-link"]  # nothing left beside it
+    assert not [p for p in (tmp_path / "store").iterdir() if p.name != "tiny" and not p.name.endswith(".lock")]

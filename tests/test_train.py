@@ -272,6 +272,19 @@ def test_damaged_weights_and_run_files_are_one_line_errors(synthetic_dataset: Pa
                                                "list, not an object); pass --overwrite to start the run again")
 
 
+def test_a_run_given_as_a_link_is_replaced_where_it_points(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """--overwrite through a symbolic link put the new run in place of the link and left the link, renamed,
+    dangling beside it, the old run untouched at its target."""
+    target = tmp_path / "store" / "run"
+    finetune(synthetic_dataset, "sasrec", target, overrides=[*SMALL, "train.epochs=1"])
+    link = tmp_path / "run-link"
+    link.symlink_to(target)
+    finetune(synthetic_dataset, "sasrec", link, overrides=[*SMALL, "train.epochs=2"], overwrite=True)
+    assert link.is_symlink() and json.loads((target / "metrics.json").read_text())["epochs"] == 2
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".run-link")]  # no renamed link beside it
+    assert sorted(p.name for p in (tmp_path / "store").iterdir() if not p.name.endswith(".lock")) == ["run"]
+
+
 def test_a_run_left_aside_by_a_kill_is_replaced_in_staging(synthetic_dataset: Path, tmp_path: Path) -> None:
     """Killed between finish_run_dir's renames (the old run aside, nothing at --out), then run again with
     --overwrite: the old run comes back, and the new one trains beside it, not into it."""

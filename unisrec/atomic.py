@@ -63,14 +63,23 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def real_folder(path: str | Path) -> Path:
+    """``path``, or the folder it links to when it is a symbolic link: an output given as a link is written (and
+    replaced) where the link points, never by replacing the link itself with a folder (which left the old target
+    stale and the renamed link dangling beside it)."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, *, replace: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it becomes ``path`` in one rename.
+    """Yield a temporary folder beside ``path`` (beside its target, for a link); on success it becomes ``path`` in
+    one rename.
 
     With ``replace`` an existing ``path`` is swapped out (renamed aside, then deleted) only after the new
     folder is complete; on any error the temporary folder is removed and ``path`` is untouched.
     """
-    path = Path(path)
+    path = real_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700

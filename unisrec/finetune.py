@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from unisrec.analysis import save_ranks
-from unisrec.atomic import atomic_write_json
+from unisrec.atomic import atomic_write_json, real_folder
 from unisrec.baselines import build_model
 from unisrec.batches import (
     StepIndex,
@@ -464,7 +464,7 @@ def finetune(
     init_dir = Path(init) if init is not None else None
     base = config or RunConfig()
     config, settings = finetune_settings(data_dir, mode, base, overrides or [], init_dir, replay)
-    out = Path(out)
+    out = real_folder(out)  # a link: the run is written where it points
     if bool(replay) != (config.train.replay > 0):
         raise UnisrecError("replay needs both the corpus folders (--replay DIR...) and its weight (train.replay > 0, "
                            f"e.g. --train.replay=0.5); got {len(replay)} folder(s), "

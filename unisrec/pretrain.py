@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unisrec.atomic import atomic_write_json
+from unisrec.atomic import atomic_write_json, real_folder
 from unisrec.augment import item_drop
 from unisrec.batches import Windows, bucketed_batches, make_train_batch, placeholder_batch, shard, training_windows
 from unisrec.checkpoint import save_pretrained
@@ -410,7 +410,7 @@ def pretrain(
     """
     config, settings = pretrain_settings(data_dirs, config or recipe_config(), overrides or [], max_steps)
     code = git_commit()  # the code this process runs, read before training: a commit made meanwhile is not it
-    out = Path(out)
+    out = real_folder(out)  # a link: the run is written where it points
     dirs = [Path(d) for d in data_dirs]
     device = resolve_device(config.train.device)
     dist = Distributed.from_env(device.type)

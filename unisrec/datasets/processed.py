@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unisrec.atomic import atomic_directory, clean_stale
+from unisrec.atomic import atomic_directory, clean_stale, real_folder
 from unisrec.errors import DataError, UnisrecError
 from unisrec.json_io import read_json
 from unisrec.locking import holding_folder
@@ -140,7 +140,7 @@ def check_output_folder(out: Path, *, overwrite: bool) -> None:
 def write_processed(dataset: ProcessedDataset, out: str | Path, *, overwrite: bool = True) -> Path:
     """Write ``dataset`` as a processed folder at ``out`` atomically (all files or none)."""
     dataset.validate()
-    out = Path(out)
+    out = real_folder(out)  # a link: its target is the dataset folder (and its lock beside it)
     with holding_folder(out):  # one writer per dataset folder, while it writes
         return _write_held(dataset, out, overwrite)
 
