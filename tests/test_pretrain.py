@@ -433,6 +433,19 @@ def test_pretrain_refuses_the_settings_only_finetuning_reads(two_domains: list[P
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_pretrain_says_the_validation_settings_do_nothing_there(capsys: pytest.CaptureFixture[str]) -> None:
+    """--train.patience and the like were taken without a word by a pre-training, which never validates."""
+    from unisrec.pretrain import pretrain_settings, recipe_config
+
+    given = ["train.patience=1", "train.select_metric=recall@10", "train.epochs=2"]
+    _, settings = pretrain_settings(["/a"], recipe_config(), given)
+    assert capsys.readouterr().err == ("note: train.patience, train.select_metric do nothing in pre-training (it "
+                                       "never validates nor mixes weights); read by fine-tuning only\n")
+    assert settings["config"]["train"]["patience"] == 1  # recorded as given: the fingerprint is unchanged
+    pretrain_settings(["/a"], recipe_config(), ["train.epochs=2", "train.patience=10"])  # the default: nothing said
+    assert capsys.readouterr().err == ""
+
+
 def test_domains_of_the_same_name_keep_apart_keys(tmp_path: Path, tiny_lm_dir: Path) -> None:
     """Two folders holding datasets of one name (or one folder given twice) log each domain's loss apart."""
     from unisrec.config import RunConfig

@@ -30,7 +30,7 @@ from unisrec.atomic import atomic_write_json, real_folder
 from unisrec.augment import item_drop
 from unisrec.batches import Windows, bucketed_batches, make_train_batch, placeholder_batch, shard, training_windows
 from unisrec.checkpoint import save_pretrained
-from unisrec.config import RunConfig, check_read_settings
+from unisrec.config import RunConfig, TrainConfig, check_read_settings
 from unisrec.datasets.processed import load_processed
 from unisrec.devices import resolve_device
 from unisrec.distributed import Distributed
@@ -381,6 +381,14 @@ def pretrain_settings(data_dirs: Sequence[str | Path], config: RunConfig, overri
                                                  "are the batch's targets")):
         if value not in default:  # read by fine-tuning only: a pre-training would run as if it were not given
             raise UnisrecError(f"train.{name}={value} is a fine-tuning setting ({what}); pre-train without it")
+    # read only where a run validates: given to a pre-training (by hand, or a report's shared overrides) they do
+    # nothing, which is said rather than refused (a report gives train.interpolate=off to every run it plans)
+    given = {o.split("=", 1)[0].lstrip("-") for o in overrides}
+    unread = [name for name in ("train.patience", "train.select_metric", "train.repeat_lr_scale", "train.interpolate")
+              if name in given and getattr(train, name[6:]) != getattr(TrainConfig(), name[6:])]
+    if unread:
+        print(f"note: {', '.join(unread)} {'does' if len(unread) == 1 else 'do'} nothing in pre-training (it never "
+              "validates nor mixes weights); read by fine-tuning only", file=sys.stderr)
     # the recipe's train.precision=auto: recorded as what it resolves to here (bfloat16 only where it is native)
     config = with_resolved_precision(config, resolve_device(config.train.device))
     settings: dict[str, Any] = {
