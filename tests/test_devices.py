@@ -37,3 +37,19 @@ def test_a_gpu_this_machine_lacks_is_refused(monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(UnisrecError, match=r"device 'cuda:2': this machine has 2 CUDA device\(s\)"):
         resolve_device("cuda:2")
+
+
+def test_devices_torch_knows_but_unisrec_does_not_run_on_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only CUDA was checked: mps without Apple GPUs, meta, xpu or cpu:1 went through and failed deep in torch
+    (after the data was loaded and the texts encoded), or, for meta, at the first recommendation."""
+    for name in ("meta", "xpu", "hpu"):
+        with pytest.raises(UnisrecError, match=rf"^device '{name}': not a device unisrec runs on"):
+            resolve_device(name)
+    with pytest.raises(UnisrecError, match=r"^device 'cpu:1': the CPU has no index but 0"):
+        resolve_device("cpu:1")
+    assert resolve_device("cpu:0") == torch.device("cpu", 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UnisrecError, match=r"^device 'mps' requested but MPS is not available"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == torch.device("mps")

@@ -111,6 +111,15 @@ def test_fit_rejects_unknown_settings_and_frames_name_bad_columns(frames: tuple[
     blank.loc[blank.index[1], "title"] = " &nbsp; "
     with pytest.raises(UnisrecError, match=r"items: column 'title' has an empty text at row 1 \(item 'i1'\)"):
         unisrec.Dataset.from_frames(interactions, blank)
+    # a name with a path in it wrote outside the temporary folder, left behind at exit; a core given as a string
+    # and a dict of lists were tracebacks (TypeError, AttributeError)
+    for name in ("../elsewhere/ds", "a/b", "..", ""):
+        with pytest.raises(UnisrecError, match=r"^name must be a dataset name without path separators"):
+            unisrec.Dataset.from_frames(interactions, items, name=name)
+    with pytest.raises(UnisrecError, match=r"^user_core must be an integer, got '5'$"):
+        unisrec.Dataset.from_frames(interactions, items, user_core="5")
+    with pytest.raises(UnisrecError, match=r"^interactions must be a pandas DataFrame .*, got dict$"):
+        unisrec.Dataset.from_frames(interactions.to_dict("list"), items)
     ds = unisrec.Dataset.from_frames(interactions, items, user_core=0, item_core=0)
     with pytest.raises(UnisrecError, match="unknown setting 'speed'"):
         unisrec.fit(ds, speed=3)

@@ -145,7 +145,22 @@ def test_bad_histories_are_clear_errors(trained: tuple[Path, Path]) -> None:
         recommender.add_items(["x"], ["i3"])
     with pytest.raises(ItemConflictError, match="item id 'n' is given twice"):
         recommender.add_items(["x", "y"], ["n", "n"])
+    # a string where a list belongs was taken one character per item (add_items("abc", "xyz") added three items)
+    with pytest.raises(UnisrecError, match=r"^texts must be a list, got a string \('abc'\)$"):
+        recommender.add_items("abc", "xyz")
+    with pytest.raises(UnisrecError, match=r"^ids must be a list, got NoneType$"):
+        recommender.add_items(["x"], None)  # type: ignore[arg-type]
+    with pytest.raises(UnisrecError, match=r"^the history of user 'a' must be a list, got a string \('i1'\)$"):
+        recommender.set_users({"a": "i1"})
+    bad_inputs: list[tuple[object, str]] = [(None, "histories must be a list of histories"),
+                                            ([None], "history 0 must be a list of item ids, got NoneType")]
+    for wrong, message in bad_inputs:
+        with pytest.raises(UnisrecError, match=f"^{message}"):
+            recommender.recommend_lists(wrong)  # type: ignore[arg-type]
     assert recommender.model.n_items == len(recommender.catalogue) == 30  # refused additions change nothing
+    # numpy arrays as histories (df.groupby(...).item_id.unique()): taken, as recommend_lists takes them
+    frame = recommender.recommend_histories([np.array(["i1", "i2"])], k=3)  # type: ignore[list-item]
+    assert frame.item_id.tolist() == [r.item_id for r in recommender.recommend_lists([["i1", "i2"]], k=3)[0]]
 
 
 def test_bad_k_and_flags_are_clear_errors(trained: tuple[Path, Path]) -> None:

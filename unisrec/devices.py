@@ -14,7 +14,7 @@ from unisrec.errors import UnisrecError
 
 def resolve_device(name: str | torch.device) -> torch.device:
     """``auto`` = the first CUDA GPU where there is one, else the CPU; any other name must be a device of this
-    machine (``cuda:N`` with N below the number of GPUs)."""
+    machine that unisrec runs on: ``cpu``, ``cuda`` / ``cuda:N`` (N below the number of GPUs), ``mps``."""
     if isinstance(name, torch.device):
         device = name
     elif name == "auto":
@@ -30,4 +30,12 @@ def resolve_device(name: str | torch.device) -> torch.device:
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise UnisrecError(f"device {str(name)!r}: this machine has {count} CUDA device(s)")
+    elif device.type == "cpu":
+        if device.index not in (None, 0):
+            raise UnisrecError(f"device {str(name)!r}: the CPU has no index but 0 (use cpu)")
+    elif device.type == "mps":  # Apple GPUs, where this torch has them
+        if not torch.backends.mps.is_available():
+            raise UnisrecError(f"device {str(name)!r} requested but MPS is not available (use cpu or auto)")
+    else:  # xpu, meta, hpu, ...: torch knows the name, but nothing here runs on it (meta has no data at all)
+        raise UnisrecError(f"device {str(name)!r}: not a device unisrec runs on (use auto, cpu, cuda, cuda:N or mps)")
     return device

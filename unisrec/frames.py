@@ -41,6 +41,9 @@ def _temporary_folder(prefix: str) -> Path:
 
 
 def _column(frame: Any, name: str, what: str) -> Any:
+    if not hasattr(frame, "columns"):  # a dict of lists, a list of rows: not a frame
+        raise UnisrecError(f"{what} must be a pandas DataFrame (pandas.DataFrame(...) of it), got "
+                           f"{type(frame).__name__}")
     if name not in frame.columns:
         found = ", ".join(map(str, frame.columns)) or "(none)"
         raise UnisrecError(f"{what}: no column {name!r}; the frame has: {found}")
@@ -143,6 +146,12 @@ class Dataset:
         ``out``: the folder to write (default: a temporary one, removed at exit); an earlier dataset there is
         replaced only with ``overwrite`` (``unisrec prepare --overwrite``).
         """
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise UnisrecError(f"name must be a dataset name without path separators, got {name!r} (out= says "
+                               "where to write)")
+        for core, value in (("user_core", user_core), ("item_core", item_core)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UnisrecError(f"{core} must be an integer, got {value!r}")
         for first, second, a, b in (("user_col", "item_col", user_col, item_col),
                                     ("time_col", "user_col", time_col, user_col),
                                     ("time_col", "item_col", time_col, item_col)):
@@ -211,7 +220,9 @@ def fit(
 
     Keyword arguments are the CLI's dotted overrides (``**{"train.lr": 3e-4}``, ``train__lr=3e-4``,
     ``text__pooling="mean"``) or the shortcuts epochs, seed, device, lr, batch_size, threads. ``out=None``
-    trains in a temporary run folder.
+    trains in a temporary run folder. As ``unisrec finetune`` does in its own process, training seeds the global
+    random generators (Python's, numpy's, torch's) with the run's seed and, with ``threads``, sets torch's thread
+    count; both stay so in the calling process afterwards.
     """
     from unisrec.finetune import finetune
 

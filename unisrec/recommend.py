@@ -83,6 +83,15 @@ class Recommendation:
     text: str
 
 
+def as_list(values: object, what: str) -> list[Any]:
+    """A list of ``values`` (a list, tuple, numpy array, pandas Series, ...); a string (whose characters would be
+    taken one by one), None or any other non-iterable is an error naming ``what``."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        got = f"a string ({values!r:.60})" if isinstance(values, str | bytes) else type(values).__name__
+        raise UnisrecError(f"{what} must be a list, got {got}")
+    return list(values)
+
+
 def checked_k(k: object) -> int:
     """``k`` as an int: a whole number >= 1 (numpy's integers too, not bools, floats or strings)."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer):
@@ -291,6 +300,9 @@ class Recommender:
         for number, history in enumerate(histories):
             if isinstance(history, str | bytes):  # not a history of one-character ids
                 raise UnisrecError(f"history {number} is a string, not a list of item ids: {history!r}")
+            if not isinstance(history, Iterable):
+                raise UnisrecError(f"history {number} must be a list of item ids, got {type(history).__name__}")
+            history = list(history)
             if len(history) == 0:
                 raise UnisrecError(f"history {number} is empty; give at least one item")
             try:
@@ -478,8 +490,9 @@ class Recommender:
         if len(self.catalogue) == 0:
             raise UnisrecError("the catalogue is empty; add items first (add_items)")
         k = checked_k(k)
-        if isinstance(histories, str | bytes):
+        if isinstance(histories, str | bytes) or not isinstance(histories, Iterable):
             raise UnisrecError("histories must be a list of histories, each a list of item ids (or texts)")
+        histories = list(histories)
         if not by_text:
             return self.recommend_rows(self.resolve(histories), k, exclude_seen)
         if len(histories) == 0:
@@ -502,7 +515,9 @@ class Recommender:
 
     def set_users(self, histories: Mapping[str, Sequence[str]]) -> None:
         """Known users and their histories (item ids, oldest first): what ``recommend(users=...)`` ranks for."""
-        self.users = {str(u): [str(i) for i in h] for u, h in histories.items()}
+        if not isinstance(histories, Mapping):
+            raise UnisrecError(f"histories must map user ids to their histories, got {type(histories).__name__}")
+        self.users = {str(u): [str(i) for i in as_list(h, f"the history of user {u!r}")] for u, h in histories.items()}
 
     def recommend(self, users: Iterable[str], k: int = 10, exclude_seen: bool | Sequence[bool] = True
                   ) -> pd.DataFrame:
@@ -530,9 +545,13 @@ class Recommender:
     ) -> pd.DataFrame:
         """Top-k of ad-hoc histories (item ids, or texts with ``by_text``) as a DataFrame like ``recommend``;
         user_id is the history's position in ``histories``."""
-        if isinstance(histories, str) or not all(isinstance(h, Sequence) and not isinstance(h, str)
-                                                 for h in histories):
-            raise UnisrecError("histories must be a list of lists of item ids (or texts)")
+        message = "histories must be a list of lists of item ids (or texts)"
+        if isinstance(histories, str | bytes) or not isinstance(histories, Iterable):
+            raise UnisrecError(message)
+        histories = list(histories)
+        if any(isinstance(h, str | bytes) or not isinstance(h, Iterable) for h in histories):
+            raise UnisrecError(message)
+        histories = [list(h) for h in histories]  # numpy arrays and Series too, as recommend_lists takes them
         results = self.recommend_lists(histories, k, exclude_seen, by_text) if len(histories) else []
         return to_frame(results, list(range(len(histories))))
 
@@ -602,7 +621,7 @@ class Recommender:
     ) -> int:
         """Append items by their text (encoded now) or given (M, D) ``vectors``; returns the catalogue size."""
         self._require_text_only("adding items")
-        texts, ids = list(texts), list(ids)
+        texts, ids = as_list(texts, "texts"), as_list(ids, "ids")
         self.catalogue.check_new(ids, texts)
         self._check_room(len(ids))
         if vectors is None:
