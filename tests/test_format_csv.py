@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import gzip
 from pathlib import Path
@@ -541,8 +542,17 @@ def test_utf16_files_and_encodings_are_named(tiny_csv_source: Path, tmp_path: Pa
         path = tiny_csv_source / name
         path.write_bytes(path.read_text(encoding="utf-8").encode("utf-16"))
     assert _error(capsys, tiny_csv_source, tmp_path / "o") == (
-        f"{tiny_csv_source / 'items.csv'}, line 1: the file starts with a UTF-16 or UTF-32 byte-order mark, not "
-        "utf-8 text; convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE > NEW)")
+        f"{tiny_csv_source / 'items.csv'}, line 1: the file starts with a UTF-16 byte-order mark, not utf-8 text; "
+        "convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE > NEW)")
+    items = tiny_csv_source / "items.csv"
+    text = items.read_bytes().decode("utf-16")
+    for codec in ("utf-32-le", "utf-32-be"):  # with their marks: UTF-32, not UTF-16 (whose iconv would corrupt it)
+        items.write_bytes(codecs.BOM_UTF32_LE + text.encode(codec) if codec.endswith("le")
+                          else codecs.BOM_UTF32_BE + text.encode(codec))
+        assert _error(capsys, tiny_csv_source, tmp_path / "o").endswith(
+            "the file starts with a UTF-32 byte-order mark, not utf-8 text; convert it to UTF-8 (iconv -f UTF-32 -t "
+            "UTF-8 FILE > NEW)")
+    items.write_bytes(text.encode("utf-16"))
     for encoding in ("utf-16", "UTF-32-LE"):
         assert _error(capsys, tiny_csv_source, tmp_path / "o", "--encoding", encoding) == (
             f"--encoding {encoding} is not read: its line feed is not the one byte LF that lines are found by; "
@@ -553,6 +563,11 @@ def test_utf16_files_and_encodings_are_named(tiny_csv_source: Path, tmp_path: Pa
         path = tiny_csv_source / name
         path.write_bytes(path.read_bytes().decode("utf-16").encode("utf-8"))
     assert cli_ok(capsys, [str(tiny_csv_source), "--format", "csv"], tmp_path / "ok")["interactions"] == 48
+    for name in ("interactions.csv", "items.csv"):  # pandas' to_csv(encoding="utf-8-sig"): its mark comes once
+        path = tiny_csv_source / name
+        path.write_bytes(path.read_text(encoding="utf-8").encode("utf-8-sig"))
+    assert cli_ok(capsys, [str(tiny_csv_source), "--format", "csv", "--encoding", "utf-8-sig"],
+                  tmp_path / "sig")["interactions"] == 48
 
 
 def test_an_output_given_as_a_link_is_replaced_where_it_points(tiny_csv_source: Path, tmp_path: Path) -> None:

@@ -152,6 +152,11 @@ def test_bad_histories_are_clear_errors(trained: tuple[Path, Path]) -> None:
         recommender.add_items(["x"], None)  # type: ignore[arg-type]
     with pytest.raises(UnisrecError, match=r"^the history of user 'a' must be a list, got a string \('i1'\)$"):
         recommender.set_users({"a": "i1"})
+    with pytest.raises(UnisrecError, match=r"^histories must map user ids to their histories, got list$"):
+        recommender.set_users([["i1"]])  # type: ignore[arg-type]
+    events = pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["i1", "i2", "i3"]})
+    recommender.set_users(events.groupby("user_id").item_id.apply(list))  # a pandas Series
+    assert recommender.users == {"a": ["i1", "i2"], "b": ["i3"]}
     bad_inputs: list[tuple[object, str]] = [(None, "histories must be a list of histories"),
                                             ([None], "history 0 must be a list of item ids, got NoneType")]
     for wrong, message in bad_inputs:

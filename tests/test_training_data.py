@@ -331,3 +331,28 @@ def test_a_resumed_run_logs_each_step_and_epoch_once_in_its_curves(tmp_path: Pat
     steps = [(e.step, e.value) for e in events.Scalars("step/loss")]
     assert steps == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0), (5, 5.0), (6, 4.0), (7, 107.0), (8, 108.0)]
     assert [(e.step, round(e.value, 3)) for e in events.Scalars("valid/ndcg@10")] == [(1, 0.1), (2, 0.2)]
+
+
+def test_a_validation_of_cold_targets_only_is_refused_before_training(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """Validation leaves out the cases of cold targets: with every validation target cold nothing was left, and
+    the run trained an epoch, then stopped on a bare ValueError."""
+    from unisrec.datasets.processed import TEST, TRAIN, VALID, ProcessedDataset, write_processed
+
+    base = load_processed(prepare_synthetic(tmp_path / "d", n_users=40, n_items=30))
+    cold = cold_items(base.n_items, 0.2, TrainConfig().seed)
+    target = int(np.flatnonzero(cold)[0])  # every user's validation item is this cold item
+    warm = np.flatnonzero(~cold)
+    items, split = [], []
+    for user in range(base.n_users):
+        history = [int(warm[(user + k) % len(warm)]) for k in range(4)]
+        items += [*history, target, int(warm[(user + 5) % len(warm)])]
+        split += [TRAIN] * 4 + [VALID, TEST]
+    dataset = ProcessedDataset(
+        name="cold-valid", user_ids=base.user_ids, item_ids=base.item_ids, item_texts=base.item_texts,
+        offsets=np.arange(0, 6 * base.n_users + 1, 6, dtype=np.int64), items=np.array(items, dtype=np.int64),
+        timestamps=np.arange(len(items), dtype=np.int64), split=np.array(split, dtype=np.int8))
+    folder = write_processed(dataset, tmp_path / "cold-valid")
+    text = [f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    with pytest.raises(UnisrecError, match=r"^train.cold_items: every validation target is a withheld \(cold\) item"):
+        finetune(folder, "inductive", tmp_path / "run", overrides=[*SMALL, *text, "train.cold_items=0.2"])
+    assert not (tmp_path / "run").exists()  # refused before the run folder is written

@@ -202,7 +202,11 @@ def evaluate(
     config = config or EvalConfig()
     ranks = rank_split(model, dataset, split, config, device, table)  # (T,)
     if withheld is not None and withheld.any():
-        ranks = ranks[~withheld[dataset.items[dataset.target_rows(split)]]]  # (T',) the cases of warm targets
+        warm = ~withheld[dataset.items[dataset.target_rows(split)]]  # (T,) the cases of warm targets
+        if not warm.any():
+            raise UnisrecError(f"{split}: every target is a withheld (cold) item, so there is no case to choose on; "
+                               "lower train.cold_items or draw other cold items (train.seed)")
+        ranks = ranks[warm]  # (T',)
     return ranking_metrics(ranks, config.ks)
 
 

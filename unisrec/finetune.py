@@ -485,6 +485,10 @@ def finetune(
             raise UnisrecError("train.negatives samples the next-item softmax; --mode bert4rec trains its cloze "
                                "task over every item: use train.negatives=0")
         negative_pool(dataset, config.train)
+    withheld = cold_items(dataset.n_items, config.train.cold_items, config.train.seed)  # (N,) bool
+    if withheld.any() and withheld[dataset.items[dataset.target_rows("valid")]].all():  # before the folder is written
+        raise UnisrecError("train.cold_items: every validation target is a withheld (cold) item, so there is no case "
+                           "to choose an epoch on; lower train.cold_items or draw other cold items (train.seed)")
     device = resolve_device(config.train.device)
     warn_if_emulated("train.precision", config.train.precision, device)
     dist = Distributed.from_env(device.type)

@@ -44,9 +44,9 @@ from unisrec.records import git_commit
 from unisrec.runs import (
     ADOPTED,
     adopt_finished_replacement,
-    fingerprint,
     finish_run_dir,
     open_run_dir,
+    recorded_fingerprint,
     seed_everything,
     staging_dir,
 )
@@ -466,7 +466,7 @@ def pretrain(
         config.train,
         out,
         device=device,
-        fingerprint=fingerprint(settings),
+        fingerprint=recorded_fingerprint(out, settings),  # a resumed run's own (runs.same_settings)
         checkpoint_every=config.pretrain.checkpoint_every,
         max_steps=max_steps,
         dist=dist,

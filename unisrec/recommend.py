@@ -515,7 +515,7 @@ class Recommender:
 
     def set_users(self, histories: Mapping[str, Sequence[str]]) -> None:
         """Known users and their histories (item ids, oldest first): what ``recommend(users=...)`` ranks for."""
-        if not isinstance(histories, Mapping):
+        if not callable(getattr(histories, "items", None)):  # a dict, or a pandas Series (groupby(...).apply(list))
             raise UnisrecError(f"histories must map user ids to their histories, got {type(histories).__name__}")
         self.users = {str(u): [str(i) for i in as_list(h, f"the history of user {u!r}")] for u, h in histories.items()}
 

@@ -313,7 +313,7 @@ def encode_dataset(
     progress: bool = True,
     encoder: TextEncoder | None = None,
 ) -> EncodeResult:
-    """Encode every item text of a processed dataset into ``DIR/embeddings/<slug>.<pooling>.safetensors``.
+    """Encode every item text of a processed dataset into ``DIR/embeddings/`` (``vectors_file_name``).
 
     The (n_items, D) float32 matrix is in item-index order. An existing file is reused (nothing is loaded or
     encoded) while its model fingerprint, pooling, max length, item-id order and texts all match; ``force``

@@ -57,7 +57,8 @@ def check_encoding(encoding: str) -> None:
     readers find lines and their numbers by that byte."""
     try:
         codecs.lookup(encoding)
-        line_feed = "\n".encode(encoding)
+        one, two = "\n".encode(encoding), "\n\n".encode(encoding)  # a prefix (utf-8-sig's mark) comes once
+        line_feed = two[len(one):]
     except LookupError:
         raise UnisrecError(f"unknown encoding {encoding!r} (--encoding)") from None
     except UnicodeError:
@@ -246,9 +247,11 @@ def read_header(path: Path, encoding: str, delimiter: str, quoting: bool = True)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
         raise DataError(path, f"truncated or corrupted gzip file ({exc})" if gz else f"cannot read ({exc})") from None
     check_encoding(encoding)
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(path, f"the file starts with a UTF-16 or UTF-32 byte-order mark, not {encoding} text; convert "
-                        "it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE > NEW)", line=1)
+    for mark, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                       (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):  # UTF-32's first
+        if raw.startswith(mark):
+            raise DataError(path, f"the file starts with a {name} byte-order mark, not {encoding} text; convert it "
+                            f"to UTF-8 (iconv -f {name} -t UTF-8 FILE > NEW)", line=1)
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError:
