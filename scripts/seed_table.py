@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from unisrec.records import log_curve
-from unisrec.report_writer import cell, group_metric, relative_change
+from unisrec.report_writer import cell, group_metric, paired_note, relative_change
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
@@ -83,6 +83,19 @@ def _values(pattern: str, split: str, metric: str) -> list[float]:
             fail(f"{path}: no {split} {metric}")
         values.append(float(scores[metric]))
     return values
+
+
+def _by_seed(pattern: str, split: str, metric: str) -> dict[int, float] | None:
+    """``metric`` on ``split`` by seed of the runs or records matching ``pattern``; None where a file names no seed
+    or two name the same one (a glob over several experiments), so that no pairing is guessed."""
+    found: dict[int, float] = {}
+    for path in _sources(pattern):
+        content = json.loads(path.read_text())
+        seed, scores = content.get("seed"), content.get(split)
+        if not isinstance(seed, int) or seed in found or not isinstance(scores, dict) or metric not in scores:
+            return None
+        found[seed] = float(scores[metric])
+    return found
 
 
 def row(label: str, pattern: str, split: str, metrics: tuple[str, ...] = METRICS) -> str:
@@ -146,8 +159,10 @@ def versus_table(specs: list[tuple[str, str]], split: str, metric: str) -> list[
             fail(f"{label}={patterns}: --versus expects LABEL=REFERENCE_GLOB::CANDIDATE_GLOB")
         old, new = _values(reference_glob, split, metric), _values(candidate_glob, split, metric)
         above = "yes" if min(new) > max(old) else "no"
+        seeded_old, seeded_new = _by_seed(reference_glob, split, metric), _by_seed(candidate_glob, split, metric)
+        paired = paired_note(seeded_new, seeded_old) if seeded_old is not None and seeded_new is not None else ""
         lines.append(f"| {label} | {len(old)} / {len(new)} | {cell(old)} | {cell(new)} | "
-                     f"{relative_change(new, old)} | {above} |")
+                     f"{relative_change(new, old)}{paired} | {above} |")
     return lines
 
 

@@ -141,6 +141,14 @@ def test_versus_rows_compare_the_means_and_every_run(tmp_path: Path) -> None:
     done = seed_table("--versus", "ndcg@10", f"x={tmp_path}/a-s*.json")
     assert done.returncode == 2
     assert "--versus expects LABEL=REFERENCE_GLOB::CANDIDATE_GLOB" in done.stderr
+    # records naming their seeds: where the sides hold other seeds, the change over the seeds both hold too
+    for name, seed, value in (("r-s1", 1, 0.050), ("r-s2", 2, 0.040), ("r-s3", 3, 0.060), ("t-s1", 1, 0.045)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"seed": seed, "test": {"ndcg@10": value}}))
+    done = seed_table("--versus", "ndcg@10", f"one={tmp_path}/r-s*.json::{tmp_path}/t-s*.json",
+                      f"same={tmp_path}/r-s1.json::{tmp_path}/t-s1.json")
+    assert done.stdout.splitlines()[2:] == [
+        "| one | 3 / 1 | 0.0500 ± 0.0100 | 0.0450 | -10.0% (seed 1 of both: -10.0%) | no |",
+        "| same | 1 / 1 | 0.0500 | 0.0450 | -10.0% | no |"]
 
 
 def _epoch(epoch: int, ndcg: float, loss: float) -> dict[str, object]:

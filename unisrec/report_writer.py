@@ -98,24 +98,29 @@ def relative_change(new: list[float], old: list[float]) -> str:
     return f"{100 * (mean_std(new)[0] / mean_std(old)[0] - 1):+.1f}%"
 
 
-def change_between(results: Results, name: str, reference: str, metric: str) -> str:
-    """``relative_change`` of experiment ``name`` against ``reference`` over their recorded seeds; where the two
-    hold other seeds, also over the seeds both hold ("-7.0% (seed 1 of both: -3.0%)"), since a mean over other
-    seeds carries the seeds' own spread into the change."""
-    change = relative_change(_test(results, name, metric), _test(results, reference, metric))
-    mine, theirs = set(results.get(name, {})), set(results.get(reference, {}))
-    if change == "—" or mine == theirs:
-        return change
-    common = sorted(mine & theirs)
+def paired_note(new: dict[int, float], old: dict[int, float]) -> str:
+    """`` (seed 1 of both: -3.0%)``: the change over the seeds both sides hold, where they hold other seeds (a mean
+    over other seeds carries the seeds' own spread); "" where they hold the same seeds."""
+    if set(new) == set(old):
+        return ""
+    common = sorted(set(new) & set(old))
     if not common:
-        return f"{change} (no seed in common)"
-
-    def on(experiment: str) -> list[float]:
-        runs = results[experiment]
-        return [float(runs[s]["test"][metric]) for s in common if metric in runs[s]["test"]]
-
+        return " (no seed in common)"
     label = f"seed {common[0]}" if len(common) == 1 else f"seeds {', '.join(map(str, common))}"
-    return f"{change} ({label} of both: {relative_change(on(name), on(reference))})"
+    return f" ({label} of both: {relative_change([new[s] for s in common], [old[s] for s in common])})"
+
+
+def change_between(results: Results, name: str, reference: str, metric: str) -> str:
+    """``relative_change`` of experiment ``name`` against ``reference`` over their recorded seeds, and where the two
+    hold other seeds also over the seeds both hold ("-7.0% (seed 1 of both: -3.0%)", ``paired_note``)."""
+    change = relative_change(_test(results, name, metric), _test(results, reference, metric))
+    if change == "—":
+        return change
+
+    def by_seed(experiment: str) -> dict[int, float]:
+        return {s: float(m["test"][metric]) for s, m in results.get(experiment, {}).items() if metric in m["test"]}
+
+    return change + paired_note(by_seed(name), by_seed(reference))
 
 
 def _slug(text: str) -> str:
