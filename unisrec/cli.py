@@ -71,14 +71,14 @@ def _run_prepare(args: argparse.Namespace) -> int:
              "--cache-dir": "cache_dir"}
     refuse_inapplicable_options(args.fmt, {flag: option for flag, option in flags.items()
                                            if getattr(args, flag[2:].replace("-", "_")) is not None})
-    default_columns, default_options = CsvColumns(), PrepareOptions()
-    columns = CsvColumns(*(default if given is None else given for given, default in (
-        (args.user_column, default_columns.user), (args.item_column, default_columns.item),
-        (args.time_column, default_columns.timestamp), (args.items_id_column, default_columns.items_item),
-        (args.text_columns, default_columns.text))))
-    options = PrepareOptions(*(default if given is None else given for given, default in (
-        (args.user_core, default_options.user_core), (args.item_core, default_options.item_core),
-        (args.min_seq_len, default_options.min_seq_len))))
+    def given(fields: dict[str, Any]) -> dict[str, Any]:  # the flags given; the others keep their defaults
+        return {field: value for field, value in fields.items() if value is not None}
+
+    column_names = given({"user": args.user_column, "item": args.item_column, "timestamp": args.time_column,
+                          "items_item": args.items_id_column, "text": args.text_columns})
+    filtering = given({"user_core": args.user_core, "item_core": args.item_core, "min_seq_len": args.min_seq_len})
+    columns = CsvColumns(**column_names) if column_names else None
+    options = PrepareOptions(**filtering) if filtering else None
     if args.delimiter is not None and (len(args.delimiter) != 1 or args.delimiter in ('"', "\n", "\r")
                                        or not args.delimiter.isascii()):
         raise UnisrecError(f"--delimiter must be one ASCII character (not a quote or a line break), got "
@@ -103,12 +103,12 @@ def _run_prepare(args: argparse.Namespace) -> int:
                 source,
                 args.fmt,
                 out,
-                options=options if options != default_options else None,
+                options=options,
                 name=args.name,
                 overwrite=args.overwrite,
                 interactions=args.interactions,
                 items=args.items,
-                columns=columns if columns != default_columns else None,
+                columns=columns,
                 delimiter=args.delimiter,
                 encoding=args.encoding,
                 cache_dir=args.cache_dir,

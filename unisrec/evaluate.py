@@ -202,12 +202,19 @@ def evaluate(
     config = config or EvalConfig()
     ranks = rank_split(model, dataset, split, config, device, table)  # (T,)
     if withheld is not None and withheld.any():
-        warm = ~withheld[dataset.items[dataset.target_rows(split)]]  # (T,) the cases of warm targets
-        if not warm.any():
-            raise UnisrecError(f"{split}: every target is a withheld (cold) item, so there is no case to choose on; "
-                               "lower train.cold_items or draw other cold items (train.seed)")
-        ranks = ranks[warm]  # (T',)
+        ranks = ranks[warm_cases(dataset, split, withheld)]  # (T',)
     return ranking_metrics(ranks, config.ks)
+
+
+def warm_cases(dataset: ProcessedDataset, split: str, withheld: np.ndarray) -> np.ndarray:
+    """(T,) bool: the cases of ``split`` whose target is not a withheld item (``withheld``: (N,) bool); none is an
+    error, there being nothing to choose an epoch on."""
+    warm = ~withheld[dataset.items[dataset.target_rows(split)]]
+    if not warm.any():
+        what = "validation" if split == "valid" else split
+        raise UnisrecError(f"train.cold_items: every {what} target is a withheld (cold) item, so there is no case to "
+                           "choose an epoch on; lower train.cold_items or draw other cold items (train.seed)")
+    return warm
 
 
 def cold_metrics(ranks: np.ndarray, targets: np.ndarray, cold: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:

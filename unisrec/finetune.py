@@ -72,7 +72,7 @@ from unisrec.datasets.processed import ProcessedDataset, load_processed
 from unisrec.devices import resolve_device
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
-from unisrec.evaluate import evaluate, final_evaluation
+from unisrec.evaluate import evaluate, final_evaluation, warm_cases
 from unisrec.interpolate import choose_interpolation, snapshot
 from unisrec.json_io import read_json, read_json_object
 from unisrec.losses import distance_to_start, full_softmax_ce, withhold_items
@@ -485,10 +485,9 @@ def finetune(
             raise UnisrecError("train.negatives samples the next-item softmax; --mode bert4rec trains its cloze "
                                "task over every item: use train.negatives=0")
         negative_pool(dataset, config.train)
-    withheld = cold_items(dataset.n_items, config.train.cold_items, config.train.seed)  # (N,) bool
-    if withheld.any() and withheld[dataset.items[dataset.target_rows("valid")]].all():  # before the folder is written
-        raise UnisrecError("train.cold_items: every validation target is a withheld (cold) item, so there is no case "
-                           "to choose an epoch on; lower train.cold_items or draw other cold items (train.seed)")
+    cold = cold_items(dataset.n_items, config.train.cold_items, config.train.seed)  # (N,) items training withholds
+    if cold.any():
+        warm_cases(dataset, "valid", cold)  # some validation case to choose on: checked before the folder is written
     device = resolve_device(config.train.device)
     warn_if_emulated("train.precision", config.train.precision, device)
     dist = Distributed.from_env(device.type)
@@ -520,7 +519,6 @@ def finetune(
 
     vectors = dist.main_first(lambda: load_text(dataset, config.text)) if config.model.uses_text else None
     model = build_model(config.model, dataset.n_items, torch.from_numpy(vectors.matrix) if vectors else None)
-    cold = cold_items(dataset.n_items, config.train.cold_items, config.train.seed)  # (N,) items training withholds
     if cold.any() and dist.is_main and (config.model.item_repr == "id" or config.model.architecture == "fdsa"):
         print(f"train.cold_items: --mode {mode} scores items by their ID alone, and the {int(cold.sum())} cold items' "
               "rows are never trained: its cold_* metrics measure chance, not a cold-start model", file=sys.stderr)

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import numpy as np
 import torch
@@ -83,10 +83,16 @@ class Recommendation:
     text: str
 
 
+def is_list_like(values: object) -> TypeGuard[Iterable[Any]]:
+    """A list, tuple, numpy array, pandas Series, ...: iterable, and not a string (whose characters would be taken
+    one by one)."""
+    return isinstance(values, Iterable) and not isinstance(values, str | bytes)
+
+
 def as_list(values: object, what: str) -> list[Any]:
-    """A list of ``values`` (a list, tuple, numpy array, pandas Series, ...); a string (whose characters would be
-    taken one by one), None or any other non-iterable is an error naming ``what``."""
-    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+    """A list of ``values`` (``is_list_like``); a string, None or any other non-iterable is an error naming
+    ``what``."""
+    if not is_list_like(values):
         got = f"a string ({values!r:.60})" if isinstance(values, str | bytes) else type(values).__name__
         raise UnisrecError(f"{what} must be a list, got {got}")
     return list(values)
@@ -300,7 +306,7 @@ class Recommender:
         for number, history in enumerate(histories):
             if isinstance(history, str | bytes):  # not a history of one-character ids
                 raise UnisrecError(f"history {number} is a string, not a list of item ids: {history!r}")
-            if not isinstance(history, Iterable):
+            if not is_list_like(history):
                 raise UnisrecError(f"history {number} must be a list of item ids, got {type(history).__name__}")
             history = list(history)
             if len(history) == 0:
@@ -490,7 +496,7 @@ class Recommender:
         if len(self.catalogue) == 0:
             raise UnisrecError("the catalogue is empty; add items first (add_items)")
         k = checked_k(k)
-        if isinstance(histories, str | bytes) or not isinstance(histories, Iterable):
+        if not is_list_like(histories):
             raise UnisrecError("histories must be a list of histories, each a list of item ids (or texts)")
         histories = list(histories)
         if not by_text:
@@ -546,10 +552,10 @@ class Recommender:
         """Top-k of ad-hoc histories (item ids, or texts with ``by_text``) as a DataFrame like ``recommend``;
         user_id is the history's position in ``histories``."""
         message = "histories must be a list of lists of item ids (or texts)"
-        if isinstance(histories, str | bytes) or not isinstance(histories, Iterable):
+        if not is_list_like(histories):
             raise UnisrecError(message)
         histories = list(histories)
-        if any(isinstance(h, str | bytes) or not isinstance(h, Iterable) for h in histories):
+        if not all(is_list_like(h) for h in histories):
             raise UnisrecError(message)
         histories = [list(h) for h in histories]  # numpy arrays and Series too, as recommend_lists takes them
         results = self.recommend_lists(histories, k, exclude_seen, by_text) if len(histories) else []

@@ -135,13 +135,13 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
             previous = read_json_object(out / "run.json", "pass --overwrite to start the run again")
             if (out / "metrics.json").exists():
                 raise UnisrecError(f"{out}: run already finished; pass --overwrite to train it again")
-            if not same_settings(previous, settings) and _never_started(out):
+            same = same_settings(previous, settings)
+            if not same and _never_started(out):
                 # a start that failed before its first step (a bad --init, a missing text model) left only its
                 # run.json: nothing to keep, so the corrected command starts afresh instead of being refused
-                made = {"fingerprint": fingerprint(settings), **settings, **({"origin": origin} if origin else {})}
-                atomic_write_json(out / "run.json", made)
+                _write_run_json(out, settings, origin)
                 return work
-            if not same_settings(previous, settings):
+            if not same:
                 raise UnisrecError(
                     f"{out}: holds an unfinished run with different settings ({describe_changes(previous, settings)}); "
                     "run it with its own settings to resume it, or pass --overwrite, or choose another --out"
@@ -152,9 +152,14 @@ def open_run_dir(out: Path, settings: dict[str, Any], *, overwrite: bool, create
         _check_origin(work, started, origin)
     elif create:
         work.mkdir(parents=True, exist_ok=True)
-        made = {"fingerprint": fingerprint(settings), **settings, **({"origin": origin} if origin else {})}
-        atomic_write_json(work / "run.json", made)
+        _write_run_json(work, settings, origin)
     return work
+
+
+def _write_run_json(folder: Path, settings: dict[str, Any], origin: dict[str, Any] | None) -> None:
+    """What a run was asked to do: its settings, their fingerprint and its inputs' origin."""
+    atomic_write_json(folder / "run.json",
+                      {"fingerprint": fingerprint(settings), **settings, **({"origin": origin} if origin else {})})
 
 
 ADOPTED = 2  # a run's folder choice beside 0 (in place) and 1 (staging): a finished replacement moved in
