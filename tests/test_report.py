@@ -151,6 +151,19 @@ def test_report_end_to_end_then_reuses_runs_then_regenerates_from_records_alone(
     args = ["report", str(config_path), "--results", str(results)]
     assert main([*args, "--out", str(out)]) == 0
     assert "13 of 13 runs reused, 0 to run" in capsys.readouterr().err
+    # the same data under another root and another --out (another machine): every record is still its run
+    shutil.copytree(tmp_path / "data", tmp_path / "moved" / "data")
+    moved = tmp_path / "moved" / "report.yaml"
+    moved.write_text(config_path.read_text())
+    assert main(["report", str(moved), "--results", str(results), "--out", str(tmp_path / "out2"),
+                 "--dry-run"]) == 0
+    statuses = [line.split()[0] for line in capsys.readouterr().err.splitlines()
+                if line[:1] != " " and str(tmp_path / "out2") in line]  # "STATUS FOLDER" (commands indented)
+    assert len(statuses) == 13 and set(statuses) == {"recorded"}  # 2 datasets, 1 pre-training, 10 runs of 5 experiments
+    assert main(["report", str(moved), "--results", str(results), "--out", str(tmp_path / "out2")]) == 0
+    assert "13 of 13 runs reused, 0 to run" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").rglob("metrics.json"))
+    assert main([*args, "--out", str(out)]) == 0  # the report again as the original config names it
     text = report.read_text()  # its first line now names the CLI command (with --results)
     # another number of long-tail groups: the records get its counts from their run folders (nothing trains);
     # they kept the old count, and the long-tail section said "No record with per-group counts yet"

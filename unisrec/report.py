@@ -257,6 +257,13 @@ def _without_folders(spec: Any) -> Any:
     return spec
 
 
+def same_recorded_plan(stored: dict[str, Any], planned: dict[str, Any]) -> bool:
+    """Whether a record's plan is the planned run, its data sources and folders compared by name
+    (``_without_folders``): a record made under another data root or ``--out`` (another machine, data moved) is
+    the same run, not one to train again."""
+    return same_plan(_without_folders(stored), _without_folders(planned))
+
+
 def stale_records(config: ReportConfig, results_dir: Path) -> list[str]:
     """The records whose plan is not the run this config plans now (a config edited since they were made, a
     runner stopped by ``--only`` or ``--budget-minutes`` before it remade them); records without a plan (made by
@@ -266,8 +273,7 @@ def stale_records(config: ReportConfig, results_dir: Path) -> list[str]:
         name = record_name(run, config) if run.kind != "prepare" else None
         held = read_record(results_dir / f"{name}.json") if name is not None else None
         plan = held.get("plan") if held is not None else None
-        if name is not None and isinstance(plan, dict) and not same_plan(_without_folders(plan),
-                                                                         _without_folders(run.spec)):
+        if name is not None and isinstance(plan, dict) and not same_recorded_plan(plan, run.spec):
             stale.append(name)
     return stale
 
@@ -593,7 +599,7 @@ def verify_run(config_path: str | Path, out: str | Path, name: str, results_dir:
     if not matches or matches[0].kind == "prepare":
         raise UnisrecError(f"{name}: not a training run of {config_path}")
     run = matches[0]
-    if isinstance(record.get("plan"), dict) and not same_plan(record["plan"], run.spec):
+    if isinstance(record.get("plan"), dict) and not same_recorded_plan(record["plan"], run.spec):
         raise UnisrecError(f"{record_file}: recorded with other settings than {config_path} plans for it now; a "
                            "rerun would not test the record (restore the config, or rerun the report to replace "
                            "the record)")
@@ -816,7 +822,7 @@ def run_report(
             return
         target = results_dir / f"{name}.json"
         held = read_record(target)
-        if held is not None and isinstance(held.get("plan"), dict) and same_plan(held["plan"], run.spec):
+        if held is not None and isinstance(held.get("plan"), dict) and same_recorded_plan(held["plan"], run.spec):
             keep_record_of_remade_run(run, name, held, results_dir, log)
             return
         write_record(run.out, target, long_tail_groups=groups, plan=run.spec)
@@ -830,7 +836,7 @@ def run_report(
     def recorded(run: PlannedRun) -> bool:
         """Its record holds the same plan: the result is known, the run folder is not needed for it."""
         plan = stored_plan(run)[1]
-        return isinstance(plan, dict) and same_plan(plan, run.spec)
+        return isinstance(plan, dict) and same_recorded_plan(plan, run.spec)
 
     def missing_runs() -> list[PlannedRun]:
         todo = runs_to_execute(runs, recorded)
@@ -867,7 +873,7 @@ def run_report(
         """No record, or one of another plan (a record restored from git, a kill before the record was made);
         a record of a version without plans stays."""
         exists, plan = stored_plan(run)
-        return not exists or (isinstance(plan, dict) and not same_plan(plan, run.spec))
+        return not exists or (isinstance(plan, dict) and not same_recorded_plan(plan, run.spec))
 
     def regroup(run: PlannedRun) -> None:
         """A record of another ``long_tail.groups`` gets the counts of this number of groups, from the ranks of its
