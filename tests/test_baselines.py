@@ -168,13 +168,23 @@ def test_a_setting_the_mode_s_network_does_not_read_is_refused(synthetic_dataset
                ("inductive", "model.mask_prob=0.4", "model.mask_prob=0.4 is implemented for the bert4rec "
                 "architecture (--mode bert4rec), not unisrec"),
                ("bert4rec", "model.gru_layers=2", "for the gru4rec architecture"),
-               ("bert4rec", "train.windows=exact", "train.windows=exact is not read by bert4rec")]
+               ("bert4rec", "train.windows=exact", "train.windows=exact is not read by bert4rec"),
+               # freezing and the learning-rate scales act on parts found by name: trained as if not given before
+               ("gru4rec", "train.freeze=encoder", "train.freeze=encoder acts on the Transformer sequence encoder "
+                "(--mode inductive, transductive, sasrec, zesrec); gru4rec has none"),
+               ("bert4rec", "train.encoder_lr_scale=0.1", "bert4rec has none"),
+               ("fdsa", "train.encoder_lr_scale=0", "fdsa has none"),
+               ("zesrec", "train.adaptor_lr_scale=0", "train.adaptor_lr_scale=0 acts on the text adaptor (--mode "
+                "inductive, transductive); zesrec has none"),
+               ("sasrec", "train.adaptor_lr_scale=0.5", "sasrec has none")]
     for mode, override, message in refused:
         with pytest.raises(ConfigError, match=re.escape(message)):
             resolve_config(RunConfig().with_overrides([override]), mode, None, [override])
     for mode, override in (("bert4rec", "model.mask_prob=0.4"), ("gru4rec", "model.gru_layers=2"),
                            ("bert4rec", "train.windows=strided"), ("zesrec", "model.center_text=false"),
-                           ("inductive", "model.center_text=true"), ("zesrec", "model.n_experts=2")):
+                           ("inductive", "model.center_text=true"), ("zesrec", "model.n_experts=2"),
+                           ("zesrec", "train.freeze=encoder"), ("sasrec", "train.encoder_lr_scale=0.1"),
+                           ("transductive", "train.adaptor_lr_scale=0.5")):
         resolved = resolve_config(RunConfig().with_overrides([override]), mode, None, [override])
         assert resolved.model.architecture == MODE_ARCHITECTURE[mode]
     code = main(["finetune", str(synthetic_dataset), "--mode", "zesrec", "--out", str(tmp_path / "z"),

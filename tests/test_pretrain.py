@@ -449,6 +449,23 @@ def test_pretrain_says_the_validation_settings_do_nothing_there(capsys: pytest.C
     assert capsys.readouterr().err == ""
 
 
+def test_pretrain_says_which_view_settings_make_no_view(capsys: pytest.CaptureFixture[str]) -> None:
+    """The recipe makes no word-drop views (pretrain.word_drop_variants=0): --pretrain.word_drop=0.5 changed the
+    run's fingerprint and nothing else, without a word; without the sequence-sequence loss no view is made."""
+    from unisrec.pretrain import pretrain_settings, recipe_config
+
+    pretrain_settings(["/a"], recipe_config(), ["pretrain.word_drop=0.5"])
+    assert capsys.readouterr().err == ("note: pretrain.word_drop does nothing here (pretrain.word_drop=0.5, "
+                                       "pretrain.word_drop_variants=0: word-drop views need both above 0)\n")
+    pretrain_settings(["/a"], recipe_config(), ["pretrain.lambda_ss=0", "pretrain.item_drop=0.3",
+                                                "pretrain.word_drop_variants=2"])
+    assert capsys.readouterr().err == ("note: pretrain.item_drop, pretrain.word_drop_variants do nothing here "
+                                       "(pretrain.lambda_ss=0: no sequence-sequence loss, whose views they make)\n")
+    for read in (["pretrain.word_drop=0.5", "pretrain.word_drop_variants=3"], ["pretrain.item_drop=0.3"]):
+        pretrain_settings(["/a"], recipe_config(), read)  # views made with them: nothing said
+        assert capsys.readouterr().err == ""
+
+
 def test_domains_of_the_same_name_keep_apart_keys(tmp_path: Path, tiny_lm_dir: Path) -> None:
     """Two folders holding datasets of one name (or one folder given twice) log each domain's loss apart."""
     from unisrec.config import RunConfig

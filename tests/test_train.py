@@ -24,8 +24,9 @@ SMALL = [
 ]
 
 
-def _fit(dataset_dir: Path, run_dir: Path | None, max_steps: int = 0, checkpoint_every: int = 0) -> UniSRec:
-    config = RunConfig().with_overrides([*SMALL, "model.item_repr=id", "train.epochs=3"])
+def _fit(dataset_dir: Path, run_dir: Path | None, max_steps: int = 0, checkpoint_every: int = 0,
+         schedule: str = "constant") -> UniSRec:
+    config = RunConfig().with_overrides([*SMALL, "model.item_repr=id", "train.epochs=3", f"train.schedule={schedule}"])
     dataset = load_processed(dataset_dir)
     torch.manual_seed(0)
     model = UniSRec(config.model, dataset.n_items)
@@ -48,6 +49,21 @@ def test_resume_after_interruption_gives_identical_weights(synthetic_dataset: Pa
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     epochs = [json.loads(line)["epoch"] for line in (run / "train.log").read_text().splitlines()]
     assert epochs == [1, 2, 3]  # each epoch once: the interrupted one's partial record is gone
+
+
+def test_a_decaying_schedule_ended_by_max_steps_is_not_continued_under_another_end(
+        synthetic_dataset: Path, tmp_path: Path) -> None:
+    """max_steps ends a cosine schedule (a pilot is a whole short run): its checkpoint continued without max_steps
+    would jump back up the full run's schedule and match neither run (it did, silently); the same max_steps resumes."""
+    run = tmp_path / "run"
+    run.mkdir()
+    short = _fit(synthetic_dataset, run, max_steps=4, checkpoint_every=1, schedule="cosine")
+    with pytest.raises(UnisrecError, match=r"cosine schedule spans 4 steps \(max_steps sets its end\), not the "
+                                           r"\d+ planned now"):
+        _fit(synthetic_dataset, run, schedule="cosine")
+    again = _fit(synthetic_dataset, run, max_steps=4, schedule="cosine")  # the same run: its checkpoint, as it was
+    for (name, a), b in zip(short.state_dict().items(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("whole_epochs", [0, 1])

@@ -261,6 +261,23 @@ def check_read_settings(config: RunConfig) -> None:
     if model.architecture == "unisrec" and model.item_repr == "id" and model.center_text:
         raise ConfigError("model.center_text=true centres item text vectors; --mode sasrec has none (modes "
                           "inductive, transductive)")
+    # the parts train.freeze and the learning-rate scales act on (unisrec.train.set_trainable, param_groups), by
+    # their parameter names: a Transformer "encoder." (UniSRec, SASRec, ZESRec) and a text "adaptor." (UniSRec_t,
+    # UniSRec_t+ID); a network without one would train as if they were not given
+    train = config.train
+    has_encoder = model.architecture in ("unisrec", "zesrec")
+    has_adaptor = model.architecture == "unisrec" and model.item_repr != "id"
+    unread = [f"train.freeze={train.freeze}" if train.freeze == "encoder" and not has_encoder else "",
+              f"train.encoder_lr_scale={train.encoder_lr_scale:g}" if train.encoder_lr_scale != 1
+              and not has_encoder else "",
+              f"train.adaptor_lr_scale={train.adaptor_lr_scale:g}" if train.adaptor_lr_scale != 1
+              and not has_adaptor else ""]
+    for setting in filter(None, unread):
+        part = "text adaptor" if "adaptor" in setting else "Transformer sequence encoder"
+        owners = "inductive, transductive" if "adaptor" in setting else "inductive, transductive, sasrec, zesrec"
+        network = model.architecture if model.item_repr != "id" or model.architecture != "unisrec" else "sasrec"
+        raise ConfigError(f"{setting} acts on the {part} (--mode {owners}); {network} has none and "
+                          "would train as if it were not given")
     if model.architecture == "bert4rec" and config.train.windows not in ("auto", "strided"):
         raise ConfigError(f"train.windows={config.train.windows} is not read by bert4rec, whose cloze task trains "
                           "on strided windows; leave it at auto or strided")

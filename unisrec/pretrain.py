@@ -389,6 +389,21 @@ def pretrain_settings(data_dirs: Sequence[str | Path], config: RunConfig, overri
     if unread:
         print(f"note: {', '.join(unread)} {'does' if len(unread) == 1 else 'do'} nothing in pre-training (it never "
               "validates nor mixes weights); read by fine-tuning only", file=sys.stderr)
+    # the views of the sequence-sequence loss: without the loss (pretrain.lambda_ss=0) none is made, and word-drop
+    # views need both a rate and variants (the recipe has none: pretrain.word_drop_variants=0)
+    pre = config.pretrain
+    if pre.lambda_ss == 0:
+        idle = {"pretrain.item_drop", "pretrain.word_drop", "pretrain.word_drop_variants"}
+        why = "pretrain.lambda_ss=0: no sequence-sequence loss, whose views they make"
+    else:
+        idle = ({"pretrain.word_drop"} if pre.word_drop_variants == 0 else set()) | \
+            ({"pretrain.word_drop_variants"} if pre.word_drop == 0 else set())
+        why = (f"pretrain.word_drop={pre.word_drop:g}, pretrain.word_drop_variants={pre.word_drop_variants}: "
+               "word-drop views need both above 0")
+    unread_views = sorted(idle & given)
+    if unread_views:
+        print(f"note: {', '.join(unread_views)} {'does' if len(unread_views) == 1 else 'do'} nothing here ({why})",
+              file=sys.stderr)
     # the recipe's train.precision=auto: recorded as what it resolves to here (bfloat16 only where it is native)
     config = with_resolved_precision(config, resolve_device(config.train.device))
     settings: dict[str, Any] = {

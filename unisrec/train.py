@@ -128,7 +128,7 @@ def _restore_random_states(tensors: dict[str, Tensor], dist: Distributed, device
 
 def _save_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, fingerprint: str,
-    rng_states: dict[str, Tensor],
+    rng_states: dict[str, Tensor], schedule_steps: int,
 ) -> None:
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     optim = optimizer.state_dict()
@@ -136,7 +136,8 @@ def _save_checkpoint(
         for key, value in values.items():
             tensors[f"optim/{index}/{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
     tensors.update(rng_states)
-    meta = {"state": asdict(state), "param_groups": optim["param_groups"], "fingerprint": fingerprint}
+    meta = {"state": asdict(state), "param_groups": optim["param_groups"], "fingerprint": fingerprint,
+            "schedule_steps": schedule_steps}
     with atomic_directory(path, replace=True) as tmp:
         save_tensors(tmp / "state.safetensors", tensors)
         (tmp / "state.json").write_text(json.dumps(meta))
@@ -144,7 +145,7 @@ def _save_checkpoint(
 
 def _load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str, dist: Distributed,
-    device: torch.device,
+    device: torch.device, config: TrainConfig, schedule_steps: int,
 ) -> TrainState:
     meta = read_json(path / "state.json", "delete the checkpoint folder or pass --overwrite")
     if not isinstance(meta, dict):
@@ -153,6 +154,13 @@ def _load_checkpoint(
     if meta.get("fingerprint") != fingerprint:
         raise UnisrecError(
             f"{path}: checkpoint of a run with different settings; use another --out or --overwrite"
+        )
+    made_for = meta.get("schedule_steps")  # absent in checkpoints made before it was kept
+    if config.schedule != "constant" and isinstance(made_for, int) and made_for != schedule_steps:
+        raise UnisrecError(
+            f"{path}: checkpoint of a run whose {config.schedule} schedule spans {made_for} steps (max_steps sets "
+            f"its end), not the {schedule_steps} planned now: continued, it would not be the run either plans; "
+            "pass the same max_steps, or start afresh (another --out, or --overwrite)"
         )
     try:
         tensors = load_file(str(path / "state.safetensors"))
@@ -214,7 +222,9 @@ def fit(
     """Train ``model`` (its parameters with requires_grad) on ``task``; resumes from ``run_dir/checkpoint``.
 
     ``checkpoint_every`` > 0 also checkpoints every that many steps inside an epoch; ``max_steps`` > 0
-    stops after that many steps in all. With ``dist``, gradients are averaged over processes (the model
+    stops after that many steps in all, and a decaying schedule (``train.schedule=cosine``) ends there (a pilot is a
+    whole short run): its checkpoint is continued only under the same end (a constant schedule under any).
+    With ``dist``, gradients are averaged over processes (the model
     must then be wrapped by the caller in DistributedDataParallel) and only rank 0 writes files; every rank
     gets the same ``run_dir`` (its checkpoints gather every rank's random state).
     """
@@ -234,7 +244,7 @@ def fit(
     dist.barrier()  # the other ranks look for the checkpoint once rank 0 has put back one that a kill left aside
     state = TrainState()
     if checkpoint is not None and (checkpoint / "state.json").exists():
-        state = _load_checkpoint(checkpoint, model, optimizer, fingerprint, dist, device)
+        state = _load_checkpoint(checkpoint, model, optimizer, fingerprint, dist, device, config, total_steps)
         # the record of an epoch that max_steps ended: kept where this run ends there too; where the epoch goes on
         # (train.fit called with a later max_steps, or none; the CLI refuses to resume with another --max-steps),
         # dropped from the history as from the log, its seconds back in the epoch's: it is recorded whole when it ends
@@ -258,7 +268,7 @@ def fit(
         if checkpoint is not None:
             rng_states = random_states(dist, device)  # every rank's, gathered on every rank
             if write:
-                _save_checkpoint(checkpoint, model, optimizer, state, fingerprint, rng_states)
+                _save_checkpoint(checkpoint, model, optimizer, state, fingerprint, rng_states, total_steps)
         dist.barrier()
 
     if config.select_start and task.validate is not None and state.global_step == 0:
