@@ -286,3 +286,49 @@ def test_a_rerun_removes_what_a_killed_writer_left(tmp_path: Path, tiny_lm_dir: 
     torn.write_bytes(b"half")
     persist_addition(added, ["x"], ["red"], torch.zeros(1, 4))
     assert sorted(p.name for p in added.iterdir()) == [".lock", "00000001.safetensors"]
+
+
+class _Killed(BaseException):
+    """A kill at a chosen write (BaseException: no handler of the library's takes it for an error to report)."""
+
+
+@pytest.mark.parametrize("at", ["card", "metrics"])
+def test_a_kill_while_a_finished_run_writes_its_files_is_completed_by_the_same_command(
+        at: str, tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """metrics.json marks a run finished: written before the card (and the pre-trained run's list of transfers), a
+    kill between them left a run that the same command refused to complete ("run already finished"), without its
+    README.md and with its checkpoint. Written last, the rerun completes it from its checkpoint."""
+    import unisrec.finetune as finetune_module
+    import unisrec.pretrain as pretrain_module
+    from unisrec.cli import main
+
+    domains = [prepare_synthetic(tmp_path / name, seed=i, n_users=60, n_items=20) for i, name in enumerate("ab")]
+    small = ["--text-model", str(tiny_lm_dir), "--epochs", "1", "--train.batch_size=64", *TINY]
+    pre, run = tmp_path / "pre", tmp_path / "run"
+    commands = {"pretrain": ["pretrain", *map(str, domains), "--out", str(pre), *small],
+                "finetune": ["finetune", str(domains[0]), "--mode", "inductive", "--init", str(pre),
+                             "--out", str(run), *small]}
+    for module, writer in ((pretrain_module, "write_pretrain_card"), (finetune_module, "write_finetune_card")):
+        kind = "pretrain" if module is pretrain_module else "finetune"
+        real_json = module.atomic_write_json
+
+        def card(*args: object) -> None:
+            raise _Killed
+
+        def metrics(path: Path, *args: object, real: Callable[..., None] = real_json) -> None:
+            if path.name == "metrics.json":
+                raise _Killed
+            real(path, *args)
+
+        with monkeypatch.context() as patch:
+            if at == "card":
+                patch.setattr(module, writer, card)
+            else:
+                patch.setattr(module, "atomic_write_json", metrics)
+            with pytest.raises(_Killed):
+                main(commands[kind])
+        out = pre if kind == "pretrain" else run
+        assert main(commands[kind]) == 0, kind  # the same command: the run completes
+        assert (out / "metrics.json").exists() and (out / "README.md").exists() and not (out / "checkpoint").exists()
+    card_json = json.loads((pre / "card.json").read_text())
+    assert [t["run"] for t in card_json["transfers"]] == [str(run.resolve())]  # told once, after the rerun

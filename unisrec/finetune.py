@@ -412,15 +412,21 @@ def finetune_settings(data_dir: str | Path, mode: str, config: RunConfig, overri
     return config, settings
 
 
-def _announce_finished(final: Path, metrics: FinetuneMetrics, init_dir: Path | None, train: TrainConfig) -> None:
-    """The last line of a finished fine-tuning (its best epoch and test figures, or valid ones with
-    eval.test=false), and its test result added to the card of the pre-trained run ``init_dir`` (None: none)."""
-    if metrics["test"] is None:  # eval.test=false: a run that chooses a setting on validation
+def _tell_init(final: Path, metrics: FinetuneMetrics, init_dir: Path | None, train: TrainConfig) -> None:
+    """A finished fine-tuning's test result added to the card of the pre-trained run ``init_dir`` (None: none;
+    the card lists test results only). Idempotent (one entry per run): made before ``metrics.json``, it is made
+    again by a rerun after a kill in between."""
+    if metrics["test"] is not None and init_dir is not None:
+        record_transfer(init_dir, final, metrics, train)
+
+
+def _announce_finished(metrics: FinetuneMetrics) -> None:
+    """The last line of a finished fine-tuning: its best epoch and test figures, or valid ones with
+    eval.test=false (a run that chooses a setting on validation)."""
+    if metrics["test"] is None:
         print(f"best epoch {metrics['best_epoch']}: valid {json.dumps(metrics['valid'])} (test not scored: "
               "eval.test=false)", file=sys.stderr)
         return
-    if init_dir is not None:  # the pre-trained model's card lists test results only
-        record_transfer(init_dir, final, metrics, train)
     print(f"best epoch {metrics['best_epoch']}: test {json.dumps(metrics['test'])}", file=sys.stderr)
 
 
@@ -434,7 +440,8 @@ def _adopted(final: Path, settings: dict[str, Any], init_dir: Path | None, train
         write_finetune_card(final, settings, metrics, recorded if isinstance(recorded, str) else None)
         print(f"{final}: the replacement trained by an interrupted --overwrite had finished; moved in, not trained "
               "again", file=sys.stderr)
-        _announce_finished(final, metrics, init_dir, train)
+        _tell_init(final, metrics, init_dir, train)
+        _announce_finished(metrics)
     dist.barrier()
     dist.close()
     return metrics
@@ -618,11 +625,14 @@ def finetune(
     if dist.is_main:
         if final_eval.test_ranks is not None:
             save_ranks(out, final_eval.test_ranks)
-        atomic_write_json(out / "metrics.json", metrics)
+        # everything else first, metrics.json last: it marks the run finished (a rerun refuses to train it again),
+        # so a kill before it leaves a run that the same command completes from its last checkpoint
         write_finetune_card(out, settings, metrics, command)
+        _tell_init(final, metrics, init_dir if card else None, config.train)
+        atomic_write_json(out / "metrics.json", metrics)
         clear_checkpoint(out)
         finish_run_dir(out, final)
-        _announce_finished(final, metrics, init_dir if card else None, config.train)
+        _announce_finished(metrics)
     # DistributedDataParallel's reducer holds the process group: released here, while every rank is still alive
     # (released at the function's end instead, a rank whose peer had exited hung joining gloo's threads)
     del task, wrapped, replayed

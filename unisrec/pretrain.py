@@ -507,8 +507,8 @@ def pretrain(
         "code": code,
     }
     if dist.is_main:
+        write_pretrain_card(out, settings, metrics, command)  # before metrics.json, which marks the run finished
         atomic_write_json(out / "metrics.json", metrics)
-        write_pretrain_card(out, settings, metrics, command)
         clear_checkpoint(out)
         finish_run_dir(out, final)
         print(f"pre-trained {state.global_step} steps over {len(corpus.names)} domains", file=sys.stderr)
