@@ -54,6 +54,37 @@ def test_atomic_directory_swaps_whole_folders(tmp_path: Path) -> None:
     assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~mask
 
 
+def test_a_folder_is_on_disk_before_it_replaces_the_old_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file of the new folder, and the folders themselves, are flushed (fsync) before the rename that makes
+    them the real ones and the deletion of the old ones: a power loss left empty files (a checkpoint's state.json,
+    a prepared dataset's parquet files) with the previous version already gone."""
+    from unisrec import atomic
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync " + os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), tmp_path))
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        events.append(f"replace {Path(dst).name}")
+        real_replace(src, dst)
+
+    target = tmp_path / "d"
+    target.mkdir()
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with atomic.atomic_directory(target, replace=True) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "state.json").write_text("{}")
+        (tmp / "model.safetensors").write_bytes(b"weights")
+    first_replace = next(i for i, e in enumerate(events) if e.startswith("replace"))
+    flushed = {e.split("/", 1)[1] for e in events[:first_replace] if e.startswith("fsync ") and "/" in e}
+    assert flushed >= {"sub/state.json", "model.safetensors", "sub"}, events
+    assert (target / "sub" / "state.json").read_text() == "{}"
+
+
 def test_failed_final_rename_restores_the_old_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 

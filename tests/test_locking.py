@@ -45,6 +45,23 @@ def test_second_writer_is_refused_then_takes_over_a_dead_holders_lock(tmp_path: 
     release(out.parent / ".run.lock")
 
 
+def test_a_link_to_a_folder_in_use_is_refused_too(tmp_path: Path) -> None:
+    """A link and its target are one output (written where the link points): the lock was ``.LINK.lock`` for the
+    link, so `unisrec evaluate LINK DATA --save` wrote into a run that another process was replacing."""
+    run = tmp_path / "runs" / "notest"
+    run.mkdir(parents=True)
+    link = tmp_path / "notest-link"
+    link.symlink_to(run)
+    proc = _holder(run)
+    try:
+        with pytest.raises(UnisrecError, match=rf"{link}: in use by process {proc.pid}$"):
+            hold_folder(link)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / ".notest-link.lock").exists()
+
+
 def test_finetune_on_an_output_in_use_exits_2(tmp_path: Path, tiny_lm_dir: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=12)
@@ -115,3 +132,30 @@ def test_a_dataset_written_in_process_leaves_its_folder_free(tmp_path: Path) -> 
                           capture_output=True, text=True).returncode
     assert code == 1  # refused: "in use by process ..."
     release(out.parent / f".{out.name}.lock")
+
+
+def test_a_run_trained_or_scored_in_process_leaves_its_folder_free(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """finetune() / pretrain() / score_test() held the run folder's lock for the life of the process: a notebook
+    that trained a run kept `unisrec finetune ... --overwrite` (and every other writer) out afterwards."""
+    from unisrec.finetune import finetune
+    from unisrec.pretrain import pretrain
+    from unisrec.score_test import score_test
+
+    data = prepare_synthetic(tmp_path / "d", n_users=20, n_items=12)
+    tiny = ["model.hidden_size=8", "model.inner_size=8", "model.n_experts=1", "train.epochs=1",
+            "train.progress=false", f"text.model={tiny_lm_dir}"]
+    pre, run = tmp_path / "pre", tmp_path / "run"
+    pretrain([data], pre, overrides=tiny)
+    finetune(data, "inductive", run, overrides=[*tiny, "eval.test=false"])
+    score_test(run, data)
+    for folder in (pre, run):
+        proc = _holder(folder)  # another process takes the folder at once
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    hold_folder(run)  # held by this process before the call: still held after it
+    with pytest.raises(UnisrecError, match="run already finished"):
+        finetune(data, "inductive", run, overrides=tiny)
+    code = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(60)", ""), str(run)],
+                          capture_output=True, text=True).returncode
+    assert code == 1  # refused: "in use by process ..."
+    release(run.parent / f".{run.name}.lock")

@@ -22,6 +22,19 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and then each folder, deepest first, to the disk: before a rename makes
+    them the real ones (and the previous version is deleted), so that a power loss cannot leave empty files."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            file = Path(root) / name
+            if file.is_symlink():
+                continue
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(Path(root))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -90,6 +103,7 @@ def atomic_directory(path: str | Path, *, replace: bool) -> Iterator[Path]:
         raise
     old: Path | None = None
     try:
+        fsync_tree(tmp)  # durable before it replaces anything
         if path.exists():
             if not replace:
                 raise FileExistsError(path)

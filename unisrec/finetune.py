@@ -75,6 +75,7 @@ from unisrec.errors import UnisrecError
 from unisrec.evaluate import evaluate, final_evaluation, warm_cases
 from unisrec.interpolate import choose_interpolation, snapshot
 from unisrec.json_io import read_json, read_json_object
+from unisrec.locking import releases_its_locks
 from unisrec.losses import distance_to_start, full_softmax_ce, withhold_items
 from unisrec.model import SequenceModel, add_offsets
 from unisrec.model_card import command_line, record_transfer, write_finetune_card
@@ -447,6 +448,7 @@ def _adopted(final: Path, settings: dict[str, Any], init_dir: Path | None, train
     return metrics
 
 
+@releases_its_locks
 def finetune(
     data_dir: str | Path,
     mode: str,

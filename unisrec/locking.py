@@ -8,16 +8,20 @@ stale lock file left behind is simply taken over by the next writer.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, ParamSpec, TypeVar
 
+from unisrec.atomic import real_folder
 from unisrec.errors import UnisrecError
 
 _HELD: dict[Path, IO[str]] = {}
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def hold(path: Path, what: str, *, wait: bool = False) -> None:
@@ -55,7 +59,9 @@ def release(path: Path) -> None:
 
 
 def folder_lock(folder: Path) -> Path:
-    """The lock file of the output folder ``folder``: ``.NAME.lock`` beside it."""
+    """The lock file of the output folder ``folder``: ``.NAME.lock`` beside it (beside the folder a symbolic link
+    points to: a link and its target are one output, written where the link points, ``atomic.real_folder``)."""
+    folder = real_folder(folder)
     return folder.parent / f".{folder.name}.lock"
 
 
@@ -83,6 +89,23 @@ def holding_folder(folder: Path) -> Iterator[None]:
     finally:
         if not already:
             release(lock)
+
+
+def releases_its_locks(function: Callable[P, R]) -> Callable[P, R]:
+    """``function`` letting go, when it returns or raises, of every lock it took (those held before the call stay
+    held): a long-lived process (a notebook that trained a run, a server) does not keep other writers of the run
+    folder out once the run is written. A process that ends drops its locks anyway."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        before = set(_HELD)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            for path in [held for held in _HELD if held not in before]:
+                release(path)
+
+    return wrapper
 
 
 @contextmanager

@@ -36,6 +36,7 @@ from unisrec.devices import resolve_device
 from unisrec.distributed import Distributed
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json
+from unisrec.locking import releases_its_locks
 from unisrec.losses import contrastive
 from unisrec.model import UniSRec
 from unisrec.model_card import command_line, write_pretrain_card
@@ -415,6 +416,7 @@ def pretrain_settings(data_dirs: Sequence[str | Path], config: RunConfig, overri
     return config, settings
 
 
+@releases_its_locks
 def pretrain(
     data_dirs: Sequence[str | Path],
     out: str | Path,

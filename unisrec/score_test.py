@@ -23,11 +23,12 @@ from unisrec.devices import resolve_device
 from unisrec.errors import UnisrecError
 from unisrec.evaluate import check_run_items, final_evaluation
 from unisrec.json_io import read_json
-from unisrec.locking import hold_folder
+from unisrec.locking import hold_folder, releases_its_locks
 from unisrec.model_card import record_transfer, write_finetune_card
 from unisrec.training_data import cold_items
 
 
+@releases_its_locks
 def score_test(run_dir: str | Path, data_dir: str | Path, *, device: str = "auto") -> dict[str, float]:
     """Test metrics of the finished fine-tuning ``run_dir`` (made with ``eval.test=false``) on ``data_dir``, its
     own dataset; writes them into the run folder and returns them."""
