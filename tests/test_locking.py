@@ -31,15 +31,21 @@ def _holder(folder: Path) -> subprocess.Popen[str]:
     return proc
 
 
-def test_second_writer_is_refused_then_takes_over_a_dead_holders_lock(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = _holder(out)
+def _refused_while_held(held: Path, asked: Path) -> None:
+    """Another process holds ``held``: taking ``asked`` is refused, naming ``asked`` and the holder; then the
+    holder dies (kill -9)."""
+    proc = _holder(held)
     try:
-        with pytest.raises(UnisrecError, match=rf"{out}: in use by process {proc.pid}$"):
-            hold_folder(out)
+        with pytest.raises(UnisrecError, match=rf"{asked}: in use by process {proc.pid}$"):
+            hold_folder(asked)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_second_writer_is_refused_then_takes_over_a_dead_holders_lock(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _refused_while_held(out, out)
     assert (tmp_path / ".run.lock").exists()  # the dead holder's file is left behind ...
     hold_folder(out)  # ... and taken over
     release(out.parent / ".run.lock")
@@ -52,13 +58,7 @@ def test_a_link_to_a_folder_in_use_is_refused_too(tmp_path: Path) -> None:
     run.mkdir(parents=True)
     link = tmp_path / "notest-link"
     link.symlink_to(run)
-    proc = _holder(run)
-    try:
-        with pytest.raises(UnisrecError, match=rf"{link}: in use by process {proc.pid}$"):
-            hold_folder(link)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    _refused_while_held(run, link)
     assert not (tmp_path / ".notest-link.lock").exists()
 
 
