@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -207,7 +209,30 @@ def _report_only_with_dry_run(tmp: Path, lm: Path) -> tuple[list[str], str]:
             "--report-only does not go with --dry-run (it would ignore them): give it alone")
 
 
+def _bad_yaml_config(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")
+    (tmp / "c.yaml").write_text("train: [1\n")  # PyYAML's message spans 8 lines with an excerpt of the file
+    return (["finetune", str(data), "--mode", "inductive", "--out", str(tmp / "r"), "--config", str(tmp / "c.yaml")],
+            f"{tmp / 'c.yaml'}: not valid YAML (line 2, column 1: while parsing a flow sequence, expected ',' or ']', "
+            "but got '<stream end>')")
+
+
+def _bad_yaml_report(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    (tmp / "r.yaml").write_text("datasets:\n  a: {source: x\n  b: 1\n")
+    return (["report", str(tmp / "r.yaml"), "--dry-run", "--out", str(tmp / "o")],
+            f"{tmp / 'r.yaml'}: not valid YAML (line 3, column 4: while parsing a flow mapping, expected ',' or "
+            "'}', but got ':')")
+
+
+def _absurd_threads(tmp: Path, lm: Path) -> tuple[list[str], str]:
+    data = prepare_synthetic(tmp / "d")  # torch failed with an ImportError traceback deep inside Adam
+    return (["finetune", str(data), "--mode", "inductive", "--out", str(tmp / "r"), "--train.threads=99999"],
+            "train.threads must be at most 1024 (0: torch's default, the machine's cores), got 99999")
+
+
 CASES: dict[str, Case] = {
+    "finetune: 99999 threads": _absurd_threads,
+    "config file: bad YAML": _bad_yaml_config, "report config: bad YAML": _bad_yaml_report,
     "report: --verify with --dry-run": _verify_with_dry_run,
     "report: --report-only with --dry-run": _report_only_with_dry_run,
     "finetune: transfer without init": _transfer_without_init,
@@ -239,7 +264,7 @@ REFUSED_BEFORE_THE_RUN_FOLDER = {"finetune: --epochs and --train.epochs", "finet
                                  "finetune: offsets' lr without offsets", "finetune: a pre-training setting",
                                  "pretrain: a baseline's architecture", "pretrain: a baseline's setting",
                                  "pretrain: negative max steps", "finetune: NaN lr", "renamed setting, bad value",
-                                 "select metric not computed"}
+                                 "select metric not computed", "finetune: 99999 threads"}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -254,6 +279,51 @@ def test_bad_input_exits_2_with_one_line(name: str, tmp_path: Path, tiny_lm_dir:
     assert "Traceback" not in err[0]
     if name in REFUSED_BEFORE_THE_RUN_FOLDER:  # a corrected command then runs (no run.json of other settings)
         assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["prepare", "src", "--format", "foo", "--out", "o"], "unisrec prepare: error: argument --format: invalid choice: "
+     "'foo' (choose from 'unisrec', 'csv', 'amazon2018', 'online-retail', 'recbole', 'movielens') (see unisrec "
+     "prepare --help)"),
+    (["prepare", "src", "--format", "csv", "--out", "o", "--user-core", "abc"],
+     "unisrec prepare: error: argument --user-core: invalid int value: 'abc' (see unisrec prepare --help)"),
+    (["serve", "run", "--bogus"], "unisrec serve: error: unrecognized arguments: --bogus (see unisrec serve --help)"),
+    (["finetune"], "unisrec finetune: error: the following arguments are required: data_dir, --mode, --out (see "
+     "unisrec finetune --help)"),
+])
+def test_a_malformed_command_line_is_one_line_too(argv: list[str], expected: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse printed its usage block before the error (13 lines for a bad --format), and an unknown flag of
+    `unisrec serve` was reported by the top-level parser ("unisrec: error: ...")."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code  # type: ignore[assignment]
+    assert code == 2 and capsys.readouterr().err.splitlines() == [expected]
+
+
+PIPED = """
+import sys
+import unisrec.cli as cli
+def answer(args):
+    sys.stdout.write("x" * int(sys.argv[1]) + "\\n")
+    return 0
+cli._run_evaluate = answer
+raise SystemExit(cli.main(["evaluate", "run", "data"]))
+"""
+
+
+@pytest.mark.parametrize("size", [10, 1_000_000])
+def test_a_reader_gone_before_the_output_ends_the_command_quietly(size: int) -> None:
+    """A real pipe whose reader closed before the first byte (`unisrec ... | true`): a short output failed at the
+    interpreter's exit ("Exception ignored ... BrokenPipeError", exit 120) and a long one said "error: Broken pipe"
+    (exit 2; the flush that should have told stdout's pipe apart found nothing buffered)."""
+    proc = subprocess.Popen([sys.executable, "-c", PIPED, str(size)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes at once
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == ""
 
 
 def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

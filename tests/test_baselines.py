@@ -334,3 +334,12 @@ def test_textknn_ranks_items_by_text_similarity_to_the_last_item(tmp_path: Path,
     assert order[0] == str(dataset.item_ids[nearest])  # the last item's nearest neighbour outside the history
     with pytest.raises(UnisrecError, match="--mode textknn trains from scratch"):
         finetune(data, "textknn", tmp_path / "bad", init=tmp_path / "knn", overrides=SMALL)
+
+
+def test_finetune_help_names_every_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    """The help of --mode listed the baselines by hand and left out textknn, which the README and the parser have."""
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    listed = text.split("baselines: ", 1)[1].split(" (unisrec/baselines.py)")[0].split(", ")
+    assert sorted(listed) == sorted(set(MODE_ARCHITECTURE) - {"inductive", "transductive"})

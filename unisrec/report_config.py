@@ -51,7 +51,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from unisrec.config import (
     MODES,
@@ -245,7 +245,7 @@ def check_report_config(config: ReportConfig, where: str) -> None:
 
     from unisrec.datasets import FORMATS, PrepareOptions  # here: reading a report config needs no data code otherwise
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise ConfigError(f"{where}: {message}")
 
     base = load_config(config.resolve(config.config)) if config.config else RunConfig()  # what every run starts from
@@ -253,7 +253,10 @@ def check_report_config(config: ReportConfig, where: str) -> None:
         fail(f"seeds must be distinct and at least one, got {list(config.seeds)}")
     if any(seed < 0 for seed in config.seeds):
         fail(f"seeds must be >= 0, got {list(config.seeds)}")
-    ks = base.with_overrides(list(config.overrides)).eval.ks  # the cut-offs every run's records hold
+    try:
+        ks = base.with_overrides(list(config.overrides)).eval.ks  # the cut-offs every run's records hold
+    except ConfigError as exc:
+        fail(f"overrides: {exc}")
     if not config.metrics:
         fail("metrics: name at least one (the tables' columns), e.g. [recall@10, ndcg@10]")
     for metric in config.metrics:
@@ -317,7 +320,10 @@ def check_report_config(config: ReportConfig, where: str) -> None:
             fail(f"{at}: reference {e.reference!r} is on dataset {config.experiment(e.reference).dataset!r}, not "
                  f"{e.dataset!r}: a relative change compares runs on one dataset")
         _check_record(e.record, at, fail)
-        run_config = base.with_overrides([*config.overrides, *e.overrides])
+        try:  # unknown keys and bad values, named with their experiment
+            run_config = base.with_overrides([*config.overrides, *e.overrides])
+        except ConfigError as exc:
+            fail(f"{at}: {exc}")
         unread = pretraining_overrides(e.overrides) if e.command == "finetune" else []
         if unread:
             fail(f"{at}: {unread[0]} is a pre-training setting, which fine-tuning does "

@@ -137,7 +137,8 @@ class TextEncoder:
         out = np.empty((len(ids), self.dim), dtype=np.float32)  # (N, D)
         import torch
 
-        bar = tqdm(total=len(ids), unit="item", desc="encode", file=sys.stderr, disable=not progress)
+        # disable=None: drawn on a terminal only (a log file got the bar's every redraw)
+        bar = tqdm(total=len(ids), unit="item", desc="encode", file=sys.stderr, disable=None if progress else True)
         with bar, torch.inference_mode():
             for start in range(0, len(ids), self.batch_size):
                 rows = order[start : start + self.batch_size]  # (B,)

@@ -52,10 +52,12 @@ class Download:
 
 
 def cache_root(cache_dir: Path | str | None = None) -> Path:
+    # absolute: the downloads run in that folder (pip -d, apt-get download), where a relative path would name
+    # a folder inside it (a relative --cache-dir failed every PyPI download: "expected X.tar.gz, got relcache")
     if cache_dir is not None:
-        return Path(cache_dir).expanduser()
+        return Path(cache_dir).expanduser().absolute()
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "unisrec"
+    return Path(env).expanduser().absolute() if env else Path.home() / ".cache" / "unisrec"
 
 
 def sha256_file(path: Path) -> str:
