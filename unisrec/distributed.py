@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +105,17 @@ class Distributed:
         parts = [torch.empty_like(local) for _ in range(self.world_size)]
         torch_dist.all_gather(parts, local)
         return [part.cpu() for part in parts]
+
+    def gather_json(self, value: Any) -> list[Any]:
+        """Every rank's JSON-serialisable ``value`` (of any size), in rank order, on every rank (collective)."""
+        if not self.enabled:
+            return [value]
+        data = torch.tensor(list(json.dumps(value).encode()), dtype=torch.uint8)  # (n_r,)
+        sizes = [int(size) for size in self.gather_equal(torch.tensor([len(data)], dtype=torch.long))]
+        padded = torch.zeros(max(sizes), dtype=torch.uint8)  # (largest,)
+        padded[: len(data)] = data
+        return [json.loads(bytes(part[:n].tolist()).decode()) for part, n in
+                zip(self.gather_equal(padded), sizes, strict=True)]
 
     def gather_rows(self, *tensors: Tensor) -> tuple[list[Tensor], int]:
         """Concatenate every rank's tensors along dim 0, for tensors that share their first dimension (n_r rows

@@ -128,7 +128,7 @@ def _restore_random_states(tensors: dict[str, Tensor], dist: Distributed, device
 
 def _save_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, fingerprint: str,
-    rng_states: dict[str, Tensor], schedule_steps: int,
+    rng_states: dict[str, Tensor], schedule_steps: int, rank_terms: list[Any] | None = None,
 ) -> None:
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     optim = optimizer.state_dict()
@@ -138,6 +138,8 @@ def _save_checkpoint(
     tensors.update(rng_states)
     meta = {"state": asdict(state), "param_groups": optim["param_groups"], "fingerprint": fingerprint,
             "schedule_steps": schedule_steps}
+    if rank_terms is not None:  # under torchrun: every rank's loss sums of the unfinished epoch, in rank order
+        meta["rank_epoch_terms"] = rank_terms
     with atomic_directory(path, replace=True) as tmp:
         save_tensors(tmp / "state.safetensors", tensors)
         (tmp / "state.json").write_text(json.dumps(meta))
@@ -172,7 +174,13 @@ def _load_checkpoint(
                 optim_state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
         _restore_random_states(tensors, dist, device)
-        return TrainState(**meta["state"])
+        state = TrainState(**meta["state"])
+        # each rank's own sums of the unfinished epoch (the state holds rank 0's), where the checkpoint has one per
+        # rank of the same number of ranks: the epoch's record averages every rank's mean loss
+        ranks = meta.get("rank_epoch_terms")
+        if dist.enabled and isinstance(ranks, list) and len(ranks) == dist.world_size:
+            state.epoch_sums, state.epoch_counts = dict(ranks[dist.rank]["sums"]), dict(ranks[dist.rank]["counts"])
+        return state
     except (UnisrecError, MemoryError, torch.cuda.OutOfMemoryError):
         raise  # out of memory is not a damaged file: the checkpoint must not be deleted on our word
     except Exception as exc:  # a truncated or edited file: safetensors, key, shape or field errors alike
@@ -267,8 +275,12 @@ def fit(
     def save() -> None:
         if checkpoint is not None:
             rng_states = random_states(dist, device)  # every rank's, gathered on every rank
+            # each rank's loss sums of the unfinished epoch: a rank resumed with rank 0's added them to its own
+            rank_terms = dist.gather_json({"sums": state.epoch_sums, "counts": state.epoch_counts}) \
+                if dist.enabled else None
             if write:
-                _save_checkpoint(checkpoint, model, optimizer, state, fingerprint, rng_states, total_steps)
+                _save_checkpoint(checkpoint, model, optimizer, state, fingerprint, rng_states, total_steps,
+                                 rank_terms)
         dist.barrier()
 
     if config.select_start and task.validate is not None and state.global_step == 0:
