@@ -277,10 +277,15 @@ def test_a_start_that_failed_before_its_first_step_does_not_block_the_corrected_
     argv = ["finetune", str(data), "--mode", "inductive", "--out", str(out), *SMALL, "--train.epochs=1",
             "--pooling", "mean"]
     assert main([*argv, "--text-model", str(tmp_path / "no-such-model")]) == 2
-    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    assert not out.exists()  # the missing model is found before the folder is written (its files are in the origin)
     assert main([*argv, "--text-model", str(tiny_lm_dir)]) == 0
     assert json.loads((out / "run.json").read_text())["config"]["text"]["model"] == str(tiny_lm_dir)
     assert (out / "metrics.json").exists()
+    failed = tmp_path / "failed"  # what a start that failed after its run.json leaves (e.g. a damaged --init)
+    failed.mkdir()
+    (failed / "run.json").write_text((out / "run.json").read_text())
+    assert main([*argv[:5], str(failed), *argv[6:], "--text-model", str(tiny_lm_dir), "--train.lr=0.02"]) == 0
+    assert json.loads((failed / "run.json").read_text())["config"]["train"]["lr"] == 0.02
     started = tmp_path / "started"
     started.mkdir()
     (started / "run.json").write_text((out / "run.json").read_text())
@@ -347,7 +352,8 @@ def test_an_unfinished_run_resumes_only_from_the_inputs_it_started_from(tmp_path
     made = json.loads((out / "run.json").read_text())
     assert made["origin"] == {"init_fingerprint": "aaaa"} and made["fingerprint"] == fingerprint(settings)
     assert open_run_dir(out, settings, overwrite=False, origin={"init_fingerprint": "aaaa"}) == out  # resumes
-    with pytest.raises(UnisrecError, match=r"started from other inputs \(init_fingerprint changed since"):
+    with pytest.raises(UnisrecError, match=r"started from other inputs: the --init run \(trained again with other "
+                                           r"settings\) changed since \(init_fingerprint\); its epochs so far"):
         open_run_dir(out, settings, overwrite=False, origin={"init_fingerprint": "bbbb"})
     del made["origin"]  # a run started before origins were kept: resumed as before
     (out / "run.json").write_text(json.dumps(made))
@@ -360,6 +366,42 @@ def test_an_unfinished_run_resumes_only_from_the_inputs_it_started_from(tmp_path
     again = open_run_dir(out, settings, overwrite=True, origin={"init_fingerprint": "cccc"})
     assert again == work and not (work / "checkpoint").exists()
     assert json.loads((work / "run.json").read_text())["origin"] == {"init_fingerprint": "cccc"}
+
+
+def test_a_run_resumes_only_on_the_data_and_text_model_it_started_with(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """run.json held the dataset's and the text model's paths only: a run interrupted, then resumed after `unisrec
+    prepare --overwrite` of its dataset (or a changed model folder), went on silently, its epochs trained on two
+    inputs and its best epoch chosen across them."""
+    import shutil
+
+    from conftest import prepare_synthetic
+
+    from unisrec.config import TextConfig
+    from unisrec.runs import open_run_dir, run_origin
+
+    data = prepare_synthetic(tmp_path / "d", seed=1)
+    text = TextConfig(model=str(tiny_lm_dir), pooling="mean")
+    settings = {"command": "finetune", "data": str(data), "config": {}}
+    out = tmp_path / "run"
+    open_run_dir(out, settings, overwrite=False, origin=run_origin([data], text))
+    (out / "train.log").write_text('{"epoch": 1}\n')  # it has trained
+    assert open_run_dir(out, settings, overwrite=False, origin=run_origin([data], text)) == out  # same: resumes
+    shutil.rmtree(data)
+    prepare_synthetic(tmp_path / "d", seed=2)  # another dataset at the same path
+    with pytest.raises(UnisrecError, match=r"the dataset's files \(prepared again\) changed since "
+                                           r"\(data_fingerprint\)"):
+        open_run_dir(out, settings, overwrite=False, origin=run_origin([data], text))
+    shutil.rmtree(data)
+    prepare_synthetic(tmp_path / "d", seed=1)  # the same data again: resumes
+    assert open_run_dir(out, settings, overwrite=False, origin=run_origin([data], text)) == out
+    other = tmp_path / "lm"
+    shutil.copytree(tiny_lm_dir, other)
+    moved = TextConfig(model=str(other), pooling="mean")  # the same files elsewhere: the same model
+    assert run_origin([data], moved) == run_origin([data], text)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-5}))
+    with pytest.raises(UnisrecError, match=r"the text model's files changed since \(text_fingerprint\)"):
+        open_run_dir(out, settings, overwrite=False, origin=run_origin([data], moved))
 
 
 def test_the_model_card_states_cold_metrics_as_computed_and_says_when_there_are_none() -> None:

@@ -88,6 +88,7 @@ from unisrec.runs import (
     finish_run_dir,
     open_run_dir,
     recorded_fingerprint,
+    run_origin,
     seed_everything,
     staging_dir,
 )
@@ -507,7 +508,9 @@ def finetune(
     staged = 0  # with --overwrite the old run stays whole until this one ends: this one goes to staging_dir
     if dist.is_main:
         made = init_dir / "run.json" if init_dir is not None else None  # a saved model may come without one
-        origin = {"init_fingerprint": read_json_object(made).get("fingerprint")} if made and made.exists() else None
+        origin = run_origin([data_dir], config.text if config.model.uses_text else None)
+        if made is not None and made.exists():
+            origin["init_fingerprint"] = read_json_object(made).get("fingerprint")
         # the folder it chose: a run that a kill left aside is moved back first, so no one guesses it before
         if overwrite and adopt_finished_replacement(final, settings, origin):
             staged = ADOPTED

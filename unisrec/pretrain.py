@@ -48,6 +48,7 @@ from unisrec.runs import (
     finish_run_dir,
     open_run_dir,
     recorded_fingerprint,
+    run_origin,
     seed_everything,
     staging_dir,
 )
@@ -445,10 +446,11 @@ def pretrain(
     final = out
     staged = 0  # with --overwrite the old run stays whole until this one ends: this one goes to staging_dir
     if dist.is_main:  # the folder it chose: a run that a kill left aside is moved back first
-        if overwrite and adopt_finished_replacement(final, settings):
+        origin = run_origin(data_dirs, config.text)  # the inputs' content: a resume from changed ones is refused
+        if overwrite and adopt_finished_replacement(final, settings, origin):
             staged = ADOPTED
         else:
-            staged = int(open_run_dir(final, settings, overwrite=overwrite) != final)
+            staged = int(open_run_dir(final, settings, overwrite=overwrite, origin=origin) != final)
     staged = dist.from_main(staged)
     if staged == ADOPTED:  # finished before a kill stopped its move into place: moved in now, not trained again
         adopted = cast(PretrainMetrics, read_json(final / "metrics.json"))

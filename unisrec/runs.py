@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from unisrec.atomic import atomic_write_json, clean_stale
-from unisrec.config import without_later_absent
+from unisrec.config import TextConfig, without_later_absent
 from unisrec.errors import UnisrecError
 from unisrec.json_io import read_json_object
 from unisrec.locking import hold_folder
@@ -191,13 +192,38 @@ def adopt_finished_replacement(out: Path, settings: dict[str, Any], origin: dict
     return True
 
 
+def run_origin(data_dirs: Sequence[str | Path], text: TextConfig | None) -> dict[str, Any]:
+    """The content of a run's inputs beyond their paths (``open_run_dir``'s ``origin``): the dataset files (all
+    of a pre-training's, in order) and, for a text model, the files of its language model. A run interrupted,
+    then resumed after ``prepare --overwrite`` of its dataset or a changed model folder would otherwise go on
+    silently, its epochs trained on two different inputs."""
+    from unisrec.records import data_fingerprint
+    from unisrec.text_model import model_fingerprint
+
+    prints = [data_fingerprint(Path(d)) for d in data_dirs]
+    origin: dict[str, Any] = {"data_fingerprint": prints[0] if len(prints) == 1 else
+                              hashlib.sha256(json.dumps(prints).encode()).hexdigest()}
+    if text is not None:
+        origin["text_fingerprint"] = model_fingerprint(text)["digest"]
+    return origin
+
+
+# what each input of a run's ``origin`` is, in the refusal of a resume from changed inputs
+ORIGIN_INPUTS = {
+    "init_fingerprint": "the --init run (trained again with other settings)",
+    "data_fingerprint": "the dataset's files (prepared again)",
+    "text_fingerprint": "the text model's files",
+}
+
+
 def _changed_origin(started: dict[str, Any], origin: dict[str, Any] | None) -> list[str]:
     """The inputs (``open_run_dir``'s ``origin``) that differ from those the run ``started`` (its run.json)
-    recorded; none for runs written before origins were kept."""
+    recorded; only those both hold (none for runs written before origins were kept, and an input added to origins
+    later is not checked for runs started before)."""
     before = started.get("origin")
     if origin is None or not isinstance(before, dict):
         return []
-    return sorted(k for k in set(before) | set(origin) if before.get(k) != origin.get(k))
+    return sorted(k for k in set(before) & set(origin) if before.get(k) != origin.get(k))
 
 
 def _check_origin(folder: Path, started: dict[str, Any], origin: dict[str, Any] | None) -> None:
@@ -205,8 +231,9 @@ def _check_origin(folder: Path, started: dict[str, Any], origin: dict[str, Any] 
     ``started``: the run's run.json."""
     changed = _changed_origin(started, origin)
     if changed:
-        raise UnisrecError(f"{folder}: its unfinished run started from other inputs ({', '.join(changed)} changed "
-                           "since: trained again with other settings); pass --overwrite to start it again")
+        what = "; ".join(f"{ORIGIN_INPUTS.get(k, k)} changed since ({k})" for k in changed)
+        raise UnisrecError(f"{folder}: its unfinished run started from other inputs: {what}; its epochs so far "
+                           "trained on those; pass --overwrite to start it again")
 
 
 def _never_started(folder: Path) -> bool:
