@@ -136,6 +136,34 @@ def test_item_vectors_of_another_shape_are_refused(tmp_path: Path) -> None:
         Recommender.from_pretrained(tmp_path / "m")
 
 
+def test_a_save_killed_midway_is_not_taken_for_one_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save writes its files one by one: killed after the new weights, the folder held them beside the old item
+    vectors and list, of the same shapes, and loaded as one model without a word."""
+    import unisrec.checkpoint as checkpoint
+
+    _model().save_pretrained(tmp_path / "m")
+    other = _model()
+    with torch.no_grad():
+        other.model.item_text.mul_(-1)  # another catalogue of the same size
+        for parameter in other.model.parameters():
+            parameter.add_(1.0)
+    real = checkpoint.save_tensors
+
+    def killed_after_the_weights(path: Path, *args: Any) -> None:
+        if path.name != "model.safetensors":
+            raise KeyboardInterrupt
+        real(path, *args)
+
+    monkeypatch.setattr(checkpoint, "save_tensors", killed_after_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        other.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(checkpoint, "save_tensors", real)
+    with pytest.raises(UnisrecError, match=r"model\.safetensors: from another save than config\.json beside it"):
+        Recommender.from_pretrained(tmp_path / "m")
+    other.save_pretrained(tmp_path / "m")  # saved again, whole: loads
+    assert Recommender.from_pretrained(tmp_path / "m").model.n_items == 12
+
+
 def test_not_a_model_folder(tmp_path: Path) -> None:
     with pytest.raises(UnisrecError, match=r"config\.json: missing; .* is not a saved unisrec model or run"):
         Recommender.from_pretrained(tmp_path)

@@ -336,8 +336,9 @@ def test_an_item_added_alone_gets_the_vector_of_an_older_item_of_its_text_as_aft
     assert live == rebuilt
     order = [r.item_id for r in live]
     # the scoring matmul may round a column by its place (the last one here, on MKL with AVX2): the twin's score is
-    # its original's within float32 rounding, next to it, and the same live as after a rebuild (above)
-    assert order.index("twin3") == order.index("i3") + 1
+    # its original's within float32 rounding, next to it (on either side: an AVX-512 CPU rounded the twin up),
+    # and the same live as after a rebuild (above)
+    assert abs(order.index("twin3") - order.index("i3")) == 1
     assert live[order.index("twin3")].score == pytest.approx(live[order.index("i3")].score, rel=1e-6)
 
 

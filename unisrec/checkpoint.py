@@ -11,6 +11,7 @@ A saved model folder holds::
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from unisrec.atomic import atomic_write, atomic_write_json
@@ -32,6 +33,7 @@ from unisrec.version import __version__
 
 MODEL_FORMAT = "unisrec-model"
 MODEL_FORMAT_VERSION = 1
+SAVE_ID = "save_id"  # config.json's key, and the files' metadata key, of the save that wrote a model folder
 # an ID table, the mean text vector (model.center_text) and the repeat offsets (model.repeat_bias) belong to one
 # catalogue: never transferred
 DOMAIN_SPECIFIC_PREFIX = ("item_id.", "text_center", "repeat_weight")
@@ -68,14 +70,18 @@ def save_pretrained(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in model.state_dict().items()}
-    save_tensors(directory / "model.safetensors", state, {"format": MODEL_FORMAT})
+    # one id for the files of this save, config.json written last: files of two saves (one killed midway, e.g. new
+    # weights beside the old config) are found when loaded, never taken for one model (``check_same_save``)
+    save_id = uuid.uuid4().hex
+    save_tensors(directory / "model.safetensors", state, {"format": MODEL_FORMAT, SAVE_ID: save_id})
     if model.config.uses_text and save_text and model.n_items:
-        save_tensors(directory / "items.safetensors", {"item_text": model.item_text})
+        save_tensors(directory / "items.safetensors", {"item_text": model.item_text}, {SAVE_ID: save_id})
     if item_ids is not None:
         texts = item_texts if item_texts is not None else [""] * len(item_ids)
         if len(item_ids) != model.n_items or len(texts) != model.n_items:
             raise ValueError(f"{len(item_ids)} item ids / {len(texts)} texts for {model.n_items} items")
-        table = pa.table({"item_id": [str(i) for i in item_ids], "text": list(texts)})
+        table = pa.table({"item_id": [str(i) for i in item_ids], "text": list(texts)},
+                         metadata={SAVE_ID: save_id})
         atomic_write(directory / "items.parquet", lambda tmp: pq.write_table(table, tmp))
     config = {
         "format": MODEL_FORMAT,
@@ -86,9 +92,32 @@ def save_pretrained(
         "text_dim": model.text_dim,
         "parameters": {k: list(v.shape) for k, v in state.items()},
         **(extra or {}),
+        SAVE_ID: save_id,
     }
     atomic_write_json(directory / "config.json", config)
     return directory
+
+
+def check_same_save(config: dict[str, Any], path: Path, found: str | None) -> None:
+    """``path``'s save id (``found``: its metadata's) is the one config.json holds; folders saved before save ids
+    were kept (none in config.json) and files written by other means (no id) are not checked."""
+    expected = config.get(SAVE_ID)
+    if isinstance(expected, str) and found is not None and found != expected:
+        raise UnisrecError(f"{path}: from another save than config.json beside it (a save interrupted midway, or "
+                           "two writers at once): its files are not one model; save or train it again")
+
+
+def _save_id_of(path: Path) -> str | None:
+    """The save id in the metadata of a safetensors or parquet file unisrec wrote (None when it has none)."""
+    if path.suffix == ".parquet":
+        meta = pq.read_schema(path).metadata or {}
+        value = meta.get(SAVE_ID.encode())
+        return value.decode() if value is not None else None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(SAVE_ID)
+    except (SafetensorError, OSError):
+        return None  # a damaged file: reading its tensors says so
 
 
 def read_model_config(directory: str | Path) -> dict[str, Any]:
@@ -217,6 +246,7 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         elif not items_path.exists():
             raise UnisrecError(f"{items_path}: missing; the model needs its item text vectors")
         else:
+            check_same_save(config, items_path, _save_id_of(items_path))
             saved = read_weights(items_path)
             if "item_text" not in saved:
                 raise UnisrecError(f"{items_path}: damaged weights file (no item_text tensor); save or train the run "
@@ -230,6 +260,7 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     weights_path = directory / "model.safetensors"
     if not weights_path.exists():
         raise UnisrecError(f"{weights_path}: missing")
+    check_same_save(config, weights_path, _save_id_of(weights_path))
     state = read_weights(weights_path)
     check_state(model.state_dict(), state, str(weights_path))
     model.load_state_dict(state, strict=True)
@@ -241,5 +272,7 @@ def read_items(directory: str | Path) -> tuple[list[str], list[str]]:
     path = Path(directory) / "items.parquet"
     if not path.exists():
         raise UnisrecError(f"{path}: missing; the model was saved without its item list")
+    if (Path(directory) / "config.json").exists():
+        check_same_save(read_model_config(directory), path, _save_id_of(path))
     table = pq.read_table(path)
     return table.column("item_id").to_pylist(), table.column("text").to_pylist()
