@@ -371,6 +371,38 @@ def test_a_centred_pretrained_model_centres_its_first_catalogue_as_the_zero_shot
     assert fresh.text_center is not None and torch.equal(fresh.text_center, torch.zeros(6)) and fresh.n_items == 0
 
 
+def test_two_servers_of_a_centred_pretrained_model_centre_as_its_restart_does(tmp_path: Path) -> None:
+    """Two servers persisting to one run's catalogue folder each centred on their own first addition; a restart
+    replays the files and centres on the first one's: the second server's items ranked otherwise after it."""
+    from unisrec.recommend import replay_additions
+
+    torch.manual_seed(0)
+    config = ModelConfig(hidden_size=16, inner_size=16, n_experts=2, center_text=True)
+    pretrained = UniSRec(config, 0, torch.zeros(0, 6))
+    weights = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    folder = tmp_path / "run" / "catalogue"
+
+    def server() -> Recommender:
+        model = UniSRec(config, 0, torch.zeros(0, 6))
+        model.load_state_dict(weights)
+        recommender = Recommender(model, Catalogue([]))
+        recommender.persist_dir = folder
+        return recommender
+
+    first, second = server(), server()
+    first.add_items(["a0", "a1"], ["a0", "a1"], vectors=(torch.randn(2, 6) + 3.0).numpy())
+    second.add_items(["b0", "b1", "b2"], ["b0", "b1", "b2"], vectors=(torch.randn(3, 6) - 3.0).numpy())
+    restarted = server()
+    restarted.persist_dir = None
+    assert replay_additions(restarted, folder) == 5
+    for model in (second.model, restarted.model):
+        torch.testing.assert_close(model.text_center, first.model.text_center)  # type: ignore[arg-type]
+    live = top(second, ["b0"], k=3, exclude_seen=False)
+    again = [r for r in top(restarted, ["b0"], k=5, exclude_seen=False) if r.item_id.startswith("b")]
+    assert [r.item_id for r in live] == [r.item_id for r in again]
+    assert [r.score for r in live] == pytest.approx([r.score for r in again], abs=1e-4)  # float32 rounding
+
+
 def test_export_vectors_and_index(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = trained
     recommender = Recommender.from_pretrained(run)

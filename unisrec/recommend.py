@@ -644,28 +644,12 @@ class Recommender:
             model = self.model
             items, table = self.tables()  # current ones, before the model changes
             centre = getattr(model, "text_center", None)  # (D,) with model.center_text
-            previous = None
-            if centre is not None and model.n_items == 0:
-                # a pre-trained model's first catalogue: centred on its own mean, as pre-training centred each
-                # domain and evaluate's zero-shot model centres the dataset; later additions keep that centre
-                previous = centre.clone()
-                centre.copy_(new.mean(0).to(centre))
-            persisted = None
-            try:
-                # everything that can fail first, nothing else changed yet: only the new items are adapted, (M, H)
-                added = adapted_items(model, text=new)
-                with eval_mode(model):
-                    added_scoring = model.scoring_table(added)  # (M, H)
-                # durable before anything changes: a kill -9 after the answer cannot lose it
-                if self.persist_dir is not None:
-                    persisted = persist_addition(self.persist_dir, ids, texts, new)
-                model.extend_items(new)  # (N + M, D) text buffer, n_items + M: the model owns them
-            except BaseException:  # the model and the disk as they were (a retry would add a persisted item twice)
-                if persisted is not None:
-                    persisted.unlink(missing_ok=True)
-                if previous is not None and centre is not None:
-                    centre.copy_(previous)
-                raise
+            # a centred model's first catalogue, persisted: the folder is held from the choice of the centre to the
+            # write, so that every server of the run, and a restart's replay, centre on its first addition's mean
+            first = centre is not None and model.n_items == 0
+            shared = self.persist_dir if first and self.persist_dir is not None else None
+            with waiting_for(shared / ".lock") if shared is not None else contextlib.nullcontext():
+                added, added_scoring = self._add_to_model(model, ids, texts, new, centre if first else None, shared)
             self.catalogue.append(ids, texts)  # before the tables grow: a ranked row always has an id
             # longer views of stores with spare rows (only the new rows are written, nothing is copied while room
             # lasts): readers holding the old views see the same rows as before
@@ -681,6 +665,40 @@ class Recommender:
             return len(self.catalogue)
 
 
+    def _add_to_model(self, model: SequenceModel, ids: list[str], texts: list[str], new: Tensor,
+                      centre: Tensor | None, shared: Path | None) -> tuple[Tensor, Tensor]:
+        """Adapt the (M, D) text vectors ``new``, persist them (``self.persist_dir``) and extend the model with them:
+        all of it or, on any error, none (the model and the disk as they were). ``centre``: the text centre of a
+        centred model's first catalogue, set here to the mean of the persisted folder's first addition (another
+        server's, when one wrote it; ``shared``: that folder, whose lock the caller holds) or else of ``new``.
+        Returns the (M, H) adapted vectors and their (M, H) scoring rows."""
+        previous = None
+        if centre is not None:
+            # a pre-trained model's first catalogue: centred on its own mean, as pre-training centred each
+            # domain and evaluate's zero-shot model centres the dataset; later additions keep that centre
+            previous = centre.clone()
+            files = _addition_files(shared) if shared is not None and shared.is_dir() else []
+            first = _read_addition(files[0])[2] if files else new  # (M', D)
+            assert first is not None
+            centre.copy_(first.mean(0).to(centre))
+        persisted = None
+        try:
+            # everything that can fail first, nothing else changed yet: only the new items are adapted, (M, H)
+            added = adapted_items(model, text=new)
+            with eval_mode(model):
+                added_scoring = model.scoring_table(added)  # (M, H)
+            # durable before anything changes: a kill -9 after the answer cannot lose it
+            if self.persist_dir is not None:
+                persisted = persist_addition(self.persist_dir, ids, texts, new, locked=shared is not None)
+            model.extend_items(new)  # (N + M, D) text buffer, n_items + M: the model owns them
+        except BaseException:  # the model and the disk as they were (a retry would add a persisted item twice)
+            if persisted is not None:
+                persisted.unlink(missing_ok=True)
+            if previous is not None and centre is not None:
+                centre.copy_(previous)
+            raise
+        return added, added_scoring
+
     def _grown_coarse(self, before: int) -> CoarseTable | None:
         """The coarse copy of the scoring table after an addition to a table of ``before`` rows: the previous one
         extended by the new rows, or built once the table reaches its minimum size."""
@@ -694,11 +712,14 @@ class Recommender:
 
 # -- items added while serving: persisted beside the run -------------------------------------------------
 
-def persist_addition(folder: str | Path, ids: Sequence[str], texts: Sequence[str], vectors: Tensor) -> Path:
-    """Write one addition (ids, texts, (M, D) vectors) atomically and fsynced as the next numbered file."""
+def persist_addition(folder: str | Path, ids: Sequence[str], texts: Sequence[str], vectors: Tensor, *,
+                     locked: bool = False) -> Path:
+    """Write one addition (ids, texts, (M, D) vectors) atomically and fsynced as the next numbered file;
+    ``locked``: the caller holds the folder's lock already."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with waiting_for(folder / ".lock"):  # two servers of one run never take the same number
+    # two servers of one run never take the same number
+    with contextlib.nullcontext() if locked else waiting_for(folder / ".lock"):
         for stale in folder.glob(".*.safetensors.*.tmp"):  # a writer killed midway (none is live: we hold the lock)
             stale.unlink(missing_ok=True)
         files = _addition_files(folder)  # one listing for the ids on disk and the next number
