@@ -396,7 +396,7 @@ def test_two_servers_of_a_centred_pretrained_model_centre_as_its_restart_does(tm
     restarted.persist_dir = None
     assert replay_additions(restarted, folder) == 5
     for model in (second.model, restarted.model):
-        torch.testing.assert_close(model.text_center, first.model.text_center)  # type: ignore[arg-type]
+        torch.testing.assert_close(model.text_center, first.model.text_center)
     live = top(second, ["b0"], k=3, exclude_seen=False)
     again = [r for r in top(restarted, ["b0"], k=5, exclude_seen=False) if r.item_id.startswith("b")]
     assert [r.item_id for r in live] == [r.item_id for r in again]
