@@ -225,6 +225,53 @@ def test_two_processes_resume_with_each_ranks_own_random_state(tmp_path: Path) -
     assert not torch.equal(saved["rng/rank0/torch"], saved["rng/rank1/torch"])  # the ranks' draws did differ
 
 
+def _stop_on_rank(rank: int, store: str, out_dir: str) -> None:
+    """Each rank's validation differs (as nondeterministic GPU kernels can make it): rank 0's improves every epoch,
+    rank 1's never. Each rank decided alone, rank 1 stopped after its patience and rank 0 waited forever in the
+    next step's gradient exchange; rank 0's score now decides for both."""
+    from unisrec.config import TrainConfig
+    from unisrec.distributed import Distributed, _import_collectives_before_init
+    from unisrec.train import Task, fit
+
+    _import_collectives_before_init()
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        dist = Distributed(rank=rank, world_size=2)
+        model = torch.nn.Linear(2, 1)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        epochs_seen: list[int] = []
+
+        def validate() -> dict[str, float]:
+            epochs_seen.append(len(epochs_seen) + 1)
+            return {"ndcg@10": 0.1 * len(epochs_seen) if rank == 0 else 1.0 - 0.1 * len(epochs_seen)}
+
+        def batches(epoch: int) -> Iterator[torch.Tensor]:
+            yield torch.ones(2, 2)
+
+        def loss(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loss": wrapped(x).pow(2).mean()}
+
+        config = TrainConfig(epochs=4, patience=1, lr=0.01, progress=False)
+        state = fit(model, Task(batches, 1, loss, validate=validate), config, None, device=torch.device("cpu"),
+                    dist=dist)
+        Path(out_dir, f"rank-{rank}.json").write_text(json.dumps([state.epoch, state.best_epoch]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_every_rank_stops_and_keeps_the_best_epoch_by_rank_0s_validation(tmp_path: Path) -> None:
+    context = torch.multiprocessing.spawn(_stop_on_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2,
+                                          join=False)
+    deadline = 120.0
+    while not context.join(timeout=1.0):
+        deadline -= 1.0
+        if deadline <= 0:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a rank waited forever: the ranks decided apart")
+    assert [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)] == [[4, 4], [4, 4]]
+
+
 def test_a_checkpoint_of_another_number_of_ranks_restores_the_saving_process_state() -> None:
     from unisrec.distributed import Distributed
     from unisrec.train import _restore_random_states, random_states

@@ -95,6 +95,17 @@ class Distributed:
             return value
         return round(self.mean(float(value if self.is_main else 0)) * self.world_size)
 
+    def main_float(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank, bit for bit (e.g. a validation score every rank acts on: ranks that
+        computed it with nondeterministic kernels could otherwise disagree on stopping, and the one that goes on
+        would wait forever in the next collective)."""
+        if not self.enabled:
+            return value
+        on = "cuda" if torch_dist.get_backend() == "nccl" else "cpu"
+        tensor = torch.tensor([value], dtype=torch.float64, device=on)
+        torch_dist.broadcast(tensor, src=0)
+        return float(tensor.item())
+
     def gather_equal(self, tensor: Tensor) -> list[Tensor]:
         """Every rank's ``tensor`` (the same shape and dtype on each rank, e.g. a random generator's state), in
         rank order, on every rank, on the CPU; no gradient."""

@@ -287,7 +287,7 @@ def fit(
         # epoch 0: the starting weights compete with every epoch (validation uses no random numbers, so the
         # training that follows is the same as without it); a resumed run has taken steps and kept its start_valid
         state.start_valid = task.validate()
-        state.best_score, state.best_epoch = state.start_valid[config.select_metric], 0
+        state.best_score, state.best_epoch = dist.main_float(state.start_valid[config.select_metric]), 0
         if dist.is_main:
             task.save_best()
             print(f"epoch 0 (before training): valid {config.select_metric}="
@@ -379,7 +379,7 @@ def fit(
         if task.validate is not None:
             metrics = task.validate()
             record["valid"] = metrics
-            score = metrics[config.select_metric]
+            score = dist.main_float(metrics[config.select_metric])  # one decision for every rank
             if score > state.best_score:
                 state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
                 if dist.is_main:
