@@ -40,9 +40,13 @@ class Table:
     rows: list[str]  # the README's table lines now
 
 
-def find_tables(lines: list[str]) -> list[Table]:
+def find_tables(lines: list[str], source: str = "README.md") -> list[Table]:
     tables = []
-    for index, line in enumerate(lines):
+    for index, raw in enumerate(lines):
+        line = raw.strip()  # an indented marker, or one with a trailing space, was skipped without a word
+        if MARK.strip() in line and not (line.startswith(MARK) and line.endswith(END)):
+            raise SystemExit(f"readme_tables: {source}, line {index + 1}: a table marker must be "
+                             f"'{MARK}COMMAND{END}' on a line of its own, got {raw!r}")
         if line.startswith(MARK) and line.endswith(END):
             command = line[len(MARK) : -len(END)].strip()
             rows = []
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a Markdown file (repeatable; default: README.md and docs/*.md with tables)")
     args = parser.parse_args(argv)
     files: list[Path] = args.readme or default_files()
-    found = {path: find_tables(path.read_text().splitlines()) for path in files}
+    found = {path: find_tables(path.read_text().splitlines(), str(path)) for path in files}
     empty = [str(path) for path, tables in found.items() if not tables]
     if empty:  # before any file is rewritten
         print(f"readme_tables: {', '.join(empty)}: no generated table", file=sys.stderr)

@@ -74,8 +74,10 @@ def _values(pattern: str, split: str, metric: str) -> list[float]:
         fail(f"{pattern}: no run folder with a metrics.json and no record file")
     values = []
     for path in files:
-        scores = json.loads(path.read_text())
-        scores = scores.get(split, scores)
+        content = json.loads(path.read_text())
+        if content.get("kind") == "pretrain":
+            fail(f"{path}: a pre-training record, which holds no {split} metrics (its fine-tunings' records do)")
+        scores = content.get(split, content)
         if scores is None:  # a run made with eval.test=false
             fail(f"{path}: its {split} split was not scored (eval.test=false; `unisrec evaluate RUN DATA --split "
                  f"{split} --save` scores it once)")
@@ -98,9 +100,20 @@ def _by_seed(pattern: str, split: str, metric: str) -> dict[int, float] | None:
     return found
 
 
+def _note_repeated_seeds(label: str, pattern: str) -> None:
+    """Say on stderr when two records of ``pattern`` name one seed: they count as two runs (e.g. one setting made
+    on one and on two threads), which a mean over seeds does not show."""
+    seeds = [json.loads(path.read_text()).get("seed") for path in _sources(pattern)]
+    repeated = sorted({s for s in seeds if isinstance(s, int) and seeds.count(s) > 1})
+    if repeated:
+        print(f"seed_table: note: {label}: seed {', '.join(map(str, repeated))} in more than one record, each "
+              "counted as a run", file=sys.stderr)
+
+
 def row(label: str, pattern: str, split: str, metrics: tuple[str, ...] = METRICS) -> str:
     values = {m: _values(pattern, split, m) for m in metrics}
     runs = len(values[metrics[0]])
+    _note_repeated_seeds(label, pattern)
     return f"| {label} | {runs} | " + " | ".join(cell(values[m]) for m in metrics) + " |"
 
 
@@ -113,11 +126,15 @@ def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
     shape: list[dict[str, Any]] | None = None
     shape_source = ""
     columns: list[list[list[float]]] = []  # label -> group -> values over records
-    for _, pattern in specs:
+    seeded: list[list[dict[int, float]] | None] = []  # label -> group -> seed -> value (None: seeds not unique)
+    for label, pattern in specs:
         files = [f for f in _sources(pattern) if f.name != "metrics.json"]
         if not files:
             fail(f"{pattern}: no record file (--long-tail reads the records' long_tail counts)")
+        _note_repeated_seeds(label, pattern)
         per_group: list[list[float]] = []
+        seeds = [json.loads(path.read_text()).get("seed") for path in files]
+        unique = all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds)
         for path in files:
             rows = json.loads(path.read_text()).get("long_tail")
             if not isinstance(rows, list) or not rows:
@@ -133,6 +150,7 @@ def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
                     fail(f"{path}: group {g + 1} has no counts for {metric}")
                 per_group[g].append(value)
         columns.append(per_group)
+        seeded.append([dict(zip(seeds, values, strict=True)) for values in per_group] if unique else None)
     assert shape is not None
     labels = [label for label, _ in specs]
     header = ["group", "training interactions", "items", "test targets", *labels]
@@ -143,8 +161,10 @@ def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
         low, high = group["frequency_range"]
         cells = [str(g + 1), f"{low}–{high}", str(group["items"]), str(group["targets"]),
                  *(cell(column[g]) for column in columns)]
-        if len(specs) >= 2:
-            cells.append(relative_change(columns[-1][g], columns[0][g]))
+        if len(specs) >= 2:  # where the two hold other seeds, also over those both hold (as --versus)
+            first, last = seeded[0], seeded[-1]
+            paired = paired_note(last[g], first[g]) if first is not None and last is not None else ""
+            cells.append(relative_change(columns[-1][g], columns[0][g]) + paired)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -248,10 +268,10 @@ def main() -> None:
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     if not metrics:
         fail(f"--metrics {args.metrics!r} names no metric: give comma-separated metrics (e.g. ndcg@10,recall@10)")
+    rows = [row(label, pattern, args.split, metrics) for label, pattern in specs]  # a bad one fails before output
     print("| model | runs | " + " | ".join(metrics) + " |")
     print("|---|---|" + "---|" * len(metrics))
-    for label, pattern in specs:
-        print(row(label, pattern, args.split, metrics))
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

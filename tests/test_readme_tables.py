@@ -81,11 +81,50 @@ def test_a_table_may_only_come_from_seed_table(tmp_path: Path) -> None:
     assert "a table must come from python scripts/seed_table.py" in done.stderr
 
 
-def _tail_record(path: Path, dcg: list[float], targets: list[int], ranges: list[list[int]]) -> Path:
+def _tail_record(path: Path, dcg: list[float], targets: list[int], ranges: list[list[int]],
+                 seed: int | None = None) -> Path:
     groups = [{"group": g, "frequency_range": r, "items": 3 + g, "targets": t, "dcg@10": d, "hits@10": 1}
               for g, (d, t, r) in enumerate(zip(dcg, targets, ranges, strict=True))]
-    path.write_text(json.dumps({"test": {"ndcg@10": 0.1}, "long_tail": groups}))
+    path.write_text(json.dumps({"test": {"ndcg@10": 0.1}, "long_tail": groups, "seed": seed}))
     return path
+
+
+def test_a_misplaced_table_marker_is_an_error_not_a_table_left_unchecked(tmp_path: Path) -> None:
+    """A marker with a trailing space, or indented, was skipped: --check passed over a stale table."""
+    command = 'python scripts/seed_table.py --metrics ndcg@10 "x=results/scientific/finetune-unisrec-t-seed-1.json"'
+    for marker in (f"<!-- table: {command} --> ", f"  <!-- table: {command} -->x"):
+        readme = tmp_path / "README.md"
+        readme.write_text(f"{marker}\n| model | runs | ndcg@10 |\n|---|---|---|\n| x | 1 | 0.9999 |\n")
+        done = tables("--check", "--readme", str(readme))
+        if marker.strip().endswith("-->"):  # only spaces around it: read as the marker it is, and found stale
+            assert done.returncode == 1 and "differs from its command's output" in done.stderr, done.stderr
+        else:
+            assert done.returncode != 0 and "line 1: a table marker must be" in done.stderr, done.stderr
+
+
+def test_long_tail_and_rows_say_what_the_seeds_are(tmp_path: Path) -> None:
+    """--long-tail compared means over other seeds unmarked (a sign flipped against the seeds both hold), and a
+    seed recorded twice counted as two runs of a mean over seeds without a word; a pre-training record was blamed
+    on eval.test=false."""
+    ranges = [[0, 4], [5, 90]]
+    _tail_record(tmp_path / "a-s1.json", [1.0, 6.0], [10, 20], ranges, seed=1)  # ndcg@10 0.1, 0.3
+    _tail_record(tmp_path / "a-s2.json", [5.0, 2.0], [10, 20], ranges, seed=2)  # 0.5, 0.1
+    _tail_record(tmp_path / "b-s1.json", [2.0, 4.0], [10, 20], ranges, seed=1)  # 0.2, 0.2
+    done = seed_table("--long-tail", "ndcg@10", f"old={tmp_path}/a-s*.json", f"new={tmp_path}/b-s*.json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2:] == [
+        "| 1 | 0–4 | 3 | 10 | 0.3000 ± 0.2828 | 0.2000 | -33.3% (seed 1 of both: +100.0%) |",
+        "| 2 | 5–90 | 4 | 20 | 0.2000 ± 0.1414 | 0.2000 | +0.0% (seed 1 of both: -33.3%) |",
+    ]
+    _tail_record(tmp_path / "a-s1-again.json", [1.0, 6.0], [10, 20], ranges, seed=1)
+    done = seed_table("--metrics", "ndcg@10", f"old={tmp_path}/a-s*.json")
+    assert done.returncode == 0 and "| old | 3 |" in done.stdout
+    assert done.stderr == "seed_table: note: old: seed 1 in more than one record, each counted as a run\n"
+    (tmp_path / "pre.json").write_text(json.dumps({"kind": "pretrain", "valid": None, "test": None}))
+    done = seed_table(f"pre={tmp_path}/pre.json")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == (f"seed_table: {tmp_path}/pre.json: a pre-training record, which holds no test "
+                                   "metrics (its fine-tunings' records do)")
 
 
 def seed_table(*args: str) -> subprocess.CompletedProcess[str]:

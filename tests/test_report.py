@@ -1152,3 +1152,27 @@ def test_the_budget_counts_what_an_interrupted_run_still_needs(tmp_path: Path, t
     assert (tmp_path / "out" / "runs" / "gru" / "seed-2" / "metrics.json").exists()
     assert main(["report", str(config_path), "--out", str(tmp_path / "out"), "--dry-run",
                  "--budget-minutes", "5"]) == 2
+
+
+def test_the_long_tail_section_pairs_seeds_and_leaves_out_records_of_other_groups(
+        tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """Its change column compared one scratch record with three transferred seeds without a word (the main tables
+    add "(seed 1 of both: ...)"), and took records of other groups (another dataset's) into the same cells."""
+    from unisrec.report_writer import long_tail_section
+
+    config = load_report_config(_config(tmp_path, tiny_lm_dir))  # long tail: sasrec then unisrec, 3 groups
+
+    def record(dcgs: list[float], ranges: list[list[int]] | None = None) -> dict[str, Any]:
+        ranges = ranges or [[0, 2], [3, 5], [6, 9]]
+        return {"long_tail": [{"group": g, "frequency_range": r, "items": 4, "targets": 10, "dcg@10": d,
+                               "hits@10": 1} for g, (d, r) in enumerate(zip(dcgs, ranges, strict=True))]}
+
+    results = {"sasrec": {1: record([1.0, 2.0, 3.0])},
+               "unisrec": {1: record([2.0, 2.0, 3.0]), 2: record([0.5, 1.0, 6.0]),
+                           3: record([9.0, 9.0, 9.0], [[0, 1], [2, 5], [6, 9]])}}
+    lines, data = long_tail_section(config, results, tmp_path, plots=False)
+    rows = [line for line in lines if line.startswith("| 1 |") or line.startswith("| 3 |")]
+    assert rows == ["| 1 | 0–2 | 4 | 10 | 0.1000 | 0.1250 ± 0.1061 | +25.0% (seed 1 of both: +100.0%) |",
+                    "| 3 | 6–9 | 4 | 10 | 0.3000 | 0.4500 ± 0.2121 | +50.0% (seed 1 of both: +0.0%) |"]
+    assert "Left out, their popularity groups being other ones (other data): unisrec seed 3." in lines
+    assert data["unisrec"][0] == [0.125, pytest.approx(0.10607, abs=1e-5)]

@@ -170,6 +170,12 @@ def group_metric(row: dict[str, Any], metric: str) -> float | None:
     return float(row[key]) / targets if key in row and targets else None
 
 
+def _groups_of(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What makes two records' popularity groups the same: each group's training-interaction range, items and
+    test targets."""
+    return [(tuple(r.get("frequency_range") or ()), r.get("items"), r.get("targets")) for r in rows]
+
+
 def long_tail_section(config: ReportConfig, results: Results, out: Path,
                       plots: bool) -> tuple[list[str], dict[str, Any]]:
     spec = config.long_tail
@@ -179,18 +185,25 @@ def long_tail_section(config: ReportConfig, results: Results, out: Path,
                "about equal numbers of test targets (group 1 = least popular; `unisrec.analysis`); from the "
                "hit counts per group in the records.", ""]
     per: dict[str, list[list[float]]] = {}  # experiment -> group -> values over seeds
+    by_seed: dict[str, list[dict[int, float]]] = {}  # experiment -> group -> seed -> value
     shape: list[dict[str, Any]] | None = None  # the groups (frequency range, items, targets) of the records
+    other_groups: list[str] = []  # records whose groups are not the first record's (other data): left out
     for name in spec.experiments:
         per[name] = [[] for _ in range(spec.groups)]
-        for _, record in sorted(results.get(name, {}).items()):
+        by_seed[name] = [{} for _ in range(spec.groups)]
+        for seed, record in sorted(results.get(name, {}).items()):
             rows = record.get("long_tail")
             if not isinstance(rows, list) or len(rows) != spec.groups:
                 continue  # no per-group counts, or counts of another number of groups
             shape = shape or rows
+            if _groups_of(rows) != _groups_of(shape):
+                other_groups.append(f"{name} seed {seed}")
+                continue
             for g, row in enumerate(rows):
                 value = group_metric(row, spec.metric)
                 if value is not None:
                     per[name][g].append(value)
+                    by_seed[name][g][seed] = value
     if shape is None:
         return [*heading, "No record with per-group counts yet.", ""], {}
     names = list(spec.experiments)
@@ -203,9 +216,12 @@ def long_tail_section(config: ReportConfig, results: Results, out: Path,
         lo, hi = shape[g]["frequency_range"]
         row = [str(g + 1), f"{lo}–{hi}", str(shape[g]["items"]), str(shape[g]["targets"]),
                *(_cell(per[n][g]) for n in names)]
-        if len(names) >= 2:
-            row.append(relative_change(per[names[-1]][g], per[names[0]][g]))
+        if len(names) >= 2:  # and over the seeds both hold, where they hold other ones (as the main tables)
+            row.append(relative_change(per[names[-1]][g], per[names[0]][g])
+                       + paired_note(by_seed[names[-1]][g], by_seed[names[0]][g]))
         lines.append("| " + " | ".join(row) + " |")
+    if other_groups:
+        lines += ["", f"Left out, their popularity groups being other ones (other data): {', '.join(other_groups)}."]
     if plots:
         from unisrec.report_plots import grouped_bars
 
