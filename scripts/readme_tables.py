@@ -43,10 +43,10 @@ class Table:
 def find_tables(lines: list[str], source: str = "README.md") -> list[Table]:
     tables = []
     for index, raw in enumerate(lines):
-        line = raw.strip()  # an indented marker, or one with a trailing space, was skipped without a word
+        line = raw.rstrip()  # a trailing space is harmless; an indented marker or one followed by text was skipped
         if MARK.strip() in line and not (line.startswith(MARK) and line.endswith(END)):
             raise SystemExit(f"readme_tables: {source}, line {index + 1}: a table marker must be "
-                             f"'{MARK}COMMAND{END}' on a line of its own, got {raw!r}")
+                             f"'{MARK}COMMAND{END}' on a line of its own, not indented, got {raw!r}")
         if line.startswith(MARK) and line.endswith(END):
             command = line[len(MARK) : -len(END)].strip()
             rows = []

@@ -170,13 +170,14 @@ def test_a_setting_the_mode_s_network_does_not_read_is_refused(synthetic_dataset
                ("bert4rec", "model.gru_layers=2", "for the gru4rec architecture"),
                ("bert4rec", "train.windows=exact", "train.windows=exact is not read by bert4rec"),
                # freezing and the learning-rate scales act on parts found by name: trained as if not given before
-               ("gru4rec", "train.freeze=encoder", "train.freeze=encoder acts on the Transformer sequence encoder "
-                "(--mode inductive, transductive, sasrec, zesrec); gru4rec has none"),
-               ("bert4rec", "train.encoder_lr_scale=0.1", "bert4rec has none"),
-               ("fdsa", "train.encoder_lr_scale=0", "fdsa has none"),
-               ("zesrec", "train.adaptor_lr_scale=0", "train.adaptor_lr_scale=0 acts on the text adaptor (--mode "
-                "inductive, transductive); zesrec has none"),
-               ("sasrec", "train.adaptor_lr_scale=0.5", "sasrec has none")]
+               ("gru4rec", "train.freeze=encoder", "train.freeze=encoder acts on the sequence encoder of UniSRec, "
+                "SASRec and ZESRec only (--mode inductive, transductive, sasrec, zesrec): gru4rec would train as if "
+                "it were not given"),
+               ("bert4rec", "train.encoder_lr_scale=0.1", "bert4rec would train as if"),
+               ("fdsa", "train.encoder_lr_scale=0", "fdsa would train as if"),
+               ("zesrec", "train.adaptor_lr_scale=0", "train.adaptor_lr_scale=0 acts on UniSRec's text adaptor only "
+                "(--mode inductive, transductive): zesrec would train as if it were not given"),
+               ("sasrec", "train.adaptor_lr_scale=0.5", "sasrec would train as if")]
     for mode, override, message in refused:
         with pytest.raises(ConfigError, match=re.escape(message)):
             resolve_config(RunConfig().with_overrides([override]), mode, None, [override])

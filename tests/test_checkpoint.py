@@ -162,6 +162,11 @@ def test_a_save_killed_midway_is_not_taken_for_one_model(tmp_path: Path, monkeyp
         Recommender.from_pretrained(tmp_path / "m")
     other.save_pretrained(tmp_path / "m")  # saved again, whole: loads
     assert Recommender.from_pretrained(tmp_path / "m").model.n_items == 12
+    # a whole save that writes no item list leaves the earlier one beside it, loadable as before
+    from unisrec.checkpoint import save_pretrained
+
+    save_pretrained(other.model, tmp_path / "m")
+    assert Recommender.from_pretrained(tmp_path / "m").catalogue.item_ids == [f"m{i}" for i in range(12)]
 
 
 def test_not_a_model_folder(tmp_path: Path) -> None:

@@ -92,11 +92,11 @@ def _tail_record(path: Path, dcg: list[float], targets: list[int], ranges: list[
 def test_a_misplaced_table_marker_is_an_error_not_a_table_left_unchecked(tmp_path: Path) -> None:
     """A marker with a trailing space, or indented, was skipped: --check passed over a stale table."""
     command = 'python scripts/seed_table.py --metrics ndcg@10 "x=results/scientific/finetune-unisrec-t-seed-1.json"'
-    for marker in (f"<!-- table: {command} --> ", f"  <!-- table: {command} -->x"):
+    for marker in (f"<!-- table: {command} --> ", f"  <!-- table: {command} -->", f"<!-- table: {command} -->x"):
         readme = tmp_path / "README.md"
         readme.write_text(f"{marker}\n| model | runs | ndcg@10 |\n|---|---|---|\n| x | 1 | 0.9999 |\n")
         done = tables("--check", "--readme", str(readme))
-        if marker.strip().endswith("-->"):  # only spaces around it: read as the marker it is, and found stale
+        if marker.startswith("<") and marker.rstrip().endswith("-->"):  # a trailing space: a marker, found stale
             assert done.returncode == 1 and "differs from its command's output" in done.stderr, done.stderr
         else:
             assert done.returncode != 0 and "line 1: a table marker must be" in done.stderr, done.stderr

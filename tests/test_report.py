@@ -1176,3 +1176,5 @@ def test_the_long_tail_section_pairs_seeds_and_leaves_out_records_of_other_group
                     "| 3 | 6–9 | 4 | 10 | 0.3000 | 0.4500 ± 0.2121 | +50.0% (seed 1 of both: +0.0%) |"]
     assert "Left out, their popularity groups being other ones (other data): unisrec seed 3." in lines
     assert data["unisrec"][0] == [0.125, pytest.approx(0.10607, abs=1e-5)]
+    lines, _ = long_tail_section(config, {"sasrec": results["sasrec"]}, tmp_path, plots=False)  # none recorded yet
+    assert "| 1 | 0–2 | 4 | 10 | 0.1000 | not run | — |" in lines

@@ -404,6 +404,34 @@ def test_a_run_resumes_only_on_the_data_and_text_model_it_started_with(tmp_path:
         open_run_dir(out, settings, overwrite=False, origin=run_origin([data], moved))
 
 
+def test_a_fine_tuning_with_replay_resumes_only_on_the_corpus_it_replayed(tmp_path: Path, tiny_lm_dir: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replayed corpora are inputs of the run too: one prepared again at the same path was taken on resume."""
+    import shutil
+
+    from conftest import prepare_synthetic
+
+    import unisrec.finetune as finetune_module
+    from unisrec.finetune import finetune
+
+    data, corpus = prepare_synthetic(tmp_path / "d", seed=1), prepare_synthetic(tmp_path / "c", seed=2)
+    tiny = ["model.hidden_size=8", "model.inner_size=8", "model.n_experts=1", "train.epochs=1", "train.replay=0.5",
+            "train.progress=false", f"text.model={tiny_lm_dir}", "text.pooling=mean"]
+    out = tmp_path / "run"
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt  # a kill once trained, before the run is marked finished
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune_module, "write_finetune_card", killed)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(data, "inductive", out, overrides=tiny, replay=[corpus])
+    shutil.rmtree(corpus)
+    prepare_synthetic(tmp_path / "c", seed=3)  # another corpus at the same path
+    with pytest.raises(UnisrecError, match=r"the dataset's files \(prepared again\) changed since"):
+        finetune(data, "inductive", out, overrides=tiny, replay=[corpus])
+
+
 def test_the_model_card_states_cold_metrics_as_computed_and_says_when_there_are_none() -> None:
     settings: dict[str, object] = {"command": "finetune", "data": "/d", "mode": "inductive", "init": None, "config": {}}
     scored = {"recall@10": 0.1, "cold_recall@20": 0.25, "cold_ndcg@20": 0.125, "cold_cases": 8.0}

@@ -34,6 +34,7 @@ from unisrec.version import __version__
 MODEL_FORMAT = "unisrec-model"
 MODEL_FORMAT_VERSION = 1
 SAVE_ID = "save_id"  # config.json's key, and the files' metadata key, of the save that wrote a model folder
+SAVE_FILES = "save_files"  # config.json's list of the files that save wrote
 # an ID table, the mean text vector (model.center_text) and the repeat offsets (model.repeat_bias) belong to one
 # catalogue: never transferred
 DOMAIN_SPECIFIC_PREFIX = ("item_id.", "text_center", "repeat_weight")
@@ -73,9 +74,11 @@ def save_pretrained(
     # one id for the files of this save, config.json written last: files of two saves (one killed midway, e.g. new
     # weights beside the old config) are found when loaded, never taken for one model (``check_same_save``)
     save_id = uuid.uuid4().hex
+    written = ["model.safetensors"]  # the files of this save: only those are checked against its id
     save_tensors(directory / "model.safetensors", state, {"format": MODEL_FORMAT, SAVE_ID: save_id})
     if model.config.uses_text and save_text and model.n_items:
         save_tensors(directory / "items.safetensors", {"item_text": model.item_text}, {SAVE_ID: save_id})
+        written.append("items.safetensors")
     if item_ids is not None:
         texts = item_texts if item_texts is not None else [""] * len(item_ids)
         if len(item_ids) != model.n_items or len(texts) != model.n_items:
@@ -83,6 +86,7 @@ def save_pretrained(
         table = pa.table({"item_id": [str(i) for i in item_ids], "text": list(texts)},
                          metadata={SAVE_ID: save_id})
         atomic_write(directory / "items.parquet", lambda tmp: pq.write_table(table, tmp))
+        written.append("items.parquet")
     config = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -93,16 +97,19 @@ def save_pretrained(
         "parameters": {k: list(v.shape) for k, v in state.items()},
         **(extra or {}),
         SAVE_ID: save_id,
+        SAVE_FILES: written,
     }
     atomic_write_json(directory / "config.json", config)
     return directory
 
 
 def check_same_save(config: dict[str, Any], path: Path, found: str | None) -> None:
-    """``path``'s save id (``found``: its metadata's) is the one config.json holds; folders saved before save ids
-    were kept (none in config.json) and files written by other means (no id) are not checked."""
-    expected = config.get(SAVE_ID)
-    if isinstance(expected, str) and found is not None and found != expected:
+    """``path``'s save id (``found``: its metadata's) is the one config.json holds, where that save wrote it (a save
+    without an item list leaves an earlier save's beside it, as before); folders saved before save ids were kept
+    (none in config.json) and files written by other means (no id) are not checked."""
+    expected, files = config.get(SAVE_ID), config.get(SAVE_FILES)
+    wrote = not isinstance(files, list) or path.name in files
+    if isinstance(expected, str) and wrote and found is not None and found != expected:
         raise UnisrecError(f"{path}: from another save than config.json beside it (a save interrupted midway, or "
                            "two writers at once): its files are not one model; save or train it again")
 

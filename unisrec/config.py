@@ -273,11 +273,12 @@ def check_read_settings(config: RunConfig) -> None:
               f"train.adaptor_lr_scale={train.adaptor_lr_scale:g}" if train.adaptor_lr_scale != 1
               and not has_adaptor else ""]
     for setting in filter(None, unread):
-        part = "text adaptor" if "adaptor" in setting else "Transformer sequence encoder"
-        owners = "inductive, transductive" if "adaptor" in setting else "inductive, transductive, sasrec, zesrec"
+        adaptor = "adaptor" in setting
+        part = "UniSRec's text adaptor" if adaptor else "the sequence encoder of UniSRec, SASRec and ZESRec"
+        owners = "inductive, transductive" if adaptor else "inductive, transductive, sasrec, zesrec"
         network = model.architecture if model.item_repr != "id" or model.architecture != "unisrec" else "sasrec"
-        raise ConfigError(f"{setting} acts on the {part} (--mode {owners}); {network} has none and "
-                          "would train as if it were not given")
+        raise ConfigError(f"{setting} acts on {part} only (--mode {owners}): {network} would train as if it "
+                          "were not given")
     if model.architecture == "bert4rec" and config.train.windows not in ("auto", "strided"):
         raise ConfigError(f"train.windows={config.train.windows} is not read by bert4rec, whose cloze task trains "
                           "on strided windows; leave it at auto or strided")

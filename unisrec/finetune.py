@@ -508,7 +508,8 @@ def finetune(
     staged = 0  # with --overwrite the old run stays whole until this one ends: this one goes to staging_dir
     if dist.is_main:
         made = init_dir / "run.json" if init_dir is not None else None  # a saved model may come without one
-        origin = run_origin([data_dir], config.text if config.model.uses_text else None)
+        # the replayed corpora are inputs too (their data_fingerprint is the target's and theirs together)
+        origin = run_origin([data_dir, *replay], config.text if config.model.uses_text else None)
         if made is not None and made.exists():
             origin["init_fingerprint"] = read_json_object(made).get("fingerprint")
         # the folder it chose: a run that a kill left aside is moved back first, so no one guesses it before

@@ -217,8 +217,8 @@ def long_tail_section(config: ReportConfig, results: Results, out: Path,
         row = [str(g + 1), f"{lo}–{hi}", str(shape[g]["items"]), str(shape[g]["targets"]),
                *(_cell(per[n][g]) for n in names)]
         if len(names) >= 2:  # and over the seeds both hold, where they hold other ones (as the main tables)
-            row.append(relative_change(per[names[-1]][g], per[names[0]][g])
-                       + paired_note(by_seed[names[-1]][g], by_seed[names[0]][g]))
+            change = relative_change(per[names[-1]][g], per[names[0]][g])
+            row.append(change + (paired_note(by_seed[names[-1]][g], by_seed[names[0]][g]) if change != "—" else ""))
         lines.append("| " + " | ".join(row) + " |")
     if other_groups:
         lines += ["", f"Left out, their popularity groups being other ones (other data): {', '.join(other_groups)}."]
