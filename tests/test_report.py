@@ -163,6 +163,19 @@ def test_report_end_to_end_then_reuses_runs_then_regenerates_from_records_alone(
     assert main(["report", str(moved), "--results", str(results), "--out", str(tmp_path / "out2")]) == 0
     assert "13 of 13 runs reused, 0 to run" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").rglob("metrics.json"))
+    # ... and under the same --out its finished folders are the runs they were: a fine-tuning to make again (no
+    # record, no folder) needs the pre-training, which was "stale" and would have been trained again
+    shutil.copytree(results, tmp_path / "results-3")
+    shutil.copytree(out, tmp_path / "out-3")
+    (tmp_path / "results-3" / "finetune-unisrec-seed-2.json").unlink()
+    shutil.rmtree(tmp_path / "out-3" / "runs" / "unisrec" / "seed-2")
+    assert main(["report", str(moved), "--results", str(tmp_path / "results-3"), "--out", str(tmp_path / "out-3"),
+                 "--dry-run"]) == 0
+    folder_status = {line.split()[1]: line.split()[0] for line in capsys.readouterr().err.splitlines()
+                     if line[:1] != " " and str(tmp_path / "out-3") in line}
+    assert folder_status[str(tmp_path / "out-3" / "pretrain" / "other-pt" / "seed-7")] == "cached"
+    to_train = [folder for folder, status in folder_status.items() if status not in ("cached", "recorded")]
+    assert to_train == [str(tmp_path / "out-3" / "runs" / "unisrec" / "seed-2")]
     assert main([*args, "--out", str(out)]) == 0  # the report again as the original config names it
     text = report.read_text()  # its first line now names the CLI command (with --results)
     # another number of long-tail groups: the records get its counts from their run folders (nothing trains);

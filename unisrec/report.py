@@ -115,7 +115,7 @@ class PlannedRun:
 
     def status(self) -> Literal["cached", "resume", "new", "stale"]:
         stored = read_json(self.spec_file) if self.spec_file.exists() else None
-        if stored is not None and same_plan(stored, self.spec):
+        if stored is not None and same_recorded_plan(stored, self.spec):  # sources by name, as records
             if self.replacing_file.exists():  # an interrupted replacement: go on replacing (it resumes in staging)
                 return "stale"
             return "cached" if self.done_file.exists() else "resume"
