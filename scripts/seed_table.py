@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from unisrec.records import log_curve
-from unisrec.report_writer import cell, group_metric, paired_note, relative_change
+from unisrec.report_writer import cell, change_over_seeds, group_metric, group_shape, paired_note, relative_change
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
@@ -100,10 +100,9 @@ def _by_seed(pattern: str, split: str, metric: str) -> dict[int, float] | None:
     return found
 
 
-def _note_repeated_seeds(label: str, pattern: str) -> None:
-    """Say on stderr when two records of ``pattern`` name one seed: they count as two runs (e.g. one setting made
-    on one and on two threads), which a mean over seeds does not show."""
-    seeds = [json.loads(path.read_text()).get("seed") for path in _sources(pattern)]
+def _note_repeated_seeds(label: str, seeds: list[Any]) -> None:
+    """Say on stderr when two of a row's records (their ``seeds``) name one seed: they count as two runs (e.g. one
+    setting made on one and on two threads), which a mean over seeds does not show."""
     repeated = sorted({s for s in seeds if isinstance(s, int) and seeds.count(s) > 1})
     if repeated:
         print(f"seed_table: note: {label}: seed {', '.join(map(str, repeated))} in more than one record, each "
@@ -113,12 +112,8 @@ def _note_repeated_seeds(label: str, pattern: str) -> None:
 def row(label: str, pattern: str, split: str, metrics: tuple[str, ...] = METRICS) -> str:
     values = {m: _values(pattern, split, m) for m in metrics}
     runs = len(values[metrics[0]])
-    _note_repeated_seeds(label, pattern)
+    _note_repeated_seeds(label, [json.loads(path.read_text()).get("seed") for path in _sources(pattern)])
     return f"| {label} | {runs} | " + " | ".join(cell(values[m]) for m in metrics) + " |"
-
-
-def _group_shape(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return [(r.get("frequency_range"), r.get("items"), r.get("targets")) for r in rows]
 
 
 def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
@@ -131,17 +126,18 @@ def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
         files = [f for f in _sources(pattern) if f.name != "metrics.json"]
         if not files:
             fail(f"{pattern}: no record file (--long-tail reads the records' long_tail counts)")
-        _note_repeated_seeds(label, pattern)
-        per_group: list[list[float]] = []
-        seeds = [json.loads(path.read_text()).get("seed") for path in files]
+        records = [json.loads(path.read_text()) for path in files]  # each read once
+        seeds = [record.get("seed") for record in records]
+        _note_repeated_seeds(label, seeds)
         unique = all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds)
-        for path in files:
-            rows = json.loads(path.read_text()).get("long_tail")
+        per_group: list[list[float]] = []
+        for path, record in zip(files, records, strict=True):
+            rows = record.get("long_tail")
             if not isinstance(rows, list) or not rows:
                 fail(f"{path}: no long_tail counts")
             if shape is None:
                 shape, shape_source = rows, str(path)
-            elif _group_shape(rows) != _group_shape(shape):
+            elif group_shape(rows) != group_shape(shape):
                 fail(f"{path}: its popularity groups differ from those of {shape_source}")
             per_group = per_group or [[] for _ in rows]
             for g, row in enumerate(rows):
@@ -163,8 +159,8 @@ def long_tail_table(specs: list[tuple[str, str]], metric: str) -> list[str]:
                  *(cell(column[g]) for column in columns)]
         if len(specs) >= 2:  # where the two hold other seeds, also over those both hold (as --versus)
             first, last = seeded[0], seeded[-1]
-            paired = paired_note(last[g], first[g]) if first is not None and last is not None else ""
-            cells.append(relative_change(columns[-1][g], columns[0][g]) + paired)
+            cells.append(change_over_seeds(last[g], first[g]) if first is not None and last is not None
+                         else relative_change(columns[-1][g], columns[0][g]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

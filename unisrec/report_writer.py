@@ -110,17 +110,20 @@ def paired_note(new: dict[int, float], old: dict[int, float]) -> str:
     return f" ({label} of both: {relative_change([new[s] for s in common], [old[s] for s in common])})"
 
 
+def change_over_seeds(new: dict[int, float], old: dict[int, float]) -> str:
+    """``relative_change`` of the values by seed ``new`` against ``old``, and where the two hold other seeds also over
+    the seeds both hold ("-7.0% (seed 1 of both: -3.0%)", ``paired_note``); "—" alone when it cannot be said."""
+    change = relative_change(list(new.values()), list(old.values()))
+    return change if change == "—" else change + paired_note(new, old)
+
+
 def change_between(results: Results, name: str, reference: str, metric: str) -> str:
-    """``relative_change`` of experiment ``name`` against ``reference`` over their recorded seeds, and where the two
-    hold other seeds also over the seeds both hold ("-7.0% (seed 1 of both: -3.0%)", ``paired_note``)."""
-    change = relative_change(_test(results, name, metric), _test(results, reference, metric))
-    if change == "—":
-        return change
+    """``change_over_seeds`` of experiment ``name``'s test ``metric`` against ``reference``'s."""
 
     def by_seed(experiment: str) -> dict[int, float]:
         return {s: float(m["test"][metric]) for s, m in results.get(experiment, {}).items() if metric in m["test"]}
 
-    return change + paired_note(by_seed(name), by_seed(reference))
+    return change_over_seeds(by_seed(name), by_seed(reference))
 
 
 def _slug(text: str) -> str:
@@ -170,7 +173,7 @@ def group_metric(row: dict[str, Any], metric: str) -> float | None:
     return float(row[key]) / targets if key in row and targets else None
 
 
-def _groups_of(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+def group_shape(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """What makes two records' popularity groups the same: each group's training-interaction range, items and
     test targets."""
     return [(tuple(r.get("frequency_range") or ()), r.get("items"), r.get("targets")) for r in rows]
@@ -184,28 +187,26 @@ def long_tail_section(config: ReportConfig, results: Results, out: Path,
                f"Items ordered by their number of training interactions and cut into {spec.groups} groups with "
                "about equal numbers of test targets (group 1 = least popular; `unisrec.analysis`); from the "
                "hit counts per group in the records.", ""]
-    per: dict[str, list[list[float]]] = {}  # experiment -> group -> values over seeds
     by_seed: dict[str, list[dict[int, float]]] = {}  # experiment -> group -> seed -> value
     shape: list[dict[str, Any]] | None = None  # the groups (frequency range, items, targets) of the records
     other_groups: list[str] = []  # records whose groups are not the first record's (other data): left out
     for name in spec.experiments:
-        per[name] = [[] for _ in range(spec.groups)]
         by_seed[name] = [{} for _ in range(spec.groups)]
         for seed, record in sorted(results.get(name, {}).items()):
             rows = record.get("long_tail")
             if not isinstance(rows, list) or len(rows) != spec.groups:
                 continue  # no per-group counts, or counts of another number of groups
             shape = shape or rows
-            if _groups_of(rows) != _groups_of(shape):
+            if group_shape(rows) != group_shape(shape):
                 other_groups.append(f"{name} seed {seed}")
                 continue
             for g, row in enumerate(rows):
                 value = group_metric(row, spec.metric)
                 if value is not None:
-                    per[name][g].append(value)
                     by_seed[name][g][seed] = value
     if shape is None:
         return [*heading, "No record with per-group counts yet.", ""], {}
+    per = {name: [list(values.values()) for values in groups] for name, groups in by_seed.items()}  # over seeds
     names = list(spec.experiments)
     titles = [config.experiment(n).title for n in names]
     header = ["group", "training interactions", "items", "test targets", *titles]
@@ -217,8 +218,7 @@ def long_tail_section(config: ReportConfig, results: Results, out: Path,
         row = [str(g + 1), f"{lo}–{hi}", str(shape[g]["items"]), str(shape[g]["targets"]),
                *(_cell(per[n][g]) for n in names)]
         if len(names) >= 2:  # and over the seeds both hold, where they hold other ones (as the main tables)
-            change = relative_change(per[names[-1]][g], per[names[0]][g])
-            row.append(change + (paired_note(by_seed[names[-1]][g], by_seed[names[0]][g]) if change != "—" else ""))
+            row.append(change_over_seeds(by_seed[names[-1]][g], by_seed[names[0]][g]))
         lines.append("| " + " | ".join(row) + " |")
     if other_groups:
         lines += ["", f"Left out, their popularity groups being other ones (other data): {', '.join(other_groups)}."]
